@@ -1,1 +1,94 @@
-//! placeholder
+//! Real-Envoy end-to-end harness for the retry-guard proxy-wasm filter.
+//!
+//! Everything here is std-only and synchronous (threads, no async runtime):
+//!
+//! - [`backend`]: a scripted HTTP/1.1 upstream on loopback that records every request.
+//! - [`envoy`]: finds the pinned Envoy binary, renders a bootstrap (optionally with the wasm
+//!   filter), starts Envoy with its own base id and ports, and stops it by PID on drop.
+//! - [`client`]: a tiny HTTP/1.1 client for the tests.
+//! - [`tokens`]: confirmation tokens signed with the test key, unsigned JWTs.
+//! - [`rfc3339`]: parses the timestamps of the problem documents.
+//!
+//! Every server binds to 127.0.0.1 only.
+
+pub mod backend;
+pub mod client;
+pub mod envoy;
+pub mod rfc3339;
+pub mod tokens;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The harness error: a message meant for a human reading a failed test.
+///
+/// `Debug` prints the message as is, so `fn test() -> Result<()>` failures and `expect` show it
+/// readably (with its hints on what to run).
+pub struct Error(pub String);
+
+impl Error {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Error(msg.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error(format!("I/O error: {e}"))
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error(format!("JSON error: {e}"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Returns early with an [`Error`] built from a format string.
+#[macro_export]
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err($crate::Error(format!($($arg)*)))
+    };
+}
+
+/// The repository root (the parent of this crate's folder).
+pub fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().unwrap_or(manifest);
+    root.canonicalize().unwrap_or_else(|_| root.to_path_buf())
+}
+
+/// Path of a file under `testdata/`.
+pub fn testdata_path(rel: &str) -> PathBuf {
+    repo_root().join("testdata").join(rel)
+}
+
+/// Reads a file under `testdata/` as text.
+pub fn read_testdata(rel: &str) -> Result<String> {
+    let path = testdata_path(rel);
+    std::fs::read_to_string(&path)
+        .map_err(|e| Error(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Reads `testdata/configs/<name>` and checks that it is JSON.
+pub fn plugin_config(name: &str) -> Result<serde_json::Value> {
+    let text = read_testdata(&format!("configs/{name}"))?;
+    serde_json::from_str(&text).map_err(|e| Error(format!("testdata/configs/{name}: {e}")))
+}

@@ -1,0 +1,186 @@
+//! A tiny HTTP/1.1 client for the tests: one request per connection (`Connection: close`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// How long a request may take before the client gives up.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A response as the client received it.
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Header names lower-cased, in arrival order, values trimmed.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of a header (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All values of a header (name case-insensitive).
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The body as text (lossy UTF-8).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body parsed as JSON.
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            Error(format!(
+                "response body is not JSON ({e}); status {} body {:?}",
+                self.status,
+                self.text()
+            ))
+        })
+    }
+}
+
+/// Sends one request and reads the whole response.
+///
+/// Adds `host: retry-guard.test` unless `headers` has a host, `content-length` whenever there is
+/// a body or the method usually has one, and `connection: close`.
+pub fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response> {
+    send_with_timeout(addr, method, path, headers, body, DEFAULT_TIMEOUT)
+}
+
+/// [`send`] with an explicit timeout for connecting, writing and each read.
+pub fn send_with_timeout(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Response> {
+    let what = format!("{method} http://{addr}{path}");
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| Error(format!("{what}: connect failed: {e}")))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let _ = stream.set_nodelay(true);
+
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    let has = |n: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
+    if !has("host") {
+        head.push_str("host: retry-guard.test\r\n");
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let method_has_body = matches!(
+        method.to_ascii_uppercase().as_str(),
+        "POST" | "PUT" | "PATCH"
+    );
+    if !has("content-length") && !has("transfer-encoding") && (method_has_body || !body.is_empty())
+    {
+        head.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    if !has("connection") {
+        head.push_str("connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    stream
+        .write_all(&bytes)
+        .and_then(|()| stream.flush())
+        .map_err(|e| Error(format!("{what}: write failed: {e}")))?;
+
+    read_response(BufReader::new(stream), method).map_err(|e| Error(format!("{what}: {}", e.0)))
+}
+
+fn read_line(r: &mut impl BufRead) -> Result<String> {
+    let mut buf = Vec::new();
+    r.by_ref().take(64 * 1024).read_until(b'\n', &mut buf)?;
+    if buf.last() != Some(&b'\n') {
+        return Err(Error::new(
+            "connection closed (or line too long) while reading the response head",
+        ));
+    }
+    while matches!(buf.last(), Some(b'\n' | b'\r')) {
+        buf.pop();
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn read_response(mut r: impl BufRead, method: &str) -> Result<Response> {
+    loop {
+        let status_line = read_line(&mut r)?;
+        let mut parts = status_line.splitn(3, ' ');
+        let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
+            return Err(Error(format!("bad status line {status_line:?}")));
+        };
+        if !version.starts_with("HTTP/1.") {
+            return Err(Error(format!("bad status line {status_line:?}")));
+        }
+        let status: u16 = code
+            .parse()
+            .map_err(|_| Error(format!("bad status line {status_line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let line = read_line(&mut r)?;
+            if line.is_empty() {
+                break;
+            }
+            let (k, v) = line
+                .split_once(':')
+                .ok_or_else(|| Error(format!("bad header line {line:?}")))?;
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+        if (100..200).contains(&status) {
+            continue; // interim response; the real one follows
+        }
+        let mut resp = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304 {
+            return Ok(resp);
+        }
+        let chunked = resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        if chunked {
+            resp.body = crate::backend::read_chunked(&mut r)
+                .map_err(|e| Error(format!("bad chunked body: {e}")))?;
+        } else if let Some(len) = resp.header("content-length") {
+            let len: usize = len
+                .parse()
+                .map_err(|_| Error(format!("bad content-length {len:?}")))?;
+            let mut body = vec![0; len];
+            r.read_exact(&mut body)
+                .map_err(|e| Error(format!("body shorter than content-length {len}: {e}")))?;
+            resp.body = body;
+        } else {
+            r.read_to_end(&mut resp.body)?;
+        }
+        return Ok(resp);
+    }
+}

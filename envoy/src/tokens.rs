@@ -1,0 +1,176 @@
+//! Credentials the tests send: confirmation tokens signed with the test key, and unsigned JWTs.
+//!
+//! Confirmation token format (issue 2, "Human confirmation"):
+//! `v1.<payload>.<signature>` where `<payload>` is base64url (no padding) of the JSON
+//! `{"kid","chl","fp","sub","iat","exp"}` and `<signature>` is base64url (no padding) of the
+//! Ed25519 signature over the ASCII bytes `v1.<payload>`.
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use sha2::{Digest as _, Sha256};
+
+use crate::{read_testdata, Error, Result};
+
+/// Key id of the test key in `testdata/configs/*.json`.
+pub const TEST_KID: &str = "approvals-test";
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn decode_key_file(rel: &str) -> Result<[u8; 32]> {
+    let text = read_testdata(rel)?;
+    let bytes = STANDARD
+        .decode(text.trim())
+        .map_err(|e| Error(format!("testdata/{rel}: not standard base64: {e}")))?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        Error(format!(
+            "testdata/{rel}: expected 32 bytes, got {}",
+            bytes.len()
+        ))
+    })
+}
+
+/// The test signing key (`testdata/keys/approvals-test.key`, standard base64 of the seed).
+pub fn test_signing_key() -> Result<SigningKey> {
+    Ok(SigningKey::from_bytes(&decode_key_file(
+        "keys/approvals-test.key",
+    )?))
+}
+
+/// The test public key (`testdata/keys/approvals-test.pub`, standard base64).
+pub fn test_verifying_key() -> Result<VerifyingKey> {
+    VerifyingKey::from_bytes(&decode_key_file("keys/approvals-test.pub")?)
+        .map_err(|e| Error(format!("testdata/keys/approvals-test.pub: {e}")))
+}
+
+/// The claims of a confirmation token.
+#[derive(Clone, Debug)]
+pub struct Confirmation {
+    pub kid: String,
+    pub chl: String,
+    pub fp: String,
+    pub sub: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+impl Confirmation {
+    /// Claims for the test key: issued now, valid for `ttl_seconds`.
+    pub fn new(chl: &str, fp: &str, sub: &str, ttl_seconds: i64) -> Self {
+        let iat = now_unix();
+        Confirmation {
+            kid: TEST_KID.to_string(),
+            chl: chl.to_string(),
+            fp: fp.to_string(),
+            sub: sub.to_string(),
+            iat,
+            exp: iat + ttl_seconds,
+        }
+    }
+
+    /// The JSON payload, members in the documented order.
+    pub fn payload_json(&self) -> String {
+        let s = |v: &str| serde_json::Value::String(v.to_string()).to_string();
+        format!(
+            "{{\"kid\":{},\"chl\":{},\"fp\":{},\"sub\":{},\"iat\":{},\"exp\":{}}}",
+            s(&self.kid),
+            s(&self.chl),
+            s(&self.fp),
+            s(&self.sub),
+            self.iat,
+            self.exp
+        )
+    }
+
+    /// Signs the claims: `v1.<b64url payload>.<b64url signature over "v1.<b64url payload>">`.
+    pub fn sign(&self, key: &SigningKey) -> String {
+        sign_payload(self.payload_json().as_bytes(), key)
+    }
+}
+
+/// Builds a confirmation token around any payload bytes (for malformed-claims tests).
+pub fn sign_payload(payload: &[u8], key: &SigningKey) -> String {
+    let signed = format!("v1.{}", URL_SAFE_NO_PAD.encode(payload));
+    let sig = key.sign(signed.as_bytes());
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+}
+
+/// An unsigned JWT `header.payload.signature` (base64url, no padding) with these claims.
+///
+/// The header says HS256 and the signature segment is 32 bytes that no key produced: the filter
+/// decodes bearer JWTs without verifying them, so only the claims matter.
+pub fn unsigned_jwt(claims: &serde_json::Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signing_input = format!("{header}.{payload}");
+    let fake_sig = Sha256::digest(signing_input.as_bytes());
+    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(fake_sig))
+}
+
+/// Decodes a base64url (no padding) string, as the filter emits challenges and fingerprints.
+pub fn b64url_decode(s: &str) -> Result<Vec<u8>> {
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|e| Error(format!("{s:?} is not base64url without padding: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signature, Verifier as _};
+
+    #[test]
+    fn test_key_files_belong_together() {
+        let sk = test_signing_key().expect("signing key");
+        let pk = test_verifying_key().expect("public key");
+        assert_eq!(sk.verifying_key(), pk);
+    }
+
+    #[test]
+    fn confirmation_token_has_the_contract_format() {
+        let sk = test_signing_key().expect("signing key");
+        let c = Confirmation {
+            kid: TEST_KID.into(),
+            chl: "Y2hhbGxlbmdl".into(),
+            fp: "ZnA".into(),
+            sub: "alice@example.com".into(),
+            iat: 1_700_000_000,
+            exp: 1_700_000_300,
+        };
+        let token = c.sign(&sk);
+        let parts: Vec<&str> = token.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0], "v1");
+        let payload = b64url_decode(parts[1]).expect("payload b64url");
+        assert_eq!(
+            String::from_utf8(payload).expect("utf8"),
+            r#"{"kid":"approvals-test","chl":"Y2hhbGxlbmdl","fp":"ZnA","sub":"alice@example.com","iat":1700000000,"exp":1700000300}"#
+        );
+        let sig_bytes = b64url_decode(parts[2]).expect("sig b64url");
+        let sig = Signature::from_slice(&sig_bytes).expect("64-byte signature");
+        let signed = format!("v1.{}", parts[1]);
+        test_verifying_key()
+            .expect("pk")
+            .verify(signed.as_bytes(), &sig)
+            .expect("signature verifies over v1.<payload>");
+        assert!(!token.contains('='));
+    }
+
+    #[test]
+    fn unsigned_jwt_carries_the_claims() {
+        let jwt = unsigned_jwt(&serde_json::json!({"sub": "ci-bot", "exp": 5}));
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let claims: serde_json::Value =
+            serde_json::from_slice(&b64url_decode(parts[1]).expect("b64")).expect("json");
+        assert_eq!(claims["sub"], "ci-bot");
+        assert_eq!(claims["exp"], 5);
+        assert!(!jwt.contains('='));
+    }
+}

@@ -1,0 +1,948 @@
+//! The plugin configuration: the one source of truth for its schema, defaults and validation.
+//!
+//! [`Config::parse`] turns the plugin configuration (JSON) into a validated [`Config`] or a
+//! [`ConfigError`] that names the field path and what to change, e.g.
+//! `routes[2].class: unknown class "token_issueing"; expected one of read_only, ...`.
+//! Unknown fields are errors. [`SCHEMA`] lists every field for the documentation.
+
+use std::fmt;
+
+use ed25519_dalek::VerifyingKey;
+use serde_json::{Map, Value};
+
+use crate::b64;
+use crate::matcher::{MatchInput, MatchNeeds, PathMatch, RouteMatch};
+use crate::policy::{Outcome, Policy, PolicyTable, RouteClass};
+use base64::Engine as _;
+
+/// Enforce decisions or only log and count them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Block, strip and answer as decided.
+    Enforce,
+    /// Compute, log and count every decision; block and strip nothing.
+    Shadow,
+}
+
+impl Mode {
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
+/// What to do with a stale bearer token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StaleTokenAction {
+    /// Remove `authorization` before the upstream and mark the request.
+    Strip,
+    /// Answer 401 with `WWW-Authenticate: Bearer error="invalid_token"`.
+    Reject,
+}
+
+impl StaleTokenAction {
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            StaleTokenAction::Strip => "strip",
+            StaleTokenAction::Reject => "reject",
+        }
+    }
+}
+
+/// Where the principal of a request comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrincipalSource {
+    /// The mTLS peer URI SAN (the SPIFFE id in a mesh).
+    PeerIdentity,
+    /// A request header (lower-case name).
+    Header(String),
+    /// A claim of the bearer JWT, decoded without verification.
+    JwtClaim(String),
+    /// SHA-256 of the `Authorization` credential (bearer or basic).
+    Token,
+}
+
+/// Human-confirmation settings.
+#[derive(Clone, Debug)]
+pub struct Confirmation {
+    /// Request header that carries the confirmation token (lower-case).
+    pub header: String,
+    /// Longest accepted lifetime (`exp` − `iat`) of a confirmation.
+    pub max_ttl_seconds: u64,
+    /// Approver public keys by key id.
+    pub keys: Vec<(String, VerifyingKey)>,
+}
+
+/// One guarded route.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Route name used in answers, audit lines and fingerprints.
+    pub name: String,
+    /// Match conditions.
+    pub matcher: RouteMatch,
+    /// Action class.
+    pub class: RouteClass,
+    /// Owning team.
+    pub owner: String,
+    /// Escalation path.
+    pub escalation: String,
+    /// Answer 400 when the idempotency key is missing.
+    pub require_idempotency_key: bool,
+    /// Tokens older than this are stale on this route.
+    pub token_max_age_seconds: Option<u64>,
+    /// Attempts beyond this need review.
+    pub max_attempts: Option<u32>,
+    /// Effective mode (the route's, else the global one).
+    pub mode: Mode,
+    /// Policy per outcome of the earlier attempt.
+    pub policies: PolicyTable,
+}
+
+/// The validated plugin configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Global mode.
+    pub mode: Mode,
+    /// How long a ledger entry lives after its latest attempt.
+    pub window_seconds: u64,
+    /// Tolerated clock skew for token and confirmation times.
+    pub clock_skew_seconds: u64,
+    /// Ledger capacity in entries.
+    pub max_entries: u32,
+    /// Idempotency key header (lower-case).
+    pub idempotency_key_header: String,
+    /// Longest accepted idempotency key.
+    pub max_key_length: usize,
+    /// Largest request body buffered on guarded routes.
+    pub max_body_bytes: usize,
+    /// Principal sources, tried in order.
+    pub principal: Vec<PrincipalSource>,
+    /// Response header by which an upstream proves a 5xx changed nothing (lower-case).
+    pub unchanged_state_header: String,
+    /// What to do with stale bearer tokens.
+    pub stale_token_action: StaleTokenAction,
+    /// Confirmation header name (lower-case); present even without `confirmation`, so the
+    /// header is never forwarded.
+    pub confirmation_header: String,
+    /// Confirmation settings; `None` means no confirmation can be accepted.
+    pub confirmation: Option<Confirmation>,
+    /// Guarded routes, first match wins.
+    pub routes: Vec<Route>,
+    /// What route matching reads.
+    pub needs: MatchNeeds,
+}
+
+/// A configuration error: the field path and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Field path, e.g. `routes[2].class`; empty for the document itself.
+    pub path: String,
+    /// What is wrong and what to write instead.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "configuration: {}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One documented configuration field.
+pub struct FieldDoc {
+    /// Field path (`routes[].match.path`).
+    pub path: &'static str,
+    /// Type and default.
+    pub kind: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+}
+
+/// Every configuration field; the README's configuration reference is checked against it.
+pub const SCHEMA: &[FieldDoc] = &[
+    FieldDoc { path: "mode", kind: "\"enforce\" | \"shadow\", default \"enforce\"", doc: "shadow computes, logs and counts every decision but blocks and strips nothing" },
+    FieldDoc { path: "window_seconds", kind: "integer 1..=2592000, default 900", doc: "how long a ledger entry lives after its latest attempt" },
+    FieldDoc { path: "clock_skew_seconds", kind: "integer 0..=3600, default 30", doc: "tolerance for token exp/nbf and confirmation iat" },
+    FieldDoc { path: "max_entries", kind: "integer 4..=16777216, default 65536", doc: "ledger capacity; a full set evicts its oldest entry" },
+    FieldDoc { path: "idempotency_key_header", kind: "header name, default \"idempotency-key\"", doc: "where clients put the idempotency key" },
+    FieldDoc { path: "max_key_length", kind: "integer 1..=8192, default 255", doc: "longer keys are answered 400" },
+    FieldDoc { path: "max_body_bytes", kind: "integer 0..=16777216, default 65536", doc: "largest body buffered on a guarded non-read_only route; larger is 413" },
+    FieldDoc { path: "principal", kind: "list of sources, default [\"peer_identity\", \"jwt:sub\", \"token\"]", doc: "peer_identity, header:<name>, jwt:<claim>, token; the first that yields a value wins, none gives \"anonymous\"" },
+    FieldDoc { path: "unchanged_state_header", kind: "header name, default \"retry-guard-state\"", doc: "a 5xx with this header set to \"unchanged\" is outcome unchanged" },
+    FieldDoc { path: "stale_token_action", kind: "\"strip\" | \"reject\", default \"strip\"", doc: "strip removes authorization before the upstream; reject answers 401" },
+    FieldDoc { path: "confirmation", kind: "object, optional", doc: "absent: no confirmation can be accepted" },
+    FieldDoc { path: "confirmation.header", kind: "header name, default \"retry-guard-confirmation\"", doc: "request header carrying the signed confirmation; never forwarded upstream" },
+    FieldDoc { path: "confirmation.max_ttl_seconds", kind: "integer 1..=86400, default 600", doc: "longest accepted exp - iat of a confirmation" },
+    FieldDoc { path: "confirmation.keys", kind: "object key id -> standard base64 Ed25519 public key (32 bytes)", doc: "approver keys; several ids allow rotation" },
+    FieldDoc { path: "routes", kind: "list, required, at least one", doc: "guarded routes; first match wins" },
+    FieldDoc { path: "routes[].name", kind: "string, required, unique", doc: "route name in answers, audit lines and fingerprints" },
+    FieldDoc { path: "routes[].match", kind: "object, required, at least one condition", doc: "all given conditions must hold" },
+    FieldDoc { path: "routes[].match.route_name", kind: "string", doc: "Envoy's route name (xds.route_name)" },
+    FieldDoc { path: "routes[].match.methods", kind: "list of upper-case methods", doc: "request method is one of these" },
+    FieldDoc { path: "routes[].match.authority", kind: "string", doc: ":authority, case-insensitive" },
+    FieldDoc { path: "routes[].match.path", kind: "string", doc: "exact path, query ignored (one of path, path_prefix, path_template)" },
+    FieldDoc { path: "routes[].match.path_prefix", kind: "string", doc: "path prefix" },
+    FieldDoc { path: "routes[].match.path_template", kind: "string", doc: "segments; * is one segment, a trailing ** any rest" },
+    FieldDoc { path: "routes[].class", kind: "read_only | idempotent_write | token_issuing | secret_minting | session_extending | privilege_changing", doc: "the last four are sensitive" },
+    FieldDoc { path: "routes[].owner", kind: "string, required", doc: "owning team, in every answer and audit line" },
+    FieldDoc { path: "routes[].escalation", kind: "string, required", doc: "escalation path, in every answer and audit line" },
+    FieldDoc { path: "routes[].require_idempotency_key", kind: "bool, default false", doc: "missing key is 400" },
+    FieldDoc { path: "routes[].token_max_age_seconds", kind: "integer >= 1, optional", doc: "bearer tokens older than this are stale (too_old)" },
+    FieldDoc { path: "routes[].max_attempts", kind: "integer >= 1, optional", doc: "an attempt beyond this turns retry_safe into retry_with_review" },
+    FieldDoc { path: "routes[].mode", kind: "\"enforce\" | \"shadow\", default: the global mode", doc: "per-route mode" },
+    FieldDoc { path: "routes[].on", kind: "object outcome -> policy", doc: "overrides the class default for an outcome" },
+];
+
+const TOP_FIELDS: &[&str] = &[
+    "mode",
+    "window_seconds",
+    "clock_skew_seconds",
+    "max_entries",
+    "idempotency_key_header",
+    "max_key_length",
+    "max_body_bytes",
+    "principal",
+    "unchanged_state_header",
+    "stale_token_action",
+    "confirmation",
+    "routes",
+];
+const CONFIRMATION_FIELDS: &[&str] = &["header", "max_ttl_seconds", "keys"];
+const ROUTE_FIELDS: &[&str] = &[
+    "name",
+    "match",
+    "class",
+    "owner",
+    "escalation",
+    "require_idempotency_key",
+    "token_max_age_seconds",
+    "max_attempts",
+    "mode",
+    "on",
+];
+const MATCH_FIELDS: &[&str] = &[
+    "route_name",
+    "methods",
+    "authority",
+    "path",
+    "path_prefix",
+    "path_template",
+];
+
+/// A JSON object being read, with its field path, that rejects unknown fields.
+struct Obj<'a> {
+    path: String,
+    map: &'a Map<String, Value>,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => format!("string {:?}", truncate(s)),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => s.get(..i).unwrap_or(s),
+        None => s,
+    }
+}
+
+fn join(parent: &str, field: &str) -> String {
+    if parent.is_empty() {
+        field.to_string()
+    } else {
+        format!("{parent}.{field}")
+    }
+}
+
+impl<'a> Obj<'a> {
+    fn new(path: String, value: &'a Value, allowed: &[&str]) -> Result<Obj<'a>, ConfigError> {
+        let Value::Object(map) = value else {
+            let what = if path.is_empty() {
+                "the configuration"
+            } else {
+                "this field"
+            };
+            return Err(err(
+                path,
+                format!("{what} must be a JSON object, found {}", describe(value)),
+            ));
+        };
+        for key in map.keys() {
+            if !allowed.contains(&key.as_str()) {
+                return Err(err(
+                    join(&path, key),
+                    format!("unknown field; expected one of {}", allowed.join(", ")),
+                ));
+            }
+        }
+        Ok(Obj { path, map })
+    }
+
+    fn field(&self, name: &str) -> String {
+        join(&self.path, name)
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.map.get(name)
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&'a str>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(v) => Err(err(
+                self.field(name),
+                format!("expected a string, found {}", describe(v)),
+            )),
+        }
+    }
+
+    fn required_string(&self, name: &str) -> Result<&'a str, ConfigError> {
+        match self.string(name)? {
+            Some(s) if !s.trim().is_empty() => Ok(s),
+            Some(_) => Err(err(self.field(name), "must not be empty")),
+            None => Err(err(self.field(name), "required field is missing")),
+        }
+    }
+
+    fn bool(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(err(
+                self.field(name),
+                format!("expected true or false, found {}", describe(v)),
+            )),
+        }
+    }
+
+    fn int(&self, name: &str, min: u64, max: u64) -> Result<Option<u64>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                Some(n) => Err(err(
+                    self.field(name),
+                    format!("{n} is out of range; expected an integer from {min} to {max}"),
+                )),
+                None => Err(err(
+                    self.field(name),
+                    format!(
+                        "expected an integer from {min} to {max}, found {}",
+                        describe(v)
+                    ),
+                )),
+            },
+        }
+    }
+
+    fn header_name(&self, name: &str, default: &str) -> Result<String, ConfigError> {
+        match self.string(name)? {
+            None => Ok(default.to_string()),
+            Some(h) => valid_header_name(h).map_err(|m| err(self.field(name), m)),
+        }
+    }
+
+    fn mode(&self, name: &str) -> Result<Option<Mode>, ConfigError> {
+        match self.string(name)? {
+            None => Ok(None),
+            Some("enforce") => Ok(Some(Mode::Enforce)),
+            Some("shadow") => Ok(Some(Mode::Shadow)),
+            Some(other) => Err(err(
+                self.field(name),
+                format!("unknown mode {other:?}; expected enforce or shadow"),
+            )),
+        }
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn valid_header_name(h: &str) -> Result<String, String> {
+    if h.is_empty() {
+        return Err("header name must not be empty".into());
+    }
+    if !h.bytes().all(is_tchar) {
+        return Err(format!(
+            "{:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+            truncate(h)
+        ));
+    }
+    Ok(h.to_ascii_lowercase())
+}
+
+const MAX_WINDOW: u64 = 30 * 86_400;
+
+impl Config {
+    /// Parses and validates the plugin configuration.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(err(
+                "",
+                "the plugin configuration is empty; it must be a JSON object with at least \"routes\"",
+            ));
+        }
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| err("", format!("not valid JSON: {e}")))?;
+        Config::from_value(&value)
+    }
+
+    /// Validates an already parsed JSON document.
+    pub fn from_value(value: &Value) -> Result<Config, ConfigError> {
+        let top = Obj::new(String::new(), value, TOP_FIELDS)?;
+        let mode = top.mode("mode")?.unwrap_or(Mode::Enforce);
+        let window_seconds = top.int("window_seconds", 1, MAX_WINDOW)?.unwrap_or(900);
+        let clock_skew_seconds = top.int("clock_skew_seconds", 0, 3600)?.unwrap_or(30);
+        let max_entries = top.int("max_entries", 4, 1 << 24)?.unwrap_or(65_536);
+        let idempotency_key_header =
+            top.header_name("idempotency_key_header", "idempotency-key")?;
+        let max_key_length = top.int("max_key_length", 1, 8192)?.unwrap_or(255);
+        let max_body_bytes = top.int("max_body_bytes", 0, 1 << 24)?.unwrap_or(65_536);
+        let principal = parse_principal(&top)?;
+        let unchanged_state_header =
+            top.header_name("unchanged_state_header", "retry-guard-state")?;
+        let stale_token_action = match top.string("stale_token_action")? {
+            None | Some("strip") => StaleTokenAction::Strip,
+            Some("reject") => StaleTokenAction::Reject,
+            Some(other) => {
+                return Err(err(
+                    "stale_token_action",
+                    format!("unknown action {other:?}; expected strip or reject"),
+                ))
+            }
+        };
+        let (confirmation_header, confirmation) = match top.get("confirmation") {
+            None => ("retry-guard-confirmation".to_string(), None),
+            Some(v) => {
+                let c = parse_confirmation(v)?;
+                (c.header.clone(), Some(c))
+            }
+        };
+        let routes = parse_routes(&top, mode)?;
+        let mut needs = MatchNeeds::default();
+        for r in &routes {
+            needs.add(&r.matcher);
+        }
+        Ok(Config {
+            mode,
+            window_seconds,
+            clock_skew_seconds,
+            max_entries: u32::try_from(max_entries).unwrap_or(1 << 24),
+            idempotency_key_header,
+            max_key_length: usize::try_from(max_key_length).unwrap_or(8192),
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(1 << 24),
+            principal,
+            unchanged_state_header,
+            stale_token_action,
+            confirmation_header,
+            confirmation,
+            routes,
+            needs,
+        })
+    }
+
+    /// The first route whose conditions all hold.
+    pub fn match_route(&self, input: &MatchInput<'_>) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matcher.matches(input))
+    }
+
+    /// Index of the first matching route.
+    pub fn match_route_index(&self, input: &MatchInput<'_>) -> Option<usize> {
+        self.routes.iter().position(|r| r.matcher.matches(input))
+    }
+}
+
+fn parse_principal(top: &Obj<'_>) -> Result<Vec<PrincipalSource>, ConfigError> {
+    let Some(v) = top.get("principal") else {
+        return Ok(vec![
+            PrincipalSource::PeerIdentity,
+            PrincipalSource::JwtClaim("sub".into()),
+            PrincipalSource::Token,
+        ]);
+    };
+    let Value::Array(items) = v else {
+        return Err(err(
+            "principal",
+            format!("expected a list of sources, found {}", describe(v)),
+        ));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("principal[{i}]");
+        let Value::String(s) = item else {
+            return Err(err(
+                path,
+                format!("expected a string, found {}", describe(item)),
+            ));
+        };
+        let source = if s == "peer_identity" {
+            PrincipalSource::PeerIdentity
+        } else if s == "token" {
+            PrincipalSource::Token
+        } else if let Some(h) = s.strip_prefix("header:") {
+            PrincipalSource::Header(valid_header_name(h).map_err(|m| err(&path, m))?)
+        } else if let Some(c) = s.strip_prefix("jwt:") {
+            if c.is_empty() {
+                return Err(err(path, "jwt: needs a claim name, e.g. jwt:sub"));
+            }
+            PrincipalSource::JwtClaim(c.to_string())
+        } else {
+            return Err(err(
+                path,
+                format!(
+                    "unknown principal source {:?}; expected peer_identity, header:<name>, jwt:<claim> or token",
+                    truncate(s)
+                ),
+            ));
+        };
+        out.push(source);
+    }
+    Ok(out)
+}
+
+fn parse_confirmation(v: &Value) -> Result<Confirmation, ConfigError> {
+    let c = Obj::new("confirmation".into(), v, CONFIRMATION_FIELDS)?;
+    let header = c.header_name("header", "retry-guard-confirmation")?;
+    let max_ttl_seconds = c.int("max_ttl_seconds", 1, 86_400)?.unwrap_or(600);
+    let mut keys = Vec::new();
+    match c.get("keys") {
+        None => {}
+        Some(Value::Object(map)) => {
+            for (kid, key) in map {
+                let path = format!("confirmation.keys.{kid}");
+                if kid.is_empty() {
+                    return Err(err(path, "key id must not be empty"));
+                }
+                let Value::String(text) = key else {
+                    return Err(err(
+                        path,
+                        format!(
+                            "expected standard base64 of a 32-byte Ed25519 public key, found {}",
+                            describe(key)
+                        ),
+                    ));
+                };
+                let bytes = b64::STANDARD.decode(text.trim().as_bytes()).map_err(|_| {
+                    err(
+                        &path,
+                        "not valid standard base64; expected the 32-byte Ed25519 public key from `retry-guard keygen`",
+                    )
+                })?;
+                let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    err(
+                        &path,
+                        format!(
+                            "decodes to {} bytes; an Ed25519 public key is 32 bytes",
+                            bytes.len()
+                        ),
+                    )
+                })?;
+                let vk = VerifyingKey::from_bytes(&arr).map_err(|_| {
+                    err(
+                        &path,
+                        "not a valid Ed25519 public key (point does not decode)",
+                    )
+                })?;
+                keys.push((kid.clone(), vk));
+            }
+        }
+        Some(other) => {
+            return Err(err(
+                "confirmation.keys",
+                format!(
+                    "expected an object of key id -> public key, found {}",
+                    describe(other)
+                ),
+            ))
+        }
+    }
+    Ok(Confirmation {
+        header,
+        max_ttl_seconds,
+        keys,
+    })
+}
+
+fn parse_routes(top: &Obj<'_>, global_mode: Mode) -> Result<Vec<Route>, ConfigError> {
+    let items = match top.get("routes") {
+        None => {
+            return Err(err(
+                "routes",
+                "required field is missing; list at least one guarded route",
+            ))
+        }
+        Some(Value::Array(items)) => items,
+        Some(v) => {
+            return Err(err(
+                "routes",
+                format!("expected a list of routes, found {}", describe(v)),
+            ))
+        }
+    };
+    if items.is_empty() {
+        return Err(err("routes", "must list at least one guarded route"));
+    }
+    let mut routes: Vec<Route> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let r = Obj::new(format!("routes[{i}]"), item, ROUTE_FIELDS)?;
+        let name = r.required_string("name")?.to_string();
+        if let Some(j) = routes.iter().position(|x| x.name == name) {
+            return Err(err(
+                r.field("name"),
+                format!(
+                    "duplicate route name {name:?} (also routes[{j}].name); names must be unique"
+                ),
+            ));
+        }
+        let matcher = match r.get("match") {
+            None => return Err(err(r.field("match"), "required field is missing")),
+            Some(m) => parse_match(r.field("match"), m)?,
+        };
+        let class_name = r.required_string("class")?;
+        let class = RouteClass::parse(class_name).ok_or_else(|| {
+            err(
+                r.field("class"),
+                format!(
+                    "unknown class {:?}; expected one of {}",
+                    truncate(class_name),
+                    RouteClass::ALL.map(RouteClass::name).join(", ")
+                ),
+            )
+        })?;
+        let owner = r.required_string("owner")?.to_string();
+        let escalation = r.required_string("escalation")?.to_string();
+        let require_idempotency_key = r.bool("require_idempotency_key", false)?;
+        let token_max_age_seconds = r.int("token_max_age_seconds", 1, 365 * 86_400)?;
+        let max_attempts = r
+            .int("max_attempts", 1, 1_000_000)?
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        let mode = r.mode("mode")?.unwrap_or(global_mode);
+        let mut policies = PolicyTable::for_class(class);
+        match r.get("on") {
+            None => {}
+            Some(Value::Object(map)) => {
+                for (outcome, policy) in map {
+                    let path = format!("{}.{outcome}", r.field("on"));
+                    let o = Outcome::parse(outcome).ok_or_else(|| {
+                        err(
+                            &path,
+                            format!(
+                                "unknown outcome; expected one of {}",
+                                Outcome::ALL.map(Outcome::name).join(", ")
+                            ),
+                        )
+                    })?;
+                    let p = match policy {
+                        Value::String(s) => Policy::parse(s),
+                        _ => None,
+                    }
+                    .ok_or_else(|| {
+                        err(
+                            &path,
+                            format!(
+                                "unknown policy {}; expected one of retry_safe, retry_with_review, do_not_retry",
+                                describe(policy)
+                            ),
+                        )
+                    })?;
+                    policies.set(o, p);
+                }
+            }
+            Some(v) => {
+                return Err(err(
+                    r.field("on"),
+                    format!(
+                        "expected an object of outcome -> policy, found {}",
+                        describe(v)
+                    ),
+                ))
+            }
+        }
+        routes.push(Route {
+            name,
+            matcher,
+            class,
+            owner,
+            escalation,
+            require_idempotency_key,
+            token_max_age_seconds,
+            max_attempts,
+            mode,
+            policies,
+        });
+    }
+    Ok(routes)
+}
+
+fn parse_match(path: String, v: &Value) -> Result<RouteMatch, ConfigError> {
+    let m = Obj::new(path, v, MATCH_FIELDS)?;
+    let route_name = m.string("route_name")?.map(str::to_string);
+    if route_name.as_deref() == Some("") {
+        return Err(err(m.field("route_name"), "must not be empty"));
+    }
+    let methods = match m.get("methods") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => {
+            if items.is_empty() {
+                return Err(err(
+                    m.field("methods"),
+                    "must list at least one method (leave the field out to match any method)",
+                ));
+            }
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let p = format!("{}[{i}]", m.field("methods"));
+                let Value::String(s) = item else {
+                    return Err(err(
+                        p,
+                        format!("expected a string, found {}", describe(item)),
+                    ));
+                };
+                if s.is_empty() || !s.bytes().all(is_tchar) {
+                    return Err(err(p, format!("{:?} is not an HTTP method", truncate(s))));
+                }
+                if s.bytes().any(|b| b.is_ascii_lowercase()) {
+                    return Err(err(
+                        p,
+                        format!(
+                            "methods are case-sensitive and Envoy compares them as sent; write {:?}",
+                            s.to_ascii_uppercase()
+                        ),
+                    ));
+                }
+                out.push(s.clone());
+            }
+            out
+        }
+        Some(other) => {
+            return Err(err(
+                m.field("methods"),
+                format!("expected a list of methods, found {}", describe(other)),
+            ))
+        }
+    };
+    let authority = m.string("authority")?.map(str::to_string);
+    let mut path_match = PathMatch::Any;
+    let mut chosen: Option<&str> = None;
+    for kind in ["path", "path_prefix", "path_template"] {
+        let Some(text) = m.string(kind)? else {
+            continue;
+        };
+        if let Some(first) = chosen {
+            return Err(err(
+                m.field(kind),
+                format!("give only one of path, path_prefix, path_template (also {first})"),
+            ));
+        }
+        chosen = Some(kind);
+        if !text.starts_with('/') {
+            return Err(err(
+                m.field(kind),
+                format!("{:?} must start with '/'", truncate(text)),
+            ));
+        }
+        path_match = match kind {
+            "path" => PathMatch::Exact(text.to_string()),
+            "path_prefix" => PathMatch::Prefix(text.to_string()),
+            _ => PathMatch::template(text).map_err(|e| err(m.field(kind), e))?,
+        };
+    }
+    let matcher = RouteMatch {
+        route_name,
+        methods,
+        authority,
+        path: path_match,
+    };
+    if matcher.route_name.is_none()
+        && matcher.methods.is_empty()
+        && matcher.authority.is_none()
+        && matcher.path == PathMatch::Any
+    {
+        return Err(err(
+            m.path,
+            "give at least one condition: route_name, methods, authority, path, path_prefix or path_template",
+        ));
+    }
+    Ok(matcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text.as_bytes())
+    }
+
+    fn route(extra: &str) -> String {
+        format!(
+            r#"{{"routes":[{{"name":"t","match":{{"path":"/oauth/token"}},"class":"token_issuing","owner":"team-iam","escalation":"pd:iam"{extra}}}]}}"#
+        )
+    }
+
+    fn error_of(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("expected an error for {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse(&route("")).unwrap();
+        assert_eq!(c.mode, Mode::Enforce);
+        assert_eq!(c.window_seconds, 900);
+        assert_eq!(c.clock_skew_seconds, 30);
+        assert_eq!(c.max_entries, 65_536);
+        assert_eq!(c.idempotency_key_header, "idempotency-key");
+        assert_eq!(c.max_key_length, 255);
+        assert_eq!(c.max_body_bytes, 65_536);
+        assert_eq!(c.principal.len(), 3);
+        assert_eq!(c.unchanged_state_header, "retry-guard-state");
+        assert_eq!(c.stale_token_action, StaleTokenAction::Strip);
+        assert_eq!(c.confirmation_header, "retry-guard-confirmation");
+        assert!(c.confirmation.is_none());
+        assert!(c.needs.path && !c.needs.route_name && !c.needs.method);
+        assert_eq!(c.routes[0].mode, Mode::Enforce);
+    }
+
+    #[test]
+    fn the_issue_example_parses() {
+        let text = include_str!("../../testdata/configs/issue-example.json");
+        let c = parse(text).unwrap();
+        let r = &c.routes[0];
+        assert_eq!(r.class, RouteClass::TokenIssuing);
+        assert_eq!(r.policies.get(Outcome::Succeeded), Policy::RetryWithReview);
+        assert_eq!(r.max_attempts, Some(5));
+        assert_eq!(r.token_max_age_seconds, Some(300));
+        assert_eq!(c.confirmation.as_ref().unwrap().keys.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad_class = route("").replace("token_issuing", "token_issueing");
+        assert_eq!(
+            error_of(&bad_class),
+            "routes[0].class: unknown class \"token_issueing\"; expected one of read_only, idempotent_write, token_issuing, secret_minting, session_extending, privilege_changing"
+        );
+        assert!(error_of(r#"{"routes":[],"windw_seconds":1}"#)
+            .starts_with("windw_seconds: unknown field; expected one of mode, "));
+        assert_eq!(
+            error_of(&route(r#","max_attempts":"5""#)),
+            "routes[0].max_attempts: expected an integer from 1 to 1000000, found string \"5\""
+        );
+        assert!(error_of(&route(r#","on":{"suceeded":"retry_safe"}"#))
+            .starts_with("routes[0].on.suceeded: unknown outcome"));
+        assert!(error_of(&route(r#","on":{"succeeded":"allow"}"#))
+            .starts_with("routes[0].on.succeeded: unknown policy string \"allow\""));
+        assert_eq!(
+            error_of(&route("").replace(r#","owner":"team-iam""#, "")),
+            "routes[0].owner: required field is missing"
+        );
+        assert!(error_of(r#"{"routes":[]}"#).starts_with("routes: must list at least one"));
+        assert!(error_of(r#"{}"#).starts_with("routes: required field is missing"));
+        assert!(error_of("").starts_with("configuration: the plugin configuration is empty"));
+        assert!(error_of("{").starts_with("configuration: not valid JSON"));
+        assert!(
+            error_of("[]").starts_with("configuration: the configuration must be a JSON object")
+        );
+        assert!(
+            error_of(&route("").replace(r#""path":"/oauth/token""#, r#""pth":"/x""#))
+                .starts_with("routes[0].match.pth: unknown field")
+        );
+        assert!(
+            error_of(&route("").replace(r#"{"path":"/oauth/token"}"#, "{}"))
+                .starts_with("routes[0].match: give at least one condition")
+        );
+        assert!(error_of(&route("").replace(
+            r#""path":"/oauth/token""#,
+            r#""path":"/a","path_prefix":"/b""#
+        ))
+        .starts_with("routes[0].match.path_prefix: give only one of"));
+        assert!(
+            error_of(&route("").replace(r#""path":"/oauth/token""#, r#""methods":["post"]"#))
+                .contains("write \"POST\"")
+        );
+        assert!(error_of(
+            &route("").replace(r#""path":"/oauth/token""#, r#""path_template":"/a/**/b""#)
+        )
+        .starts_with("routes[0].match.path_template:"));
+        assert!(error_of(&route(r#","mode":"audit""#)).starts_with("routes[0].mode: unknown mode"));
+        let dup = r#"{"routes":[{"name":"a","match":{"path":"/x"},"class":"read_only","owner":"o","escalation":"e"},{"name":"a","match":{"path":"/y"},"class":"read_only","owner":"o","escalation":"e"}]}"#;
+        assert!(error_of(dup).starts_with("routes[1].name: duplicate route name"));
+        let mut with_top = route("");
+        with_top.insert_str(1, r#""principal":["jwt:sub","cookie"],"#);
+        assert!(error_of(&with_top).starts_with("principal[1]: unknown principal source"));
+        let mut big = route("");
+        big.insert_str(1, r#""max_entries":2,"#);
+        assert!(error_of(&big).starts_with("max_entries: 2 is out of range"));
+        let mut key = route("");
+        key.insert_str(1, r#""confirmation":{"keys":{"k1":"AAAA"}},"#);
+        assert_eq!(
+            error_of(&key),
+            "confirmation.keys.k1: decodes to 3 bytes; an Ed25519 public key is 32 bytes"
+        );
+        let mut key = route("");
+        key.insert_str(1, r#""confirmation":{"keys":{"k1":"!!"}},"#);
+        assert!(error_of(&key).starts_with("confirmation.keys.k1: not valid standard base64"));
+        let mut hdr = route("");
+        hdr.insert_str(1, r#""idempotency_key_header":"bad header","#);
+        assert!(error_of(&hdr).starts_with("idempotency_key_header: \"bad header\" is not a valid"));
+    }
+
+    #[test]
+    fn route_mode_overrides_global() {
+        let mut text = route(r#","mode":"enforce""#);
+        text.insert_str(1, r#""mode":"shadow","#);
+        let c = parse(&text).unwrap();
+        assert_eq!(c.mode, Mode::Shadow);
+        assert_eq!(c.routes[0].mode, Mode::Enforce);
+        let mut text = route("");
+        text.insert_str(1, r#""mode":"shadow","#);
+        assert_eq!(parse(&text).unwrap().routes[0].mode, Mode::Shadow);
+    }
+
+    #[test]
+    fn schema_lists_every_accepted_field() {
+        for f in TOP_FIELDS {
+            assert!(SCHEMA.iter().any(|d| d.path == *f), "{f}");
+        }
+        for f in ROUTE_FIELDS {
+            let p = format!("routes[].{f}");
+            assert!(SCHEMA.iter().any(|d| d.path == p), "{p}");
+        }
+        for f in MATCH_FIELDS {
+            let p = format!("routes[].match.{f}");
+            assert!(SCHEMA.iter().any(|d| d.path == p), "{p}");
+        }
+        for f in CONFIRMATION_FIELDS {
+            let p = format!("confirmation.{f}");
+            assert!(SCHEMA.iter().any(|d| d.path == p), "{p}");
+        }
+    }
+}

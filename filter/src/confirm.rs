@@ -1,0 +1,333 @@
+//! Signed, single-use human confirmations.
+//!
+//! An approver's tool signs `v1.<payload>` with Ed25519, where `<payload>` is base64url (no
+//! padding) of `{"kid","chl","fp","sub","iat","exp"}`; the token is
+//! `v1.<payload>.<base64url signature>`. [`verify`] accepts it only for the outstanding
+//! challenge of the fingerprint, within its validity window.
+
+use std::fmt;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde::Deserialize;
+
+use crate::b64;
+use crate::config::Confirmation;
+
+/// Longest confirmation token accepted; longer is `malformed`.
+pub const MAX_TOKEN_LEN: usize = 4096;
+/// Longest approver name accepted.
+pub const MAX_APPROVER_LEN: usize = 256;
+
+/// Why a confirmation was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfirmationError {
+    /// The signature does not verify with the named key.
+    BadSignature,
+    /// The key id is not configured (or no confirmation is configured at all).
+    UnknownKey,
+    /// Outside `iat` − skew ..= `exp`, or valid longer than `max_ttl_seconds`.
+    Expired,
+    /// Signed for another fingerprint.
+    WrongFingerprint,
+    /// Signed for a challenge that is not the outstanding one.
+    WrongChallenge,
+    /// The challenge was already consumed by an earlier confirmation.
+    AlreadyUsed,
+    /// Not a `v1.<payload>.<signature>` token with the expected members.
+    Malformed,
+}
+
+impl ConfirmationError {
+    /// The `confirmation_error` member value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConfirmationError::BadSignature => "bad_signature",
+            ConfirmationError::UnknownKey => "unknown_key",
+            ConfirmationError::Expired => "expired",
+            ConfirmationError::WrongFingerprint => "wrong_fingerprint",
+            ConfirmationError::WrongChallenge => "wrong_challenge",
+            ConfirmationError::AlreadyUsed => "already_used",
+            ConfirmationError::Malformed => "malformed",
+        }
+    }
+}
+
+impl fmt::Display for ConfirmationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A challenge id: 128 random bits.
+pub type Challenge = [u8; 16];
+
+/// An accepted confirmation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Approval {
+    /// Who approved (`sub`).
+    pub approver: String,
+    /// Which key signed.
+    pub kid: String,
+    /// The challenge it consumes.
+    pub challenge: Challenge,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    kid: String,
+    chl: String,
+    fp: String,
+    sub: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// The ledger state a confirmation is checked against.
+#[derive(Clone, Copy, Debug)]
+pub struct ChallengeState<'a> {
+    /// The fingerprint (base64url) of the request.
+    pub fingerprint: &'a str,
+    /// The outstanding challenge of this fingerprint.
+    pub outstanding: Option<Challenge>,
+    /// The challenge most recently consumed for this fingerprint.
+    pub consumed: Option<Challenge>,
+}
+
+/// Verifies a confirmation token.
+pub fn verify(
+    token: &[u8],
+    config: Option<&Confirmation>,
+    state: ChallengeState<'_>,
+    skew: u64,
+    now: u64,
+) -> Result<Approval, ConfirmationError> {
+    use ConfirmationError::*;
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(Malformed);
+    }
+    let token = std::str::from_utf8(token).map_err(|_| Malformed)?.trim();
+    let rest = token.strip_prefix("v1.").ok_or(Malformed)?;
+    let (payload_b64, sig_b64) = rest.split_once('.').ok_or(Malformed)?;
+    if sig_b64.contains('.') {
+        return Err(Malformed);
+    }
+    let payload_bytes = b64::decode_url(payload_b64).ok_or(Malformed)?;
+    let payload: Payload = serde_json::from_slice(&payload_bytes).map_err(|_| Malformed)?;
+    let sig_bytes = b64::decode_url(sig_b64).ok_or(Malformed)?;
+    let sig_arr: [u8; 64] = sig_bytes.as_slice().try_into().map_err(|_| Malformed)?;
+    let challenge: Challenge = b64::decode_url(&payload.chl)
+        .and_then(|c| c.as_slice().try_into().ok())
+        .ok_or(Malformed)?;
+    if payload.sub.is_empty() || payload.sub.len() > MAX_APPROVER_LEN {
+        return Err(Malformed);
+    }
+    let config = config.ok_or(UnknownKey)?;
+    let key: &VerifyingKey = config
+        .keys
+        .iter()
+        .find(|(kid, _)| *kid == payload.kid)
+        .map(|(_, k)| k)
+        .ok_or(UnknownKey)?;
+    let signed_len = 3 + payload_b64.len();
+    let signed = token.get(..signed_len).ok_or(Malformed)?;
+    key.verify_strict(signed.as_bytes(), &Signature::from_bytes(&sig_arr))
+        .map_err(|_| BadSignature)?;
+    if payload.fp != state.fingerprint {
+        return Err(WrongFingerprint);
+    }
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    let skew = i64::try_from(skew).unwrap_or(0);
+    let ttl = i64::try_from(config.max_ttl_seconds).unwrap_or(i64::MAX);
+    let lifetime = payload.exp.checked_sub(payload.iat).ok_or(Expired)?;
+    if payload.iat.saturating_sub(skew) > now || now > payload.exp || lifetime < 0 || lifetime > ttl
+    {
+        return Err(Expired);
+    }
+    if state.consumed == Some(challenge) {
+        return Err(AlreadyUsed);
+    }
+    if state.outstanding != Some(challenge) {
+        return Err(WrongChallenge);
+    }
+    Ok(Approval {
+        approver: payload.sub,
+        kid: payload.kid,
+        challenge,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    pub const NOW: u64 = 1_800_000_000;
+
+    pub fn signing_key() -> SigningKey {
+        SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    pub fn confirmation_config() -> Confirmation {
+        Confirmation {
+            header: "retry-guard-confirmation".into(),
+            max_ttl_seconds: 600,
+            keys: vec![("k1".into(), signing_key().verifying_key())],
+        }
+    }
+
+    pub fn sign_raw(key: &SigningKey, payload_json: &str) -> String {
+        let signed = format!("v1.{}", b64::url(payload_json.as_bytes()));
+        let sig = key.sign(signed.as_bytes());
+        format!("{signed}.{}", b64::url(&sig.to_bytes()))
+    }
+
+    pub fn sign(kid: &str, chl: &Challenge, fp: &str, iat: u64, exp: u64) -> String {
+        sign_raw(
+            &signing_key(),
+            &format!(
+                r#"{{"kid":"{kid}","chl":"{}","fp":"{fp}","sub":"alice@example.com","iat":{iat},"exp":{exp}}}"#,
+                b64::url(chl)
+            ),
+        )
+    }
+
+    const CHL: Challenge = [9; 16];
+
+    fn check(token: &str) -> Result<Approval, ConfirmationError> {
+        let cfg = confirmation_config();
+        verify(
+            token.as_bytes(),
+            Some(&cfg),
+            ChallengeState {
+                fingerprint: "fp1",
+                outstanding: Some(CHL),
+                consumed: Some([1; 16]),
+            },
+            30,
+            NOW,
+        )
+    }
+
+    #[test]
+    fn accepts_a_valid_confirmation() {
+        let a = check(&sign("k1", &CHL, "fp1", NOW - 10, NOW + 300)).unwrap();
+        assert_eq!(a.approver, "alice@example.com");
+        assert_eq!(a.kid, "k1");
+        assert_eq!(a.challenge, CHL);
+    }
+
+    #[test]
+    fn each_refusal() {
+        use ConfirmationError::*;
+        assert_eq!(
+            check(&sign("k2", &CHL, "fp1", NOW, NOW + 60)),
+            Err(UnknownKey)
+        );
+        assert_eq!(
+            check(&sign("k1", &CHL, "fp2", NOW, NOW + 60)),
+            Err(WrongFingerprint)
+        );
+        assert_eq!(
+            check(&sign("k1", &[8; 16], "fp1", NOW, NOW + 60)),
+            Err(WrongChallenge)
+        );
+        assert_eq!(
+            check(&sign("k1", &[1; 16], "fp1", NOW, NOW + 60)),
+            Err(AlreadyUsed)
+        );
+        assert_eq!(
+            check(&sign("k1", &CHL, "fp1", NOW - 100, NOW - 1)),
+            Err(Expired)
+        );
+        assert_eq!(
+            check(&sign("k1", &CHL, "fp1", NOW + 31, NOW + 60)),
+            Err(Expired),
+            "iat in the future"
+        );
+        assert_eq!(
+            check(&sign("k1", &CHL, "fp1", NOW, NOW + 601)),
+            Err(Expired),
+            "ttl too long"
+        );
+        let other = SigningKey::from_bytes(&[8u8; 32]);
+        let forged = sign_raw(
+            &other,
+            &format!(
+                r#"{{"kid":"k1","chl":"{}","fp":"fp1","sub":"mallory","iat":{NOW},"exp":{}}}"#,
+                b64::url(&CHL),
+                NOW + 60
+            ),
+        );
+        assert_eq!(check(&forged), Err(BadSignature));
+        // Tampering with the payload breaks the signature.
+        let good = sign("k1", &CHL, "fp1", NOW, NOW + 60);
+        let (_, sig) = good.rsplit_once('.').unwrap();
+        let tampered = format!(
+            "v1.{}.{sig}",
+            b64::url(
+                format!(
+                    r#"{{"kid":"k1","chl":"{}","fp":"fp1","sub":"mallory","iat":{NOW},"exp":{}}}"#,
+                    b64::url(&CHL),
+                    NOW + 60
+                )
+                .as_bytes()
+            )
+        );
+        assert_eq!(check(&tampered), Err(BadSignature));
+        let cfg_none = verify(
+            good.as_bytes(),
+            None,
+            ChallengeState {
+                fingerprint: "fp1",
+                outstanding: Some(CHL),
+                consumed: None,
+            },
+            30,
+            NOW,
+        );
+        assert_eq!(cfg_none, Err(UnknownKey));
+    }
+
+    #[test]
+    fn malformed_tokens() {
+        let good = sign("k1", &CHL, "fp1", NOW, NOW + 60);
+        let truncated = &good[..good.len() - 10];
+        for t in [
+            "",
+            "v1",
+            "v2.a.b",
+            "v1.a",
+            "v1.!!!.b",
+            truncated,
+            &format!("{good}.extra"),
+            &format!("v1.{}.{}", b64::url(b"{}"), b64::url(&[0; 64])),
+            &format!(
+                "v1.{}.{}",
+                b64::url(br#"{"kid":"k1","chl":"x","fp":"f","sub":"a","iat":"1","exp":2}"#),
+                b64::url(&[0; 64])
+            ),
+            &format!(
+                "v1.{}.{}",
+                b64::url(br#"{"kid":"k1","chl":"x","fp":"f","sub":"a","iat":1e300,"exp":2}"#),
+                b64::url(&[0; 64])
+            ),
+            &"v1.".repeat(5000),
+        ] {
+            assert_eq!(check(t), Err(ConfirmationError::Malformed), "{t:.80}");
+        }
+        assert_eq!(
+            verify(
+                &[0xff, 0xfe],
+                None,
+                ChallengeState {
+                    fingerprint: "",
+                    outstanding: None,
+                    consumed: None
+                },
+                0,
+                0
+            ),
+            Err(ConfirmationError::Malformed)
+        );
+    }
+}

@@ -1,0 +1,678 @@
+//! The decision engine: pure functions of (configuration, request facts, ledger entry, now)
+//! that return a [`Decision`]. The shell gathers the facts, loads the entry, calls these and
+//! applies the result; nothing here touches the host.
+
+use serde_json::{Map, Value};
+
+use crate::b64;
+use crate::config::{Config, Mode, Route, StaleTokenAction};
+use crate::confirm::{self, Challenge, ChallengeState, ConfirmationError};
+use crate::fingerprint::{BodyDigest, Fingerprint, KeyCheck};
+use crate::ledger::{Commit, Entry, Ledger};
+use crate::policy::{classify, Outcome, Policy, ResponseFacts};
+use crate::problem::{LocalReply, ProblemType};
+use crate::time::rfc3339;
+use crate::token::StaleReason;
+
+/// The decision on one guarded request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Continue to the upstream.
+    Allow,
+    /// 428: a human must confirm.
+    Confirm,
+    /// A valid confirmation came; continue as a new attempt.
+    Confirmed,
+    /// 409: the earlier attempt is in flight.
+    Conflict,
+    /// 403: do not retry.
+    Deny,
+    /// 422: same key, different body.
+    Mismatch,
+    /// 400: idempotency key missing or invalid.
+    BadRequest,
+    /// 413: body over `max_body_bytes`.
+    TooLarge,
+    /// 401: stale token with `stale_token_action: reject`.
+    StaleToken,
+}
+
+impl Verdict {
+    /// Every verdict, in [`Verdict::index`] order.
+    pub const ALL: [Verdict; 9] = [
+        Verdict::Allow,
+        Verdict::Confirm,
+        Verdict::Confirmed,
+        Verdict::Conflict,
+        Verdict::Deny,
+        Verdict::Mismatch,
+        Verdict::BadRequest,
+        Verdict::TooLarge,
+        Verdict::StaleToken,
+    ];
+
+    /// The audit and metric name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Confirm => "confirm",
+            Verdict::Confirmed => "confirmed",
+            Verdict::Conflict => "conflict",
+            Verdict::Deny => "deny",
+            Verdict::Mismatch => "mismatch",
+            Verdict::BadRequest => "bad_request",
+            Verdict::TooLarge => "too_large",
+            Verdict::StaleToken => "stale_token",
+        }
+    }
+
+    /// Position in [`Verdict::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Verdict::Allow => 0,
+            Verdict::Confirm => 1,
+            Verdict::Confirmed => 2,
+            Verdict::Conflict => 3,
+            Verdict::Deny => 4,
+            Verdict::Mismatch => 5,
+            Verdict::BadRequest => 6,
+            Verdict::TooLarge => 7,
+            Verdict::StaleToken => 8,
+        }
+    }
+
+    /// Does this verdict stop the request (in enforce mode)?
+    pub fn blocks(self) -> bool {
+        !matches!(self, Verdict::Allow | Verdict::Confirmed)
+    }
+}
+
+/// What happens to the bearer token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenAction {
+    /// Nothing (fresh, absent, or the request is blocked anyway).
+    None,
+    /// Removed before the upstream.
+    Strip,
+    /// Answered 401.
+    Reject,
+    /// Shadow mode: would have been stripped.
+    WouldStrip,
+    /// Shadow mode: would have been rejected.
+    WouldReject,
+}
+
+impl TokenAction {
+    /// The audit name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenAction::None => "none",
+            TokenAction::Strip => "strip",
+            TokenAction::Reject => "reject",
+            TokenAction::WouldStrip => "would_strip",
+            TokenAction::WouldReject => "would_reject",
+        }
+    }
+}
+
+/// The facts of one request on a matched route.
+#[derive(Clone, Debug)]
+pub struct Facts<'a> {
+    /// Now, Unix seconds.
+    pub now: u64,
+    /// `x-request-id`, if any.
+    pub request_id: Option<&'a str>,
+    /// The principal.
+    pub principal: &'a str,
+    /// The idempotency key header.
+    pub key: &'a KeyCheck,
+    /// The fingerprint; `None` before the body is known (400 and 413 answers).
+    pub fingerprint: Option<Fingerprint>,
+    /// SHA-256 of the body.
+    pub body_digest: BodyDigest,
+    /// Why the bearer token is stale, if it is.
+    pub stale: Option<StaleReason>,
+    /// The confirmation header value, if any.
+    pub confirmation: Option<&'a [u8]>,
+}
+
+/// A decision and everything needed to apply, answer and audit it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The retry policy applied, when the ledger had a live entry.
+    pub policy: Option<Policy>,
+    /// Why, in a word or two (`first_attempt`, `previous_succeeded`, ...).
+    pub reason: String,
+    /// The attempt number this request is (1 for a first attempt).
+    pub attempt: u32,
+    /// Outcome and status of the earlier attempt.
+    pub previous: Option<(Outcome, u16)>,
+    /// First attempt of the window, when known.
+    pub first_seen: Option<u64>,
+    /// When the window ends, when known.
+    pub window_ends: Option<u64>,
+    /// The route's mode.
+    pub mode: Mode,
+    /// Shadow mode and the verdict would have blocked.
+    pub would_block: bool,
+    /// The ledger entry to commit (conditionally on the loaded snapshot).
+    pub write: Option<Entry>,
+    /// What happens to the bearer token.
+    pub token_action: TokenAction,
+    /// Why the token is stale.
+    pub token_reason: Option<StaleReason>,
+    /// The approver of an accepted confirmation.
+    pub approver: Option<String>,
+    /// The challenge of a 428.
+    pub challenge: Option<Challenge>,
+    /// Why a sent confirmation was refused.
+    pub confirmation_error: Option<ConfirmationError>,
+    /// The specific problem of a 400.
+    pub key_problem: Option<ProblemType>,
+}
+
+impl Decision {
+    fn new(verdict: Verdict, route: &Route, reason: impl Into<String>) -> Decision {
+        Decision {
+            verdict,
+            policy: None,
+            reason: reason.into(),
+            attempt: 1,
+            previous: None,
+            first_seen: None,
+            window_ends: None,
+            mode: route.mode,
+            would_block: false,
+            write: None,
+            token_action: TokenAction::None,
+            token_reason: None,
+            approver: None,
+            challenge: None,
+            confirmation_error: None,
+            key_problem: None,
+        }
+    }
+
+    /// Is the request stopped with a local reply (enforce mode and a blocking verdict)?
+    pub fn is_blocked(&self) -> bool {
+        self.mode == Mode::Enforce && self.verdict.blocks()
+    }
+
+    /// Is the token removed before the upstream?
+    pub fn strips_token(&self) -> bool {
+        self.token_action == TokenAction::Strip
+    }
+
+    fn problem_type(&self) -> Option<ProblemType> {
+        Some(match self.verdict {
+            Verdict::Allow | Verdict::Confirmed => return None,
+            Verdict::Confirm => ProblemType::ConfirmationRequired,
+            Verdict::Conflict => ProblemType::RequestInFlight,
+            Verdict::Deny => ProblemType::DoNotRetry,
+            Verdict::Mismatch => ProblemType::IdempotencyKeyMismatch,
+            Verdict::BadRequest => self
+                .key_problem
+                .unwrap_or(ProblemType::IdempotencyKeyInvalid),
+            Verdict::TooLarge => ProblemType::BodyTooLarge,
+            Verdict::StaleToken => ProblemType::StaleToken,
+        })
+    }
+
+    /// The local reply for a blocked request; `None` when the request continues.
+    pub fn reply(&self, config: &Config, route: &Route, facts: &Facts<'_>) -> Option<LocalReply> {
+        if !self.is_blocked() {
+            return None;
+        }
+        let kind = self.problem_type()?;
+        let mut m = Map::new();
+        m.insert("detail".into(), self.detail(config, route).into());
+        m.insert("route".into(), route.name.clone().into());
+        m.insert("class".into(), route.class.name().into());
+        m.insert("owner".into(), route.owner.clone().into());
+        m.insert("escalation".into(), route.escalation.clone().into());
+        m.insert(
+            "fingerprint".into(),
+            facts.fingerprint.map_or(Value::Null, |f| f.text().into()),
+        );
+        m.insert("attempt".into(), self.attempt.into());
+        m.insert(
+            "request_id".into(),
+            facts.request_id.map_or(Value::Null, |r| r.into()),
+        );
+        if let Some((outcome, status)) = self.previous {
+            m.insert("previous_outcome".into(), outcome.name().into());
+            m.insert("previous_status".into(), status.into());
+        }
+        if let Some(reason) = self.token_reason {
+            m.insert("token_reason".into(), reason.name().into());
+        }
+        let mut extra: Vec<(&'static str, String)> = Vec::new();
+        match self.verdict {
+            Verdict::Confirm => {
+                if let Some(c) = self.challenge {
+                    let id = b64::url(&c);
+                    m.insert("challenge".into(), id.clone().into());
+                    extra.push(("retry-guard-challenge", id));
+                }
+                if let Some(t) = self.first_seen {
+                    m.insert("first_seen".into(), rfc3339(t).into());
+                }
+                if let Some(t) = self.window_ends {
+                    m.insert("window_ends".into(), rfc3339(t).into());
+                }
+                m.insert(
+                    "confirmation_header".into(),
+                    config.confirmation_header.clone().into(),
+                );
+                if let Some(e) = self.confirmation_error {
+                    m.insert("confirmation_error".into(), e.name().into());
+                }
+            }
+            Verdict::StaleToken => {
+                let reason = self.token_reason.map_or("stale", StaleReason::name);
+                extra.push((
+                    "www-authenticate",
+                    format!("Bearer error=\"invalid_token\", error_description=\"{reason}\""),
+                ));
+            }
+            Verdict::BadRequest | Verdict::TooLarge => {
+                if let Some(f) = facts.fingerprint {
+                    m.insert("fingerprint".into(), f.text().into());
+                }
+            }
+            _ => {}
+        }
+        let mut reply = LocalReply::problem(kind, m);
+        reply.headers.extend(extra);
+        Some(reply)
+    }
+
+    fn detail(&self, config: &Config, route: &Route) -> String {
+        let who = format!(
+            "Route {} is owned by {}; escalate via {}.",
+            route.name, route.owner, route.escalation
+        );
+        let prev = self
+            .previous
+            .map(|(o, s)| format!(" The earlier attempt ended {o} (status {s})."))
+            .unwrap_or_default();
+        match self.verdict {
+            Verdict::Confirm => format!(
+                "This {} request repeats attempt {} of the same operation.{prev} A retry needs a signed confirmation from an approver in the {} header, bound to the challenge and fingerprint. {who}",
+                route.class,
+                self.attempt.saturating_sub(1),
+                config.confirmation_header
+            ),
+            Verdict::Conflict => format!(
+                "An identical {} request is still in flight; wait for its result instead of retrying. {who}",
+                route.class
+            ),
+            Verdict::Deny => format!(
+                "This {} request must not be retried.{prev} Start a new operation (a new idempotency key) if that is intended. {who}",
+                route.class
+            ),
+            Verdict::Mismatch => format!(
+                "The idempotency key was used with a different request body; use a new key for a new operation. {who}"
+            ),
+            Verdict::BadRequest => match self.key_problem {
+                Some(ProblemType::IdempotencyKeyMissing) => format!(
+                    "This route requires the {} header. {who}",
+                    config.idempotency_key_header
+                ),
+                _ => format!(
+                    "The {} header is invalid ({}); send 1 to {} visible ASCII characters, bare or as a quoted string. {who}",
+                    config.idempotency_key_header, self.reason, config.max_key_length
+                ),
+            },
+            Verdict::TooLarge => format!(
+                "The request body exceeds {} bytes, the most retry-guard buffers to fingerprint it. {who}",
+                config.max_body_bytes
+            ),
+            Verdict::StaleToken => format!(
+                "The bearer token is stale ({}); obtain a fresh token before retrying. {who}",
+                self.token_reason.map_or("stale", StaleReason::name)
+            ),
+            Verdict::Allow | Verdict::Confirmed => who,
+        }
+    }
+}
+
+/// The 400 answer when the key is required and missing, or invalid; `None` otherwise.
+/// Runs at request headers, before the body.
+pub fn check_key(route: &Route, key: &KeyCheck) -> Option<Decision> {
+    let (problem, reason) = match key {
+        KeyCheck::Absent if route.require_idempotency_key => (
+            ProblemType::IdempotencyKeyMissing,
+            "idempotency_key_missing",
+        ),
+        KeyCheck::Invalid(why) => (ProblemType::IdempotencyKeyInvalid, *why),
+        _ => return None,
+    };
+    let mut d = Decision::new(Verdict::BadRequest, route, reason);
+    d.key_problem = Some(problem);
+    d.would_block = route.mode == Mode::Shadow;
+    Some(d)
+}
+
+/// The 413 answer for a body over `max_body_bytes`.
+pub fn too_large(route: &Route) -> Decision {
+    let mut d = Decision::new(Verdict::TooLarge, route, "body_over_max_body_bytes");
+    d.would_block = route.mode == Mode::Shadow;
+    d
+}
+
+/// Decides a guarded request given the live ledger entry of its fingerprint (if any).
+/// `new_challenge` supplies 128 random bits when a fresh challenge is needed.
+pub fn decide(
+    config: &Config,
+    route: &Route,
+    facts: &Facts<'_>,
+    entry: Option<&Entry>,
+    new_challenge: &mut dyn FnMut() -> Challenge,
+) -> Decision {
+    let mut d = decide_enforced(config, route, facts, entry, new_challenge);
+    if route.mode == Mode::Shadow {
+        // Nothing is blocked or stripped; the request goes on as a new attempt.
+        if d.verdict.blocks() {
+            d.would_block = true;
+            d.challenge = None;
+            d.write = facts
+                .fingerprint
+                .map(|fp| attempt_entry(fp, entry, facts, None));
+        }
+        d.token_action = match d.token_action {
+            TokenAction::Strip => TokenAction::WouldStrip,
+            TokenAction::Reject => TokenAction::WouldReject,
+            other => other,
+        };
+    }
+    d
+}
+
+fn decide_enforced(
+    config: &Config,
+    route: &Route,
+    facts: &Facts<'_>,
+    entry: Option<&Entry>,
+    new_challenge: &mut dyn FnMut() -> Challenge,
+) -> Decision {
+    let Some(fp) = facts.fingerprint else {
+        return Decision::new(Verdict::Allow, route, "no_fingerprint");
+    };
+    let mut d = Decision::new(Verdict::Allow, route, "first_attempt");
+    d.attempt = entry.map_or(1, |e| e.attempts.saturating_add(1));
+    d.previous = entry.map(|e| (e.outcome, e.status));
+    d.first_seen = Some(entry.map_or(facts.now, |e| e.first_seen));
+    d.window_ends = Some(
+        entry
+            .map_or(facts.now, |e| e.last_attempt)
+            .saturating_add(config.window_seconds),
+    );
+    d.token_reason = facts.stale;
+
+    if let Some(reason) = facts.stale {
+        if config.stale_token_action == StaleTokenAction::Reject {
+            d.verdict = Verdict::StaleToken;
+            d.reason = format!("token_{}", reason.name());
+            d.token_action = TokenAction::Reject;
+            return d;
+        }
+    }
+    let Some(e) = entry else {
+        return allow(d, fp, entry, facts, None);
+    };
+    if facts.key.key().is_some() && e.body_digest != facts.body_digest {
+        d.verdict = Verdict::Mismatch;
+        d.reason = "body_differs".into();
+        return d;
+    }
+    let mut policy = route.policies.get(e.outcome);
+    d.reason = format!("previous_{}", e.outcome.name());
+    if policy == Policy::RetrySafe && route.max_attempts.is_some_and(|max| d.attempt > max) {
+        policy = Policy::RetryWithReview;
+        d.reason = "max_attempts_exceeded".into();
+    }
+    d.policy = Some(policy);
+    match policy {
+        Policy::RetrySafe => allow(d, fp, entry, facts, None),
+        Policy::DoNotRetry => {
+            d.verdict = if e.outcome == Outcome::InFlight {
+                Verdict::Conflict
+            } else {
+                Verdict::Deny
+            };
+            d
+        }
+        Policy::RetryWithReview => {
+            if let Some(token) = facts.confirmation {
+                let fp_text = fp.text();
+                let state = ChallengeState {
+                    fingerprint: &fp_text,
+                    outstanding: e.challenge,
+                    consumed: e.consumed,
+                };
+                match confirm::verify(
+                    token,
+                    config.confirmation.as_ref(),
+                    state,
+                    config.clock_skew_seconds,
+                    facts.now,
+                ) {
+                    Ok(approval) => {
+                        d.verdict = Verdict::Confirmed;
+                        d.reason = "confirmation_accepted".into();
+                        d.approver = Some(approval.approver);
+                        return allow(d, fp, entry, facts, Some(approval.challenge));
+                    }
+                    Err(err) => d.confirmation_error = Some(err),
+                }
+            }
+            d.verdict = Verdict::Confirm;
+            match e.challenge {
+                Some(c) => d.challenge = Some(c),
+                None => {
+                    let c = new_challenge();
+                    d.challenge = Some(c);
+                    let mut updated = e.clone();
+                    updated.challenge = Some(c);
+                    d.write = Some(updated);
+                }
+            }
+            d
+        }
+    }
+}
+
+fn allow(
+    mut d: Decision,
+    fp: Fingerprint,
+    entry: Option<&Entry>,
+    facts: &Facts<'_>,
+    consumed: Option<Challenge>,
+) -> Decision {
+    if d.verdict != Verdict::Confirmed {
+        d.verdict = Verdict::Allow;
+    }
+    if facts.stale.is_some() {
+        d.token_action = TokenAction::Strip;
+    }
+    d.write = Some(attempt_entry(fp, entry, facts, consumed));
+    d
+}
+
+/// The ledger entry for a new attempt of `fp` (in flight), after the live `entry` if any.
+fn attempt_entry(
+    fp: Fingerprint,
+    entry: Option<&Entry>,
+    facts: &Facts<'_>,
+    consumed: Option<Challenge>,
+) -> Entry {
+    Entry {
+        id: fp.0,
+        first_seen: entry.map_or(facts.now, |e| e.first_seen),
+        last_attempt: facts.now,
+        attempts: entry.map_or(1, |e| e.attempts.saturating_add(1)),
+        outcome: Outcome::InFlight,
+        status: 0,
+        body_digest: facts.body_digest,
+        challenge: None,
+        consumed: consumed.or(entry.and_then(|e| e.consumed)),
+    }
+}
+
+/// The entry after recording the outcome of attempt `attempt`; `None` when the entry belongs
+/// to a later attempt (or is gone), so a stale response never overwrites a newer one.
+pub fn record_outcome(
+    entry: Option<&Entry>,
+    attempt: u32,
+    response: ResponseFacts,
+) -> Option<(Entry, Outcome)> {
+    let e = entry?;
+    if e.attempts != attempt || e.outcome != Outcome::InFlight {
+        return None;
+    }
+    let outcome = classify(response);
+    let mut updated = e.clone();
+    updated.outcome = outcome;
+    updated.status = response.status;
+    Some((updated, outcome))
+}
+
+/// The ledger id of the record that remembers when an opaque token was first seen.
+pub fn token_record_id(credential_secret: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"retry-guard/token-seen/v1\0");
+    h.update(credential_secret.as_bytes());
+    h.finalize().into()
+}
+
+/// The token record to write when a token is seen at `now`: a new record, or a refresh of the
+/// existing one's window once a quarter of it has passed; `None` when nothing needs writing.
+pub fn token_seen_update(
+    existing: Option<&Entry>,
+    id: [u8; 32],
+    now: u64,
+    window_seconds: u64,
+) -> Option<Entry> {
+    match existing {
+        Some(e) if now.saturating_sub(e.last_attempt) < window_seconds / 4 => None,
+        Some(e) => {
+            let mut u = e.clone();
+            u.last_attempt = now;
+            Some(u)
+        }
+        None => Some(Entry {
+            id,
+            first_seen: now,
+            last_attempt: now,
+            attempts: 0,
+            outcome: Outcome::Succeeded,
+            status: 0,
+            body_digest: [0; 32],
+            challenge: None,
+            consumed: None,
+        }),
+    }
+}
+
+/// How many times a decision is retried when another worker wrote the same ledger set first.
+pub const MAX_LEDGER_ROUNDS: usize = 16;
+
+/// A decision after its ledger write went through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// The decision.
+    pub decision: Decision,
+    /// Committing it evicted another live entry.
+    pub evicted: bool,
+}
+
+/// Loads the entry, decides, and commits the decision's write conditionally; when another
+/// worker wrote first, loads and decides again. This is how, of N identical requests at the
+/// same time, exactly one is allowed and the rest see `in_flight`.
+pub fn decide_with_ledger<L: Ledger>(
+    ledger: &L,
+    config: &Config,
+    route: &Route,
+    facts: &Facts<'_>,
+    new_challenge: &mut dyn FnMut() -> Challenge,
+) -> Result<Settled, String> {
+    let Some(fp) = facts.fingerprint else {
+        return Ok(Settled {
+            decision: decide(config, route, facts, None, new_challenge),
+            evicted: false,
+        });
+    };
+    for _ in 0..MAX_LEDGER_ROUNDS {
+        let snapshot = ledger.load(&fp.0, facts.now)?;
+        let decision = decide(config, route, facts, L::entry(&snapshot), new_challenge);
+        let Some(write) = &decision.write else {
+            return Ok(Settled {
+                decision,
+                evicted: false,
+            });
+        };
+        match ledger.commit(&snapshot, write, facts.now)? {
+            Commit::Stored { evicted } => return Ok(Settled { decision, evicted }),
+            Commit::Conflict => continue,
+        }
+    }
+    // Persistent contention on one set: refuse rather than risk a duplicate.
+    let mut d = Decision::new(Verdict::Conflict, route, "ledger_contention");
+    d.would_block = route.mode == Mode::Shadow;
+    Ok(Settled {
+        decision: d,
+        evicted: false,
+    })
+}
+
+/// Records the outcome of attempt `attempt` of `fp`; returns the outcome if it was written
+/// (`None` when a later attempt owns the entry or the entry is gone).
+pub fn record_with_ledger<L: Ledger>(
+    ledger: &L,
+    fp: &Fingerprint,
+    attempt: u32,
+    response: ResponseFacts,
+    now: u64,
+) -> Result<Option<Outcome>, String> {
+    for _ in 0..MAX_LEDGER_ROUNDS {
+        let snapshot = ledger.load(&fp.0, now)?;
+        let Some((entry, outcome)) = record_outcome(L::entry(&snapshot), attempt, response) else {
+            return Ok(None);
+        };
+        if let Commit::Stored { .. } = ledger.commit(&snapshot, &entry, now)? {
+            return Ok(Some(outcome));
+        }
+    }
+    Err("ledger contention: outcome not recorded".into())
+}
+
+/// When the ledger first saw the credential `secret` (recording it now if it never did).
+pub fn first_seen_with_ledger<L: Ledger>(
+    ledger: &L,
+    secret: &str,
+    now: u64,
+    window_seconds: u64,
+) -> Result<u64, String> {
+    let id = token_record_id(secret);
+    for _ in 0..MAX_LEDGER_ROUNDS {
+        let snapshot = ledger.load(&id, now)?;
+        let existing = L::entry(&snapshot);
+        let first_seen = existing.map_or(now, |e| e.first_seen);
+        match token_seen_update(existing, id, now, window_seconds) {
+            None => return Ok(first_seen),
+            Some(update) => {
+                if let Commit::Stored { .. } = ledger.commit(&snapshot, &update, now)? {
+                    return Ok(first_seen);
+                }
+            }
+        }
+    }
+    Err("ledger contention: token age not recorded".into())
+}
+
+#[cfg(test)]
+mod tests;

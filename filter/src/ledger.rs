@@ -1,0 +1,507 @@
+//! The ledger: what became of each guarded request within the window.
+//!
+//! [`Entry`] is one fingerprint's record. [`Ledger`] is the interface the shell uses: load a
+//! snapshot, decide with the pure core, then commit the new entry conditionally on the
+//! snapshot (a compare-and-swap); a conflict means somebody else wrote first, so the shell
+//! loads again and decides again. An asynchronous cluster-wide ledger (etcd through
+//! `dispatch_http_call`, a transaction comparing the revision) implements the same
+//! load/commit pair with the request paused in between; the policy core does not change.
+//!
+//! [`SlotLedger`] is the in-process implementation over Envoy shared data. Envoy never frees a
+//! shared-data key and does not check CAS for a key that does not exist yet, so the ledger
+//! pre-creates a fixed table of set keys ([`SlotLedger::ensure_slots`]) and only ever updates
+//! existing keys with CAS. Each set key holds up to [`WAYS`] entries; a full set evicts its
+//! oldest entry. Memory is bounded by `max_entries`.
+
+use crate::policy::Outcome;
+
+/// Entries per set key.
+pub const WAYS: usize = 4;
+
+/// Prefix of the shared-data keys.
+pub const KEY_PREFIX: &str = "retry-guard/v1/";
+
+/// One fingerprint's record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Fingerprint digest (or token-record id).
+    pub id: [u8; 32],
+    /// First attempt of the current window.
+    pub first_seen: u64,
+    /// Latest attempt; the entry lives `window_seconds` after it.
+    pub last_attempt: u64,
+    /// Attempts that reached the upstream path so far.
+    pub attempts: u32,
+    /// Outcome of the latest attempt.
+    pub outcome: Outcome,
+    /// Status of the latest attempt (0 = none yet).
+    pub status: u16,
+    /// SHA-256 of the body of the first attempt.
+    pub body_digest: [u8; 32],
+    /// Outstanding challenge.
+    pub challenge: Option<[u8; 16]>,
+    /// Most recently consumed challenge (to tell `already_used` from `wrong_challenge`).
+    pub consumed: Option<[u8; 16]>,
+}
+
+/// Encoded size of one entry.
+pub const ENTRY_BYTES: usize = 32 + 8 + 8 + 4 + 1 + 2 + 32 + 1 + 16 + 16;
+const SET_HEADER: usize = 2;
+const FORMAT: u8 = 1;
+
+impl Entry {
+    /// When the entry stops counting.
+    pub fn expires_at(&self, window_seconds: u64) -> u64 {
+        self.last_attempt.saturating_add(window_seconds)
+    }
+
+    /// Is the entry still within its window at `now`?
+    pub fn is_live(&self, now: u64, window_seconds: u64) -> bool {
+        now < self.expires_at(window_seconds)
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&self.first_seen.to_le_bytes());
+        out.extend_from_slice(&self.last_attempt.to_le_bytes());
+        out.extend_from_slice(&self.attempts.to_le_bytes());
+        out.push(self.outcome.code());
+        out.extend_from_slice(&self.status.to_le_bytes());
+        out.extend_from_slice(&self.body_digest);
+        let flags = u8::from(self.challenge.is_some()) | (u8::from(self.consumed.is_some()) << 1);
+        out.push(flags);
+        out.extend_from_slice(&self.challenge.unwrap_or_default());
+        out.extend_from_slice(&self.consumed.unwrap_or_default());
+    }
+
+    fn decode(b: &[u8]) -> Option<Entry> {
+        let mut r = Reader(b);
+        let id = r.array::<32>()?;
+        let first_seen = u64::from_le_bytes(r.array()?);
+        let last_attempt = u64::from_le_bytes(r.array()?);
+        let attempts = u32::from_le_bytes(r.array()?);
+        let outcome = Outcome::from_code(r.array::<1>()?[0])?;
+        let status = u16::from_le_bytes(r.array()?);
+        let body_digest = r.array::<32>()?;
+        let flags = r.array::<1>()?[0];
+        let challenge = r.array::<16>()?;
+        let consumed = r.array::<16>()?;
+        Some(Entry {
+            id,
+            first_seen,
+            last_attempt,
+            attempts,
+            outcome,
+            status,
+            body_digest,
+            challenge: (flags & 1 != 0).then_some(challenge),
+            consumed: (flags & 2 != 0).then_some(consumed),
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_at_checked(N)?;
+        self.0 = rest;
+        head.try_into().ok()
+    }
+}
+
+/// The entries of one set key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Set(pub Vec<Entry>);
+
+impl Set {
+    /// Encodes the set: format byte, count, fixed-size entries.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(SET_HEADER + self.0.len() * ENTRY_BYTES);
+        out.push(FORMAT);
+        out.push(u8::try_from(self.0.len()).unwrap_or(0));
+        for e in &self.0 {
+            e.encode_into(&mut out);
+        }
+        out
+    }
+
+    /// Decodes a set; an empty value is an empty set. `None` if the bytes are not a set of
+    /// this format (the caller treats that as empty and overwrites it).
+    pub fn decode(bytes: &[u8]) -> Option<Set> {
+        if bytes.is_empty() {
+            return Some(Set::default());
+        }
+        let (&[format, count], rest) = bytes.split_first_chunk::<SET_HEADER>()?;
+        let count = usize::from(count);
+        if format != FORMAT || count > WAYS || rest.len() != count * ENTRY_BYTES {
+            return None;
+        }
+        rest.chunks_exact(ENTRY_BYTES)
+            .map(Entry::decode)
+            .collect::<Option<Vec<_>>>()
+            .map(Set)
+    }
+
+    /// The set after writing `entry` at `now`: expired entries and the old record of the same
+    /// id dropped, the oldest entry evicted if the set is still full. Returns whether a live
+    /// entry was evicted.
+    pub fn with(&self, entry: &Entry, now: u64, window_seconds: u64) -> (Set, bool) {
+        let mut kept: Vec<Entry> = self
+            .0
+            .iter()
+            .filter(|e| e.id != entry.id && e.is_live(now, window_seconds))
+            .cloned()
+            .collect();
+        let mut evicted = false;
+        while kept.len() >= WAYS {
+            let oldest = kept
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.last_attempt)
+                .map(|(i, _)| i);
+            match oldest {
+                Some(i) => {
+                    kept.remove(i);
+                    evicted = true;
+                }
+                None => break,
+            }
+        }
+        kept.push(entry.clone());
+        (Set(kept), evicted)
+    }
+}
+
+/// Why a shared-data write failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// The CAS value no longer matches: somebody else wrote first.
+    CasMismatch,
+    /// Any other host error.
+    Host(String),
+}
+
+/// Envoy shared data, as the ledger needs it (`proxy_get_shared_data` /
+/// `proxy_set_shared_data`, with Envoy's rules: CAS 0 overwrites, CAS is not checked for a
+/// missing key).
+pub trait SharedStore {
+    /// The value and its CAS, or `None` if the key does not exist.
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, String>;
+    /// Writes `value` if the key's CAS still equals `cas` (0: unconditionally).
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+}
+
+/// What a commit did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// Written; `evicted` if another live entry made room.
+    Stored {
+        /// A live entry was evicted.
+        evicted: bool,
+    },
+    /// Somebody else wrote since the snapshot: load and decide again.
+    Conflict,
+}
+
+/// The ledger interface the shell drives.
+pub trait Ledger {
+    /// What a load returns and a commit is conditional on.
+    type Snapshot;
+    /// Loads the live entry for `id` at `now`.
+    fn load(&self, id: &[u8; 32], now: u64) -> Result<Self::Snapshot, String>;
+    /// The live entry in a snapshot.
+    fn entry(snapshot: &Self::Snapshot) -> Option<&Entry>;
+    /// Writes `entry` if nothing changed since `snapshot`.
+    fn commit(&self, snapshot: &Self::Snapshot, entry: &Entry, now: u64) -> Result<Commit, String>;
+}
+
+/// The in-process ledger over Envoy shared data.
+pub struct SlotLedger<S> {
+    store: S,
+    sets: u32,
+    window_seconds: u64,
+}
+
+/// A [`SlotLedger`] snapshot: the set as read and its CAS.
+#[derive(Clone, Debug)]
+pub struct SlotSnapshot {
+    key: String,
+    cas: u32,
+    set: Set,
+    live: Option<Entry>,
+}
+
+impl<S: SharedStore> SlotLedger<S> {
+    /// A ledger of `max_entries` entries (rounded up to whole sets).
+    pub fn new(store: S, max_entries: u32, window_seconds: u64) -> SlotLedger<S> {
+        SlotLedger {
+            store,
+            sets: max_entries.div_ceil(WAYS as u32).max(1),
+            window_seconds,
+        }
+    }
+
+    /// Number of set keys.
+    pub fn sets(&self) -> u32 {
+        self.sets
+    }
+
+    /// The shared-data key of set `i`.
+    pub fn key(i: u32) -> String {
+        format!("{KEY_PREFIX}{i}")
+    }
+
+    fn set_of(&self, id: &[u8; 32]) -> u32 {
+        let h = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
+        h % self.sets
+    }
+
+    /// Creates every set key that does not exist yet (empty value), so later writes are all
+    /// CAS-checked. Run once per VM at configure time, before the VM serves requests.
+    /// Returns how many keys this call created.
+    pub fn ensure_slots(&self) -> Result<u32, String> {
+        let mut created = 0;
+        for i in 0..self.sets {
+            let key = Self::key(i);
+            if self.store.get(&key)?.is_none() {
+                match self.store.set(&key, &[], 0) {
+                    Ok(()) => created += 1,
+                    Err(StoreError::CasMismatch) => {}
+                    Err(StoreError::Host(e)) => return Err(e),
+                }
+            }
+        }
+        Ok(created)
+    }
+
+    /// Store access for callers that need it (tests, tooling).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+}
+
+impl<S: SharedStore> Ledger for SlotLedger<S> {
+    type Snapshot = SlotSnapshot;
+
+    fn load(&self, id: &[u8; 32], now: u64) -> Result<SlotSnapshot, String> {
+        let key = Self::key(self.set_of(id));
+        let (set, cas) = match self.store.get(&key)? {
+            Some((bytes, cas)) => (Set::decode(&bytes).unwrap_or_default(), cas),
+            None => (Set::default(), 0),
+        };
+        let live = set
+            .0
+            .iter()
+            .find(|e| e.id == *id && e.is_live(now, self.window_seconds))
+            .cloned();
+        Ok(SlotSnapshot {
+            key,
+            cas,
+            set,
+            live,
+        })
+    }
+
+    fn entry(snapshot: &SlotSnapshot) -> Option<&Entry> {
+        snapshot.live.as_ref()
+    }
+
+    fn commit(&self, snap: &SlotSnapshot, entry: &Entry, now: u64) -> Result<Commit, String> {
+        let (set, evicted) = snap.set.with(entry, now, self.window_seconds);
+        match self.store.set(&snap.key, &set.encode(), snap.cas) {
+            Ok(()) => Ok(Commit::Stored { evicted }),
+            Err(StoreError::CasMismatch) => Ok(Commit::Conflict),
+            Err(StoreError::Host(e)) => Err(e),
+        }
+    }
+}
+
+/// An in-memory [`SharedStore`] with Envoy's exact CAS rules (proxy-wasm-cpp-host
+/// `shared_data.cc`): CAS values increase per write, CAS 0 overwrites, and CAS is not checked
+/// when the key does not exist. For native tests and tools.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: std::sync::Mutex<MemoryInner>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    map: std::collections::HashMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+}
+
+impl MemoryStore {
+    /// Number of keys ever created.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|g| g.map.len()).unwrap_or(0)
+    }
+
+    /// True if no key exists.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, String> {
+        let g = self
+            .inner
+            .lock()
+            .map_err(|_| "store poisoned".to_string())?;
+        Ok(g.map.get(key).cloned())
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        let mut g = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError::Host("store poisoned".into()))?;
+        g.next_cas = g.next_cas.wrapping_add(1).max(1);
+        let next = g.next_cas;
+        match g.map.get_mut(key) {
+            Some(slot) => {
+                if cas != 0 && cas != slot.1 {
+                    return Err(StoreError::CasMismatch);
+                }
+                *slot = (value.to_vec(), next);
+            }
+            None => {
+                g.map.insert(key.to_string(), (value.to_vec(), next));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T: SharedStore> SharedStore for &T {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, String> {
+        (**self).get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        (**self).set(key, value, cas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u8, last: u64) -> Entry {
+        Entry {
+            id: [id; 32],
+            first_seen: last,
+            last_attempt: last,
+            attempts: 1,
+            outcome: Outcome::InFlight,
+            status: 0,
+            body_digest: [3; 32],
+            challenge: Some([5; 16]),
+            consumed: None,
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_and_bad_bytes_are_rejected() {
+        let s = Set(vec![entry(1, 10), entry(2, 20)]);
+        let bytes = s.encode();
+        assert_eq!(bytes.len(), 2 + 2 * ENTRY_BYTES);
+        assert_eq!(Set::decode(&bytes), Some(s));
+        assert_eq!(Set::decode(&[]), Some(Set::default()));
+        assert_eq!(Set::decode(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(Set::decode(&[9, 0]), None);
+        assert_eq!(Set::decode(&[1, 200]), None);
+    }
+
+    #[test]
+    fn full_set_evicts_its_oldest_entry() {
+        let s = Set((1..=4).map(|i| entry(i, 100 + u64::from(i))).collect());
+        let (s2, evicted) = s.with(&entry(9, 200), 200, 900);
+        assert!(evicted);
+        assert_eq!(s2.0.len(), WAYS);
+        assert!(!s2.0.iter().any(|e| e.id == [1; 32]), "oldest went");
+        // Expired entries make room without counting as evictions.
+        let (s3, evicted) = s.with(&entry(9, 2000), 2000, 900);
+        assert!(!evicted);
+        assert_eq!(s3.0.len(), 1);
+        // Rewriting an id replaces it.
+        let (s4, evicted) = s.with(&entry(2, 300), 300, 900);
+        assert!(!evicted);
+        assert_eq!(s4.0.len(), 4);
+    }
+
+    #[test]
+    fn memory_store_has_envoys_cas_rules() {
+        let m = MemoryStore::default();
+        assert_eq!(m.get("k").unwrap(), None);
+        m.set("k", b"a", 12345).unwrap(); // CAS not checked for a missing key
+        let (_, cas) = m.get("k").unwrap().unwrap();
+        assert_eq!(
+            m.set("k", b"b", cas.wrapping_add(1)),
+            Err(StoreError::CasMismatch)
+        );
+        m.set("k", b"b", cas).unwrap();
+        assert_eq!(
+            m.set("k", b"c", cas),
+            Err(StoreError::CasMismatch),
+            "stale CAS"
+        );
+        m.set("k", b"d", 0).unwrap(); // 0 overwrites
+        assert_eq!(m.get("k").unwrap().unwrap().0, b"d");
+    }
+
+    #[test]
+    fn ledger_commits_conditionally_and_stays_bounded() {
+        let store = MemoryStore::default();
+        let l = SlotLedger::new(&store, 16, 900);
+        assert_eq!(l.ensure_slots().unwrap(), 4);
+        assert_eq!(l.ensure_slots().unwrap(), 0, "idempotent");
+        let e = entry(1, 100);
+        let a = l.load(&e.id, 100).unwrap();
+        let b = l.load(&e.id, 100).unwrap();
+        assert!(SlotLedger::<&MemoryStore>::entry(&a).is_none());
+        assert_eq!(
+            l.commit(&a, &e, 100).unwrap(),
+            Commit::Stored { evicted: false }
+        );
+        assert_eq!(
+            l.commit(&b, &e, 100).unwrap(),
+            Commit::Conflict,
+            "second writer loses"
+        );
+        let c = l.load(&e.id, 100).unwrap();
+        assert_eq!(SlotLedger::<&MemoryStore>::entry(&c), Some(&e));
+        let expired = l.load(&e.id, 100 + 900).unwrap();
+        assert!(SlotLedger::<&MemoryStore>::entry(&expired).is_none());
+        // A flood of unique ids never creates keys beyond the table.
+        let mut evictions = 0;
+        for i in 0..10_000u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            id[4] = 1;
+            let mut e = entry(0, 200);
+            e.id = id;
+            let s = l.load(&id, 200).unwrap();
+            if let Commit::Stored { evicted: true } = l.commit(&s, &e, 200).unwrap() {
+                evictions += 1;
+            }
+        }
+        assert_eq!(store.len(), 4);
+        assert!(evictions >= 10_000 - 16);
+    }
+
+    #[test]
+    fn corrupt_sets_read_as_empty() {
+        let store = MemoryStore::default();
+        store
+            .set(&SlotLedger::<&MemoryStore>::key(0), b"garbage", 0)
+            .unwrap();
+        let l = SlotLedger::new(&store, 4, 900);
+        let s = l.load(&[0; 32], 1).unwrap();
+        assert!(SlotLedger::<&MemoryStore>::entry(&s).is_none());
+        assert_eq!(
+            l.commit(&s, &entry(0, 1), 1).unwrap(),
+            Commit::Stored { evicted: false }
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! Route matching: which guarded route (if any) a request belongs to.
+//!
+//! Matching reads only what the configured routes need (see [`MatchNeeds`]) so a request on an
+//! unguarded route costs a handful of host calls and no allocation in the core.
+
+/// How a route matches the request path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    /// No path condition.
+    Any,
+    /// Exact path, compared without the query string.
+    Exact(String),
+    /// Path prefix (the raw `:path`, query included, starts with it).
+    Prefix(String),
+    /// Segment template: `*` is exactly one segment, a trailing `**` any rest (also none).
+    Template(Vec<Segment>),
+}
+
+/// One segment of a path template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// A literal segment.
+    Literal(String),
+    /// `*`: any one non-empty segment.
+    One,
+    /// `**` (last only): any rest.
+    Rest,
+}
+
+impl PathMatch {
+    /// Parses a `path_template` value; the error says what is wrong.
+    pub fn template(text: &str) -> Result<PathMatch, String> {
+        let Some(rest) = text.strip_prefix('/') else {
+            return Err(format!("template {text:?} must start with '/'"));
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        let last = parts.len().saturating_sub(1);
+        let mut segments = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let seg = match *part {
+                "**" if i == last => Segment::Rest,
+                "**" => {
+                    return Err(format!(
+                        "template {text:?}: '**' may only be the last segment"
+                    ))
+                }
+                "*" => Segment::One,
+                p if p.contains('*') => {
+                    return Err(format!(
+                        "template {text:?}: '*' must be a whole segment (no regex or globs)"
+                    ))
+                }
+                p => Segment::Literal(p.to_string()),
+            };
+            segments.push(seg);
+        }
+        Ok(PathMatch::Template(segments))
+    }
+
+    /// Does `path` (the raw `:path`, query included) match?
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Any => true,
+            PathMatch::Exact(p) => strip_query(path) == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Template(segments) => match_template(segments, strip_query(path)),
+        }
+    }
+}
+
+fn strip_query(path: &str) -> &str {
+    match path.find(['?', '#']) {
+        Some(i) => path.get(..i).unwrap_or(path),
+        None => path,
+    }
+}
+
+fn match_template(segments: &[Segment], path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let mut parts = rest.split('/');
+    for seg in segments {
+        match seg {
+            Segment::Rest => return true,
+            Segment::One => match parts.next() {
+                Some(p) if !p.is_empty() => {}
+                _ => return false,
+            },
+            Segment::Literal(l) => match parts.next() {
+                Some(p) if p == l => {}
+                _ => return false,
+            },
+        }
+    }
+    parts.next().is_none()
+}
+
+/// The conditions of one route; all given conditions must hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteMatch {
+    /// Envoy's route name (`xds.route_name`).
+    pub route_name: Option<String>,
+    /// Upper-case methods; empty means any.
+    pub methods: Vec<String>,
+    /// Authority (`:authority`), compared case-insensitively.
+    pub authority: Option<String>,
+    /// Path condition.
+    pub path: PathMatch,
+}
+
+/// Which request facts matching needs, so the shell fetches nothing else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MatchNeeds {
+    /// Some route matches on `xds.route_name`.
+    pub route_name: bool,
+    /// Some route matches on the method.
+    pub method: bool,
+    /// Some route matches on the authority.
+    pub authority: bool,
+    /// Some route matches on the path.
+    pub path: bool,
+}
+
+impl MatchNeeds {
+    /// Adds what `m` needs.
+    pub fn add(&mut self, m: &RouteMatch) {
+        self.route_name |= m.route_name.is_some();
+        self.method |= !m.methods.is_empty();
+        self.authority |= m.authority.is_some();
+        self.path |= m.path != PathMatch::Any;
+    }
+}
+
+/// The request facts matching looks at; `None` when not fetched or absent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MatchInput<'a> {
+    /// `xds.route_name`.
+    pub route_name: Option<&'a str>,
+    /// `:method`.
+    pub method: Option<&'a str>,
+    /// `:authority`.
+    pub authority: Option<&'a str>,
+    /// `:path`.
+    pub path: Option<&'a str>,
+}
+
+impl RouteMatch {
+    /// Do all conditions hold?
+    pub fn matches(&self, input: &MatchInput<'_>) -> bool {
+        if let Some(want) = &self.route_name {
+            if input.route_name != Some(want.as_str()) {
+                return false;
+            }
+        }
+        if !self.methods.is_empty() {
+            match input.method {
+                Some(m) if self.methods.iter().any(|x| x == m) => {}
+                _ => return false,
+            }
+        }
+        if let Some(want) = &self.authority {
+            match input.authority {
+                Some(a) if a.eq_ignore_ascii_case(want) => {}
+                _ => return false,
+            }
+        }
+        match (&self.path, input.path) {
+            (PathMatch::Any, _) => true,
+            (p, Some(path)) => p.matches(path),
+            (_, None) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_segments() {
+        let t = PathMatch::template("/v1/roles/*/members").unwrap();
+        assert!(t.matches("/v1/roles/admin/members"));
+        assert!(t.matches("/v1/roles/admin/members?x=1"));
+        assert!(!t.matches("/v1/roles//members"));
+        assert!(!t.matches("/v1/roles/admin/members/extra"));
+        assert!(!t.matches("/v1/roles/admin"));
+        let r = PathMatch::template("/v1/**").unwrap();
+        assert!(r.matches("/v1/a/b/c"));
+        assert!(r.matches("/v1"));
+        assert!(!r.matches("/v2/a"));
+        assert!(PathMatch::template("/a/**/b").is_err());
+        assert!(PathMatch::template("a/b").is_err());
+        assert!(PathMatch::template("/a/b*").is_err());
+    }
+
+    #[test]
+    fn exact_ignores_query_prefix_does_not() {
+        let e = PathMatch::Exact("/oauth/token".into());
+        assert!(e.matches("/oauth/token?x=1"));
+        assert!(!e.matches("/oauth/token/x"));
+        let p = PathMatch::Prefix("/v1/".into());
+        assert!(p.matches("/v1/x"));
+        assert!(!p.matches("/v2/x"));
+    }
+
+    #[test]
+    fn all_conditions_must_hold() {
+        let m = RouteMatch {
+            route_name: Some("token".into()),
+            methods: vec!["POST".into()],
+            authority: Some("Auth.Example".into()),
+            path: PathMatch::Exact("/oauth/token".into()),
+        };
+        let ok = MatchInput {
+            route_name: Some("token"),
+            method: Some("POST"),
+            authority: Some("auth.example"),
+            path: Some("/oauth/token"),
+        };
+        assert!(m.matches(&ok));
+        assert!(!m.matches(&MatchInput {
+            method: Some("GET"),
+            ..ok
+        }));
+        assert!(!m.matches(&MatchInput {
+            route_name: None,
+            ..ok
+        }));
+        assert!(!m.matches(&MatchInput {
+            authority: Some("other"),
+            ..ok
+        }));
+    }
+}

@@ -1,0 +1,429 @@
+//! Route classes, attempt outcomes, retry policies and the default policy table.
+
+use std::fmt;
+
+/// What a guarded route does, which decides how dangerous a retry of it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RouteClass {
+    /// Reads only; every retry is safe.
+    ReadOnly,
+    /// A write that the upstream makes idempotent itself.
+    IdempotentWrite,
+    /// Mints access or refresh tokens (sensitive).
+    TokenIssuing,
+    /// Creates secrets, keys or credentials (sensitive).
+    SecretMinting,
+    /// Extends or refreshes a session (sensitive).
+    SessionExtending,
+    /// Grants or changes privileges (sensitive).
+    PrivilegeChanging,
+}
+
+impl RouteClass {
+    /// Every class, in documentation order.
+    pub const ALL: [RouteClass; 6] = [
+        RouteClass::ReadOnly,
+        RouteClass::IdempotentWrite,
+        RouteClass::TokenIssuing,
+        RouteClass::SecretMinting,
+        RouteClass::SessionExtending,
+        RouteClass::PrivilegeChanging,
+    ];
+
+    /// The configuration name of the class.
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteClass::ReadOnly => "read_only",
+            RouteClass::IdempotentWrite => "idempotent_write",
+            RouteClass::TokenIssuing => "token_issuing",
+            RouteClass::SecretMinting => "secret_minting",
+            RouteClass::SessionExtending => "session_extending",
+            RouteClass::PrivilegeChanging => "privilege_changing",
+        }
+    }
+
+    /// Parses a configuration name.
+    pub fn parse(name: &str) -> Option<RouteClass> {
+        RouteClass::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// Token issuing, secret minting, session extending and privilege changing are sensitive.
+    pub fn is_sensitive(self) -> bool {
+        !matches!(self, RouteClass::ReadOnly | RouteClass::IdempotentWrite)
+    }
+}
+
+impl fmt::Display for RouteClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What became of an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Recorded, no response yet.
+    InFlight,
+    /// Status 1xx–3xx.
+    Succeeded,
+    /// 401 or 407.
+    Unauthenticated,
+    /// 429.
+    RateLimited,
+    /// Any other 4xx except 408.
+    Rejected,
+    /// Envoy proves the upstream never received the request.
+    NotSent,
+    /// A 5xx carrying the unchanged-state header: the upstream proves no state change.
+    Unchanged,
+    /// Any other 5xx, 408, upstream timeout or reset, or no response at all.
+    FailedUnknown,
+}
+
+impl Outcome {
+    /// Every outcome, in documentation order.
+    pub const ALL: [Outcome; 8] = [
+        Outcome::InFlight,
+        Outcome::Succeeded,
+        Outcome::Unauthenticated,
+        Outcome::RateLimited,
+        Outcome::Rejected,
+        Outcome::NotSent,
+        Outcome::Unchanged,
+        Outcome::FailedUnknown,
+    ];
+
+    /// The configuration and audit name of the outcome.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::InFlight => "in_flight",
+            Outcome::Succeeded => "succeeded",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Rejected => "rejected",
+            Outcome::NotSent => "not_sent",
+            Outcome::Unchanged => "unchanged",
+            Outcome::FailedUnknown => "failed_unknown",
+        }
+    }
+
+    /// Parses a configuration name.
+    pub fn parse(name: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.name() == name)
+    }
+
+    /// Stable one-byte code used in the ledger encoding.
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::InFlight => 0,
+            Outcome::Succeeded => 1,
+            Outcome::Unauthenticated => 2,
+            Outcome::RateLimited => 3,
+            Outcome::Rejected => 4,
+            Outcome::NotSent => 5,
+            Outcome::Unchanged => 6,
+            Outcome::FailedUnknown => 7,
+        }
+    }
+
+    /// Inverse of [`Outcome::code`].
+    pub fn from_code(code: u8) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.code() == code)
+    }
+
+    fn index(self) -> usize {
+        usize::from(self.code())
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a retry is treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Allow.
+    RetrySafe,
+    /// 428 unless a valid human confirmation comes with the request.
+    RetryWithReview,
+    /// 409 when the earlier attempt is in flight, 403 otherwise.
+    DoNotRetry,
+}
+
+impl Policy {
+    /// Every policy.
+    pub const ALL: [Policy; 3] = [
+        Policy::RetrySafe,
+        Policy::RetryWithReview,
+        Policy::DoNotRetry,
+    ];
+
+    /// The configuration and audit name of the policy.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::RetrySafe => "retry_safe",
+            Policy::RetryWithReview => "retry_with_review",
+            Policy::DoNotRetry => "do_not_retry",
+        }
+    }
+
+    /// Parses a configuration name.
+    pub fn parse(name: &str) -> Option<Policy> {
+        Policy::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The default policy for a retry on a route of `class` whose earlier attempt ended in
+/// `outcome`.
+pub fn default_policy(class: RouteClass, outcome: Outcome) -> Policy {
+    use Outcome::*;
+    use Policy::*;
+    match class {
+        RouteClass::ReadOnly => RetrySafe,
+        RouteClass::IdempotentWrite => match outcome {
+            InFlight => DoNotRetry,
+            _ => RetrySafe,
+        },
+        _ => match outcome {
+            InFlight => DoNotRetry,
+            Succeeded | FailedUnknown => RetryWithReview,
+            Rejected => DoNotRetry,
+            NotSent | Unchanged | RateLimited | Unauthenticated => RetrySafe,
+        },
+    }
+}
+
+/// A route's policy per outcome: the class defaults with the route's `on` overrides applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyTable([Policy; 8]);
+
+impl PolicyTable {
+    /// The class defaults.
+    pub fn for_class(class: RouteClass) -> PolicyTable {
+        PolicyTable(Outcome::ALL.map(|o| default_policy(class, o)))
+    }
+
+    /// Overrides one cell.
+    pub fn set(&mut self, outcome: Outcome, policy: Policy) {
+        if let Some(cell) = self.0.get_mut(outcome.index()) {
+            *cell = policy;
+        }
+    }
+
+    /// The policy for a retry after `outcome`.
+    pub fn get(&self, outcome: Outcome) -> Policy {
+        self.0
+            .get(outcome.index())
+            .copied()
+            .unwrap_or(Policy::RetryWithReview)
+    }
+}
+
+/// Envoy response flags (the legacy bitmask Envoy exposes as the `response.flags` property:
+/// bit N is `CoreResponseFlag` N, see envoy/stream_info/stream_info.h).
+pub mod flags {
+    /// `UH`: no healthy upstream.
+    pub const NO_HEALTHY_UPSTREAM: u64 = 1 << 1;
+    /// `UT`: upstream request timeout.
+    pub const UPSTREAM_REQUEST_TIMEOUT: u64 = 1 << 2;
+    /// `UF`: upstream connection failure.
+    pub const UPSTREAM_CONNECTION_FAILURE: u64 = 1 << 5;
+    /// `UC`: upstream connection termination.
+    pub const UPSTREAM_CONNECTION_TERMINATION: u64 = 1 << 6;
+    /// `UO`: upstream overflow (circuit breaking).
+    pub const UPSTREAM_OVERFLOW: u64 = 1 << 7;
+    /// `NR`: no route found.
+    pub const NO_ROUTE_FOUND: u64 = 1 << 8;
+    /// `RL`: rate limited (local or global rate limit filter).
+    pub const RATE_LIMITED: u64 = 1 << 11;
+    /// `NC`: no cluster found.
+    pub const NO_CLUSTER_FOUND: u64 = 1 << 24;
+    /// `OM`: overload manager.
+    pub const OVERLOAD_MANAGER: u64 = 1 << 25;
+    /// `DO`: drop overload.
+    pub const DROP_OVERLOAD: u64 = 1 << 27;
+    /// `UDO`: unconditional drop overload.
+    pub const UNCONDITIONAL_DROP_OVERLOAD: u64 = 1 << 29;
+
+    /// Flags proving that the upstream never received the request.
+    pub const NOT_SENT: u64 = NO_HEALTHY_UPSTREAM
+        | UPSTREAM_CONNECTION_FAILURE
+        | UPSTREAM_OVERFLOW
+        | NO_ROUTE_FOUND
+        | RATE_LIMITED
+        | NO_CLUSTER_FOUND
+        | OVERLOAD_MANAGER
+        | DROP_OVERLOAD
+        | UNCONDITIONAL_DROP_OVERLOAD;
+}
+
+/// What the filter saw of the response to an attempt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResponseFacts {
+    /// HTTP status; 0 when the stream ended without response headers.
+    pub status: u16,
+    /// Envoy response flags (`response.flags`).
+    pub flags: u64,
+    /// The response carried the unchanged-state header with value `unchanged`.
+    pub unchanged_state: bool,
+}
+
+/// Maps a response to the outcome of the attempt.
+pub fn classify(response: ResponseFacts) -> Outcome {
+    let status = response.status;
+    if (100..400).contains(&status) {
+        return Outcome::Succeeded;
+    }
+    if response.flags & flags::NOT_SENT != 0 {
+        return Outcome::NotSent;
+    }
+    match status {
+        401 | 407 => Outcome::Unauthenticated,
+        429 => Outcome::RateLimited,
+        408 => Outcome::FailedUnknown,
+        400..=499 => Outcome::Rejected,
+        500..=599 if response.unchanged_state => Outcome::Unchanged,
+        _ => Outcome::FailedUnknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Outcome::*;
+    use Policy::*;
+
+    #[test]
+    fn default_table_matches_the_contract() {
+        // Columns: in_flight, succeeded, failed_unknown, rejected, then the four retry-safe ones.
+        let rows: [(RouteClass, [Policy; 4], Policy); 6] = [
+            (RouteClass::ReadOnly, [RetrySafe; 4], RetrySafe),
+            (
+                RouteClass::IdempotentWrite,
+                [DoNotRetry, RetrySafe, RetrySafe, RetrySafe],
+                RetrySafe,
+            ),
+            (
+                RouteClass::TokenIssuing,
+                [DoNotRetry, RetryWithReview, RetryWithReview, DoNotRetry],
+                RetrySafe,
+            ),
+            (
+                RouteClass::SecretMinting,
+                [DoNotRetry, RetryWithReview, RetryWithReview, DoNotRetry],
+                RetrySafe,
+            ),
+            (
+                RouteClass::SessionExtending,
+                [DoNotRetry, RetryWithReview, RetryWithReview, DoNotRetry],
+                RetrySafe,
+            ),
+            (
+                RouteClass::PrivilegeChanging,
+                [DoNotRetry, RetryWithReview, RetryWithReview, DoNotRetry],
+                RetrySafe,
+            ),
+        ];
+        for (class, first4, rest) in rows {
+            let t = PolicyTable::for_class(class);
+            for (o, p) in [InFlight, Succeeded, FailedUnknown, Rejected]
+                .into_iter()
+                .zip(first4)
+            {
+                assert_eq!(t.get(o), p, "{class} after {o}");
+            }
+            for o in [NotSent, Unchanged, RateLimited, Unauthenticated] {
+                assert_eq!(t.get(o), rest, "{class} after {o}");
+            }
+        }
+    }
+
+    #[test]
+    fn overrides_replace_one_cell() {
+        let mut t = PolicyTable::for_class(RouteClass::TokenIssuing);
+        t.set(Succeeded, DoNotRetry);
+        assert_eq!(t.get(Succeeded), DoNotRetry);
+        assert_eq!(t.get(FailedUnknown), RetryWithReview);
+    }
+
+    #[test]
+    fn names_and_codes_round_trip() {
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::parse(o.name()), Some(o));
+            assert_eq!(Outcome::from_code(o.code()), Some(o));
+        }
+        for c in RouteClass::ALL {
+            assert_eq!(RouteClass::parse(c.name()), Some(c));
+        }
+        for p in Policy::ALL {
+            assert_eq!(Policy::parse(p.name()), Some(p));
+        }
+        assert_eq!(Outcome::from_code(99), None);
+    }
+
+    fn status(s: u16) -> Outcome {
+        classify(ResponseFacts {
+            status: s,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn every_outcome_mapping() {
+        for s in [100, 200, 201, 204, 302, 399] {
+            assert_eq!(status(s), Succeeded, "{s}");
+        }
+        assert_eq!(status(401), Unauthenticated);
+        assert_eq!(status(407), Unauthenticated);
+        assert_eq!(status(429), RateLimited);
+        for s in [400, 403, 404, 409, 422, 499] {
+            assert_eq!(status(s), Rejected, "{s}");
+        }
+        assert_eq!(status(408), FailedUnknown);
+        for s in [500, 502, 503, 504, 599] {
+            assert_eq!(status(s), FailedUnknown, "{s}");
+        }
+        assert_eq!(status(0), FailedUnknown, "no response at all");
+        let unchanged = ResponseFacts {
+            status: 503,
+            flags: 0,
+            unchanged_state: true,
+        };
+        assert_eq!(classify(unchanged), Unchanged);
+        for f in [
+            flags::NO_HEALTHY_UPSTREAM,
+            flags::UPSTREAM_CONNECTION_FAILURE,
+            flags::UPSTREAM_OVERFLOW,
+            flags::NO_ROUTE_FOUND,
+            flags::RATE_LIMITED,
+            flags::NO_CLUSTER_FOUND,
+        ] {
+            let r = ResponseFacts {
+                status: 503,
+                flags: f,
+                unchanged_state: false,
+            };
+            assert_eq!(classify(r), NotSent, "flags {f:#x}");
+        }
+        for f in [
+            flags::UPSTREAM_REQUEST_TIMEOUT,
+            flags::UPSTREAM_CONNECTION_TERMINATION,
+        ] {
+            let r = ResponseFacts {
+                status: 504,
+                flags: f,
+                unchanged_state: false,
+            };
+            assert_eq!(classify(r), FailedUnknown, "flags {f:#x}");
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Problem types and the local replies the filter sends (RFC 9457 problem documents).
+
+use serde_json::{Map, Value};
+
+/// A problem type the filter answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProblemType {
+    /// 400: the route requires an idempotency key and none came.
+    IdempotencyKeyMissing,
+    /// 400: the idempotency key is empty, too long or not visible ASCII.
+    IdempotencyKeyInvalid,
+    /// 401: a stale bearer token with `stale_token_action: reject`.
+    StaleToken,
+    /// 403: policy `do_not_retry`.
+    DoNotRetry,
+    /// 409: the earlier attempt is still in flight.
+    RequestInFlight,
+    /// 413: a guarded body over `max_body_bytes`.
+    BodyTooLarge,
+    /// 422: the same idempotency key with a different body.
+    IdempotencyKeyMismatch,
+    /// 428: policy `retry_with_review`; a human must confirm.
+    ConfirmationRequired,
+}
+
+impl ProblemType {
+    /// Every problem type.
+    pub const ALL: [ProblemType; 8] = [
+        ProblemType::IdempotencyKeyMissing,
+        ProblemType::IdempotencyKeyInvalid,
+        ProblemType::StaleToken,
+        ProblemType::DoNotRetry,
+        ProblemType::RequestInFlight,
+        ProblemType::BodyTooLarge,
+        ProblemType::IdempotencyKeyMismatch,
+        ProblemType::ConfirmationRequired,
+    ];
+
+    /// The `type` URI.
+    pub fn uri(self) -> &'static str {
+        match self {
+            ProblemType::IdempotencyKeyMissing => "urn:retry-guard:problem:idempotency-key-missing",
+            ProblemType::IdempotencyKeyInvalid => "urn:retry-guard:problem:idempotency-key-invalid",
+            ProblemType::StaleToken => "urn:retry-guard:problem:stale-token",
+            ProblemType::DoNotRetry => "urn:retry-guard:problem:do-not-retry",
+            ProblemType::RequestInFlight => "urn:retry-guard:problem:request-in-flight",
+            ProblemType::BodyTooLarge => "urn:retry-guard:problem:body-too-large",
+            ProblemType::IdempotencyKeyMismatch => {
+                "urn:retry-guard:problem:idempotency-key-mismatch"
+            }
+            ProblemType::ConfirmationRequired => "urn:retry-guard:problem:confirmation-required",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            ProblemType::IdempotencyKeyMissing | ProblemType::IdempotencyKeyInvalid => 400,
+            ProblemType::StaleToken => 401,
+            ProblemType::DoNotRetry => 403,
+            ProblemType::RequestInFlight => 409,
+            ProblemType::BodyTooLarge => 413,
+            ProblemType::IdempotencyKeyMismatch => 422,
+            ProblemType::ConfirmationRequired => 428,
+        }
+    }
+
+    /// The `title`.
+    pub fn title(self) -> &'static str {
+        match self {
+            ProblemType::IdempotencyKeyMissing => "Idempotency key required",
+            ProblemType::IdempotencyKeyInvalid => "Invalid idempotency key",
+            ProblemType::StaleToken => "Stale bearer token",
+            ProblemType::DoNotRetry => "Retry not allowed",
+            ProblemType::RequestInFlight => "Earlier attempt still in flight",
+            ProblemType::BodyTooLarge => "Request body too large to guard",
+            ProblemType::IdempotencyKeyMismatch => "Idempotency key reused with a different body",
+            ProblemType::ConfirmationRequired => "Human confirmation required",
+        }
+    }
+}
+
+/// A local reply: status, headers and body, ready for `send_http_response`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalReply {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers (lower-case names).
+    pub headers: Vec<(&'static str, String)>,
+    /// The problem document.
+    pub body: String,
+}
+
+impl LocalReply {
+    /// A problem reply: `application/problem+json`, `no-store`, and `members` (which must
+    /// include `detail`) after `type`, `title`, `status`.
+    pub fn problem(kind: ProblemType, members: Map<String, Value>) -> LocalReply {
+        let mut doc = Map::new();
+        doc.insert("type".into(), kind.uri().into());
+        doc.insert("title".into(), kind.title().into());
+        doc.insert("status".into(), kind.status().into());
+        doc.extend(members);
+        LocalReply {
+            status: kind.status(),
+            headers: vec![
+                ("content-type", "application/problem+json".into()),
+                ("cache-control", "no-store".into()),
+            ],
+            body: Value::Object(doc).to_string(),
+        }
+    }
+
+    /// The value of a header of this reply.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}

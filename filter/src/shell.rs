@@ -1,0 +1,672 @@
+//! The proxy-wasm shell: gathers request facts from the host, drives the ledger in shared
+//! data, calls the policy core and applies its decision. No policy lives here.
+//!
+//! Host calls go through `proxy_wasm::hostcalls` (not the `traits` helpers, which unwrap host
+//! errors and decode header values as UTF-8 with a panic on failure): a panic would kill the
+//! VM for every request on the worker.
+
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use sha2::{Digest, Sha256};
+
+use crate::audit::{self, OutcomeRecord};
+use crate::config::{Config, PrincipalSource, Route};
+use crate::confirm::Challenge;
+use crate::engine::{self, Decision, Facts, Verdict};
+use crate::fingerprint::{parse_idempotency_key, Fingerprint, KeyCheck};
+use crate::jwt::{Claims, Credential};
+use crate::ledger::{SharedStore, SlotLedger, StoreError};
+use crate::matcher::MatchInput;
+use crate::metrics::Counter;
+use crate::policy::{ResponseFacts, RouteClass};
+use crate::principal::{self, PrincipalInputs};
+use crate::token::{BearerToken, TokenRules};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { shared: None }) });
+}}
+
+/// Envoy filter-state key (readable as `%FILTER_STATE(wasm.retry_guard.decision:PLAIN)%`).
+const DECISION_PROPERTY: &str = "retry_guard.decision";
+const TOKEN_MARK_HEADER: &str = "retry-guard-token";
+
+fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+fn now_seconds() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+fn request_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+fn request_header_text(name: &str) -> Option<String> {
+    request_header(name).and_then(|b| String::from_utf8(b).ok())
+}
+
+fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+fn property_text(path: &[&str]) -> Option<String> {
+    property(path).and_then(|b| String::from_utf8(b).ok())
+}
+
+/// Envoy encodes integer properties as 8 bytes little-endian.
+fn property_u64(path: &[&str]) -> Option<u64> {
+    let bytes = property(path)?;
+    let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(arr))
+}
+
+/// Envoy shared data through the host ABI.
+struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, String> {
+        match hostcalls::get_shared_data(key) {
+            // A key exists iff the host returns a CAS; an empty value comes back as no data.
+            Ok((data, Some(cas))) => Ok(Some((data.unwrap_or_default(), cas))),
+            Ok((Some(data), None)) => Ok(Some((data, 0))),
+            Ok((None, None)) => Ok(None),
+            Err(status) => Err(format!("get_shared_data({key}): {status:?}")),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        let cas = (cas != 0).then_some(cas);
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(proxy_wasm::types::Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(status) => Err(StoreError::Host(format!(
+                "set_shared_data({key}): {status:?}"
+            ))),
+        }
+    }
+}
+
+/// Configuration and metric ids shared by the root and all streams of one VM.
+struct Shared {
+    config: Config,
+    metrics: Vec<u32>,
+    ledger: SlotLedger<HostStore>,
+}
+
+impl Shared {
+    fn count(&self, counter: Counter) {
+        if let Some(id) = self.metrics.get(counter.index()) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+}
+
+struct Root {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let config = match Config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log(
+                    LogLevel::Critical,
+                    &format!("retry-guard: invalid plugin configuration: {e}"),
+                );
+                return false;
+            }
+        };
+        let mut metrics = Vec::with_capacity(Counter::ALL.len());
+        for c in Counter::ALL {
+            match hostcalls::define_metric(MetricType::Counter, &c.name()) {
+                Ok(id) => metrics.push(id),
+                Err(status) => {
+                    log(
+                        LogLevel::Critical,
+                        &format!("retry-guard: cannot define metric {}: {status:?}", c.name()),
+                    );
+                    return false;
+                }
+            }
+        }
+        let ledger = SlotLedger::new(HostStore, config.max_entries, config.window_seconds);
+        match ledger.ensure_slots() {
+            Ok(created) => log(
+                LogLevel::Info,
+                &format!(
+                    "retry-guard: configured {} route(s); ledger {} sets x {} entries ({} keys created by this VM)",
+                    config.routes.len(),
+                    ledger.sets(),
+                    crate::ledger::WAYS,
+                    created
+                ),
+            ),
+            Err(e) => {
+                log(
+                    LogLevel::Critical,
+                    &format!("retry-guard: cannot create the ledger table: {e}"),
+                );
+                return false;
+            }
+        }
+        self.shared = Some(Rc::new(Shared {
+            config,
+            metrics,
+            ledger,
+        }));
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream::new(self.shared.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Facts of a matched request gathered at request headers, waiting for the body.
+struct Pending {
+    now: u64,
+    method: String,
+    path: String,
+    request_id: Option<String>,
+    principal: String,
+    key: KeyCheck,
+    stale: Option<crate::token::StaleReason>,
+    confirmation: Option<Vec<u8>>,
+    hasher: Sha256,
+    body_seen: usize,
+}
+
+/// The attempt whose outcome this stream records.
+struct Tracked {
+    fingerprint: Fingerprint,
+    attempt: u32,
+    request_id: Option<String>,
+    recorded: bool,
+}
+
+struct Stream {
+    shared: Option<Rc<Shared>>,
+    route: usize,
+    pending: Option<Pending>,
+    tracked: Option<Tracked>,
+    replied: bool,
+}
+
+impl Context for Stream {}
+
+impl Stream {
+    fn new(shared: Option<Rc<Shared>>) -> Stream {
+        Stream {
+            shared,
+            route: 0,
+            pending: None,
+            tracked: None,
+            replied: false,
+        }
+    }
+
+    /// Reads only what the configured routes match on (at most four host calls).
+    fn match_route(shared: &Shared) -> Option<usize> {
+        let needs = shared.config.needs;
+        let route_name = needs
+            .route_name
+            .then(|| property_text(&["xds", "route_name"]))
+            .flatten();
+        let method = needs
+            .method
+            .then(|| request_header_text(":method"))
+            .flatten();
+        let path = needs.path.then(|| request_header_text(":path")).flatten();
+        let authority = needs
+            .authority
+            .then(|| request_header_text(":authority"))
+            .flatten();
+        let input = MatchInput {
+            route_name: route_name.as_deref(),
+            method: method.as_deref(),
+            authority: authority.as_deref(),
+            path: path.as_deref(),
+        };
+        shared.config.match_route_index(&input)
+    }
+
+    fn gather(shared: &Shared, route: &Route) -> Pending {
+        let config = &shared.config;
+        let now = now_seconds();
+        let method = request_header_text(":method").unwrap_or_default();
+        let path = request_header_text(":path").unwrap_or_default();
+        let request_id = request_header_text("x-request-id");
+        let key = parse_idempotency_key(
+            request_header(&config.idempotency_key_header).as_deref(),
+            config.max_key_length,
+        );
+        let authorization = request_header_text("authorization");
+        let credential = authorization.as_deref().and_then(Credential::parse);
+        let claims = match credential {
+            Some(Credential::Bearer(t)) => Claims::decode(t),
+            _ => None,
+        };
+        let peer_identity = if config.principal.contains(&PrincipalSource::PeerIdentity) {
+            property_text(&["connection", "uri_san_peer_certificate"])
+        } else {
+            None
+        };
+        let inputs = PrincipalInputs {
+            peer_identity: peer_identity.as_deref(),
+            credential,
+            claims: claims.as_ref(),
+        };
+        let principal = principal::derive(&config.principal, &inputs, &mut |name| {
+            request_header_text(name)
+        });
+        let token = match (credential, &claims) {
+            (Some(Credential::Bearer(_)), Some(c)) => BearerToken::Jwt(c.times()),
+            (Some(Credential::Bearer(_)), None) => BearerToken::Opaque,
+            _ => BearerToken::None,
+        };
+        let rules = TokenRules {
+            sensitive: route.class.is_sensitive(),
+            max_age: route.token_max_age_seconds,
+            skew: config.clock_skew_seconds,
+        };
+        let first_seen = match credential {
+            Some(c) if rules.needs_first_seen(&token) => {
+                match engine::first_seen_with_ledger(
+                    &shared.ledger,
+                    c.secret(),
+                    now,
+                    config.window_seconds,
+                ) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        log(
+                            LogLevel::Warn,
+                            &format!("retry-guard: token age unknown: {e}"),
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let stale = rules.assess(&token, now, first_seen);
+        let confirmation = request_header(&config.confirmation_header);
+        if confirmation.is_some() {
+            // Never forwarded upstream, whatever the decision.
+            let _ = hostcalls::remove_map_value(
+                MapType::HttpRequestHeaders,
+                &config.confirmation_header,
+            );
+        }
+        Pending {
+            now,
+            method,
+            path,
+            request_id,
+            principal,
+            key,
+            stale,
+            confirmation,
+            hasher: Sha256::new(),
+            body_seen: 0,
+        }
+    }
+
+    /// Hashes body bytes not hashed yet (Envoy reports the cumulative buffered size).
+    fn hash_body(pending: &mut Pending, body_size: usize) {
+        if body_size <= pending.body_seen {
+            return;
+        }
+        let len = body_size - pending.body_seen;
+        if let Ok(Some(chunk)) =
+            hostcalls::get_buffer(BufferType::HttpRequestBody, pending.body_seen, len)
+        {
+            pending.hasher.update(&chunk);
+            pending.body_seen += chunk.len();
+        }
+    }
+
+    /// Decides with the complete body digest and applies the decision.
+    fn finish(&mut self, shared: &Shared) -> Action {
+        let Some(pending) = self.pending.take() else {
+            return Action::Continue;
+        };
+        let Some(route) = shared.config.routes.get(self.route) else {
+            return Action::Continue;
+        };
+        let body_digest: [u8; 32] = pending.hasher.clone().finalize().into();
+        let fingerprint = Fingerprint::compute(
+            &route.name,
+            &pending.principal,
+            pending.key.key(),
+            &pending.method,
+            &pending.path,
+            &body_digest,
+        );
+        let facts = Facts {
+            now: pending.now,
+            request_id: pending.request_id.as_deref(),
+            principal: &pending.principal,
+            key: &pending.key,
+            fingerprint: Some(fingerprint),
+            body_digest,
+            stale: pending.stale,
+            confirmation: pending.confirmation.as_deref(),
+        };
+        let mut challenge = fresh_challenge(&fingerprint);
+        let settled = match engine::decide_with_ledger(
+            &shared.ledger,
+            &shared.config,
+            route,
+            &facts,
+            &mut challenge,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                // The shared-data store failed: fail open and say so (never seen in practice).
+                log(
+                    LogLevel::Error,
+                    &format!("retry-guard: ledger unavailable, request passes unguarded: {e}"),
+                );
+                return Action::Continue;
+            }
+        };
+        if settled.evicted {
+            shared.count(Counter::LedgerEvicted);
+        }
+        let decision = settled.decision;
+        let action = self.apply(shared, route, &facts, &decision);
+        if !self.replied {
+            if let Some(w) = decision.write.as_ref().filter(|w| {
+                w.outcome == crate::policy::Outcome::InFlight && w.last_attempt == facts.now
+            }) {
+                self.tracked = Some(Tracked {
+                    fingerprint,
+                    attempt: w.attempts,
+                    request_id: pending.request_id.clone(),
+                    recorded: false,
+                });
+            }
+        }
+        action
+    }
+
+    /// Counts, logs and enforces a decision.
+    fn apply(&mut self, shared: &Shared, route: &Route, facts: &Facts<'_>, d: &Decision) -> Action {
+        shared.count(Counter::Decision(d.verdict));
+        if d.would_block {
+            shared.count(Counter::ShadowWouldBlock);
+        }
+        if d.confirmation_error.is_some() {
+            shared.count(Counter::ConfirmationInvalid);
+        }
+        log(LogLevel::Info, &audit::decision_line(route, facts, d));
+        let _ = hostcalls::set_property(vec![DECISION_PROPERTY], Some(d.verdict.name().as_bytes()));
+        if let Some(reply) = d.reply(&shared.config, route, facts) {
+            if d.verdict == Verdict::StaleToken {
+                shared.count(Counter::TokenRejected);
+            }
+            let headers: Vec<(&str, &str)> = reply
+                .headers
+                .iter()
+                .map(|(n, v)| (*n, v.as_str()))
+                .collect();
+            match hostcalls::send_http_response(
+                u32::from(reply.status),
+                headers,
+                Some(reply.body.as_bytes()),
+            ) {
+                Ok(()) => self.replied = true,
+                Err(status) => log(
+                    LogLevel::Error,
+                    &format!("retry-guard: local reply failed: {status:?}"),
+                ),
+            }
+            return Action::Pause;
+        }
+        if d.strips_token() {
+            if let Some(reason) = d.token_reason {
+                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "authorization");
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    TOKEN_MARK_HEADER,
+                    Some(&format!("stripped; reason={}", reason.name())),
+                );
+                shared.count(Counter::TokenStripped);
+            }
+        }
+        Action::Continue
+    }
+
+    fn record(&mut self, status: u16, unchanged_state: bool) {
+        let (Some(shared), Some(tracked)) = (self.shared.clone(), self.tracked.as_mut()) else {
+            return;
+        };
+        if tracked.recorded {
+            return;
+        }
+        tracked.recorded = true;
+        let Some(route) = shared.config.routes.get(self.route) else {
+            return;
+        };
+        let flags = property_u64(&["response", "flags"]).unwrap_or(0);
+        let response = ResponseFacts {
+            status,
+            flags,
+            unchanged_state,
+        };
+        let now = now_seconds();
+        match engine::record_with_ledger(
+            &shared.ledger,
+            &tracked.fingerprint,
+            tracked.attempt,
+            response,
+            now,
+        ) {
+            Ok(Some(outcome)) => log(
+                LogLevel::Info,
+                &audit::outcome_line(
+                    route,
+                    &OutcomeRecord {
+                        now,
+                        request_id: tracked.request_id.as_deref(),
+                        fingerprint: &tracked.fingerprint.text(),
+                        attempt: tracked.attempt,
+                        outcome,
+                        status,
+                        response_flags: flags,
+                    },
+                ),
+            ),
+            Ok(None) => {}
+            Err(e) => log(LogLevel::Warn, &format!("retry-guard: {e}")),
+        }
+    }
+}
+
+/// 128 random bits from WASI `random_get`; if the host cannot supply randomness, a digest of
+/// the fingerprint, the clock and a per-VM counter (unique, though not unpredictable).
+fn fresh_challenge(fp: &Fingerprint) -> impl FnMut() -> Challenge + '_ {
+    move || {
+        let mut c = [0u8; 16];
+        if getrandom::getrandom(&mut c).is_ok() {
+            return c;
+        }
+        log(
+            LogLevel::Warn,
+            "retry-guard: random_get failed; challenge derived from clock",
+        );
+        let nanos = hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let d = Sha256::new()
+            .chain_update(fp.0)
+            .chain_update(nanos.to_le_bytes())
+            .finalize();
+        c.copy_from_slice(d.get(..16).unwrap_or(&[0; 16]));
+        c
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let Some(index) = Stream::match_route(&shared) else {
+            return Action::Continue;
+        };
+        let Some(route) = shared.config.routes.get(index) else {
+            return Action::Continue;
+        };
+        self.route = index;
+        let pending = Stream::gather(&shared, route);
+        if let Some(d) = engine::check_key(route, &pending.key) {
+            let facts = Facts {
+                now: pending.now,
+                request_id: pending.request_id.as_deref(),
+                principal: &pending.principal,
+                key: &pending.key,
+                fingerprint: None,
+                body_digest: [0; 32],
+                stale: pending.stale,
+                confirmation: None,
+            };
+            if self.apply(&shared, route, &facts, &d) == Action::Pause {
+                return Action::Pause;
+            }
+        }
+        let reads_body = route.class != RouteClass::ReadOnly && !end_of_stream;
+        if reads_body {
+            let declared =
+                request_header_text("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+            if declared.is_some_and(|n| n > shared.config.max_body_bytes as u64) {
+                return self.body_too_large(&shared, pending);
+            }
+        }
+        self.pending = Some(pending);
+        if reads_body {
+            // Withhold the headers until the body is complete and the decision made.
+            Action::Pause
+        } else {
+            self.finish(&shared)
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        if self.replied {
+            return Action::Pause;
+        }
+        let Some(pending) = self.pending.as_mut() else {
+            return Action::Continue;
+        };
+        if body_size > shared.config.max_body_bytes {
+            let pending = self.pending.take();
+            return match pending {
+                Some(p) => self.body_too_large(&shared, p),
+                None => Action::Continue,
+            };
+        }
+        Stream::hash_body(pending, body_size);
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.finish(&shared)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        if self.replied {
+            return Action::Pause;
+        }
+        if self.pending.is_none() {
+            return Action::Continue;
+        }
+        self.finish(&shared)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.replied || self.tracked.is_none() {
+            return Action::Continue;
+        }
+        let status = request_status();
+        let unchanged = self.shared.as_ref().is_some_and(|s| {
+            hostcalls::get_map_value_bytes(
+                MapType::HttpResponseHeaders,
+                &s.config.unchanged_state_header,
+            )
+            .ok()
+            .flatten()
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"unchanged"))
+        });
+        self.record(status, unchanged);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if self.replied || self.tracked.as_ref().is_none_or(|t| t.recorded) {
+            return;
+        }
+        // No response headers passed this filter: the stream ended without a response.
+        let status = property_u64(&["response", "code"])
+            .and_then(|c| u16::try_from(c).ok())
+            .unwrap_or(0);
+        self.record(status, false);
+    }
+}
+
+impl Stream {
+    fn body_too_large(&mut self, shared: &Shared, pending: Pending) -> Action {
+        let Some(route) = shared.config.routes.get(self.route) else {
+            return Action::Continue;
+        };
+        let d = engine::too_large(route);
+        let facts = Facts {
+            now: pending.now,
+            request_id: pending.request_id.as_deref(),
+            principal: &pending.principal,
+            key: &pending.key,
+            fingerprint: None,
+            body_digest: [0; 32],
+            stale: pending.stale,
+            confirmation: None,
+        };
+        self.apply(shared, route, &facts, &d)
+    }
+}
+
+fn request_status() -> u16 {
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
+        .unwrap_or(0)
+}
