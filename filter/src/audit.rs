@@ -1,55 +1,49 @@
 //! Audit lines: one `retry-guard audit <json>` info line per decision on a matched route, and
 //! one per recorded outcome (`"event": "outcome"`).
 
-use serde_json::{Map, Value};
-
 use crate::config::Route;
 use crate::engine::{Decision, Facts};
+use crate::json::Obj;
 use crate::policy::Outcome;
 use crate::time::rfc3339;
 
 /// Prefix of every audit line.
 pub const PREFIX: &str = "retry-guard audit ";
 
-fn opt<T: Into<Value>>(v: Option<T>) -> Value {
-    v.map_or(Value::Null, Into::into)
+fn start(event: &str, now: u64, request_id: Option<&str>, route: &Route) -> Obj {
+    let mut m = Obj::new();
+    m.str("event", event)
+        .str("ts", &rfc3339(now))
+        .opt_str("request_id", request_id)
+        .str("route", &route.name)
+        .str("class", route.class.name())
+        .str("owner", &route.owner)
+        .str("escalation", &route.escalation);
+    m
 }
 
 /// The audit line of a decision.
 pub fn decision_line(route: &Route, facts: &Facts<'_>, d: &Decision) -> String {
-    let mut m = Map::new();
-    m.insert("event".into(), "decision".into());
-    m.insert("ts".into(), rfc3339(facts.now).into());
-    m.insert("request_id".into(), opt(facts.request_id));
-    m.insert("route".into(), route.name.clone().into());
-    m.insert("class".into(), route.class.name().into());
-    m.insert("owner".into(), route.owner.clone().into());
-    m.insert("escalation".into(), route.escalation.clone().into());
-    m.insert("principal".into(), facts.principal.into());
-    m.insert(
-        "fingerprint".into(),
-        opt(facts.fingerprint.map(|f| f.text())),
-    );
-    m.insert("key_present".into(), facts.key.key().is_some().into());
-    m.insert("attempt".into(), d.attempt.into());
-    m.insert(
-        "previous_outcome".into(),
-        opt(d.previous.map(|(o, _)| o.name())),
-    );
-    m.insert("previous_status".into(), opt(d.previous.map(|(_, s)| s)));
-    m.insert("decision".into(), d.verdict.name().into());
-    m.insert("policy".into(), opt(d.policy.map(|p| p.name())));
-    m.insert("reason".into(), d.reason.clone().into());
-    m.insert("token_action".into(), d.token_action.name().into());
-    m.insert("token_reason".into(), opt(d.token_reason.map(|r| r.name())));
-    m.insert("approver".into(), opt(d.approver.clone()));
-    m.insert(
-        "confirmation_error".into(),
-        opt(d.confirmation_error.map(|e| e.name())),
-    );
-    m.insert("mode".into(), d.mode.name().into());
-    m.insert("would_block".into(), d.would_block.into());
-    format!("{PREFIX}{}", Value::Object(m))
+    let mut m = start("decision", facts.now, facts.request_id, route);
+    m.str("principal", facts.principal)
+        .opt_str(
+            "fingerprint",
+            facts.fingerprint.map(|f| f.text()).as_deref(),
+        )
+        .bool("key_present", facts.key.key().is_some())
+        .num("attempt", u64::from(d.attempt))
+        .opt_str("previous_outcome", d.previous.map(|(o, _)| o.name()))
+        .opt_num("previous_status", d.previous.map(|(_, s)| u64::from(s)))
+        .str("decision", d.verdict.name())
+        .opt_str("policy", d.policy.map(|p| p.name()))
+        .str("reason", &d.reason)
+        .str("token_action", d.token_action.name())
+        .opt_str("token_reason", d.token_reason.map(|r| r.name()))
+        .opt_str("approver", d.approver.as_deref())
+        .opt_str("confirmation_error", d.confirmation_error.map(|e| e.name()))
+        .str("mode", d.mode.name())
+        .bool("would_block", d.would_block);
+    format!("{PREFIX}{}", m.finish())
 }
 
 /// What the outcome line reports.
@@ -72,18 +66,11 @@ pub struct OutcomeRecord<'a> {
 
 /// The audit line of a recorded outcome.
 pub fn outcome_line(route: &Route, r: &OutcomeRecord<'_>) -> String {
-    let mut m = Map::new();
-    m.insert("event".into(), "outcome".into());
-    m.insert("ts".into(), rfc3339(r.now).into());
-    m.insert("request_id".into(), opt(r.request_id));
-    m.insert("route".into(), route.name.clone().into());
-    m.insert("class".into(), route.class.name().into());
-    m.insert("owner".into(), route.owner.clone().into());
-    m.insert("escalation".into(), route.escalation.clone().into());
-    m.insert("fingerprint".into(), r.fingerprint.into());
-    m.insert("attempt".into(), r.attempt.into());
-    m.insert("outcome".into(), r.outcome.name().into());
-    m.insert("status".into(), r.status.into());
-    m.insert("response_flags".into(), r.response_flags.into());
-    format!("{PREFIX}{}", Value::Object(m))
+    let mut m = start("outcome", r.now, r.request_id, route);
+    m.str("fingerprint", r.fingerprint)
+        .num("attempt", u64::from(r.attempt))
+        .str("outcome", r.outcome.name())
+        .num("status", u64::from(r.status))
+        .num("response_flags", r.response_flags);
+    format!("{PREFIX}{}", m.finish())
 }

@@ -1,32 +1,142 @@
-//! Base64 engines used across the filter: base64url without padding (fingerprints, challenge
-//! ids, JWT and confirmation-token segments) and standard base64 (configured public keys).
+//! Base64 (RFC 4648) without a dependency: base64url without padding for fingerprints,
+//! challenge ids, JWT and confirmation-token segments; standard base64 for configured public
+//! keys. Decoding accepts padding or none, rejects any other byte and non-canonical trailing
+//! bits, and never allocates more than the input length.
 
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use base64::Engine as _;
+const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const URL_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-/// base64url: encodes without padding, decodes with or without it.
-pub const URL: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::URL_SAFE,
-    GeneralPurposeConfig::new()
-        .with_encode_padding(false)
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
+fn encode(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    let sym = |i: u32| char::from(alphabet.get((i & 63) as usize).copied().unwrap_or(b'A'));
+    for chunk in bytes.chunks(3) {
+        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
+        let emit = chunk.len() + 1;
+        for i in 0..4 {
+            if i < emit {
+                out.push(sym(n >> (18 - 6 * i)));
+            } else if pad {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
 
-/// Standard base64 (RFC 4648 section 4), padding optional on decode.
-pub const STANDARD: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new()
-        .with_encode_padding(true)
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
+fn value(c: u8, url: bool) -> Option<u32> {
+    Some(u32::from(match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' if !url => 62,
+        b'/' if !url => 63,
+        b'-' if url => 62,
+        b'_' if url => 63,
+        _ => return None,
+    }))
+}
+
+fn decode(text: &[u8], url: bool) -> Option<Vec<u8>> {
+    let body = match text.iter().position(|&c| c == b'=') {
+        Some(i) => {
+            let (body, pad) = text.split_at(i);
+            if pad.len() > 2 || pad.iter().any(|&c| c != b'=') || text.len() % 4 != 0 {
+                return None;
+            }
+            body
+        }
+        None => text,
+    };
+    if body.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() / 4 * 3 + 2);
+    for chunk in body.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c, url)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        let keep = chunk.len() * 6 / 8;
+        // Non-canonical: bits beyond the last whole byte must be zero.
+        let dropped = n & (0x00ff_ffff >> (8 * keep));
+        if keep < 3 && dropped != 0 {
+            return None;
+        }
+        out.extend_from_slice(bytes.get(1..1 + keep)?);
+    }
+    Some(out)
+}
 
 /// Encodes bytes as base64url without padding.
 pub fn url(bytes: &[u8]) -> String {
-    URL.encode(bytes)
+    encode(bytes, URL_ALPHABET, false)
 }
 
 /// Decodes base64url (padding optional); `None` on any invalid input.
 pub fn decode_url(text: &str) -> Option<Vec<u8>> {
-    URL.decode(text.as_bytes()).ok()
+    decode(text.as_bytes(), true)
+}
+
+/// Encodes bytes as standard base64 with padding.
+pub fn standard(bytes: &[u8]) -> String {
+    encode(bytes, STD, true)
+}
+
+/// Decodes standard base64 (padding optional); `None` on any invalid input.
+pub fn decode_standard(text: &str) -> Option<Vec<u8>> {
+    decode(text.as_bytes(), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, enc) in cases {
+            assert_eq!(standard(plain.as_bytes()), enc);
+            assert_eq!(decode_standard(enc).unwrap(), plain.as_bytes());
+            assert_eq!(
+                decode_standard(enc.trim_end_matches('=')).unwrap(),
+                plain.as_bytes()
+            );
+            assert_eq!(url(plain.as_bytes()), enc.trim_end_matches('='));
+        }
+        assert_eq!(url(&[0xfb, 0xff]), "-_8");
+        assert_eq!(decode_url("-_8").unwrap(), vec![0xfb, 0xff]);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for bad in [
+            "Z", "Zg=", "Zg===", "Z===", "Zm9v!", "Zh", "Zm9vYg=x", "=Zm9",
+        ] {
+            assert!(decode_standard(bad).is_none(), "{bad}");
+        }
+        assert!(decode_url("+/").is_none());
+        assert!(decode_standard("-_").is_none());
+    }
+
+    #[test]
+    fn round_trips_all_lengths() {
+        let data: Vec<u8> = (0..=255).collect();
+        for n in 0..64 {
+            assert_eq!(decode_url(&url(&data[..n])).unwrap(), &data[..n]);
+            assert_eq!(
+                decode_standard(&standard(&data[n..n + 40])).unwrap(),
+                &data[n..n + 40]
+            );
+        }
+    }
 }

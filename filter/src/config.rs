@@ -13,7 +13,6 @@ use serde_json::{Map, Value};
 use crate::b64;
 use crate::matcher::{MatchInput, MatchNeeds, PathMatch, RouteMatch};
 use crate::policy::{Outcome, Policy, PolicyTable, RouteClass};
-use base64::Engine as _;
 
 /// Enforce decisions or only log and count them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,8 +254,12 @@ fn describe(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("boolean {b}"),
-        Value::Number(n) => format!("number {n}"),
-        Value::String(s) => format!("string {:?}", truncate(s)),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => format!("number {u}"),
+            (None, Some(i)) => format!("number {i}"),
+            _ => "a fractional number".into(),
+        },
+        Value::String(s) => format!("string {}", q(s)),
         Value::Array(_) => "a list".into(),
         Value::Object(_) => "an object".into(),
     }
@@ -267,6 +270,11 @@ fn truncate(s: &str) -> &str {
         Some((i, _)) => s.get(..i).unwrap_or(s),
         None => s,
     }
+}
+
+/// A value quoted for an error message (JSON string syntax, at most 64 characters).
+fn q(s: &str) -> String {
+    crate::json::quoted(truncate(s))
 }
 
 fn join(parent: &str, field: &str) -> String {
@@ -373,7 +381,7 @@ impl<'a> Obj<'a> {
             Some("shadow") => Ok(Some(Mode::Shadow)),
             Some(other) => Err(err(
                 self.field(name),
-                format!("unknown mode {other:?}; expected enforce or shadow"),
+                format!("unknown mode {}; expected enforce or shadow", q(other)),
             )),
         }
     }
@@ -389,8 +397,8 @@ fn valid_header_name(h: &str) -> Result<String, String> {
     }
     if !h.bytes().all(is_tchar) {
         return Err(format!(
-            "{:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)",
-            truncate(h)
+            "{} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+            q(h)
         ));
     }
     Ok(h.to_ascii_lowercase())
@@ -432,7 +440,7 @@ impl Config {
             Some(other) => {
                 return Err(err(
                     "stale_token_action",
-                    format!("unknown action {other:?}; expected strip or reject"),
+                    format!("unknown action {}; expected strip or reject", q(other)),
                 ))
             }
         };
@@ -515,8 +523,8 @@ fn parse_principal(top: &Obj<'_>) -> Result<Vec<PrincipalSource>, ConfigError> {
             return Err(err(
                 path,
                 format!(
-                    "unknown principal source {:?}; expected peer_identity, header:<name>, jwt:<claim> or token",
-                    truncate(s)
+                    "unknown principal source {}; expected peer_identity, header:<name>, jwt:<claim> or token",
+                    q(s)
                 ),
             ));
         };
@@ -547,7 +555,7 @@ fn parse_confirmation(v: &Value) -> Result<Confirmation, ConfigError> {
                         ),
                     ));
                 };
-                let bytes = b64::STANDARD.decode(text.trim().as_bytes()).map_err(|_| {
+                let bytes = b64::decode_standard(text.trim()).ok_or_else(|| {
                     err(
                         &path,
                         "not valid standard base64; expected the 32-byte Ed25519 public key from `retry-guard keygen`",
@@ -615,7 +623,8 @@ fn parse_routes(top: &Obj<'_>, global_mode: Mode) -> Result<Vec<Route>, ConfigEr
             return Err(err(
                 r.field("name"),
                 format!(
-                    "duplicate route name {name:?} (also routes[{j}].name); names must be unique"
+                    "duplicate route name {} (also routes[{j}].name); names must be unique",
+                    q(&name)
                 ),
             ));
         }
@@ -628,8 +637,8 @@ fn parse_routes(top: &Obj<'_>, global_mode: Mode) -> Result<Vec<Route>, ConfigEr
             err(
                 r.field("class"),
                 format!(
-                    "unknown class {:?}; expected one of {}",
-                    truncate(class_name),
+                    "unknown class {}; expected one of {}",
+                    q(class_name),
                     RouteClass::ALL.map(RouteClass::name).join(", ")
                 ),
             )
@@ -724,14 +733,14 @@ fn parse_match(path: String, v: &Value) -> Result<RouteMatch, ConfigError> {
                     ));
                 };
                 if s.is_empty() || !s.bytes().all(is_tchar) {
-                    return Err(err(p, format!("{:?} is not an HTTP method", truncate(s))));
+                    return Err(err(p, format!("{} is not an HTTP method", q(s))));
                 }
                 if s.bytes().any(|b| b.is_ascii_lowercase()) {
                     return Err(err(
                         p,
                         format!(
-                            "methods are case-sensitive and Envoy compares them as sent; write {:?}",
-                            s.to_ascii_uppercase()
+                            "methods are case-sensitive and Envoy compares them as sent; write {}",
+                            q(&s.to_ascii_uppercase())
                         ),
                     ));
                 }
@@ -763,7 +772,7 @@ fn parse_match(path: String, v: &Value) -> Result<RouteMatch, ConfigError> {
         if !text.starts_with('/') {
             return Err(err(
                 m.field(kind),
-                format!("{:?} must start with '/'", truncate(text)),
+                format!("{} must start with '/'", q(text)),
             ));
         }
         path_match = match kind {

@@ -8,7 +8,7 @@
 use std::fmt;
 
 use ed25519_dalek::{Signature, VerifyingKey};
-use serde::Deserialize;
+use serde_json::Value;
 
 use crate::b64;
 use crate::config::Confirmation;
@@ -72,7 +72,6 @@ pub struct Approval {
     pub challenge: Challenge,
 }
 
-#[derive(Deserialize)]
 struct Payload {
     kid: String,
     chl: String,
@@ -80,6 +79,31 @@ struct Payload {
     sub: String,
     iat: i64,
     exp: i64,
+}
+
+impl Payload {
+    /// Reads the payload members; any missing or mistyped member is `None`. (Hand-read from a
+    /// `Value` rather than derived: serde's typed errors pull float formatting into the wasm.)
+    fn from_json(bytes: &[u8]) -> Option<Payload> {
+        let Value::Object(mut m) = serde_json::from_slice::<Value>(bytes).ok()? else {
+            return None;
+        };
+        let mut text = |k: &str| match m.remove(k) {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        let (kid, chl, fp, sub) = (text("kid")?, text("chl")?, text("fp")?, text("sub")?);
+        let iat = m.get("iat")?.as_i64()?;
+        let exp = m.get("exp")?.as_i64()?;
+        Some(Payload {
+            kid,
+            chl,
+            fp,
+            sub,
+            iat,
+            exp,
+        })
+    }
 }
 
 /// The ledger state a confirmation is checked against.
@@ -112,7 +136,7 @@ pub fn verify(
         return Err(Malformed);
     }
     let payload_bytes = b64::decode_url(payload_b64).ok_or(Malformed)?;
-    let payload: Payload = serde_json::from_slice(&payload_bytes).map_err(|_| Malformed)?;
+    let payload = Payload::from_json(&payload_bytes).ok_or(Malformed)?;
     let sig_bytes = b64::decode_url(sig_b64).ok_or(Malformed)?;
     let sig_arr: [u8; 64] = sig_bytes.as_slice().try_into().map_err(|_| Malformed)?;
     let challenge: Challenge = b64::decode_url(&payload.chl)

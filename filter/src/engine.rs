@@ -2,8 +2,6 @@
 //! that return a [`Decision`]. The shell gathers the facts, loads the entry, calls these and
 //! applies the result; nothing here touches the host.
 
-use serde_json::{Map, Value};
-
 use crate::b64;
 use crate::config::{Config, Mode, Route, StaleTokenAction};
 use crate::confirm::{self, Challenge, ChallengeState, ConfirmationError};
@@ -226,48 +224,42 @@ impl Decision {
             return None;
         }
         let kind = self.problem_type()?;
-        let mut m = Map::new();
-        m.insert("detail".into(), self.detail(config, route).into());
-        m.insert("route".into(), route.name.clone().into());
-        m.insert("class".into(), route.class.name().into());
-        m.insert("owner".into(), route.owner.clone().into());
-        m.insert("escalation".into(), route.escalation.clone().into());
-        m.insert(
-            "fingerprint".into(),
-            facts.fingerprint.map_or(Value::Null, |f| f.text().into()),
-        );
-        m.insert("attempt".into(), self.attempt.into());
-        m.insert(
-            "request_id".into(),
-            facts.request_id.map_or(Value::Null, |r| r.into()),
-        );
+        let mut m = LocalReply::document(kind);
+        m.str("detail", &self.detail(config, route))
+            .str("route", &route.name)
+            .str("class", route.class.name())
+            .str("owner", &route.owner)
+            .str("escalation", &route.escalation)
+            .opt_str(
+                "fingerprint",
+                facts.fingerprint.map(|f| f.text()).as_deref(),
+            )
+            .num("attempt", u64::from(self.attempt))
+            .opt_str("request_id", facts.request_id);
         if let Some((outcome, status)) = self.previous {
-            m.insert("previous_outcome".into(), outcome.name().into());
-            m.insert("previous_status".into(), status.into());
+            m.str("previous_outcome", outcome.name())
+                .num("previous_status", u64::from(status));
         }
         if let Some(reason) = self.token_reason {
-            m.insert("token_reason".into(), reason.name().into());
+            m.str("token_reason", reason.name());
         }
         let mut extra: Vec<(&'static str, String)> = Vec::new();
         match self.verdict {
             Verdict::Confirm => {
                 if let Some(c) = self.challenge {
                     let id = b64::url(&c);
-                    m.insert("challenge".into(), id.clone().into());
+                    m.str("challenge", &id);
                     extra.push(("retry-guard-challenge", id));
                 }
                 if let Some(t) = self.first_seen {
-                    m.insert("first_seen".into(), rfc3339(t).into());
+                    m.str("first_seen", &rfc3339(t));
                 }
                 if let Some(t) = self.window_ends {
-                    m.insert("window_ends".into(), rfc3339(t).into());
+                    m.str("window_ends", &rfc3339(t));
                 }
-                m.insert(
-                    "confirmation_header".into(),
-                    config.confirmation_header.clone().into(),
-                );
+                m.str("confirmation_header", &config.confirmation_header);
                 if let Some(e) = self.confirmation_error {
-                    m.insert("confirmation_error".into(), e.name().into());
+                    m.str("confirmation_error", e.name());
                 }
             }
             Verdict::StaleToken => {
@@ -276,11 +268,6 @@ impl Decision {
                     "www-authenticate",
                     format!("Bearer error=\"invalid_token\", error_description=\"{reason}\""),
                 ));
-            }
-            Verdict::BadRequest | Verdict::TooLarge => {
-                if let Some(f) = facts.fingerprint {
-                    m.insert("fingerprint".into(), f.text().into());
-                }
             }
             _ => {}
         }

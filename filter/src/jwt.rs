@@ -82,7 +82,11 @@ impl Claims {
     pub fn text(&self, name: &str) -> Option<String> {
         match self.0.get(name)? {
             Value::String(s) if !s.is_empty() => Some(s.clone()),
-            Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => Some(u.to_string()),
+                (None, Some(i)) => Some(i.to_string()),
+                _ => None,
+            },
             _ => None,
         }
     }

@@ -3,6 +3,8 @@
 //! Matching reads only what the configured routes need (see [`MatchNeeds`]) so a request on an
 //! unguarded route costs a handful of host calls and no allocation in the core.
 
+use crate::json::quoted;
+
 /// How a route matches the request path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PathMatch {
@@ -31,7 +33,7 @@ impl PathMatch {
     /// Parses a `path_template` value; the error says what is wrong.
     pub fn template(text: &str) -> Result<PathMatch, String> {
         let Some(rest) = text.strip_prefix('/') else {
-            return Err(format!("template {text:?} must start with '/'"));
+            return Err(format!("template {} must start with '/'", quoted(text)));
         };
         let parts: Vec<&str> = rest.split('/').collect();
         let last = parts.len().saturating_sub(1);
@@ -41,13 +43,15 @@ impl PathMatch {
                 "**" if i == last => Segment::Rest,
                 "**" => {
                     return Err(format!(
-                        "template {text:?}: '**' may only be the last segment"
+                        "template {}: '**' may only be the last segment",
+                        quoted(text)
                     ))
                 }
                 "*" => Segment::One,
                 p if p.contains('*') => {
                     return Err(format!(
-                        "template {text:?}: '*' must be a whole segment (no regex or globs)"
+                        "template {}: '*' must be a whole segment (no regex or globs)",
+                        quoted(text)
                     ))
                 }
                 p => Segment::Literal(p.to_string()),

@@ -1,6 +1,6 @@
 //! Problem types and the local replies the filter sends (RFC 9457 problem documents).
 
-use serde_json::{Map, Value};
+use crate::json::Obj;
 
 /// A problem type the filter answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,21 +92,25 @@ pub struct LocalReply {
 }
 
 impl LocalReply {
-    /// A problem reply: `application/problem+json`, `no-store`, and `members` (which must
-    /// include `detail`) after `type`, `title`, `status`.
-    pub fn problem(kind: ProblemType, members: Map<String, Value>) -> LocalReply {
-        let mut doc = Map::new();
-        doc.insert("type".into(), kind.uri().into());
-        doc.insert("title".into(), kind.title().into());
-        doc.insert("status".into(), kind.status().into());
-        doc.extend(members);
+    /// A problem document with `type`, `title` and `status` written; add the other members
+    /// and pass it to [`LocalReply::problem`].
+    pub fn document(kind: ProblemType) -> Obj {
+        let mut doc = Obj::new();
+        doc.str("type", kind.uri())
+            .str("title", kind.title())
+            .num("status", u64::from(kind.status()));
+        doc
+    }
+
+    /// A problem reply: `application/problem+json`, `no-store`, the finished document.
+    pub fn problem(kind: ProblemType, doc: Obj) -> LocalReply {
         LocalReply {
             status: kind.status(),
             headers: vec![
                 ("content-type", "application/problem+json".into()),
                 ("cache-control", "no-store".into()),
             ],
-            body: Value::Object(doc).to_string(),
+            body: doc.finish(),
         }
     }
 

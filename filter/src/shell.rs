@@ -81,7 +81,7 @@ impl SharedStore for HostStore {
             Ok((data, Some(cas))) => Ok(Some((data.unwrap_or_default(), cas))),
             Ok((Some(data), None)) => Ok(Some((data, 0))),
             Ok((None, None)) => Ok(None),
-            Err(status) => Err(format!("get_shared_data({key}): {status:?}")),
+            Err(status) => Err(format!("get_shared_data({key}): status {}", status as u32)),
         }
     }
 
@@ -91,7 +91,8 @@ impl SharedStore for HostStore {
             Ok(()) => Ok(()),
             Err(proxy_wasm::types::Status::CasMismatch) => Err(StoreError::CasMismatch),
             Err(status) => Err(StoreError::Host(format!(
-                "set_shared_data({key}): {status:?}"
+                "set_shared_data({key}): status {}",
+                status as u32
             ))),
         }
     }
@@ -141,7 +142,11 @@ impl RootContext for Root {
                 Err(status) => {
                     log(
                         LogLevel::Critical,
-                        &format!("retry-guard: cannot define metric {}: {status:?}", c.name()),
+                        &format!(
+                            "retry-guard: cannot define metric {}: status {}",
+                            c.name(),
+                            status as u32
+                        ),
                     );
                     return false;
                 }
@@ -441,7 +446,7 @@ impl Stream {
                 Ok(()) => self.replied = true,
                 Err(status) => log(
                     LogLevel::Error,
-                    &format!("retry-guard: local reply failed: {status:?}"),
+                    &format!("retry-guard: local reply failed: status {}", status as u32),
                 ),
             }
             return Action::Pause;

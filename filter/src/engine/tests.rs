@@ -6,10 +6,10 @@ use crate::confirm::tests::{sign, NOW};
 use crate::fingerprint::empty_body_digest;
 use crate::ledger::{MemoryStore, SlotLedger};
 use crate::policy::RouteClass;
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn config_with(route_extra: Value, top_extra: Value) -> Config {
-    let key = crate::b64::STANDARD.encode(
+    let key = crate::b64::standard(
         crate::confirm::tests::signing_key()
             .verifying_key()
             .as_bytes(),
@@ -41,8 +41,6 @@ fn config() -> Config {
 fn class_config(class: RouteClass) -> Config {
     config_with(json!({"class": class.name()}), json!({}))
 }
-
-use base64::Engine as _;
 
 struct Req {
     key: KeyCheck,
