@@ -16,7 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -164,6 +164,8 @@ struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     arrived: Condvar,
     stop: AtomicBool,
+    /// Request heads parsed, counted before the body is read (see [`Backend::heads_seen`]).
+    heads: AtomicUsize,
     conns: Mutex<Vec<TcpStream>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -195,6 +197,7 @@ impl Backend {
             requests: Mutex::new(Vec::new()),
             arrived: Condvar::new(),
             stop: AtomicBool::new(false),
+            heads: AtomicUsize::new(0),
             conns: Mutex::new(Vec::new()),
             workers: Mutex::new(Vec::new()),
         });
@@ -250,9 +253,16 @@ impl Backend {
         lock(&self.shared.requests).clone()
     }
 
-    /// How many requests were received so far.
+    /// How many requests were received so far (complete: head and body).
     pub fn request_count(&self) -> usize {
         lock(&self.shared.requests).len()
+    }
+
+    /// How many request heads (request line and headers) arrived, complete or not. More heads
+    /// than [`Backend::request_count`] means a request reached the upstream without its body,
+    /// e.g. a proxy forwarded the headers before a filter decided and then reset the stream.
+    pub fn heads_seen(&self) -> usize {
+        self.shared.heads.load(Ordering::SeqCst)
     }
 
     /// The requests received so far for a path (query ignored).
@@ -339,7 +349,7 @@ fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         if shared.stop.load(Ordering::SeqCst) {
             break;
         }
-        let parsed = match read_request(&mut reader, &mut writer) {
+        let parsed = match read_request(&mut reader, &mut writer, &shared.heads) {
             Ok(Some(parsed)) => parsed,
             Ok(None) => break,
             Err(e) => {
@@ -428,7 +438,11 @@ fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-fn read_request(reader: &mut impl BufRead, writer: &mut impl Write) -> io::Result<Option<Parsed>> {
+fn read_request(
+    reader: &mut impl BufRead,
+    writer: &mut impl Write,
+    heads: &AtomicUsize,
+) -> io::Result<Option<Parsed>> {
     // Skip stray empty lines between pipelined requests (RFC 9112 section 2.2).
     let line = loop {
         match read_line(reader)? {
@@ -460,6 +474,7 @@ fn read_request(reader: &mut impl BufRead, writer: &mut impl Write) -> io::Resul
             .ok_or_else(|| invalid(format!("bad header line {line:?}")))?;
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
     }
+    heads.fetch_add(1, Ordering::SeqCst);
     let header = |n: &str| {
         headers
             .iter()

@@ -487,6 +487,19 @@ impl Envoy {
         self.dir.keep();
     }
 
+    /// On error: keeps the run folder and adds its path and Envoy's problems to the message, so
+    /// a test that returns the error (rather than panicking) still leaves the logs behind.
+    fn annotate<T>(&self, r: Result<T>) -> Result<T> {
+        r.map_err(|e| {
+            self.dir.keep();
+            Error(format!(
+                "{e}\n--- envoy run folder {} ---\n{}",
+                self.dir.path.display(),
+                problems_and_tail(&self.log_text())
+            ))
+        })
+    }
+
     /// Sends a request through Envoy's listener.
     pub fn send(
         &self,
@@ -495,7 +508,13 @@ impl Envoy {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Response> {
-        client::send(self.listener_addr(), method, path, headers, body)
+        self.annotate(client::send(
+            self.listener_addr(),
+            method,
+            path,
+            headers,
+            body,
+        ))
     }
 
     /// GET on the admin API.
@@ -562,10 +581,9 @@ impl Envoy {
                 return Ok(text);
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "envoy log did not show what was expected within {timeout:?}; tail:\n{}",
-                    tail(&text, 30)
-                );
+                return self.annotate(Err(Error(format!(
+                    "envoy log did not show what was expected within {timeout:?}"
+                ))));
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -584,10 +602,10 @@ impl Envoy {
                 return Ok(entries);
             }
             if Instant::now() >= deadline {
-                bail!(
+                return self.annotate(Err(Error(format!(
                     "access log has {} entries after {timeout:?}, expected {n}",
                     entries.len()
-                );
+                ))));
             }
             thread::sleep(Duration::from_millis(50));
         }

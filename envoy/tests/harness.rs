@@ -121,6 +121,7 @@ fn backend_scripts_and_chunked_bodies() -> Result<()> {
     assert_eq!(reqs[2].body_text(), "a=3");
     assert_eq!(reqs[4].body_text(), "hello world");
     assert_eq!(backend.requests_for("/oauth/token").len(), 4);
+    assert_eq!(backend.heads_seen(), 5);
 
     // A delayed reply arrives after its delay.
     backend.push(Reply::json(200, "{}").delay(Duration::from_millis(300)));

