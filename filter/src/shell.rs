@@ -5,8 +5,9 @@
 //! errors and decode header values as UTF-8 with a panic on failure): a panic would kill the
 //! VM for every request on the worker.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -98,14 +99,59 @@ impl SharedStore for HostStore {
     }
 }
 
+/// How long a stream may wait for its first body callback after the filter held its headers
+/// before the VM logs the likely cause (a missing `allow_on_headers_stop_iteration`).
+const HELD_WARN_SECONDS: u64 = 10;
+/// At most one such log line per VM per this many seconds.
+const HELD_WARN_EVERY_SECONDS: u64 = 60;
+
 /// Configuration and metric ids shared by the root and all streams of one VM.
 struct Shared {
     config: Config,
     metrics: Vec<u32>,
     ledger: SlotLedger<HostStore>,
+    /// Streams whose headers are held waiting for the body: (context id, since).
+    held: RefCell<Vec<(u32, u64)>>,
+    /// When the held-stream warning was last logged.
+    warned_at: Cell<u64>,
 }
 
 impl Shared {
+    fn hold(&self, id: u32, now: u64) {
+        if let Ok(mut held) = self.held.try_borrow_mut() {
+            held.push((id, now));
+        }
+    }
+
+    fn release(&self, id: u32) {
+        if let Ok(mut held) = self.held.try_borrow_mut() {
+            held.retain(|(h, _)| *h != id);
+        }
+    }
+
+    /// Envoy without `allow_on_headers_stop_iteration: true` never delivers the body after a
+    /// pause in the headers callback; the request would hang silently. Say so in the log.
+    fn check_held(&self, now: u64) {
+        let stuck = match self.held.try_borrow() {
+            Ok(held) => held
+                .iter()
+                .filter(|(_, since)| now.saturating_sub(*since) >= HELD_WARN_SECONDS)
+                .count(),
+            Err(_) => 0,
+        };
+        if stuck > 0 && now.saturating_sub(self.warned_at.get()) >= HELD_WARN_EVERY_SECONDS {
+            self.warned_at.set(now);
+            log(
+                LogLevel::Critical,
+                &format!(
+                    "retry-guard: {stuck} request(s) held for their body over {HELD_WARN_SECONDS} s without a body callback; \
+                     set `allow_on_headers_stop_iteration: true` in the wasm filter's config (envoy.extensions.wasm.v3.PluginConfig), \
+                     otherwise Envoy never delivers the body of guarded requests"
+                ),
+            );
+        }
+    }
+
     fn count(&self, counter: Counter) {
         if let Some(id) = self.metrics.get(counter.index()) {
             let _ = hostcalls::increment_metric(*id, 1);
@@ -176,12 +222,21 @@ impl RootContext for Root {
             config,
             metrics,
             ledger,
+            held: RefCell::new(Vec::new()),
+            warned_at: Cell::new(0),
         }));
+        let _ = hostcalls::set_tick_period(Duration::from_secs(5));
         true
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream::new(self.shared.clone())))
+    fn on_tick(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.check_held(now_seconds());
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream::new(context_id, self.shared.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -212,6 +267,7 @@ struct Tracked {
 }
 
 struct Stream {
+    id: u32,
     shared: Option<Rc<Shared>>,
     route: usize,
     pending: Option<Pending>,
@@ -222,8 +278,9 @@ struct Stream {
 impl Context for Stream {}
 
 impl Stream {
-    fn new(shared: Option<Rc<Shared>>) -> Stream {
+    fn new(id: u32, shared: Option<Rc<Shared>>) -> Stream {
         Stream {
+            id,
             shared,
             route: 0,
             pending: None,
@@ -572,11 +629,13 @@ impl HttpContext for Stream {
                 return self.body_too_large(&shared, pending);
             }
         }
-        self.pending = Some(pending);
         if reads_body {
             // Withhold the headers until the body is complete and the decision made.
+            shared.hold(self.id, pending.now);
+            self.pending = Some(pending);
             Action::Pause
         } else {
+            self.pending = Some(pending);
             self.finish(&shared)
         }
     }
@@ -585,6 +644,7 @@ impl HttpContext for Stream {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
+        shared.release(self.id);
         if self.replied {
             return Action::Pause;
         }
@@ -609,6 +669,7 @@ impl HttpContext for Stream {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
+        shared.release(self.id);
         if self.replied {
             return Action::Pause;
         }
@@ -637,6 +698,9 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.release(self.id);
+        }
         if self.replied || self.tracked.as_ref().is_none_or(|t| t.recorded) {
             return;
         }
