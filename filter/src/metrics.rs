@@ -3,6 +3,10 @@
 
 use crate::engine::Verdict;
 
+/// Gauge: the largest wasm linear memory of any VM of the plugin, in bytes (wasm memory never
+/// shrinks, so this is each VM's high-water mark; refreshed on every tick, every 5 s).
+pub const MEMORY_GAUGE: &str = "retry_guard.vm.memory_bytes";
+
 /// A counter the filter increments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {

@@ -109,6 +109,7 @@ const HELD_WARN_EVERY_SECONDS: u64 = 60;
 struct Shared {
     config: Config,
     metrics: Vec<u32>,
+    memory_gauge: Option<u32>,
     ledger: SlotLedger<HostStore>,
     /// Streams whose headers are held waiting for the body: (context id, since).
     held: RefCell<Vec<(u32, u64)>>,
@@ -120,6 +121,17 @@ impl Shared {
     fn hold(&self, id: u32, now: u64) {
         if let Ok(mut held) = self.held.try_borrow_mut() {
             held.push((id, now));
+        }
+    }
+
+    /// Raises the memory gauge to this VM's linear memory size if that is larger.
+    fn record_memory(&self) {
+        let Some(id) = self.memory_gauge else {
+            return;
+        };
+        let bytes = (core::arch::wasm32::memory_size(0) as u64).saturating_mul(65_536);
+        if hostcalls::get_metric(id).map_or(true, |current| bytes > current) {
+            let _ = hostcalls::record_metric(id, bytes);
         }
     }
 
@@ -198,6 +210,8 @@ impl RootContext for Root {
                 }
             }
         }
+        let memory_gauge =
+            hostcalls::define_metric(MetricType::Gauge, crate::metrics::MEMORY_GAUGE).ok();
         let ledger = SlotLedger::new(HostStore, config.max_entries, config.window_seconds);
         match ledger.ensure_slots() {
             Ok(created) => log(
@@ -221,10 +235,14 @@ impl RootContext for Root {
         self.shared = Some(Rc::new(Shared {
             config,
             metrics,
+            memory_gauge,
             ledger,
             held: RefCell::new(Vec::new()),
             warned_at: Cell::new(0),
         }));
+        if let Some(shared) = &self.shared {
+            shared.record_memory();
+        }
         let _ = hostcalls::set_tick_period(Duration::from_secs(5));
         true
     }
@@ -232,6 +250,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
             shared.check_held(now_seconds());
+            shared.record_memory();
         }
     }
 

@@ -45,6 +45,11 @@ fn every_counter_is_documented() {
 }
 
 #[test]
+fn the_memory_gauge_is_documented() {
+    assert!(readme().contains(&format!("`{}`", retry_guard::metrics::MEMORY_GAUGE)));
+}
+
+#[test]
 fn the_example_configuration_parses() {
     let text = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
