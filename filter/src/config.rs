@@ -11,7 +11,7 @@ use ed25519_dalek::VerifyingKey;
 use serde_json::{Map, Value};
 
 use crate::b64;
-use crate::matcher::{MatchInput, MatchNeeds, PathMatch, RouteMatch};
+use crate::matcher::{Fact, LazyFacts, MatchInput, MatchNeeds, PathMatch, RouteMatch};
 use crate::policy::{Outcome, Policy, PolicyTable, RouteClass};
 
 /// Enforce decisions or only log and count them.
@@ -99,6 +99,18 @@ pub struct Route {
     pub mode: Mode,
     /// Policy per outcome of the earlier attempt.
     pub policies: PolicyTable,
+}
+
+impl Route {
+    /// Can the ledger change a decision on this route? Not on a route whose every policy is
+    /// `retry_safe` and that has no `max_attempts` (a `read_only` route by default): such a
+    /// route is *untracked* — no ledger reads or writes, no outcome recording.
+    pub fn needs_ledger(&self) -> bool {
+        self.max_attempts.is_some()
+            || crate::policy::Outcome::ALL
+                .iter()
+                .any(|o| self.policies.get(*o) != Policy::RetrySafe)
+    }
 }
 
 /// The validated plugin configuration.
@@ -482,6 +494,16 @@ impl Config {
     /// Index of the first matching route.
     pub fn match_route_index(&self, input: &MatchInput<'_>) -> Option<usize> {
         self.routes.iter().position(|r| r.matcher.matches(input))
+    }
+
+    /// Index of the first matching route, reading facts lazily (see [`LazyFacts`]).
+    pub fn match_route_lazy<F: FnMut(Fact) -> Option<String>>(
+        &self,
+        facts: &mut LazyFacts<F>,
+    ) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| r.matcher.matches_lazy(facts))
     }
 }
 

@@ -408,6 +408,13 @@ fn decide_enforced(
         }
     }
     let Some(e) = entry else {
+        if !route.needs_ledger() {
+            // Untracked route: every retry is safe, nothing to remember.
+            d.reason = "untracked".into();
+            let mut d = allow(d, fp, None, facts, None);
+            d.write = None;
+            return d;
+        }
         return allow(d, fp, entry, facts, None);
     };
     if facts.key.key().is_some() && e.body_digest != facts.body_digest {
@@ -593,6 +600,12 @@ pub fn decide_with_ledger<L: Ledger>(
             evicted: false,
         });
     };
+    if !route.needs_ledger() {
+        return Ok(Settled {
+            decision: decide(config, route, facts, None, new_challenge),
+            evicted: false,
+        });
+    }
     for _ in 0..MAX_LEDGER_ROUNDS {
         let snapshot = ledger.load(&fp.0, facts.now)?;
         let decision = decide(config, route, facts, L::entry(&snapshot), new_challenge);

@@ -29,6 +29,7 @@ pub mod config;
 pub mod confirm;
 pub mod engine;
 pub mod fingerprint;
+pub mod headers;
 pub mod json;
 pub mod jwt;
 pub mod ledger;

@@ -149,7 +149,95 @@ pub struct MatchInput<'a> {
     pub path: Option<&'a str>,
 }
 
+/// A request fact matching may read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fact {
+    /// `xds.route_name`.
+    RouteName,
+    /// `:method`.
+    Method,
+    /// `:authority`.
+    Authority,
+    /// `:path`.
+    Path,
+}
+
+/// Request facts fetched on first use and cached, so matching reads only what the routes it
+/// actually evaluates need: a request whose route name matches no route costs one host call.
+pub struct LazyFacts<F: FnMut(Fact) -> Option<String>> {
+    fetch: F,
+    route_name: Option<Option<String>>,
+    method: Option<Option<String>>,
+    authority: Option<Option<String>>,
+    path: Option<Option<String>>,
+}
+
+impl<F: FnMut(Fact) -> Option<String>> LazyFacts<F> {
+    /// Facts that `fetch` reads from the host on demand.
+    pub fn new(fetch: F) -> LazyFacts<F> {
+        LazyFacts {
+            fetch,
+            route_name: None,
+            method: None,
+            authority: None,
+            path: None,
+        }
+    }
+
+    /// The fact, fetched once.
+    pub fn get(&mut self, fact: Fact) -> Option<&str> {
+        let slot = match fact {
+            Fact::RouteName => &mut self.route_name,
+            Fact::Method => &mut self.method,
+            Fact::Authority => &mut self.authority,
+            Fact::Path => &mut self.path,
+        };
+        if slot.is_none() {
+            *slot = Some((self.fetch)(fact));
+        }
+        slot.as_ref().and_then(|v| v.as_deref())
+    }
+
+    /// The fact as an owned string (fetched if it was not yet), consuming the cache entry.
+    pub fn take(&mut self, fact: Fact) -> Option<String> {
+        self.get(fact);
+        let slot = match fact {
+            Fact::RouteName => &mut self.route_name,
+            Fact::Method => &mut self.method,
+            Fact::Authority => &mut self.authority,
+            Fact::Path => &mut self.path,
+        };
+        slot.take().flatten()
+    }
+}
+
 impl RouteMatch {
+    /// Do all conditions hold? Facts are read in the order route name, method, authority,
+    /// path, and only until one condition fails.
+    pub fn matches_lazy<F: FnMut(Fact) -> Option<String>>(&self, facts: &mut LazyFacts<F>) -> bool {
+        if let Some(want) = &self.route_name {
+            if facts.get(Fact::RouteName) != Some(want.as_str()) {
+                return false;
+            }
+        }
+        if !self.methods.is_empty() {
+            match facts.get(Fact::Method) {
+                Some(m) if self.methods.iter().any(|x| x == m) => {}
+                _ => return false,
+            }
+        }
+        if let Some(want) = &self.authority {
+            match facts.get(Fact::Authority) {
+                Some(a) if a.eq_ignore_ascii_case(want) => {}
+                _ => return false,
+            }
+        }
+        match &self.path {
+            PathMatch::Any => true,
+            p => facts.get(Fact::Path).is_some_and(|path| p.matches(path)),
+        }
+    }
+
     /// Do all conditions hold?
     pub fn matches(&self, input: &MatchInput<'_>) -> bool {
         if let Some(want) = &self.route_name {
@@ -206,6 +294,40 @@ mod tests {
         let p = PathMatch::Prefix("/v1/".into());
         assert!(p.matches("/v1/x"));
         assert!(!p.matches("/v2/x"));
+    }
+
+    #[test]
+    fn lazy_matching_reads_only_what_it_needs() {
+        let m = RouteMatch {
+            route_name: Some("token".into()),
+            methods: vec!["POST".into()],
+            authority: None,
+            path: PathMatch::Exact("/oauth/token".into()),
+        };
+        let mut reads = Vec::new();
+        let mut facts = LazyFacts::new(|f| {
+            reads.push(f);
+            match f {
+                Fact::RouteName => Some("other".to_string()),
+                _ => Some("POST".to_string()),
+            }
+        });
+        assert!(!m.matches_lazy(&mut facts));
+        assert!(!m.matches_lazy(&mut facts), "cached");
+        drop(facts);
+        assert_eq!(
+            reads,
+            vec![Fact::RouteName],
+            "one read for an unmatched route name"
+        );
+        let mut facts = LazyFacts::new(|f| match f {
+            Fact::RouteName => Some("token".to_string()),
+            Fact::Method => Some("POST".to_string()),
+            Fact::Path => Some("/oauth/token?x".to_string()),
+            Fact::Authority => None,
+        });
+        assert!(m.matches_lazy(&mut facts));
+        assert_eq!(facts.take(Fact::Path).as_deref(), Some("/oauth/token?x"));
     }
 
     #[test]

@@ -19,16 +19,19 @@ use crate::config::{Config, PrincipalSource, Route};
 use crate::confirm::Challenge;
 use crate::engine::{self, Decision, Facts, Verdict};
 use crate::fingerprint::{parse_idempotency_key, Fingerprint, KeyCheck};
+use crate::headers::HeaderPairs;
 use crate::jwt::{Claims, Credential};
 use crate::ledger::{SharedStore, SlotLedger, StoreError};
-use crate::matcher::MatchInput;
+use crate::matcher::{Fact, LazyFacts};
 use crate::metrics::Counter;
 use crate::policy::{ResponseFacts, RouteClass};
 use crate::principal::{self, PrincipalInputs};
 use crate::token::{BearerToken, TokenRules};
 
+// No `proxy_wasm::set_log_level`: the filter logs through `hostcalls::log` directly, and the
+// SDK's panic hook is not needed (std's default hook writes a panic to stderr, which Envoy
+// logs; panics are denied in this crate anyway).
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { shared: None }) });
 }}
 
@@ -51,6 +54,32 @@ fn request_header(name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
         .ok()
         .flatten()
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    // proxy-wasm ABI 0.2.1; the SDK's wrapper allocates a String and a Vec per header.
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
+}
+
+/// All request headers in the ABI's serialized form, in one host call and one allocation.
+fn request_headers_blob() -> Vec<u8> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer to `size` bytes it allocated through
+    // `proxy_on_memory_allocate` (this module's allocator) and hands their ownership to us.
+    unsafe {
+        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size) != 0
+            || data.is_null()
+        {
+            return Vec::new();
+        }
+        Vec::from_raw_parts(data, size, size)
+    }
 }
 
 fn request_header_text(name: &str) -> Option<String> {
@@ -268,6 +297,8 @@ struct Pending {
     now: u64,
     method: String,
     path: String,
+    /// The `content-length` header, if any.
+    declared_length: Option<u64>,
     request_id: Option<String>,
     principal: String,
     key: KeyCheck,
@@ -308,43 +339,37 @@ impl Stream {
         }
     }
 
-    /// Reads only what the configured routes match on (at most four host calls).
-    fn match_route(shared: &Shared) -> Option<usize> {
-        let needs = shared.config.needs;
-        let route_name = needs
-            .route_name
-            .then(|| property_text(&["xds", "route_name"]))
-            .flatten();
-        let method = needs
-            .method
-            .then(|| request_header_text(":method"))
-            .flatten();
-        let path = needs.path.then(|| request_header_text(":path")).flatten();
-        let authority = needs
-            .authority
-            .then(|| request_header_text(":authority"))
-            .flatten();
-        let input = MatchInput {
-            route_name: route_name.as_deref(),
-            method: method.as_deref(),
-            authority: authority.as_deref(),
-            path: path.as_deref(),
-        };
-        shared.config.match_route_index(&input)
+    /// Reads the facts the routes match on, lazily: a request whose route name matches no
+    /// route costs one host call.
+    fn fetch_fact(fact: Fact) -> Option<String> {
+        match fact {
+            Fact::RouteName => property_text(&["xds", "route_name"]),
+            Fact::Method => request_header_text(":method"),
+            Fact::Authority => request_header_text(":authority"),
+            Fact::Path => request_header_text(":path"),
+        }
     }
 
-    fn gather(shared: &Shared, route: &Route) -> Pending {
+    fn gather(
+        shared: &Shared,
+        route: &Route,
+        facts: &mut LazyFacts<fn(Fact) -> Option<String>>,
+    ) -> Pending {
         let config = &shared.config;
         let now = now_seconds();
-        let method = request_header_text(":method").unwrap_or_default();
-        let path = request_header_text(":path").unwrap_or_default();
-        let request_id = request_header_text("x-request-id");
+        let method = facts.take(Fact::Method).unwrap_or_default();
+        let path = facts.take(Fact::Path).unwrap_or_default();
+        let blob = request_headers_blob();
+        let headers = HeaderPairs::parse(&blob).unwrap_or_default();
+        let request_id = headers.text("x-request-id").map(str::to_string);
         let key = parse_idempotency_key(
-            request_header(&config.idempotency_key_header).as_deref(),
+            headers.get(&config.idempotency_key_header),
             config.max_key_length,
         );
-        let authorization = request_header_text("authorization");
-        let credential = authorization.as_deref().and_then(Credential::parse);
+        let declared_length = headers
+            .text("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let credential = headers.text("authorization").and_then(Credential::parse);
         let claims = match credential {
             Some(Credential::Bearer(t)) => Claims::decode(t),
             _ => None,
@@ -360,7 +385,7 @@ impl Stream {
             claims: claims.as_ref(),
         };
         let principal = principal::derive(&config.principal, &inputs, &mut |name| {
-            request_header_text(name)
+            headers.text(name).map(str::to_string)
         });
         let token = match (credential, &claims) {
             (Some(Credential::Bearer(_)), Some(c)) => BearerToken::Jwt(c.times()),
@@ -393,7 +418,12 @@ impl Stream {
             _ => None,
         };
         let stale = rules.assess(&token, now, first_seen);
-        let confirmation = request_header(&config.confirmation_header);
+        // Untracked routes never ask for a confirmation: nothing to read there.
+        let confirmation = if route.needs_ledger() {
+            headers.get(&config.confirmation_header).map(<[u8]>::to_vec)
+        } else {
+            None
+        };
         if confirmation.is_some() {
             // Never forwarded upstream, whatever the decision.
             let _ = hostcalls::remove_map_value(
@@ -405,6 +435,7 @@ impl Stream {
             now,
             method,
             path,
+            declared_length,
             request_id,
             principal,
             key,
@@ -617,14 +648,15 @@ impl HttpContext for Stream {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
-        let Some(index) = Stream::match_route(&shared) else {
+        let mut facts: LazyFacts<fn(Fact) -> Option<String>> = LazyFacts::new(Stream::fetch_fact);
+        let Some(index) = shared.config.match_route_lazy(&mut facts) else {
             return Action::Continue;
         };
         let Some(route) = shared.config.routes.get(index) else {
             return Action::Continue;
         };
         self.route = index;
-        let pending = Stream::gather(&shared, route);
+        let pending = Stream::gather(&shared, route, &mut facts);
         if let Some(d) = engine::check_key(route, &pending.key) {
             let facts = Facts {
                 now: pending.now,
@@ -641,12 +673,12 @@ impl HttpContext for Stream {
             }
         }
         let reads_body = route.class != RouteClass::ReadOnly && !end_of_stream;
-        if reads_body {
-            let declared =
-                request_header_text("content-length").and_then(|v| v.trim().parse::<u64>().ok());
-            if declared.is_some_and(|n| n > shared.config.max_body_bytes as u64) {
-                return self.body_too_large(&shared, pending);
-            }
+        if reads_body
+            && pending
+                .declared_length
+                .is_some_and(|n| n > shared.config.max_body_bytes as u64)
+        {
+            return self.body_too_large(&shared, pending);
         }
         if reads_body {
             // Withhold the headers until the body is complete and the decision made.

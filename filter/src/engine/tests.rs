@@ -146,7 +146,10 @@ fn every_policy_cell_gives_its_verdict() {
 
 #[test]
 fn first_attempt_is_always_allowed_and_recorded_in_flight() {
-    for class in RouteClass::ALL {
+    for class in RouteClass::ALL
+        .into_iter()
+        .filter(|c| *c != RouteClass::ReadOnly)
+    {
         let cfg = class_config(class);
         let req = Req::default();
         let d = run(&cfg, &req, None);
@@ -157,6 +160,60 @@ fn first_attempt_is_always_allowed_and_recorded_in_flight() {
             (w.attempts, w.outcome, w.first_seen, w.last_attempt),
             (1, Outcome::InFlight, NOW, NOW)
         );
+    }
+}
+
+#[test]
+fn read_only_routes_are_untracked_unless_something_can_block() {
+    let cfg = class_config(RouteClass::ReadOnly);
+    let route = &cfg.routes[0];
+    assert!(!route.needs_ledger());
+    let store = MemoryStore::default();
+    let ledger = SlotLedger::new(&store, 64, cfg.window_seconds);
+    ledger.ensure_slots().unwrap();
+    let req = Req {
+        stale: Some(StaleReason::Expired),
+        ..Req::default()
+    };
+    for _ in 0..3 {
+        let d = decide_with_ledger(
+            &ledger,
+            &cfg,
+            route,
+            &req.facts(route),
+            &mut fixed_challenge,
+        )
+        .unwrap()
+        .decision;
+        assert_eq!(
+            (d.verdict, d.reason.as_str(), d.attempt),
+            (Verdict::Allow, "untracked", 1)
+        );
+        assert!(d.write.is_none());
+        assert_eq!(
+            d.token_action,
+            TokenAction::Strip,
+            "stale tokens are still stripped"
+        );
+    }
+    let snap = ledger
+        .load(&req.facts(route).fingerprint.unwrap().0, NOW)
+        .unwrap();
+    assert!(
+        SlotLedger::<&MemoryStore>::entry(&snap).is_none(),
+        "nothing written"
+    );
+    for tracked in [
+        json!({"class": "read_only", "max_attempts": 3}),
+        json!({"class": "read_only", "on": {"in_flight": "do_not_retry"}}),
+    ] {
+        assert!(config_with(tracked, json!({})).routes[0].needs_ledger());
+    }
+    for class in RouteClass::ALL
+        .into_iter()
+        .filter(|c| *c != RouteClass::ReadOnly)
+    {
+        assert!(class_config(class).routes[0].needs_ledger(), "{class}");
     }
 }
 

@@ -1,0 +1,132 @@
+//! Zero-copy reading of a header map in the proxy-wasm wire format, so the shell can fetch a
+//! matched request's headers in one host call instead of one call (and one allocation) per
+//! header.
+//!
+//! Format (proxy-wasm ABI 0.2.1, `proxy_get_header_map_pairs`): `u32` count, then `count` pairs
+//! of (`u32` name length, `u32` value length), then each name and value followed by a NUL byte;
+//! all integers little-endian.
+
+/// A parsed header map borrowing the host's buffer.
+#[derive(Debug, Default)]
+pub struct HeaderPairs<'a> {
+    pairs: Vec<(&'a [u8], &'a [u8])>,
+}
+
+fn u32_at(buf: &[u8], at: usize) -> Option<usize> {
+    let bytes: [u8; 4] = buf.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(bytes)).ok()
+}
+
+impl<'a> HeaderPairs<'a> {
+    /// Parses the wire format; `None` if the buffer is malformed (truncated, lengths past the
+    /// end, missing NUL terminators). An empty buffer is an empty map.
+    pub fn parse(buf: &'a [u8]) -> Option<HeaderPairs<'a>> {
+        if buf.is_empty() {
+            return Some(HeaderPairs::default());
+        }
+        let count = u32_at(buf, 0)?;
+        // Each pair needs 8 bytes of lengths and 2 NUL bytes: bounds the count by the buffer.
+        if count > buf.len() / 10 {
+            return None;
+        }
+        let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
+        let mut pairs = Vec::with_capacity(count);
+        for i in 0..count {
+            let name_len = u32_at(buf, 4 + i * 8)?;
+            let value_len = u32_at(buf, 8 + i * 8)?;
+            let name = buf.get(data..data.checked_add(name_len)?)?;
+            data = data.checked_add(name_len)?;
+            if buf.get(data) != Some(&0) {
+                return None;
+            }
+            data += 1;
+            let value = buf.get(data..data.checked_add(value_len)?)?;
+            data = data.checked_add(value_len)?;
+            if buf.get(data) != Some(&0) {
+                return None;
+            }
+            data += 1;
+            pairs.push((name, value));
+        }
+        Some(HeaderPairs { pairs })
+    }
+
+    /// The first value of a header (names as Envoy keeps them: lower-case).
+    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+        self.pairs
+            .iter()
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| *v)
+    }
+
+    /// The first value as UTF-8 text; `None` when absent or not UTF-8.
+    pub fn text(&self, name: &str) -> Option<&'a str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Number of header fields.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// True if there are no header fields.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}
+
+/// Serializes pairs in the wire format (for tests and tools).
+pub fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (n, v) in pairs {
+        out.extend_from_slice(&(n.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (n, v) in pairs {
+        out.extend_from_slice(n.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_finds_headers() {
+        let buf = serialize(&[
+            (":method", b"POST"),
+            ("authorization", b"Bearer x"),
+            ("x-bin", &[0xff, 0x00, 0x01]),
+            ("empty", b""),
+        ]);
+        let h = HeaderPairs::parse(&buf).unwrap();
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.text(":method"), Some("POST"));
+        assert_eq!(h.get("x-bin"), Some(&[0xff, 0x00, 0x01][..]));
+        assert_eq!(h.text("x-bin"), None, "not UTF-8");
+        assert_eq!(h.get("empty"), Some(&b""[..]));
+        assert_eq!(h.get("missing"), None);
+        assert!(HeaderPairs::parse(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn malformed_buffers_are_refused() {
+        let good = serialize(&[("a", b"b"), ("c", b"d")]);
+        for cut in 1..good.len() {
+            assert!(HeaderPairs::parse(&good[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut no_nul = good.clone();
+        let last = no_nul.len() - 1;
+        no_nul[last] = b'x';
+        assert!(HeaderPairs::parse(&no_nul).is_none());
+        assert!(HeaderPairs::parse(&u32::MAX.to_le_bytes()).is_none());
+        let mut huge_len = serialize(&[("a", b"b")]);
+        huge_len[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(HeaderPairs::parse(&huge_len).is_none());
+    }
+}
