@@ -35,6 +35,14 @@ test: lint build envoy-install
 test-core:
     cargo test -p retry-guard-filter
 
+# Benchmarks on the real Envoy (not part of `just test`); writes target/bench/report.{md,json}.
+# Options: --rounds N --seconds S --connections C --flood N --cases 1,2,.. --update-readme
+bench *ARGS: build envoy-install
+    @command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; if [ "$(id -u)" = 0 ]; then apt-get install -y wrk; else sudo apt-get install -y wrk; fi; }
+    @command -v taskset >/dev/null || { echo "taskset (util-linux) is required"; exit 1; }
+    cargo build --release --target wasm32-wasip1 -p retry-guard-noop
+    cargo run --release -p retry-guard-bench -- {{ARGS}}
+
 # Real-Envoy end-to-end tests only (harness + smoke).
 e2e: build envoy-install
     cargo test -p retry-guard-e2e

@@ -735,15 +735,17 @@ impl HttpContext for Stream {
             return Action::Continue;
         }
         let status = request_status();
-        let unchanged = self.shared.as_ref().is_some_and(|s| {
-            hostcalls::get_map_value_bytes(
-                MapType::HttpResponseHeaders,
-                &s.config.unchanged_state_header,
-            )
-            .ok()
-            .flatten()
-            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"unchanged"))
-        });
+        // Only a 5xx can be `unchanged`: skip the header lookup otherwise.
+        let unchanged = (500..600).contains(&status)
+            && self.shared.as_ref().is_some_and(|s| {
+                hostcalls::get_map_value_bytes(
+                    MapType::HttpResponseHeaders,
+                    &s.config.unchanged_state_header,
+                )
+                .ok()
+                .flatten()
+                .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"unchanged"))
+            });
         self.record(status, unchanged);
         Action::Continue
     }
