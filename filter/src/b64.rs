@@ -7,21 +7,29 @@ const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 const URL_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 fn encode(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    let sym = |i: u32| char::from(alphabet.get((i & 63) as usize).copied().unwrap_or(b'A'));
-    for chunk in bytes.chunks(3) {
-        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
-        let emit = chunk.len() + 1;
-        for i in 0..4 {
-            if i < emit {
-                out.push(sym(n >> (18 - 6 * i)));
-            } else if pad {
-                out.push('=');
-            }
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+    let sym = |i: u32| alphabet.get((i & 63) as usize).copied().unwrap_or(b'A');
+    let mut chunks = bytes.chunks_exact(3);
+    for c in &mut chunks {
+        let [a, b, c] = <[u8; 3]>::try_from(c).unwrap_or_default();
+        let n = (u32::from(a) << 16) | (u32::from(b) << 8) | u32::from(c);
+        out.extend_from_slice(&[sym(n >> 18), sym(n >> 12), sym(n >> 6), sym(n)]);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let byte = |i: usize| u32::from(rest.get(i).copied().unwrap_or(0));
+        let n = (byte(0) << 16) | (byte(1) << 8);
+        out.extend_from_slice(&[sym(n >> 18), sym(n >> 12)]);
+        if rest.len() == 2 {
+            out.push(sym(n >> 6));
+        } else if pad {
+            out.push(b'=');
+        }
+        if pad {
+            out.push(b'=');
         }
     }
-    out
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn value(c: u8, url: bool) -> Option<u32> {
