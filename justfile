@@ -43,7 +43,15 @@ bench *ARGS: build envoy-install
     cargo build --release --target wasm32-wasip1 -p retry-guard-noop
     cargo run --release -p retry-guard-bench -- {{ARGS}}
 
-# Real-Envoy end-to-end tests only (harness + smoke).
+# Start the bundled gateway (envoy/envoy.yaml) and a scriptable backend; prints a curl session. Ctrl-C stops both.
+envoy: build envoy-install
+    cargo run -q -p retry-guard-e2e --bin retry-guard-envoy -- run
+
+# Sign a confirmation with the TEST approver key for the 428 on stdin: TOKEN=$(just approve < 428.json)
+approve *ARGS:
+    @cargo run -q -p retry-guard-e2e --bin retry-guard-envoy -- approve {{ARGS}}
+
+# Real-Envoy end-to-end tests only (harness, smoke, bundled configs, gateway, variants, race).
 e2e: build envoy-install
     cargo test -p retry-guard-e2e
 

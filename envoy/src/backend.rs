@@ -4,14 +4,21 @@
 //! keep-alive, reads `Content-Length` and chunked request bodies, records every request it
 //! receives, and answers each one per a script the test sets:
 //!
-//! 1. a reply queued for that path ([`Backend::push_for_path`]), else
-//! 2. a reply queued for any path ([`Backend::push`]), else
-//! 3. the standing reply for that path ([`Backend::on_path`]), else
-//! 4. the default reply ([`Backend::set_default`]); unset, it is `200` with
+//! 1. a reply queued for the request's case ([`Backend::push_for_case`]), else
+//! 2. the standing reply for its case ([`Backend::on_case`]), else
+//! 3. a reply queued for that path ([`Backend::push_for_path`]), else
+//! 4. a reply queued for any path ([`Backend::push`]), else
+//! 5. the standing reply for that path ([`Backend::on_path`]), else
+//! 6. with [`Backend::obey_request_directives`], a reply the request itself asks for through
+//!    `x-backend-*` headers (for manual use with curl, see [`directive_reply`]), else
+//! 7. the default reply ([`Backend::set_default`]); unset, it is `200` with
 //!    `{"ok":true,"seq":<n>}` where `n` counts requests from 1.
 //!
-//! Paths are compared without the query string. Dropping the [`Backend`] stops it: the accept
-//! loop ends, every open connection is shut down and every thread is joined.
+//! A request's *case* is the value of its [`CASE_HEADER`] (`x-e2e-case`) header: tests that share
+//! one backend (and one Envoy) keep their scripts apart with it. Paths are compared without the
+//! query string. A reply may wait for a [`Gate`] (an attempt held "in flight" until the test
+//! opens it). Dropping the [`Backend`] stops it: the accept loop ends, every open connection is
+//! shut down and every thread is joined.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -29,6 +36,51 @@ const MAX_LINE: u64 = 64 * 1024;
 const MAX_HEADERS: usize = 256;
 /// Largest request body accepted (the tests send small ones).
 const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Longest a reply waits for its gate before answering anyway.
+const GATE_LIMIT: Duration = Duration::from_secs(60);
+
+/// The request header that names a test case (see the module docs).
+pub const CASE_HEADER: &str = "x-e2e-case";
+
+/// A latch a reply waits for before it is written: the test holds an attempt in flight and
+/// opens the gate when it has seen what it wanted. Clones share the latch.
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    pub fn new() -> Self {
+        Gate::default()
+    }
+
+    /// Lets every reply waiting for this gate (and every later one) go.
+    pub fn open(&self) {
+        *lock(&self.0 .0) = true;
+        self.0 .1.notify_all();
+    }
+
+    pub fn is_open(&self) -> bool {
+        *lock(&self.0 .0)
+    }
+
+    /// Waits until the gate opens, the backend stops, or `limit` passes.
+    fn wait(&self, stop: &AtomicBool, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut open = lock(&self.0 .0);
+        while !*open && !stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            let step = (deadline - now).min(Duration::from_millis(50));
+            open = self
+                .0
+                 .1
+                .wait_timeout(open, step)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
 
 /// What the backend answers to one request.
 #[derive(Clone, Debug)]
@@ -40,6 +92,8 @@ pub struct Reply {
     pub delay: Duration,
     /// Close the connection without writing any answer.
     pub hang_up: bool,
+    /// Wait for this gate (before the delay) when set.
+    pub gate: Option<Gate>,
 }
 
 impl Reply {
@@ -51,6 +105,7 @@ impl Reply {
             body: Vec::new(),
             delay: Duration::ZERO,
             hang_up: false,
+            gate: None,
         }
     }
 
@@ -86,6 +141,47 @@ impl Reply {
         self.delay = delay;
         self
     }
+
+    /// Waits until `gate` opens (at most a minute) before answering.
+    pub fn gated(mut self, gate: &Gate) -> Self {
+        self.gate = Some(gate.clone());
+        self
+    }
+}
+
+/// With [`Backend::obey_request_directives`], the reply a request asks for itself, if it asks:
+///
+/// - `x-backend-status: <code>`: answer with this status (JSON body `{"status":<code>}`);
+/// - `x-backend-delay-ms: <n>`: wait this long first (at most 60 s);
+/// - `x-backend-state: unchanged`: add `retry-guard-state: unchanged` to the answer;
+/// - `x-backend-hang-up: 1`: close the connection without answering.
+pub fn directive_reply(headers: &[(String, String)]) -> Option<Reply> {
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim())
+    };
+    let status = get("x-backend-status").and_then(|v| v.parse::<u16>().ok());
+    let delay = get("x-backend-delay-ms").and_then(|v| v.parse::<u64>().ok());
+    let state = get("x-backend-state");
+    let hang_up = get("x-backend-hang-up").is_some_and(|v| v == "1" || v == "true");
+    if status.is_none() && delay.is_none() && state.is_none() && !hang_up {
+        return None;
+    }
+    let mut reply = if hang_up {
+        Reply::hang_up()
+    } else {
+        let code = status.filter(|c| (200..600).contains(c)).unwrap_or(200);
+        Reply::json(code, &format!("{{\"status\":{code}}}"))
+    };
+    if let Some(state) = state {
+        reply = reply.header("retry-guard-state", state);
+    }
+    if let Some(ms) = delay {
+        reply = reply.delay(Duration::from_millis(ms.min(60_000)));
+    }
+    Some(reply)
 }
 
 /// One request as the backend received it.
@@ -138,11 +234,22 @@ struct Script {
     queue: VecDeque<Reply>,
     path_queue: HashMap<String, VecDeque<Reply>>,
     per_path: HashMap<String, Reply>,
+    case_queue: HashMap<String, VecDeque<Reply>>,
+    per_case: HashMap<String, Reply>,
+    directives: bool,
 }
 
 impl Script {
-    fn next(&mut self, path: &str, seq: u64) -> Reply {
-        let key = strip_query(path);
+    fn next(&mut self, req: &RecordedRequest, seq: u64) -> Reply {
+        if let Some(case) = req.header(CASE_HEADER) {
+            if let Some(reply) = self.case_queue.get_mut(case).and_then(VecDeque::pop_front) {
+                return reply;
+            }
+            if let Some(reply) = self.per_case.get(case) {
+                return reply.clone();
+            }
+        }
+        let key = strip_query(&req.path);
         if let Some(reply) = self.path_queue.get_mut(key).and_then(VecDeque::pop_front) {
             return reply;
         }
@@ -151,6 +258,11 @@ impl Script {
         }
         if let Some(reply) = self.per_path.get(key) {
             return reply.clone();
+        }
+        if self.directives {
+            if let Some(reply) = directive_reply(&req.headers) {
+                return reply;
+            }
         }
         match &self.default {
             Some(reply) => reply.clone(),
@@ -189,8 +301,13 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend on 127.0.0.1 with an ephemeral port.
     pub fn start() -> Result<Backend> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| Error(format!("backend: cannot bind 127.0.0.1:0: {e}")))?;
+        Backend::start_on(0)
+    }
+
+    /// Starts a backend on 127.0.0.1:`port` (0: the kernel picks one).
+    pub fn start_on(port: u16) -> Result<Backend> {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .map_err(|e| Error(format!("backend: cannot bind 127.0.0.1:{port}: {e}")))?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             script: Mutex::new(Script::default()),
@@ -234,6 +351,33 @@ impl Backend {
             .insert(strip_query(path).to_string(), reply);
     }
 
+    /// Sets (or with `None` clears) the standing reply for requests of this case.
+    pub fn on_case(&self, case: &str, reply: Option<Reply>) {
+        let mut script = lock(&self.shared.script);
+        match reply {
+            Some(r) => {
+                script.per_case.insert(case.to_string(), r);
+            }
+            None => {
+                script.per_case.remove(case);
+            }
+        }
+    }
+
+    /// Queues a one-shot reply for the next request of this case.
+    pub fn push_for_case(&self, case: &str, reply: Reply) {
+        lock(&self.shared.script)
+            .case_queue
+            .entry(case.to_string())
+            .or_default()
+            .push_back(reply);
+    }
+
+    /// Lets requests choose their own reply through `x-backend-*` headers ([`directive_reply`]).
+    pub fn obey_request_directives(&self, on: bool) {
+        lock(&self.shared.script).directives = on;
+    }
+
     /// Queues a one-shot reply for the next request to any path.
     pub fn push(&self, reply: Reply) {
         lock(&self.shared.script).queue.push_back(reply);
@@ -273,6 +417,50 @@ impl Backend {
             .filter(|r| strip_query(&r.path) == key)
             .cloned()
             .collect()
+    }
+
+    /// The requests received so far of a case (their [`CASE_HEADER`] value).
+    pub fn requests_for_case(&self, case: &str) -> Vec<RecordedRequest> {
+        lock(&self.shared.requests)
+            .iter()
+            .filter(|r| r.header(CASE_HEADER) == Some(case))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until at least `n` requests of this case were received; returns them, or an error
+    /// after `timeout` that says how many came.
+    pub fn wait_for_case(
+        &self,
+        case: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<RecordedRequest>> {
+        let deadline = Instant::now() + timeout;
+        let mut reqs = lock(&self.shared.requests);
+        loop {
+            let of_case: Vec<RecordedRequest> = reqs
+                .iter()
+                .filter(|r| r.header(CASE_HEADER) == Some(case))
+                .cloned()
+                .collect();
+            if of_case.len() >= n {
+                return Ok(of_case);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error(format!(
+                    "backend: waited {timeout:?} for {n} request(s) of case {case:?}, got {}",
+                    of_case.len()
+                )));
+            }
+            reqs = self
+                .shared
+                .arrived
+                .wait_timeout(reqs, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Waits until at least `n` requests were received; returns them all, or an error after
@@ -363,18 +551,23 @@ fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             }
         };
         let keep_alive = parsed.keep_alive;
-        let (seq, method, path) = {
+        let (seq, req) = {
             let mut reqs = lock(&shared.requests);
             let seq = reqs.len() as u64 + 1;
             let mut req = parsed.request;
             req.seq = seq;
-            let method = req.method.clone();
-            let path = req.path.clone();
-            reqs.push(req);
+            reqs.push(req.clone());
             shared.arrived.notify_all();
-            (seq, method, path)
+            (seq, req)
         };
-        let reply = lock(&shared.script).next(&path, seq);
+        let method = req.method.clone();
+        let reply = lock(&shared.script).next(&req, seq);
+        if let Some(gate) = &reply.gate {
+            gate.wait(&shared.stop, GATE_LIMIT);
+            if shared.stop.load(Ordering::SeqCst) {
+                break;
+            }
+        }
         if !reply.delay.is_zero() && !sleep_unless_stopped(reply.delay, &shared.stop) {
             break;
         }
@@ -629,6 +822,21 @@ mod tests {
         assert!(read_chunked(&mut &raw[..]).is_err());
     }
 
+    fn req(path: &str, headers: &[(&str, &str)]) -> RecordedRequest {
+        RecordedRequest {
+            seq: 0,
+            method: "POST".into(),
+            path: path.into(),
+            version: "HTTP/1.1".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: Vec::new(),
+            chunked: false,
+        }
+    }
+
     #[test]
     fn script_order_is_path_queue_then_queue_then_path_then_default() {
         let mut s = Script::default();
@@ -638,11 +846,67 @@ mod tests {
             .entry("/a".into())
             .or_default()
             .push_back(Reply::new(203));
-        assert_eq!(s.next("/a?x=1", 1).status, 203);
-        assert_eq!(s.next("/a", 2).status, 202);
-        assert_eq!(s.next("/a", 3).status, 201);
-        let d = s.next("/b", 4);
+        assert_eq!(s.next(&req("/a?x=1", &[]), 1).status, 203);
+        assert_eq!(s.next(&req("/a", &[]), 2).status, 202);
+        assert_eq!(s.next(&req("/a", &[]), 3).status, 201);
+        let d = s.next(&req("/b", &[]), 4);
         assert_eq!(d.status, 200);
         assert_eq!(d.body, br#"{"ok":true,"seq":4}"#);
+    }
+
+    #[test]
+    fn case_scripts_come_first_and_stay_apart() {
+        let mut s = Script::default();
+        s.per_path.insert("/a".into(), Reply::new(201));
+        s.per_case.insert("c1".into(), Reply::new(500));
+        s.case_queue
+            .entry("c1".into())
+            .or_default()
+            .push_back(Reply::new(429));
+        let c1 = req("/a", &[(CASE_HEADER, "c1")]);
+        let c2 = req("/a", &[(CASE_HEADER, "c2")]);
+        assert_eq!(s.next(&c1, 1).status, 429);
+        assert_eq!(s.next(&c1, 2).status, 500);
+        assert_eq!(s.next(&c2, 3).status, 201);
+    }
+
+    #[test]
+    fn directives_only_when_enabled() {
+        let mut s = Script::default();
+        let r = req(
+            "/x",
+            &[
+                ("x-backend-status", "503"),
+                ("x-backend-state", "unchanged"),
+            ],
+        );
+        assert_eq!(s.next(&r, 1).status, 200);
+        s.directives = true;
+        let d = s.next(&r, 2);
+        assert_eq!(d.status, 503);
+        assert!(d
+            .headers
+            .contains(&("retry-guard-state".to_string(), "unchanged".to_string())));
+        assert!(s.next(&req("/x", &[("x-backend-hang-up", "1")]), 3).hang_up);
+        assert_eq!(s.next(&req("/x", &[]), 4).status, 200);
+    }
+
+    #[test]
+    fn gate_releases_waiters() {
+        let gate = Gate::new();
+        let stop = AtomicBool::new(false);
+        let g2 = gate.clone();
+        let t = thread::spawn(move || {
+            let start = Instant::now();
+            g2.wait(&AtomicBool::new(false), Duration::from_secs(10));
+            start.elapsed()
+        });
+        gate.open();
+        let waited = t.join().expect("waiter");
+        assert!(waited < Duration::from_secs(5));
+        // An open gate does not wait at all.
+        let start = Instant::now();
+        gate.wait(&stop, Duration::from_secs(10));
+        assert!(start.elapsed() < Duration::from_secs(1));
     }
 }

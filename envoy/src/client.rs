@@ -78,13 +78,22 @@ pub fn send_with_timeout(
     body: &[u8],
     timeout: Duration,
 ) -> Result<Response> {
-    let what = format!("{method} http://{addr}{path}");
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| Error(format!("{what}: connect failed: {e}")))?;
+    let stream = connect(addr, timeout)?;
+    send_on(stream, method, path, headers, body, timeout)
+}
+
+/// Opens a connection (bounded by `timeout`).
+pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| Error(format!("connect to {addr} failed: {e}")))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
 
+/// The request head [`send`] writes (host, content-length and connection added as documented).
+pub fn request_head(method: &str, path: &str, headers: &[(&str, &str)], body_len: usize) -> String {
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
     let has = |n: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
     if !has("host") {
@@ -97,22 +106,76 @@ pub fn send_with_timeout(
         method.to_ascii_uppercase().as_str(),
         "POST" | "PUT" | "PATCH"
     );
-    if !has("content-length") && !has("transfer-encoding") && (method_has_body || !body.is_empty())
-    {
-        head.push_str(&format!("content-length: {}\r\n", body.len()));
+    if !has("content-length") && !has("transfer-encoding") && (method_has_body || body_len > 0) {
+        head.push_str(&format!("content-length: {body_len}\r\n"));
     }
     if !has("connection") {
         head.push_str("connection: close\r\n");
     }
     head.push_str("\r\n");
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(body);
-    stream
-        .write_all(&bytes)
-        .and_then(|()| stream.flush())
-        .map_err(|e| Error(format!("{what}: write failed: {e}")))?;
+    head
+}
 
-    read_response(BufReader::new(stream), method).map_err(|e| Error(format!("{what}: {}", e.0)))
+/// Sends one request on an open connection (see [`connect`]) and reads the whole response.
+pub fn send_on(
+    stream: TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Response> {
+    let mut bytes = request_head(method, path, headers, body.len()).into_bytes();
+    bytes.extend_from_slice(body);
+    send_raw_on(stream, method, path, &bytes, timeout)
+}
+
+/// Sends a request whose body goes chunked (`transfer-encoding: chunked`, no content-length),
+/// one chunk per element of `chunks`.
+pub fn send_chunked(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    chunks: &[&[u8]],
+) -> Result<Response> {
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    all.push(("transfer-encoding", "chunked"));
+    let mut bytes = request_head(method, path, &all, 0).into_bytes();
+    for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+        bytes.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        bytes.extend_from_slice(chunk);
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(b"0\r\n\r\n");
+    let stream = connect(addr, DEFAULT_TIMEOUT)?;
+    send_raw_on(stream, method, path, &bytes, DEFAULT_TIMEOUT)
+}
+
+/// Writes raw request bytes and reads the response. A write that fails because the server
+/// already answered and closed (e.g. a 413 before the whole body was read) still returns the
+/// answer when one can be read.
+fn send_raw_on(
+    mut stream: TcpStream,
+    method: &str,
+    path: &str,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<Response> {
+    let what = match stream.peer_addr() {
+        Ok(a) => format!("{method} http://{a}{path}"),
+        Err(_) => format!("{method} {path}"),
+    };
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let written = stream.write_all(bytes).and_then(|()| stream.flush());
+    match read_response(BufReader::new(stream), method) {
+        Ok(resp) => Ok(resp),
+        Err(e) => match written {
+            Err(w) => Err(Error(format!("{what}: write failed: {w}; then: {}", e.0))),
+            Ok(()) => Err(Error(format!("{what}: {}", e.0))),
+        },
+    }
 }
 
 fn read_line(r: &mut impl BufRead) -> Result<String> {

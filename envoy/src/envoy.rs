@@ -16,7 +16,7 @@ use std::fs;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -108,18 +108,66 @@ fn fill(template: &str, vars: &[(&str, String)]) -> Result<String> {
     Ok(out)
 }
 
+/// In a custom bootstrap ([`EnvoyBuilder::bootstrap`]), a string value equal to this becomes
+/// the access-log file of the run folder.
+pub const ACCESS_LOG_PLACEHOLDER: &str = "{{ACCESS_LOG_PATH}}";
+/// In a custom bootstrap, a string value equal to this becomes the wasm path ([`wasm_path`]).
+pub const WASM_PLACEHOLDER: &str = "{{WASM_PATH}}";
+
+/// Replaces the placeholder string values of a custom bootstrap.
+fn fill_json(value: &mut serde_json::Value, vars: &[(&str, &str)]) {
+    match value {
+        serde_json::Value::String(s) => {
+            if let Some((_, v)) = vars.iter().find(|(k, _)| k == s) {
+                *s = (*v).to_string();
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| fill_json(v, vars)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| fill_json(v, vars)),
+        _ => {}
+    }
+}
+
+/// Does any string value of `value` equal `needle`?
+fn contains_str(value: &serde_json::Value, needle: &str) -> bool {
+    match value {
+        serde_json::Value::String(s) => s == needle,
+        serde_json::Value::Array(items) => items.iter().any(|v| contains_str(v, needle)),
+        serde_json::Value::Object(map) => map.values().any(|v| contains_str(v, needle)),
+        _ => false,
+    }
+}
+
 /// Settings for one Envoy; [`EnvoyBuilder::start`] starts it.
 #[derive(Clone, Debug)]
 pub struct EnvoyBuilder {
     name: String,
     backend: SocketAddr,
+    bootstrap: Option<serde_json::Value>,
     plugin_config: Option<String>,
     wasm_path: Option<PathBuf>,
     concurrency: u32,
     startup_timeout: Duration,
+    keep_failed: bool,
 }
 
 impl EnvoyBuilder {
+    /// The test expects Envoy to refuse this configuration: do not keep the run folder of a
+    /// failed start or validation (it is still kept when the test panics).
+    pub fn expect_failure(mut self) -> Self {
+        self.keep_failed = false;
+        self
+    }
+
+    /// Uses this bootstrap (e.g. `envoy/envoy.yaml` made fit for a test by
+    /// [`crate::gateway::TestGateway`]) instead of the templates. String values equal to
+    /// [`ACCESS_LOG_PLACEHOLDER`] or [`WASM_PLACEHOLDER`] are filled in; the backend address and
+    /// [`EnvoyBuilder::plugin_config`] do not apply.
+    pub fn bootstrap(mut self, bootstrap: serde_json::Value) -> Self {
+        self.bootstrap = Some(bootstrap);
+        self
+    }
+
     /// The plugin configuration (a JSON text) for the wasm filter; setting it adds the filter.
     pub fn plugin_config(mut self, json: impl Into<String>) -> Self {
         self.plugin_config = Some(json.into());
@@ -144,16 +192,39 @@ impl EnvoyBuilder {
         self
     }
 
+    fn needs_wasm(&self) -> bool {
+        match &self.bootstrap {
+            Some(b) => contains_str(b, WASM_PLACEHOLDER),
+            None => self.plugin_config.is_some(),
+        }
+    }
+
     fn resolved_wasm(&self) -> Result<Option<PathBuf>> {
-        match (&self.plugin_config, &self.wasm_path) {
-            (None, _) => Ok(None),
-            (Some(_), Some(p)) => check_wasm(p.clone()).map(Some),
-            (Some(_), None) => wasm_path().map(Some),
+        if !self.needs_wasm() {
+            return Ok(None);
+        }
+        match &self.wasm_path {
+            Some(p) => check_wasm(p.clone()).map(Some),
+            None => wasm_path().map(Some),
         }
     }
 
     /// Renders the bootstrap YAML; `access_log` is the access-log file path.
     pub fn render(&self, access_log: &Path) -> Result<String> {
+        if let Some(bootstrap) = &self.bootstrap {
+            let wasm = self
+                .resolved_wasm()?
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let log = access_log.to_string_lossy().into_owned();
+            let mut b = bootstrap.clone();
+            fill_json(
+                &mut b,
+                &[(ACCESS_LOG_PLACEHOLDER, &log), (WASM_PLACEHOLDER, &wasm)],
+            );
+            // JSON is YAML: Envoy reads it from the .yaml file as it is.
+            return Ok(serde_json::to_string_pretty(&b)?);
+        }
         let wasm_filter = match (self.resolved_wasm()?, &self.plugin_config) {
             (Some(wasm), Some(config)) => fill(
                 WASM_FILTER_TEMPLATE,
@@ -177,35 +248,14 @@ impl EnvoyBuilder {
 
     /// Checks the rendered bootstrap with `envoy --mode validate` (this loads the wasm too).
     pub fn validate(&self) -> Result<String> {
-        let binary = envoy_binary()?;
         let dir = RunDir::create(&format!("{}-validate", self.name))?;
         let config = dir.path.join("envoy.yaml");
         fs::write(&config, self.render(&dir.path.join("access.log"))?)?;
-        let out = Command::new(&binary)
-            .arg("--mode")
-            .arg("validate")
-            .arg("-c")
-            .arg(&config)
-            .arg("-l")
-            .arg("info")
-            .arg("--disable-hot-restart")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| Error(format!("cannot run {}: {e}", binary.display())))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
+        let result = validate_file(&config, &dir.path);
+        if result.is_err() && self.keep_failed {
             dir.keep();
-            bail!(
-                "envoy --mode validate rejected {}:\n{}",
-                config.display(),
-                tail(&text, 40)
-            );
         }
-        Ok(text)
+        result
     }
 
     /// Starts Envoy and waits (bounded) until admin `/ready` says LIVE and the listener accepts.
@@ -294,12 +344,48 @@ impl EnvoyBuilder {
                     envoy.dir.path.display(),
                     problems_and_tail(&log)
                 );
-                envoy.dir.keep();
+                if self.keep_failed {
+                    envoy.dir.keep();
+                }
                 drop(envoy);
                 Err((Error(msg), clash))
             }
         }
     }
+}
+
+/// Runs `envoy --mode validate -c <config>` in `cwd` (relative paths in the config, such as a
+/// wasm file, are resolved from there). Returns Envoy's output, or an error with its last lines.
+/// Validation instantiates the wasm plugin and runs its `on_configure`, so an invalid plugin
+/// configuration fails it too.
+pub fn validate_file(config: &Path, cwd: &Path) -> Result<String> {
+    let binary = envoy_binary()?;
+    let out = Command::new(&binary)
+        .current_dir(cwd)
+        .arg("--mode")
+        .arg("validate")
+        .arg("-c")
+        .arg(config)
+        .arg("-l")
+        .arg("info")
+        .arg("--disable-hot-restart")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error(format!("cannot run {}: {e}", binary.display())))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!(
+            "envoy --mode validate rejected {} ({}):\n{}",
+            config.display(),
+            out.status,
+            tail(&text, 40)
+        );
+    }
+    Ok(text)
 }
 
 /// Last `n` lines of a text.
@@ -338,7 +424,7 @@ fn problems_and_tail(log: &str) -> String {
 /// The run folder of one Envoy; removed on drop unless kept.
 struct RunDir {
     path: PathBuf,
-    keep: std::cell::Cell<bool>,
+    keep: AtomicBool,
 }
 
 impl RunDir {
@@ -362,18 +448,18 @@ impl RunDir {
             .map_err(|e| Error(format!("cannot create {}: {e}", path.display())))?;
         Ok(RunDir {
             path,
-            keep: std::cell::Cell::new(std::env::var_os(KEEP_ENV).is_some()),
+            keep: AtomicBool::new(std::env::var_os(KEEP_ENV).is_some()),
         })
     }
 
     fn keep(&self) {
-        self.keep.set(true);
+        self.keep.store(true, Ordering::SeqCst);
     }
 }
 
 impl Drop for RunDir {
     fn drop(&mut self) {
-        if self.keep.get() || thread::panicking() {
+        if self.keep.load(Ordering::SeqCst) || thread::panicking() {
             eprintln!(
                 "retry-guard-e2e: Envoy run files kept in {}",
                 self.path.display()
@@ -400,10 +486,12 @@ impl Envoy {
         EnvoyBuilder {
             name: name.to_string(),
             backend,
+            bootstrap: None,
             plugin_config: None,
             wasm_path: None,
             concurrency: 2,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+            keep_failed: true,
         }
     }
 

@@ -8,12 +8,17 @@
 //! - [`client`]: a tiny HTTP/1.1 client for the tests.
 //! - [`tokens`]: confirmation tokens signed with the test key, unsigned JWTs.
 //! - [`rfc3339`]: parses the timestamps of the problem documents.
+//! - [`gateway`]: the bundled `envoy/envoy.yaml` and Istio manifests as data; the bundled gateway
+//!   made fit for a test.
+//! - [`fixture`]: one Envoy shared by the tests of a file, stopped at process exit.
 //!
 //! Every server binds to 127.0.0.1 only.
 
 pub mod backend;
 pub mod client;
 pub mod envoy;
+pub mod fixture;
+pub mod gateway;
 pub mod rfc3339;
 pub mod tokens;
 

@@ -1,0 +1,484 @@
+//! `just envoy`: the bundled gateway (`envoy/envoy.yaml`) for manual use, and `approve`, an
+//! approver's tool for the test key.
+//!
+//! ```text
+//! retry-guard-envoy [run]     validate envoy/envoy.yaml, start the backend on 127.0.0.1:18080 and
+//!                             Envoy (listener 127.0.0.1:10000, admin 127.0.0.1:9901), print a
+//!                             curl session, echo access-log and audit lines; Ctrl-C stops both
+//! retry-guard-envoy approve [--sub S] [--ttl SECONDS] [--challenge C --fingerprint F]
+//!                             print a confirmation token signed with the TEST key
+//!                             testdata/keys/approvals-test.key; without --challenge and
+//!                             --fingerprint it reads the 428 problem document on stdin
+//! ```
+//!
+//! Run from anywhere: it works in the repository root (the wasm path in `envoy.yaml` is relative
+//! to it). Envoy runs in its own process group, so the terminal's Ctrl-C reaches only this
+//! program, which then stops Envoy by its PID (admin `/quitquitquit`, then SIGKILL) and the
+//! backend. The program never panics (the release profile aborts on panic, which would skip
+//! the clean-up).
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use retry_guard_e2e::backend::Backend;
+use retry_guard_e2e::envoy::{check_wasm, envoy_binary, validate_file};
+use retry_guard_e2e::gateway::{
+    bundled_path, envoy_yaml, ADMIN_PORT, BACKEND_CLUSTER, LISTENER_PORT,
+};
+use retry_guard_e2e::tokens::{test_signing_key, Confirmation};
+use retry_guard_e2e::{bail, client, repo_root, Error, Result};
+use serde_json::Value;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" {
+    fn signal(signum: std::os::raw::c_int, handler: usize) -> usize;
+}
+
+extern "C" fn on_signal(_: std::os::raw::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    const SIGINT: std::os::raw::c_int = 2;
+    const SIGTERM: std::os::raw::c_int = 15;
+    // SAFETY: installs a handler that only stores to an atomic, for SIGINT and SIGTERM.
+    #[allow(unsafe_code)]
+    unsafe {
+        signal(
+            SIGINT,
+            on_signal as extern "C" fn(std::os::raw::c_int) as usize,
+        );
+        signal(
+            SIGTERM,
+            on_signal as extern "C" fn(std::os::raw::c_int) as usize,
+        );
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        None | Some("run") => run(),
+        Some("approve") => approve(&args[1..]),
+        Some("-h" | "--help" | "help") => {
+            println!("{}", USAGE);
+            Ok(())
+        }
+        Some(other) => Err(Error(format!("unknown command {other:?}\n\n{USAGE}"))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("retry-guard-envoy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const USAGE: &str = "usage:
+  retry-guard-envoy [run]
+      validate envoy/envoy.yaml, start the backend and Envoy, print a curl session; Ctrl-C stops
+  retry-guard-envoy approve [--sub NAME] [--ttl SECONDS] [--challenge C --fingerprint F]
+      print a confirmation signed with the TEST key testdata/keys/approvals-test.key for the
+      428 problem document read on stdin (or the given challenge and fingerprint)";
+
+// ---------------------------------------------------------------------------------------------
+// approve
+
+fn approve(args: &[String]) -> Result<()> {
+    let mut sub = "alice@example.com".to_string();
+    let mut ttl: i64 = 300;
+    let mut challenge = None;
+    let mut fingerprint = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| Error(format!("{name} needs a value")))
+        };
+        match a.as_str() {
+            "--sub" => sub = value("--sub")?,
+            "--ttl" => {
+                ttl = value("--ttl")?
+                    .parse()
+                    .map_err(|_| Error::new("--ttl takes whole seconds"))?
+            }
+            "--challenge" => challenge = Some(value("--challenge")?),
+            "--fingerprint" => fingerprint = Some(value("--fingerprint")?),
+            other => bail!("unknown option {other:?}\n\n{USAGE}"),
+        }
+    }
+    let (chl, fp) = match (challenge, fingerprint) {
+        (Some(c), Some(f)) => (c, f),
+        (None, None) => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            challenge_of(&text)?
+        }
+        _ => bail!("give both --challenge and --fingerprint, or neither (then the 428 on stdin)"),
+    };
+    let token = Confirmation::new(&chl, &fp, &sub, ttl).sign(&test_signing_key()?);
+    println!("{token}");
+    Ok(())
+}
+
+/// The challenge and fingerprint of a 428 problem document (the body, or a whole `curl -i`
+/// answer: the JSON starts at the first `{`).
+fn challenge_of(text: &str) -> Result<(String, String)> {
+    let start = text
+        .find('{')
+        .ok_or_else(|| Error::new("no JSON problem document on stdin"))?;
+    let doc: Value = serde_json::from_str(text[start..].trim())
+        .map_err(|e| Error(format!("stdin is not a problem document: {e}")))?;
+    if doc["status"] != 428 {
+        bail!(
+            "the document on stdin is not a 428 (status {}, type {})",
+            doc["status"],
+            doc["type"]
+        );
+    }
+    match (doc["challenge"].as_str(), doc["fingerprint"].as_str()) {
+        (Some(c), Some(f)) => Ok((c.to_string(), f.to_string())),
+        _ => bail!("the 428 document has no challenge or fingerprint"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// run
+
+fn backend_port(bootstrap: &Value) -> Result<u16> {
+    bootstrap["static_resources"]["clusters"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == BACKEND_CLUSTER))
+        .and_then(|c| {
+            c.pointer(
+                "/load_assignment/endpoints/0/lb_endpoints/0/endpoint/address/socket_address/port_value",
+            )
+        })
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| Error(format!("envoy/envoy.yaml has no cluster {BACKEND_CLUSTER} port")))
+}
+
+struct Running {
+    child: Child,
+    admin: SocketAddr,
+}
+
+impl Running {
+    /// Stops Envoy by its PID: admin `/quitquitquit`, up to 5 s, then SIGKILL.
+    fn stop(&mut self) {
+        let _ = client::send_with_timeout(
+            self.admin,
+            "POST",
+            "/quitquitquit",
+            &[],
+            &[],
+            Duration::from_secs(1),
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let root = repo_root();
+    let envoy = envoy_binary()?;
+    check_wasm(root.join("target/wasm32-wasip1/release/retry_guard.wasm"))?;
+    let config = bundled_path("envoy.yaml");
+    let bootstrap = envoy_yaml()?;
+    let backend_port = backend_port(&bootstrap)?;
+
+    print!("Validating envoy/envoy.yaml ... ");
+    validate_file(&config, &root)?;
+    println!("OK");
+
+    let backend = Backend::start_on(backend_port)
+        .map_err(|e| Error(format!("{e} (is another `just envoy` running?)")))?;
+    backend.obey_request_directives(true);
+
+    let dir = root.join("target/envoy-local");
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join("envoy.log");
+    let _ = std::fs::remove_file(&log);
+    install_signal_handlers();
+    let child = Command::new(&envoy)
+        .current_dir(&root)
+        .arg("-c")
+        .arg(&config)
+        .args(["--concurrency", "2", "-l", "info", "--disable-hot-restart"])
+        .arg("--log-path")
+        .arg(&log)
+        .args(["--file-flush-interval-msec", "100"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("stderr.log"))?)
+        // Its own process group: the terminal's Ctrl-C goes to us, and we stop it by PID.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error(format!("cannot start {}: {e}", envoy.display())))?;
+    let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+    let listener = SocketAddr::from(([127, 0, 0, 1], LISTENER_PORT));
+    let mut running = Running { child, admin };
+    if let Some(stdout) = running.child.stdout.take() {
+        thread::spawn(move || echo_access_log(stdout));
+    }
+    wait_ready(&mut running, listener, &log)?;
+    {
+        let log = log.clone();
+        thread::spawn(move || echo_envoy_log(&log));
+    }
+    print_session(&running, backend_port, &log);
+
+    while !STOP.load(Ordering::SeqCst) {
+        if let Ok(Some(status)) = running.child.try_wait() {
+            drop(backend);
+            bail!("Envoy exited ({status}); see {}", log.display());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "\nStopping Envoy (pid {}) and the backend ...",
+        running.child.id()
+    );
+    running.stop();
+    drop(backend);
+    println!("Stopped.");
+    Ok(())
+}
+
+fn wait_ready(running: &mut Running, listener: SocketAddr, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = running.child.try_wait() {
+            bail!(
+                "Envoy exited during start-up ({status}). Is port {LISTENER_PORT} or \
+                 {ADMIN_PORT} in use? Last log lines:\n{}",
+                last_lines(log, 15)
+            );
+        }
+        let ready = client::send_with_timeout(
+            running.admin,
+            "GET",
+            "/ready",
+            &[],
+            &[],
+            Duration::from_secs(1),
+        )
+        .is_ok_and(|r| r.status == 200 && r.text().trim() == "LIVE");
+        if ready && TcpStream::connect_timeout(&listener, Duration::from_millis(500)).is_ok() {
+            return Ok(());
+        }
+        if STOP.load(Ordering::SeqCst) || Instant::now() >= deadline {
+            bail!("Envoy was not ready within 20 s; see {}", log.display());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn last_lines(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Envoy's access log goes to its stdout (`/dev/stdout` in envoy.yaml): one line per request.
+fn echo_access_log(stdout: impl Read) {
+    for line in BufReader::new(stdout)
+        .lines()
+        .map_while(std::result::Result::ok)
+    {
+        match serde_json::from_str::<Value>(&line) {
+            Ok(e) => println!(
+                "access  {} {} -> {} {} route={} retry_guard={}",
+                e["method"].as_str().unwrap_or("-"),
+                e["path"].as_str().unwrap_or("-"),
+                e["status"],
+                e["flags"].as_str().unwrap_or("-"),
+                e["route"].as_str().unwrap_or("-"),
+                e["retry_guard_decision"].as_str().unwrap_or("-"),
+            ),
+            Err(_) => println!("access  {line}"),
+        }
+    }
+}
+
+/// Follows Envoy's log file and echoes the filter's audit lines and any warning/error.
+fn echo_envoy_log(path: &PathBuf) {
+    let mut pos = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut pending = String::new();
+    loop {
+        thread::sleep(Duration::from_millis(200));
+        let Ok(mut f) = std::fs::File::open(path) else {
+            continue;
+        };
+        if f.seek(SeekFrom::Start(pos)).is_err() {
+            continue;
+        }
+        let mut chunk = String::new();
+        if let Ok(n) = f.read_to_string(&mut chunk) {
+            pos += n as u64;
+        }
+        pending.push_str(&chunk);
+        while let Some(i) = pending.find('\n') {
+            let line: String = pending.drain(..=i).collect();
+            if let Some(at) = line.find("retry-guard audit ") {
+                let json = line[at + "retry-guard audit ".len()..].trim();
+                match serde_json::from_str::<Value>(json) {
+                    Ok(r) => println!("audit   {}", compact_audit(&r)),
+                    Err(_) => println!("audit   {json}"),
+                }
+            } else if line.contains("][critical][")
+                || line.contains("][error][")
+                || (line.contains("retry-guard") && line.contains("][warning]["))
+            {
+                println!("envoy   {}", line.trim());
+            }
+        }
+    }
+}
+
+/// One audit record in a line a human can read; the full JSON is in the Envoy log.
+fn compact_audit(r: &Value) -> String {
+    let s = |k: &str| match &r[k] {
+        Value::Null => "-".to_string(),
+        Value::String(v) => v.clone(),
+        other => other.to_string(),
+    };
+    if r["event"] == "outcome" {
+        return format!(
+            "outcome={} status={} route={} attempt={} flags={}",
+            s("outcome"),
+            s("status"),
+            s("route"),
+            s("attempt"),
+            s("response_flags")
+        );
+    }
+    let mut line = format!(
+        "decision={} route={} attempt={} previous={} policy={} reason={} principal={}",
+        s("decision"),
+        s("route"),
+        s("attempt"),
+        s("previous_outcome"),
+        s("policy"),
+        s("reason"),
+        s("principal")
+    );
+    for k in ["token_reason", "approver", "confirmation_error"] {
+        if !r[k].is_null() {
+            line.push_str(&format!(" {k}={}", s(k)));
+        }
+    }
+    if r["mode"] == "shadow" {
+        line.push_str(&format!(" mode=shadow would_block={}", s("would_block")));
+    }
+    line
+}
+
+fn print_session(running: &Running, backend_port: u16, log: &Path) {
+    // "version": "<sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    let version = client::send_with_timeout(
+        running.admin,
+        "GET",
+        "/server_info",
+        &[],
+        &[],
+        Duration::from_secs(2),
+    )
+    .ok()
+    .and_then(|r| r.json().ok())
+    .and_then(|v| {
+        v["version"]
+            .as_str()
+            .and_then(|s| s.split('/').nth(1))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| "?".to_string());
+    println!(
+        "\nEnvoy {version} (pid {}, 2 workers, V8) with envoy/envoy.yaml:\n  \
+         listener http://127.0.0.1:{LISTENER_PORT}   admin http://127.0.0.1:{ADMIN_PORT}   \
+         backend 127.0.0.1:{backend_port}\n  Envoy log: {}\n",
+        running.child.id(),
+        log.display()
+    );
+    println!(
+        r#"Try it from another terminal (the backend answers 200; ask it for anything else with
+request headers x-backend-status: 503, x-backend-state: unchanged, x-backend-delay-ms: 2000,
+x-backend-hang-up: 1):
+
+  # 1. A first token call reaches the upstream
+  curl -s -i -X POST http://127.0.0.1:{LISTENER_PORT}/oauth/token -d 'grant_type=client_credentials&client_id=ci-bot'
+
+  # 2. Its automated replay: 428, naming the owner and escalation, with a challenge
+  curl -s -X POST http://127.0.0.1:{LISTENER_PORT}/oauth/token -d 'grant_type=client_credentials&client_id=ci-bot' | tee /tmp/428.json
+
+  # 3. An approver signs the challenge (TEST key testdata/keys/approvals-test.key)
+  TOKEN=$(just approve < /tmp/428.json)
+
+  # 4. The confirmed retry goes through once ...
+  curl -s -i -X POST http://127.0.0.1:{LISTENER_PORT}/oauth/token -H "retry-guard-confirmation: $TOKEN" -d 'grant_type=client_credentials&client_id=ci-bot'
+
+  # 5. ... and the same confirmation again is refused: 428 with confirmation_error already_used
+  curl -s -X POST http://127.0.0.1:{LISTENER_PORT}/oauth/token -H "retry-guard-confirmation: $TOKEN" -d 'grant_type=client_credentials&client_id=ci-bot'
+
+  # More: a secret needs an Idempotency-Key (400 without), a role grant replay is 428 too
+  curl -s -X POST http://127.0.0.1:{LISTENER_PORT}/v1/secrets -d '{{"name":"db"}}'
+  curl -s -X POST http://127.0.0.1:{LISTENER_PORT}/v1/roles/admin/members -H 'x-backend-status: 503' -d '{{"member":"bob"}}'
+  curl -s -X POST http://127.0.0.1:{LISTENER_PORT}/v1/roles/admin/members -d '{{"member":"bob"}}'
+
+  # The counters
+  curl -s 'http://127.0.0.1:{ADMIN_PORT}/stats?filter=wasmcustom'
+
+Access-log and audit lines appear below. Ctrl-C stops Envoy and the backend.
+"#
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_from_body_or_curl_i_output() {
+        let body = r#"{"type":"urn:retry-guard:problem:confirmation-required","status":428,"challenge":"c1","fingerprint":"f1"}"#;
+        assert_eq!(
+            challenge_of(body).ok(),
+            Some(("c1".to_string(), "f1".to_string()))
+        );
+        let with_head = format!("HTTP/1.1 428 Precondition Required\r\ncontent-type: application/problem+json\r\n\r\n{body}\n");
+        assert!(challenge_of(&with_head).is_ok());
+        assert!(challenge_of(r#"{"status":409}"#).is_err());
+        assert!(challenge_of("nothing").is_err());
+    }
+
+    #[test]
+    fn bundled_backend_port() {
+        let b = envoy_yaml().expect("envoy.yaml");
+        assert_eq!(backend_port(&b).ok(), Some(18080));
+    }
+}
