@@ -231,9 +231,8 @@ fn shadow_mode_lets_everything_through() {
     let mut nokey = SECRETS.request("shadow-nokey");
     nokey.headers.retain(|(k, _)| k != "idempotency-key");
     assert_eq!(gw.send(&nokey).expect("send").status, 200);
-    // The key problem is decided (would block) at the request headers. (The filter then also
-    // decides the request against the ledger and logs a second line, `allow`, which is what
-    // the access log shows: reported as questionable, not asserted here.)
+    // The key problem is decided (would block) at the request headers, and that is the
+    // request's one decision, as it would be in enforce mode.
     let recs = gw
         .audit_for(&nokey.request_id, |r| {
             r.iter().any(|x| x["decision"] == "bad_request")
@@ -245,6 +244,11 @@ fn shadow_mode_lets_everything_through() {
         .expect("bad_request line");
     assert_eq!(d["would_block"], true, "{d}");
     assert_eq!(d["mode"], "shadow", "{d}");
+    assert_eq!(
+        recs.iter().filter(|x| x["event"] == "decision").count(),
+        1,
+        "one decision per request: {recs:?}"
+    );
     let big = SESSION_REFRESH
         .request("shadow-big")
         .body(&"b".repeat(70_000));

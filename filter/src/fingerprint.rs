@@ -26,8 +26,9 @@ impl KeyCheck {
 }
 
 /// Parses the idempotency key header value: a Structured Field sf-string (`"abc"`, with `\"`
-/// and `\\` escapes) or a bare token of visible ASCII. Empty, longer than `max_len`, or
-/// containing anything but visible ASCII (space allowed inside quotes) is invalid.
+/// and `\\` escapes) or a bare token. Empty, longer than `max_len`, or containing anything but
+/// visible ASCII (0x21–0x7E; so no space, even inside quotes, though RFC 8941 would allow it)
+/// is invalid.
 pub fn parse_idempotency_key(raw: Option<&[u8]>, max_len: usize) -> KeyCheck {
     let Some(raw) = raw else {
         return KeyCheck::Absent;
@@ -50,7 +51,7 @@ pub fn parse_idempotency_key(raw: Option<&[u8]>, max_len: usize) -> KeyCheck {
                     _ => return KeyCheck::Invalid("bad escape in structured-field string"),
                 },
                 b'"' => return KeyCheck::Invalid("unescaped quote in structured-field string"),
-                0x20..=0x7e => out.push(b),
+                0x21..=0x7e => out.push(b),
                 _ => return KeyCheck::Invalid("not visible ASCII"),
             }
         }
@@ -147,7 +148,12 @@ mod tests {
     fn keys_quoted_and_bare() {
         assert_eq!(parse_idempotency_key(None, 16), KeyCheck::Absent);
         assert_eq!(key("abc-123"), KeyCheck::Present("abc-123".into()));
-        assert_eq!(key("\"abc 123\""), KeyCheck::Present("abc 123".into()));
+        assert_eq!(key("\"abc-123\""), KeyCheck::Present("abc-123".into()));
+        assert_eq!(
+            key("\"abc 123\""),
+            KeyCheck::Invalid("not visible ASCII"),
+            "space is not visible"
+        );
         assert_eq!(key(r#""a\"b""#), KeyCheck::Present("a\"b".into()));
         assert_eq!(key(" abc "), KeyCheck::Present("abc".into()));
     }

@@ -668,9 +668,8 @@ impl HttpContext for Stream {
                 stale: pending.stale,
                 confirmation: None,
             };
-            if self.apply(&shared, route, &facts, &d) == Action::Pause {
-                return Action::Pause;
-            }
+            // Enforce: answered 400. Shadow: that is this request's one decision; it goes on.
+            return self.apply(&shared, route, &facts, &d);
         }
         let reads_body = route.class != RouteClass::ReadOnly && !end_of_stream;
         if reads_body
