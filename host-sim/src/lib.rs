@@ -1,1 +1,32 @@
-//! placeholder
+//! host-sim: a proxy-wasm ABI 0.2.1 host on wasmtime that runs a filter the way Envoy 1.40
+//! runs it — several worker VMs over one shared-data store, a virtual clock, scripted
+//! upstreams — plus the scenario runner and the pieces of the `retry-guard` operator CLI.
+//!
+//! Layers, bottom up:
+//! - [`abi`], [`headers`], [`properties`]: wire formats and Envoy's encodings;
+//! - [`shared`]: what the VMs of one simulated Envoy share (shared data with Envoy's CAS rules,
+//!   queues, metrics, log, clock, seeded random source);
+//! - `host`: the host functions; [`vm`]: one VM (store + instance + root context);
+//! - [`sim`]: the simulated Envoy (VMs, ticks, the HTTP stream lifecycle, upstream model);
+//! - [`scenario`]: the JSON scenario format and its runner; [`tokens`]: signed confirmations and
+//!   test JWTs; [`cli`]: the operator commands.
+#![warn(missing_docs)]
+
+pub mod abi;
+pub mod cli;
+pub mod error;
+pub mod headers;
+mod host;
+pub mod properties;
+pub mod scenario;
+pub mod shared;
+pub mod sim;
+pub mod stream;
+pub mod tokens;
+pub mod upstream;
+pub mod vm;
+
+pub use error::{Result, SimError, TrapInfo};
+pub use sim::{Exchange, Request, Sim, SimConfig};
+pub use upstream::Upstream;
+pub use vm::Runtime;

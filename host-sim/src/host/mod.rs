@@ -1,0 +1,34 @@
+//! Host functions: the proxy-wasm ABI 0.2.1 (`env`) and the WASI preview1 subset Envoy provides
+//! (`wasi_snapshot_preview1` and `wasi_unstable`).
+
+pub(crate) mod mem;
+mod proxy;
+mod wasi;
+
+use wasmtime::Linker;
+
+use crate::vm::HostState;
+
+/// Registers every host function; returns the (module, name) pairs provided, so a module that
+/// imports anything else can be refused by name before instantiation.
+pub fn add_to_linker(
+    linker: &mut Linker<HostState>,
+) -> wasmtime::Result<Vec<(&'static str, &'static str)>> {
+    let mut provided = Vec::new();
+    proxy::add(linker, &mut provided)?;
+    for module in ["wasi_snapshot_preview1", "wasi_unstable"] {
+        wasi::add(linker, module, &mut provided)?;
+    }
+    Ok(provided)
+}
+
+/// Returns early from a host function with an ABI status.
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(status) => return Ok(status),
+        }
+    };
+}
+pub(crate) use tri;

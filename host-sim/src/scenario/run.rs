@@ -1,0 +1,699 @@
+//! Running a scenario against a fresh simulation.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use serde_json::{Map, Value};
+
+use super::expect;
+use super::report::{ScenarioReport, StepReport};
+use super::values::{self, Capture, Ctx};
+use crate::sim::{Exchange, Pending, Request, Sim, SimConfig};
+use crate::upstream::Upstream;
+use crate::vm::{Hook, Runtime};
+
+/// Top-level fields of a scenario file.
+const TOP_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "envoy",
+    "config",
+    "config_patch",
+    "workers",
+    "main_vm",
+    "allow_on_headers_stop_iteration",
+    "seed",
+    "start",
+    "request_defaults",
+    "steps",
+    "expect_start_error",
+];
+
+/// A loaded scenario file.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Its name (the `name` field, else the file stem).
+    pub name: String,
+    /// The file.
+    pub file: PathBuf,
+    /// The document.
+    pub json: Value,
+}
+
+/// Options of a run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Echo VM log lines at or above this level to stderr while running.
+    pub echo_log: Option<u32>,
+}
+
+/// Reads and checks a scenario file.
+pub fn load(path: &Path) -> Result<Scenario, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let json: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    let obj = json
+        .as_object()
+        .ok_or_else(|| format!("{}: a scenario is a JSON object", path.display()))?;
+    for k in obj.keys() {
+        if !TOP_FIELDS.contains(&k.as_str()) {
+            return Err(format!(
+                "{}: unknown field {k:?}; expected one of {}",
+                path.display(),
+                TOP_FIELDS.join(", ")
+            ));
+        }
+    }
+    if !obj.get("steps").is_some_and(Value::is_array) {
+        return Err(format!(
+            "{}: \"steps\" (a list) is required",
+            path.display()
+        ));
+    }
+    let name = obj
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+    Ok(Scenario {
+        name,
+        file: path.to_path_buf(),
+        json,
+    })
+}
+
+/// Loads and runs one file; problems become a failed report.
+pub fn run_file(rt: &Runtime, path: &Path, opts: &RunOptions) -> ScenarioReport {
+    match load(path) {
+        Ok(s) => run_scenario(rt, &s, opts),
+        Err(e) => ScenarioReport {
+            name: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            file: path.display().to_string(),
+            error: Some(e),
+            ..ScenarioReport::default()
+        },
+    }
+}
+
+fn plugin_config(sc: &Scenario, dir: &Path) -> Result<Vec<u8>, String> {
+    let base = match sc.json.get("config") {
+        Some(Value::String(p)) => {
+            let path = dir.join(p);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("config: cannot read {}: {e}", path.display()))?;
+            serde_json::from_str::<Value>(&text)
+                .map_err(|e| format!("config: {} is not JSON: {e}", path.display()))?
+        }
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => {
+            return Err("config: a file path (relative to the scenario) or an inline object".into())
+        }
+        None => {
+            return Err(
+                "config: required (a file path relative to the scenario, or an inline object)"
+                    .into(),
+            )
+        }
+    };
+    let merged = match sc.json.get("config_patch") {
+        Some(p) => values::merge(&base, p),
+        None => base,
+    };
+    Ok(merged.to_string().into_bytes())
+}
+
+struct Runner<'a> {
+    sim: Rc<Sim>,
+    dir: PathBuf,
+    start_ns: u64,
+    defaults: Value,
+    captures: HashMap<String, Capture>,
+    opts: &'a RunOptions,
+}
+
+/// Runs a scenario on a fresh simulation.
+pub fn run_scenario(rt: &Runtime, sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
+    let j = &sc.json;
+    let envoy = j.get("envoy");
+    let mut report = ScenarioReport {
+        name: sc.name.clone(),
+        file: sc.file.display().to_string(),
+        description: j
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        envoy_runnable: envoy
+            .and_then(|e| e.get("runnable"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        envoy_why: envoy
+            .and_then(|e| e.get("why"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        ..ScenarioReport::default()
+    };
+    let dir = sc.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let config = match plugin_config(sc, &dir) {
+        Ok(c) => c,
+        Err(e) => {
+            report.error = Some(e);
+            return report;
+        }
+    };
+    let cfg = SimConfig {
+        plugin_config: config,
+        workers: j.get("workers").and_then(Value::as_u64).unwrap_or(2) as usize,
+        main_vm: j.get("main_vm").and_then(Value::as_bool).unwrap_or(true),
+        allow_on_headers_stop_iteration: j
+            .get("allow_on_headers_stop_iteration")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+        seed: j.get("seed").and_then(Value::as_u64).unwrap_or(1),
+        start_unix: j
+            .get("start")
+            .and_then(Value::as_u64)
+            .unwrap_or(crate::sim::DEFAULT_START_UNIX),
+        echo_log: opts.echo_log,
+        ..SimConfig::default()
+    };
+    let sim = match Sim::new(rt, cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            match j.get("expect_start_error").and_then(Value::as_str) {
+                Some(want) if e.to_string().contains(want) => {
+                    report.passed = true;
+                    report.steps.push(StepReport {
+                        index: 1,
+                        kind: "start".into(),
+                        lines: vec![format!("the plugin refused to start, as expected: {e}")],
+                        ..StepReport::default()
+                    });
+                }
+                _ => report.error = Some(format!("the simulation did not start: {e}")),
+            }
+            return report;
+        }
+    };
+    if let Some(want) = j.get("expect_start_error") {
+        report.error = Some(format!(
+            "expected the plugin to refuse to start ({want}), but it started"
+        ));
+        return report;
+    }
+    let mut runner = Runner {
+        start_ns: sim.shared().now().realtime_ns,
+        sim: Rc::new(sim),
+        dir,
+        defaults: j
+            .get("request_defaults")
+            .cloned()
+            .unwrap_or(Value::Object(Map::new())),
+        captures: HashMap::new(),
+        opts,
+    };
+    let steps = j
+        .get("steps")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (i, step) in steps.iter().enumerate() {
+        let at = format!("steps[{i}]");
+        let mut sr = StepReport {
+            index: i + 1,
+            time: (runner.sim.shared().now().realtime_ns - runner.start_ns) as f64 / 1e9,
+            name: step.get("name").and_then(Value::as_str).map(str::to_string),
+            ..StepReport::default()
+        };
+        if let Some(n) = step.get("note").and_then(Value::as_str) {
+            sr.lines.push(format!("# {n}"));
+        }
+        if let Err(e) = runner.step(step, &at, &mut sr) {
+            sr.failures.push(e);
+        }
+        for t in runner.sim.background_traps.borrow_mut().drain(..) {
+            sr.failures
+                .push(format!("in the background (tick/queue): {t}"));
+        }
+        report.steps.push(sr);
+    }
+    let _ = runner.opts;
+    report.passed = report.error.is_none() && report.steps.iter().all(|s| s.failures.is_empty());
+    report
+}
+
+fn summarize(req: &Request, ex: &Exchange) -> String {
+    let records = expect::audit_records(ex);
+    let decision = records.iter().find(|r| r["event"] == "decision");
+    let verdict = match decision {
+        Some(d) => {
+            let mut s = d["decision"].as_str().unwrap_or("?").to_string();
+            if let Some(p) = d["policy"].as_str().filter(|p| !p.is_empty()) {
+                s.push_str(&format!(" ({p}"));
+                if let Some(r) = d["reason"].as_str().filter(|r| !r.is_empty()) {
+                    s.push_str(&format!(", {r}"));
+                }
+                s.push(')');
+            }
+            s
+        }
+        None => "no decision".into(),
+    };
+    let up = match &ex.upstream {
+        None => "upstream: not received".to_string(),
+        Some(r) => {
+            let mut notes = vec![format!(
+                "authorization {}",
+                if r.header("authorization").is_some() {
+                    "present"
+                } else {
+                    "absent"
+                }
+            )];
+            for (k, v) in &r.headers {
+                if k.starts_with("retry-guard") {
+                    notes.push(format!("{k}: {v}"));
+                }
+            }
+            format!("upstream: received ({})", notes.join(", "))
+        }
+    };
+    let status = if let Some(s) = &ex.stalled {
+        format!("STALLED ({s})")
+    } else {
+        ex.status.to_string()
+    };
+    let flags = if ex.response_flags != 0 {
+        format!(" flags={}", ex.response_flags)
+    } else {
+        String::new()
+    };
+    format!(
+        "w{} {} {} -> {status}{flags} {verdict} | {up}",
+        req.worker, req.method, req.path
+    )
+}
+
+fn capture_of(req: &Request, spec: Value, ex: &Exchange) -> Capture {
+    let body = ex.json().unwrap_or(Value::Null);
+    Capture {
+        request: Some(req.clone()),
+        spec,
+        status: ex.status,
+        challenge: ex
+            .header("retry-guard-challenge")
+            .map(str::to_string)
+            .or_else(|| {
+                body.get("challenge")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }),
+        fingerprint: body
+            .get("fingerprint")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    }
+}
+
+/// One entry of a `concurrent` order.
+#[derive(Clone, Debug)]
+enum Entry {
+    Request { name: String, until: Option<String> },
+    Response { name: String },
+}
+
+fn parse_order(order: &[Value], at: &str) -> Result<Vec<Entry>, String> {
+    order
+        .iter()
+        .map(|v| {
+            let s = v.as_str().ok_or_else(|| format!("{at}: order entries are strings"))?;
+            let (head, until) = match s.split_once(" until ") {
+                Some((h, u)) => (h.trim(), Some(u.trim().to_string())),
+                None => (s.trim(), None),
+            };
+            let (name, phase) = head
+                .split_once(':')
+                .ok_or_else(|| format!("{at}: {s:?}; write \"<name>:request\", \"<name>:response\" or \"<name>:request until <host function>\""))?;
+            match phase {
+                "request" => Ok(Entry::Request { name: name.into(), until }),
+                "response" if until.is_none() => Ok(Entry::Response { name: name.into() }),
+                _ => Err(format!("{at}: {s:?}: the phase is request or response")),
+            }
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct Concurrent {
+    reqs: HashMap<String, (Request, Upstream)>,
+    pending: HashMap<String, Pending>,
+    done: HashMap<String, Exchange>,
+    trace: Vec<String>,
+}
+
+fn run_entries(
+    sim: &Rc<Sim>,
+    st: &Rc<RefCell<Concurrent>>,
+    entries: &[Entry],
+) -> Result<(), String> {
+    let mut i = 0;
+    while i < entries.len() {
+        match &entries[i] {
+            Entry::Request { name, until } => {
+                let req = st
+                    .borrow()
+                    .reqs
+                    .get(name)
+                    .map(|r| r.0.clone())
+                    .ok_or_else(|| {
+                        format!("order names {name:?}, which is not one of the requests")
+                    })?;
+                let mut hook = None;
+                let mut skip_to = i;
+                if let Some(f) = until {
+                    let resume = entries[i + 1..]
+                        .iter()
+                        .position(|e| matches!(e, Entry::Request { name: n, until: None } if n == name))
+                        .ok_or_else(|| format!("\"{name}:request until {f}\" needs a later \"{name}:request\" entry where it resumes"))?;
+                    let nested: Vec<Entry> = entries[i + 1..i + 1 + resume].to_vec();
+                    skip_to = i + 1 + resume;
+                    let (sim2, st2) = (sim.clone(), st.clone());
+                    let (n2, f2) = (name.clone(), f.clone());
+                    st.borrow_mut()
+                        .trace
+                        .push(format!("{name}: request side runs until its first {f}"));
+                    hook = Some(Hook {
+                        function: f.clone(),
+                        context_id: 0,
+                        run: Box::new(move || {
+                            st2.borrow_mut()
+                                .trace
+                                .push(format!("{n2}: paused inside {f2}"));
+                            let r = run_entries(&sim2, &st2, &nested);
+                            st2.borrow_mut()
+                                .trace
+                                .push(format!("{n2}: resumes its {f2}"));
+                            r
+                        }),
+                    });
+                } else {
+                    st.borrow_mut().trace.push(format!("{name}: request side"));
+                }
+                let p = sim.begin(&req, hook).map_err(|e| format!("{name}: {e}"))?;
+                st.borrow_mut().pending.insert(name.clone(), p);
+                i = skip_to;
+            }
+            Entry::Response { name } => {
+                let p = st.borrow_mut().pending.remove(name).ok_or_else(|| {
+                    format!("\"{name}:response\" comes before \"{name}:request\"")
+                })?;
+                let up = st
+                    .borrow()
+                    .reqs
+                    .get(name)
+                    .map(|r| r.1.clone())
+                    .unwrap_or_else(Upstream::ok);
+                st.borrow_mut()
+                    .trace
+                    .push(format!("{name}: upstream and response side"));
+                let ex = sim.complete(p, &up).map_err(|e| format!("{name}: {e}"))?;
+                st.borrow_mut().done.insert(name.clone(), ex);
+            }
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+impl Runner<'_> {
+    fn ctx(&self, iteration: Option<u64>) -> Ctx<'_> {
+        Ctx {
+            dir: &self.dir,
+            now: self.sim.now_unix() as i64,
+            captures: &self.captures,
+            iteration,
+        }
+    }
+
+    /// The request spec after defaults and `same_as`.
+    fn spec(&self, req: &Value, at: &str) -> Result<Map<String, Value>, String> {
+        let mut base = self.defaults.clone();
+        if let Some(name) = req.get("same_as").and_then(Value::as_str) {
+            let cap = self.captures.get(name).ok_or_else(|| {
+                format!("{at}.same_as: no earlier request step is named {name:?}")
+            })?;
+            base = values::merge(&base, &cap.spec);
+        }
+        let mut merged = values::merge(&base, req);
+        if let Some(m) = merged.as_object_mut() {
+            m.remove("same_as");
+        }
+        merged
+            .as_object()
+            .cloned()
+            .ok_or_else(|| format!("{at}: a request is an object"))
+    }
+
+    fn prepare(
+        &self,
+        req: &Value,
+        at: &str,
+        iteration: Option<u64>,
+    ) -> Result<(Request, Upstream, Value), String> {
+        let spec = self.spec(req, at)?;
+        let ctx = self.ctx(iteration);
+        let request = values::request(&spec, &ctx, at)?;
+        let upstream = values::upstream(&spec, at)?;
+        Ok((request, upstream, Value::Object(spec)))
+    }
+
+    fn step(&mut self, step: &Value, at: &str, sr: &mut StepReport) -> Result<(), String> {
+        let obj = step
+            .as_object()
+            .ok_or_else(|| format!("{at}: a step is an object"))?;
+        let kinds = [
+            "request",
+            "concurrent",
+            "flood",
+            "advance",
+            "metrics",
+            "log",
+        ];
+        let kind = kinds.iter().find(|k| obj.contains_key(**k)).copied();
+        let Some(kind) = kind else {
+            if obj.contains_key("note") {
+                sr.kind = "note".into();
+                return Ok(());
+            }
+            return Err(format!("{at}: a step has one of {}", kinds.join(", ")));
+        };
+        sr.kind = kind.into();
+        let no_expect = Map::new();
+        let expect_of = |v: &Value| {
+            v.get("expect")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_else(|| no_expect.clone())
+        };
+        match kind {
+            "advance" => {
+                let ms = values::duration_ms(&obj["advance"], &format!("{at}.advance"))?;
+                self.sim.advance_ms(ms);
+                sr.lines.push(format!("clock +{:.3}s", ms as f64 / 1000.0));
+            }
+            "metrics" => {
+                let want = obj["metrics"]
+                    .as_object()
+                    .ok_or_else(|| format!("{at}.metrics: an object name: value"))?;
+                let actual = self.sim.metrics();
+                sr.lines.push(
+                    want.keys()
+                        .map(|k| {
+                            format!(
+                                "{k}={}",
+                                actual.get(k).map_or("-".into(), |v| v.to_string())
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
+                sr.failures.extend(expect::metrics(want, &actual));
+            }
+            "log" => {
+                let log = self.sim.log();
+                let lines: Vec<&str> = log.iter().map(|l| l.message.as_str()).collect();
+                expect::log_check(&obj["log"], &lines, &mut sr.failures);
+                sr.lines.push(format!("{} log line(s) so far", lines.len()));
+            }
+            "request" => {
+                let (req, up, spec) =
+                    self.prepare(&obj["request"], &format!("{at}.request"), None)?;
+                let ex = self.sim.request(&req, &up).map_err(|e| e.to_string())?;
+                sr.lines.push(summarize(&req, &ex));
+                self.detail(&ex, sr);
+                sr.failures.extend(expect::check(&expect_of(step), &ex, at));
+                if let Some(name) = &sr.name {
+                    self.captures
+                        .insert(name.clone(), capture_of(&req, spec, &ex));
+                }
+            }
+            "flood" => {
+                let f = obj["flood"]
+                    .as_object()
+                    .ok_or_else(|| format!("{at}.flood: an object"))?;
+                let count = f
+                    .get("count")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| format!("{at}.flood.count: required"))?;
+                let tmpl = f
+                    .get("request")
+                    .cloned()
+                    .unwrap_or(Value::Object(Map::new()));
+                let exp = f
+                    .get("expect")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut statuses: std::collections::BTreeMap<u16, u64> = Default::default();
+                let mut failed = 0;
+                for i in 0..count {
+                    let (req, up, _) =
+                        self.prepare(&tmpl, &format!("{at}.flood.request"), Some(i))?;
+                    let ex = self.sim.request(&req, &up).map_err(|e| e.to_string())?;
+                    *statuses.entry(ex.status).or_default() += 1;
+                    let fails = expect::check(&exp, &ex, at);
+                    if !fails.is_empty() {
+                        failed += 1;
+                        if failed <= 3 {
+                            sr.failures
+                                .extend(fails.into_iter().map(|e| format!("request {i}: {e}")));
+                        }
+                    }
+                }
+                if failed > 3 {
+                    sr.failures.push(format!(
+                        "... {failed} of {count} requests failed their expectations"
+                    ));
+                }
+                sr.lines
+                    .push(format!("{count} requests; statuses {statuses:?}"));
+            }
+            "concurrent" => self.concurrent(&obj["concurrent"], at, sr)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn detail(&self, ex: &Exchange, sr: &mut StepReport) {
+        if let Some(doc) = ex.json() {
+            if let Some(t) = doc.get("type").and_then(Value::as_str) {
+                let mut parts = vec![format!(
+                    "problem {}",
+                    t.trim_start_matches("urn:retry-guard:problem:")
+                )];
+                for k in [
+                    "owner",
+                    "escalation",
+                    "previous_outcome",
+                    "confirmation_error",
+                    "challenge",
+                ] {
+                    if let Some(v) = doc.get(k).filter(|v| !v.is_null()) {
+                        parts.push(format!(
+                            "{k}={}",
+                            v.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| v.to_string())
+                        ));
+                    }
+                }
+                sr.lines.push(parts.join(" "));
+            }
+        }
+        let records = expect::audit_records(ex);
+        if let Some(o) = records.iter().find(|r| r["event"] == "outcome") {
+            sr.lines.push(format!(
+                "outcome recorded: {} (status {}, flags {})",
+                o["outcome"].as_str().unwrap_or("?"),
+                o["status"],
+                o["response_flags"]
+            ));
+        }
+    }
+
+    fn concurrent(&mut self, c: &Value, at: &str, sr: &mut StepReport) -> Result<(), String> {
+        let at = format!("{at}.concurrent");
+        let reqs = c
+            .get("requests")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("{at}.requests: a list"))?;
+        let state = Rc::new(RefCell::new(Concurrent::default()));
+        let mut names = Vec::new();
+        let mut expects = HashMap::new();
+        let mut specs = HashMap::new();
+        for (i, r) in reqs.iter().enumerate() {
+            let name = r
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{at}.requests[{i}].name: required"))?
+                .to_string();
+            let (req, up, spec) = self.prepare(
+                r.get("request").unwrap_or(&Value::Null),
+                &format!("{at}.requests[{i}].request"),
+                None,
+            )?;
+            state.borrow_mut().reqs.insert(name.clone(), (req, up));
+            expects.insert(
+                name.clone(),
+                r.get("expect")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            specs.insert(name.clone(), spec);
+            names.push(name);
+        }
+        let order = match c.get("order").and_then(Value::as_array) {
+            Some(o) => parse_order(o, &format!("{at}.order"))?,
+            None => names
+                .iter()
+                .map(|n| Entry::Request {
+                    name: n.clone(),
+                    until: None,
+                })
+                .chain(names.iter().map(|n| Entry::Response { name: n.clone() }))
+                .collect(),
+        };
+        let result = run_entries(&self.sim, &state, &order);
+        let st = state.borrow();
+        sr.lines.extend(st.trace.iter().map(|t| format!("· {t}")));
+        result?;
+        for name in &names {
+            let Some(ex) = st.done.get(name) else {
+                sr.failures
+                    .push(format!("{name}: the order never ran its response side"));
+                continue;
+            };
+            let req = &st.reqs[name].0;
+            sr.lines.push(format!("{name}: {}", summarize(req, ex)));
+            sr.failures.extend(
+                expect::check(&expects[name], ex, &at)
+                    .into_iter()
+                    .map(|f| format!("{name}: {f}")),
+            );
+            self.captures
+                .insert(name.clone(), capture_of(req, specs[name].clone(), ex));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,695 @@
+//! One proxy-wasm VM (an Envoy worker's, or the main thread's): a wasmtime `Store` and
+//! `Instance` of the shared module, its root context and its streams.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use wasmtime::{Engine, Instance, Linker, Memory, Module, Store, TypedFunc, WasmBacktrace};
+
+use crate::abi::MetricType;
+use crate::error::{Result, SimError, TrapInfo};
+use crate::properties::PluginFacts;
+use crate::shared::Shared;
+use crate::stream::StreamState;
+
+/// A compiled module plus the linker with every host function: compile once, then start many
+/// simulations (in parallel, on any thread) from it.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    module: Module,
+    linker: Arc<Linker<HostState>>,
+    /// Where the module came from (for messages).
+    pub source: String,
+}
+
+impl Runtime {
+    /// Compiles a module from a `.wasm` file.
+    pub fn from_file(path: &Path) -> Result<Runtime> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            SimError::Load(format!(
+                "cannot read the wasm module {}: {e}. Build it first (`just build`, i.e. \
+                 `cargo build --release --target wasm32-wasip1 -p retry-guard-filter`) or pass \
+                 --wasm <path>.",
+                path.display()
+            ))
+        })?;
+        Runtime::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Compiles a module from bytes (binary or WAT text).
+    pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Runtime> {
+        let config = wasmtime::Config::new();
+        let engine = Engine::new(&config)
+            .map_err(|e| SimError::Load(format!("cannot create the wasmtime engine: {e}")))?;
+        let module = Module::new(&engine, bytes)
+            .map_err(|e| SimError::Load(format!("{source}: not a loadable wasm module: {e:?}")))?;
+        let mut linker = Linker::new(&engine);
+        let provided = crate::host::add_to_linker(&mut linker)
+            .map_err(|e| SimError::Load(format!("cannot register host functions: {e}")))?;
+        let missing: Vec<String> = module
+            .imports()
+            .filter(|i| {
+                !provided
+                    .iter()
+                    .any(|(m, n)| *m == i.module() && *n == i.name())
+            })
+            .map(|i| format!("`{}.{}`", i.module(), i.name()))
+            .collect();
+        if !missing.is_empty() {
+            return Err(SimError::Load(format!(
+                "{source} imports {} that host-sim does not provide: {}. Envoy 1.40 refuses such \
+                 a module too (\"Failed to load Wasm module due to a missing import\"); remove the \
+                 import or build against a proxy-wasm ABI 0.2.1 SDK.",
+                if missing.len() == 1 {
+                    "a function"
+                } else {
+                    "functions"
+                },
+                missing.join(", ")
+            )));
+        }
+        linker.instantiate_pre(&module).map_err(|e| {
+            SimError::Load(format!(
+                "{source}: an import does not match the host's signature: {e:?}"
+            ))
+        })?;
+        let exports: Vec<String> = module.exports().map(|e| e.name().to_string()).collect();
+        let has = |n: &str| exports.iter().any(|e| e == n);
+        if !has("proxy_abi_version_0_2_1") && !has("proxy_abi_version_0_2_0") {
+            let found: Vec<&String> = exports
+                .iter()
+                .filter(|e| e.starts_with("proxy_abi_version"))
+                .collect();
+            return Err(SimError::Load(format!(
+                "{source} does not export proxy_abi_version_0_2_1 (found: {found:?}); host-sim \
+                 runs proxy-wasm ABI 0.2.x modules (Rust SDK 0.2, Go SDK, C++ SDK)."
+            )));
+        }
+        if !has("memory") {
+            return Err(SimError::Load(format!(
+                "{source} does not export its memory as `memory`"
+            )));
+        }
+        if !has("proxy_on_memory_allocate") && !has("malloc") {
+            return Err(SimError::Load(format!(
+                "{source} exports neither proxy_on_memory_allocate nor malloc; the host cannot \
+                 hand it data"
+            )));
+        }
+        Ok(Runtime {
+            engine,
+            module,
+            linker: Arc::new(linker),
+            source: source.to_string(),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// A pending `proxy_http_call`.
+#[derive(Clone, Debug)]
+pub struct HttpCall {
+    /// Token handed to the module.
+    pub token: u32,
+    /// Target cluster.
+    pub cluster: String,
+    /// Request headers (pseudo-headers included).
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Request body.
+    pub body: Vec<u8>,
+    /// Timeout in milliseconds (0: none).
+    pub timeout_ms: u32,
+}
+
+/// The answer to an `http_call`, visible during `proxy_on_http_call_response`.
+#[derive(Clone, Debug, Default)]
+pub struct HttpCallResponse {
+    /// Headers, `:status` first.
+    pub headers: crate::headers::HeaderMap,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Trailers.
+    pub trailers: crate::headers::HeaderMap,
+}
+
+/// A hook fired at the first call of a host function from one context (used to interleave
+/// concurrent requests at the shared-data level). Returns an error message on failure.
+pub struct Hook {
+    /// Host function name, e.g. `proxy_set_shared_data`.
+    pub function: String,
+    /// Context the call must come from.
+    pub context_id: u32,
+    /// What to run.
+    pub run: Box<dyn FnOnce() -> std::result::Result<(), String>>,
+}
+
+/// The host-side state of one VM (the wasmtime `Store` data).
+pub struct HostState {
+    /// State shared with the other VMs.
+    pub shared: Arc<Shared>,
+    /// `main` or `w<N>`.
+    pub label: String,
+    /// Index used for queue owners.
+    pub vm_index: usize,
+    /// Plugin facts (properties).
+    pub plugin: PluginFacts,
+    /// The plugin configuration bytes.
+    pub plugin_config: Vec<u8>,
+    /// The VM configuration bytes.
+    pub vm_config: Vec<u8>,
+    /// `proxy_on_configure` is running (the plugin configuration buffer is readable).
+    pub in_configure: bool,
+    /// WASI environment variables.
+    pub env: Vec<(String, String)>,
+    /// Envoy's log level (`proxy_get_log_level`).
+    pub log_level: u32,
+    /// The root context id.
+    pub root_id: u32,
+    /// Next context id to hand out.
+    pub next_context_id: u32,
+    /// The context of the callback running now.
+    pub current: u32,
+    /// Set by `proxy_set_effective_context` (0: none).
+    pub effective: u32,
+    /// Live streams by context id.
+    pub streams: HashMap<u32, StreamState>,
+    /// Tick period (0: off).
+    pub tick_period_ms: u64,
+    /// Monotonic time of the next tick.
+    pub next_tick_ns: u64,
+    /// Metric ids handed to this VM: id → (type, name).
+    pub metric_ids: HashMap<u32, (MetricType, String)>,
+    /// Last id handed out per metric type.
+    pub last_metric_id: [u32; 3],
+    /// http_call targets known to this Envoy.
+    pub clusters: Arc<crate::upstream::Clusters>,
+    /// Calls made during the current callback, answered after it returns.
+    pub pending_calls: Vec<HttpCall>,
+    /// Last http_call token handed out.
+    pub last_http_token: u32,
+    /// The response being delivered, during `proxy_on_http_call_response`.
+    pub http_response: Option<HttpCallResponse>,
+    /// `proxy_get_status` value.
+    pub status: (u32, Vec<u8>),
+    /// The module's memory.
+    pub memory: Option<Memory>,
+    /// The module's allocator.
+    pub alloc: Option<TypedFunc<i32, i32>>,
+    /// An interleaving hook, see [`Hook`].
+    pub hook: Option<Hook>,
+    /// Error from a hook, reported by the caller.
+    pub hook_error: Option<String>,
+    /// Count of host calls (for the benchmark's curiosity).
+    pub host_calls: u64,
+}
+
+impl HostState {
+    /// The context host calls act on: the effective context if set and alive, else the
+    /// current one.
+    pub fn context(&self) -> u32 {
+        if self.effective != 0
+            && (self.effective == self.root_id || self.streams.contains_key(&self.effective))
+        {
+            self.effective
+        } else {
+            self.current
+        }
+    }
+
+    /// The stream host calls act on, if the context is a stream.
+    pub fn stream_mut(&mut self) -> Option<&mut StreamState> {
+        let id = self.context();
+        self.streams.get_mut(&id)
+    }
+
+    /// The stream host calls act on (shared).
+    pub fn stream(&self) -> Option<&StreamState> {
+        self.streams.get(&self.context())
+    }
+
+    /// Logs a line from this VM.
+    pub fn log(&self, level: u32, message: String) {
+        self.shared.log(&self.label, self.context(), level, message);
+    }
+}
+
+type F1 = TypedFunc<i32, ()>;
+type F2 = TypedFunc<(i32, i32), ()>;
+type F2R = TypedFunc<(i32, i32), i32>;
+type F3R = TypedFunc<(i32, i32, i32), i32>;
+type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+
+/// Exported callbacks the host calls.
+#[derive(Default)]
+struct Exports {
+    initialize: Option<TypedFunc<(), ()>>,
+    on_context_create: Option<F2>,
+    on_vm_start: Option<F2R>,
+    on_configure: Option<F2R>,
+    on_tick: Option<F1>,
+    on_request_headers: Option<F3R>,
+    on_request_body: Option<F3R>,
+    on_request_trailers: Option<F2R>,
+    on_response_headers: Option<F3R>,
+    on_response_body: Option<F3R>,
+    on_response_trailers: Option<F2R>,
+    on_http_call_response: Option<F5>,
+    on_queue_ready: Option<F2>,
+    on_log: Option<F1>,
+    on_done: Option<TypedFunc<i32, i32>>,
+    on_delete: Option<F1>,
+}
+
+/// Settings for one VM.
+pub struct VmSettings {
+    /// `main` or `w<N>`.
+    pub label: String,
+    /// Index (queue owner).
+    pub vm_index: usize,
+    /// Plugin facts.
+    pub plugin: PluginFacts,
+    /// Plugin configuration.
+    pub plugin_config: Vec<u8>,
+    /// VM configuration.
+    pub vm_config: Vec<u8>,
+    /// WASI environment.
+    pub env: Vec<(String, String)>,
+    /// Envoy log level.
+    pub log_level: u32,
+    /// http_call clusters.
+    pub clusters: Arc<crate::upstream::Clusters>,
+}
+
+/// One VM.
+pub struct Vm {
+    /// The wasmtime store (host state inside).
+    pub store: Store<HostState>,
+    exports: Exports,
+    /// Set when a callback trapped: Envoy marks the VM failed and answers every later stream
+    /// with 503 `wasm_fail_stream` without calling into it.
+    pub failed: Option<TrapInfo>,
+}
+
+fn typed<P, R>(
+    store: &mut Store<HostState>,
+    inst: &Instance,
+    name: &str,
+) -> Result<Option<TypedFunc<P, R>>>
+where
+    P: wasmtime::WasmParams,
+    R: wasmtime::WasmResults,
+{
+    match inst.get_func(&mut *store, name) {
+        None => Ok(None),
+        Some(f) => f.typed::<P, R>(&*store).map(Some).map_err(|e| {
+            SimError::Load(format!(
+                "the module exports {name} with an unexpected signature ({e}); a proxy-wasm ABI \
+                 0.2.1 module must use the SDK's signature"
+            ))
+        }),
+    }
+}
+
+impl Vm {
+    /// Instantiates the module and starts the plugin the way Envoy does: `_initialize`,
+    /// `proxy_on_context_create(root, 0)`, `proxy_on_vm_start`, `proxy_on_configure`.
+    pub fn start(rt: &Runtime, shared: Arc<Shared>, s: VmSettings) -> Result<Vm> {
+        let state = HostState {
+            shared,
+            label: s.label.clone(),
+            vm_index: s.vm_index,
+            plugin: s.plugin,
+            plugin_config: s.plugin_config,
+            vm_config: s.vm_config,
+            in_configure: false,
+            env: s.env,
+            log_level: s.log_level,
+            root_id: 1,
+            next_context_id: 2,
+            current: 0,
+            effective: 0,
+            streams: HashMap::new(),
+            tick_period_ms: 0,
+            next_tick_ns: 0,
+            metric_ids: HashMap::new(),
+            last_metric_id: [0, 1, 2],
+            clusters: s.clusters,
+            pending_calls: Vec::new(),
+            last_http_token: 0,
+            http_response: None,
+            status: (0, Vec::new()),
+            memory: None,
+            alloc: None,
+            hook: None,
+            hook_error: None,
+            host_calls: 0,
+        };
+        let mut store = Store::new(&rt.engine, state);
+        let instance = rt
+            .linker
+            .instantiate(&mut store, &rt.module)
+            .map_err(|e| SimError::Load(format!("{}: instantiation failed: {e:?}", rt.source)))?;
+        let memory = instance.get_memory(&mut store, "memory");
+        store.data_mut().memory = memory;
+        let alloc = match typed::<i32, i32>(&mut store, &instance, "proxy_on_memory_allocate")? {
+            Some(f) => Some(f),
+            None => typed::<i32, i32>(&mut store, &instance, "malloc")?,
+        };
+        store.data_mut().alloc = alloc;
+        let exports = Exports {
+            initialize: typed(&mut store, &instance, "_initialize")?,
+            on_context_create: typed(&mut store, &instance, "proxy_on_context_create")?,
+            on_vm_start: typed(&mut store, &instance, "proxy_on_vm_start")?,
+            on_configure: typed(&mut store, &instance, "proxy_on_configure")?,
+            on_tick: typed(&mut store, &instance, "proxy_on_tick")?,
+            on_request_headers: typed(&mut store, &instance, "proxy_on_request_headers")?,
+            on_request_body: typed(&mut store, &instance, "proxy_on_request_body")?,
+            on_request_trailers: typed(&mut store, &instance, "proxy_on_request_trailers")?,
+            on_response_headers: typed(&mut store, &instance, "proxy_on_response_headers")?,
+            on_response_body: typed(&mut store, &instance, "proxy_on_response_body")?,
+            on_response_trailers: typed(&mut store, &instance, "proxy_on_response_trailers")?,
+            on_http_call_response: typed(&mut store, &instance, "proxy_on_http_call_response")?,
+            on_queue_ready: typed(&mut store, &instance, "proxy_on_queue_ready")?,
+            on_log: typed(&mut store, &instance, "proxy_on_log")?,
+            on_done: typed(&mut store, &instance, "proxy_on_done")?,
+            on_delete: typed(&mut store, &instance, "proxy_on_delete")?,
+        };
+        let mut vm = Vm {
+            store,
+            exports,
+            failed: None,
+        };
+        let root = vm.store.data().root_id as i32;
+        let label = s.label;
+        if let Some(f) = vm.exports.initialize.clone() {
+            vm.call("_initialize", 0, |st| f.call(st, ()))
+                .map_err(|t| SimError::Start(format!("the plugin did not start: {t}")))?;
+        }
+        if let Some(f) = vm.exports.on_context_create.clone() {
+            vm.call("proxy_on_context_create", root as u32, |st| {
+                f.call(st, (root, 0))
+            })
+            .map_err(|t| SimError::Start(format!("the plugin did not start: {t}")))?;
+        }
+        if let Some(f) = vm.exports.on_vm_start.clone() {
+            let size = vm.store.data().vm_config.len() as i32;
+            let ok = vm
+                .call("proxy_on_vm_start", root as u32, |st| {
+                    f.call(st, (root, size))
+                })
+                .map_err(|t| SimError::Start(format!("the plugin did not start: {t}")))?;
+            if ok == 0 {
+                return Err(SimError::Start(format!(
+                    "proxy_on_vm_start returned false on VM {label}: Envoy would fail the VM. {}",
+                    vm.recent_problems()
+                )));
+            }
+        }
+        if let Some(f) = vm.exports.on_configure.clone() {
+            let size = vm.store.data().plugin_config.len() as i32;
+            vm.store.data_mut().in_configure = true;
+            let ok = vm.call("proxy_on_configure", root as u32, |st| {
+                f.call(st, (root, size))
+            });
+            vm.store.data_mut().in_configure = false;
+            let ok = ok.map_err(|t| SimError::Start(format!("the plugin did not start: {t}")))?;
+            if ok == 0 {
+                return Err(SimError::Start(format!(
+                    "proxy_on_configure returned false on VM {label}: Envoy rejects the plugin \
+                     configuration. {}",
+                    vm.recent_problems()
+                )));
+            }
+        }
+        Ok(vm)
+    }
+
+    /// The VM's warning-or-worse log lines, for start-up errors.
+    fn recent_problems(&self) -> String {
+        let label = &self.store.data().label;
+        let log = crate::shared::lock(&self.store.data().shared.log);
+        let lines: Vec<String> = log
+            .iter()
+            .filter(|l| &l.vm == label && matches!(l.level, "warn" | "error" | "critical"))
+            .map(|l| format!("[{}] {}", l.level, l.message))
+            .collect();
+        if lines.is_empty() {
+            "The plugin logged nothing at warn level or above.".into()
+        } else {
+            format!("The plugin logged:\n  {}", lines.join("\n  "))
+        }
+    }
+
+    /// The VM label.
+    pub fn label(&self) -> &str {
+        &self.store.data().label
+    }
+
+    /// Runs one callback with `ctx` as the current context; a trap marks the VM failed.
+    fn call<R>(
+        &mut self,
+        name: &str,
+        ctx: u32,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> std::result::Result<R, TrapInfo> {
+        if let Some(t) = &self.failed {
+            return Err(t.clone());
+        }
+        {
+            let st = self.store.data_mut();
+            st.current = ctx;
+            st.effective = 0;
+        }
+        let result = f(&mut self.store);
+        {
+            let st = self.store.data_mut();
+            st.current = 0;
+            st.effective = 0;
+        }
+        result.map_err(|e| {
+            let backtrace = e
+                .downcast_ref::<WasmBacktrace>()
+                .map(|b| b.to_string())
+                .unwrap_or_default();
+            let message = match e.downcast_ref::<wasmtime::Trap>() {
+                Some(t) => t.to_string(),
+                None => e.to_string(),
+            };
+            let info = TrapInfo {
+                vm: self.store.data().label.clone(),
+                callback: name.to_string(),
+                context_id: ctx,
+                message,
+                backtrace,
+            };
+            self.failed = Some(info.clone());
+            info
+        })
+    }
+
+    /// Allocates a context id for a new stream and calls `proxy_on_context_create`.
+    pub fn create_stream(&mut self, state: StreamState) -> std::result::Result<u32, TrapInfo> {
+        let id = {
+            let st = self.store.data_mut();
+            let id = st.next_context_id;
+            st.next_context_id += 1;
+            st.streams.insert(id, state);
+            id
+        };
+        let root = self.store.data().root_id as i32;
+        if let Some(f) = self.exports.on_context_create.clone() {
+            self.call("proxy_on_context_create", id, |st| {
+                f.call(st, (id as i32, root))
+            })?;
+        }
+        Ok(id)
+    }
+
+    /// `proxy_on_request_headers` (Continue when not exported).
+    pub fn on_request_headers(
+        &mut self,
+        id: u32,
+        n: usize,
+        eos: bool,
+    ) -> std::result::Result<i32, TrapInfo> {
+        match self.exports.on_request_headers.clone() {
+            Some(f) => self.call("proxy_on_request_headers", id, |st| {
+                f.call(st, (id as i32, n as i32, i32::from(eos)))
+            }),
+            None => Ok(0),
+        }
+    }
+
+    /// `proxy_on_request_body`.
+    pub fn on_request_body(
+        &mut self,
+        id: u32,
+        size: usize,
+        eos: bool,
+    ) -> std::result::Result<i32, TrapInfo> {
+        match self.exports.on_request_body.clone() {
+            Some(f) => self.call("proxy_on_request_body", id, |st| {
+                f.call(st, (id as i32, size as i32, i32::from(eos)))
+            }),
+            None => Ok(0),
+        }
+    }
+
+    /// `proxy_on_request_trailers`.
+    pub fn on_request_trailers(&mut self, id: u32, n: usize) -> std::result::Result<i32, TrapInfo> {
+        match self.exports.on_request_trailers.clone() {
+            Some(f) => self.call("proxy_on_request_trailers", id, |st| {
+                f.call(st, (id as i32, n as i32))
+            }),
+            None => Ok(0),
+        }
+    }
+
+    /// `proxy_on_response_headers`.
+    pub fn on_response_headers(
+        &mut self,
+        id: u32,
+        n: usize,
+        eos: bool,
+    ) -> std::result::Result<i32, TrapInfo> {
+        match self.exports.on_response_headers.clone() {
+            Some(f) => self.call("proxy_on_response_headers", id, |st| {
+                f.call(st, (id as i32, n as i32, i32::from(eos)))
+            }),
+            None => Ok(0),
+        }
+    }
+
+    /// `proxy_on_response_body`.
+    pub fn on_response_body(
+        &mut self,
+        id: u32,
+        size: usize,
+        eos: bool,
+    ) -> std::result::Result<i32, TrapInfo> {
+        match self.exports.on_response_body.clone() {
+            Some(f) => self.call("proxy_on_response_body", id, |st| {
+                f.call(st, (id as i32, size as i32, i32::from(eos)))
+            }),
+            None => Ok(0),
+        }
+    }
+
+    /// `proxy_on_response_trailers`.
+    pub fn on_response_trailers(
+        &mut self,
+        id: u32,
+        n: usize,
+    ) -> std::result::Result<i32, TrapInfo> {
+        match self.exports.on_response_trailers.clone() {
+            Some(f) => self.call("proxy_on_response_trailers", id, |st| {
+                f.call(st, (id as i32, n as i32))
+            }),
+            None => Ok(0),
+        }
+    }
+
+    /// `proxy_on_log`.
+    pub fn on_log(&mut self, id: u32) -> std::result::Result<(), TrapInfo> {
+        match self.exports.on_log.clone() {
+            Some(f) => self.call("proxy_on_log", id, |st| f.call(st, id as i32)),
+            None => Ok(()),
+        }
+    }
+
+    /// `proxy_on_done` then `proxy_on_delete`; forgets the stream.
+    pub fn finish_stream(&mut self, id: u32) -> std::result::Result<(), TrapInfo> {
+        let mut result = Ok(());
+        if let Some(f) = self.exports.on_done.clone() {
+            result = self
+                .call("proxy_on_done", id, |st| f.call(st, id as i32))
+                .map(|_| ());
+        }
+        if result.is_ok() {
+            if let Some(f) = self.exports.on_delete.clone() {
+                result = self.call("proxy_on_delete", id, |st| f.call(st, id as i32));
+            }
+        }
+        self.store.data_mut().streams.remove(&id);
+        result
+    }
+
+    /// `proxy_on_tick` on the root context.
+    pub fn on_tick(&mut self) -> std::result::Result<(), TrapInfo> {
+        let root = self.store.data().root_id;
+        match self.exports.on_tick.clone() {
+            Some(f) => self.call("proxy_on_tick", root, |st| f.call(st, root as i32)),
+            None => Ok(()),
+        }
+    }
+
+    /// `proxy_on_queue_ready`.
+    pub fn on_queue_ready(&mut self, ctx: u32, token: u32) -> std::result::Result<(), TrapInfo> {
+        match self.exports.on_queue_ready.clone() {
+            Some(f) => self.call("proxy_on_queue_ready", ctx, |st| {
+                f.call(st, (ctx as i32, token as i32))
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Answers the http_calls made during the last callback (Envoy answers them
+    /// asynchronously, after the callback returned), each with `proxy_on_http_call_response`
+    /// on the root context.
+    pub fn deliver_http_calls(&mut self) -> std::result::Result<(), TrapInfo> {
+        loop {
+            let calls = std::mem::take(&mut self.store.data_mut().pending_calls);
+            if calls.is_empty() {
+                return Ok(());
+            }
+            for call in calls {
+                let clusters = self.store.data().clusters.clone();
+                let answer = clusters.answer(&call);
+                let root = self.store.data().root_id;
+                let (nh, nb, nt) = match &answer {
+                    Ok(r) => (r.headers.len(), r.body.len(), r.trailers.len()),
+                    Err(_) => (0, 0, 0),
+                };
+                {
+                    let st = self.store.data_mut();
+                    match answer {
+                        Ok(r) => {
+                            st.status = (0, Vec::new());
+                            st.http_response = Some(r);
+                        }
+                        Err(_) => {
+                            // Envoy: onHttpCallFailure → BrokenConnection, "reset".
+                            st.status = (11, b"reset".to_vec());
+                            st.http_response = None;
+                        }
+                    }
+                }
+                let r = match self.exports.on_http_call_response.clone() {
+                    Some(f) => self.call("proxy_on_http_call_response", root, |st| {
+                        f.call(
+                            st,
+                            (
+                                root as i32,
+                                call.token as i32,
+                                nh as i32,
+                                nb as i32,
+                                nt as i32,
+                            ),
+                        )
+                    }),
+                    None => Ok(()),
+                };
+                let st = self.store.data_mut();
+                st.http_response = None;
+                st.status = (0, Vec::new());
+                r?;
+            }
+        }
+    }
+}

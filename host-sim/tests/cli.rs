@@ -1,0 +1,74 @@
+//! The operator commands through the library entry point.
+
+use std::path::PathBuf;
+
+use host_sim::cli::{config_from_text, main};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn check_accepts_the_example_and_names_the_bad_field() {
+    let good = root().join("testdata/configs/issue-example.json");
+    assert_eq!(main(vec!["check".into(), good.display().to_string()]), 0);
+    let dir = std::env::temp_dir().join(format!("rg-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"routes":[{"name":"r","match":{"path":"/x"},"class":"token_issueing","owner":"o","escalation":"e"}]}"#).expect("write");
+    assert_eq!(main(vec!["check".into(), bad.display().to_string()]), 1);
+}
+
+#[test]
+fn istio_wasmplugin_config_is_extracted() {
+    let yaml = r#"
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: { name: retry-guard }
+spec:
+  url: oci://example/retry-guard:1
+  pluginConfig:
+    routes:
+      - name: r
+        match: { route_name: token }
+        class: token_issuing
+        owner: team-iam
+        escalation: pager
+"#;
+    let bytes = config_from_text(yaml, "p.yaml").expect("extracted");
+    retry_guard::config::Config::parse(&bytes).expect("valid");
+    let as_string = yaml.replace(
+        "  pluginConfig:\n",
+        "  pluginConfig: '{\"routes\":[]}'\n  x:\n",
+    );
+    let bytes = config_from_text(&as_string, "p.yaml").expect("string form");
+    assert!(retry_guard::config::Config::parse(&bytes).is_err());
+}
+
+#[test]
+fn approve_signs_a_token_the_filter_accepts_the_format_of() {
+    let key = root().join("testdata/keys/approvals-test.key");
+    let code = main(vec![
+        "approve".into(),
+        "--key".into(),
+        key.display().to_string(),
+        "--challenge".into(),
+        "c".into(),
+        "--fingerprint".into(),
+        "f".into(),
+        "--approver".into(),
+        "alice".into(),
+        "--ttl".into(),
+        "60".into(),
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        main(vec![
+            "approve".into(),
+            "--key".into(),
+            key.display().to_string()
+        ]),
+        2
+    );
+    assert_eq!(main(vec!["keygen".into()]), 0);
+}
