@@ -17,9 +17,22 @@ build:
 envoy-install:
     @bash envoy/install-envoy.sh >/dev/null && echo "envoy: $(bash envoy/install-envoy.sh)"
 
-# Run the real-Envoy demo: first token call, replay -> 428, approval, confirmed retry, stale token.
-demo: build envoy-install
+# The narrated story on the host simulator (no Envoy needed): token call, replay -> 428,
+# approval, confirmed retry, unknown 503 vs connection failure, stale token, a two-worker race.
+demo: build
+    cargo run -q -p retry-guard-host-sim --bin retry-guard -- demo
+
+# The same story on the real Envoy 1.40 with a real backend.
+demo-envoy: build envoy-install
     cargo run -q --release -p retry-guard-e2e --bin retry-guard-demo
+
+# Every scenario in testdata/scenarios on the host simulator.
+scenarios: build
+    cargo run -q -p retry-guard-host-sim --bin retry-guard -- run testdata/scenarios
+
+# 10,000 demo-config requests on the simulator (release build).
+bench-sim: build
+    cargo run -q --release -p retry-guard-host-sim --bin retry-guard -- bench
 
 # Formatting and lints (native and wasm).
 lint:
