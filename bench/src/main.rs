@@ -813,8 +813,8 @@ impl Report {
 
     fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "Measured {} on {} with `just bench` ({} interleaved rounds of {} s per configuration, Envoy 1.40.0 `--concurrency 1`, wrk 1 thread × {} connections; paced runs at ~{:.0} req/s).\n", self.date, self.machine, self.opts.rounds, self.opts.seconds, self.opts.connections, self.target_rate);
-        s.push_str("| # | configuration | throughput (req/s, median) | Envoy CPU per request (µs) | p50 / p99 at the paced rate (µs) |\n|---|---|---|---|---|\n");
+        let _ = writeln!(s, "Measured {} on {} with `just bench` ({} interleaved rounds of {} s per configuration, Envoy 1.40.0 `--concurrency 1`, wrk 1 thread × {} connections; paced runs aim at ~{:.0} req/s, half the slowest configuration's saturated median: 8 connections with a fixed pause between requests, so a slower configuration achieves a little less).\n", self.date, self.machine, self.opts.rounds, self.opts.seconds, self.opts.connections, self.target_rate);
+        s.push_str("| # | configuration | throughput (req/s, median) | Envoy CPU per request (µs) | paced: achieved req/s, p50 / p99 (µs) |\n|---|---|---|---|---|\n");
         for (i, case) in CASES.iter().enumerate() {
             if self.sat[i].is_empty() {
                 continue;
