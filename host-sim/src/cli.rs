@@ -34,9 +34,11 @@ fn default_path(rel: &str) -> PathBuf {
 pub const USAGE: &str = "retry-guard — the retry-guard operator tool (host simulator inside)
 
 USAGE:
-  retry-guard run [--json] [--wasm <path>] [--log <level>] <scenario.json | dir>...
-      Run scenarios on the simulated Envoy; prints a trace and `N passed, M failed`.
-      Exit 1 when any expectation fails. Default wasm: target/wasm32-wasip1/release/retry_guard.wasm
+  retry-guard run [--target sim|envoy] [--json] [--wasm <path>] [--log <level>] <scenario.json | dir>...
+      Run scenarios on the simulated Envoy (default) or, with --target envoy, on the real Envoy
+      1.40 (`just envoy-install`) with a scripted backend over real HTTP; prints a trace and
+      `N passed, M failed`. The Envoy target refuses scenarios that are not runnable there and
+      says why. Exit 1 when any expectation fails. Default wasm: target/wasm32-wasip1/release/retry_guard.wasm
   retry-guard demo [--wasm <path>]
       The narrated story (testdata/scenarios/demo-story.json).
   retry-guard check <config.json | wasmplugin.yaml>
@@ -51,7 +53,11 @@ USAGE:
       key file's name without extension.
   retry-guard bench [--wasm <path>] [--requests <n>]
       Time n (default 10000) requests of the demo configuration on the simulator (build with
-      --release for a meaningful figure).";
+      --release for a meaningful figure).
+  retry-guard bench --paths [--json] [--wasm <path>] [--requests <n>]
+      Per request path (unmatched, read_only, token_issuing allow, 428 replay): host calls by
+      import name, guest instructions (wasmtime fuel), wall time; writes
+      target/bench/host-sim.json and target/bench/host-sim.md (default n: 2000).";
 
 fn take_opt(args: &mut Vec<String>, name: &str) -> Result<Option<String>, String> {
     match args.iter().position(|a| a == name) {
@@ -135,6 +141,10 @@ pub fn scenario_files(inputs: &[String]) -> Result<Vec<PathBuf>, String> {
 fn run(mut args: Vec<String>) -> Result<i32, String> {
     let json = take_flag(&mut args, "--json");
     let wasm = take_opt(&mut args, "--wasm")?;
+    let target = take_opt(&mut args, "--target")?.unwrap_or_else(|| "sim".into());
+    if target != "sim" && target != "envoy" {
+        return Err(format!("--target {target}: expected sim or envoy"));
+    }
     let echo = match take_opt(&mut args, "--log")? {
         Some(l) => Some(crate::abi::log_level_from_name(&l).ok_or_else(|| {
             format!("--log {l}: expected trace, debug, info, warn, error or critical")
@@ -145,6 +155,28 @@ fn run(mut args: Vec<String>) -> Result<i32, String> {
         return Err(format!("unknown option {bad}\n\n{USAGE}"));
     }
     let files = scenario_files(&args)?;
+    if target == "envoy" {
+        let opts = scenario::envoy::EnvoyOptions {
+            wasm: wasm.map(PathBuf::from),
+        };
+        let mut summary = Summary::default();
+        for f in &files {
+            let r = scenario::envoy::run_file(f, &opts);
+            if !json {
+                print!("{}", r.render());
+            }
+            summary.push(r);
+        }
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?
+            );
+        } else {
+            println!("{}", summary.line());
+        }
+        return Ok(if summary.failed == 0 { 0 } else { 1 });
+    }
     let rt = runtime(wasm)?;
     let opts = RunOptions { echo_log: echo };
     let mut summary = Summary::default();
@@ -353,6 +385,9 @@ fn approve(mut args: Vec<String>) -> Result<i32, String> {
 }
 
 fn bench(mut args: Vec<String>) -> Result<i32, String> {
+    if take_flag(&mut args, "--paths") {
+        return bench_paths(args);
+    }
     let wasm = take_opt(&mut args, "--wasm")?;
     let n: u64 = take_opt(&mut args, "--requests")?
         .map(|v| v.parse().map_err(|_| format!("--requests {v}: a number")))
@@ -404,5 +439,62 @@ fn bench(mut args: Vec<String>) -> Result<i32, String> {
         per * 1e6,
         1.0 / per
     );
+    Ok(0)
+}
+
+/// `bench --paths`: the per-path micro-benchmark ([`crate::bench`]).
+fn bench_paths(mut args: Vec<String>) -> Result<i32, String> {
+    let json = take_flag(&mut args, "--json");
+    let wasm = take_opt(&mut args, "--wasm")?
+        .map(PathBuf::from)
+        .unwrap_or_else(|| default_path(DEFAULT_WASM));
+    let n: u64 = take_opt(&mut args, "--requests")?
+        .map(|v| v.parse().map_err(|_| format!("--requests {v}: a number")))
+        .transpose()?
+        .unwrap_or(2_000);
+    if let Some(a) = args.first() {
+        return Err(format!("bench --paths: unexpected argument {a:?}"));
+    }
+    let results = crate::bench::run(&wasm, n)?;
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let wasm_text = wasm.display().to_string();
+    let wasm_bytes = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0);
+    let goal = crate::bench::unmatched_goal(&results);
+    let doc = serde_json::json!({
+        "tool": "retry-guard bench --paths (host-sim)",
+        "wasm": wasm_text,
+        "wasm_bytes": wasm_bytes,
+        "host_sim_build": build,
+        "requests_per_path": n,
+        "paths": results,
+        "goals": {
+            "unmatched_host_calls_at_most_4": goal.map(|g| g.0),
+            "unmatched_no_get_header_map_pairs": goal.map(|g| g.1),
+        },
+    });
+    let md = crate::bench::markdown(&results, &wasm_text, build);
+    let dir = repo_root().join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let pretty = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("host-sim.json"), format!("{pretty}\n"))
+        .map_err(|e| format!("target/bench/host-sim.json: {e}"))?;
+    std::fs::write(dir.join("host-sim.md"), &md)
+        .map_err(|e| format!("target/bench/host-sim.md: {e}"))?;
+    if json {
+        println!("{pretty}");
+        return Ok(0);
+    }
+    print!("{md}");
+    if let Some(r) = results.iter().find(|r| r.name == "unmatched") {
+        println!("\nhost calls on the unmatched path (per request):");
+        for (name, v) in &r.host_calls {
+            println!("  {name} ×{v}");
+        }
+    }
+    println!("\nwritten: target/bench/host-sim.json, target/bench/host-sim.md");
     Ok(0)
 }

@@ -70,7 +70,11 @@ fn request_value(st: &StreamState, field: &str) -> Option<Value> {
         "referer" => s(h.get(b"referer")?),
         "useragent" => s(h.get(b"user-agent")?),
         "id" => s(h.get(b"x-request-id")?),
-        "query" => s(path_of(h)?.split_once('?').map(|x| x.1.to_string())?),
+        // Envoy: the text after `?`, or an empty string when there is none (not NotFound).
+        "query" => s(path_of(h)?
+            .split_once('?')
+            .map(|x| x.1.to_string())
+            .unwrap_or_default()),
         "protocol" => s(&st.facts.protocol),
         "time" => Some(Value::Int(st.facts.request_time_ns as i64)),
         "size" => Some(Value::Int(st.facts.request_size as i64)),

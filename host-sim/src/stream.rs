@@ -86,6 +86,12 @@ pub struct StreamState {
     pub log_request_headers: HeaderMap,
     /// Snapshot of the response headers for the access-log phase.
     pub log_response_headers: Option<HeaderMap>,
+    /// In `proxy_on_log`, the request headers are writable: Envoy still holds the request
+    /// header map when the filter never let the headers continue (it returned Pause from the
+    /// headers callback), otherwise `BadArgument` (checked with the probe).
+    pub log_request_headers_writable: bool,
+    /// The same for the response headers.
+    pub log_response_headers_writable: bool,
     /// Facts exposed as properties.
     pub facts: StreamFacts,
     /// Filter state set with `proxy_set_property` (`wasm.<path>` → bytes).

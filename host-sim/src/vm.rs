@@ -22,7 +22,13 @@ pub struct Runtime {
     linker: Arc<Linker<HostState>>,
     /// Where the module came from (for messages).
     pub source: String,
+    /// Profiling: wasmtime fuel is consumed (guest instructions) and host calls are counted
+    /// per import name. Off for normal runs (no cost).
+    profile: bool,
 }
+
+/// Fuel given to each store of a profiling runtime (never runs out in practice).
+const PROFILE_FUEL: u64 = u64::MAX / 2;
 
 impl Runtime {
     /// Compiles a module from a `.wasm` file.
@@ -40,7 +46,26 @@ impl Runtime {
 
     /// Compiles a module from bytes (binary or WAT text).
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Runtime> {
-        let config = wasmtime::Config::new();
+        Runtime::build(bytes, source, false)
+    }
+
+    /// A profiling runtime for the benchmark: wasmtime fuel is on (one unit per guest wasm
+    /// instruction, roughly) and every host call is counted per import name; read both with
+    /// [`crate::Sim::profile`]. Slower than a normal runtime: time requests on a normal one.
+    pub fn profiling(path: &Path) -> Result<Runtime> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| SimError::Load(format!("cannot read {}: {e}", path.display())))?;
+        Runtime::build(&bytes, &path.display().to_string(), true)
+    }
+
+    /// Whether this runtime profiles (see [`Runtime::profiling`]).
+    pub fn is_profiling(&self) -> bool {
+        self.profile
+    }
+
+    fn build(bytes: &[u8], source: &str, profile: bool) -> Result<Runtime> {
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(profile);
         let engine = Engine::new(&config)
             .map_err(|e| SimError::Load(format!("cannot create the wasmtime engine: {e}")))?;
         let module = Module::new(&engine, bytes)
@@ -103,6 +128,7 @@ impl Runtime {
             module,
             linker: Arc::new(linker),
             source: source.to_string(),
+            profile,
         })
     }
 
@@ -207,6 +233,8 @@ pub struct HostState {
     pub hook_error: Option<String>,
     /// Count of host calls (for the benchmark's curiosity).
     pub host_calls: u64,
+    /// Host calls per import name, when the runtime profiles (`None` otherwise).
+    pub call_counts: Option<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl HostState {
@@ -349,8 +377,14 @@ impl Vm {
             hook: None,
             hook_error: None,
             host_calls: 0,
+            call_counts: rt.profile.then(Default::default),
         };
         let mut store = Store::new(&rt.engine, state);
+        if rt.profile {
+            store
+                .set_fuel(PROFILE_FUEL)
+                .map_err(|e| SimError::Load(format!("cannot set fuel: {e}")))?;
+        }
         let instance = rt
             .linker
             .instantiate(&mut store, &rt.module)
@@ -444,6 +478,14 @@ impl Vm {
         } else {
             format!("The plugin logged:\n  {}", lines.join("\n  "))
         }
+    }
+
+    /// Fuel consumed so far (guest instructions), 0 unless the runtime profiles.
+    pub fn fuel_consumed(&self) -> u64 {
+        self.store
+            .get_fuel()
+            .map(|left| PROFILE_FUEL.saturating_sub(left))
+            .unwrap_or(0)
     }
 
     /// The VM label.

@@ -22,6 +22,15 @@ pub fn add_to_linker(
     Ok(provided)
 }
 
+/// Counts one call of the host function `name` when the VM profiles (see
+/// [`crate::vm::Runtime::profiling`]); a no-op otherwise.
+#[inline]
+pub(crate) fn count_call(c: &mut wasmtime::Caller<'_, HostState>, name: &'static str) {
+    if let Some(counts) = c.data_mut().call_counts.as_mut() {
+        *counts.entry(name).or_insert(0) += 1;
+    }
+}
+
 /// Returns early from a host function with an ABI status.
 macro_rules! tri {
     ($e:expr) => {

@@ -68,7 +68,22 @@ fn with_mut_map<T>(
 ) -> Result<T, i32> {
     let s = st.stream_mut().ok_or(status::BAD_ARGUMENT)?;
     if s.access_log_phase {
-        return Err(status::BAD_ARGUMENT);
+        // Envoy 1.40 (checked with the probe, host-sim/tests/probe_vs_envoy.rs): in
+        // `proxy_on_log` a header map is writable only if Envoy still holds it, i.e. the
+        // filter never let it continue (Ok, no effect on the finished exchange); else
+        // BadArgument. Trailers: BadArgument.
+        return match t {
+            MapType::RequestHeaders if s.log_request_headers_writable => {
+                Ok(f(&mut s.log_request_headers))
+            }
+            MapType::ResponseHeaders if s.log_response_headers_writable => {
+                match s.log_response_headers.as_mut() {
+                    Some(m) => Ok(f(m)),
+                    None => Err(status::BAD_ARGUMENT),
+                }
+            }
+            _ => Err(status::BAD_ARGUMENT),
+        };
     }
     let map = match t {
         MapType::RequestHeaders if s.request_headers_available => &mut s.request_headers,
@@ -124,9 +139,33 @@ pub fn add(
     l: &mut Linker<HostState>,
     p: &mut Vec<(&'static str, &'static str)>,
 ) -> wasmtime::Result<()> {
+    // Every host function counts its calls when the runtime profiles (`Runtime::profiling`):
+    // the closure's first parameter (the caller) is taken over to bump the counter first.
     macro_rules! reg {
-        ($name:literal, $f:expr) => {{
-            l.func_wrap("env", $name, $f)?;
+        ($name:literal, |mut $c:ident: C<'_> $(, $a:ident: $t:ty)* $(,)?| -> $r:ty $body:block) => {{
+            l.func_wrap(
+                "env",
+                $name,
+                |caller: C<'_> $(, $a: $t)*| -> $r {
+                    #[allow(unused_mut)]
+                    let mut $c = caller;
+                    super::count_call(&mut $c, $name);
+                    $body
+                },
+            )?;
+            p.push(("env", $name));
+        }};
+        ($name:literal, | $c:ident: C<'_> $(, $a:ident: $t:ty)* $(,)?| -> $r:ty $body:block) => {{
+            l.func_wrap(
+                "env",
+                $name,
+                |caller: C<'_> $(, $a: $t)*| -> $r {
+                    #[allow(unused_mut)]
+                    let mut $c = caller;
+                    super::count_call(&mut $c, $name);
+                    $body
+                },
+            )?;
             p.push(("env", $name));
         }};
     }
@@ -189,8 +228,10 @@ pub fn add(
         let t = tri!(BufferType::from_abi(t).ok_or(status::BAD_ARGUMENT));
         let buf = tri!(buffer(c.data(), t).ok_or(status::NOT_FOUND));
         let (start, mut len) = (start as u32 as usize, max as u32 as usize);
-        if start > buf.len() {
-            return Ok(status::BAD_ARGUMENT);
+        if start >= buf.len() {
+            // Envoy 1.40 answers Ok and hands over nothing for a start at or past the end
+            // (checked with the probe); cpp-host leaves the out-pointers alone.
+            return Ok(status::OK);
         }
         if start + len > buf.len() {
             len = buf.len() - start;
@@ -310,7 +351,12 @@ pub fn add(
      -> R {
         let t = tri!(map_type(t));
         let (k, v) = (tri!(read(&c, kp, ks)), tri!(read(&c, vp, vs)));
-        tri!(with_mut_map(c.data_mut(), t, |m| m.replace(&k, &v)));
+        // Envoy's replaceHeaderMapValue is `remove` then `addCopy`: the header moves to the
+        // end of the map (checked with the probe against Envoy 1.40).
+        tri!(with_mut_map(c.data_mut(), t, |m| {
+            m.remove(&k);
+            m.add(&k, &v)
+        }));
         Ok(status::OK)
     });
     reg!("proxy_remove_header_map_value", |mut c: C<'_>,

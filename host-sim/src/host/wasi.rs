@@ -31,9 +31,32 @@ pub fn add(
     module: &'static str,
     p: &mut Vec<(&'static str, &'static str)>,
 ) -> wasmtime::Result<()> {
+    // Counted like the `env` functions (see `proxy.rs`).
     macro_rules! reg {
-        ($name:literal, $f:expr) => {{
-            l.func_wrap(module, $name, $f)?;
+        ($name:literal, |mut $c:ident: C<'_> $(, $a:ident: $t:ty)* $(,)?| -> $r:ty $body:block) => {{
+            l.func_wrap(
+                module,
+                $name,
+                |caller: C<'_> $(, $a: $t)*| -> $r {
+                    #[allow(unused_mut)]
+                    let mut $c = caller;
+                    super::count_call(&mut $c, $name);
+                    $body
+                },
+            )?;
+            p.push((module, $name));
+        }};
+        ($name:literal, | $c:ident: C<'_> $(, $a:ident: $t:ty)* $(,)?| -> $r:ty $body:block) => {{
+            l.func_wrap(
+                module,
+                $name,
+                |caller: C<'_> $(, $a: $t)*| -> $r {
+                    #[allow(unused_mut)]
+                    let mut $c = caller;
+                    super::count_call(&mut $c, $name);
+                    $body
+                },
+            )?;
             p.push((module, $name));
         }};
     }
@@ -110,10 +133,8 @@ pub fn add(
         tri!(write_u32(&mut c, size, bytes as u32));
         Ok(errno::SUCCESS)
     });
-    reg!("environ_get", |mut c: C<'_>,
-                         mut array: i32,
-                         mut buf: i32|
-     -> R {
+    reg!("environ_get", |mut c: C<'_>, array: i32, buf: i32| -> R {
+        let (mut array, mut buf) = (array, buf);
         let env = c.data().env.clone();
         for (k, v) in env {
             tri!(write_u32(&mut c, array, buf as u32));

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use serde_json::{Map, Value};
 
 use super::expect;
-use super::report::{ScenarioReport, StepReport};
+use super::report::{Observed, ScenarioReport, StepReport};
 use super::values::{self, Capture, Ctx};
 use crate::sim::{Exchange, Pending, Request, Sim, SimConfig};
 use crate::upstream::Upstream;
@@ -105,7 +105,7 @@ pub fn run_file(rt: &Runtime, path: &Path, opts: &RunOptions) -> ScenarioReport 
     }
 }
 
-fn plugin_config(sc: &Scenario, dir: &Path) -> Result<Vec<u8>, String> {
+pub(super) fn plugin_config(sc: &Scenario, dir: &Path) -> Result<Vec<u8>, String> {
     let base = match sc.json.get("config") {
         Some(Value::String(p)) => {
             let path = dir.join(p);
@@ -144,8 +144,17 @@ struct Runner<'a> {
 /// Runs a scenario on a fresh simulation.
 pub fn run_scenario(rt: &Runtime, sc: &Scenario, opts: &RunOptions) -> ScenarioReport {
     let j = &sc.json;
+    let mut report = new_report(sc, "sim");
+    run_on_sim(rt, sc, opts, j, &mut report);
+    report
+}
+
+/// The report of a scenario before it runs.
+pub(super) fn new_report(sc: &Scenario, target: &str) -> ScenarioReport {
+    let j = &sc.json;
     let envoy = j.get("envoy");
-    let mut report = ScenarioReport {
+    ScenarioReport {
+        target: target.to_string(),
         name: sc.name.clone(),
         file: sc.file.display().to_string(),
         description: j
@@ -162,13 +171,22 @@ pub fn run_scenario(rt: &Runtime, sc: &Scenario, opts: &RunOptions) -> ScenarioR
             .and_then(Value::as_str)
             .map(str::to_string),
         ..ScenarioReport::default()
-    };
+    }
+}
+
+fn run_on_sim(
+    rt: &Runtime,
+    sc: &Scenario,
+    opts: &RunOptions,
+    j: &Value,
+    report: &mut ScenarioReport,
+) {
     let dir = sc.file.parent().map(Path::to_path_buf).unwrap_or_default();
     let config = match plugin_config(sc, &dir) {
         Ok(c) => c,
         Err(e) => {
             report.error = Some(e);
-            return report;
+            return;
         }
     };
     let cfg = SimConfig {
@@ -202,14 +220,14 @@ pub fn run_scenario(rt: &Runtime, sc: &Scenario, opts: &RunOptions) -> ScenarioR
                 }
                 _ => report.error = Some(format!("the simulation did not start: {e}")),
             }
-            return report;
+            return;
         }
     };
     if let Some(want) = j.get("expect_start_error") {
         report.error = Some(format!(
             "expected the plugin to refuse to start ({want}), but it started"
         ));
-        return report;
+        return;
     }
     let mut runner = Runner {
         start_ns: sim.shared().now().realtime_ns,
@@ -249,10 +267,9 @@ pub fn run_scenario(rt: &Runtime, sc: &Scenario, opts: &RunOptions) -> ScenarioR
     }
     let _ = runner.opts;
     report.passed = report.error.is_none() && report.steps.iter().all(|s| s.failures.is_empty());
-    report
 }
 
-fn summarize(req: &Request, ex: &Exchange) -> String {
+pub(super) fn summarize(req: &Request, ex: &Exchange) -> String {
     let records = expect::audit_records(ex);
     let decision = records.iter().find(|r| r["event"] == "decision");
     let verdict = match decision {
@@ -304,7 +321,7 @@ fn summarize(req: &Request, ex: &Exchange) -> String {
     )
 }
 
-fn capture_of(req: &Request, spec: Value, ex: &Exchange) -> Capture {
+pub(super) fn capture_of(req: &Request, spec: Value, ex: &Exchange) -> Capture {
     let body = ex.json().unwrap_or(Value::Null);
     Capture {
         request: Some(req.clone()),
@@ -327,12 +344,12 @@ fn capture_of(req: &Request, spec: Value, ex: &Exchange) -> Capture {
 
 /// One entry of a `concurrent` order.
 #[derive(Clone, Debug)]
-enum Entry {
+pub(super) enum Entry {
     Request { name: String, until: Option<String> },
     Response { name: String },
 }
 
-fn parse_order(order: &[Value], at: &str) -> Result<Vec<Entry>, String> {
+pub(super) fn parse_order(order: &[Value], at: &str) -> Result<Vec<Entry>, String> {
     order
         .iter()
         .map(|v| {
@@ -539,6 +556,8 @@ impl Runner<'_> {
                 let (req, up, spec) =
                     self.prepare(&obj["request"], &format!("{at}.request"), None)?;
                 let ex = self.sim.request(&req, &up).map_err(|e| e.to_string())?;
+                sr.observed
+                    .push(Observed::of(sr.name.as_deref().unwrap_or("request"), &ex));
                 sr.lines.push(summarize(&req, &ex));
                 self.detail(&ex, sr);
                 sr.failures.extend(expect::check(&expect_of(step), &ex, at));
@@ -570,6 +589,7 @@ impl Runner<'_> {
                     let (req, up, _) =
                         self.prepare(&tmpl, &format!("{at}.flood.request"), Some(i))?;
                     let ex = self.sim.request(&req, &up).map_err(|e| e.to_string())?;
+                    sr.observed.push(Observed::of(&format!("flood[{i}]"), &ex));
                     *statuses.entry(ex.status).or_default() += 1;
                     let fails = expect::check(&exp, &ex, at);
                     if !fails.is_empty() {
@@ -685,6 +705,7 @@ impl Runner<'_> {
                 continue;
             };
             let req = &st.reqs[name].0;
+            sr.observed.push(Observed::of(name, ex));
             sr.lines.push(format!("{name}: {}", summarize(req, ex)));
             sr.failures.extend(
                 expect::check(&expects[name], ex, &at)
