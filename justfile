@@ -30,9 +30,23 @@ demo-envoy: build envoy-install
 scenarios: build
     cargo run -q -p retry-guard-host-sim --bin retry-guard -- run testdata/scenarios
 
-# 10,000 demo-config requests on the simulator (release build).
+# Every runnable scenario on the real Envoy 1.40.
+scenarios-envoy: build envoy-install
+    cargo run -q -p retry-guard-host-sim --bin retry-guard -- run --target envoy testdata/scenarios
+
+# host-sim and Envoy agree on every runnable scenario.
+agreement: build envoy-install
+    cargo test -p retry-guard-host-sim --test agreement -- --nocapture
+
+# The probe filter on host-sim and on the real Envoy, compared.
+probe: build envoy-install
+    cargo test -p retry-guard-host-sim --test probe_vs_envoy -- --nocapture
+
+# 10,000 demo-config requests on the simulator, then the per-path micro-benchmark (host calls,
+# wasm fuel, µs per request; writes target/bench/host-sim.{json,md}).
 bench-sim: build
     cargo run -q --release -p retry-guard-host-sim --bin retry-guard -- bench
+    cargo run -q --release -p retry-guard-host-sim --bin retry-guard -- bench --paths
 
 # Formatting and lints (native and wasm).
 lint:
