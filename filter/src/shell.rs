@@ -101,6 +101,41 @@ fn property_u64(path: &[&str]) -> Option<u64> {
     Some(u64::from_le_bytes(arr))
 }
 
+/// Reads the facts routes match on, for [`LazyFacts`]: the route name from the
+/// `xds.route_name` property; headers one by one (no header-map copy for a request no route
+/// can match) until the route name is one a guarded route names, and from then on from one
+/// copy of all request headers, which the matched request needs anyway.
+struct Fetcher<'a> {
+    config: &'a Config,
+    blob: &'a mut Option<Vec<u8>>,
+    bulk: bool,
+}
+
+impl Fetcher<'_> {
+    fn fetch(&mut self, fact: Fact) -> Option<String> {
+        let name = match fact {
+            Fact::RouteName => {
+                let value = property_text(&["xds", "route_name"]);
+                self.bulk = value.as_deref().is_some_and(|v| {
+                    self.config
+                        .routes
+                        .iter()
+                        .any(|r| r.matcher.route_name.as_deref() == Some(v))
+                });
+                return value;
+            }
+            Fact::Method => ":method",
+            Fact::Authority => ":authority",
+            Fact::Path => ":path",
+        };
+        if !self.bulk {
+            return request_header_text(name);
+        }
+        let blob = self.blob.get_or_insert_with(request_headers_blob);
+        HeaderPairs::parse(blob)?.text(name).map(str::to_string)
+    }
+}
+
 /// Envoy shared data through the host ABI.
 struct HostStore;
 
@@ -339,27 +374,15 @@ impl Stream {
         }
     }
 
-    /// Reads the facts the routes match on, lazily: a request whose route name matches no
-    /// route costs one host call.
-    fn fetch_fact(fact: Fact) -> Option<String> {
-        match fact {
-            Fact::RouteName => property_text(&["xds", "route_name"]),
-            Fact::Method => request_header_text(":method"),
-            Fact::Authority => request_header_text(":authority"),
-            Fact::Path => request_header_text(":path"),
-        }
-    }
-
     fn gather(
         shared: &Shared,
         route: &Route,
-        facts: &mut LazyFacts<fn(Fact) -> Option<String>>,
+        method: String,
+        path: String,
+        blob: Vec<u8>,
     ) -> Pending {
         let config = &shared.config;
         let now = now_seconds();
-        let method = facts.take(Fact::Method).unwrap_or_default();
-        let path = facts.take(Fact::Path).unwrap_or_default();
-        let blob = request_headers_blob();
         let headers = HeaderPairs::parse(&blob).unwrap_or_default();
         let request_id = headers.text("x-request-id").map(str::to_string);
         let key = parse_idempotency_key(
@@ -648,15 +671,31 @@ impl HttpContext for Stream {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
-        let mut facts: LazyFacts<fn(Fact) -> Option<String>> = LazyFacts::new(Stream::fetch_fact);
-        let Some(index) = shared.config.match_route_lazy(&mut facts) else {
-            return Action::Continue;
+        let mut blob: Option<Vec<u8>> = None;
+        let (index, method, path) = {
+            let mut fetcher = Fetcher {
+                config: &shared.config,
+                blob: &mut blob,
+                bulk: false,
+            };
+            let mut facts = LazyFacts::new(|fact| fetcher.fetch(fact));
+            let Some(index) = shared.config.match_route_lazy(&mut facts) else {
+                return Action::Continue;
+            };
+            (index, facts.take(Fact::Method), facts.take(Fact::Path))
         };
         let Some(route) = shared.config.routes.get(index) else {
             return Action::Continue;
         };
         self.route = index;
-        let pending = Stream::gather(&shared, route, &mut facts);
+        let blob = blob.unwrap_or_else(request_headers_blob);
+        let pending = Stream::gather(
+            &shared,
+            route,
+            method.unwrap_or_default(),
+            path.unwrap_or_default(),
+            blob,
+        );
         if let Some(d) = engine::check_key(route, &pending.key) {
             let facts = Facts {
                 now: pending.now,
