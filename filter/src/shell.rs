@@ -343,6 +343,22 @@ struct Pending {
     body_seen: usize,
 }
 
+impl Pending {
+    /// Facts for a decision made before the body is known (400, 413): no fingerprint yet.
+    fn early_facts(&self) -> Facts<'_> {
+        Facts {
+            now: self.now,
+            request_id: self.request_id.as_deref(),
+            principal: &self.principal,
+            key: &self.key,
+            fingerprint: None,
+            body_digest: [0; 32],
+            stale: self.stale,
+            confirmation: None,
+        }
+    }
+}
+
 /// The attempt whose outcome this stream records.
 struct Tracked {
     fingerprint: Fingerprint,
@@ -697,18 +713,8 @@ impl HttpContext for Stream {
             blob,
         );
         if let Some(d) = engine::check_key(route, &pending.key) {
-            let facts = Facts {
-                now: pending.now,
-                request_id: pending.request_id.as_deref(),
-                principal: &pending.principal,
-                key: &pending.key,
-                fingerprint: None,
-                body_digest: [0; 32],
-                stale: pending.stale,
-                confirmation: None,
-            };
             // Enforce: answered 400. Shadow: that is this request's one decision; it goes on.
-            return self.apply(&shared, route, &facts, &d);
+            return self.apply(&shared, route, &pending.early_facts(), &d);
         }
         let reads_body = route.class != RouteClass::ReadOnly && !end_of_stream;
         if reads_body
@@ -809,17 +815,7 @@ impl Stream {
             return Action::Continue;
         };
         let d = engine::too_large(route);
-        let facts = Facts {
-            now: pending.now,
-            request_id: pending.request_id.as_deref(),
-            principal: &pending.principal,
-            key: &pending.key,
-            fingerprint: None,
-            body_digest: [0; 32],
-            stale: pending.stale,
-            confirmation: None,
-        };
-        self.apply(shared, route, &facts, &d)
+        self.apply(shared, route, &pending.early_facts(), &d)
     }
 }
 
