@@ -87,9 +87,16 @@ fn trim_ows(mut b: &[u8]) -> &[u8] {
 /// SHA-256 of a request body.
 pub type BodyDigest = [u8; 32];
 
+/// SHA-256 of the empty body (`e3b0c442…b855`), a constant: most guarded requests without a
+/// body (and every `read_only` one) need no hashing for it.
+pub const EMPTY_BODY_DIGEST: BodyDigest = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
 /// SHA-256 of the empty body.
 pub fn empty_body_digest() -> BodyDigest {
-    Sha256::digest(b"").into()
+    EMPTY_BODY_DIGEST
 }
 
 /// The identity of a guarded request: SHA-256 over a length-prefixed encoding of route,
@@ -180,6 +187,12 @@ mod tests {
             parse_idempotency_key(Some(&vec![b'a'; 1 << 20]), 255),
             KeyCheck::Invalid("longer than max_key_length")
         ));
+    }
+
+    #[test]
+    fn the_empty_digest_constant_is_sha256_of_nothing() {
+        let computed: BodyDigest = Sha256::digest(b"").into();
+        assert_eq!(EMPTY_BODY_DIGEST, computed);
     }
 
     #[test]

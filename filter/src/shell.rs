@@ -507,7 +507,11 @@ impl Stream {
         let Some(route) = shared.config.routes.get(self.route) else {
             return Action::Continue;
         };
-        let body_digest: [u8; 32] = pending.hasher.clone().finalize().into();
+        let body_digest: [u8; 32] = if pending.body_seen == 0 {
+            crate::fingerprint::EMPTY_BODY_DIGEST
+        } else {
+            pending.hasher.clone().finalize().into()
+        };
         let fingerprint = Fingerprint::compute(
             &route.name,
             &pending.principal,
