@@ -261,9 +261,40 @@ pub fn config_from_text(text: &str, name: &str) -> Result<Vec<u8>, String> {
         };
         return Ok(json.to_string().into_bytes());
     }
+    // An Envoy bootstrap or an Istio EnvoyFilter: the wasm filter's
+    // `configuration: {"@type": ".../google.protobuf.StringValue", value: "<json>"}`.
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(text)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .collect();
+    if let Some(value) = docs.iter().find_map(string_value_configuration) {
+        return Ok(value.as_bytes().to_vec());
+    }
     Err(format!(
-        "{name}: neither a JSON configuration nor YAML with a `kind: WasmPlugin` document"
+        "{name}: neither a JSON configuration, nor YAML with a `kind: WasmPlugin` document, nor an \
+         Envoy/EnvoyFilter YAML with a wasm `configuration` (google.protobuf.StringValue)"
     ))
+}
+
+/// The first `configuration` mapping typed `google.protobuf.StringValue` anywhere in `doc`
+/// (how Envoy's wasm filter carries the plugin configuration), as its `value` text.
+fn string_value_configuration(doc: &serde_yaml::Value) -> Option<&str> {
+    match doc {
+        serde_yaml::Value::Mapping(m) => {
+            if let Some(cfg) = m.get("configuration") {
+                let typed = cfg
+                    .get("@type")
+                    .and_then(|t| t.as_str())
+                    .is_some_and(|t| t.ends_with("google.protobuf.StringValue"));
+                if let (true, Some(v)) = (typed, cfg.get("value").and_then(|v| v.as_str())) {
+                    return Some(v);
+                }
+            }
+            m.values().find_map(string_value_configuration)
+        }
+        serde_yaml::Value::Sequence(items) => items.iter().find_map(string_value_configuration),
+        serde_yaml::Value::Tagged(t) => string_value_configuration(&t.value),
+        _ => None,
+    }
 }
 
 fn check(args: Vec<String>) -> Result<i32, String> {

@@ -46,6 +46,24 @@ fn assert_valid(file: &Path) {
 }
 
 #[test]
+fn envoy_bootstrap_and_envoyfilter_pass_check_directly() {
+    assert_valid(&root().join("envoy/envoy.yaml"));
+    assert_valid(&root().join("envoy/istio/envoyfilter.yaml"));
+    let dir = tmp_dir("broken-envoyfilter");
+    let broken = dir.join("envoyfilter.yaml");
+    let text = std::fs::read_to_string(root().join("envoy/istio/envoyfilter.yaml")).unwrap();
+    assert!(text.contains("token_issuing"));
+    std::fs::write(&broken, text.replacen("token_issuing", "token_issueing", 1)).unwrap();
+    let o = check(&broken);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("unknown class \"token_issueing\""),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
 fn istio_wasmplugin_config_passes_check() {
     assert_valid(&root().join("envoy/istio/wasmplugin.yaml"));
 }
