@@ -51,9 +51,13 @@ fn envoy_bootstrap_and_envoyfilter_pass_check_directly() {
     assert_valid(&root().join("envoy/istio/envoyfilter.yaml"));
     let dir = tmp_dir("broken-envoyfilter");
     let broken = dir.join("envoyfilter.yaml");
-    let text = std::fs::read_to_string(root().join("envoy/istio/envoyfilter.yaml")).unwrap();
-    assert!(text.contains("token_issuing"));
-    std::fs::write(&broken, text.replacen("token_issuing", "token_issueing", 1)).unwrap();
+    let original = std::fs::read_to_string(root().join("envoy/istio/envoyfilter.yaml")).unwrap();
+    assert!(original.contains("token_issuing"));
+    std::fs::write(
+        &broken,
+        original.replacen("token_issuing", "token_issueing", 1),
+    )
+    .unwrap();
     let o = check(&broken);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(
