@@ -50,7 +50,7 @@ pub fn test_verifying_key() -> Result<VerifyingKey> {
 }
 
 /// The claims of a confirmation token.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Confirmation {
     pub kid: String,
     pub chl: String,

@@ -3,10 +3,9 @@
 
 use std::path::Path;
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use ed25519_dalek::{Signer as _, SigningKey};
-use sha2::{Digest as _, Sha256};
+use ed25519_dalek::SigningKey;
 
 /// Reads an approver private key file: standard base64 of the 32-byte Ed25519 seed.
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, String> {
@@ -52,64 +51,13 @@ pub fn private_key_b64(key: &SigningKey) -> String {
     STANDARD.encode(key.to_bytes())
 }
 
-/// The claims of a confirmation token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Confirmation {
-    /// Key id.
-    pub kid: String,
-    /// Challenge id (from the 428).
-    pub chl: String,
-    /// Fingerprint (from the 428).
-    pub fp: String,
-    /// Approver.
-    pub sub: String,
-    /// Issued at (unix seconds).
-    pub iat: i64,
-    /// Expires (unix seconds).
-    pub exp: i64,
-}
-
-impl Confirmation {
-    /// The JSON payload, members in the documented order.
-    pub fn payload_json(&self) -> String {
-        let s = |v: &str| serde_json::Value::String(v.to_string()).to_string();
-        format!(
-            "{{\"kid\":{},\"chl\":{},\"fp\":{},\"sub\":{},\"iat\":{},\"exp\":{}}}",
-            s(&self.kid),
-            s(&self.chl),
-            s(&self.fp),
-            s(&self.sub),
-            self.iat,
-            self.exp
-        )
-    }
-
-    /// `v1.<b64url payload>.<b64url Ed25519 signature over "v1.<b64url payload>">`.
-    pub fn sign(&self, key: &SigningKey) -> String {
-        sign_payload(self.payload_json().as_bytes(), key)
-    }
-}
-
-/// Signs any payload bytes in the token format.
-pub fn sign_payload(payload: &[u8], key: &SigningKey) -> String {
-    let signed = format!("v1.{}", URL_SAFE_NO_PAD.encode(payload));
-    let sig = key.sign(signed.as_bytes());
-    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
-}
-
-/// An unsigned JWT (`HS256` header, a digest as signature) carrying `claims`: the filter
-/// decodes bearer JWTs without verifying them.
-pub fn unsigned_jwt(claims: &serde_json::Value) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let input = format!("{header}.{payload}");
-    let sig = Sha256::digest(input.as_bytes());
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
-}
+// The token format has one implementation in the workspace: the end-to-end harness's.
+pub use retry_guard_e2e::tokens::{sign_payload, unsigned_jwt, Confirmation};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use ed25519_dalek::{Signature, Verifier as _};
 
     #[test]
