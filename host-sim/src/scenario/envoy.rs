@@ -41,7 +41,10 @@ use retry_guard_e2e::gateway::UPSTREAM_HEADER;
 
 use super::expect;
 use super::report::{Observed, ScenarioReport, StepReport};
-use super::run::{capture_of, new_report, parse_order, plugin_config, summarize, Entry, Scenario};
+use super::run::{
+    capture_of, new_report, parse_order, plugin_config, summarize, Entry, Flood, FloodTally,
+    Scenario,
+};
 use super::values::{self, Capture, Ctx};
 use crate::shared::LogLine;
 use crate::sim::{default_routes, Exchange, Received, Request, RouteRule};
@@ -931,45 +934,16 @@ impl Runner {
                 }
             }
             "flood" => {
-                let f = obj["flood"]
-                    .as_object()
-                    .ok_or_else(|| format!("{at}.flood: an object"))?;
-                let count = f
-                    .get("count")
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| format!("{at}.flood.count: required"))?;
-                let tmpl = f
-                    .get("request")
-                    .cloned()
-                    .unwrap_or(Value::Object(Map::new()));
-                let exp = f
-                    .get("expect")
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default();
-                let mut statuses: std::collections::BTreeMap<u16, u64> = Default::default();
-                let mut failed = 0;
-                for i in 0..count {
+                let flood = Flood::parse(&obj["flood"], at)?;
+                let mut tally = FloodTally::default();
+                for i in 0..flood.count {
                     let (req, up, spec) =
-                        self.prepare(&tmpl, &format!("{at}.flood.request"), Some(i))?;
-                    let (ex, _, _) = self.one(&format!("flood[{i}]"), req, up, spec, &exp, sr)?;
-                    *statuses.entry(ex.status).or_default() += 1;
-                    let fails = expect::check(&exp, &ex, at);
-                    if !fails.is_empty() {
-                        failed += 1;
-                        if failed <= 3 {
-                            sr.failures
-                                .extend(fails.into_iter().map(|e| format!("request {i}: {e}")));
-                        }
-                    }
+                        self.prepare(&flood.request, &format!("{at}.flood.request"), Some(i))?;
+                    let (ex, _, _) =
+                        self.one(&format!("flood[{i}]"), req, up, spec, &flood.expect, sr)?;
+                    tally.add(i, &ex, &flood.expect, at, sr);
                 }
-                if failed > 3 {
-                    sr.failures.push(format!(
-                        "... {failed} of {count} requests failed their expectations"
-                    ));
-                }
-                sr.lines
-                    .push(format!("{count} requests; statuses {statuses:?}"));
+                tally.finish(flood.count, sr);
             }
             "concurrent" => self.concurrent(&obj["concurrent"], at, sr)?,
             _ => {}

@@ -269,6 +269,82 @@ fn run_on_sim(
     report.passed = report.error.is_none() && report.steps.iter().all(|s| s.failures.is_empty());
 }
 
+/// A `flood` step: `count` exchanges made from one request template.
+pub(super) struct Flood {
+    /// How many exchanges.
+    pub count: u64,
+    /// The request template (`{i}` is the iteration number).
+    pub request: Value,
+    /// Expectations every exchange must meet.
+    pub expect: Map<String, Value>,
+}
+
+impl Flood {
+    /// Reads the step's `flood` object.
+    pub fn parse(f: &Value, at: &str) -> Result<Flood, String> {
+        let f = f
+            .as_object()
+            .ok_or_else(|| format!("{at}.flood: an object"))?;
+        let count = f
+            .get("count")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("{at}.flood.count: required"))?;
+        Ok(Flood {
+            count,
+            request: f
+                .get("request")
+                .cloned()
+                .unwrap_or(Value::Object(Map::new())),
+            expect: f
+                .get("expect")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Statuses and failures of a flood, reported as the first three failures and a summary.
+#[derive(Default)]
+pub(super) struct FloodTally {
+    statuses: std::collections::BTreeMap<u16, u64>,
+    failed: u64,
+}
+
+impl FloodTally {
+    /// Counts exchange `i` and records its first failures.
+    pub fn add(
+        &mut self,
+        i: u64,
+        ex: &Exchange,
+        exp: &Map<String, Value>,
+        at: &str,
+        sr: &mut StepReport,
+    ) {
+        *self.statuses.entry(ex.status).or_default() += 1;
+        let fails = expect::check(exp, ex, at);
+        if !fails.is_empty() {
+            self.failed += 1;
+            if self.failed <= 3 {
+                sr.failures
+                    .extend(fails.into_iter().map(|e| format!("request {i}: {e}")));
+            }
+        }
+    }
+
+    /// The summary line (and the count of failures beyond the first three).
+    pub fn finish(self, count: u64, sr: &mut StepReport) {
+        if self.failed > 3 {
+            sr.failures.push(format!(
+                "... {} of {count} requests failed their expectations",
+                self.failed
+            ));
+        }
+        sr.lines
+            .push(format!("{count} requests; statuses {:?}", self.statuses));
+    }
+}
+
 pub(super) fn summarize(req: &Request, ex: &Exchange) -> String {
     let records = expect::audit_records(ex);
     let decision = records.iter().find(|r| r["event"] == "decision");
@@ -567,46 +643,16 @@ impl Runner<'_> {
                 }
             }
             "flood" => {
-                let f = obj["flood"]
-                    .as_object()
-                    .ok_or_else(|| format!("{at}.flood: an object"))?;
-                let count = f
-                    .get("count")
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| format!("{at}.flood.count: required"))?;
-                let tmpl = f
-                    .get("request")
-                    .cloned()
-                    .unwrap_or(Value::Object(Map::new()));
-                let exp = f
-                    .get("expect")
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default();
-                let mut statuses: std::collections::BTreeMap<u16, u64> = Default::default();
-                let mut failed = 0;
-                for i in 0..count {
+                let flood = Flood::parse(&obj["flood"], at)?;
+                let mut tally = FloodTally::default();
+                for i in 0..flood.count {
                     let (req, up, _) =
-                        self.prepare(&tmpl, &format!("{at}.flood.request"), Some(i))?;
+                        self.prepare(&flood.request, &format!("{at}.flood.request"), Some(i))?;
                     let ex = self.sim.request(&req, &up).map_err(|e| e.to_string())?;
                     sr.observed.push(Observed::of(&format!("flood[{i}]"), &ex));
-                    *statuses.entry(ex.status).or_default() += 1;
-                    let fails = expect::check(&exp, &ex, at);
-                    if !fails.is_empty() {
-                        failed += 1;
-                        if failed <= 3 {
-                            sr.failures
-                                .extend(fails.into_iter().map(|e| format!("request {i}: {e}")));
-                        }
-                    }
+                    tally.add(i, &ex, &flood.expect, at, sr);
                 }
-                if failed > 3 {
-                    sr.failures.push(format!(
-                        "... {failed} of {count} requests failed their expectations"
-                    ));
-                }
-                sr.lines
-                    .push(format!("{count} requests; statuses {statuses:?}"));
+                tally.finish(flood.count, sr);
             }
             "concurrent" => self.concurrent(&obj["concurrent"], at, sr)?,
             _ => {}
