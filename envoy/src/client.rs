@@ -21,21 +21,12 @@ pub struct Response {
 impl Response {
     /// The first value of a header (name case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        crate::header_values(&self.headers, name).next()
     }
 
     /// All values of a header (name case-insensitive).
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .filter(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        crate::header_values(&self.headers, name).collect()
     }
 
     /// The body as text (lossy UTF-8).

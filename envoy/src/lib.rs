@@ -97,3 +97,16 @@ pub fn plugin_config(name: &str) -> Result<serde_json::Value> {
     let text = read_testdata(&format!("configs/{name}"))?;
     serde_json::from_str(&text).map_err(|e| Error(format!("testdata/configs/{name}: {e}")))
 }
+
+/// The values of a header in a list of lower-cased (name, value) pairs, name case-insensitive,
+/// in arrival order (what the backend recorded and what the client received).
+pub(crate) fn header_values<'a>(
+    headers: &'a [(String, String)],
+    name: &str,
+) -> impl Iterator<Item = &'a str> {
+    let name = name.to_ascii_lowercase();
+    headers
+        .iter()
+        .filter(move |(k, _)| *k == name)
+        .map(|(_, v)| v.as_str())
+}
