@@ -11,7 +11,7 @@ use ed25519_dalek::VerifyingKey;
 use serde_json::{Map, Value};
 
 use crate::b64;
-use crate::matcher::{Fact, LazyFacts, MatchInput, MatchNeeds, PathMatch, RouteMatch};
+use crate::matcher::{Fact, LazyFacts, PathMatch, RouteMatch};
 use crate::policy::{Outcome, Policy, PolicyTable, RouteClass};
 
 /// Enforce decisions or only log and count them.
@@ -143,8 +143,6 @@ pub struct Config {
     pub confirmation: Option<Confirmation>,
     /// Guarded routes, first match wins.
     pub routes: Vec<Route>,
-    /// What route matching reads.
-    pub needs: MatchNeeds,
 }
 
 /// A configuration error: the field path and what is wrong.
@@ -464,10 +462,6 @@ impl Config {
             }
         };
         let routes = parse_routes(&top, mode)?;
-        let mut needs = MatchNeeds::default();
-        for r in &routes {
-            needs.add(&r.matcher);
-        }
         Ok(Config {
             mode,
             window_seconds,
@@ -482,18 +476,7 @@ impl Config {
             confirmation_header,
             confirmation,
             routes,
-            needs,
         })
-    }
-
-    /// The first route whose conditions all hold.
-    pub fn match_route(&self, input: &MatchInput<'_>) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matcher.matches(input))
-    }
-
-    /// Index of the first matching route.
-    pub fn match_route_index(&self, input: &MatchInput<'_>) -> Option<usize> {
-        self.routes.iter().position(|r| r.matcher.matches(input))
     }
 
     /// Index of the first matching route, reading facts lazily (see [`LazyFacts`]).
@@ -858,7 +841,8 @@ mod tests {
         assert_eq!(c.stale_token_action, StaleTokenAction::Strip);
         assert_eq!(c.confirmation_header, "retry-guard-confirmation");
         assert!(c.confirmation.is_none());
-        assert!(c.needs.path && !c.needs.route_name && !c.needs.method);
+        let m = &c.routes[0].matcher;
+        assert!(m.path != PathMatch::Any && m.route_name.is_none() && m.methods.is_empty());
         assert_eq!(c.routes[0].mode, Mode::Enforce);
     }
 

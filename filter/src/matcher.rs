@@ -1,7 +1,7 @@
 //! Route matching: which guarded route (if any) a request belongs to.
 //!
-//! Matching reads only what the configured routes need (see [`MatchNeeds`]) so a request on an
-//! unguarded route costs a handful of host calls and no allocation in the core.
+//! Matching reads request facts lazily ([`LazyFacts`]), only until a condition fails, so a
+//! request whose route name no guarded route names costs one host call.
 
 use crate::json::quoted;
 
@@ -113,42 +113,6 @@ pub struct RouteMatch {
     pub path: PathMatch,
 }
 
-/// Which request facts matching needs, so the shell fetches nothing else.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MatchNeeds {
-    /// Some route matches on `xds.route_name`.
-    pub route_name: bool,
-    /// Some route matches on the method.
-    pub method: bool,
-    /// Some route matches on the authority.
-    pub authority: bool,
-    /// Some route matches on the path.
-    pub path: bool,
-}
-
-impl MatchNeeds {
-    /// Adds what `m` needs.
-    pub fn add(&mut self, m: &RouteMatch) {
-        self.route_name |= m.route_name.is_some();
-        self.method |= !m.methods.is_empty();
-        self.authority |= m.authority.is_some();
-        self.path |= m.path != PathMatch::Any;
-    }
-}
-
-/// The request facts matching looks at; `None` when not fetched or absent.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MatchInput<'a> {
-    /// `xds.route_name`.
-    pub route_name: Option<&'a str>,
-    /// `:method`.
-    pub method: Option<&'a str>,
-    /// `:authority`.
-    pub authority: Option<&'a str>,
-    /// `:path`.
-    pub path: Option<&'a str>,
-}
-
 /// A request fact matching may read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fact {
@@ -237,32 +201,6 @@ impl RouteMatch {
             p => facts.get(Fact::Path).is_some_and(|path| p.matches(path)),
         }
     }
-
-    /// Do all conditions hold?
-    pub fn matches(&self, input: &MatchInput<'_>) -> bool {
-        if let Some(want) = &self.route_name {
-            if input.route_name != Some(want.as_str()) {
-                return false;
-            }
-        }
-        if !self.methods.is_empty() {
-            match input.method {
-                Some(m) if self.methods.iter().any(|x| x == m) => {}
-                _ => return false,
-            }
-        }
-        if let Some(want) = &self.authority {
-            match input.authority {
-                Some(a) if a.eq_ignore_ascii_case(want) => {}
-                _ => return false,
-            }
-        }
-        match (&self.path, input.path) {
-            (PathMatch::Any, _) => true,
-            (p, Some(path)) => p.matches(path),
-            (_, None) => false,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -338,24 +276,28 @@ mod tests {
             authority: Some("Auth.Example".into()),
             path: PathMatch::Exact("/oauth/token".into()),
         };
-        let ok = MatchInput {
-            route_name: Some("token"),
-            method: Some("POST"),
-            authority: Some("auth.example"),
-            path: Some("/oauth/token"),
+        // (route name, method, authority, path) as the host would report them.
+        let matches = |facts: [Option<&str>; 4]| {
+            let [route_name, method, authority, path] = facts;
+            m.matches_lazy(&mut LazyFacts::new(|f| {
+                match f {
+                    Fact::RouteName => route_name,
+                    Fact::Method => method,
+                    Fact::Authority => authority,
+                    Fact::Path => path,
+                }
+                .map(str::to_string)
+            }))
         };
-        assert!(m.matches(&ok));
-        assert!(!m.matches(&MatchInput {
-            method: Some("GET"),
-            ..ok
-        }));
-        assert!(!m.matches(&MatchInput {
-            route_name: None,
-            ..ok
-        }));
-        assert!(!m.matches(&MatchInput {
-            authority: Some("other"),
-            ..ok
-        }));
+        let ok = [
+            Some("token"),
+            Some("POST"),
+            Some("auth.example"),
+            Some("/oauth/token"),
+        ];
+        assert!(matches(ok));
+        assert!(!matches([ok[0], Some("GET"), ok[2], ok[3]]));
+        assert!(!matches([None, ok[1], ok[2], ok[3]]));
+        assert!(!matches([ok[0], ok[1], Some("other"), ok[3]]));
     }
 }
