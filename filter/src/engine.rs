@@ -198,6 +198,16 @@ impl Decision {
         self.mode == Mode::Enforce && self.verdict.blocks()
     }
 
+    /// The attempt number when this decision lets the request go on as a new attempt (its
+    /// outcome is then recorded); `None` for a blocked request, whose write (if any) only
+    /// stores a challenge.
+    pub fn new_attempt(&self) -> Option<u32> {
+        self.write
+            .as_ref()
+            .filter(|_| !self.is_blocked())
+            .map(|w| w.attempts)
+    }
+
     /// Is the token removed before the upstream?
     pub fn strips_token(&self) -> bool {
         self.token_action == TokenAction::Strip

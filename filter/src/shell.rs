@@ -553,17 +553,13 @@ impl Stream {
         }
         let decision = settled.decision;
         let action = self.apply(shared, route, &facts, &decision);
-        if !self.replied {
-            if let Some(w) = decision.write.as_ref().filter(|w| {
-                w.outcome == crate::policy::Outcome::InFlight && w.last_attempt == facts.now
-            }) {
-                self.tracked = Some(Tracked {
-                    fingerprint,
-                    attempt: w.attempts,
-                    request_id: pending.request_id.clone(),
-                    recorded: false,
-                });
-            }
+        if let Some(attempt) = decision.new_attempt().filter(|_| !self.replied) {
+            self.tracked = Some(Tracked {
+                fingerprint,
+                attempt,
+                request_id: pending.request_id.clone(),
+                recorded: false,
+            });
         }
         action
     }
@@ -782,7 +778,7 @@ impl HttpContext for Stream {
         if self.replied || self.tracked.is_none() {
             return Action::Continue;
         }
-        let status = request_status();
+        let status = response_status();
         // Only a 5xx can be `unchanged`: skip the header lookup otherwise.
         let unchanged = (500..600).contains(&status)
             && self.shared.as_ref().is_some_and(|s| {
@@ -823,7 +819,7 @@ impl Stream {
     }
 }
 
-fn request_status() -> u16 {
+fn response_status() -> u16 {
     hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
         .ok()
         .flatten()

@@ -418,6 +418,7 @@ fn confirmation_required_then_accepted_once() {
     let fp = req.facts(route).fingerprint.unwrap().text();
     assert_eq!(doc["fingerprint"], fp.as_str());
 
+    assert_eq!(d.new_attempt(), None, "a 428 starts no attempt");
     // The challenge stays the same for further automated retries.
     let stored = d.write.unwrap();
     assert_eq!(stored.attempts, 1, "a 428 is not an attempt");
@@ -440,6 +441,7 @@ fn confirmation_required_then_accepted_once() {
     assert_eq!(d.verdict, Verdict::Confirmed);
     assert_eq!(d.approver.as_deref(), Some("alice@example.com"));
     assert!(d.reply(&cfg, route, &confirmed_req.facts(route)).is_none());
+    assert_eq!(d.new_attempt(), Some(2), "the confirmed retry is attempt 2");
     let after = d.write.unwrap();
     assert_eq!(
         (
@@ -549,6 +551,7 @@ fn shadow_mode_blocks_and_strips_nothing_but_decides() {
         Some(2),
         "the request goes on as an attempt"
     );
+    assert_eq!(d.new_attempt(), Some(2), "and its outcome is recorded");
     let first = run(&cfg, &req, None);
     assert_eq!(
         (first.verdict, first.token_action),
