@@ -48,6 +48,13 @@ bench-sim: build
     cargo run -q --release -p retry-guard-host-sim --bin retry-guard -- bench
     cargo run -q --release -p retry-guard-host-sim --bin retry-guard -- bench --paths
 
+# Where the filter's guest time goes per request path, by function (host-sim stack samples on
+# the release code built with its names kept: cargo profile `profiling`).
+profile-sim:
+    rustup target add wasm32-wasip1
+    cargo build --profile profiling --target wasm32-wasip1 -p retry-guard-filter
+    cargo run -q --release -p retry-guard-host-sim --bin retry-guard -- bench --paths --functions --wasm target/wasm32-wasip1/profiling/retry_guard.wasm
+
 # Formatting and lints (native and wasm).
 lint:
     cargo fmt --all --check

@@ -11,7 +11,7 @@ use crate::time::rfc3339;
 pub const PREFIX: &str = "retry-guard audit ";
 
 fn start(event: &str, now: u64, request_id: Option<&str>, route: &Route) -> Obj {
-    let mut m = Obj::new();
+    let mut m = Obj::after(PREFIX);
     m.str("event", event)
         .str("ts", &rfc3339(now))
         .opt_str("request_id", request_id)
@@ -43,7 +43,7 @@ pub fn decision_line(route: &Route, facts: &Facts<'_>, d: &Decision) -> String {
         .opt_str("confirmation_error", d.confirmation_error.map(|e| e.name()))
         .str("mode", d.mode.name())
         .bool("would_block", d.would_block);
-    format!("{PREFIX}{}", m.finish())
+    m.finish()
 }
 
 /// What the outcome line reports.
@@ -72,5 +72,5 @@ pub fn outcome_line(route: &Route, r: &OutcomeRecord<'_>) -> String {
         .str("outcome", r.outcome.name())
         .num("status", u64::from(r.status))
         .num("response_flags", r.response_flags);
-    format!("{PREFIX}{}", m.finish())
+    m.finish()
 }

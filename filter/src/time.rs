@@ -10,12 +10,20 @@ pub fn rfc3339(unix_seconds: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    // Written digit by digit: `format!` costs several times more on the hot path.
+    let digit = |v: u64, place: u64| b'0' + ((v / place) % 10) as u8;
+    let two = |v: u64| [digit(v, 10), digit(v, 1)];
+    let [y0, y1, y2, y3] = [digit(y, 1000), digit(y, 100), digit(y, 10), digit(y, 1)];
+    let [mo0, mo1] = two(m);
+    let [d0, d1] = two(d);
+    let [h0, h1] = two(rem / 3600);
+    let [mi0, mi1] = two((rem % 3600) / 60);
+    let [s0, s1] = two(rem % 60);
+    let text = [
+        y0, y1, y2, y3, b'-', mo0, mo1, b'-', d0, d1, b'T', h0, h1, b':', mi0, mi1, b':', s0, s1,
+        b'Z',
+    ];
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// Converts days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
@@ -43,5 +51,7 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_864_586), "2026-11-28T11:16:26Z");
         assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
     }
 }

@@ -125,6 +125,54 @@ pub struct PathResult {
     /// Mean wall time per request in microseconds (normal runtime, whole exchange in the sim:
     /// context create to delete, upstream simulated).
     pub wall_us: f64,
+    /// Where the guest's time goes, by function (only with `--functions`, else empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<FunctionShare>,
+}
+
+/// One guest function's share of a path's stack samples (see [`Runtime::sample_every`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct FunctionShare {
+    /// Function name from the module's name section (`<wasm function N>` without one).
+    pub function: String,
+    /// Share of samples with the function on top of the stack, in percent.
+    pub self_percent: f64,
+    /// Share of samples with the function anywhere on the stack, in percent.
+    pub inclusive_percent: f64,
+    /// The path's fuel per request times `self_percent`: guest instructions per request
+    /// spent in the function itself, estimated.
+    pub self_fuel: f64,
+}
+
+/// How many functions [`run`] keeps per path when it samples.
+const TOP_FUNCTIONS: usize = 25;
+
+/// Turns a path's samples into its top functions by self share.
+fn top_functions(s: &crate::vm::FunctionSamples, fuel: f64) -> Vec<FunctionShare> {
+    if s.total == 0 {
+        return Vec::new();
+    }
+    let pct = |v: u64| 100.0 * v as f64 / s.total as f64;
+    let mut v: Vec<FunctionShare> = s
+        .inclusive
+        .iter()
+        .map(|(name, incl)| {
+            let own = s.self_samples.get(name).copied().unwrap_or(0);
+            FunctionShare {
+                function: name.clone(),
+                self_percent: pct(own),
+                inclusive_percent: pct(*incl),
+                self_fuel: fuel * own as f64 / s.total as f64,
+            }
+        })
+        .collect();
+    v.sort_by(|a, b| {
+        b.self_percent
+            .total_cmp(&a.self_percent)
+            .then(b.inclusive_percent.total_cmp(&a.inclusive_percent))
+    });
+    v.truncate(TOP_FUNCTIONS);
+    v
 }
 
 fn request(case: &PathCase, i: u64, now: u64) -> Request {
@@ -182,51 +230,91 @@ fn drive(
     Ok(())
 }
 
-/// Measures every path: `n` requests each for the counts and again for the time.
-pub fn run(wasm: &Path, n: u64) -> Result<Vec<PathResult>, String> {
+/// The no-op floor filter (`bench/noop`) on the unmatched request: what the wasm boundary
+/// alone costs, the baseline of the `unmatched` path.
+pub const FLOOR: PathCase = PathCase {
+    name: "noop_floor",
+    description: "the no-op filter (bench/noop), GET /other",
+    method: "GET",
+    path: "/other",
+    expect_status: 200,
+    unique: false,
+};
+
+/// Measures every path: `n` requests each for the counts and again for the time. With
+/// `sample`, the counting run also samples the guest stack about every 10 µs (see
+/// [`Runtime::sample_every`]) and reports where the time goes by function; the module needs its
+/// name section for names (`just profile-sim` builds one). With `floor` (the no-op filter's
+/// module), the floor is measured first on the unmatched request.
+pub fn run(
+    wasm: &Path,
+    n: u64,
+    sample: bool,
+    floor: Option<&Path>,
+) -> Result<Vec<PathResult>, String> {
     let n = n.max(1);
+    let mut out = Vec::new();
+    if let Some(floor) = floor {
+        let profiling = Runtime::profiling(floor).map_err(|e| e.to_string())?;
+        let normal = Runtime::from_file(floor).map_err(|e| e.to_string())?;
+        out.push(measure(&profiling, &normal, &FLOOR, n, sample)?);
+    }
     let profiling = Runtime::profiling(wasm).map_err(|e| e.to_string())?;
     let normal = Runtime::from_file(wasm).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
     for case in &PATHS {
-        // Counts.
-        let s = sim(&profiling)?;
-        let mut ignore = BTreeMap::new();
-        drive(&s, case, 0, WARMUP, &mut ignore)?;
-        let before = s.profile();
-        let mut statuses = BTreeMap::new();
-        drive(&s, case, WARMUP, n, &mut statuses)?;
-        let p = s.profile().since(&before);
-        if statuses.len() != 1 || !statuses.contains_key(&case.expect_status) {
-            return Err(format!(
-                "{}: expected every request to get {}, got {statuses:?}",
-                case.name, case.expect_status
-            ));
-        }
-        // Time.
-        let s = sim(&normal)?;
-        drive(&s, case, 0, WARMUP, &mut ignore)?;
-        let mut timed = BTreeMap::new();
-        let t0 = Instant::now();
-        drive(&s, case, WARMUP, n, &mut timed)?;
-        let wall_us = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
-        let per = |v: u64| v as f64 / n as f64;
-        out.push(PathResult {
-            name: case.name.into(),
-            description: case.description.into(),
-            statuses,
-            requests: n,
-            host_calls_total: per(p.host_calls.values().sum()),
-            host_calls: p
-                .host_calls
-                .iter()
-                .map(|(k, v)| (k.clone(), per(*v)))
-                .collect(),
-            fuel: per(p.fuel),
-            wall_us,
-        });
+        out.push(measure(&profiling, &normal, case, n, sample)?);
     }
     Ok(out)
+}
+
+/// Measures one path: counts on the profiling runtime, time on the normal one.
+fn measure(
+    profiling: &Runtime,
+    normal: &Runtime,
+    case: &PathCase,
+    n: u64,
+    sample: bool,
+) -> Result<PathResult, String> {
+    // Counts.
+    let s = sim(profiling)?;
+    let mut ignore = BTreeMap::new();
+    drive(&s, case, 0, WARMUP, &mut ignore)?;
+    let before = s.profile();
+    let mut statuses = BTreeMap::new();
+    let sampler = sample.then(|| profiling.sample_every(std::time::Duration::from_micros(10)));
+    drive(&s, case, WARMUP, n, &mut statuses)?;
+    drop(sampler);
+    let samples = s.function_samples();
+    let p = s.profile().since(&before);
+    if statuses.len() != 1 || !statuses.contains_key(&case.expect_status) {
+        return Err(format!(
+            "{}: expected every request to get {}, got {statuses:?}",
+            case.name, case.expect_status
+        ));
+    }
+    // Time.
+    let s = sim(normal)?;
+    drive(&s, case, 0, WARMUP, &mut ignore)?;
+    let mut timed = BTreeMap::new();
+    let t0 = Instant::now();
+    drive(&s, case, WARMUP, n, &mut timed)?;
+    let wall_us = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let per = |v: u64| v as f64 / n as f64;
+    Ok(PathResult {
+        name: case.name.into(),
+        description: case.description.into(),
+        statuses,
+        requests: n,
+        host_calls_total: per(p.host_calls.values().sum()),
+        host_calls: p
+            .host_calls
+            .iter()
+            .map(|(k, v)| (k.clone(), per(*v)))
+            .collect(),
+        fuel: per(p.fuel),
+        wall_us,
+        functions: top_functions(&samples, per(p.fuel)),
+    })
 }
 
 /// Issue 5's goal for the unmatched path: at most 4 host calls, never a full header-map copy.
@@ -276,6 +364,22 @@ pub fn markdown(results: &[PathResult], wasm: &str, build: &str) -> String {
             calls_text(r)
         ));
     }
+    for r in results.iter().filter(|r| !r.functions.is_empty()) {
+        s.push_str(&format!(
+            "\n{}: where the guest's time goes (stack samples every ~10 µs; top {} by self)\n\n\
+             | function | self % | inclusive % | self fuel per request (est.) |\n|---|---:|---:|---:|\n",
+            r.name, TOP_FUNCTIONS
+        ));
+        for f in &r.functions {
+            s.push_str(&format!(
+                "| `{}` | {:.1} | {:.1} | {:.0} |\n",
+                f.function.replace('|', "\\|"),
+                f.self_percent,
+                f.inclusive_percent,
+                f.self_fuel
+            ));
+        }
+    }
     if let Some((few, no_pairs)) = unmatched_goal(results) {
         s.push_str(&format!(
             "\nGoal (issue 5) on the unmatched path: ≤ 4 host calls — {}; no \
@@ -295,7 +399,7 @@ mod tests {
     #[test]
     fn paths_measure_and_unmatched_goal_holds() {
         let wasm = crate::cli::repo_root().join(crate::cli::DEFAULT_WASM);
-        let results = run(&wasm, 10).expect("build the filter first: just build");
+        let results = run(&wasm, 10, false, None).expect("build the filter first: just build");
         assert_eq!(results.len(), PATHS.len());
         assert_eq!(unmatched_goal(&results), Some((true, true)), "{results:#?}");
         assert!(results

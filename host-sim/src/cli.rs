@@ -54,10 +54,14 @@ USAGE:
   retry-guard bench [--wasm <path>] [--requests <n>]
       Time n (default 10000) requests of the demo configuration on the simulator (build with
       --release for a meaningful figure).
-  retry-guard bench --paths [--json] [--wasm <path>] [--requests <n>]
+  retry-guard bench --paths [--functions] [--json] [--wasm <path>] [--floor <path>] [--requests <n>]
       Per request path (unmatched, read_only, token_issuing allow, 428 replay): host calls by
-      import name, guest instructions (wasmtime fuel), wall time; writes
-      target/bench/host-sim.json and target/bench/host-sim.md (default n: 2000).";
+      import name, guest instructions (wasmtime fuel), wall time; first the no-op floor filter on
+      the unmatched request (--floor, default target/wasm32-wasip1/release/noop_filter.wasm
+      when built); writes
+      target/bench/host-sim.json and target/bench/host-sim.md (default n: 2000).
+      --functions also samples the guest stack and lists where each path's time goes by
+      function (needs a module with its name section: `just profile-sim` builds one).";
 
 fn take_opt(args: &mut Vec<String>, name: &str) -> Result<Option<String>, String> {
     match args.iter().position(|a| a == name) {
@@ -476,6 +480,15 @@ fn bench(mut args: Vec<String>) -> Result<i32, String> {
 /// `bench --paths`: the per-path micro-benchmark ([`crate::bench`]).
 fn bench_paths(mut args: Vec<String>) -> Result<i32, String> {
     let json = take_flag(&mut args, "--json");
+    let functions = take_flag(&mut args, "--functions");
+    let floor = match take_opt(&mut args, "--floor")? {
+        Some(f) => Some(PathBuf::from(f)),
+        // The no-op floor filter, when `just build` or `just bench` has built it.
+        None => Some(default_path(
+            "target/wasm32-wasip1/release/noop_filter.wasm",
+        ))
+        .filter(|p| p.exists()),
+    };
     let wasm = take_opt(&mut args, "--wasm")?
         .map(PathBuf::from)
         .unwrap_or_else(|| default_path(DEFAULT_WASM));
@@ -486,7 +499,7 @@ fn bench_paths(mut args: Vec<String>) -> Result<i32, String> {
     if let Some(a) = args.first() {
         return Err(format!("bench --paths: unexpected argument {a:?}"));
     }
-    let results = crate::bench::run(&wasm, n)?;
+    let results = crate::bench::run(&wasm, n, functions, floor.as_deref())?;
     let build = if cfg!(debug_assertions) {
         "debug"
     } else {

@@ -446,6 +446,18 @@ impl Sim {
         p
     }
 
+    /// Guest stack samples summed over every VM, while a [`Runtime::sample_every`] guard
+    /// lives; empty unless the runtime is [`Runtime::profiling`].
+    pub fn function_samples(&self) -> crate::vm::FunctionSamples {
+        let mut all = crate::vm::FunctionSamples::default();
+        for vm in self.all_vms() {
+            if let Some(s) = &vm.borrow().store.data().samples {
+                all.add(s);
+            }
+        }
+        all
+    }
+
     /// Whether a worker's VM has failed (trapped), and why.
     pub fn worker_failure(&self, w: usize) -> Option<TrapInfo> {
         self.workers

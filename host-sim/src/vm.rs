@@ -66,6 +66,7 @@ impl Runtime {
     fn build(bytes: &[u8], source: &str, profile: bool) -> Result<Runtime> {
         let mut config = wasmtime::Config::new();
         config.consume_fuel(profile);
+        config.epoch_interruption(profile);
         let engine = Engine::new(&config)
             .map_err(|e| SimError::Load(format!("cannot create the wasmtime engine: {e}")))?;
         let module = Module::new(&engine, bytes)
@@ -135,6 +136,45 @@ impl Runtime {
     /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Samples the guest stack of every VM of this profiling runtime about every `interval`
+    /// until the returned guard is dropped: a thread advances the engine's epoch, and each VM
+    /// records its backtrace at the next epoch check (function entry or loop back-edge). Read
+    /// the samples with [`crate::Sim::function_samples`]. Does nothing on a normal runtime.
+    pub fn sample_every(&self, interval: std::time::Duration) -> Sampler {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = self.profile.then(|| {
+            let engine = self.engine.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // A spin with a deadline: thread sleeps are too coarse for microsecond paths.
+                let mut next = std::time::Instant::now() + interval;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if std::time::Instant::now() >= next {
+                        engine.increment_epoch();
+                        next += interval;
+                    }
+                    std::hint::spin_loop();
+                }
+            })
+        });
+        Sampler { stop, thread }
+    }
+}
+
+/// Stops the sampling thread of [`Runtime::sample_every`] when dropped.
+pub struct Sampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -235,6 +275,50 @@ pub struct HostState {
     pub host_calls: u64,
     /// Host calls per import name, when the runtime profiles (`None` otherwise).
     pub call_counts: Option<std::collections::BTreeMap<&'static str, u64>>,
+    /// Guest stack samples per function name, when the runtime profiles (`None` otherwise):
+    /// taken whenever the engine's epoch advances (see [`Runtime::sample_every`]).
+    pub samples: Option<FunctionSamples>,
+}
+
+/// Guest stack samples of a profiling VM, per function name (see [`Runtime::sample_every`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FunctionSamples {
+    /// Samples taken.
+    pub total: u64,
+    /// Per function: samples with the function on top of the stack ("self").
+    pub self_samples: std::collections::BTreeMap<String, u64>,
+    /// Per function: samples with the function anywhere on the stack ("inclusive").
+    pub inclusive: std::collections::BTreeMap<String, u64>,
+}
+
+impl FunctionSamples {
+    /// Adds `other`'s samples to these.
+    pub fn add(&mut self, other: &FunctionSamples) {
+        self.total += other.total;
+        for (k, v) in &other.self_samples {
+            *self.self_samples.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &other.inclusive {
+            *self.inclusive.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+
+    /// Records one backtrace (innermost frame first).
+    fn record(&mut self, bt: &WasmBacktrace) {
+        let mut frames = bt.frames().iter().map(|f| match f.func_name() {
+            Some(n) => n.to_string(),
+            None => format!("<wasm function {}>", f.func_index()),
+        });
+        let Some(top) = frames.next() else { return };
+        self.total += 1;
+        let mut seen = std::collections::BTreeSet::new();
+        *self.self_samples.entry(top.clone()).or_insert(0) += 1;
+        for name in std::iter::once(top).chain(frames) {
+            if seen.insert(name.clone()) {
+                *self.inclusive.entry(name).or_insert(0) += 1;
+            }
+        }
+    }
 }
 
 impl HostState {
@@ -378,12 +462,33 @@ impl Vm {
             hook_error: None,
             host_calls: 0,
             call_counts: rt.profile.then(Default::default),
+            samples: rt.profile.then(Default::default),
         };
         let mut store = Store::new(&rt.engine, state);
         if rt.profile {
             store
                 .set_fuel(PROFILE_FUEL)
                 .map_err(|e| SimError::Load(format!("cannot set fuel: {e}")))?;
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|mut ctx| {
+                let bt = WasmBacktrace::capture(&ctx);
+                if let Some(s) = ctx.data_mut().samples.as_mut() {
+                    s.record(&bt);
+                }
+                Ok(wasmtime::UpdateDeadline::Continue(1))
+            });
+            // Only ticks that arrive while the guest runs count: every entry into the guest
+            // (a callback, or the return from a host function) restarts the deadline, so time
+            // spent in the host is not charged to the next guest function entered.
+            store.call_hook(|mut ctx, hook| {
+                if matches!(
+                    hook,
+                    wasmtime::CallHook::CallingWasm | wasmtime::CallHook::ReturningFromHost
+                ) {
+                    ctx.set_epoch_deadline(1);
+                }
+                Ok(())
+            });
         }
         let instance = rt
             .linker
