@@ -4,11 +4,13 @@
 //!
 //! The crate has two layers:
 //!
-//! * the **policy core** (every module except `shell`): pure Rust with no proxy-wasm types.
+//! * the **policy core** (every module except `shell` and `abi`): pure Rust with no proxy-wasm types.
 //!   Each decision is a function of (configuration, request facts, ledger entry, now) and is
 //!   unit-tested natively with `cargo test`;
 //! * the **proxy-wasm shell** (`shell`, built only for `wasm32`): gathers request facts from the
-//!   host, reads and updates the ledger in shared data, calls the core and applies its decision.
+//!   host, reads and updates the ledger in shared data, calls the core and applies its decision;
+//!   it talks to the host through `abi`, the proxy-wasm ABI 0.2.1 imports and exports written
+//!   out with wrappers that never panic.
 #![deny(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -42,5 +44,7 @@ pub mod time;
 pub mod token;
 
 #[cfg(target_arch = "wasm32")]
-#[allow(unsafe_code)] // proxy_wasm::main! expands to the exported `_initialize` entry point.
+#[allow(unsafe_code)] // The ABI boundary: raw host imports and exports, nothing else.
+mod abi;
+#[cfg(target_arch = "wasm32")]
 mod shell;

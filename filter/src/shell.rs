@@ -1,18 +1,18 @@
 //! The proxy-wasm shell: gathers request facts from the host, drives the ledger in shared
 //! data, calls the policy core and applies its decision. No policy lives here.
 //!
-//! Host calls go through `proxy_wasm::hostcalls` (not the `traits` helpers, which unwrap host
-//! errors and decode header values as UTF-8 with a panic on failure): a panic would kill the
-//! VM for every request on the worker.
+//! Host calls go through [`crate::abi`], whose wrappers return the host's status and never
+//! panic (a panic would kill the VM for every request on the worker). The callbacks `abi`
+//! exports land in the `on_*` functions at the end of this file, which find the context's
+//! state and call its methods.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use sha2::{Digest, Sha256};
+
+use crate::abi::{self, Action, BufferType, LogLevel, MapType, MetricType, Status};
 
 use crate::audit::{self, OutcomeRecord};
 use crate::config::{Config, PrincipalSource, Route};
@@ -28,66 +28,27 @@ use crate::policy::{ResponseFacts, RouteClass};
 use crate::principal::{self, PrincipalInputs};
 use crate::token::{BearerToken, TokenRules};
 
-// No `proxy_wasm::set_log_level`: the filter logs through `hostcalls::log` directly, and the
-// SDK's panic hook is not needed (std's default hook writes a panic to stderr, which Envoy
-// logs; panics are denied in this crate anyway).
-proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { shared: None }) });
-}}
-
 /// Envoy filter-state key (readable as `%FILTER_STATE(wasm.retry_guard.decision:PLAIN)%`).
 const DECISION_PROPERTY: &str = "retry_guard.decision";
 const TOKEN_MARK_HEADER: &str = "retry-guard-token";
 
-fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
-}
+use abi::log;
 
 fn now_seconds() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
-}
-
-fn request_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
-}
-
-#[link(wasm_import_module = "env")]
-extern "C" {
-    // proxy-wasm ABI 0.2.1; the SDK's wrapper allocates a String and a Vec per header.
-    fn proxy_get_header_map_pairs(
-        map_type: u32,
-        return_data: *mut *mut u8,
-        return_size: *mut usize,
-    ) -> u32;
+    abi::now_nanos().map_or(0, |n| n / 1_000_000_000)
 }
 
 /// All request headers in the ABI's serialized form, in one host call and one allocation.
 fn request_headers_blob() -> Vec<u8> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the host writes a pointer to `size` bytes it allocated through
-    // `proxy_on_memory_allocate` (this module's allocator) and hands their ownership to us.
-    unsafe {
-        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size) != 0
-            || data.is_null()
-        {
-            return Vec::new();
-        }
-        Vec::from_raw_parts(data, size, size)
-    }
+    abi::header_pairs(MapType::RequestHeaders)
 }
 
 fn request_header_text(name: &str) -> Option<String> {
-    request_header(name).and_then(|b| String::from_utf8(b).ok())
+    abi::header(MapType::RequestHeaders, name).and_then(|b| String::from_utf8(b).ok())
 }
 
 fn property(path: &[&str]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.to_vec()).ok().flatten()
+    abi::property(path)
 }
 
 fn property_text(path: &[&str]) -> Option<String> {
@@ -141,23 +102,23 @@ struct HostStore;
 
 impl SharedStore for HostStore {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, String> {
-        match hostcalls::get_shared_data(key) {
+        match abi::shared_data(key) {
             // A key exists iff the host returns a CAS; an empty value comes back as no data.
             Ok((data, Some(cas))) => Ok(Some((data.unwrap_or_default(), cas))),
             Ok((Some(data), None)) => Ok(Some((data, 0))),
             Ok((None, None)) => Ok(None),
-            Err(status) => Err(format!("get_shared_data({key}): status {}", status as u32)),
+            Err(status) => Err(format!("get_shared_data({key}): status {}", status.0)),
         }
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
         let cas = (cas != 0).then_some(cas);
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+        match abi::set_shared_data(key, value, cas) {
             Ok(()) => Ok(()),
-            Err(proxy_wasm::types::Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(Status::CAS_MISMATCH) => Err(StoreError::CasMismatch),
             Err(status) => Err(StoreError::Host(format!(
                 "set_shared_data({key}): status {}",
-                status as u32
+                status.0
             ))),
         }
     }
@@ -194,8 +155,8 @@ impl Shared {
             return;
         };
         let bytes = (core::arch::wasm32::memory_size(0) as u64).saturating_mul(65_536);
-        if hostcalls::get_metric(id).map_or(true, |current| bytes > current) {
-            let _ = hostcalls::record_metric(id, bytes);
+        if abi::metric(id).map_or(true, |current| bytes > current) {
+            abi::record_metric(id, bytes);
         }
     }
 
@@ -230,20 +191,16 @@ impl Shared {
 
     fn count(&self, counter: Counter) {
         if let Some(id) = self.metrics.get(counter.index()) {
-            let _ = hostcalls::increment_metric(*id, 1);
+            abi::increment_metric(*id, 1);
         }
     }
 }
 
-struct Root {
-    shared: Option<Rc<Shared>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+/// Reads, checks and applies the plugin configuration: `None` (with a critical log line that
+/// says what to change) if the plugin cannot work with it.
+fn configure() -> Option<Rc<Shared>> {
+    {
+        let bytes = abi::buffer(BufferType::PluginConfiguration, 0, usize::MAX)
             .ok()
             .flatten()
             .unwrap_or_default();
@@ -254,12 +211,12 @@ impl RootContext for Root {
                     LogLevel::Critical,
                     &format!("retry-guard: invalid plugin configuration: {e}"),
                 );
-                return false;
+                return None;
             }
         };
         let mut metrics = Vec::with_capacity(Counter::ALL.len());
         for c in Counter::ALL {
-            match hostcalls::define_metric(MetricType::Counter, &c.name()) {
+            match abi::define_metric(MetricType::Counter, &c.name()) {
                 Ok(id) => metrics.push(id),
                 Err(status) => {
                     log(
@@ -267,15 +224,14 @@ impl RootContext for Root {
                         &format!(
                             "retry-guard: cannot define metric {}: status {}",
                             c.name(),
-                            status as u32
+                            status.0
                         ),
                     );
-                    return false;
+                    return None;
                 }
             }
         }
-        let memory_gauge =
-            hostcalls::define_metric(MetricType::Gauge, crate::metrics::MEMORY_GAUGE).ok();
+        let memory_gauge = abi::define_metric(MetricType::Gauge, crate::metrics::MEMORY_GAUGE).ok();
         let ledger = SlotLedger::new(HostStore, config.max_entries, config.window_seconds);
         match ledger.ensure_slots() {
             Ok(created) => log(
@@ -293,37 +249,20 @@ impl RootContext for Root {
                     LogLevel::Critical,
                     &format!("retry-guard: cannot create the ledger table: {e}"),
                 );
-                return false;
+                return None;
             }
         }
-        self.shared = Some(Rc::new(Shared {
+        let shared = Rc::new(Shared {
             config,
             metrics,
             memory_gauge,
             ledger,
             held: RefCell::new(Vec::new()),
             warned_at: Cell::new(0),
-        }));
-        if let Some(shared) = &self.shared {
-            shared.record_memory();
-        }
-        let _ = hostcalls::set_tick_period(Duration::from_secs(5));
-        true
-    }
-
-    fn on_tick(&mut self) {
-        if let Some(shared) = &self.shared {
-            shared.check_held(now_seconds());
-            shared.record_memory();
-        }
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream::new(context_id, self.shared.clone())))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        });
+        shared.record_memory();
+        abi::set_tick_period_ms(5_000);
+        Some(shared)
     }
 }
 
@@ -370,19 +309,20 @@ struct Tracked {
 struct Stream {
     id: u32,
     shared: Option<Rc<Shared>>,
+    /// Whether a route matched (`route` is its index).
+    matched: bool,
     route: usize,
     pending: Option<Pending>,
     tracked: Option<Tracked>,
     replied: bool,
 }
 
-impl Context for Stream {}
-
 impl Stream {
     fn new(id: u32, shared: Option<Rc<Shared>>) -> Stream {
         Stream {
             id,
             shared,
+            matched: false,
             route: 0,
             pending: None,
             tracked: None,
@@ -465,10 +405,7 @@ impl Stream {
         };
         if confirmation.is_some() {
             // Never forwarded upstream, whatever the decision.
-            let _ = hostcalls::remove_map_value(
-                MapType::HttpRequestHeaders,
-                &config.confirmation_header,
-            );
+            let _ = abi::remove_header(MapType::RequestHeaders, &config.confirmation_header);
         }
         Pending {
             now,
@@ -491,9 +428,7 @@ impl Stream {
             return;
         }
         let len = body_size - pending.body_seen;
-        if let Ok(Some(chunk)) =
-            hostcalls::get_buffer(BufferType::HttpRequestBody, pending.body_seen, len)
-        {
+        if let Ok(Some(chunk)) = abi::buffer(BufferType::RequestBody, pending.body_seen, len) {
             pending.hasher.update(&chunk);
             pending.body_seen += chunk.len();
         }
@@ -574,7 +509,7 @@ impl Stream {
             shared.count(Counter::ConfirmationInvalid);
         }
         log(LogLevel::Info, &audit::decision_line(route, facts, d));
-        let _ = hostcalls::set_property(vec![DECISION_PROPERTY], Some(d.verdict.name().as_bytes()));
+        let _ = abi::set_property(DECISION_PROPERTY, d.verdict.name().as_bytes());
         if let Some(reply) = d.reply(&shared.config, route, facts) {
             if d.verdict == Verdict::StaleToken {
                 shared.count(Counter::TokenRejected);
@@ -584,26 +519,22 @@ impl Stream {
                 .iter()
                 .map(|(n, v)| (*n, v.as_str()))
                 .collect();
-            match hostcalls::send_http_response(
-                u32::from(reply.status),
-                headers,
-                Some(reply.body.as_bytes()),
-            ) {
+            match abi::send_local_response(reply.status, &headers, reply.body.as_bytes()) {
                 Ok(()) => self.replied = true,
                 Err(status) => log(
                     LogLevel::Error,
-                    &format!("retry-guard: local reply failed: status {}", status as u32),
+                    &format!("retry-guard: local reply failed: status {}", status.0),
                 ),
             }
             return Action::Pause;
         }
         if d.strips_token() {
             if let Some(reason) = d.token_reason {
-                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "authorization");
-                let _ = hostcalls::set_map_value(
-                    MapType::HttpRequestHeaders,
+                let _ = abi::remove_header(MapType::RequestHeaders, "authorization");
+                let _ = abi::set_header(
+                    MapType::RequestHeaders,
                     TOKEN_MARK_HEADER,
-                    Some(&format!("stripped; reason={}", reason.name())),
+                    &format!("stripped; reason={}", reason.name()),
                 );
                 shared.count(Counter::TokenStripped);
             }
@@ -669,10 +600,7 @@ fn fresh_challenge(fp: &Fingerprint) -> impl FnMut() -> Challenge + '_ {
             LogLevel::Warn,
             "retry-guard: random_get failed; challenge derived from clock",
         );
-        let nanos = hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
+        let nanos = abi::now_nanos().unwrap_or(0);
         let d = Sha256::new()
             .chain_update(fp.0)
             .chain_update(nanos.to_le_bytes())
@@ -682,8 +610,9 @@ fn fresh_challenge(fp: &Fingerprint) -> impl FnMut() -> Challenge + '_ {
     }
 }
 
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+/// The stream callbacks.
+impl Stream {
+    fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
@@ -703,6 +632,7 @@ impl HttpContext for Stream {
         let Some(route) = shared.config.routes.get(index) else {
             return Action::Continue;
         };
+        self.matched = true;
         self.route = index;
         let blob = blob.unwrap_or_else(request_headers_blob);
         let pending = Stream::gather(
@@ -735,7 +665,7 @@ impl HttpContext for Stream {
         }
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
@@ -760,7 +690,7 @@ impl HttpContext for Stream {
         self.finish(&shared)
     }
 
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+    fn on_request_trailers(&mut self) -> Action {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
@@ -774,7 +704,7 @@ impl HttpContext for Stream {
         self.finish(&shared)
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_response_headers(&mut self) -> Action {
         if self.replied || self.tracked.is_none() {
             return Action::Continue;
         }
@@ -782,13 +712,8 @@ impl HttpContext for Stream {
         // Only a 5xx can be `unchanged`: skip the header lookup otherwise.
         let unchanged = (500..600).contains(&status)
             && self.shared.as_ref().is_some_and(|s| {
-                hostcalls::get_map_value_bytes(
-                    MapType::HttpResponseHeaders,
-                    &s.config.unchanged_state_header,
-                )
-                .ok()
-                .flatten()
-                .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"unchanged"))
+                abi::header(MapType::ResponseHeaders, &s.config.unchanged_state_header)
+                    .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"unchanged"))
             });
         self.record(status, unchanged);
         Action::Continue
@@ -820,9 +745,160 @@ impl Stream {
 }
 
 fn response_status() -> u16 {
-    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
-        .ok()
-        .flatten()
+    abi::header(MapType::ResponseHeaders, ":status")
         .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
         .unwrap_or(0)
+}
+
+// ---- Context dispatch (from the callbacks `abi` exports) ---------------------------------
+
+/// The contexts of one VM: its root contexts (one per plugin sharing the VM, with the
+/// configuration once accepted) and the state of the streams that need one. A stream gets
+/// state only when its request headers match a route that tracks it (or that must see its
+/// body), so a request no route matches allocates nothing that outlives its callback.
+struct Contexts {
+    roots: Vec<(u32, Option<Rc<Shared>>)>,
+    /// Each new stream's root, kept only while the VM has more than one root context (with
+    /// one, every stream belongs to it).
+    parents: BTreeMap<u32, u32>,
+    streams: BTreeMap<u32, Rc<RefCell<Stream>>>,
+}
+
+thread_local! {
+    static CONTEXTS: RefCell<Contexts> = const {
+        RefCell::new(Contexts {
+            roots: Vec::new(),
+            parents: BTreeMap::new(),
+            streams: BTreeMap::new(),
+        })
+    };
+}
+
+/// Runs `f` on the contexts; `None` if they are borrowed already (a host call re-entered the
+/// module, which proxy-wasm hosts do not do while a callback holds them).
+fn with_contexts<R>(f: impl FnOnce(&mut Contexts) -> R) -> Option<R> {
+    CONTEXTS.with(|c| c.try_borrow_mut().ok().map(|mut c| f(&mut c)))
+}
+
+fn root_config(root: u32) -> Option<Rc<Shared>> {
+    with_contexts(|c| {
+        c.roots
+            .iter()
+            .find(|(id, _)| *id == root)
+            .and_then(|(_, s)| s.clone())
+    })
+    .flatten()
+}
+
+/// Runs a stream callback on the stream's state; `otherwise` for a stream without state, or
+/// one whose state is in use by an outer callback (a re-entrant callback, e.g. response
+/// headers of a local reply sent synchronously).
+fn on_stream(id: u32, otherwise: Action, f: impl FnOnce(&mut Stream) -> Action) -> Action {
+    let Some(stream) = with_contexts(|c| c.streams.get(&id).cloned()).flatten() else {
+        return otherwise;
+    };
+    let Ok(mut s) = stream.try_borrow_mut() else {
+        return otherwise;
+    };
+    f(&mut s)
+}
+
+pub(crate) fn on_context_create(id: u32, parent: u32) {
+    if parent == 0 {
+        with_contexts(|c| {
+            if !c.roots.iter().any(|(r, _)| *r == id) {
+                c.roots.push((id, None));
+            }
+        });
+        return;
+    }
+    with_contexts(|c| {
+        if c.roots.len() > 1 {
+            c.parents.insert(id, parent);
+        }
+    });
+}
+
+pub(crate) fn on_configure(root: u32) -> bool {
+    let shared = configure();
+    let accepted = shared.is_some();
+    with_contexts(|c| match c.roots.iter_mut().find(|(r, _)| *r == root) {
+        Some((_, s)) => *s = shared,
+        None => c.roots.push((root, shared)),
+    });
+    accepted
+}
+
+pub(crate) fn on_tick(root: u32) {
+    if let Some(shared) = root_config(root) {
+        shared.check_held(now_seconds());
+        shared.record_memory();
+    }
+}
+
+pub(crate) fn on_request_headers(id: u32, end_of_stream: bool) -> Action {
+    // The stream's root: the only one, or the one recorded at creation.
+    let shared = with_contexts(|c| match c.roots.as_slice() {
+        [(_, shared)] => shared.clone(),
+        roots => {
+            let parent = c.parents.remove(&id)?;
+            roots
+                .iter()
+                .find(|(r, _)| *r == parent)
+                .and_then(|(_, s)| s.clone())
+        }
+    })
+    .flatten();
+    // Under a root without an accepted configuration every callback continues.
+    let Some(shared) = shared else {
+        return Action::Continue;
+    };
+    let mut stream = Stream::new(id, Some(shared));
+    let action = stream.on_request_headers(end_of_stream);
+    // Keep state only if something is left to do: a route matched and the stream waits for
+    // its body, will record its outcome, or was answered locally.
+    if stream.matched && (stream.pending.is_some() || stream.tracked.is_some() || stream.replied) {
+        let stream = Rc::new(RefCell::new(stream));
+        with_contexts(|c| c.streams.insert(id, stream));
+    }
+    action
+}
+
+pub(crate) fn on_request_body(id: u32, body_size: usize, end_of_stream: bool) -> Action {
+    on_stream(id, Action::Continue, |s| {
+        s.on_request_body(body_size, end_of_stream)
+    })
+}
+
+pub(crate) fn on_request_trailers(id: u32) -> Action {
+    on_stream(id, Action::Continue, Stream::on_request_trailers)
+}
+
+pub(crate) fn on_response_headers(id: u32) -> Action {
+    on_stream(id, Action::Continue, Stream::on_response_headers)
+}
+
+pub(crate) fn on_log(id: u32) {
+    on_stream(id, Action::Continue, |s| {
+        s.on_log();
+        Action::Continue
+    });
+}
+
+pub(crate) fn on_delete(id: u32) {
+    let removed = with_contexts(|c| {
+        let stream = c.streams.remove(&id);
+        if stream.is_none() && c.parents.remove(&id).is_none() {
+            c.roots.retain(|(r, _)| *r != id);
+        }
+        stream
+    })
+    .flatten();
+    if let Some(stream) = removed {
+        if let Ok(s) = stream.try_borrow() {
+            if let Some(shared) = &s.shared {
+                shared.release(id);
+            }
+        }
+    }
 }
