@@ -74,6 +74,7 @@ test-core:
 bench *ARGS: build envoy-install
     @command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; if [ "$(id -u)" = 0 ]; then apt-get install -y wrk; else sudo apt-get install -y wrk; fi; }
     @command -v taskset >/dev/null || { echo "taskset (util-linux) is required"; exit 1; }
+    @command -v oha >/dev/null || { echo "installing oha (paced runs)"; cargo install oha --locked --version 1.16.0; }
     cargo build --release --target wasm32-wasip1 -p retry-guard-noop
     cargo run --release -p retry-guard-bench -- {{ARGS}}
 

@@ -11,7 +11,8 @@
 //! Every route is an Envoy `direct_response`, so no upstream process competes for the two cores
 //! and the figures isolate Envoy plus the filter (conservative: the filter's share of a cheaper
 //! request is larger). Per configuration: saturated throughput, Envoy CPU time per request (from
-//! `/proc/<pid>/stat`), and p50/p99 latency at a fixed rate below saturation. Then a memory run:
+//! `/proc/<pid>/stat`), and p50/p99 latency at a fixed rate below saturation (`oha -q`, evenly
+//! spaced requests, corrected for coordinated omission). Then a memory run:
 //! Envoy RSS while 1,000,000 unique keys flood a guarded route with `max_entries` 65536.
 //! Writes `target/bench/report.md` and `report.json`; `--update-readme` replaces the README's
 //! Performance table.
@@ -445,14 +446,7 @@ impl Run {
     }
 }
 
-fn wrk(
-    envoy: &Envoy,
-    case: &Case,
-    seconds: u64,
-    connections: usize,
-    delay_ms: u64,
-    tck: f64,
-) -> Result<Run> {
+fn wrk(envoy: &Envoy, case: &Case, seconds: u64, connections: usize, tck: f64) -> Result<Run> {
     let script = repo_root().join("bench/wrk/load.lua");
     let pid = envoy.child.id();
     let cpu0 = cpu_ticks(pid)?;
@@ -467,7 +461,6 @@ fn wrk(
         .env("RG_PATH", case.path)
         .env("RG_BODY", case.body)
         .env("RG_UNIQUE", if case.unique { "1" } else { "0" })
-        .env("RG_DELAY_MS", delay_ms.to_string())
         .output()
         .map_err(|e| format!("cannot run wrk (apt-get install wrk): {e}"))?;
     let cpu1 = cpu_ticks(pid)?;
@@ -497,6 +490,93 @@ fn wrk(
         } else {
             0.0
         },
+    })
+}
+
+/// Connections of the paced runs.
+const PACED_CONNECTIONS: usize = 8;
+
+/// A paced run: `oha` sends `rate` requests per second, evenly spaced, for `seconds`, and
+/// reports latency corrected for coordinated omission (a late request counts from when it
+/// was due). wrk cannot do this: its `delay()` has whole-millisecond steps, and its
+/// connections wake together, so requests arrive in bursts and queue behind each other.
+///
+/// oha cannot vary a header per request, so a `unique` case sends a unique body per request
+/// (`-Z`, one line each) without an Idempotency-Key: the natural key makes every request a
+/// first attempt, with the same work as a unique key (fingerprint, ledger write, audit line).
+/// Its JWT is minted when the run starts (fresh: `iat` now, `exp` in 600 s).
+fn oha(envoy: &Envoy, case: &Case, seconds: u64, rate: f64, dir: &Path) -> Result<Run> {
+    let url = format!("http://127.0.0.1:{}{}", envoy.port, case.path);
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "1", "oha", "--no-tui", "--output-format", "json"])
+        .arg("-z")
+        .arg(format!("{seconds}s"))
+        .arg("-q")
+        .arg(format!("{rate:.0}"))
+        .arg("-c")
+        .arg(PACED_CONNECTIONS.to_string())
+        .arg("--latency-correction")
+        .args(["-m", case.method, "-H", "x-client-id: bench-bot"]);
+    if !case.body.is_empty() {
+        cmd.args(["-H", "content-type: application/x-www-form-urlencoded"]);
+    }
+    if case.unique {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let tag = format!("{now}-{}", std::process::id());
+        let header = retry_guard::b64::url(br#"{"alg":"none","typ":"JWT"}"#);
+        let claims = json!({"sub": "bench-bot", "iat": now, "exp": now + 600, "jti": tag});
+        let jwt = format!(
+            "{header}.{}.c2ln",
+            retry_guard::b64::url(claims.to_string().as_bytes())
+        );
+        cmd.args(["-H", &format!("authorization: Bearer {jwt}")]);
+        // Twice the lines the run can use, so none repeats (a repeat would be a replay).
+        let lines = (rate * seconds as f64 * 2.0) as u64 + 1000;
+        let mut bodies = String::with_capacity(lines as usize * 64);
+        for i in 0..lines {
+            let _ = writeln!(bodies, "{}&n={tag}-{i}", case.body);
+        }
+        let file = dir.join(format!("bodies-{}.txt", case.id));
+        fs::write(&file, bodies).map_err(|e| format!("{}: {e}", file.display()))?;
+        cmd.arg("-Z").arg(file);
+    } else if !case.body.is_empty() {
+        cmd.args(["-d", case.body]);
+    }
+    let out = cmd
+        .arg(&url)
+        .output()
+        .map_err(|e| format!("cannot run oha (cargo install oha --locked): {e}"))?;
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "oha printed no JSON result ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let codes = v["statusCodeDistribution"].as_object();
+    let count = |ok: &dyn Fn(&str) -> bool| -> u64 {
+        codes.map_or(0, |m| {
+            m.iter()
+                .filter(|(k, _)| ok(k))
+                .map(|(_, n)| n.as_u64().unwrap_or(0))
+                .sum()
+        })
+    };
+    let requests = count(&|_| true);
+    let errors = v["errorDistribution"]
+        .as_object()
+        .map_or(0, |m| m.values().map(|n| n.as_u64().unwrap_or(0)).sum());
+    let us = |k: &str| v["latencyPercentiles"][k].as_f64().unwrap_or(0.0) * 1e6;
+    Ok(Run {
+        requests,
+        seconds: v["summary"]["total"].as_f64().unwrap_or(seconds as f64),
+        p50_us: us("p50"),
+        p99_us: us("p99"),
+        non2xx: count(&|k| !k.starts_with('2')),
+        socket_errors: errors,
+        cpu_us_per_req: 0.0,
     })
 }
 
@@ -597,14 +677,14 @@ fn run() -> Result<()> {
         .collect::<Result<_>>()?;
     // Warm-up; it also gives case 6 its succeeded first attempt, so every later request replays.
     for (case, envoy) in selected.iter().zip(&envoys) {
-        wrk(envoy, case, 1, 4, 0, tck)?;
+        wrk(envoy, case, 1, 4, tck)?;
     }
 
     let mut saturated: Vec<Vec<Run>> = vec![Vec::new(); CASES.len()];
     for round in 0..o.rounds {
         for (case, envoy) in selected.iter().zip(&envoys) {
             let i = case.id - 1;
-            let r = wrk(envoy, case, o.seconds, o.connections, 0, tck)?;
+            let r = wrk(envoy, case, o.seconds, o.connections, tck)?;
             eprintln!(
                 "round {} case {}: {:>8.0} req/s  {:>6.2} µs CPU/req  non-2xx {}  socket errors {}",
                 round + 1,
@@ -624,15 +704,14 @@ fn run() -> Result<()> {
         .collect();
     let slowest = sat_median.iter().cloned().fold(f64::INFINITY, f64::min);
     let target_rate = (slowest * 0.5).max(100.0);
-    // Paced: `connections` × one request per `delay` ms each (+ the latency itself).
-    let paced_conns = 8usize;
-    let delay_ms = ((paced_conns as f64 * 1000.0 / target_rate).round() as u64).max(1);
-    eprintln!("paced runs at ~{target_rate:.0} req/s (half the slowest saturated median): {paced_conns} connections, {delay_ms} ms apart");
+    eprintln!(
+        "paced runs at {target_rate:.0} req/s (half the slowest saturated median), oha, {PACED_CONNECTIONS} connections"
+    );
     let mut paced: Vec<Vec<Run>> = vec![Vec::new(); CASES.len()];
     for round in 0..o.rounds {
         for (case, envoy) in selected.iter().zip(&envoys) {
             let i = case.id - 1;
-            let r = wrk(envoy, case, o.seconds, paced_conns, delay_ms, tck)?;
+            let r = oha(envoy, case, o.seconds, target_rate, &dir)?;
             eprintln!(
                 "round {} case {} paced: {:>7.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
                 round + 1,
@@ -658,7 +737,7 @@ fn run() -> Result<()> {
     );
     let flood_case = &CASES[4];
     let envoy = start_envoy(&bin, &dir, flood_case, &wasm, &noop, &plugin)?;
-    wrk(&envoy, flood_case, 1, 4, 0, tck)?;
+    wrk(&envoy, flood_case, 1, 4, tck)?;
     let pid = envoy.child.id();
     let rss_before = rss_kib(pid)?;
     let mut sent = 0u64;
@@ -668,7 +747,7 @@ fn run() -> Result<()> {
     }
     let flood_deadline = Instant::now() + Duration::from_secs(900);
     while sent < o.flood && Instant::now() < flood_deadline {
-        let r = wrk(&envoy, flood_case, 10, o.connections, 0, tck)?;
+        let r = wrk(&envoy, flood_case, 10, o.connections, tck)?;
         sent += r.requests;
         let rss = rss_kib(pid)?;
         eprintln!("  {sent:>9} keys: RSS {rss} KiB");
@@ -813,7 +892,7 @@ impl Report {
 
     fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "Measured {} on {} with `just bench` ({} interleaved rounds of {} s per configuration, Envoy 1.40.0 `--concurrency 1`, wrk 1 thread × {} connections; paced runs aim at ~{:.0} req/s, half the slowest configuration's saturated median: 8 connections with a fixed pause between requests, so a slower configuration achieves a little less).\n", self.date, self.machine, self.opts.rounds, self.opts.seconds, self.opts.connections, self.target_rate);
+        let _ = writeln!(s, "Measured {} on {} with `just bench` ({} interleaved rounds of {} s per configuration, Envoy 1.40.0 `--concurrency 1`, wrk 1 thread × {} connections; paced runs: oha at {:.0} req/s, half the slowest configuration's saturated median, evenly spaced on 8 connections, latency corrected for coordinated omission; in case 5 each paced request has a unique body and no Idempotency-Key, see `oha` in bench/src/main.rs).\n", self.date, self.machine, self.opts.rounds, self.opts.seconds, self.opts.connections, self.target_rate);
         s.push_str("| # | configuration | throughput (req/s, median) | Envoy CPU per request (µs) | paced: achieved req/s, p50 / p99 (µs) |\n|---|---|---|---|---|\n");
         for (i, case) in CASES.iter().enumerate() {
             if self.sat[i].is_empty() {

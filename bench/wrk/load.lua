@@ -1,15 +1,14 @@
 -- wrk script for the retry-guard benchmarks. Parameters come from the environment:
 --   RG_METHOD (GET|POST), RG_PATH, RG_BODY (request body, may be empty),
 --   RG_UNIQUE=1  -> every request carries a unique Idempotency-Key and a freshly minted JWT
---                   (iat = now, exp = now + 600, unique jti), so each is a first attempt;
---   RG_DELAY_MS  -> per-connection pause before each request (paced, below-saturation runs).
+--                   (iat = now, exp = now + 600, unique jti), so each is a first attempt.
+-- (Paced, below-saturation runs use oha instead: see bench/src/main.rs.)
 -- done() prints one line "RGJSON {...}" with the counts and latency percentiles (microseconds).
 
 local method = os.getenv("RG_METHOD") or "GET"
 local path = os.getenv("RG_PATH") or "/"
 local body = os.getenv("RG_BODY") or ""
 local unique = os.getenv("RG_UNIQUE") == "1"
-local delay_ms = tonumber(os.getenv("RG_DELAY_MS") or "0")
 
 local counter = 0
 local thread_tag = "t"
@@ -58,12 +57,6 @@ function request()
     headers["Idempotency-Key"] = thread_tag .. "-" .. counter
   end
   return wrk.format(method, path, headers, body)
-end
-
-if delay_ms > 0 then
-  function delay()
-    return delay_ms
-  end
 end
 
 function done(summary, latency, requests)
