@@ -133,6 +133,9 @@ struct Options {
     connections: usize,
     flood: u64,
     update_readme: bool,
+    /// Envoy's log level; `info` writes the audit lines, `warning` drops them (to measure
+    /// what the audit line costs).
+    log_level: String,
 }
 
 fn parse_args() -> Result<Options> {
@@ -145,6 +148,7 @@ fn parse_args() -> Result<Options> {
         connections: 16,
         flood: 1_000_000,
         update_readme: false,
+        log_level: "info".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -177,6 +181,9 @@ fn parse_args() -> Result<Options> {
                         )
                     })?;
             }
+            "--envoy-log-level" => {
+                o.log_level = args.next().ok_or("--envoy-log-level needs a level")?;
+            }
             "--wasm" => o.wasm = Some(PathBuf::from(args.next().ok_or("--wasm needs a file")?)),
             "--plugin-config" => {
                 let file = args.next().ok_or("--plugin-config needs a file")?;
@@ -184,7 +191,7 @@ fn parse_args() -> Result<Options> {
                     Some(fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?);
             }
             "-h" | "--help" => {
-                println!("usage: retry-guard-bench [--cases 1,2,.. (all)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--update-readme]");
+                println!("usage: retry-guard-bench [--cases 1,2,.. (all)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--update-readme]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
@@ -337,6 +344,7 @@ fn start_envoy(
     wasm: &Path,
     noop: &Path,
     plugin: &str,
+    log_level: &str,
 ) -> Result<Envoy> {
     let port = free_port()?;
     let cfg = dir.join(format!("envoy-{}.yaml", case.id));
@@ -347,7 +355,13 @@ fn start_envoy(
     cmd.args(["-c", "0"]).arg(bin);
     cmd.arg("-c")
         .arg(&cfg)
-        .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            log_level,
+        ])
         .arg("--log-path")
         .arg(dir.join(format!("envoy-{}.log", case.id)))
         .arg("--admin-address-path")
@@ -673,7 +687,7 @@ fn run() -> Result<()> {
     );
     let envoys: Vec<Envoy> = selected
         .iter()
-        .map(|c| start_envoy(&bin, &dir, c, &wasm, &noop, &plugin))
+        .map(|c| start_envoy(&bin, &dir, c, &wasm, &noop, &plugin, &o.log_level))
         .collect::<Result<_>>()?;
     // Warm-up; it also gives case 6 its succeeded first attempt, so every later request replays.
     for (case, envoy) in selected.iter().zip(&envoys) {
@@ -736,7 +750,7 @@ fn run() -> Result<()> {
         o.flood
     );
     let flood_case = &CASES[4];
-    let envoy = start_envoy(&bin, &dir, flood_case, &wasm, &noop, &plugin)?;
+    let envoy = start_envoy(&bin, &dir, flood_case, &wasm, &noop, &plugin, &o.log_level)?;
     wrk(&envoy, flood_case, 1, 4, tck)?;
     let pid = envoy.child.id();
     let rss_before = rss_kib(pid)?;
@@ -892,7 +906,7 @@ impl Report {
 
     fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "Measured {} on {} with `just bench` ({} interleaved rounds of {} s per configuration, Envoy 1.40.0 `--concurrency 1`, wrk 1 thread × {} connections; paced runs: oha at {:.0} req/s, half the slowest configuration's saturated median, evenly spaced on 8 connections, latency corrected for coordinated omission; in case 5 each paced request has a unique body and no Idempotency-Key, see `oha` in bench/src/main.rs).\n", self.date, self.machine, self.opts.rounds, self.opts.seconds, self.opts.connections, self.target_rate);
+        let _ = writeln!(s, "Measured {} on {} with `just bench` ({} interleaved rounds of {} s per configuration, Envoy 1.40.0 `--concurrency 1 -l {}`, wrk 1 thread × {} connections; paced runs: oha at {:.0} req/s, half the slowest configuration's saturated median, evenly spaced on 8 connections, latency corrected for coordinated omission; in case 5 each paced request has a unique body and no Idempotency-Key, see `oha` in bench/src/main.rs).\n", self.date, self.machine, self.opts.rounds, self.opts.seconds, self.opts.log_level, self.opts.connections, self.target_rate);
         s.push_str("| # | configuration | throughput (req/s, median) | Envoy CPU per request (µs) | paced: achieved req/s, p50 / p99 (µs) |\n|---|---|---|---|---|\n");
         for (i, case) in CASES.iter().enumerate() {
             if self.sat[i].is_empty() {
@@ -957,7 +971,7 @@ impl Report {
         };
         let j = json!({
             "date": self.date, "machine": self.machine, "rounds": self.opts.rounds, "seconds": self.opts.seconds,
-            "connections": self.opts.connections, "paced_rate": self.target_rate,
+            "connections": self.opts.connections, "paced_rate": self.target_rate, "envoy_log_level": self.opts.log_level,
             "saturated": runs(&self.sat), "paced": runs(&self.paced),
             "ratios": self.ratios().iter().map(|r| json!({"figure": r.name, "goal": r.goal, "median": r.median, "min": r.min, "max": r.max, "met": r.pass})).collect::<Vec<_>>(),
             "wasm_bytes": self.wasm_bytes, "noop_wasm_bytes": self.noop_bytes,
