@@ -1,6 +1,6 @@
 //! The bundled gateway with variants of its plugin configuration, each in its own Envoy:
 //! `stale_token_action: reject`, global shadow mode, exact counters, and configurations the
-//! plugin must refuse.
+//! plugin must refuse, and two plugins sharing one VM.
 
 mod common;
 
@@ -457,5 +457,92 @@ fn invalid_plugin_configuration_is_refused() -> Result<()> {
 #[test]
 fn variants_start_from_the_bundled_configuration() -> Result<()> {
     assert_eq!(plugin_config(&envoy_yaml()?)?, gateway_json());
+    Ok(())
+}
+
+/// Two retry-guard plugins with different root ids and configurations in one filter chain
+/// share one VM per worker (same `vm_config`), so the VM has two root contexts and every
+/// request two stream contexts, one under each root. Each stream must be judged by its own
+/// root's configuration: here the second plugin names its routes `<name>-second` and gives
+/// them another owner, and each audit line must carry its own plugin's route and owner.
+#[test]
+fn two_plugins_in_one_vm_keep_their_own_configurations() -> Result<()> {
+    let backend = retry_guard_e2e::backend::Backend::start()?;
+    let mut bootstrap = TestGateway::new().build(&envoy_yaml()?, backend.addr())?;
+    let mut second_config = gateway_json();
+    for route in second_config["routes"].as_array_mut().into_iter().flatten() {
+        route["name"] = json!(format!("{}-second", route["name"].as_str().unwrap_or("")));
+        route["owner"] = json!("team-second");
+    }
+    let filters = bootstrap
+        .pointer_mut(
+            "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters",
+        )
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| retry_guard_e2e::Error::new("no http_filters in the bundled gateway"))?;
+    let wasm = filters
+        .iter()
+        .position(|f| f["name"] == "envoy.filters.http.wasm")
+        .ok_or_else(|| retry_guard_e2e::Error::new("no wasm filter in the bundled gateway"))?;
+    let mut second = filters[wasm].clone();
+    second["name"] = json!("retry-guard-second");
+    second["typed_config"]["config"]["name"] = json!("retry_guard_second");
+    second["typed_config"]["config"]["root_id"] = json!("retry_guard_second");
+    second["typed_config"]["config"]["configuration"]["value"] = json!(second_config.to_string());
+    filters.insert(wasm + 1, second);
+    let envoy = Envoy::builder("two-plugins", backend.addr())
+        .bootstrap(bootstrap)
+        .concurrency(1)
+        .start()?;
+    let gw = Gateway { envoy, backend };
+    // The roots share the VMs: as many V8 VMs as with one plugin, not twice as many.
+    let active = |envoy: &Envoy| -> Result<String> {
+        Ok(envoy
+            .stats("wasm.envoy.wasm.runtime.v8.active")?
+            .trim()
+            .to_string())
+    };
+    let two = active(&gw.envoy)?;
+    let one = Gateway::start("one-plugin", None, 1)?;
+    assert_eq!(
+        two,
+        active(&one.envoy)?,
+        "two plugins with one vm_config must share the VMs of one plugin"
+    );
+    drop(one);
+    let req = TOKEN.request("two-plugins");
+    let resp = gw.send(&req)?;
+    assert_eq!(resp.status, 200, "{}", describe(&resp));
+    let recs = gw.audit_for(&req.request_id, |r| {
+        r.iter().filter(|x| is_decision(x)).count() >= 2
+    })?;
+    let mut seen: Vec<(String, String, String)> = recs
+        .iter()
+        .filter(|r| is_decision(r))
+        .map(|r| {
+            (
+                r["route"].as_str().unwrap_or("").to_string(),
+                r["owner"].as_str().unwrap_or("").to_string(),
+                r["decision"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("oauth-token".into(), "team-iam".into(), "allow".into()),
+            (
+                "oauth-token-second".into(),
+                "team-second".into(),
+                "allow".into()
+            ),
+        ],
+        "{recs:#?}"
+    );
+    // The replay: each plugin finds its own attempt in the shared ledger and asks for a
+    // confirmation (the first plugin answers, so the second never sees the replay).
+    let again = gw.send(&req.again("replay"))?;
+    assert_eq!(again.status, 428, "{}", describe(&again));
     Ok(())
 }
