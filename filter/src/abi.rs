@@ -170,8 +170,8 @@ fn host_buffer(
     match call(&mut data, &mut size) {
         0 if data.is_null() => Ok(None),
         // SAFETY: the host wrote a pointer to `size` bytes it obtained from
-        // `proxy_on_memory_allocate(size)`, i.e. a `Vec<u8>` allocation of exactly that
-        // capacity, and hands its ownership to the module.
+        // `proxy_on_memory_allocate(size)` (an allocation of exactly `size` bytes, the layout
+        // of a `Vec<u8>` of that capacity), filled them, and hands their ownership over.
         0 => Ok(Some(unsafe { Vec::from_raw_parts(data, size, size) })),
         // NotFound.
         1 => Ok(None),
@@ -384,10 +384,9 @@ pub extern "C" fn _initialize() {
 /// The host allocates in the module's memory through this to hand it data.
 #[no_mangle]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
-    let mut v: Vec<u8> = Vec::with_capacity(size);
-    let ptr = v.as_mut_ptr();
-    std::mem::forget(v);
-    ptr
+    // Exactly `size` bytes (a boxed slice, unlike `Vec::with_capacity`, promises no more), so
+    // `host_buffer` can own them as a `Vec` of capacity `size`.
+    Box::into_raw(Box::<[u8]>::new_uninit_slice(size)).cast::<u8>()
 }
 
 fn action(a: Action) -> u32 {
