@@ -12,11 +12,11 @@ pub const PREFIX: &str = "retry-guard audit ";
 
 fn start(event: &str, now: u64, request_id: Option<&str>, route: &Route) -> Obj {
     let mut m = Obj::after(PREFIX);
-    m.str("event", event)
-        .str("ts", &rfc3339(now))
+    m.word("event", event)
+        .word("ts", &rfc3339(now))
         .opt_str("request_id", request_id)
         .str("route", &route.name)
-        .str("class", route.class.name())
+        .word("class", route.class.name())
         .str("owner", &route.owner)
         .str("escalation", &route.escalation);
     m
@@ -26,22 +26,22 @@ fn start(event: &str, now: u64, request_id: Option<&str>, route: &Route) -> Obj 
 pub fn decision_line(route: &Route, facts: &Facts<'_>, d: &Decision) -> String {
     let mut m = start("decision", facts.now, facts.request_id, route);
     m.str("principal", facts.principal)
-        .opt_str(
+        .opt_word(
             "fingerprint",
             facts.fingerprint.map(|f| f.text()).as_deref(),
         )
         .bool("key_present", facts.key.key().is_some())
         .num("attempt", u64::from(d.attempt))
-        .opt_str("previous_outcome", d.previous.map(|(o, _)| o.name()))
+        .opt_word("previous_outcome", d.previous.map(|(o, _)| o.name()))
         .opt_num("previous_status", d.previous.map(|(_, s)| u64::from(s)))
-        .str("decision", d.verdict.name())
-        .opt_str("policy", d.policy.map(|p| p.name()))
+        .word("decision", d.verdict.name())
+        .opt_word("policy", d.policy.map(|p| p.name()))
         .str("reason", &d.reason)
-        .str("token_action", d.token_action.name())
-        .opt_str("token_reason", d.token_reason.map(|r| r.name()))
+        .word("token_action", d.token_action.name())
+        .opt_word("token_reason", d.token_reason.map(|r| r.name()))
         .opt_str("approver", d.approver.as_deref())
-        .opt_str("confirmation_error", d.confirmation_error.map(|e| e.name()))
-        .str("mode", d.mode.name())
+        .opt_word("confirmation_error", d.confirmation_error.map(|e| e.name()))
+        .word("mode", d.mode.name())
         .bool("would_block", d.would_block);
     m.finish()
 }
@@ -67,9 +67,9 @@ pub struct OutcomeRecord<'a> {
 /// The audit line of a recorded outcome.
 pub fn outcome_line(route: &Route, r: &OutcomeRecord<'_>) -> String {
     let mut m = start("outcome", r.now, r.request_id, route);
-    m.str("fingerprint", r.fingerprint)
+    m.word("fingerprint", r.fingerprint)
         .num("attempt", u64::from(r.attempt))
-        .str("outcome", r.outcome.name())
+        .word("outcome", r.outcome.name())
         .num("status", u64::from(r.status))
         .num("response_flags", r.response_flags);
     m.finish()

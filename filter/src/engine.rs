@@ -237,39 +237,39 @@ impl Decision {
         let mut m = LocalReply::document(kind);
         m.str("detail", &self.detail(config, route))
             .str("route", &route.name)
-            .str("class", route.class.name())
+            .word("class", route.class.name())
             .str("owner", &route.owner)
             .str("escalation", &route.escalation)
-            .opt_str(
+            .opt_word(
                 "fingerprint",
                 facts.fingerprint.map(|f| f.text()).as_deref(),
             )
             .num("attempt", u64::from(self.attempt))
             .opt_str("request_id", facts.request_id);
         if let Some((outcome, status)) = self.previous {
-            m.str("previous_outcome", outcome.name())
+            m.word("previous_outcome", outcome.name())
                 .num("previous_status", u64::from(status));
         }
         if let Some(reason) = self.token_reason {
-            m.str("token_reason", reason.name());
+            m.word("token_reason", reason.name());
         }
         let mut extra: Vec<(&'static str, String)> = Vec::new();
         match self.verdict {
             Verdict::Confirm => {
                 if let Some(c) = self.challenge {
                     let id = b64::url(&c);
-                    m.str("challenge", &id);
+                    m.word("challenge", &id);
                     extra.push(("retry-guard-challenge", id));
                 }
                 if let Some(t) = self.first_seen {
-                    m.str("first_seen", &rfc3339(t));
+                    m.word("first_seen", &rfc3339(t));
                 }
                 if let Some(t) = self.window_ends {
-                    m.str("window_ends", &rfc3339(t));
+                    m.word("window_ends", &rfc3339(t));
                 }
                 m.str("confirmation_header", &config.confirmation_header);
                 if let Some(e) = self.confirmation_error {
-                    m.str("confirmation_error", e.name());
+                    m.word("confirmation_error", e.name());
                 }
             }
             Verdict::StaleToken => {

@@ -133,6 +133,29 @@ impl Obj {
         self
     }
 
+    /// A string member whose value the filter made itself and needs no escaping: a name from
+    /// its own vocabulary (`token_issuing`, `allow`), a timestamp, base64url. Written without
+    /// the escape scan; debug builds check the promise.
+    pub fn word(&mut self, k: &str, v: &str) -> &mut Obj {
+        debug_assert!(
+            v.bytes().all(|b| !stops_run(b)),
+            "{k}: {v:?} needs escaping"
+        );
+        self.key(k);
+        self.buf.push_str("\"");
+        self.buf.push_str(v);
+        self.buf.push_str("\"");
+        self
+    }
+
+    /// A [`Obj::word`] member, or `null`.
+    pub fn opt_word(&mut self, k: &str, v: Option<&str>) -> &mut Obj {
+        match v {
+            Some(v) => self.word(k, v),
+            None => self.null(k),
+        }
+    }
+
     /// A string member, or `null`.
     pub fn opt_str(&mut self, k: &str, v: Option<&str>) -> &mut Obj {
         match v {

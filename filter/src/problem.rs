@@ -96,8 +96,8 @@ impl LocalReply {
     /// and pass it to [`LocalReply::problem`].
     pub fn document(kind: ProblemType) -> Obj {
         let mut doc = Obj::new();
-        doc.str("type", kind.uri())
-            .str("title", kind.title())
+        doc.word("type", kind.uri())
+            .word("title", kind.title())
             .num("status", u64::from(kind.status()));
         doc
     }
