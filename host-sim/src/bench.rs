@@ -142,6 +142,9 @@ pub struct FunctionShare {
     /// The path's fuel per request times `self_percent`: guest instructions per request
     /// spent in the function itself, estimated.
     pub self_fuel: f64,
+    /// Its callers when it was on top of the stack, most samples first (at most three), with
+    /// their share of this function's self samples in percent.
+    pub callers: Vec<(String, f64)>,
 }
 
 /// How many functions [`run`] keeps per path when it samples.
@@ -158,11 +161,20 @@ fn top_functions(s: &crate::vm::FunctionSamples, fuel: f64) -> Vec<FunctionShare
         .iter()
         .map(|(name, incl)| {
             let own = s.self_samples.get(name).copied().unwrap_or(0);
+            let mut callers: Vec<(String, f64)> = s
+                .callers
+                .iter()
+                .filter(|((top, _), _)| top == name)
+                .map(|((_, caller), n)| (caller.clone(), 100.0 * *n as f64 / own.max(1) as f64))
+                .collect();
+            callers.sort_by(|a, b| b.1.total_cmp(&a.1));
+            callers.truncate(3);
             FunctionShare {
                 function: name.clone(),
                 self_percent: pct(own),
                 inclusive_percent: pct(*incl),
                 self_fuel: fuel * own as f64 / s.total as f64,
+                callers,
             }
         })
         .collect();
@@ -367,16 +379,22 @@ pub fn markdown(results: &[PathResult], wasm: &str, build: &str) -> String {
     for r in results.iter().filter(|r| !r.functions.is_empty()) {
         s.push_str(&format!(
             "\n{}: where the guest's time goes (stack samples every ~10 µs; top {} by self)\n\n\
-             | function | self % | inclusive % | self fuel per request (est.) |\n|---|---:|---:|---:|\n",
+             | function | self % | inclusive % | self fuel per request (est.) | called from (share of self) |\n|---|---:|---:|---:|---|\n",
             r.name, TOP_FUNCTIONS
         ));
         for f in &r.functions {
+            let callers: Vec<String> = f
+                .callers
+                .iter()
+                .map(|(c, p)| format!("`{}` {p:.0}%", c.replace('|', "\\|")))
+                .collect();
             s.push_str(&format!(
-                "| `{}` | {:.1} | {:.1} | {:.0} |\n",
+                "| `{}` | {:.1} | {:.1} | {:.0} | {} |\n",
                 f.function.replace('|', "\\|"),
                 f.self_percent,
                 f.inclusive_percent,
-                f.self_fuel
+                f.self_fuel,
+                callers.join(", ")
             ));
         }
     }

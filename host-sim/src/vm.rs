@@ -289,6 +289,8 @@ pub struct FunctionSamples {
     pub self_samples: std::collections::BTreeMap<String, u64>,
     /// Per function: samples with the function anywhere on the stack ("inclusive").
     pub inclusive: std::collections::BTreeMap<String, u64>,
+    /// Per (function on top of the stack, its caller): samples, to see who calls a hot leaf.
+    pub callers: std::collections::BTreeMap<(String, String), u64>,
 }
 
 impl FunctionSamples {
@@ -300,6 +302,9 @@ impl FunctionSamples {
         }
         for (k, v) in &other.inclusive {
             *self.inclusive.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &other.callers {
+            *self.callers.entry(k.clone()).or_insert(0) += v;
         }
     }
 
@@ -313,6 +318,9 @@ impl FunctionSamples {
         self.total += 1;
         let mut seen = std::collections::BTreeSet::new();
         *self.self_samples.entry(top.clone()).or_insert(0) += 1;
+        let mut frames = frames.peekable();
+        let caller = frames.peek().cloned().unwrap_or_default();
+        *self.callers.entry((top.clone(), caller)).or_insert(0) += 1;
         for name in std::iter::once(top).chain(frames) {
             if seen.insert(name.clone()) {
                 *self.inclusive.entry(name).or_insert(0) += 1;
