@@ -118,10 +118,8 @@ impl Obj {
     /// Starts a member. Member names are the filter's own literals: plain ASCII, never escaped.
     fn key(&mut self, k: &str) {
         debug_assert!(k.bytes().all(|b| !stops_run(b)), "member name {k:?}");
-        if !self.buf.ends_with('{') {
-            self.buf.push_str(",");
-        }
-        self.buf.push_str("\"");
+        self.buf
+            .push_str(if self.buf.ends_with('{') { "\"" } else { ",\"" });
         self.buf.push_str(k);
         self.buf.push_str("\":");
     }
