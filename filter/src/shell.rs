@@ -758,8 +758,8 @@ fn response_status() -> u16 {
 /// body), so a request no route matches allocates nothing that outlives its callback.
 struct Contexts {
     roots: Vec<(u32, Option<Rc<Shared>>)>,
-    /// Each new stream's root, kept only while the VM has more than one root context (with
-    /// one, every stream belongs to it).
+    /// The root of each new stream whose root is not the first one (usually there is one
+    /// root and this stays empty: no allocation per stream).
     parents: BTreeMap<u32, u32>,
     streams: BTreeMap<u32, Rc<RefCell<Stream>>>,
 }
@@ -813,7 +813,7 @@ pub(crate) fn on_context_create(id: u32, parent: u32) {
         return;
     }
     with_contexts(|c| {
-        if c.roots.len() > 1 {
+        if c.roots.first().is_none_or(|(first, _)| *first != parent) {
             c.parents.insert(id, parent);
         }
     });
@@ -837,16 +837,16 @@ pub(crate) fn on_tick(root: u32) {
 }
 
 pub(crate) fn on_request_headers(id: u32, end_of_stream: bool) -> Action {
-    // The stream's root: the only one, or the one recorded at creation.
-    let shared = with_contexts(|c| match c.roots.as_slice() {
-        [(_, shared)] => shared.clone(),
-        roots => {
-            let parent = c.parents.remove(&id)?;
-            roots
-                .iter()
-                .find(|(r, _)| *r == parent)
-                .and_then(|(_, s)| s.clone())
-        }
+    // The stream's root: the one recorded at creation, else the first.
+    let shared = with_contexts(|c| {
+        let parent = match c.parents.remove(&id) {
+            Some(p) => p,
+            None => c.roots.first()?.0,
+        };
+        c.roots
+            .iter()
+            .find(|(r, _)| *r == parent)
+            .and_then(|(_, s)| s.clone())
     })
     .flatten();
     // Under a root without an accepted configuration every callback continues.
