@@ -47,17 +47,13 @@ fn request_header_text(name: &str) -> Option<String> {
     abi::header(MapType::RequestHeaders, name).and_then(|b| String::from_utf8(b).ok())
 }
 
-fn property(path: &[&str]) -> Option<Vec<u8>> {
-    abi::property(path)
-}
-
 fn property_text(path: &[&str]) -> Option<String> {
-    property(path).and_then(|b| String::from_utf8(b).ok())
+    abi::property(path).and_then(|b| String::from_utf8(b).ok())
 }
 
 /// Envoy encodes integer properties as 8 bytes little-endian.
 fn property_u64(path: &[&str]) -> Option<u64> {
-    let bytes = property(path)?;
+    let bytes = abi::property(path)?;
     let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
     Some(u64::from_le_bytes(arr))
 }
@@ -199,71 +195,69 @@ impl Shared {
 /// Reads, checks and applies the plugin configuration: `None` (with a critical log line that
 /// says what to change) if the plugin cannot work with it.
 fn configure() -> Option<Rc<Shared>> {
-    {
-        let bytes = abi::buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let config = match Config::parse(&bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                log(
-                    LogLevel::Critical,
-                    &format!("retry-guard: invalid plugin configuration: {e}"),
-                );
-                return None;
-            }
-        };
-        let mut metrics = Vec::with_capacity(Counter::ALL.len());
-        for c in Counter::ALL {
-            match abi::define_metric(MetricType::Counter, &c.name()) {
-                Ok(id) => metrics.push(id),
-                Err(status) => {
-                    log(
-                        LogLevel::Critical,
-                        &format!(
-                            "retry-guard: cannot define metric {}: status {}",
-                            c.name(),
-                            status.0
-                        ),
-                    );
-                    return None;
-                }
-            }
+    let bytes = abi::buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let config = match Config::parse(&bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            log(
+                LogLevel::Critical,
+                &format!("retry-guard: invalid plugin configuration: {e}"),
+            );
+            return None;
         }
-        let memory_gauge = abi::define_metric(MetricType::Gauge, crate::metrics::MEMORY_GAUGE).ok();
-        let ledger = SlotLedger::new(HostStore, config.max_entries, config.window_seconds);
-        match ledger.ensure_slots() {
-            Ok(created) => log(
-                LogLevel::Info,
-                &format!(
-                    "retry-guard: configured {} route(s); ledger {} sets x {} entries ({} keys created by this VM)",
-                    config.routes.len(),
-                    ledger.sets(),
-                    crate::ledger::WAYS,
-                    created
-                ),
-            ),
-            Err(e) => {
+    };
+    let mut metrics = Vec::with_capacity(Counter::ALL.len());
+    for c in Counter::ALL {
+        match abi::define_metric(MetricType::Counter, &c.name()) {
+            Ok(id) => metrics.push(id),
+            Err(status) => {
                 log(
                     LogLevel::Critical,
-                    &format!("retry-guard: cannot create the ledger table: {e}"),
+                    &format!(
+                        "retry-guard: cannot define metric {}: status {}",
+                        c.name(),
+                        status.0
+                    ),
                 );
                 return None;
             }
         }
-        let shared = Rc::new(Shared {
-            config,
-            metrics,
-            memory_gauge,
-            ledger,
-            held: RefCell::new(Vec::new()),
-            warned_at: Cell::new(0),
-        });
-        shared.record_memory();
-        abi::set_tick_period_ms(5_000);
-        Some(shared)
     }
+    let memory_gauge = abi::define_metric(MetricType::Gauge, crate::metrics::MEMORY_GAUGE).ok();
+    let ledger = SlotLedger::new(HostStore, config.max_entries, config.window_seconds);
+    match ledger.ensure_slots() {
+        Ok(created) => log(
+            LogLevel::Info,
+            &format!(
+                "retry-guard: configured {} route(s); ledger {} sets x {} entries ({} keys created by this VM)",
+                config.routes.len(),
+                ledger.sets(),
+                crate::ledger::WAYS,
+                created
+            ),
+        ),
+        Err(e) => {
+            log(
+                LogLevel::Critical,
+                &format!("retry-guard: cannot create the ledger table: {e}"),
+            );
+            return None;
+        }
+    }
+    let shared = Rc::new(Shared {
+        config,
+        metrics,
+        memory_gauge,
+        ledger,
+        held: RefCell::new(Vec::new()),
+        warned_at: Cell::new(0),
+    });
+    shared.record_memory();
+    abi::set_tick_period_ms(5_000);
+    Some(shared)
 }
 
 /// Facts of a matched request gathered at request headers, waiting for the body.
@@ -308,9 +302,7 @@ struct Tracked {
 
 struct Stream {
     id: u32,
-    shared: Option<Rc<Shared>>,
-    /// Whether a route matched (`route` is its index).
-    matched: bool,
+    shared: Rc<Shared>,
     route: usize,
     pending: Option<Pending>,
     tracked: Option<Tracked>,
@@ -318,11 +310,10 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(id: u32, shared: Option<Rc<Shared>>) -> Stream {
+    fn new(id: u32, shared: Rc<Shared>) -> Stream {
         Stream {
             id,
             shared,
-            matched: false,
             route: 0,
             pending: None,
             tracked: None,
@@ -543,7 +534,8 @@ impl Stream {
     }
 
     fn record(&mut self, status: u16, unchanged_state: bool) {
-        let (Some(shared), Some(tracked)) = (self.shared.clone(), self.tracked.as_mut()) else {
+        let shared = self.shared.clone();
+        let Some(tracked) = self.tracked.as_mut() else {
             return;
         };
         if tracked.recorded {
@@ -613,9 +605,7 @@ fn fresh_challenge(fp: &Fingerprint) -> impl FnMut() -> Challenge + '_ {
 /// The stream callbacks.
 impl Stream {
     fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            return Action::Continue;
-        };
+        let shared = self.shared.clone();
         let mut blob: Option<Vec<u8>> = None;
         let (index, method, path) = {
             let mut fetcher = Fetcher {
@@ -632,7 +622,6 @@ impl Stream {
         let Some(route) = shared.config.routes.get(index) else {
             return Action::Continue;
         };
-        self.matched = true;
         self.route = index;
         let blob = blob.unwrap_or_else(request_headers_blob);
         let pending = Stream::gather(
@@ -666,9 +655,7 @@ impl Stream {
     }
 
     fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            return Action::Continue;
-        };
+        let shared = self.shared.clone();
         shared.release(self.id);
         if self.replied {
             return Action::Pause;
@@ -691,9 +678,7 @@ impl Stream {
     }
 
     fn on_request_trailers(&mut self) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            return Action::Continue;
-        };
+        let shared = self.shared.clone();
         shared.release(self.id);
         if self.replied {
             return Action::Pause;
@@ -711,18 +696,17 @@ impl Stream {
         let status = response_status();
         // Only a 5xx can be `unchanged`: skip the header lookup otherwise.
         let unchanged = (500..600).contains(&status)
-            && self.shared.as_ref().is_some_and(|s| {
-                abi::header(MapType::ResponseHeaders, &s.config.unchanged_state_header)
-                    .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"unchanged"))
-            });
+            && abi::header(
+                MapType::ResponseHeaders,
+                &self.shared.config.unchanged_state_header,
+            )
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"unchanged"));
         self.record(status, unchanged);
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        if let Some(shared) = &self.shared {
-            shared.release(self.id);
-        }
+        self.shared.release(self.id);
         if self.replied || self.tracked.as_ref().is_none_or(|t| t.recorded) {
             return;
         }
@@ -780,14 +764,14 @@ fn with_contexts<R>(f: impl FnOnce(&mut Contexts) -> R) -> Option<R> {
     CONTEXTS.with(|c| c.try_borrow_mut().ok().map(|mut c| f(&mut c)))
 }
 
-fn root_config(root: u32) -> Option<Rc<Shared>> {
-    with_contexts(|c| {
-        c.roots
+impl Contexts {
+    /// The accepted configuration of root context `root`.
+    fn config_of(&self, root: u32) -> Option<Rc<Shared>> {
+        self.roots
             .iter()
             .find(|(id, _)| *id == root)
             .and_then(|(_, s)| s.clone())
-    })
-    .flatten()
+    }
 }
 
 /// Runs a stream callback on the stream's state; `otherwise` for a stream without state, or
@@ -830,7 +814,7 @@ pub(crate) fn on_configure(root: u32) -> bool {
 }
 
 pub(crate) fn on_tick(root: u32) {
-    if let Some(shared) = root_config(root) {
+    if let Some(shared) = with_contexts(|c| c.config_of(root)).flatten() {
         shared.check_held(now_seconds());
         shared.record_memory();
     }
@@ -843,21 +827,18 @@ pub(crate) fn on_request_headers(id: u32, end_of_stream: bool) -> Action {
             Some(p) => p,
             None => c.roots.first()?.0,
         };
-        c.roots
-            .iter()
-            .find(|(r, _)| *r == parent)
-            .and_then(|(_, s)| s.clone())
+        c.config_of(parent)
     })
     .flatten();
     // Under a root without an accepted configuration every callback continues.
     let Some(shared) = shared else {
         return Action::Continue;
     };
-    let mut stream = Stream::new(id, Some(shared));
+    let mut stream = Stream::new(id, shared);
     let action = stream.on_request_headers(end_of_stream);
-    // Keep state only if something is left to do: a route matched and the stream waits for
-    // its body, will record its outcome, or was answered locally.
-    if stream.matched && (stream.pending.is_some() || stream.tracked.is_some() || stream.replied) {
+    // Keep state only if something is left to do (which only a matched route leaves): the
+    // stream waits for its body, will record its outcome, or was answered locally.
+    if stream.pending.is_some() || stream.tracked.is_some() || stream.replied {
         let stream = Rc::new(RefCell::new(stream));
         with_contexts(|c| c.streams.insert(id, stream));
     }
@@ -896,9 +877,7 @@ pub(crate) fn on_delete(id: u32) {
     .flatten();
     if let Some(stream) = removed {
         if let Ok(s) = stream.try_borrow() {
-            if let Some(shared) = &s.shared {
-                shared.release(id);
-            }
+            s.shared.release(id);
         }
     }
 }
