@@ -47,6 +47,8 @@ struct Case {
     path: &'static str,
     body: &'static str,
     unique: bool,
+    /// The status every request of this configuration gets.
+    expect_status: u16,
 }
 
 const BODY: &str = "grant_type=client_credentials&scope=deploy";
@@ -61,6 +63,7 @@ const CASES: [Case; 7] = [
         path: "/other",
         body: "",
         unique: false,
+        expect_status: 200,
     },
     Case {
         id: 2,
@@ -71,6 +74,7 @@ const CASES: [Case; 7] = [
         path: "/other",
         body: "",
         unique: false,
+        expect_status: 200,
     },
     Case {
         id: 3,
@@ -81,6 +85,7 @@ const CASES: [Case; 7] = [
         path: "/other",
         body: "",
         unique: false,
+        expect_status: 200,
     },
     Case {
         id: 4,
@@ -91,6 +96,7 @@ const CASES: [Case; 7] = [
         path: "/v1/items",
         body: "",
         unique: false,
+        expect_status: 200,
     },
     Case {
         id: 5,
@@ -101,6 +107,7 @@ const CASES: [Case; 7] = [
         path: "/oauth/token",
         body: BODY,
         unique: true,
+        expect_status: 200,
     },
     Case {
         id: 6,
@@ -111,6 +118,7 @@ const CASES: [Case; 7] = [
         path: "/oauth/token",
         body: BODY,
         unique: false,
+        expect_status: 428,
     },
     Case {
         id: 7,
@@ -121,6 +129,7 @@ const CASES: [Case; 7] = [
         path: "/oauth/token",
         body: BODY,
         unique: false,
+        expect_status: 428,
     },
 ];
 
@@ -515,12 +524,15 @@ const PACED_CONNECTIONS: usize = 8;
 /// was due). wrk cannot do this: its `delay()` has whole-millisecond steps, and its
 /// connections wake together, so requests arrive in bursts and queue behind each other.
 ///
-/// oha cannot vary a header per request, so a `unique` case sends a unique body per request
-/// (`-Z`, one line each) without an Idempotency-Key: the natural key makes every request a
-/// first attempt, with the same work as a unique key (fingerprint, ledger write, audit line).
-/// Its JWT is minted when the run starts (fresh: `iat` now, `exp` in 600 s).
-fn oha(envoy: &Envoy, case: &Case, seconds: u64, rate: f64, dir: &Path) -> Result<Run> {
-    let url = format!("http://127.0.0.1:{}{}", envoy.port, case.path);
+/// oha cannot vary a header or a body per request (`-Z` picks body lines at random, so a
+/// file of unique lines still repeats about one in five), so a `unique` case sends a random
+/// query string (`--rand-regex-url`, 24 random characters) without an Idempotency-Key: the
+/// fingerprint covers the path and query, so every request is a first attempt with the same
+/// work as a unique key (fingerprint, ledger write, audit line). Its JWT is minted when the
+/// run starts (fresh: `iat` now, `exp` in 600 s). Every answer must be the case's expected
+/// status, or the run is refused as a measurement of something else.
+fn oha(envoy: &Envoy, case: &Case, seconds: u64, rate: f64) -> Result<Run> {
+    let mut url = format!("http://127.0.0.1:{}{}", envoy.port, case.path);
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "1", "oha", "--no-tui", "--output-format", "json"])
         .arg("-z")
@@ -532,31 +544,21 @@ fn oha(envoy: &Envoy, case: &Case, seconds: u64, rate: f64, dir: &Path) -> Resul
         .arg("--latency-correction")
         .args(["-m", case.method, "-H", "x-client-id: bench-bot"]);
     if !case.body.is_empty() {
-        cmd.args(["-H", "content-type: application/x-www-form-urlencoded"]);
+        cmd.args(["-H", "content-type: application/x-www-form-urlencoded"])
+            .args(["-d", case.body]);
     }
     if case.unique {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let tag = format!("{now}-{}", std::process::id());
-        let header = retry_guard::b64::url(br#"{"alg":"none","typ":"JWT"}"#);
-        let claims = json!({"sub": "bench-bot", "iat": now, "exp": now + 600, "jti": tag});
-        let jwt = format!(
-            "{header}.{}.c2ln",
-            retry_guard::b64::url(claims.to_string().as_bytes())
-        );
-        cmd.args(["-H", &format!("authorization: Bearer {jwt}")]);
-        // Twice the lines the run can use, so none repeats (a repeat would be a replay).
-        let lines = (rate * seconds as f64 * 2.0) as u64 + 1000;
-        let mut bodies = String::with_capacity(lines as usize * 64);
-        for i in 0..lines {
-            let _ = writeln!(bodies, "{}&n={tag}-{i}", case.body);
-        }
-        let file = dir.join(format!("bodies-{}.txt", case.id));
-        fs::write(&file, bodies).map_err(|e| format!("{}: {e}", file.display()))?;
-        cmd.arg("-Z").arg(file);
-    } else if !case.body.is_empty() {
-        cmd.args(["-d", case.body]);
+        let jwt = retry_guard_e2e::tokens::unsigned_jwt(&json!({
+            "sub": "bench-bot", "iat": now, "exp": now + 600,
+            "jti": format!("{now}-{}", std::process::id()),
+        }));
+        cmd.args(["-H", &format!("authorization: Bearer {jwt}")])
+            .arg("--rand-regex-url");
+        // A regex: `?` escaped, then the random part.
+        url = format!("{url}\\?n=[a-z0-9]{{24}}");
     }
     let out = cmd
         .arg(&url)
@@ -579,10 +581,23 @@ fn oha(envoy: &Envoy, case: &Case, seconds: u64, rate: f64, dir: &Path) -> Resul
         })
     };
     let requests = count(&|_| true);
-    let errors = v["errorDistribution"]
-        .as_object()
-        .map_or(0, |m| m.values().map(|n| n.as_u64().unwrap_or(0)).sum());
+    // Requests still in flight when `-z` ends are aborted ("aborted due to deadline"): an end
+    // of the run, not an error of the server.
+    let errors = v["errorDistribution"].as_object().map_or(0, |m| {
+        m.iter()
+            .filter(|(k, _)| !k.contains("deadline"))
+            .map(|(_, n)| n.as_u64().unwrap_or(0))
+            .sum()
+    });
     let us = |k: &str| v["latencyPercentiles"][k].as_f64().unwrap_or(0.0) * 1e6;
+    let expected = case.expect_status.to_string();
+    let unexpected = count(&|k| k != expected) + errors;
+    if unexpected > 0 {
+        return Err(format!(
+            "paced run of case {} got {unexpected} of {requests} answers other than {expected}: {} {}",
+            case.id, v["statusCodeDistribution"], v["errorDistribution"]
+        ));
+    }
     Ok(Run {
         requests,
         seconds: v["summary"]["total"].as_f64().unwrap_or(seconds as f64),
@@ -725,7 +740,7 @@ fn run() -> Result<()> {
     for round in 0..o.rounds {
         for (case, envoy) in selected.iter().zip(&envoys) {
             let i = case.id - 1;
-            let r = oha(envoy, case, o.seconds, target_rate, &dir)?;
+            let r = oha(envoy, case, o.seconds, target_rate)?;
             eprintln!(
                 "round {} case {} paced: {:>7.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
                 round + 1,
@@ -906,7 +921,7 @@ impl Report {
 
     fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "Measured {} on {} with `just bench` ({} interleaved rounds of {} s per configuration, Envoy 1.40.0 `--concurrency 1 -l {}`, wrk 1 thread × {} connections; paced runs: oha at {:.0} req/s, half the slowest configuration's saturated median, evenly spaced on 8 connections, latency corrected for coordinated omission; in case 5 each paced request has a unique body and no Idempotency-Key, see `oha` in bench/src/main.rs).\n", self.date, self.machine, self.opts.rounds, self.opts.seconds, self.opts.log_level, self.opts.connections, self.target_rate);
+        let _ = writeln!(s, "Measured {} on {} with `just bench` ({} interleaved rounds of {} s per configuration, Envoy 1.40.0 `--concurrency 1 -l {}`, wrk 1 thread × {} connections; paced runs: oha at {:.0} req/s, half the slowest configuration's saturated median, evenly spaced on 8 connections, latency corrected for coordinated omission; in case 5 each paced request has a random query string and no Idempotency-Key, so each is a first attempt, see `oha` in bench/src/main.rs).\n", self.date, self.machine, self.opts.rounds, self.opts.seconds, self.opts.log_level, self.opts.connections, self.target_rate);
         s.push_str("| # | configuration | throughput (req/s, median) | Envoy CPU per request (µs) | paced: achieved req/s, p50 / p99 (µs) |\n|---|---|---|---|---|\n");
         for (i, case) in CASES.iter().enumerate() {
             if self.sat[i].is_empty() {
