@@ -156,26 +156,20 @@ fn top_functions(s: &crate::vm::FunctionSamples, fuel: f64) -> Vec<FunctionShare
         return Vec::new();
     }
     let pct = |v: u64| 100.0 * v as f64 / s.total as f64;
+    let mut own: BTreeMap<&str, u64> = BTreeMap::new();
+    for ((top, _), n) in &s.callers {
+        *own.entry(top.as_str()).or_insert(0) += n;
+    }
+    let own_of = |name: &str| own.get(name).copied().unwrap_or(0);
     let mut v: Vec<FunctionShare> = s
         .inclusive
         .iter()
-        .map(|(name, incl)| {
-            let own = s.self_samples.get(name).copied().unwrap_or(0);
-            let mut callers: Vec<(String, f64)> = s
-                .callers
-                .iter()
-                .filter(|((top, _), _)| top == name)
-                .map(|((_, caller), n)| (caller.clone(), 100.0 * *n as f64 / own.max(1) as f64))
-                .collect();
-            callers.sort_by(|a, b| b.1.total_cmp(&a.1));
-            callers.truncate(3);
-            FunctionShare {
-                function: name.clone(),
-                self_percent: pct(own),
-                inclusive_percent: pct(*incl),
-                self_fuel: fuel * own as f64 / s.total as f64,
-                callers,
-            }
+        .map(|(name, incl)| FunctionShare {
+            function: name.clone(),
+            self_percent: pct(own_of(name)),
+            inclusive_percent: pct(*incl),
+            self_fuel: fuel * own_of(name) as f64 / s.total as f64,
+            callers: Vec::new(),
         })
         .collect();
     v.sort_by(|a, b| {
@@ -184,6 +178,18 @@ fn top_functions(s: &crate::vm::FunctionSamples, fuel: f64) -> Vec<FunctionShare
             .then(b.inclusive_percent.total_cmp(&a.inclusive_percent))
     });
     v.truncate(TOP_FUNCTIONS);
+    // Callers only for the functions kept.
+    for f in &mut v {
+        let total = own_of(&f.function).max(1) as f64;
+        f.callers = s
+            .callers
+            .iter()
+            .filter(|((top, _), _)| *top == f.function)
+            .map(|((_, caller), n)| (caller.clone(), 100.0 * *n as f64 / total))
+            .collect();
+        f.callers.sort_by(|a, b| b.1.total_cmp(&a.1));
+        f.callers.truncate(3);
+    }
     v
 }
 

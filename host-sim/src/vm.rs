@@ -285,11 +285,10 @@ pub struct HostState {
 pub struct FunctionSamples {
     /// Samples taken.
     pub total: u64,
-    /// Per function: samples with the function on top of the stack ("self").
-    pub self_samples: std::collections::BTreeMap<String, u64>,
     /// Per function: samples with the function anywhere on the stack ("inclusive").
     pub inclusive: std::collections::BTreeMap<String, u64>,
-    /// Per (function on top of the stack, its caller): samples, to see who calls a hot leaf.
+    /// Per (function on top of the stack, its caller): samples. A function's "self" samples
+    /// are the sum over its callers.
     pub callers: std::collections::BTreeMap<(String, String), u64>,
 }
 
@@ -297,9 +296,6 @@ impl FunctionSamples {
     /// Adds `other`'s samples to these.
     pub fn add(&mut self, other: &FunctionSamples) {
         self.total += other.total;
-        for (k, v) in &other.self_samples {
-            *self.self_samples.entry(k.clone()).or_insert(0) += v;
-        }
         for (k, v) in &other.inclusive {
             *self.inclusive.entry(k.clone()).or_insert(0) += v;
         }
@@ -317,7 +313,6 @@ impl FunctionSamples {
         let Some(top) = frames.next() else { return };
         self.total += 1;
         let mut seen = std::collections::BTreeSet::new();
-        *self.self_samples.entry(top.clone()).or_insert(0) += 1;
         let mut frames = frames.peekable();
         let caller = frames.peek().cloned().unwrap_or_default();
         *self.callers.entry((top.clone(), caller)).or_insert(0) += 1;
