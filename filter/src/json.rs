@@ -2,7 +2,7 @@
 //! written, strings escaped per RFC 8259. (Writing directly is smaller and faster than
 //! building a `serde_json::Value` tree for every answer and audit line.)
 //!
-//! Single characters are appended with `push_str("x")`, not `push('x')`: at opt-level "z"
+//! Single characters are appended with `push_str("x")`, not `push('x')`: at the size levels ("s", "z")
 //! `String::push` stays an out-of-line UTF-8 encoder call, measurably slower here.
 #![allow(clippy::single_char_add_str)]
 
