@@ -263,13 +263,22 @@ pub const FLOOR: PathCase = PathCase {
 /// `sample`, the counting run also samples the guest stack about every 10 µs (see
 /// [`Runtime::sample_every`]) and reports where the time goes by function; the module needs its
 /// name section for names (`just profile-sim` builds one). With `floor` (the no-op filter's
-/// module), the floor is measured first on the unmatched request.
+/// module), the floor is measured first on the unmatched request. With `only`, just the path of
+/// that name (e.g. to profile one path with `perf`).
 pub fn run(
     wasm: &Path,
     n: u64,
     sample: bool,
     floor: Option<&Path>,
+    only: Option<&str>,
 ) -> Result<Vec<PathResult>, String> {
+    if let Some(name) = only.filter(|o| !PATHS.iter().any(|p| p.name == *o)) {
+        let names: Vec<&str> = PATHS.iter().map(|p| p.name).collect();
+        return Err(format!(
+            "--only {name:?}: no such path; the paths are {}",
+            names.join(", ")
+        ));
+    }
     let n = n.max(1);
     let mut out = Vec::new();
     if let Some(floor) = floor {
@@ -279,7 +288,7 @@ pub fn run(
     }
     let profiling = Runtime::profiling(wasm).map_err(|e| e.to_string())?;
     let normal = Runtime::from_file(wasm).map_err(|e| e.to_string())?;
-    for case in &PATHS {
+    for case in PATHS.iter().filter(|p| only.is_none_or(|o| o == p.name)) {
         out.push(measure(&profiling, &normal, case, n, sample)?);
     }
     Ok(out)

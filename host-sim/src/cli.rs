@@ -496,10 +496,12 @@ fn bench_paths(mut args: Vec<String>) -> Result<i32, String> {
         .map(|v| v.parse().map_err(|_| format!("--requests {v}: a number")))
         .transpose()?
         .unwrap_or(2_000);
+    let only = take_opt(&mut args, "--only")?;
     if let Some(a) = args.first() {
         return Err(format!("bench --paths: unexpected argument {a:?}"));
     }
-    let results = crate::bench::run(&wasm, n, functions, floor.as_deref())?;
+    let floor = floor.filter(|_| only.is_none());
+    let results = crate::bench::run(&wasm, n, functions, floor.as_deref(), only.as_deref())?;
     let build = if cfg!(debug_assertions) {
         "debug"
     } else {

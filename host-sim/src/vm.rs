@@ -67,6 +67,11 @@ impl Runtime {
         let mut config = wasmtime::Config::new();
         config.consume_fuel(profile);
         config.epoch_interruption(profile);
+        // `RG_PERFMAP=1`: name the compiled guest functions in /tmp/perf-<pid>.map, so `perf
+        // record` attributes native samples to guest functions (see `just profile-perf`).
+        if std::env::var_os("RG_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)
             .map_err(|e| SimError::Load(format!("cannot create the wasmtime engine: {e}")))?;
         let module = Module::new(&engine, bytes)
