@@ -1,21 +1,29 @@
 //! `just bench`: what retry-guard costs a real Envoy, side by side with the floor.
 //!
-//! Runs the pinned Envoy (`--concurrency 1`) in seven configurations and drives each with `wrk`,
-//! interleaved round by round (1 2 3 … 7, 1 2 3 … 7, …) so machine drift cancels:
+//! Runs the pinned Envoy (`--concurrency 1`, pinned to CPU 0) in eight configurations and
+//! drives each with an existing load generator pinned to CPU 1, interleaved round by round
+//! (1 2 3 … 8, 1 2 3 … 8, …) so machine drift cancels:
 //!
 //! 1. no wasm filter; 2. the no-op proxy-wasm filter (the floor); 3. retry-guard, request on an
 //!    unmatched route; 4. retry-guard, `read_only` route; 5. retry-guard, `token_issuing` route
 //!    with a unique idempotency key and a fresh JWT on every request (all allowed); 6. retry-guard
-//!    answering 428 (every request a replay); 7. Envoy's own `direct_response` 428.
+//!    answering 428 (every request a replay); 7. Envoy's own `direct_response` 428; 8. no wasm
+//!    filter sent case 5's request (the same bytes), the baseline of 5 ÷ 1.
 //!
-//! Every route is an Envoy `direct_response`, so no upstream process competes for the two cores
-//! and the figures isolate Envoy plus the filter (conservative: the filter's share of a cheaper
-//! request is larger). Per configuration: saturated throughput, Envoy CPU time per request (from
-//! `/proc/<pid>/stat`), and p50/p99 latency at a fixed rate below saturation (`oha -q`, evenly
-//! spaced requests, corrected for coordinated omission). Then a memory run:
+//! By default (upstream mode) routes 1–5 and 8 are forwarded to a real upstream, a second Envoy
+//! pinned to CPU 1 that reads each request whole and answers it, as in front of an identity
+//! API. `--direct` makes every route a `direct_response` in the proxy itself: no upstream, so
+//! the filter's share of a much cheaper request is larger. A configuration that answers a
+//! body-carrying request itself without retry-guard (7, and 8 in direct mode) carries Envoy's
+//! buffer filter: without it Envoy answers before the body arrives and closes the connection
+//! after every answer, which would measure connection setup instead (see [`BUFFER_FILTER`]).
+//!
+//! Per configuration: saturated throughput (wrk), Envoy CPU time per request (from
+//! `/proc/<pid>/stat`), p50/p99 latency at a fixed rate below saturation (`oha -q`, corrected
+//! for coordinated omission) and unloaded (oha closed loop, one connection). Then a memory run:
 //! Envoy RSS while 1,000,000 unique keys flood a guarded route with `max_entries` 65536.
 //! Writes `target/bench/report.md` and `report.json`; `--update-readme` replaces the README's
-//! Performance table.
+//! table of that mode.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -46,14 +54,28 @@ struct Case {
     method: &'static str,
     path: &'static str,
     body: &'static str,
-    unique: bool,
+    load: Load,
     /// The status every request of this configuration gets.
     expect_status: u16,
 }
 
+/// What varies from request to request.
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    /// The same request every time.
+    Plain,
+    /// A unique Idempotency-Key and a freshly minted JWT on every request (wrk); a random
+    /// query string and a fresh JWT in the paced runs (oha): every request a first attempt.
+    Unique,
+    /// The bytes of a [`Load::Unique`] request (same headers, same lengths) without the
+    /// variation: for a baseline without a filter, where the variation changes nothing but
+    /// would cost the load generator's core per request.
+    Shape,
+}
+
 const BODY: &str = "grant_type=client_credentials&scope=deploy";
 
-const CASES: [Case; 7] = [
+const CASES: [Case; 8] = [
     Case {
         id: 1,
         name: "no wasm filter",
@@ -62,7 +84,7 @@ const CASES: [Case; 7] = [
         method: "GET",
         path: "/other",
         body: "",
-        unique: false,
+        load: Load::Plain,
         expect_status: 200,
     },
     Case {
@@ -73,7 +95,7 @@ const CASES: [Case; 7] = [
         method: "GET",
         path: "/other",
         body: "",
-        unique: false,
+        load: Load::Plain,
         expect_status: 200,
     },
     Case {
@@ -84,7 +106,7 @@ const CASES: [Case; 7] = [
         method: "GET",
         path: "/other",
         body: "",
-        unique: false,
+        load: Load::Plain,
         expect_status: 200,
     },
     Case {
@@ -95,7 +117,7 @@ const CASES: [Case; 7] = [
         method: "GET",
         path: "/v1/items",
         body: "",
-        unique: false,
+        load: Load::Plain,
         expect_status: 200,
     },
     Case {
@@ -106,7 +128,7 @@ const CASES: [Case; 7] = [
         method: "POST",
         path: "/oauth/token",
         body: BODY,
-        unique: true,
+        load: Load::Unique,
         expect_status: 200,
     },
     Case {
@@ -117,7 +139,7 @@ const CASES: [Case; 7] = [
         method: "POST",
         path: "/oauth/token",
         body: BODY,
-        unique: false,
+        load: Load::Plain,
         expect_status: 428,
     },
     Case {
@@ -128,8 +150,19 @@ const CASES: [Case; 7] = [
         method: "POST",
         path: "/oauth/token",
         body: BODY,
-        unique: false,
+        load: Load::Plain,
         expect_status: 428,
+    },
+    Case {
+        id: 8,
+        name: "no wasm filter, case 5's token request (the baseline of 5 ÷ 1)",
+        filter: Filter::None,
+        token_status: 200,
+        method: "POST",
+        path: "/oauth/token",
+        body: BODY,
+        load: Load::Shape,
+        expect_status: 200,
     },
 ];
 
@@ -145,6 +178,7 @@ struct Options {
     /// Envoy's log level; `info` writes the audit lines, `warning` drops them (to measure
     /// what the audit line costs).
     log_level: String,
+    backend: Backend,
 }
 
 fn parse_args() -> Result<Options> {
@@ -158,6 +192,7 @@ fn parse_args() -> Result<Options> {
         flood: 1_000_000,
         update_readme: false,
         log_level: "info".into(),
+        backend: Backend::Upstream,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -172,6 +207,7 @@ fn parse_args() -> Result<Options> {
             "--connections" => o.connections = num("--connections")?.max(1) as usize,
             "--flood" => o.flood = num("--flood")?,
             "--update-readme" => o.update_readme = true,
+            "--direct" => o.backend = Backend::Direct,
             "--cases" => {
                 let list = args.next().ok_or("--cases needs a list like 1,2,3")?;
                 o.cases = list
@@ -200,7 +236,7 @@ fn parse_args() -> Result<Options> {
                     Some(fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?);
             }
             "-h" | "--help" => {
-                println!("usage: retry-guard-bench [--cases 1,2,.. (all)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--update-readme]");
+                println!("usage: retry-guard-bench [--cases 1,2,.. (all)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--direct (every route a direct_response, no upstream)] [--update-readme]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
@@ -236,8 +272,114 @@ fn plugin_config(max_entries: u32) -> String {
     .to_string()
 }
 
-fn envoy_yaml(case: &Case, port: u16, wasm: &Path, noop: &Path, plugin: &str) -> String {
-    let filter = match case.filter {
+/// Where the routes' answers come from.
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    /// A real upstream: a second Envoy (pinned to the load generator's core) that reads each
+    /// request whole and answers it; the proxy Envoy forwards over pooled HTTP/1.1 connections,
+    /// as in front of an identity API.
+    Upstream,
+    /// Every route is an Envoy `direct_response` in the proxy itself: no upstream at all, so
+    /// the filter's share of a much cheaper request is larger.
+    Direct,
+}
+
+/// The routes' answers: (route name, match, direct_response status, body).
+fn answers(token_status: u16) -> [(&'static str, &'static str, u16, String); 3] {
+    let token_body = if token_status == 428 {
+        // About the size of retry-guard's own 428 problem document, for a fair comparison.
+        let detail = "x".repeat(700);
+        json!(format!(
+            r#"{{"type":"urn:retry-guard:problem:confirmation-required","title":"Human confirmation required","status":428,"detail":"{detail}"}}"#
+        ))
+        .to_string()
+    } else {
+        json!(r#"{"access_token":"bench","token_type":"Bearer"}"#).to_string()
+    };
+    [
+        (
+            "token",
+            r#"{ path: "/oauth/token" }"#,
+            token_status,
+            token_body,
+        ),
+        (
+            "reads",
+            r#"{ prefix: "/v1/" }"#,
+            200,
+            json!(r#"{"items":[]}"#).to_string(),
+        ),
+        ("other", r#"{ prefix: "/" }"#, 200, json!("ok").to_string()),
+    ]
+}
+
+/// Envoy's buffer filter: the request is read whole before the route answers. A
+/// `direct_response` to a request whose body has not arrived makes Envoy close the connection
+/// after answering (`connection: close`, a new connection per request), which is not what an
+/// upstream or retry-guard (which reads the body first) does; the configurations that answer
+/// a body-carrying request themselves carry it so they are measured on kept-alive connections.
+const BUFFER_FILTER: &str = r#"          - name: envoy.filters.http.buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: 65536
+"#;
+
+/// An Envoy bootstrap with one listener on `port`: `routes` (YAML list items) and `filters`
+/// (YAML list items before the router), plus `clusters`.
+fn bootstrap(port: u16, routes: &str, filters: &str, clusters: &str) -> String {
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: bench
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          route_config:
+            name: bench
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{routes}          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+{clusters}"#
+    )
+}
+
+/// A route item answering `status` with `body` itself.
+fn direct_route(name: &str, matcher: &str, status: u16, body: &str) -> String {
+    format!(
+        "              - name: {name}\n                match: {matcher}\n                direct_response: {{ status: {status}, body: {{ inline_string: {body} }} }}\n                response_headers_to_add:\n                - header: {{ key: content-type, value: application/json }}\n"
+    )
+}
+
+/// The upstream Envoy: the answers of configurations 1 to 5, each request read whole.
+fn upstream_yaml(port: u16) -> String {
+    let routes: String = answers(200)
+        .iter()
+        .map(|(n, m, st, b)| direct_route(n, m, *st, b))
+        .collect();
+    bootstrap(port, &routes, BUFFER_FILTER, "")
+}
+
+fn envoy_yaml(
+    case: &Case,
+    port: u16,
+    backend: Backend,
+    upstream_port: u16,
+    wasm: &Path,
+    noop: &Path,
+    plugin: &str,
+) -> String {
+    let mut filters = match case.filter {
         Filter::None => String::new(),
         Filter::Noop | Filter::Guard => {
             let (file, config) = if case.filter == Filter::Noop {
@@ -266,52 +408,41 @@ fn envoy_yaml(case: &Case, port: u16, wasm: &Path, noop: &Path, plugin: &str) ->
             )
         }
     };
-    let token_body = if case.token_status == 428 {
-        // About the size of retry-guard's own 428 problem document, for a fair comparison.
-        let detail = "x".repeat(700);
-        json!(format!(
-            r#"{{"type":"urn:retry-guard:problem:confirmation-required","title":"Human confirmation required","status":428,"detail":"{detail}"}}"#
-        ))
+    // Routes answered here: all in direct mode, and Envoy's own 428 (configuration 7).
+    let local = |status: u16| backend == Backend::Direct || status == 428;
+    let routes: String = answers(case.token_status)
+        .iter()
+        .map(|(n, m, st, b)| {
+            if local(*st) {
+                direct_route(n, m, *st, b)
+            } else {
+                format!("              - name: {n}\n                match: {m}\n                route: {{ cluster: upstream }}\n")
+            }
+        })
+        .collect();
+    if case.filter == Filter::None && !case.body.is_empty() && local(case.token_status) {
+        filters.push_str(BUFFER_FILTER);
+    }
+    let clusters = if backend == Backend::Upstream {
+        format!(
+            r#"  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    circuit_breakers:
+      thresholds:
+      - {{ max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 }}
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }} }} }}
+"#
+        )
     } else {
-        json!(r#"{"access_token":"bench","token_type":"Bearer"}"#)
+        String::new()
     };
-    format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: bench
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
-          route_config:
-            name: bench
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - name: token
-                match: {{ path: "/oauth/token" }}
-                direct_response: {{ status: {status}, body: {{ inline_string: {token_body} }} }}
-                response_headers_to_add:
-                - header: {{ key: content-type, value: application/json }}
-              - name: reads
-                match: {{ prefix: "/v1/" }}
-                direct_response: {{ status: 200, body: {{ inline_string: "{{\"items\":[]}}" }} }}
-              - name: other
-                match: {{ prefix: "/" }}
-                direct_response: {{ status: 200, body: {{ inline_string: "ok" }} }}
-          http_filters:
-{filter}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#,
-        status = case.token_status,
-    )
+    bootstrap(port, &routes, &filters, &clusters)
 }
 
 fn free_port() -> Result<u16> {
@@ -346,22 +477,23 @@ fn http_get(addr: &str, path: &str) -> Result<String> {
     Ok(out)
 }
 
+/// Starts an Envoy on `cpu` with bootstrap `yaml` listening on `port`; its files in `dir` are
+/// named after `name`.
 fn start_envoy(
     bin: &Path,
     dir: &Path,
-    case: &Case,
-    wasm: &Path,
-    noop: &Path,
-    plugin: &str,
+    name: &str,
+    yaml: &str,
+    port: u16,
+    cpu: &str,
     log_level: &str,
 ) -> Result<Envoy> {
-    let port = free_port()?;
-    let cfg = dir.join(format!("envoy-{}.yaml", case.id));
-    fs::write(&cfg, envoy_yaml(case, port, wasm, noop, plugin)).map_err(|e| e.to_string())?;
-    let admin_file = dir.join(format!("admin-{}.txt", case.id));
+    let cfg = dir.join(format!("envoy-{name}.yaml"));
+    fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
+    let admin_file = dir.join(format!("admin-{name}.txt"));
     let _ = fs::remove_file(&admin_file);
     let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "0"]).arg(bin);
+    cmd.args(["-c", cpu]).arg(bin);
     cmd.arg("-c")
         .arg(&cfg)
         .args([
@@ -372,7 +504,7 @@ fn start_envoy(
             log_level,
         ])
         .arg("--log-path")
-        .arg(dir.join(format!("envoy-{}.log", case.id)))
+        .arg(dir.join(format!("envoy-{name}.log")))
         .arg("--admin-address-path")
         .arg(&admin_file)
         .stdout(Stdio::null())
@@ -389,17 +521,14 @@ fn start_envoy(
     loop {
         if Instant::now() > deadline {
             return Err(format!(
-                "envoy for case {} did not become ready; see {}",
-                case.id,
+                "envoy {name} did not become ready; see {}",
                 dir.display()
             ));
         }
         if let Ok(Some(status)) = envoy.child.try_wait() {
             return Err(format!(
-                "envoy for case {} exited ({status}); see {}/envoy-{}.log",
-                case.id,
+                "envoy {name} exited ({status}); see {}/envoy-{name}.log",
                 dir.display(),
-                case.id
             ));
         }
         if envoy.admin.is_empty() {
@@ -483,7 +612,14 @@ fn wrk(envoy: &Envoy, case: &Case, seconds: u64, connections: usize, tck: f64) -
         .env("RG_METHOD", case.method)
         .env("RG_PATH", case.path)
         .env("RG_BODY", case.body)
-        .env("RG_UNIQUE", if case.unique { "1" } else { "0" })
+        .env(
+            "RG_UNIQUE",
+            match case.load {
+                Load::Plain => "0",
+                Load::Unique => "1",
+                Load::Shape => "shape",
+            },
+        )
         .output()
         .map_err(|e| format!("cannot run wrk (apt-get install wrk): {e}"))?;
     let cpu1 = cpu_ticks(pid)?;
@@ -531,23 +667,32 @@ const PACED_CONNECTIONS: usize = 8;
 /// work as a unique key (fingerprint, ledger write, audit line). Its JWT is minted when the
 /// run starts (fresh: `iat` now, `exp` in 600 s). Every answer must be the case's expected
 /// status, or the run is refused as a measurement of something else.
-fn oha(envoy: &Envoy, case: &Case, seconds: u64, rate: f64) -> Result<Run> {
+///
+/// With `rate` `None` the run is closed-loop on one connection (each request sent when the
+/// previous answer arrived): the latency of a request that never queues.
+fn oha(envoy: &Envoy, case: &Case, seconds: u64, rate: Option<f64>) -> Result<Run> {
     let mut url = format!("http://127.0.0.1:{}{}", envoy.port, case.path);
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "1", "oha", "--no-tui", "--output-format", "json"])
         .arg("-z")
-        .arg(format!("{seconds}s"))
-        .arg("-q")
-        .arg(format!("{rate:.0}"))
-        .arg("-c")
-        .arg(PACED_CONNECTIONS.to_string())
-        .arg("--latency-correction")
-        .args(["-m", case.method, "-H", "x-client-id: bench-bot"]);
+        .arg(format!("{seconds}s"));
+    match rate {
+        Some(rate) => cmd
+            .arg("-q")
+            .arg(format!("{rate:.0}"))
+            .arg("-c")
+            .arg(PACED_CONNECTIONS.to_string())
+            .arg("--latency-correction"),
+        None => cmd.args(["-c", "1"]),
+    };
+    cmd.args(["-m", case.method, "-H", "x-client-id: bench-bot"]);
     if !case.body.is_empty() {
         cmd.args(["-H", "content-type: application/x-www-form-urlencoded"])
             .args(["-d", case.body]);
     }
-    if case.unique {
+    // A shape case sends the very requests of the unique one (the variation costs the filterless
+    // Envoy nothing, and oha the same on both).
+    if case.load != Load::Plain {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -700,10 +845,37 @@ fn run() -> Result<()> {
         "starting {} Envoys (--concurrency 1, pinned to CPU 0; wrk pinned to CPU 1)",
         selected.len()
     );
-    let envoys: Vec<Envoy> = selected
-        .iter()
-        .map(|c| start_envoy(&bin, &dir, c, &wasm, &noop, &plugin, &o.log_level))
-        .collect::<Result<_>>()?;
+    // The upstream (upstream mode) shares the load generator's core: the proxy keeps CPU 0.
+    let upstream = match o.backend {
+        Backend::Upstream => {
+            let port = free_port()?;
+            Some(start_envoy(
+                &bin,
+                &dir,
+                "upstream",
+                &upstream_yaml(port),
+                port,
+                "1",
+                "warning",
+            )?)
+        }
+        Backend::Direct => None,
+    };
+    let upstream_port = upstream.as_ref().map_or(0, |u| u.port);
+    let proxy = |case: &Case| -> Result<Envoy> {
+        let port = free_port()?;
+        let yaml = envoy_yaml(case, port, o.backend, upstream_port, &wasm, &noop, &plugin);
+        start_envoy(
+            &bin,
+            &dir,
+            &case.id.to_string(),
+            &yaml,
+            port,
+            "0",
+            &o.log_level,
+        )
+    };
+    let envoys: Vec<Envoy> = selected.iter().map(|c| proxy(c)).collect::<Result<_>>()?;
     // Warm-up; it also gives case 6 its succeeded first attempt, so every later request replays.
     for (case, envoy) in selected.iter().zip(&envoys) {
         wrk(envoy, case, 1, 4, tck)?;
@@ -740,7 +912,7 @@ fn run() -> Result<()> {
     for round in 0..o.rounds {
         for (case, envoy) in selected.iter().zip(&envoys) {
             let i = case.id - 1;
-            let r = oha(envoy, case, o.seconds, target_rate)?;
+            let r = oha(envoy, case, o.seconds, Some(target_rate))?;
             eprintln!(
                 "round {} case {} paced: {:>7.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
                 round + 1,
@@ -750,6 +922,23 @@ fn run() -> Result<()> {
                 r.p99_us
             );
             paced[i].push(r);
+        }
+    }
+    eprintln!("unloaded runs: oha, closed loop on 1 connection");
+    let mut unloaded: Vec<Vec<Run>> = vec![Vec::new(); CASES.len()];
+    for round in 0..o.rounds {
+        for (case, envoy) in selected.iter().zip(&envoys) {
+            let i = case.id - 1;
+            let r = oha(envoy, case, o.seconds, None)?;
+            eprintln!(
+                "round {} case {} unloaded: {:>7.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
+                round + 1,
+                case.id,
+                r.rps(),
+                r.p50_us,
+                r.p99_us
+            );
+            unloaded[i].push(r);
         }
     }
     let evicted_during_bench = selected
@@ -765,7 +954,7 @@ fn run() -> Result<()> {
         o.flood
     );
     let flood_case = &CASES[4];
-    let envoy = start_envoy(&bin, &dir, flood_case, &wasm, &noop, &plugin, &o.log_level)?;
+    let envoy = proxy(flood_case)?;
     wrk(&envoy, flood_case, 1, 4, tck)?;
     let pid = envoy.child.id();
     let rss_before = rss_kib(pid)?;
@@ -786,6 +975,7 @@ fn run() -> Result<()> {
     let evicted = wasmcustom(&envoy, "retry_guard.ledger.evicted").unwrap_or(0);
     let wasm_memory = wasmcustom(&envoy, "retry_guard.vm.memory_bytes").unwrap_or(0);
     drop(envoy);
+    drop(upstream);
 
     let report = Report {
         date: today(),
@@ -793,6 +983,7 @@ fn run() -> Result<()> {
         opts: o,
         sat: saturated,
         paced,
+        unloaded,
         target_rate,
         wasm_bytes,
         noop_bytes,
@@ -811,6 +1002,7 @@ struct Report {
     opts: Options,
     sat: Vec<Vec<Run>>,
     paced: Vec<Vec<Run>>,
+    unloaded: Vec<Vec<Run>>,
     target_rate: f64,
     wasm_bytes: u64,
     noop_bytes: u64,
@@ -826,7 +1018,8 @@ struct Ratio {
     median: f64,
     min: f64,
     max: f64,
-    pass: bool,
+    /// Whether the goal is met; `None` for a row without a goal (shown for reference).
+    pass: Option<bool>,
 }
 
 impl Report {
@@ -836,7 +1029,7 @@ impl Report {
         b: usize,
         name: &'static str,
         goal: &'static str,
-        min_goal: f64,
+        min_goal: Option<f64>,
     ) -> Option<Ratio> {
         if self.sat[a - 1].is_empty() || self.sat[b - 1].is_empty() {
             return None;
@@ -854,7 +1047,7 @@ impl Report {
             median,
             min,
             max,
-            pass: median >= min_goal,
+            pass: min_goal.map(|g| median >= g),
         })
     }
 
@@ -865,51 +1058,67 @@ impl Report {
                 2,
                 "throughput 3 ÷ 2 (unmatched vs no-op)",
                 "≥ 0.98",
-                0.98,
+                Some(0.98),
             ),
             self.tput_ratio(
                 4,
                 2,
                 "throughput 4 ÷ 2 (read_only vs no-op)",
                 "≥ 0.95",
-                0.95,
+                Some(0.95),
+            ),
+            self.tput_ratio(
+                5,
+                8,
+                "throughput 5 ÷ 1 (token_issuing vs no filter, the same token request: case 5 ÷ case 8)",
+                "≥ 0.85",
+                Some(0.85),
             ),
             self.tput_ratio(
                 5,
                 1,
-                "throughput 5 ÷ 1 (token_issuing vs no filter)",
-                "≥ 0.85",
-                0.85,
+                "(for reference) throughput 5 ÷ 1 with case 1's `GET /other` as the baseline, as reported before 2026-11-29",
+                "",
+                None,
             ),
             self.tput_ratio(
                 6,
                 7,
                 "throughput 6 ÷ 7 (428 vs direct_response)",
                 "≥ 0.90",
-                0.90,
+                Some(0.90),
             ),
         ]
         .into_iter()
         .flatten()
         .collect();
-        if self.paced[4].is_empty() || self.paced[0].is_empty() {
-            return v;
-        }
-        let added: Vec<f64> = self.paced[4]
-            .iter()
-            .zip(&self.paced[0])
-            .map(|(x, y)| x.p50_us - y.p50_us)
-            .collect();
-        let (min, max) = min_max(&added);
-        let m = median(added);
-        v.push(Ratio {
-            name: "added p50 latency, 5 vs 1, at the paced rate (µs)",
-            goal: "≤ 20",
-            median: m,
-            min,
-            max,
-            pass: m <= 20.0,
-        });
+        let added = |runs: &Vec<Vec<Run>>, name: &'static str, goal: Option<f64>| {
+            let (a, b) = (runs.get(4)?, runs.get(7)?);
+            if a.is_empty() || b.is_empty() {
+                return None;
+            }
+            let per_round: Vec<f64> = a.iter().zip(b).map(|(x, y)| x.p50_us - y.p50_us).collect();
+            let (min, max) = min_max(&per_round);
+            let median = median(per_round);
+            Some(Ratio {
+                name,
+                goal: if goal.is_some() { "≤ 20" } else { "" },
+                median,
+                min,
+                max,
+                pass: goal.map(|g| median <= g),
+            })
+        };
+        v.extend(added(
+            &self.paced,
+            "added p50 latency (µs), 5 vs 1 (case 8), paced at half saturation",
+            Some(20.0),
+        ));
+        v.extend(added(
+            &self.unloaded,
+            "(for reference) added p50 latency (µs), 5 vs 1 (case 8), unloaded: closed loop on 1 connection",
+            None,
+        ));
         v
     }
 
@@ -921,21 +1130,35 @@ impl Report {
 
     fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "Measured {} on {} with `just bench` ({} interleaved rounds of {} s per configuration, Envoy 1.40.0 `--concurrency 1 -l {}`, wrk 1 thread × {} connections; paced runs: oha at {:.0} req/s, half the slowest configuration's saturated median, evenly spaced on 8 connections, latency corrected for coordinated omission; in case 5 each paced request has a random query string and no Idempotency-Key, so each is a first attempt, see `oha` in bench/src/main.rs).\n", self.date, self.machine, self.opts.rounds, self.opts.seconds, self.opts.log_level, self.opts.connections, self.target_rate);
-        s.push_str("| # | configuration | throughput (req/s, median) | Envoy CPU per request (µs) | paced: achieved req/s, p50 / p99 (µs) |\n|---|---|---|---|---|\n");
+        let mode = match self.opts.backend {
+            Backend::Upstream => "upstream mode: routes 1–5 and 8 forwarded to a real upstream Envoy pinned to CPU 1",
+            Backend::Direct => "direct mode (`just bench --direct`): every route an Envoy `direct_response`, no upstream",
+        };
+        let _ = writeln!(s, "Measured {} on {} with `just bench`, {mode} ({} interleaved rounds of {} s per configuration and mode, Envoy 1.40.0 `--concurrency 1 -l {}` pinned to CPU 0, the load generator pinned to CPU 1; saturated: wrk 1 thread × {} connections; paced: oha at {:.0} req/s, half the slowest configuration's saturated median, on {PACED_CONNECTIONS} connections, latency corrected for coordinated omission; unloaded: oha closed loop on 1 connection). Case 8 is configuration 1 (no filter) sent case 5's request: the same method, path, body and headers of the same lengths, so 5 ÷ 8 is the filter's share alone. In case 5 (and 8) each paced and unloaded request has a random query string and no Idempotency-Key, so each is a first attempt; see `oha` in bench/src/main.rs.\n", self.date, self.machine, self.opts.rounds, self.opts.seconds, self.opts.log_level, self.opts.connections, self.target_rate);
+        s.push_str("| # | configuration | saturated req/s (median) | Envoy CPU per request (µs) | Envoy CPU busy when saturated | paced: req/s, p50 / p99 (µs) | unloaded: p50 / p99 (µs) |\n|---|---|---|---|---|---|---|\n");
+        let med = |runs: &Vec<Run>, f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
         for (i, case) in CASES.iter().enumerate() {
-            if self.sat[i].is_empty() {
+            let (Some(sat), Some(paced), Some(unloaded)) =
+                (self.sat.get(i), self.paced.get(i), self.unloaded.get(i))
+            else {
+                continue;
+            };
+            if sat.is_empty() {
                 continue;
             }
-            let rps = median(self.sat[i].iter().map(Run::rps).collect());
-            let cpu = median(self.sat[i].iter().map(|r| r.cpu_us_per_req).collect());
-            let p50 = median(self.paced[i].iter().map(|r| r.p50_us).collect());
-            let p99 = median(self.paced[i].iter().map(|r| r.p99_us).collect());
-            let paced_rps = median(self.paced[i].iter().map(Run::rps).collect());
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {:.1} | {:.0}: {:.0} / {:.0} |",
-                case.id, case.name, rps, cpu, paced_rps, p50, p99
+                "| {} | {} | {:.0} | {:.1} | {:.0}% | {:.0}: {:.0} / {:.0} | {:.0} / {:.0} |",
+                case.id,
+                case.name,
+                med(sat, &Run::rps),
+                med(sat, &|r| r.cpu_us_per_req),
+                med(sat, &|r| r.cpu_us_per_req * r.rps() / 1e4),
+                med(paced, &Run::rps),
+                med(paced, &|r| r.p50_us),
+                med(paced, &|r| r.p99_us),
+                med(unloaded, &|r| r.p50_us),
+                med(unloaded, &|r| r.p99_us),
             );
         }
         s.push_str("\n| figure | goal | measured (median) | min–max over rounds | |\n|---|---|---|---|---|\n");
@@ -948,7 +1171,11 @@ impl Report {
                 r.median,
                 r.min,
                 r.max,
-                if r.pass { "met" } else { "**missed**" }
+                match r.pass {
+                    Some(true) => "met",
+                    Some(false) => "**missed**",
+                    None => "",
+                }
             );
         }
         let first = self.rss.first().map_or(0, |x| x.1);
@@ -987,7 +1214,8 @@ impl Report {
         let j = json!({
             "date": self.date, "machine": self.machine, "rounds": self.opts.rounds, "seconds": self.opts.seconds,
             "connections": self.opts.connections, "paced_rate": self.target_rate, "envoy_log_level": self.opts.log_level,
-            "saturated": runs(&self.sat), "paced": runs(&self.paced),
+            "backend": match self.opts.backend { Backend::Upstream => "upstream", Backend::Direct => "direct" },
+            "saturated": runs(&self.sat), "paced": runs(&self.paced), "unloaded": runs(&self.unloaded),
             "ratios": self.ratios().iter().map(|r| json!({"figure": r.name, "goal": r.goal, "median": r.median, "min": r.min, "max": r.max, "met": r.pass})).collect::<Vec<_>>(),
             "wasm_bytes": self.wasm_bytes, "noop_wasm_bytes": self.noop_bytes,
             "rss_kib_by_keys": self.rss, "evicted_in_flood": self.evicted, "evicted_during_throughput": self.evicted_during_bench,
@@ -1002,11 +1230,12 @@ impl Report {
         if self.opts.update_readme {
             let readme = repo_root().join("README.md");
             let text = fs::read_to_string(&readme).map_err(|e| e.to_string())?;
-            let (start, end) = ("<!-- bench:start -->", "<!-- bench:end -->");
+            let (start, end) = match self.opts.backend {
+                Backend::Upstream => ("<!-- bench:start -->", "<!-- bench:end -->"),
+                Backend::Direct => ("<!-- bench-direct:start -->", "<!-- bench-direct:end -->"),
+            };
             let (Some(a), Some(b)) = (text.find(start), text.find(end)) else {
-                return Err(
-                    "README.md has no <!-- bench:start --> / <!-- bench:end --> markers".into(),
-                );
+                return Err(format!("README.md has no {start} / {end} markers"));
             };
             let updated = format!("{}{start}\n{table}\n{}", &text[..a], &text[b..]);
             fs::write(&readme, updated).map_err(|e| e.to_string())?;

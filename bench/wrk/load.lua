@@ -2,6 +2,9 @@
 --   RG_METHOD (GET|POST), RG_PATH, RG_BODY (request body, may be empty),
 --   RG_UNIQUE=1  -> every request carries a unique Idempotency-Key and a freshly minted JWT
 --                   (iat = now, exp = now + 600, unique jti), so each is a first attempt.
+--   RG_UNIQUE=shape -> the same headers, of the same lengths, built once and sent every time:
+--                   the baseline without a filter sees the bytes a unique request has, without
+--                   this script's per-request cost on the load generator's core.
 -- (Paced, below-saturation runs use oha instead: see bench/src/main.rs.)
 -- done() prints one line "RGJSON {...}" with the counts and latency percentiles (microseconds).
 
@@ -9,6 +12,8 @@ local method = os.getenv("RG_METHOD") or "GET"
 local path = os.getenv("RG_PATH") or "/"
 local body = os.getenv("RG_BODY") or ""
 local unique = os.getenv("RG_UNIQUE") == "1"
+local shape = os.getenv("RG_UNIQUE") == "shape"
+local fixed = nil
 
 local counter = 0
 local thread_tag = "t"
@@ -44,19 +49,27 @@ function init(args)
 end
 
 function request()
+  if fixed then
+    return fixed
+  end
   local headers = {}
   if body ~= "" then
     headers["Content-Type"] = "application/x-www-form-urlencoded"
   end
   headers["x-client-id"] = "bench-bot"
-  if unique then
-    counter = counter + 1
+  if unique or shape then
+    -- (A shape request carries a key of a typical length: six digits.)
+    counter = shape and 100000 or counter + 1
     local now = os.time()
     local payload = string.format('{"sub":"bench-bot","iat":%d,"exp":%d,"jti":"%s-%d"}', now, now + 600, thread_tag, counter)
     headers["Authorization"] = "Bearer " .. jwt_header .. "." .. b64url(payload) .. ".c2ln"
     headers["Idempotency-Key"] = thread_tag .. "-" .. counter
   end
-  return wrk.format(method, path, headers, body)
+  local req = wrk.format(method, path, headers, body)
+  if shape then
+    fixed = req
+  end
+  return req
 end
 
 function done(summary, latency, requests)
