@@ -432,7 +432,8 @@ mod tests {
     #[test]
     fn paths_measure_and_unmatched_goal_holds() {
         let wasm = crate::cli::repo_root().join(crate::cli::DEFAULT_WASM);
-        let results = run(&wasm, 10, false, None).expect("build the filter first: just build");
+        let results =
+            run(&wasm, 10, false, None, None).expect("build the filter first: just build");
         assert_eq!(results.len(), PATHS.len());
         assert_eq!(unmatched_goal(&results), Some((true, true)), "{results:#?}");
         assert!(results
