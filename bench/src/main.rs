@@ -1,14 +1,15 @@
 //! `just bench`: what retry-guard costs a real Envoy, side by side with the floor.
 //!
-//! Runs the pinned Envoy (`--concurrency 1`, pinned to CPU 0) in eight configurations and
+//! Runs the pinned Envoy (`--concurrency 1`, pinned to CPU 0) in nine configurations and
 //! drives each with an existing load generator pinned to CPU 1, interleaved round by round
-//! (1 2 3 … 8, 1 2 3 … 8, …) so machine drift cancels:
+//! (1 2 3 … 9, 1 2 3 … 9, …) so machine drift cancels:
 //!
 //! 1. no wasm filter; 2. the no-op proxy-wasm filter (the floor); 3. retry-guard, request on an
 //!    unmatched route; 4. retry-guard, `read_only` route; 5. retry-guard, `token_issuing` route
 //!    with a unique idempotency key and a fresh JWT on every request (all allowed); 6. retry-guard
 //!    answering 428 (every request a replay); 7. Envoy's own `direct_response` 428; 8. no wasm
-//!    filter sent case 5's request (the same bytes), the baseline of 5 ÷ 1.
+//!    filter sent case 5's request (the same bytes), the baseline of 5 ÷ 1; 9. as 3, with the
+//!    filter switched off on that route by Envoy's per-route `FilterConfig { disabled: true }`.
 //!
 //! By default (upstream mode) routes 1–5 and 8 are forwarded to a real upstream, a second Envoy
 //! pinned to CPU 1 that reads each request whole and answers it, as in front of an identity
@@ -55,6 +56,9 @@ struct Case {
     path: &'static str,
     body: &'static str,
     load: Load,
+    /// The filter is switched off on the unguarded route `other` with Envoy's per-route
+    /// `FilterConfig { disabled: true }`.
+    off_on_other: bool,
     /// The status every request of this configuration gets.
     expect_status: u16,
 }
@@ -75,7 +79,7 @@ enum Load {
 
 const BODY: &str = "grant_type=client_credentials&scope=deploy";
 
-const CASES: [Case; 8] = [
+const CASES: [Case; 9] = [
     Case {
         id: 1,
         name: "no wasm filter",
@@ -85,6 +89,7 @@ const CASES: [Case; 8] = [
         path: "/other",
         body: "",
         load: Load::Plain,
+        off_on_other: false,
         expect_status: 200,
     },
     Case {
@@ -96,6 +101,7 @@ const CASES: [Case; 8] = [
         path: "/other",
         body: "",
         load: Load::Plain,
+        off_on_other: false,
         expect_status: 200,
     },
     Case {
@@ -107,6 +113,7 @@ const CASES: [Case; 8] = [
         path: "/other",
         body: "",
         load: Load::Plain,
+        off_on_other: false,
         expect_status: 200,
     },
     Case {
@@ -118,6 +125,7 @@ const CASES: [Case; 8] = [
         path: "/v1/items",
         body: "",
         load: Load::Plain,
+        off_on_other: false,
         expect_status: 200,
     },
     Case {
@@ -129,6 +137,7 @@ const CASES: [Case; 8] = [
         path: "/oauth/token",
         body: BODY,
         load: Load::Unique,
+        off_on_other: false,
         expect_status: 200,
     },
     Case {
@@ -140,6 +149,7 @@ const CASES: [Case; 8] = [
         path: "/oauth/token",
         body: BODY,
         load: Load::Plain,
+        off_on_other: false,
         expect_status: 428,
     },
     Case {
@@ -151,6 +161,7 @@ const CASES: [Case; 8] = [
         path: "/oauth/token",
         body: BODY,
         load: Load::Plain,
+        off_on_other: false,
         expect_status: 428,
     },
     Case {
@@ -162,6 +173,20 @@ const CASES: [Case; 8] = [
         path: "/oauth/token",
         body: BODY,
         load: Load::Shape,
+        off_on_other: false,
+        expect_status: 200,
+    },
+    Case {
+        id: 9,
+        name:
+            "retry-guard, unmatched route with the filter off on that route (FilterConfig disabled)",
+        filter: Filter::Guard,
+        token_status: 200,
+        method: "GET",
+        path: "/other",
+        body: "",
+        load: Load::Plain,
+        off_on_other: true,
         expect_status: 200,
     },
 ];
@@ -413,11 +438,21 @@ fn envoy_yaml(
     let routes: String = answers(case.token_status)
         .iter()
         .map(|(n, m, st, b)| {
-            if local(*st) {
+            let mut route = if local(*st) {
                 direct_route(n, m, *st, b)
             } else {
                 format!("              - name: {n}\n                match: {m}\n                route: {{ cluster: upstream }}\n")
+            };
+            if case.off_on_other && *n == "other" {
+                route.push_str(
+                    r#"                typed_per_filter_config:
+                  envoy.filters.http.wasm:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    disabled: true
+"#,
+                );
             }
+            route
         })
         .collect();
     if case.filter == Filter::None && !case.body.is_empty() && local(case.token_status) {
@@ -1059,6 +1094,13 @@ impl Report {
                 "throughput 3 ÷ 2 (unmatched vs no-op)",
                 "≥ 0.98",
                 Some(0.98),
+            ),
+            self.tput_ratio(
+                9,
+                2,
+                "(for reference) throughput 9 ÷ 2: the unmatched route with the filter off there (FilterConfig disabled) vs no-op",
+                "",
+                None,
             ),
             self.tput_ratio(
                 4,
