@@ -171,13 +171,27 @@ fn plugin_routes_and_envoy_routes_agree() -> Result<()> {
             );
         }
     }
-    // Every Envoy route but the catch-all is guarded.
+    // Every Envoy route but the catch-all is guarded, and the filter is switched off
+    // (`FilterConfig { disabled: true }`) on the catch-all only: a guarded route without the
+    // filter would pass unguarded.
     for er in envoy_routes {
         let name = er["name"].as_str().unwrap_or("");
+        let filter_off =
+            er["typed_per_filter_config"]["envoy.filters.http.wasm"]["disabled"] == json!(true);
         assert!(
             name == PASSTHROUGH_ROUTE || selected.contains(name),
             "Envoy route {name:?} is not selected by the plugin configuration"
         );
+        assert!(
+            !(selected.contains(name) && filter_off),
+            "guarded route {name:?} switches the filter off: its requests would pass unguarded"
+        );
+        if name == PASSTHROUGH_ROUTE {
+            assert!(
+                filter_off,
+                "the catch-all route keeps the filter on: unguarded traffic pays for it"
+            );
+        }
     }
     Ok(())
 }
