@@ -412,7 +412,7 @@ fn decide_enforced(
     if let Some(reason) = facts.stale {
         if config.stale_token_action == StaleTokenAction::Reject {
             d.verdict = Verdict::StaleToken;
-            d.reason = format!("token_{}", reason.name());
+            d.reason = ["token_", reason.name()].concat();
             d.token_action = TokenAction::Reject;
             return d;
         }
@@ -433,7 +433,7 @@ fn decide_enforced(
         return d;
     }
     let mut policy = route.policies.get(e.outcome);
-    d.reason = format!("previous_{}", e.outcome.name());
+    d.reason = ["previous_", e.outcome.name()].concat();
     if policy == Policy::RetrySafe && route.max_attempts.is_some_and(|max| d.attempt > max) {
         policy = Policy::RetryWithReview;
         d.reason = "max_attempts_exceeded".into();

@@ -247,9 +247,13 @@ impl<S: SharedStore> SlotLedger<S> {
         self.sets
     }
 
-    /// The shared-data key of set `i`.
+    /// The shared-data key of set `i` (written without `format!`: this runs on every tracked
+    /// request, twice or more).
     pub fn key(i: u32) -> String {
-        format!("{KEY_PREFIX}{i}")
+        let mut k = String::with_capacity(KEY_PREFIX.len() + 10);
+        k.push_str(KEY_PREFIX);
+        crate::json::push_u64(&mut k, u64::from(i));
+        k
     }
 
     fn set_of(&self, id: &[u8; 32]) -> u32 {
