@@ -832,6 +832,27 @@ fn today() -> String {
         .map_or_else(|| "unknown date".into(), |s| s.trim().to_string())
 }
 
+/// The commit measured (`git rev-parse --short HEAD`, `-dirty` with uncommitted changes).
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(repo_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(head) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            format!("{head}{}", if dirty { "-dirty" } else { "" })
+        }
+        None => "unknown commit".into(),
+    }
+}
+
 fn wasmcustom(envoy: &Envoy, name: &str) -> Option<u64> {
     let text = http_get(&envoy.admin, &format!("/stats?filter={name}")).ok()?;
     text.lines().find_map(|l| {
@@ -1014,6 +1035,7 @@ fn run() -> Result<()> {
 
     let report = Report {
         date: today(),
+        commit: commit(),
         machine: machine(),
         opts: o,
         sat: saturated,
@@ -1033,6 +1055,7 @@ fn run() -> Result<()> {
 
 struct Report {
     date: String,
+    commit: String,
     machine: String,
     opts: Options,
     sat: Vec<Vec<Run>>,
@@ -1176,7 +1199,7 @@ impl Report {
             Backend::Upstream => "upstream mode: routes 1–5 and 8 forwarded to a real upstream Envoy pinned to CPU 1",
             Backend::Direct => "direct mode (`just bench --direct`): every route an Envoy `direct_response`, no upstream",
         };
-        let _ = writeln!(s, "Measured {} on {} with `just bench`, {mode} ({} interleaved rounds of {} s per configuration and mode, Envoy 1.40.0 `--concurrency 1 -l {}` pinned to CPU 0, the load generator pinned to CPU 1; saturated: wrk 1 thread × {} connections; paced: oha at {:.0} req/s, half the slowest configuration's saturated median, on {PACED_CONNECTIONS} connections, latency corrected for coordinated omission; unloaded: oha closed loop on 1 connection). Case 8 is configuration 1 (no filter) sent case 5's request: the same method, path, body and headers of the same lengths, so 5 ÷ 8 is the filter's share alone. In case 5 (and 8) each paced and unloaded request has a random query string and no Idempotency-Key, so each is a first attempt; see `oha` in bench/src/main.rs.\n", self.date, self.machine, self.opts.rounds, self.opts.seconds, self.opts.log_level, self.opts.connections, self.target_rate);
+        let _ = writeln!(s, "Measured {} at commit {} on {} with `just bench`, {mode} ({} interleaved rounds of {} s per configuration and mode, Envoy 1.40.0 `--concurrency 1 -l {}` pinned to CPU 0, the load generator pinned to CPU 1; saturated: wrk 1 thread × {} connections; paced: oha at {:.0} req/s, half the slowest configuration's saturated median, on {PACED_CONNECTIONS} connections, latency corrected for coordinated omission; unloaded: oha closed loop on 1 connection). Case 8 is configuration 1 (no filter) sent case 5's request: the same method, path, body and headers of the same lengths, so 5 ÷ 8 is the filter's share alone. In case 5 (and 8) each paced and unloaded request has a random query string and no Idempotency-Key, so each is a first attempt; see `oha` in bench/src/main.rs.\n", self.date, self.commit, self.machine, self.opts.rounds, self.opts.seconds, self.opts.log_level, self.opts.connections, self.target_rate);
         s.push_str("| # | configuration | saturated req/s (median) | Envoy CPU per request (µs) | Envoy CPU busy when saturated | paced: req/s, p50 / p99 (µs) | unloaded: p50 / p99 (µs) |\n|---|---|---|---|---|---|---|\n");
         let med = |runs: &Vec<Run>, f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
         for (i, case) in CASES.iter().enumerate() {
@@ -1254,7 +1277,7 @@ impl Report {
             })).collect()
         };
         let j = json!({
-            "date": self.date, "machine": self.machine, "rounds": self.opts.rounds, "seconds": self.opts.seconds,
+            "date": self.date, "commit": self.commit, "machine": self.machine, "rounds": self.opts.rounds, "seconds": self.opts.seconds,
             "connections": self.opts.connections, "paced_rate": self.target_rate, "envoy_log_level": self.opts.log_level,
             "backend": match self.opts.backend { Backend::Upstream => "upstream", Backend::Direct => "direct" },
             "saturated": runs(&self.sat), "paced": runs(&self.paced), "unloaded": runs(&self.unloaded),
