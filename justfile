@@ -55,6 +55,17 @@ profile-sim:
     cargo build --profile profiling --target wasm32-wasip1 -p retry-guard-filter
     cargo run -q --release -p retry-guard-host-sim --bin retry-guard -- bench --paths --functions --wasm target/wasm32-wasip1/profiling/retry_guard.wasm
 
+# The same per path with `perf` (Debian's linux-perf): native samples of the compiled guest
+# code, named through wasmtime's perf map, for one path (unmatched, read_only,
+# token_issuing_allow, replay_428). Prints the guest functions by their share of guest time.
+profile-perf path="token_issuing_allow":
+    rustup target add wasm32-wasip1
+    cargo build --profile profiling --target wasm32-wasip1 -p retry-guard-filter
+    cargo build -q --release -p retry-guard-host-sim
+    mkdir -p target/bench
+    RG_PERFMAP=1 perf record -q -F 20000 -e cpu-clock -o target/bench/perf-{{path}}.data -- target/release/retry-guard bench --paths --only {{path}} --requests 30000 --wasm target/wasm32-wasip1/profiling/retry_guard.wasm >/dev/null
+    perf report -i target/bench/perf-{{path}}.data --no-children --sort dso,sym 2>/dev/null | grep -F '[JIT]' | awk '{p=$1; sub(/%/,"",p); $1="";$2="";$3="";$4=""; a[$0]+=p; t+=p} END {for (k in a) printf "%6.2f%% %s\n", a[k]*100/t, k; printf "(guest code: %.1f%% of all samples; the rest is host-sim itself)\n", t}' | sort -rn | head -40
+
 # Formatting and lints (native and wasm).
 lint:
     cargo fmt --all --check

@@ -705,7 +705,7 @@ const PACED_CONNECTIONS: usize = 8;
 ///
 /// With `rate` `None` the run is closed-loop on one connection (each request sent when the
 /// previous answer arrived): the latency of a request that never queues.
-fn oha(envoy: &Envoy, case: &Case, seconds: u64, rate: Option<f64>) -> Result<Run> {
+fn oha(envoy: &Envoy, case: &Case, seconds: u64, rate: Option<f64>, tck: f64) -> Result<Run> {
     let mut url = format!("http://127.0.0.1:{}{}", envoy.port, case.path);
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "1", "oha", "--no-tui", "--output-format", "json"])
@@ -740,6 +740,7 @@ fn oha(envoy: &Envoy, case: &Case, seconds: u64, rate: Option<f64>) -> Result<Ru
         // A regex: `?` escaped, then the random part.
         url = format!("{url}\\?n=[a-z0-9]{{24}}");
     }
+    let cpu0 = cpu_ticks(envoy.child.id())?;
     let out = cmd
         .arg(&url)
         .output()
@@ -785,7 +786,11 @@ fn oha(envoy: &Envoy, case: &Case, seconds: u64, rate: Option<f64>) -> Result<Ru
         p99_us: us("p99"),
         non2xx: count(&|k| !k.starts_with('2')),
         socket_errors: errors,
-        cpu_us_per_req: 0.0,
+        cpu_us_per_req: if requests > 0 {
+            cpu_ticks(envoy.child.id())?.saturating_sub(cpu0) as f64 / tck * 1e6 / requests as f64
+        } else {
+            0.0
+        },
     })
 }
 
@@ -832,7 +837,8 @@ fn today() -> String {
         .map_or_else(|| "unknown date".into(), |s| s.trim().to_string())
 }
 
-/// The commit measured (`git rev-parse --short HEAD`, `-dirty` with uncommitted changes).
+/// The commit measured (`git rev-parse --short HEAD`, `-dirty` with uncommitted changes
+/// other than the README).
 fn commit() -> String {
     let git = |args: &[&str]| {
         Command::new("git")
@@ -845,8 +851,11 @@ fn commit() -> String {
     };
     match git(&["rev-parse", "--short", "HEAD"]) {
         Some(head) => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
+            // README.md is what `--update-readme` rewrites; any other change is measured too.
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| {
+                s.lines()
+                    .any(|l| l.get(3..).is_some_and(|path| path != "README.md"))
+            });
             format!("{head}{}", if dirty { "-dirty" } else { "" })
         }
         None => "unknown commit".into(),
@@ -968,7 +977,7 @@ fn run() -> Result<()> {
     for round in 0..o.rounds {
         for (case, envoy) in selected.iter().zip(&envoys) {
             let i = case.id - 1;
-            let r = oha(envoy, case, o.seconds, Some(target_rate))?;
+            let r = oha(envoy, case, o.seconds, Some(target_rate), tck)?;
             eprintln!(
                 "round {} case {} paced: {:>7.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
                 round + 1,
@@ -985,7 +994,7 @@ fn run() -> Result<()> {
     for round in 0..o.rounds {
         for (case, envoy) in selected.iter().zip(&envoys) {
             let i = case.id - 1;
-            let r = oha(envoy, case, o.seconds, None)?;
+            let r = oha(envoy, case, o.seconds, None, tck)?;
             eprintln!(
                 "round {} case {} unloaded: {:>7.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
                 round + 1,
@@ -1200,7 +1209,7 @@ impl Report {
             Backend::Direct => "direct mode (`just bench --direct`): every route an Envoy `direct_response`, no upstream",
         };
         let _ = writeln!(s, "Measured {} at commit {} on {} with `just bench`, {mode} ({} interleaved rounds of {} s per configuration and mode, Envoy 1.40.0 `--concurrency 1 -l {}` pinned to CPU 0, the load generator pinned to CPU 1; saturated: wrk 1 thread × {} connections; paced: oha at {:.0} req/s, half the slowest configuration's saturated median, on {PACED_CONNECTIONS} connections, latency corrected for coordinated omission; unloaded: oha closed loop on 1 connection). Case 8 is configuration 1 (no filter) sent case 5's request: the same method, path, body and headers of the same lengths, so 5 ÷ 8 is the filter's share alone. In case 5 (and 8) each paced and unloaded request has a random query string and no Idempotency-Key, so each is a first attempt; see `oha` in bench/src/main.rs.\n", self.date, self.commit, self.machine, self.opts.rounds, self.opts.seconds, self.opts.log_level, self.opts.connections, self.target_rate);
-        s.push_str("| # | configuration | saturated req/s (median) | Envoy CPU per request (µs) | Envoy CPU busy when saturated | paced: req/s, p50 / p99 (µs) | unloaded: p50 / p99 (µs) |\n|---|---|---|---|---|---|---|\n");
+        s.push_str("| # | configuration | saturated req/s (median) | Envoy CPU per request (µs) | Envoy CPU busy when saturated | paced: req/s, p50 / p99 (µs) | unloaded: p50 / p99 (µs), Envoy CPU per request (µs) |\n|---|---|---|---|---|---|---|\n");
         let med = |runs: &Vec<Run>, f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
         for (i, case) in CASES.iter().enumerate() {
             let (Some(sat), Some(paced), Some(unloaded)) =
@@ -1213,7 +1222,7 @@ impl Report {
             }
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {:.1} | {:.0}% | {:.0}: {:.0} / {:.0} | {:.0} / {:.0} |",
+                "| {} | {} | {:.0} | {:.1} | {:.0}% | {:.0}: {:.0} / {:.0} | {:.0} / {:.0}, {:.1} |",
                 case.id,
                 case.name,
                 med(sat, &Run::rps),
@@ -1224,6 +1233,7 @@ impl Report {
                 med(paced, &|r| r.p99_us),
                 med(unloaded, &|r| r.p50_us),
                 med(unloaded, &|r| r.p99_us),
+                med(unloaded, &|r| r.cpu_us_per_req),
             );
         }
         s.push_str("\n| figure | goal | measured (median) | min–max over rounds | |\n|---|---|---|---|---|\n");
