@@ -79,6 +79,34 @@ enum Load {
 
 const BODY: &str = "grant_type=client_credentials&scope=deploy";
 
+/// Configuration 3; 9 is the same with the filter switched off on its route.
+const UNMATCHED: Case = Case {
+    id: 3,
+    name: "retry-guard, unmatched route",
+    filter: Filter::Guard,
+    token_status: 200,
+    method: "GET",
+    path: "/other",
+    body: "",
+    load: Load::Plain,
+    off_on_other: false,
+    expect_status: 200,
+};
+
+/// Configuration 5; 8 sends its request to Envoy without the filter.
+const TOKEN_ALLOW: Case = Case {
+    id: 5,
+    name: "retry-guard, token_issuing allow (unique key, fresh JWT)",
+    filter: Filter::Guard,
+    token_status: 200,
+    method: "POST",
+    path: "/oauth/token",
+    body: BODY,
+    load: Load::Unique,
+    off_on_other: false,
+    expect_status: 200,
+};
+
 const CASES: [Case; 9] = [
     Case {
         id: 1,
@@ -104,18 +132,7 @@ const CASES: [Case; 9] = [
         off_on_other: false,
         expect_status: 200,
     },
-    Case {
-        id: 3,
-        name: "retry-guard, unmatched route",
-        filter: Filter::Guard,
-        token_status: 200,
-        method: "GET",
-        path: "/other",
-        body: "",
-        load: Load::Plain,
-        off_on_other: false,
-        expect_status: 200,
-    },
+    UNMATCHED,
     Case {
         id: 4,
         name: "retry-guard, read_only route",
@@ -128,18 +145,7 @@ const CASES: [Case; 9] = [
         off_on_other: false,
         expect_status: 200,
     },
-    Case {
-        id: 5,
-        name: "retry-guard, token_issuing allow (unique key, fresh JWT)",
-        filter: Filter::Guard,
-        token_status: 200,
-        method: "POST",
-        path: "/oauth/token",
-        body: BODY,
-        load: Load::Unique,
-        off_on_other: false,
-        expect_status: 200,
-    },
+    TOKEN_ALLOW,
     Case {
         id: 6,
         name: "retry-guard answering 428 (replays)",
@@ -168,26 +174,15 @@ const CASES: [Case; 9] = [
         id: 8,
         name: "no wasm filter, case 5's token request (the baseline of 5 ÷ 1)",
         filter: Filter::None,
-        token_status: 200,
-        method: "POST",
-        path: "/oauth/token",
-        body: BODY,
         load: Load::Shape,
-        off_on_other: false,
-        expect_status: 200,
+        ..TOKEN_ALLOW
     },
     Case {
         id: 9,
         name:
             "retry-guard, unmatched route with the filter off on that route (FilterConfig disabled)",
-        filter: Filter::Guard,
-        token_status: 200,
-        method: "GET",
-        path: "/other",
-        body: "",
-        load: Load::Plain,
         off_on_other: true,
-        expect_status: 200,
+        ..UNMATCHED
     },
 ];
 
@@ -973,39 +968,28 @@ fn run() -> Result<()> {
     eprintln!(
         "paced runs at {target_rate:.0} req/s (half the slowest saturated median), oha, {PACED_CONNECTIONS} connections"
     );
-    let mut paced: Vec<Vec<Run>> = vec![Vec::new(); CASES.len()];
-    for round in 0..o.rounds {
-        for (case, envoy) in selected.iter().zip(&envoys) {
-            let i = case.id - 1;
-            let r = oha(envoy, case, o.seconds, Some(target_rate), tck)?;
-            eprintln!(
-                "round {} case {} paced: {:>7.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
-                round + 1,
-                case.id,
-                r.rps(),
-                r.p50_us,
-                r.p99_us
-            );
-            paced[i].push(r);
+    // Latency runs of every configuration, round by round: `rate` paced, `None` unloaded.
+    let latency = |label: &str, rate: Option<f64>| -> Result<Vec<Vec<Run>>> {
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); CASES.len()];
+        for round in 0..o.rounds {
+            for (case, envoy) in selected.iter().zip(&envoys) {
+                let r = oha(envoy, case, o.seconds, rate, tck)?;
+                eprintln!(
+                    "round {} case {} {label}: {:>7.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
+                    round + 1,
+                    case.id,
+                    r.rps(),
+                    r.p50_us,
+                    r.p99_us
+                );
+                runs[case.id - 1].push(r);
+            }
         }
-    }
+        Ok(runs)
+    };
+    let paced = latency("paced", Some(target_rate))?;
     eprintln!("unloaded runs: oha, closed loop on 1 connection");
-    let mut unloaded: Vec<Vec<Run>> = vec![Vec::new(); CASES.len()];
-    for round in 0..o.rounds {
-        for (case, envoy) in selected.iter().zip(&envoys) {
-            let i = case.id - 1;
-            let r = oha(envoy, case, o.seconds, None, tck)?;
-            eprintln!(
-                "round {} case {} unloaded: {:>7.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
-                round + 1,
-                case.id,
-                r.rps(),
-                r.p50_us,
-                r.p99_us
-            );
-            unloaded[i].push(r);
-        }
-    }
+    let unloaded = latency("unloaded", None)?;
     let evicted_during_bench = selected
         .iter()
         .zip(&envoys)
