@@ -79,7 +79,8 @@ enum Load {
 
 const BODY: &str = "grant_type=client_credentials&scope=deploy";
 
-/// Configuration 3; 9 is the same with the filter switched off on its route.
+/// Configuration 3. 1 and 2 send its request through no filter and the no-op one; 9 is the
+/// same with the filter switched off on its route.
 const UNMATCHED: Case = Case {
     id: 3,
     name: "retry-guard, unmatched route",
@@ -112,25 +113,13 @@ const CASES: [Case; 9] = [
         id: 1,
         name: "no wasm filter",
         filter: Filter::None,
-        token_status: 200,
-        method: "GET",
-        path: "/other",
-        body: "",
-        load: Load::Plain,
-        off_on_other: false,
-        expect_status: 200,
+        ..UNMATCHED
     },
     Case {
         id: 2,
         name: "no-op wasm filter (floor)",
         filter: Filter::Noop,
-        token_status: 200,
-        method: "GET",
-        path: "/other",
-        body: "",
-        load: Load::Plain,
-        off_on_other: false,
-        expect_status: 200,
+        ..UNMATCHED
     },
     UNMATCHED,
     Case {
