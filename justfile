@@ -70,7 +70,7 @@ profile-perf path="token_issuing_allow":
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
-    cargo clippy --release --target wasm32-wasip1 -p retry-guard-filter -- -D warnings
+    cargo clippy --release --target wasm32-wasip1 -p retry-guard-filter -p retry-guard-noop -p retry-guard-hostcost -- -D warnings
 
 # Every test: lints, native unit tests of the policy core, real-Envoy end-to-end tests.
 test: lint build envoy-install
@@ -86,7 +86,7 @@ bench *ARGS: build envoy-install
     @command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; if [ "$(id -u)" = 0 ]; then apt-get install -y wrk; else sudo apt-get install -y wrk; fi; }
     @command -v taskset >/dev/null || { echo "taskset (util-linux) is required"; exit 1; }
     @command -v oha >/dev/null || { echo "installing oha (paced runs)"; cargo install oha --locked --version 1.16.0; }
-    cargo build --release --target wasm32-wasip1 -p retry-guard-noop
+    cargo build --release --target wasm32-wasip1 -p retry-guard-noop -p retry-guard-hostcost
     cargo run --release -p retry-guard-bench -- {{ARGS}}
 
 # Start the bundled gateway (envoy/envoy.yaml) and a scriptable backend; prints a curl session. Ctrl-C stops both.

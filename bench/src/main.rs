@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod host_costs;
+
 type Result<T> = std::result::Result<T, String>;
 
 /// What sits in Envoy's HTTP filter chain.
@@ -44,6 +46,18 @@ enum Filter {
     None,
     Noop,
     Guard,
+    /// The host-call probe (`bench/hostcost`) with this plugin configuration.
+    Probe(&'static str),
+}
+
+/// The wasm modules the configurations load.
+struct Modules {
+    /// retry-guard.
+    guard: PathBuf,
+    /// The no-op floor.
+    noop: PathBuf,
+    /// The host-call probe (only `--host-costs` needs it).
+    probe: PathBuf,
 }
 
 /// One benchmark configuration.
@@ -188,6 +202,8 @@ struct Options {
     /// what the audit line costs).
     log_level: String,
     backend: Backend,
+    /// Price each host call retry-guard makes instead (see [`host_costs`]).
+    host_costs: bool,
 }
 
 fn parse_args() -> Result<Options> {
@@ -202,6 +218,7 @@ fn parse_args() -> Result<Options> {
         update_readme: false,
         log_level: "info".into(),
         backend: Backend::Upstream,
+        host_costs: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -217,6 +234,7 @@ fn parse_args() -> Result<Options> {
             "--flood" => o.flood = num("--flood")?,
             "--update-readme" => o.update_readme = true,
             "--direct" => o.backend = Backend::Direct,
+            "--host-costs" => o.host_costs = true,
             "--cases" => {
                 let list = args.next().ok_or("--cases needs a list like 1,2,3")?;
                 o.cases = list
@@ -245,7 +263,7 @@ fn parse_args() -> Result<Options> {
                     Some(fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?);
             }
             "-h" | "--help" => {
-                println!("usage: retry-guard-bench [--cases 1,2,.. (all)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--direct (every route a direct_response, no upstream)] [--update-readme]");
+                println!("usage: retry-guard-bench [--cases 1,2,.. (all)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--direct (every route a direct_response, no upstream)] [--host-costs (price each host call retry-guard makes; writes host-costs.md)] [--update-readme]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
@@ -384,17 +402,16 @@ fn envoy_yaml(
     port: u16,
     backend: Backend,
     upstream_port: u16,
-    wasm: &Path,
-    noop: &Path,
+    modules: &Modules,
     plugin: &str,
 ) -> String {
     let mut filters = match case.filter {
         Filter::None => String::new(),
-        Filter::Noop | Filter::Guard => {
-            let (file, config) = if case.filter == Filter::Noop {
-                (noop, String::new())
-            } else {
-                (wasm, plugin.to_string())
+        Filter::Noop | Filter::Guard | Filter::Probe(_) => {
+            let (file, config) = match case.filter {
+                Filter::Noop => (&modules.noop, ""),
+                Filter::Probe(config) => (&modules.probe, config),
+                _ => (&modules.guard, plugin),
             };
             format!(
                 r#"          - name: envoy.filters.http.wasm
@@ -885,15 +902,23 @@ fn run() -> Result<()> {
     let wasm_bytes = fs::metadata(&wasm).map_err(|e| e.to_string())?.len();
     let noop_bytes = fs::metadata(&noop).map_err(|e| e.to_string())?.len();
 
+    let probe = root.join("target/wasm32-wasip1/release/hostcost_filter.wasm");
+    if o.host_costs {
+        need(
+            probe.clone(),
+            "run `just bench --host-costs` (it builds the probe)",
+        )?;
+    }
+    let modules = Modules {
+        guard: wasm.clone(),
+        noop: noop.clone(),
+        probe,
+    };
+
     let plugin = o
         .plugin_config
         .clone()
         .unwrap_or_else(|| plugin_config(65_536));
-    let selected: Vec<&Case> = CASES.iter().filter(|c| o.cases.contains(&c.id)).collect();
-    eprintln!(
-        "starting {} Envoys (--concurrency 1, pinned to CPU 0; wrk pinned to CPU 1)",
-        selected.len()
-    );
     // The upstream (upstream mode) shares the load generator's core: the proxy keeps CPU 0.
     let upstream = match o.backend {
         Backend::Upstream => {
@@ -913,7 +938,7 @@ fn run() -> Result<()> {
     let upstream_port = upstream.as_ref().map_or(0, |u| u.port);
     let proxy = |case: &Case| -> Result<Envoy> {
         let port = free_port()?;
-        let yaml = envoy_yaml(case, port, o.backend, upstream_port, &wasm, &noop, &plugin);
+        let yaml = envoy_yaml(case, port, o.backend, upstream_port, &modules, &plugin);
         start_envoy(
             &bin,
             &dir,
@@ -924,6 +949,14 @@ fn run() -> Result<()> {
             &o.log_level,
         )
     };
+    if o.host_costs {
+        return host_costs::run(&o, &proxy, tck, &dir, &wasm);
+    }
+    let selected: Vec<&Case> = CASES.iter().filter(|c| o.cases.contains(&c.id)).collect();
+    eprintln!(
+        "starting {} Envoys (--concurrency 1, pinned to CPU 0; wrk pinned to CPU 1)",
+        selected.len()
+    );
     let envoys: Vec<Envoy> = selected.iter().map(|c| proxy(c)).collect::<Result<_>>()?;
     // Warm-up; it also gives case 6 its succeeded first attempt, so every later request replays.
     for (case, envoy) in selected.iter().zip(&envoys) {
