@@ -25,6 +25,9 @@
 //! Envoy RSS while 1,000,000 unique keys flood a guarded route with `max_entries` 65536.
 //! Writes `target/bench/report.md` and `report.json`; `--update-readme` replaces the README's
 //! table of that mode.
+//!
+//! `--host-costs` runs [`host_costs`] instead: the price of each host call retry-guard makes,
+//! and the token path's added cost taken apart.
 
 use std::fmt::Write as _;
 use std::fs;
