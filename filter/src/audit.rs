@@ -3,9 +3,9 @@
 
 use crate::config::Route;
 use crate::engine::{Decision, Facts};
+use crate::fingerprint::Fingerprint;
 use crate::json::Obj;
 use crate::policy::Outcome;
-use crate::time::rfc3339;
 
 /// Prefix of every audit line.
 pub const PREFIX: &str = "retry-guard audit ";
@@ -13,7 +13,7 @@ pub const PREFIX: &str = "retry-guard audit ";
 fn start(event: &str, now: u64, request_id: Option<&str>, route: &Route) -> Obj {
     let mut m = Obj::after(PREFIX);
     m.word("event", event)
-        .word("ts", &rfc3339(now))
+        .time("ts", now)
         .opt_str("request_id", request_id)
         .str("route", &route.name)
         .word("class", route.class.name())
@@ -26,10 +26,7 @@ fn start(event: &str, now: u64, request_id: Option<&str>, route: &Route) -> Obj 
 pub fn decision_line(route: &Route, facts: &Facts<'_>, d: &Decision) -> String {
     let mut m = start("decision", facts.now, facts.request_id, route);
     m.str("principal", facts.principal)
-        .opt_word(
-            "fingerprint",
-            facts.fingerprint.map(|f| f.text()).as_deref(),
-        )
+        .opt_b64url("fingerprint", facts.fingerprint.as_ref().map(|f| &f.0[..]))
         .bool("key_present", facts.key.key().is_some())
         .num("attempt", u64::from(d.attempt))
         .opt_word("previous_outcome", d.previous.map(|(o, _)| o.name()))
@@ -52,8 +49,8 @@ pub struct OutcomeRecord<'a> {
     pub now: u64,
     /// `x-request-id`.
     pub request_id: Option<&'a str>,
-    /// Fingerprint text.
-    pub fingerprint: &'a str,
+    /// The attempt's fingerprint.
+    pub fingerprint: &'a Fingerprint,
     /// Attempt number.
     pub attempt: u32,
     /// The recorded outcome.
@@ -67,7 +64,7 @@ pub struct OutcomeRecord<'a> {
 /// The audit line of a recorded outcome.
 pub fn outcome_line(route: &Route, r: &OutcomeRecord<'_>) -> String {
     let mut m = start("outcome", r.now, r.request_id, route);
-    m.word("fingerprint", r.fingerprint)
+    m.opt_b64url("fingerprint", Some(&r.fingerprint.0))
         .num("attempt", u64::from(r.attempt))
         .word("outcome", r.outcome.name())
         .num("status", u64::from(r.status))

@@ -6,30 +6,55 @@
 const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 const URL_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-fn encode(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
-    let mut out: Vec<u8> = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+/// Input bytes per stack block of [`encode_into`]: a multiple of 3, so only the last block
+/// can need padding.
+const BLOCK: usize = 48;
+
+/// Appends the encoding of `bytes` to `out`, a block at a time through a stack buffer: no
+/// allocation of its own, one copy into `out` per 64 characters.
+fn encode_into(out: &mut String, bytes: &[u8], alphabet: &[u8; 64], pad: bool) {
     let sym = |i: u32| alphabet.get((i & 63) as usize).copied().unwrap_or(b'A');
-    let mut chunks = bytes.chunks_exact(3);
-    for c in &mut chunks {
-        let [a, b, c] = <[u8; 3]>::try_from(c).unwrap_or_default();
-        let n = (u32::from(a) << 16) | (u32::from(b) << 8) | u32::from(c);
-        out.extend_from_slice(&[sym(n >> 18), sym(n >> 12), sym(n >> 6), sym(n)]);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let byte = |i: usize| u32::from(rest.get(i).copied().unwrap_or(0));
-        let n = (byte(0) << 16) | (byte(1) << 8);
-        out.extend_from_slice(&[sym(n >> 18), sym(n >> 12)]);
-        if rest.len() == 2 {
-            out.push(sym(n >> 6));
-        } else if pad {
-            out.push(b'=');
+    for block in bytes.chunks(BLOCK) {
+        let mut buf = [0u8; BLOCK / 3 * 4];
+        let mut n = 0;
+        let mut chunks = block.chunks_exact(3);
+        for (c, dst) in (&mut chunks).zip(buf.chunks_exact_mut(4)) {
+            let [a, b, c] = <[u8; 3]>::try_from(c).unwrap_or_default();
+            let v = (u32::from(a) << 16) | (u32::from(b) << 8) | u32::from(c);
+            dst.copy_from_slice(&[sym(v >> 18), sym(v >> 12), sym(v >> 6), sym(v)]);
+            n += 4;
         }
-        if pad {
-            out.push(b'=');
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let byte = |i: usize| u32::from(rest.get(i).copied().unwrap_or(0));
+            let v = (byte(0) << 16) | (byte(1) << 8);
+            let third = if rest.len() == 2 {
+                Some(sym(v >> 6))
+            } else {
+                pad.then_some(b'=')
+            };
+            let tail = [sym(v >> 18), sym(v >> 12)]
+                .into_iter()
+                .chain(third)
+                .chain(pad.then_some(b'='));
+            for (dst, b) in buf.iter_mut().skip(n).zip(tail) {
+                *dst = b;
+                n += 1;
+            }
         }
+        out.push_str(std::str::from_utf8(buf.get(..n).unwrap_or_default()).unwrap_or_default());
     }
-    String::from_utf8(out).unwrap_or_default()
+}
+
+fn encode(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    encode_into(&mut out, bytes, alphabet, pad);
+    out
+}
+
+/// Appends `bytes` as base64url without padding to `out` (no allocation of its own).
+pub fn push_url(out: &mut String, bytes: &[u8]) {
+    encode_into(out, bytes, URL_ALPHABET, false);
 }
 
 fn value(c: u8, url: bool) -> Option<u32> {
@@ -100,6 +125,30 @@ pub fn decode_standard(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_length_round_trips_across_blocks() {
+        // Lengths around and past the 48-byte stack block, every remainder mod 3.
+        for n in 0..=150usize {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 7 + n) as u8).collect();
+            let std_text = standard(&bytes);
+            assert_eq!(std_text.len(), n.div_ceil(3) * 4, "{n}");
+            assert_eq!(decode_standard(&std_text).unwrap(), bytes, "{n}");
+            let url_text = url(&bytes);
+            assert_eq!(url_text.len(), (n * 4).div_ceil(3), "{n}");
+            assert_eq!(decode_url(&url_text).unwrap(), bytes, "{n}");
+            assert_eq!(
+                url_text,
+                std_text
+                    .trim_end_matches('=')
+                    .replace('+', "-")
+                    .replace('/', "_")
+            );
+            let mut appended = String::from("x");
+            push_url(&mut appended, &bytes);
+            assert_eq!(appended, format!("x{url_text}"));
+        }
+    }
 
     #[test]
     fn rfc4648_vectors() {

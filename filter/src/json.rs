@@ -10,6 +10,8 @@
 #[derive(Debug)]
 pub struct Obj {
     buf: String,
+    /// No member written yet (the next one needs no comma).
+    first: bool,
 }
 
 impl Default for Obj {
@@ -30,6 +32,12 @@ pub fn quote(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(s.len() + 2);
     out.push_str("\"");
+    // Most values (names, ids, principals) need no escaping: one scan, one copy.
+    if !s.bytes().any(stops_run) {
+        out.push_str(s);
+        out.push_str("\"");
+        return;
+    }
     let bytes = s.as_bytes();
     let mut run = 0;
     let mut i = 0;
@@ -109,19 +117,42 @@ impl Obj {
     /// An empty object written after `prefix` (e.g. an audit line's `retry-guard audit `), so
     /// the finished text needs no second copy.
     pub fn after(prefix: &str) -> Obj {
-        let mut buf = String::with_capacity(prefix.len() + 512);
+        // Room for a whole audit line (a decision line is about 560 bytes), so it is written
+        // without growing the buffer.
+        let mut buf = String::with_capacity(prefix.len() + 1024);
         buf.push_str(prefix);
         buf.push_str("{");
-        Obj { buf }
+        Obj { buf, first: true }
     }
 
     /// Starts a member. Member names are the filter's own literals: plain ASCII, never escaped.
     fn key(&mut self, k: &str) {
         debug_assert!(k.bytes().all(|b| !stops_run(b)), "member name {k:?}");
-        self.buf
-            .push_str(if self.buf.ends_with('{') { "\"" } else { ",\"" });
+        self.buf.push_str(if self.first { "\"" } else { ",\"" });
+        self.first = false;
         self.buf.push_str(k);
         self.buf.push_str("\":");
+    }
+
+    /// A string member holding `t` (Unix seconds) as an RFC 3339 timestamp.
+    pub fn time(&mut self, k: &str, t: u64) -> &mut Obj {
+        self.key(k);
+        self.buf.push_str("\"");
+        crate::time::push_rfc3339(&mut self.buf, t);
+        self.buf.push_str("\"");
+        self
+    }
+
+    /// A string member holding `bytes` as base64url without padding, or `null`.
+    pub fn opt_b64url(&mut self, k: &str, bytes: Option<&[u8]>) -> &mut Obj {
+        let Some(bytes) = bytes else {
+            return self.null(k);
+        };
+        self.key(k);
+        self.buf.push_str("\"");
+        crate::b64::push_url(&mut self.buf, bytes);
+        self.buf.push_str("\"");
+        self
     }
 
     /// A string member.

@@ -566,7 +566,7 @@ impl Stream {
                     &OutcomeRecord {
                         now,
                         request_id: tracked.request_id.as_deref(),
-                        fingerprint: &tracked.fingerprint.text(),
+                        fingerprint: &tracked.fingerprint,
                         attempt: tracked.attempt,
                         outcome,
                         status,

@@ -5,6 +5,13 @@
 /// Values past the year 9999 are clamped to `9999-12-31T23:59:59Z` so the output always has
 /// the fixed RFC 3339 shape.
 pub fn rfc3339(unix_seconds: u64) -> String {
+    let mut out = String::with_capacity(20);
+    push_rfc3339(&mut out, unix_seconds);
+    out
+}
+
+/// Appends [`rfc3339`]`(unix_seconds)` to `out` (no allocation of its own).
+pub fn push_rfc3339(out: &mut String, unix_seconds: u64) {
     const MAX: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
     let secs = unix_seconds.min(MAX);
     let days = secs / 86_400;
@@ -23,7 +30,7 @@ pub fn rfc3339(unix_seconds: u64) -> String {
         y0, y1, y2, y3, b'-', mo0, mo1, b'-', d0, d1, b'T', h0, h1, b':', mi0, mi1, b':', s0, s1,
         b'Z',
     ];
-    String::from_utf8_lossy(&text).into_owned()
+    out.push_str(std::str::from_utf8(&text).unwrap_or("9999-12-31T23:59:59Z"));
 }
 
 /// Converts days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
