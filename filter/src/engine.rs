@@ -9,7 +9,6 @@ use crate::fingerprint::{BodyDigest, Fingerprint, KeyCheck};
 use crate::ledger::{Commit, Entry, Ledger};
 use crate::policy::{classify, Outcome, Policy, ResponseFacts};
 use crate::problem::{LocalReply, ProblemType};
-use crate::time::rfc3339;
 use crate::token::StaleReason;
 
 /// The decision on one guarded request.
@@ -240,10 +239,7 @@ impl Decision {
             .word("class", route.class.name())
             .str("owner", &route.owner)
             .str("escalation", &route.escalation)
-            .opt_word(
-                "fingerprint",
-                facts.fingerprint.map(|f| f.text()).as_deref(),
-            )
+            .opt_b64url("fingerprint", facts.fingerprint.as_ref().map(|f| &f.0[..]))
             .num("attempt", u64::from(self.attempt))
             .opt_str("request_id", facts.request_id);
         if let Some((outcome, status)) = self.previous {
@@ -262,10 +258,10 @@ impl Decision {
                     extra.push(("retry-guard-challenge", id));
                 }
                 if let Some(t) = self.first_seen {
-                    m.word("first_seen", &rfc3339(t));
+                    m.time("first_seen", t);
                 }
                 if let Some(t) = self.window_ends {
-                    m.word("window_ends", &rfc3339(t));
+                    m.time("window_ends", t);
                 }
                 m.str("confirmation_header", &config.confirmation_header);
                 if let Some(e) = self.confirmation_error {
@@ -286,53 +282,85 @@ impl Decision {
         Some(reply)
     }
 
+    /// The problem document's `detail`: what happened and what to do, then who owns the
+    /// route. Written piece by piece (the `format!` machinery cost more than the text on the
+    /// 428 path).
     fn detail(&self, config: &Config, route: &Route) -> String {
-        let who = format!(
-            "Route {} is owned by {}; escalate via {}.",
-            route.name, route.owner, route.escalation
-        );
-        let prev = self
-            .previous
-            .map(|(o, s)| format!(" The earlier attempt ended {o} (status {s})."))
-            .unwrap_or_default();
+        let mut s = String::with_capacity(384);
+        let num = |s: &mut String, v: u64| crate::json::push_u64(s, v);
+        let prev = |s: &mut String| {
+            if let Some((o, st)) = self.previous {
+                s.push_str(" The earlier attempt ended ");
+                s.push_str(o.name());
+                s.push_str(" (status ");
+                crate::json::push_u64(s, u64::from(st));
+                s.push_str(").");
+            }
+        };
+        let class = route.class.name();
         match self.verdict {
-            Verdict::Confirm => format!(
-                "This {} request repeats attempt {} of the same operation.{prev} A retry needs a signed confirmation from an approver in the {} header, bound to the challenge and fingerprint. {who}",
-                route.class,
-                self.attempt.saturating_sub(1),
-                config.confirmation_header
-            ),
-            Verdict::Conflict => format!(
-                "An identical {} request is still in flight; wait for its result instead of retrying. {who}",
-                route.class
-            ),
-            Verdict::Deny => format!(
-                "This {} request must not be retried.{prev} Start a new operation (a new idempotency key) if that is intended. {who}",
-                route.class
-            ),
-            Verdict::Mismatch => format!(
-                "The idempotency key was used with a different request body; use a new key for a new operation. {who}"
+            Verdict::Confirm => {
+                s.push_str("This ");
+                s.push_str(class);
+                s.push_str(" request repeats attempt ");
+                num(&mut s, u64::from(self.attempt.saturating_sub(1)));
+                s.push_str(" of the same operation.");
+                prev(&mut s);
+                s.push_str(" A retry needs a signed confirmation from an approver in the ");
+                s.push_str(&config.confirmation_header);
+                s.push_str(" header, bound to the challenge and fingerprint. ");
+            }
+            Verdict::Conflict => {
+                s.push_str("An identical ");
+                s.push_str(class);
+                s.push_str(" request is still in flight; wait for its result instead of retrying. ");
+            }
+            Verdict::Deny => {
+                s.push_str("This ");
+                s.push_str(class);
+                s.push_str(" request must not be retried.");
+                prev(&mut s);
+                s.push_str(" Start a new operation (a new idempotency key) if that is intended. ");
+            }
+            Verdict::Mismatch => s.push_str(
+                "The idempotency key was used with a different request body; use a new key for a new operation. ",
             ),
             Verdict::BadRequest => match self.key_problem {
-                Some(ProblemType::IdempotencyKeyMissing) => format!(
-                    "This route requires the {} header. {who}",
-                    config.idempotency_key_header
-                ),
-                _ => format!(
-                    "The {} header is invalid ({}); send 1 to {} visible ASCII characters, bare or as a quoted string. {who}",
-                    config.idempotency_key_header, self.reason, config.max_key_length
-                ),
+                Some(ProblemType::IdempotencyKeyMissing) => {
+                    s.push_str("This route requires the ");
+                    s.push_str(&config.idempotency_key_header);
+                    s.push_str(" header. ");
+                }
+                _ => {
+                    s.push_str("The ");
+                    s.push_str(&config.idempotency_key_header);
+                    s.push_str(" header is invalid (");
+                    s.push_str(&self.reason);
+                    s.push_str("); send 1 to ");
+                    num(&mut s, config.max_key_length as u64);
+                    s.push_str(" visible ASCII characters, bare or as a quoted string. ");
+                }
             },
-            Verdict::TooLarge => format!(
-                "The request body exceeds {} bytes, the most retry-guard buffers to fingerprint it. {who}",
-                config.max_body_bytes
-            ),
-            Verdict::StaleToken => format!(
-                "The bearer token is stale ({}); obtain a fresh token before retrying. {who}",
-                self.token_reason.map_or("stale", StaleReason::name)
-            ),
-            Verdict::Allow | Verdict::Confirmed => who,
+            Verdict::TooLarge => {
+                s.push_str("The request body exceeds ");
+                num(&mut s, config.max_body_bytes as u64);
+                s.push_str(" bytes, the most retry-guard buffers to fingerprint it. ");
+            }
+            Verdict::StaleToken => {
+                s.push_str("The bearer token is stale (");
+                s.push_str(self.token_reason.map_or("stale", StaleReason::name));
+                s.push_str("); obtain a fresh token before retrying. ");
+            }
+            Verdict::Allow | Verdict::Confirmed => {}
         }
+        s.push_str("Route ");
+        s.push_str(&route.name);
+        s.push_str(" is owned by ");
+        s.push_str(&route.owner);
+        s.push_str("; escalate via ");
+        s.push_str(&route.escalation);
+        s.push('.');
+        s
     }
 }
 
