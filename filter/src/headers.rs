@@ -51,6 +51,37 @@ impl<'a> HeaderPairs<'a> {
         Some(HeaderPairs { pairs })
     }
 
+    /// The first value of header `name` in the wire format `buf`, without building the map
+    /// (no allocation): for a lookup or two. `None` when absent, or when the buffer is
+    /// malformed before the header is found.
+    pub fn lookup(buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
+        let count = u32_at(buf, 0)?;
+        if count > buf.len() / 10 {
+            return None;
+        }
+        let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
+        for i in 0..count {
+            let name_len = u32_at(buf, 4 + i * 8)?;
+            let value_len = u32_at(buf, 8 + i * 8)?;
+            let n = buf.get(data..data.checked_add(name_len)?)?;
+            data = data.checked_add(name_len)?;
+            if buf.get(data) != Some(&0) {
+                return None;
+            }
+            data += 1;
+            let v = buf.get(data..data.checked_add(value_len)?)?;
+            data = data.checked_add(value_len)?;
+            if buf.get(data) != Some(&0) {
+                return None;
+            }
+            data += 1;
+            if n == name.as_bytes() {
+                return Some(v);
+            }
+        }
+        None
+    }
+
     /// The first value of a header (names as Envoy keeps them: lower-case).
     pub fn get(&self, name: &str) -> Option<&'a [u8]> {
         self.pairs
@@ -112,6 +143,10 @@ mod tests {
         assert_eq!(h.get("empty"), Some(&b""[..]));
         assert_eq!(h.get("missing"), None);
         assert!(HeaderPairs::parse(&[]).unwrap().is_empty());
+        for name in [":method", "authorization", "x-bin", "empty", "missing", ""] {
+            assert_eq!(HeaderPairs::lookup(&buf, name), h.get(name), "{name}");
+        }
+        assert_eq!(HeaderPairs::lookup(&[], ":method"), None);
     }
 
     #[test]
@@ -128,5 +163,12 @@ mod tests {
         let mut huge_len = serialize(&[("a", b"b")]);
         huge_len[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(HeaderPairs::parse(&huge_len).is_none());
+        // The allocation-free lookup refuses the same buffers before it reaches the header.
+        for cut in 1..good.len() {
+            assert_eq!(HeaderPairs::lookup(&good[..cut], "c"), None, "cut at {cut}");
+        }
+        assert_eq!(HeaderPairs::lookup(&no_nul, "c"), None);
+        assert_eq!(HeaderPairs::lookup(&huge_len, "a"), None);
+        assert_eq!(HeaderPairs::lookup(&u32::MAX.to_le_bytes(), "a"), None);
     }
 }

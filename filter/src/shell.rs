@@ -89,7 +89,8 @@ impl Fetcher<'_> {
             return request_header_text(name);
         }
         let blob = self.blob.get_or_insert_with(request_headers_blob);
-        HeaderPairs::parse(blob)?.text(name).map(str::to_string)
+        let value = HeaderPairs::lookup(blob, name)?;
+        String::from_utf8(value.to_vec()).ok()
     }
 }
 
