@@ -81,7 +81,8 @@ test-core:
     cargo test -p retry-guard-filter
 
 # Benchmarks on the real Envoy (not part of `just test`); writes target/bench/report.{md,json}.
-# Options: --rounds N --seconds S --connections C --flood N --cases 1,2,.. --update-readme
+# Options: --rounds N --seconds S --connections C --flood N --cases 1,2,.. --direct --update-readme;
+# --host-costs prices each host call on the real Envoy instead (target/bench/host-costs.{md,json}).
 bench *ARGS: build envoy-install
     @command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; if [ "$(id -u)" = 0 ]; then apt-get install -y wrk; else sudo apt-get install -y wrk; fi; }
     @command -v taskset >/dev/null || { echo "taskset (util-linux) is required"; exit 1; }

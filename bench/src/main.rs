@@ -851,8 +851,10 @@ fn commit() -> String {
             .output()
             .ok()
             .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim_end().to_string())
     };
+    // (Only the end is trimmed: `status --porcelain` lines start with a space-padded status,
+    // and trimming the first one made README.md read as "EADME.md", i.e. "-dirty".)
     match git(&["rev-parse", "--short", "HEAD"]) {
         Some(head) => {
             // README.md is what `--update-readme` rewrites; any other change is measured too.
