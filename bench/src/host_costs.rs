@@ -449,3 +449,50 @@ fn what(import: &str) -> &'static str {
         _ => "",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_probe_is_one_the_probe_filter_accepts_with_its_count() {
+        for p in &PROBES {
+            let (index, count) = hostcost_filter::parse(p.config).unwrap();
+            assert_eq!(count, p.count, "{}", p.config);
+            // The probe's call is the host import the table prices it as.
+            let expected = match hostcost_filter::CALLS[index] {
+                "none" => String::new(),
+                "get_current_time" => "proxy_get_current_time_nanoseconds".into(),
+                call => format!("proxy_{call}"),
+            };
+            assert_eq!(p.import, expected, "{}", p.config);
+        }
+        for config in ON_TOKEN_REQUEST {
+            hostcost_filter::parse(config).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_positions_name_the_configurations_they_are_read_as() {
+        let cases = cases();
+        assert_eq!(cases.len(), NO_GUARD + 1);
+        assert!(cases[0].filter == Filter::Probe("none 0") && cases[0].method == "GET");
+        assert!(
+            cases[POST_NONE].filter == Filter::Probe("none 0") && cases[POST_NONE].method == "POST"
+        );
+        assert!(cases[POST_PAUSE].filter == Filter::Probe("pause_for_body 1"));
+        assert_eq!(cases[POST_PAUSE].body, cases[NO_GUARD].body);
+        assert_eq!(
+            (cases[GUARD].id, cases[NO_GUARD].id),
+            (WITH_GUARD, WITHOUT_GUARD)
+        );
+        assert!(cases[GUARD].filter == Filter::Guard && cases[NO_GUARD].filter == Filter::None);
+        // Every import the table names, and every one priced as another, has a price.
+        for (import, like) in PRICED_AS {
+            assert!(
+                PROBES.iter().any(|p| p.import == like),
+                "{import} priced as {like}"
+            );
+        }
+    }
+}
