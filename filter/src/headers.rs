@@ -17,69 +17,107 @@ fn u32_at(buf: &[u8], at: usize) -> Option<usize> {
     usize::try_from(u32::from_le_bytes(bytes)).ok()
 }
 
-impl<'a> HeaderPairs<'a> {
-    /// Parses the wire format; `None` if the buffer is malformed (truncated, lengths past the
-    /// end, missing NUL terminators). An empty buffer is an empty map.
-    pub fn parse(buf: &'a [u8]) -> Option<HeaderPairs<'a>> {
+/// The pairs of a buffer in the wire format, in order. The walk ends early, with
+/// `malformed` set, where the buffer turns out malformed (a length past the end, a missing
+/// NUL terminator).
+struct Walk<'a> {
+    buf: &'a [u8],
+    count: usize,
+    malformed: bool,
+    /// The next pair's index.
+    i: usize,
+    /// Where the next pair's name starts.
+    data: usize,
+}
+
+impl<'a> Walk<'a> {
+    /// `None` if the header count is unreadable or more than the buffer can hold. An empty
+    /// buffer is an empty map.
+    fn new(buf: &'a [u8]) -> Option<Walk<'a>> {
         if buf.is_empty() {
-            return Some(HeaderPairs::default());
+            return Some(Walk {
+                buf,
+                count: 0,
+                malformed: false,
+                i: 0,
+                data: 0,
+            });
         }
         let count = u32_at(buf, 0)?;
         // Each pair needs 8 bytes of lengths and 2 NUL bytes: bounds the count by the buffer.
         if count > buf.len() / 10 {
             return None;
         }
-        let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
-        let mut pairs = Vec::with_capacity(count);
-        for i in 0..count {
-            let name_len = u32_at(buf, 4 + i * 8)?;
-            let value_len = u32_at(buf, 8 + i * 8)?;
-            let name = buf.get(data..data.checked_add(name_len)?)?;
-            data = data.checked_add(name_len)?;
-            if buf.get(data) != Some(&0) {
-                return None;
-            }
-            data += 1;
-            let value = buf.get(data..data.checked_add(value_len)?)?;
-            data = data.checked_add(value_len)?;
-            if buf.get(data) != Some(&0) {
-                return None;
-            }
-            data += 1;
-            pairs.push((name, value));
+        let data = 4usize.checked_add(count.checked_mul(8)?)?;
+        Some(Walk {
+            buf,
+            count,
+            malformed: false,
+            i: 0,
+            data,
+        })
+    }
+
+    /// The next pair; `None` if the buffer is malformed there.
+    #[inline]
+    fn pair(&mut self) -> Option<(&'a [u8], &'a [u8])> {
+        let buf = self.buf;
+        let name_len = u32_at(buf, 4 + self.i * 8)?;
+        let value_len = u32_at(buf, 8 + self.i * 8)?;
+        let mut data = self.data;
+        let name = buf.get(data..data.checked_add(name_len)?)?;
+        data = data.checked_add(name_len)?;
+        if buf.get(data) != Some(&0) {
+            return None;
         }
-        Some(HeaderPairs { pairs })
+        data += 1;
+        let value = buf.get(data..data.checked_add(value_len)?)?;
+        data = data.checked_add(value_len)?;
+        if buf.get(data) != Some(&0) {
+            return None;
+        }
+        self.data = data + 1;
+        Some((name, value))
+    }
+}
+
+impl<'a> Iterator for Walk<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.i >= self.count {
+            return None;
+        }
+        let pair = self.pair();
+        if pair.is_some() {
+            self.i += 1;
+        } else {
+            self.malformed = true;
+            self.i = self.count;
+        }
+        pair
+    }
+}
+
+impl<'a> HeaderPairs<'a> {
+    /// Parses the wire format; `None` if the buffer is malformed (truncated, lengths past the
+    /// end, missing NUL terminators). An empty buffer is an empty map.
+    pub fn parse(buf: &'a [u8]) -> Option<HeaderPairs<'a>> {
+        let mut walk = Walk::new(buf)?;
+        let mut pairs = Vec::with_capacity(walk.count);
+        pairs.extend(&mut walk);
+        (!walk.malformed).then_some(HeaderPairs { pairs })
     }
 
     /// The first value of header `name` in the wire format `buf`, without building the map
     /// (no allocation): for a lookup or two. `None` when absent, or when the buffer is
     /// malformed before the header is found.
     pub fn lookup(buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
-        let count = u32_at(buf, 0)?;
-        if count > buf.len() / 10 {
-            return None;
-        }
-        let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
-        for i in 0..count {
-            let name_len = u32_at(buf, 4 + i * 8)?;
-            let value_len = u32_at(buf, 8 + i * 8)?;
-            let n = buf.get(data..data.checked_add(name_len)?)?;
-            data = data.checked_add(name_len)?;
-            if buf.get(data) != Some(&0) {
-                return None;
-            }
-            data += 1;
-            let v = buf.get(data..data.checked_add(value_len)?)?;
-            data = data.checked_add(value_len)?;
-            if buf.get(data) != Some(&0) {
-                return None;
-            }
-            data += 1;
-            if n == name.as_bytes() {
-                return Some(v);
-            }
-        }
-        None
+        // A header found before any malformed part is found; past one, the walk has ended.
+        Walk::new(buf)?
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| v)
     }
 
     /// The first value of a header (names as Envoy keeps them: lower-case).
