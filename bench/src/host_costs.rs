@@ -24,8 +24,8 @@ use std::path::Path;
 use serde_json::json;
 
 use super::{
-    commit, machine, median, min_max, repo_root, today, wrk, Backend, Case, Envoy, Filter, Load,
-    Options, Result, Run, CASES, TOKEN_ALLOW, UNMATCHED,
+    commit, machine, median, min_max, today, wrk, Backend, Case, Envoy, Filter, Load, Options,
+    Result, Run, CASES, TOKEN_ALLOW, UNMATCHED,
 };
 
 /// One probe: the plugin configuration (`"<call> <count>"`), the host import it prices, and
@@ -417,18 +417,7 @@ impl HostCosts<'_> {
         .map_err(|e| e.to_string())?;
         eprintln!("wrote {}/host-costs.md and host-costs.json", dir.display());
         if update_readme {
-            let readme = repo_root().join("README.md");
-            let text = fs::read_to_string(&readme).map_err(|e| e.to_string())?;
-            let (start, end) = (
-                "<!-- bench-host-costs:start -->",
-                "<!-- bench-host-costs:end -->",
-            );
-            let (Some(a), Some(b)) = (text.find(start), text.find(end)) else {
-                return Err(format!("README.md has no {start} / {end} markers"));
-            };
-            let updated = format!("{}{start}\n{table}\n{}", &text[..a], &text[b..]);
-            fs::write(&readme, updated).map_err(|e| e.to_string())?;
-            eprintln!("updated the host-costs table of README.md");
+            super::update_readme("bench-host-costs", &table)?;
         }
         Ok(())
     }

@@ -275,6 +275,28 @@ fn parse_args() -> Result<Options> {
     Ok(o)
 }
 
+/// `text` with what stands between its `<!-- {section}:start -->` and
+/// `<!-- {section}:end -->` markers replaced by `table`.
+fn replace_section(text: &str, section: &str, table: &str) -> Result<String> {
+    let (start, end) = (
+        format!("<!-- {section}:start -->"),
+        format!("<!-- {section}:end -->"),
+    );
+    let (Some(a), Some(b)) = (text.find(&start), text.find(&end)) else {
+        return Err(format!("README.md has no {start} / {end} markers"));
+    };
+    Ok(format!("{}{start}\n{table}\n{}", &text[..a], &text[b..]))
+}
+
+/// Replaces the README's `section` (see [`replace_section`]) with `table`.
+fn update_readme(section: &str, table: &str) -> Result<()> {
+    let readme = repo_root().join("README.md");
+    let text = fs::read_to_string(&readme).map_err(|e| e.to_string())?;
+    fs::write(&readme, replace_section(&text, section, table)?).map_err(|e| e.to_string())?;
+    eprintln!("updated the {section} table of README.md");
+    Ok(())
+}
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -1314,19 +1336,31 @@ impl Report {
         .map_err(|e| e.to_string())?;
         eprintln!("wrote {}/report.md and report.json", dir.display());
         if self.opts.update_readme {
-            let readme = repo_root().join("README.md");
-            let text = fs::read_to_string(&readme).map_err(|e| e.to_string())?;
-            let (start, end) = match self.opts.backend {
-                Backend::Upstream => ("<!-- bench:start -->", "<!-- bench:end -->"),
-                Backend::Direct => ("<!-- bench-direct:start -->", "<!-- bench-direct:end -->"),
-            };
-            let (Some(a), Some(b)) = (text.find(start), text.find(end)) else {
-                return Err(format!("README.md has no {start} / {end} markers"));
-            };
-            let updated = format!("{}{start}\n{table}\n{}", &text[..a], &text[b..]);
-            fs::write(&readme, updated).map_err(|e| e.to_string())?;
-            eprintln!("updated the Performance section of README.md");
+            update_readme(
+                match self.opts.backend {
+                    Backend::Upstream => "bench",
+                    Backend::Direct => "bench-direct",
+                },
+                &table,
+            )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_readme_section_is_replaced_between_its_own_markers_only() {
+        let text = "a\n<!-- bench:start -->\nold\n<!-- bench:end -->\nb\n<!-- bench-direct:start -->\nkeep\n<!-- bench-direct:end -->\n";
+        let out = replace_section(text, "bench", "new").unwrap();
+        assert_eq!(
+            out,
+            "a\n<!-- bench:start -->\nnew\n<!-- bench:end -->\nb\n<!-- bench-direct:start -->\nkeep\n<!-- bench-direct:end -->\n"
+        );
+        let err = replace_section(text, "bench-host-costs", "x").unwrap_err();
+        assert!(err.contains("<!-- bench-host-costs:start -->"), "{err}");
     }
 }
