@@ -9,38 +9,70 @@
 //! `pause_for_body` makes no call: it holds the request headers until the whole body has
 //! arrived, as retry-guard does to fingerprint a body.
 
-/// The host calls the probe can make, by the name its configuration uses.
-pub const CALLS: [&str; 11] = [
-    "none",
-    "get_current_time",
-    "increment_metric",
-    "get_property",
-    "get_header_map_value",
-    "get_header_map_pairs",
-    "get_shared_data",
-    "set_shared_data",
-    "set_property",
-    "log",
-    "pause_for_body",
+/// What the probe does per call, as its configuration names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// Nothing: the baseline.
+    None,
+    /// `proxy_get_current_time_nanoseconds`.
+    GetCurrentTime,
+    /// `proxy_increment_metric`.
+    IncrementMetric,
+    /// `proxy_get_property` of `xds.route_name`.
+    GetProperty,
+    /// `proxy_get_header_map_value` of `:path`.
+    GetHeaderMapValue,
+    /// `proxy_get_header_map_pairs` of the request headers.
+    GetHeaderMapPairs,
+    /// `proxy_get_shared_data` of a 96-byte value.
+    GetSharedData,
+    /// `proxy_set_shared_data` of a 96-byte value.
+    SetSharedData,
+    /// `proxy_set_property`: a new filter-state object.
+    SetProperty,
+    /// `proxy_log` of an audit-line-sized info line.
+    Log,
+    /// No call: hold the request headers until the whole body is in.
+    PauseForBody,
+}
+
+/// Every call with the name the configuration uses for it.
+pub const CALLS: [(&str, Call); 11] = [
+    ("none", Call::None),
+    ("get_current_time", Call::GetCurrentTime),
+    ("increment_metric", Call::IncrementMetric),
+    ("get_property", Call::GetProperty),
+    ("get_header_map_value", Call::GetHeaderMapValue),
+    ("get_header_map_pairs", Call::GetHeaderMapPairs),
+    ("get_shared_data", Call::GetSharedData),
+    ("set_shared_data", Call::SetSharedData),
+    ("set_property", Call::SetProperty),
+    ("log", Call::Log),
+    ("pause_for_body", Call::PauseForBody),
 ];
 
-/// Parses `"<call> <count>"`: the call's index in [`CALLS`] and the count, or a message that
-/// says what is wrong.
-pub fn parse(config: &str) -> Result<(usize, u32), String> {
+/// Parses `"<call> <count>"`: the call (a name from [`CALLS`]) and the count, or a message
+/// that says what is wrong. Resolved once, at configuration, so the per-request loop pays no
+/// name comparison.
+pub fn parse(config: &str) -> Result<(Call, u32), String> {
     let mut words = config.split_whitespace();
-    let (Some(call), Some(count), None) = (words.next(), words.next(), words.next()) else {
+    let (Some(name), Some(count), None) = (words.next(), words.next(), words.next()) else {
         return Err(format!(
             "configuration {config:?}: expected \"<call> <count>\", e.g. \"log 4\""
         ));
     };
-    let index = CALLS
+    let call = CALLS
         .iter()
-        .position(|c| *c == call)
-        .ok_or_else(|| format!("unknown call {call:?}; one of {}", CALLS.join(", ")))?;
+        .find(|(n, _)| *n == name)
+        .map(|(_, c)| *c)
+        .ok_or_else(|| {
+            let names: Vec<&str> = CALLS.iter().map(|(n, _)| *n).collect();
+            format!("unknown call {name:?}; one of {}", names.join(", "))
+        })?;
     let count = count
         .parse()
         .map_err(|_| format!("count {count:?} is not a whole number"))?;
-    Ok((index, count))
+    Ok((call, count))
 }
 
 /// A value of the size of a retry-guard ledger entry (126 bytes with its key).
@@ -57,6 +89,7 @@ pub fn audit_sized_line() -> String {
 
 #[cfg(target_arch = "wasm32")]
 mod filter {
+    use super::Call;
     use proxy_wasm::hostcalls;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
     use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
@@ -70,7 +103,7 @@ mod filter {
     }}
 
     struct Probe {
-        call: usize,
+        call: Call,
         count: u32,
         metric: u32,
         line: String,
@@ -124,7 +157,7 @@ mod filter {
 
     impl Stream {
         fn pauses_for_body(&self) -> bool {
-            self.probe.count > 0 && super::CALLS.get(self.probe.call) == Some(&"pause_for_body")
+            self.probe.count > 0 && self.probe.call == Call::PauseForBody
         }
     }
 
@@ -169,34 +202,34 @@ mod filter {
             }
             let p = &*self.probe;
             for i in 0..p.count {
-                match super::CALLS.get(p.call).copied().unwrap_or("none") {
-                    "get_current_time" => {
+                match p.call {
+                    Call::GetCurrentTime => {
                         let _ = hostcalls::get_current_time();
                     }
-                    "increment_metric" => {
+                    Call::IncrementMetric => {
                         let _ = hostcalls::increment_metric(p.metric, 1);
                     }
-                    "get_property" => {
+                    Call::GetProperty => {
                         let _ = hostcalls::get_property(vec!["xds", "route_name"]);
                     }
-                    "get_header_map_value" => {
+                    Call::GetHeaderMapValue => {
                         let _ =
                             hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path");
                     }
-                    "get_header_map_pairs" => {
+                    Call::GetHeaderMapPairs => {
                         header_map_pairs();
                     }
-                    "get_shared_data" => {
+                    Call::GetSharedData => {
                         let _ = hostcalls::get_shared_data("hostcost.entry");
                     }
-                    "set_shared_data" => {
+                    Call::SetSharedData => {
                         let _ = hostcalls::set_shared_data(
                             "hostcost.entry",
                             Some(super::SHARED_VALUE),
                             None,
                         );
                     }
-                    "set_property" => {
+                    Call::SetProperty => {
                         // A new filter-state object per call, as retry-guard's one per request.
                         let key = [
                             "hostcost.k",
@@ -205,10 +238,10 @@ mod filter {
                         .concat();
                         let _ = hostcalls::set_property(vec![key.as_str()], Some(b"allow"));
                     }
-                    "log" => {
+                    Call::Log => {
                         let _ = hostcalls::log(LogLevel::Info, &p.line);
                     }
-                    _ => {}
+                    Call::None | Call::PauseForBody => {}
                 }
             }
             Action::Continue
@@ -222,8 +255,8 @@ mod tests {
 
     #[test]
     fn parses_call_and_count_and_says_what_is_wrong() {
-        assert_eq!(parse("log 4"), Ok((9, 4)));
-        assert_eq!(parse(" none  0 "), Ok((0, 0)));
+        assert_eq!(parse("log 4"), Ok((Call::Log, 4)));
+        assert_eq!(parse(" none  0 "), Ok((Call::None, 0)));
         assert!(parse("log").unwrap_err().contains("expected"));
         assert!(parse("logs 4")
             .unwrap_err()
