@@ -6,6 +6,7 @@ use crate::b64;
 use crate::config::{Config, Mode, Route, StaleTokenAction};
 use crate::confirm::{self, Challenge, ChallengeState, ConfirmationError};
 use crate::fingerprint::{BodyDigest, Fingerprint, KeyCheck};
+use crate::json::push_u64;
 use crate::ledger::{Commit, Entry, Ledger};
 use crate::policy::{classify, Outcome, Policy, ResponseFacts};
 use crate::problem::{LocalReply, ProblemType};
@@ -287,13 +288,12 @@ impl Decision {
     /// 428 path).
     fn detail(&self, config: &Config, route: &Route) -> String {
         let mut s = String::with_capacity(384);
-        let num = |s: &mut String, v: u64| crate::json::push_u64(s, v);
         let prev = |s: &mut String| {
             if let Some((o, st)) = self.previous {
                 s.push_str(" The earlier attempt ended ");
                 s.push_str(o.name());
                 s.push_str(" (status ");
-                crate::json::push_u64(s, u64::from(st));
+                push_u64(s, u64::from(st));
                 s.push_str(").");
             }
         };
@@ -303,7 +303,7 @@ impl Decision {
                 s.push_str("This ");
                 s.push_str(class);
                 s.push_str(" request repeats attempt ");
-                num(&mut s, u64::from(self.attempt.saturating_sub(1)));
+                push_u64(&mut s, u64::from(self.attempt.saturating_sub(1)));
                 s.push_str(" of the same operation.");
                 prev(&mut s);
                 s.push_str(" A retry needs a signed confirmation from an approver in the ");
@@ -337,13 +337,13 @@ impl Decision {
                     s.push_str(" header is invalid (");
                     s.push_str(&self.reason);
                     s.push_str("); send 1 to ");
-                    num(&mut s, config.max_key_length as u64);
+                    push_u64(&mut s, config.max_key_length as u64);
                     s.push_str(" visible ASCII characters, bare or as a quoted string. ");
                 }
             },
             Verdict::TooLarge => {
                 s.push_str("The request body exceeds ");
-                num(&mut s, config.max_body_bytes as u64);
+                push_u64(&mut s, config.max_body_bytes as u64);
                 s.push_str(" bytes, the most retry-guard buffers to fingerprint it. ");
             }
             Verdict::StaleToken => {
