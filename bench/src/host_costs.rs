@@ -235,10 +235,7 @@ pub(super) fn run(
     let pause = minus(POST_PAUSE, POST_NONE);
 
     let report = HostCosts {
-        rounds: o.rounds,
-        seconds: o.seconds,
-        connections: o.connections,
-        log_level: &o.log_level,
+        opts: o,
         baseline: price(&baseline),
         prices,
         token_calls,
@@ -248,14 +245,11 @@ pub(super) fn run(
         runs: &runs,
         cases: &cases,
     };
-    report.write(dir, o.update_readme)
+    report.write(dir)
 }
 
 struct HostCosts<'a> {
-    rounds: usize,
-    seconds: u64,
-    connections: usize,
-    log_level: &'a str,
+    opts: &'a Options,
     baseline: Price,
     prices: BTreeMap<&'static str, Price>,
     token_calls: BTreeMap<String, f64>,
@@ -300,10 +294,10 @@ impl HostCosts<'_> {
             today(),
             commit(),
             machine(),
-            self.rounds,
-            self.seconds,
-            self.log_level,
-            self.connections,
+            self.opts.rounds,
+            self.opts.seconds,
+            self.opts.log_level,
+            self.opts.connections,
             self.baseline.median,
             self.baseline.min,
             self.baseline.max,
@@ -388,7 +382,7 @@ impl HostCosts<'_> {
         s
     }
 
-    fn write(&self, dir: &Path, update_readme: bool) -> Result<()> {
+    fn write(&self, dir: &Path) -> Result<()> {
         let table = self.table();
         println!("{table}");
         fs::write(
@@ -397,8 +391,8 @@ impl HostCosts<'_> {
         )
         .map_err(|e| e.to_string())?;
         let j = json!({
-            "date": today(), "commit": commit(), "machine": machine(), "rounds": self.rounds,
-            "seconds": self.seconds, "envoy_log_level": self.log_level,
+            "date": today(), "commit": commit(), "machine": machine(), "rounds": self.opts.rounds,
+            "seconds": self.opts.seconds, "envoy_log_level": self.opts.log_level,
             "prices_us_per_call": self.prices.iter().map(|(k, p)| (k.to_string(), json!({"median": p.median, "min": p.min, "max": p.max}))).collect::<serde_json::Map<_, _>>(),
             "token_path_calls": self.token_calls,
             "token_path_added_us": {"median": self.added.median, "min": self.added.min, "max": self.added.max},
@@ -416,7 +410,7 @@ impl HostCosts<'_> {
         )
         .map_err(|e| e.to_string())?;
         eprintln!("wrote {}/host-costs.md and host-costs.json", dir.display());
-        if update_readme {
+        if self.opts.update_readme {
             super::update_readme("bench-host-costs", &table)?;
         }
         Ok(())
