@@ -20,8 +20,9 @@
 //! after every answer, which would measure connection setup instead (see [`BUFFER_FILTER`]).
 //!
 //! Per configuration: saturated throughput (wrk), Envoy CPU time per request (from
-//! `/proc/<pid>/stat`), p50/p99 latency at a fixed rate below saturation (`oha -q`, corrected
-//! for coordinated omission) and unloaded (oha closed loop, one connection). Then a memory run:
+//! `/proc/<pid>/stat`), p50/p99 latency at a fixed rate below saturation (`oha -q` from
+//! [`PACED_PROCESSES`] processes, each request timed from when it was sent, with how late oha
+//! sent it beside) and unloaded (oha closed loop, one connection). Then a memory run:
 //! Envoy RSS while 1,000,000 unique keys flood a guarded route with `max_entries` 65536.
 //! Writes `target/bench/report.md` and `report.json`; `--update-readme` replaces the README's
 //! table of that mode.
@@ -651,6 +652,8 @@ struct Run {
     non2xx: u64,
     socket_errors: u64,
     cpu_us_per_req: f64,
+    /// The load generator's lateness, for a paced run.
+    pacing: Option<Pacing>,
 }
 
 impl Run {
@@ -705,48 +708,42 @@ fn wrk(envoy: &Envoy, case: &Case, seconds: u64, connections: usize, tck: f64) -
         p99_us: n("p99_us"),
         non2xx: n("non2xx") as u64,
         socket_errors: n("socket_errors") as u64,
-        cpu_us_per_req: if requests > 0 {
-            cpu_us / requests as f64
-        } else {
-            0.0
-        },
+        cpu_us_per_req: per_request(cpu_us, requests),
+        pacing: None,
     })
 }
 
-/// Connections of the paced runs.
-const PACED_CONNECTIONS: usize = 8;
+/// oha processes of a paced run; together they send the paced rate.
+///
+/// oha releases the requests that fall due within one millisecond together (its timer is
+/// tokio's), so one process at 14,000 req/s sends bursts of about 14, and each request queues
+/// behind the others in its burst (measured with Envoy's access log at 14,000 req/s: a median
+/// of 4–6 requests less than 20 µs apart, where an even pace leaves 71 µs between them).
+/// Sixteen processes tick at unrelated phases: a median of 1 request at a time (p90 2), close
+/// to independent clients.
+const PACED_PROCESSES: usize = 16;
 
-/// A paced run: `oha` sends `rate` requests per second, evenly spaced, for `seconds`, and
-/// reports latency corrected for coordinated omission (a late request counts from when it
-/// was due). wrk cannot do this: its `delay()` has whole-millisecond steps, and its
-/// connections wake together, so requests arrive in bursts and queue behind each other.
+/// Connections of each paced oha process: with two, a request rarely falls due while its
+/// process waits for both earlier answers (that wait is reported as lateness, [`Pacing`]).
+const PACED_CONNECTIONS_EACH: usize = 2;
+
+/// oha's command line for a run of `case` against `envoy` for `seconds`, without the load
+/// shape (`-q`, `-c`): the method, body and headers, and for a unique case a random query
+/// string and a JWT minted now.
 ///
 /// oha cannot vary a header or a body per request (`-Z` picks body lines at random, so a
 /// file of unique lines still repeats about one in five), so a `unique` case sends a random
 /// query string (`--rand-regex-url`, 24 random characters) without an Idempotency-Key: the
 /// fingerprint covers the path and query, so every request is a first attempt with the same
 /// work as a unique key (fingerprint, ledger write, audit line). Its JWT is minted when the
-/// run starts (fresh: `iat` now, `exp` in 600 s). Every answer must be the case's expected
-/// status, or the run is refused as a measurement of something else.
-///
-/// With `rate` `None` the run is closed-loop on one connection (each request sent when the
-/// previous answer arrived): the latency of a request that never queues.
-fn oha(envoy: &Envoy, case: &Case, seconds: u64, rate: Option<f64>, tck: f64) -> Result<Run> {
+/// run starts (fresh: `iat` now, `exp` in 600 s).
+fn oha_command(envoy: &Envoy, case: &Case, seconds: u64) -> Command {
     let mut url = format!("http://127.0.0.1:{}{}", envoy.port, case.path);
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "1", "oha", "--no-tui", "--output-format", "json"])
         .arg("-z")
-        .arg(format!("{seconds}s"));
-    match rate {
-        Some(rate) => cmd
-            .arg("-q")
-            .arg(format!("{rate:.0}"))
-            .arg("-c")
-            .arg(PACED_CONNECTIONS.to_string())
-            .arg("--latency-correction"),
-        None => cmd.args(["-c", "1"]),
-    };
-    cmd.args(["-m", case.method, "-H", "x-client-id: bench-bot"]);
+        .arg(format!("{seconds}s"))
+        .args(["-m", case.method, "-H", "x-client-id: bench-bot"]);
     if !case.body.is_empty() {
         cmd.args(["-H", "content-type: application/x-www-form-urlencoded"])
             .args(["-d", case.body]);
@@ -766,11 +763,23 @@ fn oha(envoy: &Envoy, case: &Case, seconds: u64, rate: Option<f64>, tck: f64) ->
         // A regex: `?` escaped, then the random part.
         url = format!("{url}\\?n=[a-z0-9]{{24}}");
     }
-    let cpu0 = cpu_ticks(envoy.child.id())?;
-    let out = cmd
-        .arg(&url)
-        .output()
-        .map_err(|e| format!("cannot run oha (cargo install oha --locked): {e}"))?;
+    cmd.arg(url);
+    cmd
+}
+
+/// What one oha process reports: its answers and latency percentiles.
+struct OhaResult {
+    requests: u64,
+    non2xx: u64,
+    errors: u64,
+    seconds: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Reads oha's JSON result. Every answer must be the case's expected status, or the run is
+/// refused as a measurement of something else.
+fn oha_result(out: &std::process::Output, case: &Case) -> Result<OhaResult> {
     let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
         format!(
             "oha printed no JSON result ({e}): {}{}",
@@ -796,28 +805,184 @@ fn oha(envoy: &Envoy, case: &Case, seconds: u64, rate: Option<f64>, tck: f64) ->
             .map(|(_, n)| n.as_u64().unwrap_or(0))
             .sum()
     });
-    let us = |k: &str| v["latencyPercentiles"][k].as_f64().unwrap_or(0.0) * 1e6;
     let expected = case.expect_status.to_string();
     let unexpected = count(&|k| k != expected) + errors;
     if unexpected > 0 {
         return Err(format!(
-            "paced run of case {} got {unexpected} of {requests} answers other than {expected}: {} {}",
+            "oha run of case {} got {unexpected} of {requests} answers other than {expected}: {} {}",
             case.id, v["statusCodeDistribution"], v["errorDistribution"]
         ));
     }
-    Ok(Run {
+    let us = |k: &str| v["latencyPercentiles"][k].as_f64().unwrap_or(0.0) * 1e6;
+    Ok(OhaResult {
         requests,
-        seconds: v["summary"]["total"].as_f64().unwrap_or(seconds as f64),
+        non2xx: count(&|k| !k.starts_with('2')),
+        errors,
+        seconds: v["summary"]["total"].as_f64().unwrap_or(0.0),
         p50_us: us("p50"),
         p99_us: us("p99"),
-        non2xx: count(&|k| !k.starts_with('2')),
-        socket_errors: errors,
-        cpu_us_per_req: if requests > 0 {
-            cpu_ticks(envoy.child.id())?.saturating_sub(cpu0) as f64 / tck * 1e6 / requests as f64
-        } else {
-            0.0
-        },
     })
+}
+
+/// An unloaded run: oha closed loop on one connection (each request sent when the previous
+/// answer arrived), the latency of a request that never queues.
+fn oha_unloaded(envoy: &Envoy, case: &Case, seconds: u64, tck: f64) -> Result<Run> {
+    let mut cmd = oha_command(envoy, case, seconds);
+    cmd.args(["-c", "1"]);
+    let cpu0 = cpu_ticks(envoy.child.id())?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run oha (cargo install oha --locked): {e}"))?;
+    let cpu_us = cpu_ticks(envoy.child.id())?.saturating_sub(cpu0) as f64 / tck * 1e6;
+    let r = oha_result(&out, case)?;
+    Ok(Run {
+        requests: r.requests,
+        seconds: if r.seconds > 0.0 {
+            r.seconds
+        } else {
+            seconds as f64
+        },
+        p50_us: r.p50_us,
+        p99_us: r.p99_us,
+        non2xx: r.non2xx,
+        socket_errors: r.errors,
+        cpu_us_per_req: per_request(cpu_us, r.requests),
+        pacing: None,
+    })
+}
+
+/// How well the paced load generator kept its schedule: how late each request left against
+/// the time it was due.
+#[derive(Clone, Copy, Debug)]
+struct Pacing {
+    late_p50_us: f64,
+    late_p99_us: f64,
+}
+
+/// A paced run: `rate` requests per second in all, from [`PACED_PROCESSES`] oha processes on
+/// [`PACED_CONNECTIONS_EACH`] connections each, for `seconds`.
+///
+/// Latency counts from the moment each request was sent (oha's per-request record,
+/// `--db-url`), not from when it was due: oha's timer releases requests up to a millisecond
+/// late, the same for every configuration, and counting that lateness in would measure the
+/// load generator. How late the requests left is reported beside it ([`Pacing`]). Every
+/// answer must be the case's expected status, or the run is refused.
+fn oha_paced(
+    envoy: &Envoy,
+    case: &Case,
+    seconds: u64,
+    rate: f64,
+    tck: f64,
+    dir: &Path,
+) -> Result<Run> {
+    let each = rate / PACED_PROCESSES as f64;
+    let dbs: Vec<PathBuf> = (0..PACED_PROCESSES)
+        .map(|i| dir.join(format!("paced-{}-{i}.db", case.id)))
+        .collect();
+    let cpu0 = cpu_ticks(envoy.child.id())?;
+    let mut children = Vec::new();
+    for db in &dbs {
+        let _ = fs::remove_file(db);
+        let mut cmd = oha_command(envoy, case, seconds);
+        // `--latency-correction` makes oha record when each request was due, beside when it
+        // left (the lateness reported in `Pacing`).
+        cmd.arg("-q")
+            .arg(format!("{each:.3}"))
+            .arg("-c")
+            .arg(PACED_CONNECTIONS_EACH.to_string())
+            .args(["--latency-correction", "--db-url"])
+            .arg(db)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        children.push(
+            cmd.spawn()
+                .map_err(|e| format!("cannot run oha (cargo install oha --locked): {e}"))?,
+        );
+    }
+    let outputs: Vec<std::process::Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().map_err(|e| format!("oha: {e}")))
+        .collect::<Result<_>>()?;
+    let cpu_us = cpu_ticks(envoy.child.id())?.saturating_sub(cpu0) as f64 / tck * 1e6;
+    let mut requests = 0;
+    let (mut non2xx, mut errors, mut rps) = (0, 0, 0.0);
+    for out in &outputs {
+        let r = oha_result(out, case)?;
+        requests += r.requests;
+        non2xx += r.non2xx;
+        errors += r.errors;
+        rps += r.requests as f64 / r.seconds.max(1e-9);
+    }
+    let mut latency = Vec::new();
+    let mut late = Vec::new();
+    for db in &dbs {
+        read_oha_db(db, &mut latency, &mut late)?;
+        let _ = fs::remove_file(db);
+    }
+    if latency.is_empty() {
+        return Err(format!("paced run of case {} recorded no request", case.id));
+    }
+    latency.sort_by(f64::total_cmp);
+    late.sort_by(f64::total_cmp);
+    Ok(Run {
+        requests,
+        // The processes ran side by side: the span that gives their summed rate.
+        seconds: requests as f64 / rps.max(1e-9),
+        p50_us: percentile(&latency, 0.50),
+        p99_us: percentile(&latency, 0.99),
+        non2xx,
+        socket_errors: errors,
+        cpu_us_per_req: per_request(cpu_us, requests),
+        pacing: Some(Pacing {
+            late_p50_us: percentile(&late, 0.50),
+            late_p99_us: percentile(&late, 0.99),
+        }),
+    })
+}
+
+/// Appends each request's latency from when it was sent (`end - start`) and how late it was
+/// sent (`start - start_latency_correction`), in µs, from one oha `--db-url` file.
+fn read_oha_db(db: &Path, latency: &mut Vec<f64>, late: &mut Vec<f64>) -> Result<()> {
+    let fail =
+        |e: rusqlite::Error| format!("cannot read oha's request records {}: {e}", db.display());
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(fail)?;
+    let mut stmt = conn
+        .prepare("SELECT start, start_latency_correction, \"end\" FROM oha")
+        .map_err(fail)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, f64>(0)?,
+                r.get::<_, Option<f64>>(1)?,
+                r.get::<_, f64>(2)?,
+            ))
+        })
+        .map_err(fail)?;
+    for row in rows {
+        let (start, due, end) = row.map_err(fail)?;
+        latency.push((end - start) * 1e6);
+        late.push((start - due.unwrap_or(start)).max(0.0) * 1e6);
+    }
+    Ok(())
+}
+
+/// The nearest-rank percentile `p` (0 to 1) of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn per_request(cpu_us: f64, requests: u64) -> f64 {
+    if requests > 0 {
+        cpu_us / requests as f64
+    } else {
+        0.0
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -1015,14 +1180,17 @@ fn run() -> Result<()> {
     let slowest = sat_median.iter().cloned().fold(f64::INFINITY, f64::min);
     let target_rate = (slowest * 0.5).max(100.0);
     eprintln!(
-        "paced runs at {target_rate:.0} req/s (half the slowest saturated median), oha, {PACED_CONNECTIONS} connections"
+        "paced runs at {target_rate:.0} req/s (half the slowest saturated median), {PACED_PROCESSES} oha processes × {PACED_CONNECTIONS_EACH} connections"
     );
     // Latency runs of every configuration, round by round: `rate` paced, `None` unloaded.
     let latency = |label: &str, rate: Option<f64>| -> Result<Vec<Vec<Run>>> {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); CASES.len()];
         for round in 0..o.rounds {
             for (case, envoy) in selected.iter().zip(&envoys) {
-                let r = oha(envoy, case, o.seconds, rate, tck)?;
+                let r = match rate {
+                    Some(rate) => oha_paced(envoy, case, o.seconds, rate, tck, &dir)?,
+                    None => oha_unloaded(envoy, case, o.seconds, tck)?,
+                };
                 eprintln!(
                     "round {} case {} {label}: {:>7.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
                     round + 1,
@@ -1229,6 +1397,17 @@ impl Report {
         v
     }
 
+    /// The median over the paced runs of one figure of the load generator's lateness.
+    fn lateness(&self, f: impl Fn(&Pacing) -> f64) -> f64 {
+        median(
+            self.paced
+                .iter()
+                .flatten()
+                .filter_map(|r| r.pacing.as_ref().map(&f))
+                .collect(),
+        )
+    }
+
     fn shared_bytes_per_entry(&self) -> f64 {
         let set_value = 2 + retry_guard::ledger::WAYS * retry_guard::ledger::ENTRY_BYTES;
         let key = retry_guard::ledger::KEY_PREFIX.len() + 5;
@@ -1241,7 +1420,7 @@ impl Report {
             Backend::Upstream => "upstream mode: routes 1–5 and 8 forwarded to a real upstream Envoy pinned to CPU 1",
             Backend::Direct => "direct mode (`just bench --direct`): every route an Envoy `direct_response`, no upstream",
         };
-        let _ = writeln!(s, "Measured {} at commit {} on {} with `just bench`, {mode} ({} interleaved rounds of {} s per configuration and mode, Envoy 1.40.0 `--concurrency 1 -l {}` pinned to CPU 0, the load generator pinned to CPU 1; saturated: wrk 1 thread × {} connections; paced: oha at {:.0} req/s, half the slowest configuration's saturated median, on {PACED_CONNECTIONS} connections, latency corrected for coordinated omission; unloaded: oha closed loop on 1 connection). Case 8 is configuration 1 (no filter) sent case 5's request: the same method, path, body and headers of the same lengths, so 5 ÷ 8 is the filter's share alone. In case 5 (and 8) each paced and unloaded request has a random query string and no Idempotency-Key, so each is a first attempt; see `oha` in bench/src/main.rs.\n", self.date, self.commit, self.machine, self.opts.rounds, self.opts.seconds, self.opts.log_level, self.opts.connections, self.target_rate);
+        let _ = writeln!(s, "Measured {} at commit {} on {} with `just bench`, {mode} ({} interleaved rounds of {} s per configuration and mode, Envoy 1.40.0 `--concurrency 1 -l {}` pinned to CPU 0, the load generator pinned to CPU 1; saturated: wrk 1 thread × {} connections; paced: {:.0} req/s in all, half the slowest configuration's saturated median, from {PACED_PROCESSES} oha processes on {PACED_CONNECTIONS_EACH} connections each, latency counted from when each request was sent, which was a median {:.0} µs (p99 {:.0} µs) after it was due; unloaded: oha closed loop on 1 connection). Case 8 is configuration 1 (no filter) sent case 5's request: the same method, path, body and headers of the same lengths, so 5 ÷ 8 is the filter's share alone. In case 5 (and 8) each paced and unloaded request has a random query string and no Idempotency-Key, so each is a first attempt; see `oha` in bench/src/main.rs.\n", self.date, self.commit, self.machine, self.opts.rounds, self.opts.seconds, self.opts.log_level, self.opts.connections, self.target_rate, self.lateness(|p| p.late_p50_us), self.lateness(|p| p.late_p99_us));
         s.push_str("| # | configuration | saturated req/s (median) | Envoy CPU per request (µs) | Envoy CPU busy when saturated | paced: req/s, p50 / p99 (µs) | unloaded: p50 / p99 (µs), Envoy CPU per request (µs) |\n|---|---|---|---|---|---|---|\n");
         let med = |runs: &Vec<Run>, f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
         for (i, case) in CASES.iter().enumerate() {
@@ -1316,7 +1495,8 @@ impl Report {
         let runs = |v: &Vec<Vec<Run>>| -> Value {
             CASES.iter().zip(v).filter(|(_, runs)| !runs.is_empty()).map(|(c, runs)| json!({
                 "case": c.id, "name": c.name,
-                "runs": runs.iter().map(|r| json!({"requests": r.requests, "seconds": r.seconds, "rps": r.rps(), "cpu_us_per_request": r.cpu_us_per_req, "p50_us": r.p50_us, "p99_us": r.p99_us, "non2xx": r.non2xx, "socket_errors": r.socket_errors})).collect::<Vec<_>>(),
+                "runs": runs.iter().map(|r| json!({"requests": r.requests, "seconds": r.seconds, "rps": r.rps(), "cpu_us_per_request": r.cpu_us_per_req, "p50_us": r.p50_us, "p99_us": r.p99_us, "non2xx": r.non2xx, "socket_errors": r.socket_errors,
+                    "send_late_p50_us": r.pacing.map(|p| p.late_p50_us), "send_late_p99_us": r.pacing.map(|p| p.late_p99_us)})).collect::<Vec<_>>(),
             })).collect()
         };
         let j = json!({
@@ -1351,6 +1531,44 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.50), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 1.0), 100.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn oha_records_give_latency_from_the_send_and_lateness_from_the_due_time() {
+        let dir = std::env::temp_dir().join(format!("rg-bench-oha-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("paced.db");
+        let _ = fs::remove_file(&db);
+        // oha 1.16's table, as `--db-url` writes it (times in seconds from the run's start).
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE oha (url TEXT NOT NULL, start REAL NOT NULL, start_latency_correction REAL,
+              end REAL NOT NULL, duration REAL NOT NULL, status INTEGER NOT NULL,
+              len_bytes INTEGER NOT NULL, run INTEGER NOT NULL);
+             INSERT INTO oha VALUES ('/x', 0.0100, 0.0098, 0.0101, 0.0003, 200, 2, 1);
+             INSERT INTO oha VALUES ('/x', 0.0200, NULL, 0.0205, 0.0005, 200, 2, 1);",
+        )
+        .unwrap();
+        drop(conn);
+        let (mut latency, mut late) = (Vec::new(), Vec::new());
+        read_oha_db(&db, &mut latency, &mut late).unwrap();
+        let round = |v: &[f64]| v.iter().map(|x| x.round()).collect::<Vec<_>>();
+        assert_eq!(round(&latency), [100.0, 500.0], "end - start, in µs");
+        assert_eq!(round(&late), [200.0, 0.0], "start - due; unknown due: not late");
+        let err = read_oha_db(&dir.join("missing.db"), &mut latency, &mut late).unwrap_err();
+        assert!(err.contains("missing.db"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_readme_section_is_replaced_between_its_own_markers_only() {
