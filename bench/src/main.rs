@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 mod host_costs;
+mod pacing;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -208,6 +209,8 @@ struct Options {
     backend: Backend,
     /// Price each host call retry-guard makes instead (see [`host_costs`]).
     host_costs: bool,
+    /// Check how evenly the paced runs' requests arrive instead (see [`pacing`]).
+    pacing: bool,
 }
 
 fn parse_args() -> Result<Options> {
@@ -223,6 +226,7 @@ fn parse_args() -> Result<Options> {
         log_level: "info".into(),
         backend: Backend::Upstream,
         host_costs: false,
+        pacing: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -239,6 +243,7 @@ fn parse_args() -> Result<Options> {
             "--update-readme" => o.update_readme = true,
             "--direct" => o.backend = Backend::Direct,
             "--host-costs" => o.host_costs = true,
+            "--pacing" => o.pacing = true,
             "--cases" => {
                 let list = args.next().ok_or("--cases needs a list like 1,2,3")?;
                 o.cases = list
@@ -267,7 +272,7 @@ fn parse_args() -> Result<Options> {
                     Some(fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?);
             }
             "-h" | "--help" => {
-                println!("usage: retry-guard-bench [--cases 1,2,.. (all)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--direct (every route a direct_response, no upstream)] [--host-costs (price each host call retry-guard makes; writes host-costs.md)] [--update-readme]");
+                println!("usage: retry-guard-bench [--cases 1,2,.. (all)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--direct (every route a direct_response, no upstream)] [--host-costs (price each host call retry-guard makes; writes host-costs.md)] [--pacing (how evenly the paced runs' requests arrive; writes pacing.md)] [--update-readme]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
@@ -379,7 +384,9 @@ const BUFFER_FILTER: &str = r#"          - name: envoy.filters.http.buffer
 
 /// An Envoy bootstrap with one listener on `port`: `routes` (YAML list items) and `filters`
 /// (YAML list items before the router), plus `clusters`.
-fn bootstrap(port: u16, routes: &str, filters: &str, clusters: &str) -> String {
+/// An Envoy bootstrap listening on `port`; `hcm_extra` is added to the HTTP connection
+/// manager (e.g. an access log).
+fn bootstrap(port: u16, hcm_extra: &str, routes: &str, filters: &str, clusters: &str) -> String {
     format!(
         r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
@@ -393,7 +400,7 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
-          route_config:
+{hcm_extra}          route_config:
             name: bench
             virtual_hosts:
             - name: all
@@ -420,7 +427,7 @@ fn upstream_yaml(port: u16) -> String {
         .iter()
         .map(|(n, m, st, b)| direct_route(n, m, *st, b))
         .collect();
-    bootstrap(port, &routes, BUFFER_FILTER, "")
+    bootstrap(port, "", &routes, BUFFER_FILTER, "")
 }
 
 fn envoy_yaml(
@@ -504,7 +511,7 @@ fn envoy_yaml(
     } else {
         String::new()
     };
-    bootstrap(port, &routes, &filters, &clusters)
+    bootstrap(port, "", &routes, &filters, &clusters)
 }
 
 fn free_port() -> Result<u16> {
@@ -527,11 +534,20 @@ impl Drop for Envoy {
 }
 
 fn http_get(addr: &str, path: &str) -> Result<String> {
+    http(addr, "GET", path)
+}
+
+/// A POST without a body (Envoy's admin wants POST for what changes state).
+fn http_post(addr: &str, path: &str) -> Result<String> {
+    http(addr, "POST", path)
+}
+
+fn http(addr: &str, method: &str, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| e.to_string())?;
     let mut out = String::new();
@@ -859,8 +875,27 @@ struct Pacing {
     late_p99_us: f64,
 }
 
-/// A paced run: `rate` requests per second in all, from [`PACED_PROCESSES`] oha processes on
-/// [`PACED_CONNECTIONS_EACH`] connections each, for `seconds`.
+/// The load of a paced run: `rate` requests per second in all, from `processes` oha
+/// processes on `connections` connections each.
+#[derive(Clone, Copy)]
+struct Pace {
+    rate: f64,
+    processes: usize,
+    connections: usize,
+}
+
+impl Pace {
+    /// The paced runs' shape ([`PACED_PROCESSES`] × [`PACED_CONNECTIONS_EACH`]) at `rate`.
+    fn at(rate: f64) -> Pace {
+        Pace {
+            rate,
+            processes: PACED_PROCESSES,
+            connections: PACED_CONNECTIONS_EACH,
+        }
+    }
+}
+
+/// A paced run of `case` for `seconds` (see [`Pace`]).
 ///
 /// Latency counts from the moment each request was sent (oha's per-request record,
 /// `--db-url`), not from when it was due: oha's timer releases requests up to a millisecond
@@ -871,12 +906,12 @@ fn oha_paced(
     envoy: &Envoy,
     case: &Case,
     seconds: u64,
-    rate: f64,
+    pace: Pace,
     tck: f64,
     dir: &Path,
 ) -> Result<Run> {
-    let each = rate / PACED_PROCESSES as f64;
-    let dbs: Vec<PathBuf> = (0..PACED_PROCESSES)
+    let each = pace.rate / pace.processes.max(1) as f64;
+    let dbs: Vec<PathBuf> = (0..pace.processes.max(1))
         .map(|i| dir.join(format!("paced-{}-{i}.db", case.id)))
         .collect();
     let cpu0 = cpu_ticks(envoy.child.id())?;
@@ -889,7 +924,7 @@ fn oha_paced(
         cmd.arg("-q")
             .arg(format!("{each:.3}"))
             .arg("-c")
-            .arg(PACED_CONNECTIONS_EACH.to_string())
+            .arg(pace.connections.max(1).to_string())
             .args(["--latency-correction", "--db-url"])
             .arg(db)
             .stdout(Stdio::piped())
@@ -1091,6 +1126,9 @@ fn run() -> Result<()> {
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let tck = clock_ticks_per_second();
+    if o.pacing {
+        return pacing::run(&o, &bin, &dir, tck);
+    }
     let wasm_bytes = fs::metadata(&wasm).map_err(|e| e.to_string())?.len();
     let noop_bytes = fs::metadata(&noop).map_err(|e| e.to_string())?.len();
 
@@ -1188,7 +1226,7 @@ fn run() -> Result<()> {
         for round in 0..o.rounds {
             for (case, envoy) in selected.iter().zip(&envoys) {
                 let r = match rate {
-                    Some(rate) => oha_paced(envoy, case, o.seconds, rate, tck, &dir)?,
+                    Some(rate) => oha_paced(envoy, case, o.seconds, Pace::at(rate), tck, &dir)?,
                     None => oha_unloaded(envoy, case, o.seconds, tck)?,
                 };
                 eprintln!(
@@ -1564,7 +1602,11 @@ mod tests {
         read_oha_db(&db, &mut latency, &mut late).unwrap();
         let round = |v: &[f64]| v.iter().map(|x| x.round()).collect::<Vec<_>>();
         assert_eq!(round(&latency), [100.0, 500.0], "end - start, in µs");
-        assert_eq!(round(&late), [200.0, 0.0], "start - due; unknown due: not late");
+        assert_eq!(
+            round(&late),
+            [200.0, 0.0],
+            "start - due; unknown due: not late"
+        );
         let err = read_oha_db(&dir.join("missing.db"), &mut latency, &mut late).unwrap_err();
         assert!(err.contains("missing.db"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
