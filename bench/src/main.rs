@@ -96,7 +96,8 @@ enum Load {
     Shape,
 }
 
-const BODY: &str = "grant_type=client_credentials&scope=deploy";
+/// The body of the token request, the same as host-sim's benchmark sends.
+const BODY: &str = host_sim::bench::BODY;
 
 /// Configuration 3. 1 and 2 send its request through no filter and the no-op one; 9 is the
 /// same with the filter switched off on its route.
@@ -313,21 +314,6 @@ fn need(path: PathBuf, hint: &str) -> Result<PathBuf> {
     } else {
         Err(format!("{} is missing; {hint}", path.display()))
     }
-}
-
-fn plugin_config(max_entries: u32) -> String {
-    json!({
-        "window_seconds": 86400,
-        "max_entries": max_entries,
-        "principal": ["jwt:sub", "header:x-client-id", "token"],
-        "routes": [
-            {"name": "oauth-token", "match": {"route_name": "token", "methods": ["POST"], "path": "/oauth/token"},
-             "class": "token_issuing", "owner": "team-iam", "escalation": "pagerduty:iam-primary", "token_max_age_seconds": 300},
-            {"name": "reads", "match": {"route_name": "reads", "methods": ["GET"], "path_prefix": "/v1/"},
-             "class": "read_only", "owner": "team-iam", "escalation": "pagerduty:iam-primary"}
-        ]
-    })
-    .to_string()
 }
 
 /// Where the routes' answers come from.
@@ -1145,10 +1131,10 @@ fn run() -> Result<()> {
         probe,
     };
 
-    let plugin = o
-        .plugin_config
-        .clone()
-        .unwrap_or_else(|| plugin_config(65_536));
+    let plugin = o.plugin_config.clone().unwrap_or_else(|| {
+        // host-sim's benchmark measures the same configuration per request path.
+        String::from_utf8_lossy(&host_sim::bench::plugin_config(65_536)).into_owned()
+    });
     // The upstream (upstream mode) shares the load generator's core: the proxy keeps CPU 0.
     let upstream = match o.backend {
         Backend::Upstream => {

@@ -19,7 +19,7 @@ use crate::vm::Runtime;
 /// The body of the Envoy benchmark's POSTs.
 pub const BODY: &str = "grant_type=client_credentials&scope=deploy";
 
-/// The plugin configuration of the Envoy benchmark (`bench/src/main.rs` `plugin_config`).
+/// The plugin configuration of the Envoy benchmark (`bench/src/main.rs` loads it too).
 pub fn plugin_config(max_entries: u32) -> Vec<u8> {
     serde_json::json!({
         "window_seconds": 86400,
