@@ -556,6 +556,10 @@ fn start_envoy(
     fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
     let admin_file = dir.join(format!("admin-{name}.txt"));
     let _ = fs::remove_file(&admin_file);
+    // Envoy appends to its log: without this each run would add its audit lines (gigabytes on
+    // the token route) to the last run's.
+    let log = dir.join(format!("envoy-{name}.log"));
+    let _ = fs::remove_file(&log);
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", cpu]).arg(bin);
     cmd.arg("-c")
@@ -568,7 +572,7 @@ fn start_envoy(
             log_level,
         ])
         .arg("--log-path")
-        .arg(dir.join(format!("envoy-{name}.log")))
+        .arg(&log)
         .arg("--admin-address-path")
         .arg(&admin_file)
         .stdout(Stdio::null())
@@ -1087,8 +1091,34 @@ fn wasmcustom(envoy: &Envoy, name: &str) -> Option<u64> {
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("retry-guard-bench: {e}");
+        eprintln!("retry-guard-bench: {e} (Envoy's logs are kept in target/bench)");
         std::process::exit(1);
+    }
+    remove_envoy_logs(&repo_root().join("target/bench"));
+}
+
+/// Removes the Envoys' logs of a run that succeeded: at `-l info` they hold every audit line
+/// (several gigabytes per run on the token route), and the report holds what was measured.
+/// A failed run keeps them for the diagnosis.
+fn remove_envoy_logs(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut bytes = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("envoy-") && name.ends_with(".log") {
+            bytes += e.metadata().map_or(0, |m| m.len());
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    if bytes > 0 {
+        eprintln!(
+            "removed the Envoys' logs ({:.1} MB of audit lines) from {}",
+            bytes as f64 / 1e6,
+            dir.display()
+        );
     }
 }
 
@@ -1555,6 +1585,28 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_finished_run_removes_the_envoy_logs_only() {
+        let dir = std::env::temp_dir().join(format!("rg-bench-logs-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        for f in [
+            "envoy-5.log",
+            "envoy-upstream.log",
+            "envoy-5.yaml",
+            "report.md",
+        ] {
+            fs::write(dir.join(f), "x").unwrap();
+        }
+        remove_envoy_logs(&dir);
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["envoy-5.yaml", "report.md"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {
