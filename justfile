@@ -82,11 +82,12 @@ test-core:
 
 # Benchmarks on the real Envoy (not part of `just test`); writes target/bench/report.{md,json}.
 # Options: --rounds N --seconds S --connections C --flood N --cases 1,2,.. --direct --update-readme;
-# --host-costs prices each host call on the real Envoy instead (target/bench/host-costs.{md,json}).
+# --host-costs prices each host call on the real Envoy instead (target/bench/host-costs.{md,json});
+# --pacing checks in Envoy's access log how evenly the paced runs' requests arrive (pacing.md).
 bench *ARGS: build envoy-install
     @command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; if [ "$(id -u)" = 0 ]; then apt-get install -y wrk; else sudo apt-get install -y wrk; fi; }
     @command -v taskset >/dev/null || { echo "taskset (util-linux) is required"; exit 1; }
-    @command -v oha >/dev/null || { echo "installing oha (paced runs)"; cargo install oha --locked --version 1.16.0; }
+    @oha --version 2>/dev/null | grep -qx 'oha 1.16.0' || { echo "installing oha 1.16.0 (paced runs; its --db-url records are read)"; cargo install oha --locked --version 1.16.0; }
     cargo build --release --target wasm32-wasip1 -p retry-guard-noop -p retry-guard-hostcost
     cargo run --release -p retry-guard-bench -- {{ARGS}}
 

@@ -369,9 +369,8 @@ const BUFFER_FILTER: &str = r#"          - name: envoy.filters.http.buffer
 "#;
 
 /// An Envoy bootstrap with one listener on `port`: `routes` (YAML list items) and `filters`
-/// (YAML list items before the router), plus `clusters`.
-/// An Envoy bootstrap listening on `port`; `hcm_extra` is added to the HTTP connection
-/// manager (e.g. an access log).
+/// (YAML list items before the router), plus `clusters`; `hcm_extra` is added to the HTTP
+/// connection manager (e.g. an access log).
 fn bootstrap(port: u16, hcm_extra: &str, routes: &str, filters: &str, clusters: &str) -> String {
     format!(
         r#"admin:
@@ -723,14 +722,14 @@ fn wrk(envoy: &Envoy, case: &Case, seconds: u64, connections: usize, tck: f64) -
 ///
 /// oha releases the requests that fall due within one millisecond together (its timer is
 /// tokio's), so one process at 14,000 req/s sends bursts of about 14, and each request queues
-/// behind the others in its burst (measured with Envoy's access log at 14,000 req/s: a median
-/// of 4–6 requests less than 20 µs apart, where an even pace leaves 71 µs between them).
-/// Sixteen processes tick at unrelated phases: a median of 1 request at a time (p90 2), close
-/// to independent clients.
+/// behind the others in its burst. Sixteen processes tick at unrelated phases. `just bench
+/// --pacing` measures both in Envoy's access log (README, "The paced runs"): at 14,000 req/s
+/// one process put 85% of the requests less than 20 µs after the one before (bursts of 8,
+/// p90 13), sixteen 34% (bursts of 2, p90 3), where independent clients would put 24%.
 const PACED_PROCESSES: usize = 16;
 
 /// Connections of each paced oha process: with two, a request rarely falls due while its
-/// process waits for both earlier answers (that wait is reported as lateness, [`Pacing`]).
+/// process waits for both earlier answers (that wait counts in the lateness, [`Pacing`]).
 const PACED_CONNECTIONS_EACH: usize = 2;
 
 /// oha's command line for a run of `case` against `envoy` for `seconds`, without the load
@@ -858,7 +857,7 @@ fn oha_unloaded(envoy: &Envoy, case: &Case, seconds: u64, tck: f64) -> Result<Ru
 }
 
 /// How well the paced load generator kept its schedule: how late each request left against
-/// the time it was due.
+/// the time it was due (oha's timer firing late, and the wait for a free connection).
 #[derive(Clone, Copy, Debug)]
 struct Pacing {
     late_p50_us: f64,
@@ -888,10 +887,11 @@ impl Pace {
 /// A paced run of `case` for `seconds` (see [`Pace`]).
 ///
 /// Latency counts from the moment each request was sent (oha's per-request record,
-/// `--db-url`), not from when it was due: oha's timer releases requests up to a millisecond
-/// late, the same for every configuration, and counting that lateness in would measure the
-/// load generator. How late the requests left is reported beside it ([`Pacing`]). Every
-/// answer must be the case's expected status, or the run is refused.
+/// `--db-url`), not from when it was due: oha's timer works in whole milliseconds and
+/// releases requests about a millisecond late, the same for every configuration, and counting
+/// that lateness in would measure the load generator. How late the requests left is reported beside it ([`Pacing`]). Every
+/// answer must be the case's expected status, every oha process must succeed and have
+/// recorded every answer it counted, or the run is refused.
 fn oha_paced(
     envoy: &Envoy,
     case: &Case,
@@ -900,7 +900,9 @@ fn oha_paced(
     tck: f64,
     dir: &Path,
 ) -> Result<Run> {
-    let each = pace.rate / pace.processes.max(1) as f64;
+    // The rate each process is given, as oha reads it (its schedule: request k at k / each).
+    let each_arg = format!("{:.3}", pace.rate / pace.processes.max(1) as f64);
+    let each: f64 = each_arg.parse().unwrap_or(1.0);
     let dbs: Vec<PathBuf> = (0..pace.processes.max(1))
         .map(|i| dir.join(format!("paced-{}-{i}.db", case.id)))
         .collect();
@@ -909,20 +911,27 @@ fn oha_paced(
     for db in &dbs {
         let _ = fs::remove_file(db);
         let mut cmd = oha_command(envoy, case, seconds);
-        // `--latency-correction` makes oha record when each request was due, beside when it
-        // left (the lateness reported in `Pacing`).
+        // `--latency-correction` makes oha record when its timer released each request, which
+        // orders the requests by their place in the schedule (see `read_oha_db`).
         cmd.arg("-q")
-            .arg(format!("{each:.3}"))
+            .arg(&each_arg)
             .arg("-c")
             .arg(pace.connections.max(1).to_string())
             .args(["--latency-correction", "--db-url"])
             .arg(db)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        children.push(
-            cmd.spawn()
-                .map_err(|e| format!("cannot run oha (cargo install oha --locked): {e}"))?,
-        );
+        match cmd.spawn() {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                // Stop the ones already started: they would load Envoy until `-z` ends.
+                for mut c in children {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return Err(format!("cannot run oha (cargo install oha --locked): {e}"));
+            }
+        }
     }
     let outputs: Vec<std::process::Output> = children
         .into_iter()
@@ -931,18 +940,32 @@ fn oha_paced(
     let cpu_us = cpu_ticks(envoy.child.id())?.saturating_sub(cpu0) as f64 / tck * 1e6;
     let mut requests = 0;
     let (mut non2xx, mut errors, mut rps) = (0, 0, 0.0);
-    for out in &outputs {
+    let mut latency = Vec::new();
+    let mut late = Vec::new();
+    for (out, db) in outputs.iter().zip(&dbs) {
         let r = oha_result(out, case)?;
+        // oha prints its result before it stores the records: a failed store (a full disk)
+        // shows only in its exit status.
+        if !out.status.success() {
+            return Err(format!(
+                "oha ({}) failed in the paced run of case {}: {}",
+                out.status,
+                case.id,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let recorded = read_oha_db(db, each, &mut latency, &mut late)?;
+        let _ = fs::remove_file(db);
+        if recorded != r.requests {
+            return Err(format!(
+                "oha recorded {recorded} of the {} answers it counted in the paced run of case {}",
+                r.requests, case.id
+            ));
+        }
         requests += r.requests;
         non2xx += r.non2xx;
         errors += r.errors;
         rps += r.requests as f64 / r.seconds.max(1e-9);
-    }
-    let mut latency = Vec::new();
-    let mut late = Vec::new();
-    for db in &dbs {
-        read_oha_db(db, &mut latency, &mut late)?;
-        let _ = fs::remove_file(db);
     }
     if latency.is_empty() {
         return Err(format!("paced run of case {} recorded no request", case.id));
@@ -965,32 +988,34 @@ fn oha_paced(
     })
 }
 
-/// Appends each request's latency from when it was sent (`end - start`) and how late it was
-/// sent (`start - start_latency_correction`), in µs, from one oha `--db-url` file.
-fn read_oha_db(db: &Path, latency: &mut Vec<f64>, late: &mut Vec<f64>) -> Result<()> {
+/// Appends, in µs, each request's latency from when it was sent (`end - start`) and how late
+/// it was sent against its schedule, from one oha `--db-url` file of a process paced at
+/// `rate`; returns how many requests it holds.
+///
+/// oha (1.16) schedules request k at k / `rate` seconds after its start, the zero of the
+/// record's times, and records as `start_latency_correction` when its timer released the
+/// request; ordered by that, the records are in schedule order.
+fn read_oha_db(db: &Path, rate: f64, latency: &mut Vec<f64>, late: &mut Vec<f64>) -> Result<u64> {
     let fail =
         |e: rusqlite::Error| format!("cannot read oha's request records {}: {e}", db.display());
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(fail)?;
     let mut stmt = conn
-        .prepare("SELECT start, start_latency_correction, \"end\" FROM oha")
+        .prepare("SELECT start, \"end\" FROM oha ORDER BY start_latency_correction, start, rowid")
         .map_err(fail)?;
     let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, f64>(0)?,
-                r.get::<_, Option<f64>>(1)?,
-                r.get::<_, f64>(2)?,
-            ))
-        })
+        .query_map([], |r| Ok((r.get::<_, f64>(0)?, r.get::<_, f64>(1)?)))
         .map_err(fail)?;
+    let mut k = 0u64;
     for row in rows {
-        let (start, due, end) = row.map_err(fail)?;
+        let (start, end) = row.map_err(fail)?;
         latency.push((end - start) * 1e6);
-        late.push((start - due.unwrap_or(start)).max(0.0) * 1e6);
+        let due = k as f64 / rate;
+        late.push((start - due).max(0.0) * 1e6);
+        k += 1;
     }
-    Ok(())
+    Ok(k)
 }
 
 /// The nearest-rank percentile `p` (0 to 1) of sorted values.
@@ -1474,8 +1499,8 @@ impl Report {
             Backend::Upstream => "upstream mode: routes 1–5 and 8 forwarded to a real upstream Envoy pinned to CPU 1",
             Backend::Direct => "direct mode (`just bench --direct`): every route an Envoy `direct_response`, no upstream",
         };
-        let _ = writeln!(s, "Measured {} at commit {} on {} with `just bench`, {mode} ({} interleaved rounds of {} s per configuration and mode, Envoy 1.40.0 `--concurrency 1 -l {}` pinned to CPU 0, the load generator pinned to CPU 1; saturated: wrk 1 thread × {} connections; paced: {:.0} req/s in all, half the slowest configuration's saturated median, from {PACED_PROCESSES} oha processes on {PACED_CONNECTIONS_EACH} connections each, latency counted from when each request was sent, which was a median {:.0} µs (p99 {:.0} µs) after it was due; unloaded: oha closed loop on 1 connection). Case 8 is configuration 1 (no filter) sent case 5's request: the same method, path, body and headers of the same lengths, so 5 ÷ 8 is the filter's share alone. In case 5 (and 8) each paced and unloaded request has a random query string and no Idempotency-Key, so each is a first attempt; see `oha` in bench/src/main.rs.\n", self.date, self.commit, self.machine, self.opts.rounds, self.opts.seconds, self.opts.log_level, self.opts.connections, self.target_rate, self.lateness(|p| p.late_p50_us), self.lateness(|p| p.late_p99_us));
-        s.push_str("| # | configuration | saturated req/s (median) | Envoy CPU per request (µs) | Envoy CPU busy when saturated | paced: req/s, p50 / p99 (µs) | unloaded: p50 / p99 (µs), Envoy CPU per request (µs) |\n|---|---|---|---|---|---|---|\n");
+        let _ = writeln!(s, "Measured {} at commit {} on {} with `just bench`, {mode} ({} interleaved rounds of {} s per configuration and mode, Envoy 1.40.0 `--concurrency 1 -l {}` pinned to CPU 0, the load generator pinned to CPU 1; saturated: wrk 1 thread × {} connections; paced: {:.0} req/s in all, half the slowest configuration's saturated median, from {PACED_PROCESSES} oha processes on {PACED_CONNECTIONS_EACH} connections each, latency counted from when each request was sent, which was a median {:.0} µs (p99 {:.0} µs) after oha's schedule had it due; unloaded: oha closed loop on 1 connection). Case 8 is configuration 1 (no filter) sent case 5's request: the same method, path, body and headers of the same lengths, so 5 ÷ 8 is the filter's share alone. In case 5 (and 8) each paced and unloaded request has a random query string and no Idempotency-Key, so each is a first attempt; see `oha` in bench/src/main.rs.\n", self.date, self.commit, self.machine, self.opts.rounds, self.opts.seconds, self.opts.log_level, self.opts.connections, self.target_rate, self.lateness(|p| p.late_p50_us), self.lateness(|p| p.late_p99_us));
+        s.push_str("| # | configuration | saturated req/s (median) | Envoy CPU per request (µs) | Envoy CPU busy when saturated | paced: req/s, p50 / p99 (µs), Envoy CPU busy | unloaded: p50 / p99 (µs), Envoy CPU per request (µs) |\n|---|---|---|---|---|---|---|\n");
         let med = |runs: &Vec<Run>, f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
         for (i, case) in CASES.iter().enumerate() {
             let (Some(sat), Some(paced), Some(unloaded)) =
@@ -1488,7 +1513,7 @@ impl Report {
             }
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {:.1} | {:.0}% | {:.0}: {:.0} / {:.0} | {:.0} / {:.0}, {:.1} |",
+                "| {} | {} | {:.0} | {:.1} | {:.0}% | {:.0}: {:.0} / {:.0}, {:.0}% | {:.0} / {:.0}, {:.1} |",
                 case.id,
                 case.name,
                 med(sat, &Run::rps),
@@ -1497,6 +1522,7 @@ impl Report {
                 med(paced, &Run::rps),
                 med(paced, &|r| r.p50_us),
                 med(paced, &|r| r.p99_us),
+                med(paced, &|r| r.cpu_us_per_req * r.rps() / 1e4),
                 med(unloaded, &|r| r.p50_us),
                 med(unloaded, &|r| r.p99_us),
                 med(unloaded, &|r| r.cpu_us_per_req),
@@ -1620,32 +1646,33 @@ mod tests {
     }
 
     #[test]
-    fn oha_records_give_latency_from_the_send_and_lateness_from_the_due_time() {
+    fn oha_records_give_latency_from_the_send_and_lateness_from_the_schedule() {
         let dir = std::env::temp_dir().join(format!("rg-bench-oha-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let db = dir.join("paced.db");
         let _ = fs::remove_file(&db);
-        // oha 1.16's table, as `--db-url` writes it (times in seconds from the run's start).
+        // oha 1.16's table, as `--db-url` writes it (seconds from the run's start), rows out of
+        // schedule order; at 1,000 req/s request k is due at k ms.
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.execute_batch(
             "CREATE TABLE oha (url TEXT NOT NULL, start REAL NOT NULL, start_latency_correction REAL,
               end REAL NOT NULL, duration REAL NOT NULL, status INTEGER NOT NULL,
               len_bytes INTEGER NOT NULL, run INTEGER NOT NULL);
-             INSERT INTO oha VALUES ('/x', 0.0100, 0.0098, 0.0101, 0.0003, 200, 2, 1);
-             INSERT INTO oha VALUES ('/x', 0.0200, NULL, 0.0205, 0.0005, 200, 2, 1);",
+             INSERT INTO oha VALUES ('/x', 0.0012, 0.0010, 0.0020, 0.0010, 200, 2, 1);
+             INSERT INTO oha VALUES ('/x', 0.0003, 0.0001, 0.0005, 0.0004, 200, 2, 1);",
         )
         .unwrap();
         drop(conn);
         let (mut latency, mut late) = (Vec::new(), Vec::new());
-        read_oha_db(&db, &mut latency, &mut late).unwrap();
-        let round = |v: &[f64]| v.iter().map(|x| x.round()).collect::<Vec<_>>();
-        assert_eq!(round(&latency), [100.0, 500.0], "end - start, in µs");
         assert_eq!(
-            round(&late),
-            [200.0, 0.0],
-            "start - due; unknown due: not late"
+            read_oha_db(&db, 1000.0, &mut latency, &mut late).unwrap(),
+            2
         );
-        let err = read_oha_db(&dir.join("missing.db"), &mut latency, &mut late).unwrap_err();
+        let round = |v: &[f64]| v.iter().map(|x| x.round()).collect::<Vec<_>>();
+        assert_eq!(round(&latency), [200.0, 800.0], "end - start, in µs");
+        assert_eq!(round(&late), [300.0, 200.0], "start - k / rate, in µs");
+        let err =
+            read_oha_db(&dir.join("missing.db"), 1000.0, &mut latency, &mut late).unwrap_err();
         assert!(err.contains("missing.db"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }

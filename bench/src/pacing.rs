@@ -6,7 +6,9 @@
 //! Envoy that answers it itself and records each request's start time in its access log
 //! (`%START_TIME(%s.%6f)%`, microseconds), once from one oha process with all the
 //! connections and once in the paced runs' shape ([`PACED_PROCESSES`] processes), interleaved
-//! round by round. Per shape: the gap between arrivals, the share of arrivals less than
+//! round by round. `START_TIME` is when Envoy's one worker read the request, so requests that
+//! arrived while it was busy share its next read: the check sees arrivals as the proxy does.
+//! Per shape: the gap between arrivals, the share of arrivals less than
 //! [`TOGETHER_US`] after the one before, and the size of such bursts. Writes
 //! `target/bench/pacing.md`; `--update-readme` fills the README's `bench-pacing` section.
 
