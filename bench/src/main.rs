@@ -613,6 +613,27 @@ fn start_envoy(
     }
 }
 
+/// A reading of Envoy's CPU time (utime + stime), to take the time spent since.
+struct CpuMark {
+    pid: u32,
+    ticks: u64,
+}
+
+impl CpuMark {
+    fn now(envoy: &Envoy) -> Result<CpuMark> {
+        let pid = envoy.child.id();
+        Ok(CpuMark {
+            pid,
+            ticks: cpu_ticks(pid)?,
+        })
+    }
+
+    /// Envoy's CPU time since this mark, in µs (`tck` clock ticks per second).
+    fn elapsed_us(&self, tck: f64) -> Result<f64> {
+        Ok(cpu_ticks(self.pid)?.saturating_sub(self.ticks) as f64 / tck * 1e6)
+    }
+}
+
 fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
     let after = stat
@@ -669,8 +690,7 @@ impl Run {
 
 fn wrk(envoy: &Envoy, case: &Case, seconds: u64, connections: usize, tck: f64) -> Result<Run> {
     let script = repo_root().join("bench/wrk/load.lua");
-    let pid = envoy.child.id();
-    let cpu0 = cpu_ticks(pid)?;
+    let cpu = CpuMark::now(envoy)?;
     let out = Command::new("taskset")
         .args(["-c", "1", "wrk", "-t1"])
         .arg(format!("-c{connections}"))
@@ -691,7 +711,7 @@ fn wrk(envoy: &Envoy, case: &Case, seconds: u64, connections: usize, tck: f64) -
         )
         .output()
         .map_err(|e| format!("cannot run wrk (apt-get install wrk): {e}"))?;
-    let cpu1 = cpu_ticks(pid)?;
+    let cpu_us = cpu.elapsed_us(tck)?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
@@ -705,7 +725,6 @@ fn wrk(envoy: &Envoy, case: &Case, seconds: u64, connections: usize, tck: f64) -
     let v: Value = serde_json::from_str(line).map_err(|e| format!("{e}: {line}"))?;
     let n = |k: &str| v[k].as_f64().unwrap_or(0.0);
     let requests = n("requests") as u64;
-    let cpu_us = (cpu1.saturating_sub(cpu0)) as f64 / tck * 1e6;
     Ok(Run {
         requests,
         seconds: n("duration_us") / 1e6,
@@ -834,11 +853,11 @@ fn oha_result(out: &std::process::Output, case: &Case) -> Result<OhaResult> {
 fn oha_unloaded(envoy: &Envoy, case: &Case, seconds: u64, tck: f64) -> Result<Run> {
     let mut cmd = oha_command(envoy, case, seconds);
     cmd.args(["-c", "1"]);
-    let cpu0 = cpu_ticks(envoy.child.id())?;
+    let cpu = CpuMark::now(envoy)?;
     let out = cmd
         .output()
         .map_err(|e| format!("cannot run oha (cargo install oha --locked): {e}"))?;
-    let cpu_us = cpu_ticks(envoy.child.id())?.saturating_sub(cpu0) as f64 / tck * 1e6;
+    let cpu_us = cpu.elapsed_us(tck)?;
     let r = oha_result(&out, case)?;
     Ok(Run {
         requests: r.requests,
@@ -906,7 +925,7 @@ fn oha_paced(
     let dbs: Vec<PathBuf> = (0..pace.processes.max(1))
         .map(|i| dir.join(format!("paced-{}-{i}.db", case.id)))
         .collect();
-    let cpu0 = cpu_ticks(envoy.child.id())?;
+    let cpu = CpuMark::now(envoy)?;
     let mut children = Vec::new();
     for db in &dbs {
         let _ = fs::remove_file(db);
@@ -937,7 +956,7 @@ fn oha_paced(
         .into_iter()
         .map(|c| c.wait_with_output().map_err(|e| format!("oha: {e}")))
         .collect::<Result<_>>()?;
-    let cpu_us = cpu_ticks(envoy.child.id())?.saturating_sub(cpu0) as f64 / tck * 1e6;
+    let cpu_us = cpu.elapsed_us(tck)?;
     let mut requests = 0;
     let (mut non2xx, mut errors, mut rps) = (0, 0, 0.0);
     let mut latency = Vec::new();
