@@ -50,7 +50,7 @@ pub(crate) fn arrivals(times: &mut [f64]) -> Option<Arrivals> {
         return None;
     }
     times.sort_by(f64::total_cmp);
-    let gaps: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]) * 1e6).collect();
+    let mut gaps: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]) * 1e6).collect();
     let span = times[times.len() - 1] - times[0];
     // The burst each request arrived in, one entry per request.
     let mut sizes = Vec::with_capacity(times.len());
@@ -64,8 +64,8 @@ pub(crate) fn arrivals(times: &mut [f64]) -> Option<Arrivals> {
         }
     }
     sizes.sort_by(f64::total_cmp);
-    let mut sorted_gaps = gaps.clone();
-    sorted_gaps.sort_by(f64::total_cmp);
+    let together = gaps.iter().filter(|g| **g < TOGETHER_US).count() as f64 / gaps.len() as f64;
+    gaps.sort_by(f64::total_cmp);
     Some(Arrivals {
         requests: times.len(),
         per_second: if span > 0.0 {
@@ -73,8 +73,8 @@ pub(crate) fn arrivals(times: &mut [f64]) -> Option<Arrivals> {
         } else {
             0.0
         },
-        gap_p50_us: percentile(&sorted_gaps, 0.5),
-        together: gaps.iter().filter(|g| **g < TOGETHER_US).count() as f64 / gaps.len() as f64,
+        gap_p50_us: percentile(&gaps, 0.5),
+        together,
         burst_p50: percentile(&sizes, 0.5),
         burst_p90: percentile(&sizes, 0.9),
         burst_max: sizes.last().copied().unwrap_or(0.0),
@@ -93,11 +93,10 @@ pub(crate) fn start_times(log: &str) -> Result<Vec<f64>> {
         .collect()
 }
 
-/// One load shape of the check.
+/// One load shape of the check, at [`RATE`].
 struct Shape {
     name: String,
-    processes: usize,
-    connections: usize,
+    pace: Pace,
 }
 
 pub(crate) fn run(o: &Options, bin: &Path, dir: &Path, tck: f64) -> Result<()> {
@@ -105,15 +104,17 @@ pub(crate) fn run(o: &Options, bin: &Path, dir: &Path, tck: f64) -> Result<()> {
     let shapes = [
         Shape {
             name: format!("1 oha process × {all} connections"),
-            processes: 1,
-            connections: all,
+            pace: Pace {
+                rate: RATE,
+                processes: 1,
+                connections: all,
+            },
         },
         Shape {
             name: format!(
                 "{PACED_PROCESSES} oha processes × {PACED_CONNECTIONS_EACH} connections (the paced runs)"
             ),
-            processes: PACED_PROCESSES,
-            connections: PACED_CONNECTIONS_EACH,
+            pace: Pace::at(RATE),
         },
     ];
     let case = &CASES[0];
@@ -123,12 +124,7 @@ pub(crate) fn run(o: &Options, bin: &Path, dir: &Path, tck: f64) -> Result<()> {
             let log = dir.join(format!("pacing-{i}.log"));
             let _ = fs::remove_file(&log);
             let envoy = logging_envoy(bin, dir, &log)?;
-            let pace = Pace {
-                rate: RATE,
-                processes: shape.processes,
-                connections: shape.connections,
-            };
-            let r = oha_paced(&envoy, case, o.seconds, pace, tck, dir)?;
+            let r = oha_paced(&envoy, case, o.seconds, shape.pace, tck, dir)?;
             stop_and_flush(envoy, &log, r.requests)?;
             let text = fs::read_to_string(&log).map_err(|e| format!("{}: {e}", log.display()))?;
             let a = arrivals(&mut start_times(&text)?)
