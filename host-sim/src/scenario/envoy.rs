@@ -42,10 +42,10 @@ use retry_guard_e2e::gateway::UPSTREAM_HEADER;
 use super::expect;
 use super::report::{Observed, ScenarioReport, StepReport};
 use super::run::{
-    capture_of, new_report, parse_order, plugin_config, summarize, Entry, Flood, FloodTally,
-    Scenario,
+    capture_of, expect_of, new_report, plugin_config, report_metrics, step_kind, summarize,
+    wanted_metrics, ConcurrentPlan, Entry, Flood, FloodTally, Scenario,
 };
-use super::values::{self, Capture, Ctx};
+use super::values::{self, Requests};
 use crate::shared::LogLine;
 use crate::sim::{default_routes, Exchange, Received, Request, RouteRule};
 use crate::upstream::{flags, Upstream};
@@ -365,9 +365,7 @@ struct InFlight {
 
 struct Runner {
     host: Host,
-    dir: PathBuf,
-    defaults: Value,
-    captures: HashMap<String, Capture>,
+    requests: Requests,
     seq: u64,
     scenario: String,
     /// Envoy log lines already attributed to earlier requests.
@@ -453,12 +451,7 @@ pub fn run_scenario(sc: &Scenario, opts: &EnvoyOptions) -> ScenarioReport {
     }
     let mut runner = Runner {
         host,
-        dir,
-        defaults: j
-            .get("request_defaults")
-            .cloned()
-            .unwrap_or(Value::Object(Map::new())),
-        captures: HashMap::new(),
+        requests: Requests::new(dir, j),
         seq: 0,
         scenario: sc.name.clone(),
         log_seen: 0,
@@ -565,40 +558,14 @@ impl Runner {
         self.host.envoy()
     }
 
-    fn spec(&self, req: &Value, at: &str) -> Result<Map<String, Value>, String> {
-        let mut base = self.defaults.clone();
-        if let Some(name) = req.get("same_as").and_then(Value::as_str) {
-            let cap = self.captures.get(name).ok_or_else(|| {
-                format!("{at}.same_as: no earlier request step is named {name:?}")
-            })?;
-            base = values::merge(&base, &cap.spec);
-        }
-        let mut merged = values::merge(&base, req);
-        if let Some(m) = merged.as_object_mut() {
-            m.remove("same_as");
-        }
-        merged
-            .as_object()
-            .cloned()
-            .ok_or_else(|| format!("{at}: a request is an object"))
-    }
-
+    /// A step's request at the real clock.
     fn prepare(
         &self,
         req: &Value,
         at: &str,
         iteration: Option<u64>,
     ) -> Result<(Request, Upstream, Value), String> {
-        let spec = self.spec(req, at)?;
-        let ctx = Ctx {
-            dir: &self.dir,
-            now: now_unix(),
-            captures: &self.captures,
-            iteration,
-        };
-        let request = values::request(&spec, &ctx, at)?;
-        let upstream = values::upstream(&spec, at)?;
-        Ok((request, upstream, Value::Object(spec)))
+        self.requests.prepare(req, at, now_unix(), iteration)
     }
 
     /// Scripts the backend for a new case and starts sending the request on its own thread.
@@ -854,30 +821,8 @@ impl Runner {
     }
 
     fn step(&mut self, step: &Value, at: &str, sr: &mut StepReport) -> Result<(), String> {
-        let obj = step
-            .as_object()
-            .ok_or_else(|| format!("{at}: a step is an object"))?;
-        let kinds = [
-            "request",
-            "concurrent",
-            "flood",
-            "advance",
-            "metrics",
-            "log",
-        ];
-        let Some(kind) = kinds.iter().find(|k| obj.contains_key(**k)).copied() else {
-            if obj.contains_key("note") {
-                sr.kind = "note".into();
-                return Ok(());
-            }
-            return Err(format!("{at}: a step has one of {}", kinds.join(", ")));
-        };
-        sr.kind = kind.into();
-        let expect_of = |v: &Value| {
-            v.get("expect")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default()
+        let Some((obj, kind)) = step_kind(step, at, sr)? else {
+            return Ok(());
         };
         match kind {
             "advance" => {
@@ -890,27 +835,14 @@ impl Runner {
                     .push(format!("slept {:.3}s (real clock)", ms as f64 / 1000.0));
             }
             "metrics" => {
-                let want = obj["metrics"]
-                    .as_object()
-                    .ok_or_else(|| format!("{at}.metrics: an object name: value"))?;
+                let want = wanted_metrics(obj, at)?;
                 let mut actual = std::collections::BTreeMap::new();
                 for k in want.keys() {
                     if let Some(v) = self.envoy().wasm_counter(k).map_err(|e| e.to_string())? {
                         actual.insert(k.clone(), v);
                     }
                 }
-                sr.lines.push(
-                    want.keys()
-                        .map(|k| {
-                            format!(
-                                "{k}={}",
-                                actual.get(k).map_or("-".into(), |v| v.to_string())
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                );
-                sr.failures.extend(expect::metrics(want, &actual));
+                report_metrics(want, &actual, sr);
             }
             "log" => {
                 std::thread::sleep(Duration::from_millis(250));
@@ -929,8 +861,8 @@ impl Runner {
                 sr.lines.push(on_envoy(&summarize(&req, &ex)));
                 sr.failures.extend(expect::check(&want, &ex, at));
                 if let Some(name) = &sr.name {
-                    self.captures
-                        .insert(name.clone(), capture_of(&req, spec, &ex));
+                    self.requests
+                        .capture(name.clone(), capture_of(&req, spec, &ex));
                 }
             }
             "flood" => {
@@ -955,48 +887,11 @@ impl Runner {
     /// the filter answered); `X:response` lets the reply go and collects the answer.
     fn concurrent(&mut self, c: &Value, at: &str, sr: &mut StepReport) -> Result<(), String> {
         let at = format!("{at}.concurrent");
-        let reqs = c
-            .get("requests")
-            .and_then(Value::as_array)
-            .ok_or_else(|| format!("{at}.requests: a list"))?;
-        let mut prepared = HashMap::new();
-        let mut names = Vec::new();
-        let mut expects = HashMap::new();
-        for (i, r) in reqs.iter().enumerate() {
-            let name = r
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("{at}.requests[{i}].name: required"))?
-                .to_string();
-            let p = self.prepare(
-                r.get("request").unwrap_or(&Value::Null),
-                &format!("{at}.requests[{i}].request"),
-                None,
-            )?;
-            prepared.insert(name.clone(), p);
-            expects.insert(
-                name.clone(),
-                r.get("expect")
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default(),
-            );
-            names.push(name);
-        }
-        let order = match c.get("order").and_then(Value::as_array) {
-            Some(o) => parse_order(o, &format!("{at}.order"))?,
-            None => names
-                .iter()
-                .map(|n| Entry::Request {
-                    name: n.clone(),
-                    until: None,
-                })
-                .chain(names.iter().map(|n| Entry::Response { name: n.clone() }))
-                .collect(),
-        };
+        let plan = ConcurrentPlan::parse(c, &at, |r, at| self.prepare(r, at, None))?;
+        let no_expect = Map::new();
         let mut flying: HashMap<String, InFlight> = HashMap::new();
         let mut done: HashMap<String, (Exchange, Request, Value)> = HashMap::new();
-        for e in order {
+        for e in plan.order.clone() {
             match e {
                 Entry::Request { name, until } => {
                     if until.is_some() {
@@ -1004,7 +899,7 @@ impl Runner {
                             "{at}: \"{name}:request until ...\" needs host-call-level interleaving, which a real Envoy cannot do"
                         ));
                     }
-                    let (req, up, spec) = prepared.get(&name).cloned().ok_or_else(|| {
+                    let (req, up, spec) = plan.prepared.get(&name).cloned().ok_or_else(|| {
                         format!("{at}: order names {name:?}, which is not one of the requests")
                     })?;
                     let f = self.send(&req, &up, spec, true)?;
@@ -1025,7 +920,7 @@ impl Runner {
                     })?;
                     sr.lines.push(format!("· {name}: upstream reply released"));
                     let (req, spec) = (f.req.clone(), f.spec.clone());
-                    let ex = self.finish(f, &expects[&name]);
+                    let ex = self.finish(f, plan.expects.get(&name).unwrap_or(&no_expect));
                     done.insert(name, (ex, req, spec));
                 }
             }
@@ -1036,20 +931,12 @@ impl Runner {
                 .push(format!("{name}: the order never ran its response side"));
             drop(ex);
         }
-        for name in &names {
+        for name in &plan.names {
             let Some((ex, req, spec)) = done.remove(name) else {
                 continue;
             };
-            sr.observed.push(Observed::of(name, &ex));
-            sr.lines
-                .push(format!("{name}: {}", on_envoy(&summarize(&req, &ex))));
-            sr.failures.extend(
-                expect::check(&expects[name], &ex, &at)
-                    .into_iter()
-                    .map(|f| format!("{name}: {f}")),
-            );
-            self.captures
-                .insert(name.clone(), capture_of(&req, spec, &ex));
+            let line = on_envoy(&summarize(&req, &ex));
+            plan.report(name, (&req, spec, &ex), line, &at, &mut self.requests, sr);
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Running a scenario against a fresh simulation.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::expect;
 use super::report::{Observed, ScenarioReport, StepReport};
-use super::values::{self, Capture, Ctx};
+use super::values::{self, Capture, Requests};
 use crate::sim::{Exchange, Pending, Request, Sim, SimConfig};
 use crate::upstream::Upstream;
 use crate::vm::{Hook, Runtime};
@@ -134,10 +134,8 @@ pub(super) fn plugin_config(sc: &Scenario, dir: &Path) -> Result<Vec<u8>, String
 
 struct Runner<'a> {
     sim: Rc<Sim>,
-    dir: PathBuf,
     start_ns: u64,
-    defaults: Value,
-    captures: HashMap<String, Capture>,
+    requests: Requests,
     opts: &'a RunOptions,
 }
 
@@ -232,12 +230,7 @@ fn run_on_sim(
     let mut runner = Runner {
         start_ns: sim.shared().now().realtime_ns,
         sim: Rc::new(sim),
-        dir,
-        defaults: j
-            .get("request_defaults")
-            .cloned()
-            .unwrap_or(Value::Object(Map::new())),
-        captures: HashMap::new(),
+        requests: Requests::new(dir, j),
         opts,
     };
     let steps = j
@@ -397,6 +390,168 @@ pub(super) fn summarize(req: &Request, ex: &Exchange) -> String {
     )
 }
 
+/// The kinds of step, in the order a step's members are tried.
+const STEP_KINDS: [&str; 6] = [
+    "request",
+    "concurrent",
+    "flood",
+    "advance",
+    "metrics",
+    "log",
+];
+
+/// A step's members (its JSON object).
+type Members<'s> = &'s Map<String, Value>;
+
+/// A step's members and kind (recorded in the report); `None` for a `note`.
+pub(super) fn step_kind<'s>(
+    step: &'s Value,
+    at: &str,
+    sr: &mut StepReport,
+) -> Result<Option<(Members<'s>, &'static str)>, String> {
+    let obj = step
+        .as_object()
+        .ok_or_else(|| format!("{at}: a step is an object"))?;
+    let Some(kind) = STEP_KINDS.iter().find(|k| obj.contains_key(**k)).copied() else {
+        if obj.contains_key("note") {
+            sr.kind = "note".into();
+            return Ok(None);
+        }
+        return Err(format!("{at}: a step has one of {}", STEP_KINDS.join(", ")));
+    };
+    sr.kind = kind.into();
+    Ok(Some((obj, kind)))
+}
+
+/// A step's `expect` (empty when it has none).
+pub(super) fn expect_of(step: &Value) -> Map<String, Value> {
+    step.get("expect")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A `metrics` step's wanted values.
+pub(super) fn wanted_metrics<'s>(
+    step: &'s Map<String, Value>,
+    at: &str,
+) -> Result<&'s Map<String, Value>, String> {
+    step["metrics"]
+        .as_object()
+        .ok_or_else(|| format!("{at}.metrics: an object name: value"))
+}
+
+/// Reports a `metrics` step: each wanted metric's value (`-` when there is none) and what
+/// differs from the wanted values.
+pub(super) fn report_metrics(
+    want: &Map<String, Value>,
+    actual: &BTreeMap<String, u64>,
+    sr: &mut StepReport,
+) {
+    sr.lines.push(
+        want.keys()
+            .map(|k| {
+                format!(
+                    "{k}={}",
+                    actual.get(k).map_or("-".into(), |v| v.to_string())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    sr.failures.extend(expect::metrics(want, actual));
+}
+
+/// A request with its upstream behaviour and spec, ready to send.
+pub(super) type Prepared = (Request, Upstream, Value);
+
+/// A `concurrent` step read: its requests prepared in the order listed, each one's `expect`,
+/// and the order of their two sides (by default every request side, then every response side).
+pub(super) struct ConcurrentPlan {
+    /// Request names in the order listed.
+    pub names: Vec<String>,
+    /// Each request, prepared.
+    pub prepared: HashMap<String, Prepared>,
+    /// Each request's `expect`.
+    pub expects: HashMap<String, Map<String, Value>>,
+    /// The order of the sides.
+    pub order: Vec<Entry>,
+}
+
+impl ConcurrentPlan {
+    /// Reads `c` (at `at`, which ends in `.concurrent`), preparing each request with `prepare`.
+    pub(super) fn parse(
+        c: &Value,
+        at: &str,
+        mut prepare: impl FnMut(&Value, &str) -> Result<Prepared, String>,
+    ) -> Result<ConcurrentPlan, String> {
+        let reqs = c
+            .get("requests")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("{at}.requests: a list"))?;
+        let mut plan = ConcurrentPlan {
+            names: Vec::new(),
+            prepared: HashMap::new(),
+            expects: HashMap::new(),
+            order: Vec::new(),
+        };
+        for (i, r) in reqs.iter().enumerate() {
+            let name = r
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{at}.requests[{i}].name: required"))?
+                .to_string();
+            let p = prepare(
+                r.get("request").unwrap_or(&Value::Null),
+                &format!("{at}.requests[{i}].request"),
+            )?;
+            plan.prepared.insert(name.clone(), p);
+            plan.expects.insert(name.clone(), expect_of(r));
+            plan.names.push(name);
+        }
+        plan.order = match c.get("order").and_then(Value::as_array) {
+            Some(o) => parse_order(o, &format!("{at}.order"))?,
+            None => plan
+                .names
+                .iter()
+                .map(|n| Entry::Request {
+                    name: n.clone(),
+                    until: None,
+                })
+                .chain(
+                    plan.names
+                        .iter()
+                        .map(|n| Entry::Response { name: n.clone() }),
+                )
+                .collect(),
+        };
+        Ok(plan)
+    }
+
+    /// Reports request `name`'s exchange (`line` summarizes it), checks it against its
+    /// `expect` (failures named after it) and keeps it for later steps.
+    pub(super) fn report(
+        &self,
+        name: &str,
+        (req, spec, ex): (&Request, Value, &Exchange),
+        line: String,
+        at: &str,
+        requests: &mut Requests,
+        sr: &mut StepReport,
+    ) {
+        sr.observed.push(Observed::of(name, ex));
+        sr.lines.push(format!("{name}: {line}"));
+        if let Some(want) = self.expects.get(name) {
+            sr.failures.extend(
+                expect::check(want, ex, at)
+                    .into_iter()
+                    .map(|f| format!("{name}: {f}")),
+            );
+        }
+        requests.capture(name.to_string(), capture_of(req, spec, ex));
+    }
+}
+
 pub(super) fn capture_of(req: &Request, spec: Value, ex: &Exchange) -> Capture {
     let body = ex.json().unwrap_or(Value::Null);
     Capture {
@@ -529,74 +684,20 @@ fn run_entries(
 }
 
 impl Runner<'_> {
-    fn ctx(&self, iteration: Option<u64>) -> Ctx<'_> {
-        Ctx {
-            dir: &self.dir,
-            now: self.sim.now_unix() as i64,
-            captures: &self.captures,
-            iteration,
-        }
-    }
-
-    /// The request spec after defaults and `same_as`.
-    fn spec(&self, req: &Value, at: &str) -> Result<Map<String, Value>, String> {
-        let mut base = self.defaults.clone();
-        if let Some(name) = req.get("same_as").and_then(Value::as_str) {
-            let cap = self.captures.get(name).ok_or_else(|| {
-                format!("{at}.same_as: no earlier request step is named {name:?}")
-            })?;
-            base = values::merge(&base, &cap.spec);
-        }
-        let mut merged = values::merge(&base, req);
-        if let Some(m) = merged.as_object_mut() {
-            m.remove("same_as");
-        }
-        merged
-            .as_object()
-            .cloned()
-            .ok_or_else(|| format!("{at}: a request is an object"))
-    }
-
+    /// A step's request at the simulation's clock.
     fn prepare(
         &self,
         req: &Value,
         at: &str,
         iteration: Option<u64>,
     ) -> Result<(Request, Upstream, Value), String> {
-        let spec = self.spec(req, at)?;
-        let ctx = self.ctx(iteration);
-        let request = values::request(&spec, &ctx, at)?;
-        let upstream = values::upstream(&spec, at)?;
-        Ok((request, upstream, Value::Object(spec)))
+        let now = self.sim.now_unix() as i64;
+        self.requests.prepare(req, at, now, iteration)
     }
 
     fn step(&mut self, step: &Value, at: &str, sr: &mut StepReport) -> Result<(), String> {
-        let obj = step
-            .as_object()
-            .ok_or_else(|| format!("{at}: a step is an object"))?;
-        let kinds = [
-            "request",
-            "concurrent",
-            "flood",
-            "advance",
-            "metrics",
-            "log",
-        ];
-        let kind = kinds.iter().find(|k| obj.contains_key(**k)).copied();
-        let Some(kind) = kind else {
-            if obj.contains_key("note") {
-                sr.kind = "note".into();
-                return Ok(());
-            }
-            return Err(format!("{at}: a step has one of {}", kinds.join(", ")));
-        };
-        sr.kind = kind.into();
-        let no_expect = Map::new();
-        let expect_of = |v: &Value| {
-            v.get("expect")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_else(|| no_expect.clone())
+        let Some((obj, kind)) = step_kind(step, at, sr)? else {
+            return Ok(());
         };
         match kind {
             "advance" => {
@@ -605,22 +706,8 @@ impl Runner<'_> {
                 sr.lines.push(format!("clock +{:.3}s", ms as f64 / 1000.0));
             }
             "metrics" => {
-                let want = obj["metrics"]
-                    .as_object()
-                    .ok_or_else(|| format!("{at}.metrics: an object name: value"))?;
-                let actual = self.sim.metrics();
-                sr.lines.push(
-                    want.keys()
-                        .map(|k| {
-                            format!(
-                                "{k}={}",
-                                actual.get(k).map_or("-".into(), |v| v.to_string())
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                );
-                sr.failures.extend(expect::metrics(want, &actual));
+                let want = wanted_metrics(obj, at)?;
+                report_metrics(want, &self.sim.metrics(), sr);
             }
             "log" => {
                 let log = self.sim.log();
@@ -638,8 +725,8 @@ impl Runner<'_> {
                 self.detail(&ex, sr);
                 sr.failures.extend(expect::check(&expect_of(step), &ex, at));
                 if let Some(name) = &sr.name {
-                    self.captures
-                        .insert(name.clone(), capture_of(&req, spec, &ex));
+                    self.requests
+                        .capture(name.clone(), capture_of(&req, spec, &ex));
                 }
             }
             "flood" => {
@@ -699,67 +786,34 @@ impl Runner<'_> {
 
     fn concurrent(&mut self, c: &Value, at: &str, sr: &mut StepReport) -> Result<(), String> {
         let at = format!("{at}.concurrent");
-        let reqs = c
-            .get("requests")
-            .and_then(Value::as_array)
-            .ok_or_else(|| format!("{at}.requests: a list"))?;
+        let plan = ConcurrentPlan::parse(c, &at, |r, at| self.prepare(r, at, None))?;
         let state = Rc::new(RefCell::new(Concurrent::default()));
-        let mut names = Vec::new();
-        let mut expects = HashMap::new();
-        let mut specs = HashMap::new();
-        for (i, r) in reqs.iter().enumerate() {
-            let name = r
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("{at}.requests[{i}].name: required"))?
-                .to_string();
-            let (req, up, spec) = self.prepare(
-                r.get("request").unwrap_or(&Value::Null),
-                &format!("{at}.requests[{i}].request"),
-                None,
-            )?;
-            state.borrow_mut().reqs.insert(name.clone(), (req, up));
-            expects.insert(
-                name.clone(),
-                r.get("expect")
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default(),
-            );
-            specs.insert(name.clone(), spec);
-            names.push(name);
+        for (name, (req, up, _)) in &plan.prepared {
+            state
+                .borrow_mut()
+                .reqs
+                .insert(name.clone(), (req.clone(), up.clone()));
         }
-        let order = match c.get("order").and_then(Value::as_array) {
-            Some(o) => parse_order(o, &format!("{at}.order"))?,
-            None => names
-                .iter()
-                .map(|n| Entry::Request {
-                    name: n.clone(),
-                    until: None,
-                })
-                .chain(names.iter().map(|n| Entry::Response { name: n.clone() }))
-                .collect(),
-        };
-        let result = run_entries(&self.sim, &state, &order);
+        let result = run_entries(&self.sim, &state, &plan.order);
         let st = state.borrow();
         sr.lines.extend(st.trace.iter().map(|t| format!("· {t}")));
         result?;
-        for name in &names {
-            let Some(ex) = st.done.get(name) else {
+        for name in &plan.names {
+            let (Some(ex), Some((req, _, spec))) = (st.done.get(name), plan.prepared.get(name))
+            else {
                 sr.failures
                     .push(format!("{name}: the order never ran its response side"));
                 continue;
             };
-            let req = &st.reqs[name].0;
-            sr.observed.push(Observed::of(name, ex));
-            sr.lines.push(format!("{name}: {}", summarize(req, ex)));
-            sr.failures.extend(
-                expect::check(&expects[name], ex, &at)
-                    .into_iter()
-                    .map(|f| format!("{name}: {f}")),
+            let line = summarize(req, ex);
+            plan.report(
+                name,
+                (req, spec.clone(), ex),
+                line,
+                &at,
+                &mut self.requests,
+                sr,
             );
-            self.captures
-                .insert(name.clone(), capture_of(req, specs[name].clone(), ex));
         }
         Ok(())
     }

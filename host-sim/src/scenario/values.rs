@@ -357,6 +357,73 @@ pub fn upstream(spec: &Map<String, Value>, at: &str) -> Result<Upstream, String>
     })
 }
 
+/// A scenario's requests so far, the same on every target: each new request spec is the
+/// scenario's `request_defaults`, then the spec of the step its `same_as` names, then its own
+/// members; named steps are kept for `same_as`, `{"from": …}` values and challenges.
+pub struct Requests {
+    dir: PathBuf,
+    defaults: Value,
+    captures: HashMap<String, Capture>,
+}
+
+impl Requests {
+    /// No requests yet, for the scenario `scenario` in folder `dir`.
+    pub fn new(dir: PathBuf, scenario: &Value) -> Requests {
+        Requests {
+            dir,
+            defaults: scenario
+                .get("request_defaults")
+                .cloned()
+                .unwrap_or(Value::Object(Map::new())),
+            captures: HashMap::new(),
+        }
+    }
+
+    /// The request spec after defaults and `same_as`.
+    pub fn spec(&self, req: &Value, at: &str) -> Result<Map<String, Value>, String> {
+        let mut base = self.defaults.clone();
+        if let Some(name) = req.get("same_as").and_then(Value::as_str) {
+            let cap = self.captures.get(name).ok_or_else(|| {
+                format!("{at}.same_as: no earlier request step is named {name:?}")
+            })?;
+            base = merge(&base, &cap.spec);
+        }
+        let mut merged = merge(&base, req);
+        if let Some(m) = merged.as_object_mut() {
+            m.remove("same_as");
+        }
+        merged
+            .as_object()
+            .cloned()
+            .ok_or_else(|| format!("{at}: a request is an object"))
+    }
+
+    /// The request a step sends at `now` (unix seconds), its upstream behaviour and its spec.
+    pub fn prepare(
+        &self,
+        req: &Value,
+        at: &str,
+        now: i64,
+        iteration: Option<u64>,
+    ) -> Result<(Request, Upstream, Value), String> {
+        let spec = self.spec(req, at)?;
+        let ctx = Ctx {
+            dir: &self.dir,
+            now,
+            captures: &self.captures,
+            iteration,
+        };
+        let request = request(&spec, &ctx, at)?;
+        let upstream = upstream(&spec, at)?;
+        Ok((request, upstream, Value::Object(spec)))
+    }
+
+    /// Remembers the named step `name`.
+    pub fn capture(&mut self, name: String, capture: Capture) {
+        self.captures.insert(name, capture);
+    }
+}
+
 /// Merges `over` onto `base` (objects recursively; `headers` merged by name).
 pub fn merge(base: &Value, over: &Value) -> Value {
     match (base, over) {
