@@ -128,6 +128,37 @@ pub struct PathResult {
     /// Where the guest's time goes, by function (only with `--functions`, else empty).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<FunctionShare>,
+    /// One more request of the path, traced: the guest instructions run between each host
+    /// call or callback entry or return and the next (exact, where the function samples
+    /// are estimates).
+    pub segments: Vec<Segment>,
+}
+
+/// Guest instructions between two consecutive events of a traced request.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Segment {
+    /// Where the stretch starts: `→ proxy_on_…` (the host entered a callback), `← proxy_on_…`
+    /// (it returned) or a host function the guest called.
+    pub from: String,
+    /// Where it ends (the same kinds).
+    pub to: String,
+    /// Fuel consumed in between (about one unit per guest wasm instruction; values a host
+    /// call hands over are allocated by the guest inside the call, and count after it).
+    pub instructions: u64,
+}
+
+/// The segments of one traced stretch: each VM's events, consecutive pairs.
+fn segments(trace: &[Vec<crate::vm::FuelEvent>]) -> Vec<Segment> {
+    trace
+        .iter()
+        .flat_map(|events| {
+            events.windows(2).map(|w| Segment {
+                from: w[0].at.clone(),
+                to: w[1].at.clone(),
+                instructions: w[0].fuel_left.saturating_sub(w[1].fuel_left),
+            })
+        })
+        .collect()
 }
 
 /// One guest function's share of a path's stack samples (see [`Runtime::sample_every`]).
@@ -313,6 +344,10 @@ fn measure(
     drop(sampler);
     let samples = s.function_samples();
     let p = s.profile().since(&before);
+    s.trace_fuel(true);
+    drive(&s, case, WARMUP + n, 1, &mut ignore)?;
+    let segments = segments(&s.take_fuel_trace());
+    s.trace_fuel(false);
     if statuses.len() != 1 || !statuses.contains_key(&case.expect_status) {
         return Err(format!(
             "{}: expected every request to get {}, got {statuses:?}",
@@ -341,6 +376,7 @@ fn measure(
         fuel: per(p.fuel),
         wall_us,
         functions: top_functions(&samples, per(p.fuel)),
+        segments,
     })
 }
 
@@ -367,6 +403,27 @@ fn calls_text(r: &PathResult) -> String {
         .map(|(k, v)| format!("{} ×{}", k.trim_start_matches("proxy_"), fmt_num(*v)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Per path, the traced request's guest instructions between consecutive events.
+pub fn segments_markdown(results: &[PathResult]) -> String {
+    let mut s = String::new();
+    for r in results {
+        let total: u64 = r.segments.iter().map(|g| g.instructions).sum();
+        s.push_str(&format!(
+            "\n{}: guest instructions between host calls, one request ({total} in all; → the host enters a callback, ← it returns)\n\n| from | to | instructions |\n|---|---|---:|\n",
+            r.name
+        ));
+        for g in &r.segments {
+            s.push_str(&format!(
+                "| {} | {} | {} |\n",
+                g.from.trim_start_matches("proxy_"),
+                g.to.trim_start_matches("proxy_"),
+                g.instructions
+            ));
+        }
+    }
+    s
 }
 
 /// The markdown table.
@@ -439,5 +496,29 @@ mod tests {
         assert!(results
             .iter()
             .all(|r| r.fuel > 0.0 && r.host_calls_total >= 1.0));
+        // The traced request: from stream creation to deletion, every host call counted
+        // there is a segment boundary, and the unmatched and read_only requests (the same
+        // work every time) add up to the measured mean exactly.
+        for r in &results {
+            let g = &r.segments;
+            assert_eq!(
+                g.first().map(|s| s.from.as_str()),
+                Some("→ proxy_on_context_create"),
+                "{}",
+                r.name
+            );
+            assert_eq!(
+                g.last().map(|s| s.to.as_str()),
+                Some("← proxy_on_delete"),
+                "{}",
+                r.name
+            );
+            let calls = g.iter().filter(|s| s.to.starts_with("proxy_")).count() as f64;
+            assert_eq!(calls, r.host_calls_total, "{}: {g:#?}", r.name);
+            let total: u64 = g.iter().map(|s| s.instructions).sum();
+            if r.name == "unmatched" || r.name == "read_only" {
+                assert_eq!(total as f64, r.fuel, "{}", r.name);
+            }
+        }
     }
 }

@@ -54,14 +54,17 @@ USAGE:
   retry-guard bench [--wasm <path>] [--requests <n>]
       Time n (default 10000) requests of the demo configuration on the simulator (build with
       --release for a meaningful figure).
-  retry-guard bench --paths [--functions] [--json] [--wasm <path>] [--floor <path>] [--requests <n>]
+  retry-guard bench --paths [--functions] [--segments] [--only <path>] [--json] [--wasm <path>] [--floor <path>] [--requests <n>]
       Per request path (unmatched, read_only, token_issuing allow, 428 replay): host calls by
       import name, guest instructions (wasmtime fuel), wall time; first the no-op floor filter on
       the unmatched request (--floor, default target/wasm32-wasip1/release/noop_filter.wasm
       when built); writes
       target/bench/host-sim.json and target/bench/host-sim.md (default n: 2000).
       --functions also samples the guest stack and lists where each path's time goes by
-      function (needs a module with its name section: `just profile-sim` builds one).";
+      function (needs a module with its name section: `just profile-sim` builds one).
+      --segments also lists, for one more request of each path, the guest instructions run
+      between each host call (or callback entry or return) and the next: exact, where the
+      function samples are estimates. --only <path> measures that path alone.";
 
 fn take_opt(args: &mut Vec<String>, name: &str) -> Result<Option<String>, String> {
     match args.iter().position(|a| a == name) {
@@ -481,6 +484,7 @@ fn bench(mut args: Vec<String>) -> Result<i32, String> {
 fn bench_paths(mut args: Vec<String>) -> Result<i32, String> {
     let json = take_flag(&mut args, "--json");
     let functions = take_flag(&mut args, "--functions");
+    let segments = take_flag(&mut args, "--segments");
     let floor = match take_opt(&mut args, "--floor")? {
         Some(f) => Some(PathBuf::from(f)),
         // The no-op floor filter, when `just build` or `just bench` has built it.
@@ -522,7 +526,10 @@ fn bench_paths(mut args: Vec<String>) -> Result<i32, String> {
             "unmatched_no_get_header_map_pairs": goal.map(|g| g.1),
         },
     });
-    let md = crate::bench::markdown(&results, &wasm_text, build);
+    let mut md = crate::bench::markdown(&results, &wasm_text, build);
+    if segments {
+        md.push_str(&crate::bench::segments_markdown(&results));
+    }
     let dir = repo_root().join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let pretty = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;

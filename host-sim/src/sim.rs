@@ -446,6 +446,30 @@ impl Sim {
         p
     }
 
+    /// Starts (`true`) or stops a fuel trace in every VM: the fuel left at each callback entry
+    /// and return and each host call, read with [`Sim::take_fuel_trace`]. Only on a
+    /// [`Runtime::profiling`] runtime (elsewhere the trace stays empty).
+    pub fn trace_fuel(&self, on: bool) {
+        for vm in self.all_vms() {
+            vm.borrow_mut().store.data_mut().fuel_trace = on.then(Vec::new);
+        }
+    }
+
+    /// The fuel-trace events since the last call, per VM (main first, then the workers).
+    pub fn take_fuel_trace(&self) -> Vec<Vec<crate::vm::FuelEvent>> {
+        self.all_vms()
+            .map(|vm| {
+                let mut v = vm.borrow_mut();
+                v.store
+                    .data_mut()
+                    .fuel_trace
+                    .as_mut()
+                    .map(std::mem::take)
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
     /// Guest stack samples summed over every VM, while a [`Runtime::sample_every`] guard
     /// lives; empty unless the runtime is [`Runtime::profiling`].
     pub fn function_samples(&self) -> crate::vm::FunctionSamples {

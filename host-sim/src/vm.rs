@@ -280,9 +280,23 @@ pub struct HostState {
     pub host_calls: u64,
     /// Host calls per import name, when the runtime profiles (`None` otherwise).
     pub call_counts: Option<std::collections::BTreeMap<&'static str, u64>>,
+    /// Fuel left at every callback entry and return and every host call, while a fuel trace
+    /// is on ([`crate::Sim::trace_fuel`]; `None` otherwise): consecutive events bound the
+    /// guest instructions run between them.
+    pub fuel_trace: Option<Vec<FuelEvent>>,
     /// Guest stack samples per function name, when the runtime profiles (`None` otherwise):
     /// taken whenever the engine's epoch advances (see [`Runtime::sample_every`]).
     pub samples: Option<FunctionSamples>,
+}
+
+/// One event of a fuel trace: where the guest was, and the fuel it had left there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FuelEvent {
+    /// `→ proxy_on_…` (the host enters a callback), `← proxy_on_…` (it returns) or the
+    /// name of a host function the guest calls.
+    pub at: String,
+    /// Fuel left.
+    pub fuel_left: u64,
 }
 
 /// Guest stack samples of a profiling VM, per function name (see [`Runtime::sample_every`]).
@@ -471,6 +485,7 @@ impl Vm {
             host_calls: 0,
             call_counts: rt.profile.then(Default::default),
             samples: rt.profile.then(Default::default),
+            fuel_trace: None,
         };
         let mut store = Store::new(&rt.engine, state);
         if rt.profile {
@@ -606,6 +621,20 @@ impl Vm {
         &self.store.data().label
     }
 
+    /// Records a fuel-trace event while a trace is on.
+    fn trace_fuel_at(&mut self, at: impl FnOnce() -> String) {
+        if self.store.data().fuel_trace.is_none() {
+            return;
+        }
+        let fuel_left = self.store.get_fuel().unwrap_or(0);
+        if let Some(t) = self.store.data_mut().fuel_trace.as_mut() {
+            t.push(FuelEvent {
+                at: at(),
+                fuel_left,
+            });
+        }
+    }
+
     /// Runs one callback with `ctx` as the current context; a trap marks the VM failed.
     fn call<R>(
         &mut self,
@@ -621,7 +650,9 @@ impl Vm {
             st.current = ctx;
             st.effective = 0;
         }
+        self.trace_fuel_at(|| format!("→ {name}"));
         let result = f(&mut self.store);
+        self.trace_fuel_at(|| format!("← {name}"));
         {
             let st = self.store.data_mut();
             st.current = 0;

@@ -29,6 +29,15 @@ pub(crate) fn count_call(c: &mut wasmtime::Caller<'_, HostState>, name: &'static
     if let Some(counts) = c.data_mut().call_counts.as_mut() {
         *counts.entry(name).or_insert(0) += 1;
     }
+    if c.data().fuel_trace.is_some() {
+        let fuel_left = c.get_fuel().unwrap_or(0);
+        if let Some(t) = c.data_mut().fuel_trace.as_mut() {
+            t.push(crate::vm::FuelEvent {
+                at: name.to_string(),
+                fuel_left,
+            });
+        }
+    }
 }
 
 /// Returns early from a host function with an ABI status.
