@@ -245,18 +245,12 @@ pub fn remove_header(map: MapType, name: &str) -> Result<(), Status> {
     status(unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
 }
 
-/// A property by path (`["xds", "route_name"]`); `None` if the host has none.
-pub fn property(path: &[&str]) -> Option<Vec<u8>> {
-    // Segments joined by NUL (the ABI's path encoding).
-    let mut serialized = Vec::with_capacity(path.iter().map(|p| p.len() + 1).sum());
-    for (i, part) in path.iter().enumerate() {
-        if i > 0 {
-            serialized.push(0);
-        }
-        serialized.extend_from_slice(part.as_bytes());
-    }
-    // SAFETY: `serialized` is live; the out-parameters are live locals (see `host_buffer`).
-    host_buffer(|d, s| unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), d, s) })
+/// A property by path, its segments joined by NUL as the ABI encodes them
+/// (`b"xds\0route_name"`: the filter's paths are constants, so nothing is built per call);
+/// `None` if the host has none.
+pub fn property(path: &[u8]) -> Option<Vec<u8>> {
+    // SAFETY: `path` is live; the out-parameters are live locals (see `host_buffer`).
+    host_buffer(|d, s| unsafe { proxy_get_property(path.as_ptr(), path.len(), d, s) })
         .ok()
         .flatten()
 }

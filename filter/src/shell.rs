@@ -47,12 +47,12 @@ fn request_header_text(name: &str) -> Option<String> {
     abi::header(MapType::RequestHeaders, name).and_then(|b| String::from_utf8(b).ok())
 }
 
-fn property_text(path: &[&str]) -> Option<String> {
+fn property_text(path: &[u8]) -> Option<String> {
     abi::property(path).and_then(|b| String::from_utf8(b).ok())
 }
 
 /// Envoy encodes integer properties as 8 bytes little-endian.
-fn property_u64(path: &[&str]) -> Option<u64> {
+fn property_u64(path: &[u8]) -> Option<u64> {
     let bytes = abi::property(path)?;
     let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
     Some(u64::from_le_bytes(arr))
@@ -72,7 +72,7 @@ impl Fetcher<'_> {
     fn fetch(&mut self, fact: Fact) -> Option<String> {
         let name = match fact {
             Fact::RouteName => {
-                let value = property_text(&["xds", "route_name"]);
+                let value = property_text(b"xds\0route_name");
                 self.bulk = value.as_deref().is_some_and(|v| {
                     self.config
                         .routes
@@ -346,7 +346,7 @@ impl Stream {
             _ => None,
         };
         let peer_identity = if config.principal.contains(&PrincipalSource::PeerIdentity) {
-            property_text(&["connection", "uri_san_peer_certificate"])
+            property_text(b"connection\0uri_san_peer_certificate")
         } else {
             None
         };
@@ -546,7 +546,7 @@ impl Stream {
         let Some(route) = shared.config.routes.get(self.route) else {
             return;
         };
-        let flags = property_u64(&["response", "flags"]).unwrap_or(0);
+        let flags = property_u64(b"response\0flags").unwrap_or(0);
         let response = ResponseFacts {
             status,
             flags,
@@ -712,7 +712,7 @@ impl Stream {
             return;
         }
         // No response headers passed this filter: the stream ended without a response.
-        let status = property_u64(&["response", "code"])
+        let status = property_u64(b"response\0code")
             .and_then(|c| u16::try_from(c).ok())
             .unwrap_or(0);
         self.record(status, false);
