@@ -49,11 +49,12 @@ bench-sim: build
     cargo run -q --release -p retry-guard-host-sim --bin retry-guard -- bench --paths
 
 # Where the filter's guest time goes per request path, by function (host-sim stack samples on
-# the release code built with its names kept: cargo profile `profiling`).
+# the release code built with its names kept: cargo profile `profiling`), and the exact guest
+# instructions between host calls of one request per path.
 profile-sim:
     rustup target add wasm32-wasip1
     cargo build --profile profiling --target wasm32-wasip1 -p retry-guard-filter
-    cargo run -q --release -p retry-guard-host-sim --bin retry-guard -- bench --paths --functions --wasm target/wasm32-wasip1/profiling/retry_guard.wasm
+    cargo run -q --release -p retry-guard-host-sim --bin retry-guard -- bench --paths --functions --segments --wasm target/wasm32-wasip1/profiling/retry_guard.wasm
 
 # The same per path with `perf` (Debian's linux-perf): native samples of the compiled guest
 # code, named through wasmtime's perf map, for one path (unmatched, read_only,
