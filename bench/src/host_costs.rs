@@ -170,7 +170,7 @@ pub(super) fn run(
         return Err("--host-costs runs in upstream mode only (drop --direct)".into());
     }
     // What retry-guard calls on the token path, per request, counted by host-sim.
-    let counted = host_sim::bench::run(guard, 200, false, None, Some(TOKEN_PATH))?;
+    let counted = host_sim::bench::run(guard, 200, false, false, None, Some(TOKEN_PATH))?;
     let token_calls: BTreeMap<String, f64> = counted
         .first()
         .map(|r| r.host_calls.clone())

@@ -128,13 +128,16 @@ pub struct PathResult {
     /// Where the guest's time goes, by function (only with `--functions`, else empty).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<FunctionShare>,
-    /// One more request of the path, traced: the guest instructions run between each host
-    /// call or callback entry or return and the next (exact, where the function samples
-    /// are estimates).
+    /// One more request of the path, traced (only with `--segments`, else empty): the fuel
+    /// the guest used between each host call or callback entry or return and the next
+    /// (counted, where the function samples are estimates).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<Segment>,
 }
 
-/// Guest instructions between two consecutive events of a traced request.
+/// Guest instructions between two consecutive events of a traced request. Stretches from a
+/// callback's return to the next callback's entry are left out when the guest ran nothing
+/// there (as it never does between callbacks).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Segment {
     /// Where the stretch starts: `→ proxy_on_…` (the host entered a callback), `← proxy_on_…`
@@ -147,17 +150,28 @@ pub struct Segment {
     pub instructions: u64,
 }
 
-/// The segments of one traced stretch: each VM's events, consecutive pairs.
+/// The segments of one traced request: consecutive events of each VM that has any, the
+/// events named after their VM (`vm 1: …`) if more than one VM has events.
 fn segments(trace: &[Vec<crate::vm::FuelEvent>]) -> Vec<Segment> {
+    let traced = trace.iter().filter(|events| !events.is_empty()).count();
+    let label = |vm: usize, at: &str| {
+        if traced > 1 {
+            format!("vm {vm}: {at}")
+        } else {
+            at.to_string()
+        }
+    };
     trace
         .iter()
-        .flat_map(|events| {
-            events.windows(2).map(|w| Segment {
-                from: w[0].at.clone(),
-                to: w[1].at.clone(),
+        .enumerate()
+        .flat_map(|(vm, events)| {
+            events.windows(2).map(move |w| Segment {
+                from: label(vm, &w[0].at),
+                to: label(vm, &w[1].at),
                 instructions: w[0].fuel_left.saturating_sub(w[1].fuel_left),
             })
         })
+        .filter(|g| !(g.instructions == 0 && g.from.contains('←') && g.to.contains('→')))
         .collect()
 }
 
@@ -293,13 +307,15 @@ pub const FLOOR: PathCase = PathCase {
 /// Measures every path: `n` requests each for the counts and again for the time. With
 /// `sample`, the counting run also samples the guest stack about every 10 µs (see
 /// [`Runtime::sample_every`]) and reports where the time goes by function; the module needs its
-/// name section for names (`just profile-sim` builds one). With `floor` (the no-op filter's
+/// name section for names (`just profile-sim` builds one). With `trace`, one more request per
+/// path is traced for its [`Segment`]s. With `floor` (the no-op filter's
 /// module), the floor is measured first on the unmatched request. With `only`, just the path of
 /// that name (e.g. to profile one path with `perf`).
 pub fn run(
     wasm: &Path,
     n: u64,
     sample: bool,
+    trace: bool,
     floor: Option<&Path>,
     only: Option<&str>,
 ) -> Result<Vec<PathResult>, String> {
@@ -315,12 +331,12 @@ pub fn run(
     if let Some(floor) = floor {
         let profiling = Runtime::profiling(floor).map_err(|e| e.to_string())?;
         let normal = Runtime::from_file(floor).map_err(|e| e.to_string())?;
-        out.push(measure(&profiling, &normal, &FLOOR, n, sample)?);
+        out.push(measure(&profiling, &normal, &FLOOR, n, sample, trace)?);
     }
     let profiling = Runtime::profiling(wasm).map_err(|e| e.to_string())?;
     let normal = Runtime::from_file(wasm).map_err(|e| e.to_string())?;
     for case in PATHS.iter().filter(|p| only.is_none_or(|o| o == p.name)) {
-        out.push(measure(&profiling, &normal, case, n, sample)?);
+        out.push(measure(&profiling, &normal, case, n, sample, trace)?);
     }
     Ok(out)
 }
@@ -332,6 +348,7 @@ fn measure(
     case: &PathCase,
     n: u64,
     sample: bool,
+    trace: bool,
 ) -> Result<PathResult, String> {
     // Counts.
     let s = sim(profiling)?;
@@ -344,10 +361,20 @@ fn measure(
     drop(sampler);
     let samples = s.function_samples();
     let p = s.profile().since(&before);
-    s.trace_fuel(true);
-    drive(&s, case, WARMUP + n, 1, &mut ignore)?;
-    let segments = segments(&s.take_fuel_trace());
-    s.trace_fuel(false);
+    let mut segments = Vec::new();
+    if trace {
+        let mut traced = BTreeMap::new();
+        s.trace_fuel(true);
+        drive(&s, case, WARMUP + n, 1, &mut traced)?;
+        segments = self::segments(&s.take_fuel_trace());
+        s.trace_fuel(false);
+        if !traced.contains_key(&case.expect_status) {
+            return Err(format!(
+                "{}: the traced request got {traced:?}, not {}",
+                case.name, case.expect_status
+            ));
+        }
+    }
     if statuses.len() != 1 || !statuses.contains_key(&case.expect_status) {
         return Err(format!(
             "{}: expected every request to get {}, got {statuses:?}",
@@ -411,14 +438,14 @@ pub fn segments_markdown(results: &[PathResult]) -> String {
     for r in results {
         let total: u64 = r.segments.iter().map(|g| g.instructions).sum();
         s.push_str(&format!(
-            "\n{}: guest instructions between host calls, one request ({total} in all; → the host enters a callback, ← it returns)\n\n| from | to | instructions |\n|---|---|---:|\n",
+            "\n{}: guest instructions (wasmtime fuel) between host calls, one request ({total} in all; → the host enters a callback, ← it returns; a host call's stretch includes the guest allocating what the host hands over)\n\n| from | to | instructions |\n|---|---|---:|\n",
             r.name
         ));
         for g in &r.segments {
             s.push_str(&format!(
                 "| {} | {} | {} |\n",
-                g.from.trim_start_matches("proxy_"),
-                g.to.trim_start_matches("proxy_"),
+                g.from.replace("proxy_", ""),
+                g.to.replace("proxy_", ""),
                 g.instructions
             ));
         }
@@ -490,7 +517,7 @@ mod tests {
     fn paths_measure_and_unmatched_goal_holds() {
         let wasm = crate::cli::repo_root().join(crate::cli::DEFAULT_WASM);
         let results =
-            run(&wasm, 10, false, None, None).expect("build the filter first: just build");
+            run(&wasm, 10, false, true, None, None).expect("build the filter first: just build");
         assert_eq!(results.len(), PATHS.len());
         assert_eq!(unmatched_goal(&results), Some((true, true)), "{results:#?}");
         assert!(results
@@ -513,7 +540,7 @@ mod tests {
                 "{}",
                 r.name
             );
-            let calls = g.iter().filter(|s| s.to.starts_with("proxy_")).count() as f64;
+            let calls = g.iter().filter(|s| !s.to.starts_with(['→', '←'])).count() as f64;
             assert_eq!(calls, r.host_calls_total, "{}: {g:#?}", r.name);
             let total: u64 = g.iter().map(|s| s.instructions).sum();
             if r.name == "unmatched" || r.name == "read_only" {

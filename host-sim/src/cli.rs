@@ -505,7 +505,14 @@ fn bench_paths(mut args: Vec<String>) -> Result<i32, String> {
         return Err(format!("bench --paths: unexpected argument {a:?}"));
     }
     let floor = floor.filter(|_| only.is_none());
-    let results = crate::bench::run(&wasm, n, functions, floor.as_deref(), only.as_deref())?;
+    let results = crate::bench::run(
+        &wasm,
+        n,
+        functions,
+        segments,
+        floor.as_deref(),
+        only.as_deref(),
+    )?;
     let build = if cfg!(debug_assertions) {
         "debug"
     } else {

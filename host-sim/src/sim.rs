@@ -447,11 +447,14 @@ impl Sim {
     }
 
     /// Starts (`true`) or stops a fuel trace in every VM: the fuel left at each callback entry
-    /// and return and each host call, read with [`Sim::take_fuel_trace`]. Only on a
-    /// [`Runtime::profiling`] runtime (elsewhere the trace stays empty).
+    /// and return and each host call, read with [`Sim::take_fuel_trace`]. Only a
+    /// [`Runtime::profiling`] runtime counts fuel; elsewhere no trace starts.
     pub fn trace_fuel(&self, on: bool) {
         for vm in self.all_vms() {
-            vm.borrow_mut().store.data_mut().fuel_trace = on.then(Vec::new);
+            let mut v = vm.borrow_mut();
+            let st = v.store.data_mut();
+            // `call_counts` is kept exactly when the runtime profiles.
+            st.fuel_trace = (on && st.call_counts.is_some()).then(Vec::new);
         }
     }
 
