@@ -45,7 +45,7 @@ use super::run::{
     capture_of, expect_of, new_report, plugin_config, report_metrics, step_kind, summarize,
     wanted_metrics, ConcurrentPlan, Entry, Flood, FloodTally, Scenario,
 };
-use super::values::{self, Requests};
+use super::values::{self, Prepared, Requests};
 use crate::shared::LogLine;
 use crate::sim::{default_routes, Exchange, Received, Request, RouteRule};
 use crate::upstream::{flags, Upstream};
@@ -559,12 +559,7 @@ impl Runner {
     }
 
     /// A step's request at the real clock.
-    fn prepare(
-        &self,
-        req: &Value,
-        at: &str,
-        iteration: Option<u64>,
-    ) -> Result<(Request, Upstream, Value), String> {
+    fn prepare(&self, req: &Value, at: &str, iteration: Option<u64>) -> Result<Prepared, String> {
         self.requests.prepare(req, at, now_unix(), iteration)
     }
 

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::expect;
 use super::report::{Observed, ScenarioReport, StepReport};
-use super::values::{self, Capture, Requests};
+use super::values::{self, Capture, Prepared, Requests};
 use crate::sim::{Exchange, Pending, Request, Sim, SimConfig};
 use crate::upstream::Upstream;
 use crate::vm::{Hook, Runtime};
@@ -462,9 +462,6 @@ pub(super) fn report_metrics(
     sr.failures.extend(expect::metrics(want, actual));
 }
 
-/// A request with its upstream behaviour and spec, ready to send.
-pub(super) type Prepared = (Request, Upstream, Value);
-
 /// A `concurrent` step read: its requests prepared in the order listed, each one's `expect`,
 /// and the order of their two sides (by default every request side, then every response side).
 pub(super) struct ConcurrentPlan {
@@ -685,12 +682,7 @@ fn run_entries(
 
 impl Runner<'_> {
     /// A step's request at the simulation's clock.
-    fn prepare(
-        &self,
-        req: &Value,
-        at: &str,
-        iteration: Option<u64>,
-    ) -> Result<(Request, Upstream, Value), String> {
+    fn prepare(&self, req: &Value, at: &str, iteration: Option<u64>) -> Result<Prepared, String> {
         let now = self.sim.now_unix() as i64;
         self.requests.prepare(req, at, now, iteration)
     }

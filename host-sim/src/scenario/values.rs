@@ -357,6 +357,9 @@ pub fn upstream(spec: &Map<String, Value>, at: &str) -> Result<Upstream, String>
     })
 }
 
+/// A request with its upstream behaviour and spec, ready to send.
+pub type Prepared = (Request, Upstream, Value);
+
 /// A scenario's requests so far, the same on every target: each new request spec is the
 /// scenario's `request_defaults`, then the spec of the step its `same_as` names, then its own
 /// members; named steps are kept for `same_as`, `{"from": …}` values and challenges.
@@ -405,7 +408,7 @@ impl Requests {
         at: &str,
         now: i64,
         iteration: Option<u64>,
-    ) -> Result<(Request, Upstream, Value), String> {
+    ) -> Result<Prepared, String> {
         let spec = self.spec(req, at)?;
         let ctx = Ctx {
             dir: &self.dir,
