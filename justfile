@@ -49,8 +49,8 @@ bench-sim: build
     cargo run -q --release -p retry-guard-host-sim --bin retry-guard -- bench --paths
 
 # Where the filter's guest time goes per request path, by function (host-sim stack samples on
-# the release code built with its names kept: cargo profile `profiling`), and the exact guest
-# instructions between host calls of one request per path.
+# the release code built with its names kept: cargo profile `profiling`), and the guest
+# instructions (fuel) counted between host calls of one request per path.
 profile-sim:
     rustup target add wasm32-wasip1
     cargo build --profile profiling --target wasm32-wasip1 -p retry-guard-filter

@@ -908,9 +908,9 @@ impl Pace {
 /// Latency counts from the moment each request was sent (oha's per-request record,
 /// `--db-url`), not from when it was due: oha's timer works in whole milliseconds and
 /// releases requests about a millisecond late, the same for every configuration, and counting
-/// that lateness in would measure the load generator. How late the requests left is reported beside it ([`Pacing`]). Every
-/// answer must be the case's expected status, every oha process must succeed and have
-/// recorded every answer it counted, or the run is refused.
+/// that lateness in would measure the load generator. How late the requests left is reported
+/// beside it ([`Pacing`]). Every answer must be the case's expected status, every oha process
+/// must succeed and have recorded every answer it counted, or the run is refused.
 fn oha_paced(
     envoy: &Envoy,
     case: &Case,

@@ -62,8 +62,8 @@ USAGE:
       target/bench/host-sim.json and target/bench/host-sim.md (default n: 2000).
       --functions also samples the guest stack and lists where each path's time goes by
       function (needs a module with its name section: `just profile-sim` builds one).
-      --segments also lists, for one more request of each path, the guest instructions run
-      between each host call (or callback entry or return) and the next: exact, where the
+      --segments also lists, for one more request of each path, the fuel the guest used
+      between each host call (or callback entry or return) and the next: counted, where the
       function samples are estimates. --only <path> measures that path alone.";
 
 fn take_opt(args: &mut Vec<String>, name: &str) -> Result<Option<String>, String> {
