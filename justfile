@@ -20,33 +20,33 @@ envoy-install:
 # The narrated story on the host simulator (no Envoy needed): token call, replay -> 428,
 # approval, confirmed retry, unknown 503 vs connection failure, stale token, a two-worker race.
 demo: build
-    cargo run -q -p retry-guard-host-sim --bin retry-guard -- demo
+    cargo run -q -p retry-guard-cli -- demo
 
 # The same story on the real Envoy 1.40 with a real backend.
 demo-envoy: build envoy-install
-    cargo run -q --release -p retry-guard-e2e --bin retry-guard-demo
+    cargo run -q --release -p retry-guard-cli -- demo --target envoy
 
 # Every scenario in testdata/scenarios on the host simulator.
 scenarios: build
-    cargo run -q -p retry-guard-host-sim --bin retry-guard -- run testdata/scenarios
+    cargo run -q -p retry-guard-cli -- run testdata/scenarios
 
 # Every runnable scenario on the real Envoy 1.40.
 scenarios-envoy: build envoy-install
-    cargo run -q -p retry-guard-host-sim --bin retry-guard -- run --target envoy testdata/scenarios
+    cargo run -q -p retry-guard-cli -- run --target envoy testdata/scenarios
 
 # host-sim and Envoy agree on every runnable scenario.
 agreement: build envoy-install
-    cargo test -p retry-guard-host-sim --test agreement -- --nocapture
+    cargo test -p retry-guard-conformance --test agreement -- --nocapture
 
 # The probe filter on host-sim and on the real Envoy, compared.
 probe: build envoy-install
-    cargo test -p retry-guard-host-sim --test probe_vs_envoy -- --nocapture
+    cargo test -p retry-guard-conformance --test probe_vs_envoy -- --nocapture
 
 # 10,000 demo-config requests on the simulator, then the per-path micro-benchmark (host calls,
 # wasm fuel, µs per request; writes target/bench/host-sim.{json,md}).
 bench-sim: build
-    cargo run -q --release -p retry-guard-host-sim --bin retry-guard -- bench
-    cargo run -q --release -p retry-guard-host-sim --bin retry-guard -- bench --paths
+    cargo run -q --release -p retry-guard-cli -- bench
+    cargo run -q --release -p retry-guard-cli -- bench --paths
 
 # Where the filter's guest time goes per request path, by function (host-sim stack samples on
 # the release code built with its names kept: cargo profile `profiling`), and the guest
@@ -54,7 +54,7 @@ bench-sim: build
 profile-sim:
     rustup target add wasm32-wasip1
     cargo build --profile profiling --target wasm32-wasip1 -p retry-guard-filter
-    cargo run -q --release -p retry-guard-host-sim --bin retry-guard -- bench --paths --functions --segments --wasm target/wasm32-wasip1/profiling/retry_guard.wasm
+    cargo run -q --release -p retry-guard-cli -- bench --paths --functions --segments --wasm target/wasm32-wasip1/profiling/retry_guard.wasm
 
 # The same per path with `perf` (Debian's linux-perf): native samples of the compiled guest
 # code, named through wasmtime's perf map, for one path (unmatched, read_only,
@@ -62,7 +62,7 @@ profile-sim:
 profile-perf path="token_issuing_allow":
     rustup target add wasm32-wasip1
     cargo build --profile profiling --target wasm32-wasip1 -p retry-guard-filter
-    cargo build -q --release -p retry-guard-host-sim
+    cargo build -q --release -p retry-guard-cli
     mkdir -p target/bench
     RG_PERFMAP=1 perf record -q -F 20000 -e cpu-clock -o target/bench/perf-{{path}}.data -- target/release/retry-guard bench --paths --only {{path}} --requests 30000 --wasm target/wasm32-wasip1/profiling/retry_guard.wasm >/dev/null
     perf report -i target/bench/perf-{{path}}.data --no-children --sort dso,sym 2>/dev/null | grep -F '[JIT]' | awk '{p=$1; sub(/%/,"",p); $1="";$2="";$3="";$4=""; a[$0]+=p; t+=p} END {for (k in a) printf "%6.2f%% %s\n", a[k]*100/t, k; printf "(guest code: %.1f%% of all samples; the rest is host-sim itself)\n", t}' | sort -rn | head -40
@@ -94,11 +94,12 @@ bench *ARGS: build envoy-install
 
 # Start the bundled gateway (envoy/envoy.yaml) and a scriptable backend; prints a curl session. Ctrl-C stops both.
 envoy: build envoy-install
-    cargo run -q -p retry-guard-e2e --bin retry-guard-envoy -- run
+    cargo run -q -p retry-guard-cli -- gateway
 
 # Sign a confirmation with the TEST approver key for the 428 on stdin: TOKEN=$(just approve < 428.json)
+# (`retry-guard approve`; later options win, e.g. `just approve --approver bob@example.com`).
 approve *ARGS:
-    @cargo run -q -p retry-guard-e2e --bin retry-guard-envoy -- approve {{ARGS}}
+    @cargo run -q -p retry-guard-cli -- approve --key testdata/keys/approvals-test.key --approver alice@example.com {{ARGS}}
 
 # Real-Envoy end-to-end tests only (harness, smoke, bundled configs, gateway, variants, race).
 e2e: build envoy-install

@@ -29,7 +29,7 @@ const WASM_FILTER_TEMPLATE: &str = include_str!("../templates/wasm-filter.yaml")
 /// Environment variable naming the Envoy binary to use instead of the project-local one.
 pub const ENVOY_ENV: &str = "RETRY_GUARD_ENVOY";
 /// Environment variable naming the wasm file to use instead of the release build.
-pub const WASM_ENV: &str = "RETRY_GUARD_WASM";
+pub const WASM_ENV: &str = retry_guard::paths::FILTER_WASM_ENV;
 /// Environment variable: keep every run folder, even of passing tests.
 pub const KEEP_ENV: &str = "RETRY_GUARD_KEEP_RUNS";
 
@@ -71,11 +71,7 @@ pub fn check_envoy(path: PathBuf, from_env: bool) -> Result<PathBuf> {
 
 /// The release wasm: `$RETRY_GUARD_WASM`, else `<repo>/target/wasm32-wasip1/release/retry_guard.wasm`.
 pub fn wasm_path() -> Result<PathBuf> {
-    let path = match std::env::var_os(WASM_ENV) {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => repo_root().join("target/wasm32-wasip1/release/retry_guard.wasm"),
-    };
-    check_wasm(path)
+    check_wasm(retry_guard::paths::filter_wasm())
 }
 
 /// `path` if it is a file, else an error that says to run `just build`.

@@ -23,7 +23,7 @@ pub mod rfc3339;
 pub mod tokens;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The harness error: a message meant for a human reading a failed test.
 ///
@@ -73,12 +73,8 @@ macro_rules! bail {
     };
 }
 
-/// The repository root (the parent of this crate's folder).
-pub fn repo_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = manifest.parent().unwrap_or(manifest);
-    root.canonicalize().unwrap_or_else(|_| root.to_path_buf())
-}
+/// The repository root (one definition for the workspace: [`retry_guard::paths::repo_root`]).
+pub use retry_guard::paths::repo_root;
 
 /// Path of a file under `testdata/`.
 pub fn testdata_path(rel: &str) -> PathBuf {

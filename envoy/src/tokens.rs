@@ -1,14 +1,16 @@
-//! Credentials the tests send: confirmation tokens signed with the test key, and unsigned JWTs.
+//! Credentials the tests send: confirmation tokens signed with the test key (through the
+//! filter crate's one signer, `retry_guard::confirm::sign`), and unsigned JWTs.
 //!
 //! Confirmation token format (issue 2, "Human confirmation"):
 //! `v1.<payload>.<signature>` where `<payload>` is base64url (no padding) of the JSON
 //! `{"kid","chl","fp","sub","iat","exp"}` and `<signature>` is base64url (no padding) of the
 //! Ed25519 signature over the ASCII bytes `v1.<payload>`.
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
-use sha2::{Digest as _, Sha256};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+
+pub use retry_guard::confirm::sign::{sign_payload, Claims as Confirmation};
 
 use crate::{read_testdata, Error, Result};
 
@@ -23,94 +25,37 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-fn decode_key_file(rel: &str) -> Result<[u8; 32]> {
-    let text = read_testdata(rel)?;
-    let bytes = STANDARD
-        .decode(text.trim())
-        .map_err(|e| Error(format!("testdata/{rel}: not standard base64: {e}")))?;
-    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-        Error(format!(
-            "testdata/{rel}: expected 32 bytes, got {}",
-            bytes.len()
-        ))
-    })
-}
-
 /// The test signing key (`testdata/keys/approvals-test.key`, standard base64 of the seed).
 pub fn test_signing_key() -> Result<SigningKey> {
-    Ok(SigningKey::from_bytes(&decode_key_file(
-        "keys/approvals-test.key",
-    )?))
+    let rel = "keys/approvals-test.key";
+    retry_guard::confirm::sign::signing_key_from_b64(&read_testdata(rel)?)
+        .map_err(|e| Error(format!("testdata/{rel}: {e}")))
 }
 
 /// The test public key (`testdata/keys/approvals-test.pub`, standard base64).
 pub fn test_verifying_key() -> Result<VerifyingKey> {
-    VerifyingKey::from_bytes(&decode_key_file("keys/approvals-test.pub")?)
-        .map_err(|e| Error(format!("testdata/keys/approvals-test.pub: {e}")))
+    let rel = "keys/approvals-test.pub";
+    retry_guard::confirm::sign::verifying_key_from_b64(&read_testdata(rel)?)
+        .map_err(|e| Error(format!("testdata/{rel}: {e}")))
 }
 
-/// The claims of a confirmation token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Confirmation {
-    pub kid: String,
-    pub chl: String,
-    pub fp: String,
-    pub sub: String,
-    pub iat: i64,
-    pub exp: i64,
-}
-
-impl Confirmation {
-    /// Claims for the test key: issued now, valid for `ttl_seconds`.
-    pub fn new(chl: &str, fp: &str, sub: &str, ttl_seconds: i64) -> Self {
-        let iat = now_unix();
-        Confirmation {
-            kid: TEST_KID.to_string(),
-            chl: chl.to_string(),
-            fp: fp.to_string(),
-            sub: sub.to_string(),
-            iat,
-            exp: iat + ttl_seconds,
-        }
-    }
-
-    /// The JSON payload, members in the documented order.
-    pub fn payload_json(&self) -> String {
-        let s = |v: &str| serde_json::Value::String(v.to_string()).to_string();
-        format!(
-            "{{\"kid\":{},\"chl\":{},\"fp\":{},\"sub\":{},\"iat\":{},\"exp\":{}}}",
-            s(&self.kid),
-            s(&self.chl),
-            s(&self.fp),
-            s(&self.sub),
-            self.iat,
-            self.exp
-        )
-    }
-
-    /// Signs the claims: `v1.<b64url payload>.<b64url signature over "v1.<b64url payload>">`.
-    pub fn sign(&self, key: &SigningKey) -> String {
-        sign_payload(self.payload_json().as_bytes(), key)
+/// Claims for the test key: issued now, valid for `ttl_seconds`.
+pub fn test_confirmation(chl: &str, fp: &str, sub: &str, ttl_seconds: i64) -> Confirmation {
+    let iat = now_unix();
+    Confirmation {
+        kid: TEST_KID.to_string(),
+        chl: chl.to_string(),
+        fp: fp.to_string(),
+        sub: sub.to_string(),
+        iat,
+        exp: iat + ttl_seconds,
     }
 }
 
-/// Builds a confirmation token around any payload bytes (for malformed-claims tests).
-pub fn sign_payload(payload: &[u8], key: &SigningKey) -> String {
-    let signed = format!("v1.{}", URL_SAFE_NO_PAD.encode(payload));
-    let sig = key.sign(signed.as_bytes());
-    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
-}
-
-/// An unsigned JWT `header.payload.signature` (base64url, no padding) with these claims.
-///
-/// The header says HS256 and the signature segment is 32 bytes that no key produced: the filter
-/// decodes bearer JWTs without verifying them, so only the claims matter.
+/// An unsigned JWT with these claims ([`retry_guard::jwt::unsigned`]): the filter decodes
+/// bearer JWTs without verifying them.
 pub fn unsigned_jwt(claims: &serde_json::Value) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let signing_input = format!("{header}.{payload}");
-    let fake_sig = Sha256::digest(signing_input.as_bytes());
-    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(fake_sig))
+    retry_guard::jwt::unsigned(claims)
 }
 
 /// Decodes a base64url (no padding) string, as the filter emits challenges and fingerprints.

@@ -19,7 +19,7 @@ use common::*;
 use retry_guard_e2e::backend::{Gate, Reply};
 use retry_guard_e2e::client;
 use retry_guard_e2e::fixture::{Handle, Shared};
-use retry_guard_e2e::tokens::{now_unix, test_signing_key, unsigned_jwt, Confirmation};
+use retry_guard_e2e::tokens::{now_unix, test_confirmation, test_signing_key, unsigned_jwt};
 use retry_guard_e2e::Result;
 use serde_json::{json, Value};
 
@@ -707,7 +707,7 @@ fn confirmation_is_accepted_once() {
         .to_string();
 
     // Refused confirmations: each keeps the same outstanding challenge.
-    let good = Confirmation::new(&chl, &fp, "alice@example.com", 300);
+    let good = test_confirmation(&chl, &fp, "alice@example.com", 300);
     // Flip a character inside the signature (not the last one, whose low bits are padding).
     let mut tampered: Vec<char> = good.sign(&key).chars().collect();
     let at = tampered.len() - 20;

@@ -20,7 +20,7 @@ use retry_guard_e2e::backend::{Backend, RecordedRequest};
 use retry_guard_e2e::client::Response;
 use retry_guard_e2e::envoy::Envoy;
 use retry_guard_e2e::tokens::{
-    b64url_decode, now_unix, test_signing_key, unsigned_jwt, Confirmation,
+    b64url_decode, now_unix, test_confirmation, test_signing_key, unsigned_jwt,
 };
 use retry_guard_e2e::{plugin_config, rfc3339, Result};
 use serde_json::{json, Value};
@@ -254,7 +254,7 @@ fn replay_needs_a_signed_confirmation() -> Result<()> {
 
     // c. A replay with a confirmation signed over (challenge, fingerprint) goes through once,
     //    and the confirmation header is not forwarded.
-    let token = Confirmation::new(&challenge, &fingerprint, APPROVER, 300).sign(&key);
+    let token = test_confirmation(&challenge, &fingerprint, APPROVER, 300).sign(&key);
     let confirmed = post_token(&envoy, "smoke-c", body, &[(CONFIRMATION_HEADER, &token)])?;
     show(
         "c. replay with a confirmation signed by the test key -> upstream",

@@ -10,7 +10,7 @@ use common::*;
 use retry_guard_e2e::backend::{Gate, Reply};
 use retry_guard_e2e::envoy::Envoy;
 use retry_guard_e2e::gateway::{envoy_yaml, plugin_config, TestGateway};
-use retry_guard_e2e::tokens::{now_unix, test_signing_key, unsigned_jwt, Confirmation};
+use retry_guard_e2e::tokens::{now_unix, test_confirmation, test_signing_key, unsigned_jwt};
 use retry_guard_e2e::{plugin_config as testdata_config, Result};
 use serde_json::{json, Value};
 
@@ -293,7 +293,7 @@ fn counters_count_every_decision() {
     send(&token, "allow", 200);
     let r = send(&token.again("2"), "confirm", 428);
     let doc = r.json().expect("428 json");
-    let conf = Confirmation::new(
+    let conf = test_confirmation(
         doc["challenge"].as_str().expect("chl"),
         doc["fingerprint"].as_str().expect("fp"),
         "alice@example.com",

@@ -13,6 +13,8 @@ use serde_json::Value;
 use crate::b64;
 use crate::config::Confirmation;
 
+pub mod sign;
+
 /// Longest confirmation token accepted; longer is `malformed`.
 pub const MAX_TOKEN_LEN: usize = 4096;
 /// Longest approver name accepted.
@@ -183,7 +185,7 @@ pub fn verify(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use ed25519_dalek::{Signer, SigningKey};
+    use ed25519_dalek::SigningKey;
 
     pub const NOW: u64 = 1_800_000_000;
 
@@ -200,9 +202,7 @@ pub(crate) mod tests {
     }
 
     pub fn sign_raw(key: &SigningKey, payload_json: &str) -> String {
-        let signed = format!("v1.{}", b64::url(payload_json.as_bytes()));
-        let sig = key.sign(signed.as_bytes());
-        format!("{signed}.{}", b64::url(&sig.to_bytes()))
+        super::sign::sign_payload(payload_json.as_bytes(), key)
     }
 
     pub fn sign(kid: &str, chl: &Challenge, fp: &str, iat: u64, exp: u64) -> String {

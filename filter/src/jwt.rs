@@ -112,6 +112,24 @@ pub struct JwtTimes {
     pub iat: Option<f64>,
 }
 
+/// An unsigned JWT `header.payload.signature` (base64url, no padding) carrying `claims`, for
+/// the tools and tests that send bearer tokens through the filter.
+///
+/// The header says HS256 and the signature segment is 32 bytes that no key produced (the
+/// SHA-256 of the signing input): the filter decodes bearer JWTs without verifying them, so
+/// only the claims matter to it. Never accepted by a server that verifies.
+pub fn unsigned(claims: &Value) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut jwt = String::new();
+    b64::push_url(&mut jwt, br#"{"alg":"HS256","typ":"JWT"}"#);
+    jwt.push('.');
+    b64::push_url(&mut jwt, claims.to_string().as_bytes());
+    let fake_signature = Sha256::digest(jwt.as_bytes());
+    jwt.push('.');
+    b64::push_url(&mut jwt, &fake_signature);
+    jwt
+}
+
 #[cfg(test)]
 pub(crate) fn make_jwt(payload: &str) -> String {
     format!(

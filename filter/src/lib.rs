@@ -37,6 +37,8 @@ pub mod jwt;
 pub mod ledger;
 pub mod matcher;
 pub mod metrics;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod paths;
 pub mod policy;
 pub mod principal;
 pub mod problem;

@@ -515,7 +515,7 @@ mod tests {
     /// Issue 5's goal on the unmatched path, and every path answers as expected.
     #[test]
     fn paths_measure_and_unmatched_goal_holds() {
-        let wasm = crate::cli::repo_root().join(crate::cli::DEFAULT_WASM);
+        let wasm = retry_guard::paths::filter_wasm();
         let results =
             run(&wasm, 10, false, true, None, None).expect("build the filter first: just build");
         assert_eq!(results.len(), PATHS.len());

@@ -1,6 +1,8 @@
 //! host-sim: a proxy-wasm ABI 0.2.1 host on wasmtime that runs a filter the way Envoy 1.40
 //! runs it — several worker VMs over one shared-data store, a virtual clock, scripted
-//! upstreams — plus the scenario runner and the pieces of the `retry-guard` operator CLI.
+//! upstreams — plus the scenario runner on it. The operator's `retry-guard` command (`cli/`)
+//! and the real-Envoy scenario target (`conformance/`) build on this library; it depends on
+//! neither, nor on the real-Envoy harness.
 //!
 //! Layers, bottom up:
 //! - [`abi`], [`headers`], [`properties`]: wire formats and Envoy's encodings;
@@ -8,13 +10,13 @@
 //!   queues, metrics, log, clock, seeded random source);
 //! - `host`: the host functions; [`vm`]: one VM (store + instance + root context);
 //! - [`sim`]: the simulated Envoy (VMs, ticks, the HTTP stream lifecycle, upstream model);
-//! - [`scenario`]: the JSON scenario format and its runner; [`tokens`]: signed confirmations and
-//!   test JWTs; [`cli`]: the operator commands.
+//! - [`scenario`]: the JSON scenario format and its runner, and the pieces another target (the
+//!   real Envoy) shares with it; [`tokens`]: approver key files, signed confirmations and test
+//!   JWTs; [`bench`]: the per-path micro-benchmark.
 #![warn(missing_docs)]
 
 pub mod abi;
 pub mod bench;
-pub mod cli;
 pub mod error;
 pub mod headers;
 mod host;

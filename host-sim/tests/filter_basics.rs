@@ -5,12 +5,11 @@ use std::path::PathBuf;
 use host_sim::{Request, Runtime, Sim, SimConfig, Upstream};
 
 fn wasm() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip1/release/retry_guard.wasm")
+    retry_guard::paths::filter_wasm()
 }
 
 fn config() -> Vec<u8> {
-    std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/configs/smoke.json"))
+    std::fs::read(retry_guard::paths::repo_root().join("testdata/configs/smoke.json"))
         .expect("smoke config")
 }
 

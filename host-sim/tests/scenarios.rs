@@ -1,15 +1,13 @@
 //! Every scenario in `testdata/scenarios` passes on the simulator with the release filter.
 
-use std::path::PathBuf;
-
-use host_sim::cli::scenario_files;
+use host_sim::scenario::files as scenario_files;
 use host_sim::scenario::{run_file, RunOptions, Summary};
 use host_sim::Runtime;
 
 #[test]
 fn all_scenarios_pass() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = root.join(host_sim::cli::DEFAULT_WASM);
+    let root = retry_guard::paths::repo_root();
+    let wasm = retry_guard::paths::filter_wasm();
     let rt = Runtime::from_file(&wasm).expect("the release filter (run `just build`)");
     let dir = root.join("testdata/scenarios");
     let files = scenario_files(&[dir.display().to_string()]).expect("scenario files");
@@ -34,7 +32,7 @@ fn all_scenarios_pass() {
 
 #[test]
 fn demo_story_exists_and_every_scenario_says_if_envoy_can_run_it() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/scenarios");
+    let root = retry_guard::paths::repo_root().join("testdata/scenarios");
     assert!(root.join("demo-story.json").is_file());
     for f in scenario_files(&[root.display().to_string()]).expect("files") {
         let v: serde_json::Value =

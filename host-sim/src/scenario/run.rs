@@ -105,7 +105,9 @@ pub fn run_file(rt: &Runtime, path: &Path, opts: &RunOptions) -> ScenarioReport 
     }
 }
 
-pub(super) fn plugin_config(sc: &Scenario, dir: &Path) -> Result<Vec<u8>, String> {
+/// The scenario's plugin configuration: `config` (a file relative to the scenario's folder, or
+/// inline JSON) with `config_patch` applied.
+pub fn plugin_config(sc: &Scenario, dir: &Path) -> Result<Vec<u8>, String> {
     let base = match sc.json.get("config") {
         Some(Value::String(p)) => {
             let path = dir.join(p);
@@ -148,7 +150,7 @@ pub fn run_scenario(rt: &Runtime, sc: &Scenario, opts: &RunOptions) -> ScenarioR
 }
 
 /// The report of a scenario before it runs.
-pub(super) fn new_report(sc: &Scenario, target: &str) -> ScenarioReport {
+pub fn new_report(sc: &Scenario, target: &str) -> ScenarioReport {
     let j = &sc.json;
     let envoy = j.get("envoy");
     ScenarioReport {
@@ -263,7 +265,7 @@ fn run_on_sim(
 }
 
 /// A `flood` step: `count` exchanges made from one request template.
-pub(super) struct Flood {
+pub struct Flood {
     /// How many exchanges.
     pub count: u64,
     /// The request template (`{i}` is the iteration number).
@@ -299,7 +301,7 @@ impl Flood {
 
 /// Statuses and failures of a flood, reported as the first three failures and a summary.
 #[derive(Default)]
-pub(super) struct FloodTally {
+pub struct FloodTally {
     statuses: std::collections::BTreeMap<u16, u64>,
     failed: u64,
 }
@@ -338,7 +340,8 @@ impl FloodTally {
     }
 }
 
-pub(super) fn summarize(req: &Request, ex: &Exchange) -> String {
+/// One trace line for an exchange: the request, its status, decision and what the upstream got.
+pub fn summarize(req: &Request, ex: &Exchange) -> String {
     let records = expect::audit_records(ex);
     let decision = records.iter().find(|r| r["event"] == "decision");
     let verdict = match decision {
@@ -404,7 +407,7 @@ const STEP_KINDS: [&str; 6] = [
 type Members<'s> = &'s Map<String, Value>;
 
 /// A step's members and kind (recorded in the report); `None` for a `note`.
-pub(super) fn step_kind<'s>(
+pub fn step_kind<'s>(
     step: &'s Value,
     at: &str,
     sr: &mut StepReport,
@@ -424,7 +427,7 @@ pub(super) fn step_kind<'s>(
 }
 
 /// A step's `expect` (empty when it has none).
-pub(super) fn expect_of(step: &Value) -> Map<String, Value> {
+pub fn expect_of(step: &Value) -> Map<String, Value> {
     step.get("expect")
         .and_then(Value::as_object)
         .cloned()
@@ -432,7 +435,7 @@ pub(super) fn expect_of(step: &Value) -> Map<String, Value> {
 }
 
 /// A `metrics` step's wanted values.
-pub(super) fn wanted_metrics<'s>(
+pub fn wanted_metrics<'s>(
     step: &'s Map<String, Value>,
     at: &str,
 ) -> Result<&'s Map<String, Value>, String> {
@@ -443,7 +446,7 @@ pub(super) fn wanted_metrics<'s>(
 
 /// Reports a `metrics` step: each wanted metric's value (`-` when there is none) and what
 /// differs from the wanted values.
-pub(super) fn report_metrics(
+pub fn report_metrics(
     want: &Map<String, Value>,
     actual: &BTreeMap<String, u64>,
     sr: &mut StepReport,
@@ -464,7 +467,7 @@ pub(super) fn report_metrics(
 
 /// A `concurrent` step read: its requests prepared in the order listed, each one's `expect`,
 /// and the order of their two sides (by default every request side, then every response side).
-pub(super) struct ConcurrentPlan {
+pub struct ConcurrentPlan {
     /// Request names in the order listed.
     pub names: Vec<String>,
     /// Each request, prepared.
@@ -477,7 +480,7 @@ pub(super) struct ConcurrentPlan {
 
 impl ConcurrentPlan {
     /// Reads `c` (at `at`, which ends in `.concurrent`), preparing each request with `prepare`.
-    pub(super) fn parse(
+    pub fn parse(
         c: &Value,
         at: &str,
         mut prepare: impl FnMut(&Value, &str) -> Result<Prepared, String>,
@@ -527,7 +530,7 @@ impl ConcurrentPlan {
 
     /// Reports request `name`'s exchange (`line` summarizes it), checks it against its
     /// `expect` (failures named after it) and keeps it for later steps.
-    pub(super) fn report(
+    pub fn report(
         &self,
         name: &str,
         (req, spec, ex): (&Request, Value, &Exchange),
@@ -549,7 +552,8 @@ impl ConcurrentPlan {
     }
 }
 
-pub(super) fn capture_of(req: &Request, spec: Value, ex: &Exchange) -> Capture {
+/// What a named step remembers of its exchange (for `same_as`, `from` and captures).
+pub fn capture_of(req: &Request, spec: Value, ex: &Exchange) -> Capture {
     let body = ex.json().unwrap_or(Value::Null);
     Capture {
         request: Some(req.clone()),
@@ -572,12 +576,23 @@ pub(super) fn capture_of(req: &Request, spec: Value, ex: &Exchange) -> Capture {
 
 /// One entry of a `concurrent` order.
 #[derive(Clone, Debug)]
-pub(super) enum Entry {
-    Request { name: String, until: Option<String> },
-    Response { name: String },
+pub enum Entry {
+    /// Run the named request's request side (to the end, or until its host call `until`).
+    Request {
+        /// The request's name in the step.
+        name: String,
+        /// Stop before this host call (the simulator only).
+        until: Option<String>,
+    },
+    /// Run the named request's response side.
+    Response {
+        /// The request's name in the step.
+        name: String,
+    },
 }
 
-pub(super) fn parse_order(order: &[Value], at: &str) -> Result<Vec<Entry>, String> {
+/// Reads a `concurrent` step's `order`: which request side or response side runs next.
+pub fn parse_order(order: &[Value], at: &str) -> Result<Vec<Entry>, String> {
     order
         .iter()
         .map(|v| {

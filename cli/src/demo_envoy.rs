@@ -1,4 +1,5 @@
-//! `just demo`: the retry-guard filter at work in a real Envoy, told step by step.
+//! `retry-guard demo --target envoy` (`just demo-envoy`): the retry-guard filter at work in a
+//! real Envoy, told step by step.
 //!
 //! Starts the scripted backend and Envoy 1.40 with the release wasm and
 //! `testdata/configs/smoke.json`, then: a first token call, its replay (428 with a challenge),
@@ -9,27 +10,27 @@
 //! The release profile aborts on panic, which would skip the drops that stop Envoy: this program
 //! never unwraps; every failure is an error returned from `main` (locals are dropped first).
 
-use std::process::ExitCode;
 use std::time::Duration;
 
 use retry_guard_e2e::backend::Backend;
 use retry_guard_e2e::client::Response;
 use retry_guard_e2e::envoy::Envoy;
-use retry_guard_e2e::tokens::{now_unix, test_signing_key, unsigned_jwt, Confirmation};
+use retry_guard_e2e::tokens::{now_unix, test_confirmation, test_signing_key, unsigned_jwt};
 use retry_guard_e2e::{bail, plugin_config, Error, Result};
 use serde_json::{json, Value};
 
 const BODY: &str = "grant_type=client_credentials&scope=tokens.read";
 
-fn main() -> ExitCode {
+/// Runs the demo; returns the exit code (0 when every step behaved as the contract says).
+pub fn main() -> i32 {
     match run() {
         Ok(()) => {
             println!("\nDemo finished: every step behaved as the contract says.");
-            ExitCode::SUCCESS
+            0
         }
         Err(e) => {
             eprintln!("\ndemo failed: {e}");
-            ExitCode::FAILURE
+            1
         }
     }
 }
@@ -124,7 +125,7 @@ fn run() -> Result<()> {
     };
 
     heading("3. An approver signs the challenge; the retry goes through once");
-    let claims = Confirmation::new(chl, fp, "alice@example.com", 300);
+    let claims = test_confirmation(chl, fp, "alice@example.com", 300);
     println!("approver signs v1.<payload> with Ed25519 key \"approvals-test\", payload:");
     println!("  {}", claims.payload_json());
     let token = claims.sign(&key);

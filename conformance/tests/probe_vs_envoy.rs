@@ -22,7 +22,7 @@ use retry_guard_e2e::backend::{Backend, Reply};
 use retry_guard_e2e::envoy::Envoy;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    retry_guard::paths::repo_root()
 }
 
 /// Builds the probe once per test binary; returns the `.wasm` path.

@@ -1,15 +1,9 @@
-//! `just envoy`: the bundled gateway (`envoy/envoy.yaml`) for manual use, and `approve`, an
-//! approver's tool for the test key.
+//! `retry-guard gateway` (`just envoy`): the bundled gateway (`envoy/envoy.yaml`) on the real
+//! Envoy 1.40 for a person to try by hand.
 //!
-//! ```text
-//! retry-guard-envoy [run]     validate envoy/envoy.yaml, start the backend on 127.0.0.1:18080 and
-//!                             Envoy (listener 127.0.0.1:10000, admin 127.0.0.1:9901), print a
-//!                             curl session, echo access-log and audit lines; Ctrl-C stops both
-//! retry-guard-envoy approve [--sub S] [--ttl SECONDS] [--challenge C --fingerprint F]
-//!                             print a confirmation token signed with the TEST key
-//!                             testdata/keys/approvals-test.key; without --challenge and
-//!                             --fingerprint it reads the 428 problem document on stdin
-//! ```
+//! Validates envoy/envoy.yaml, starts the backend on 127.0.0.1:18080 and Envoy (listener
+//! 127.0.0.1:10000, admin 127.0.0.1:9901), prints a curl session, echoes access-log and audit
+//! lines; Ctrl-C stops both.
 //!
 //! Run from anywhere: it works in the repository root (the wasm path in `envoy.yaml` is relative
 //! to it). Envoy runs in its own process group, so the terminal's Ctrl-C reaches only this
@@ -21,7 +15,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,7 +25,6 @@ use retry_guard_e2e::envoy::{check_wasm, envoy_binary, validate_file};
 use retry_guard_e2e::gateway::{
     bundled_path, envoy_yaml, ADMIN_PORT, BACKEND_CLUSTER, LISTENER_PORT,
 };
-use retry_guard_e2e::tokens::{test_signing_key, Confirmation};
 use retry_guard_e2e::{bail, client, repo_root, Error, Result};
 use serde_json::Value;
 
@@ -63,93 +56,12 @@ fn install_signal_handlers() {
     }
 }
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        None | Some("run") => run(),
-        Some("approve") => approve(&args[1..]),
-        Some("-h" | "--help" | "help") => {
-            println!("{}", USAGE);
-            Ok(())
-        }
-        Some(other) => Err(Error(format!("unknown command {other:?}\n\n{USAGE}"))),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("retry-guard-envoy: {e}");
-            ExitCode::FAILURE
-        }
+/// `retry-guard gateway`: runs until Ctrl-C; exit code 0 after a clean stop.
+pub fn main(args: Vec<String>) -> std::result::Result<i32, String> {
+    if let Some(extra) = args.first() {
+        return Err(format!("unexpected argument {extra}\n\n{}", crate::USAGE));
     }
-}
-
-const USAGE: &str = "usage:
-  retry-guard-envoy [run]
-      validate envoy/envoy.yaml, start the backend and Envoy, print a curl session; Ctrl-C stops
-  retry-guard-envoy approve [--sub NAME] [--ttl SECONDS] [--challenge C --fingerprint F]
-      print a confirmation signed with the TEST key testdata/keys/approvals-test.key for the
-      428 problem document read on stdin (or the given challenge and fingerprint)";
-
-// ---------------------------------------------------------------------------------------------
-// approve
-
-fn approve(args: &[String]) -> Result<()> {
-    let mut sub = "alice@example.com".to_string();
-    let mut ttl: i64 = 300;
-    let mut challenge = None;
-    let mut fingerprint = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| Error(format!("{name} needs a value")))
-        };
-        match a.as_str() {
-            "--sub" => sub = value("--sub")?,
-            "--ttl" => {
-                ttl = value("--ttl")?
-                    .parse()
-                    .map_err(|_| Error::new("--ttl takes whole seconds"))?
-            }
-            "--challenge" => challenge = Some(value("--challenge")?),
-            "--fingerprint" => fingerprint = Some(value("--fingerprint")?),
-            other => bail!("unknown option {other:?}\n\n{USAGE}"),
-        }
-    }
-    let (chl, fp) = match (challenge, fingerprint) {
-        (Some(c), Some(f)) => (c, f),
-        (None, None) => {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
-            challenge_of(&text)?
-        }
-        _ => bail!("give both --challenge and --fingerprint, or neither (then the 428 on stdin)"),
-    };
-    let token = Confirmation::new(&chl, &fp, &sub, ttl).sign(&test_signing_key()?);
-    println!("{token}");
-    Ok(())
-}
-
-/// The challenge and fingerprint of a 428 problem document (the body, or a whole `curl -i`
-/// answer: the JSON starts at the first `{`).
-fn challenge_of(text: &str) -> Result<(String, String)> {
-    let start = text
-        .find('{')
-        .ok_or_else(|| Error::new("no JSON problem document on stdin"))?;
-    let doc: Value = serde_json::from_str(text[start..].trim())
-        .map_err(|e| Error(format!("stdin is not a problem document: {e}")))?;
-    if doc["status"] != 428 {
-        bail!(
-            "the document on stdin is not a 428 (status {}, type {})",
-            doc["status"],
-            doc["type"]
-        );
-    }
-    match (doc["challenge"].as_str(), doc["fingerprint"].as_str()) {
-        (Some(c), Some(f)) => Ok((c.to_string(), f.to_string())),
-        _ => bail!("the 428 document has no challenge or fingerprint"),
-    }
+    run().map(|()| 0).map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -208,7 +120,7 @@ impl Drop for Running {
 fn run() -> Result<()> {
     let root = repo_root();
     let envoy = envoy_binary()?;
-    check_wasm(root.join("target/wasm32-wasip1/release/retry_guard.wasm"))?;
+    check_wasm(retry_guard::paths::filter_wasm())?;
     let config = bundled_path("envoy.yaml");
     let bootstrap = envoy_yaml()?;
     let backend_port = backend_port(&bootstrap)?;
@@ -462,19 +374,6 @@ Access-log and audit lines appear below. Ctrl-C stops Envoy and the backend.
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn challenge_from_body_or_curl_i_output() {
-        let body = r#"{"type":"urn:retry-guard:problem:confirmation-required","status":428,"challenge":"c1","fingerprint":"f1"}"#;
-        assert_eq!(
-            challenge_of(body).ok(),
-            Some(("c1".to_string(), "f1".to_string()))
-        );
-        let with_head = format!("HTTP/1.1 428 Precondition Required\r\ncontent-type: application/problem+json\r\n\r\n{body}\n");
-        assert!(challenge_of(&with_head).is_ok());
-        assert!(challenge_of(r#"{"status":409}"#).is_err());
-        assert!(challenge_of("nothing").is_err());
-    }
 
     #[test]
     fn bundled_backend_port() {

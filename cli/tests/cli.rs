@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use host_sim::cli::{config_from_text, main};
+use retry_guard_cli::{config_from_text, main};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    retry_guard::paths::repo_root()
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //!
 //! - **Bootstrap**: the harness template (`envoy/templates/bootstrap.yaml`, rendered by
 //!   [`EnvoyBuilder::render`] with the scenario's plugin configuration), its routes replaced by
-//!   the simulator's listener routes ([`crate::sim::default_routes`]: `token` = `/oauth/token`,
+//!   the simulator's listener routes ([`host_sim::sim::default_routes`]: `token` = `/oauth/token`,
 //!   `catch_all`), each with the router retry policy the simulator models (`connect-failure,
 //!   refused-stream`, 2 retries; 30 s timeout) and three twins with the **same route name**
 //!   selected by the `x-e2e-upstream` request header: `closed` (a cluster on a closed port: a
@@ -14,7 +14,7 @@
 //!   for that case (status, headers, body, delay; `reset` = the backend closes the connection
 //!   after reading the request; `timeout` and delays at or past the simulator's 30 s route
 //!   timeout = the `slow` twin and a 2 s backend delay).
-//! - **What the client and upstream saw** becomes a [`crate::sim::Exchange`] (status, headers,
+//! - **What the client and upstream saw** becomes a [`host_sim::sim::Exchange`] (status, headers,
 //!   body; the backend's record; response flags, code details and the decision from the access
 //!   log; the filter's log lines of the request from Envoy's log), checked with the same
 //!   expectations as on the simulator.
@@ -39,16 +39,16 @@ use retry_guard_e2e::client::{self, Response};
 use retry_guard_e2e::envoy::{Envoy, ACCESS_LOG_PLACEHOLDER, WASM_PLACEHOLDER};
 use retry_guard_e2e::gateway::UPSTREAM_HEADER;
 
-use super::expect;
-use super::report::{Observed, ScenarioReport, StepReport};
-use super::run::{
+use host_sim::scenario::expect;
+use host_sim::scenario::target::{
     capture_of, expect_of, new_report, plugin_config, report_metrics, step_kind, summarize,
-    wanted_metrics, ConcurrentPlan, Entry, Flood, FloodTally, Scenario,
+    wanted_metrics, ConcurrentPlan, Entry, Flood, FloodTally,
 };
-use super::values::{self, Prepared, Requests};
-use crate::shared::LogLine;
-use crate::sim::{default_routes, Exchange, Received, Request, RouteRule};
-use crate::upstream::{flags, Upstream};
+use host_sim::scenario::values::{self, Prepared, Requests};
+use host_sim::scenario::{Observed, Scenario, ScenarioReport, StepReport};
+use host_sim::shared::LogLine;
+use host_sim::sim::{default_routes, Exchange, Received, Request, RouteRule};
+use host_sim::upstream::{flags, Upstream};
 
 /// Longest `advance` the Envoy target performs (as a real sleep).
 pub const MAX_REAL_ADVANCE_MS: u64 = 3_000;
@@ -493,7 +493,7 @@ pub fn run_scenario(sc: &Scenario, opts: &EnvoyOptions) -> ScenarioReport {
 
 /// Loads and runs one file on Envoy; problems become a failed report.
 pub fn run_file(path: &Path, opts: &EnvoyOptions) -> ScenarioReport {
-    match super::run::load(path) {
+    match host_sim::scenario::load(path) {
         Ok(s) => run_scenario(&s, opts),
         Err(e) => ScenarioReport {
             name: path

@@ -11,8 +11,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use host_sim::cli::scenario_files;
-use host_sim::scenario::envoy::{self, EnvoyOptions};
+use conformance::envoy_target::{self as envoy, EnvoyOptions};
+use host_sim::scenario::files as scenario_files;
 use host_sim::scenario::{load, run_scenario, Observed, RunOptions, Scenario, ScenarioReport};
 use host_sim::Runtime;
 
@@ -20,7 +20,7 @@ use host_sim::Runtime;
 const PARALLEL: usize = 3;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    retry_guard::paths::repo_root()
 }
 
 fn observed(r: &ScenarioReport) -> Vec<(usize, Observed)> {
@@ -57,7 +57,7 @@ fn differences(sim: &ScenarioReport, env: &ScenarioReport) -> Vec<String> {
 #[test]
 fn runnable_scenarios_agree_between_host_sim_and_envoy() {
     let started = Instant::now();
-    let wasm = root().join(host_sim::cli::DEFAULT_WASM);
+    let wasm = retry_guard::paths::filter_wasm();
     let rt = Runtime::from_file(&wasm).expect("the release filter (run `just build`)");
     let dir = root().join("testdata/scenarios");
     let files = scenario_files(&[dir.display().to_string()]).expect("scenario files");

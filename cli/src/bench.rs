@@ -1,0 +1,138 @@
+//! `bench`: host-sim's micro-benchmarks (the real-Envoy benchmark is `just bench`).
+
+use std::path::PathBuf;
+
+use crate::{default_path, runtime, take_flag, take_opt, wasm_or_default};
+
+/// `retry-guard bench [--paths ...]`.
+pub fn bench(mut args: Vec<String>) -> Result<i32, String> {
+    if take_flag(&mut args, "--paths") {
+        return bench_paths(args);
+    }
+    let wasm = take_opt(&mut args, "--wasm")?;
+    let n: u64 = take_opt(&mut args, "--requests")?
+        .map(|v| v.parse().map_err(|_| format!("--requests {v}: a number")))
+        .transpose()?
+        .unwrap_or(10_000);
+    let config = std::fs::read(default_path("testdata/configs/smoke.json"))
+        .map_err(|e| format!("testdata/configs/smoke.json: {e}"))?;
+    let t0 = std::time::Instant::now();
+    let rt = runtime(wasm)?;
+    let t1 = std::time::Instant::now();
+    let sim = host_sim::sim::Sim::new(
+        &rt,
+        host_sim::sim::SimConfig {
+            plugin_config: config,
+            ..host_sim::sim::SimConfig::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let t2 = std::time::Instant::now();
+    let mut statuses: std::collections::BTreeMap<u16, u64> = Default::default();
+    for i in 0..n {
+        // Three in four are new token calls (allowed, recorded), one in four replays the
+        // previous one (428 with a challenge); alternating workers.
+        let body = format!(
+            "grant_type=client_credentials&n={}",
+            i - i % 4 + (i % 4).min(2)
+        );
+        let req = host_sim::sim::Request::new("POST", "/oauth/token")
+            .header("x-client-id", "ci-bot")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .on_worker((i % 2) as usize);
+        let ex = sim
+            .request(&req, &host_sim::upstream::Upstream::ok())
+            .map_err(|e| e.to_string())?;
+        *statuses.entry(ex.status).or_default() += 1;
+    }
+    let t3 = std::time::Instant::now();
+    let per = (t3 - t2).as_secs_f64() / n as f64;
+    println!(
+        "compile {:.0} ms, start 3 VMs (main + 2 workers, ledger of {} keys) {:.0} ms",
+        (t1 - t0).as_secs_f64() * 1e3,
+        host_sim::shared::lock(&sim.shared().data).len(),
+        (t2 - t1).as_secs_f64() * 1e3
+    );
+    println!(
+        "{n} requests of the demo config in {:.3} s: {:.1} µs per request ({:.0} requests/s); statuses {statuses:?}",
+        (t3 - t2).as_secs_f64(),
+        per * 1e6,
+        1.0 / per
+    );
+    Ok(0)
+}
+
+/// `bench --paths`: the per-path micro-benchmark ([`crate::bench`]).
+fn bench_paths(mut args: Vec<String>) -> Result<i32, String> {
+    let json = take_flag(&mut args, "--json");
+    let functions = take_flag(&mut args, "--functions");
+    let segments = take_flag(&mut args, "--segments");
+    let floor = match take_opt(&mut args, "--floor")? {
+        Some(f) => Some(PathBuf::from(f)),
+        // The no-op floor filter, when `just build` or `just bench` has built it.
+        None => Some(retry_guard::paths::release_wasm("noop_filter")).filter(|p| p.exists()),
+    };
+    let wasm = wasm_or_default(take_opt(&mut args, "--wasm")?);
+    let n: u64 = take_opt(&mut args, "--requests")?
+        .map(|v| v.parse().map_err(|_| format!("--requests {v}: a number")))
+        .transpose()?
+        .unwrap_or(2_000);
+    let only = take_opt(&mut args, "--only")?;
+    if let Some(a) = args.first() {
+        return Err(format!("bench --paths: unexpected argument {a:?}"));
+    }
+    let floor = floor.filter(|_| only.is_none());
+    let results = host_sim::bench::run(
+        &wasm,
+        n,
+        functions,
+        segments,
+        floor.as_deref(),
+        only.as_deref(),
+    )?;
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let wasm_text = wasm.display().to_string();
+    let wasm_bytes = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0);
+    let goal = host_sim::bench::unmatched_goal(&results);
+    let doc = serde_json::json!({
+        "tool": "retry-guard bench --paths (host-sim)",
+        "wasm": wasm_text,
+        "wasm_bytes": wasm_bytes,
+        "host_sim_build": build,
+        "requests_per_path": n,
+        "paths": results,
+        "goals": {
+            "unmatched_host_calls_at_most_4": goal.map(|g| g.0),
+            "unmatched_no_get_header_map_pairs": goal.map(|g| g.1),
+        },
+    });
+    let mut md = host_sim::bench::markdown(&results, &wasm_text, build);
+    if segments {
+        md.push_str(&host_sim::bench::segments_markdown(&results));
+    }
+    let dir = retry_guard::paths::repo_root().join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let pretty = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("host-sim.json"), format!("{pretty}\n"))
+        .map_err(|e| format!("target/bench/host-sim.json: {e}"))?;
+    std::fs::write(dir.join("host-sim.md"), &md)
+        .map_err(|e| format!("target/bench/host-sim.md: {e}"))?;
+    if json {
+        println!("{pretty}");
+        return Ok(0);
+    }
+    print!("{md}");
+    if let Some(r) = results.iter().find(|r| r.name == "unmatched") {
+        println!("\nhost calls on the unmatched path (per request):");
+        for (name, v) in &r.host_calls {
+            println!("  {name} ×{v}");
+        }
+    }
+    println!("\nwritten: target/bench/host-sim.json, target/bench/host-sim.md");
+    Ok(0)
+}
