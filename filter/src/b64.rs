@@ -74,7 +74,7 @@ fn decode(text: &[u8], url: bool) -> Option<Vec<u8>> {
     let body = match text.iter().position(|&c| c == b'=') {
         Some(i) => {
             let (body, pad) = text.split_at(i);
-            if pad.len() > 2 || pad.iter().any(|&c| c != b'=') || text.len() % 4 != 0 {
+            if pad.len() > 2 || pad.iter().any(|&c| c != b'=') || !text.len().is_multiple_of(4) {
                 return None;
             }
             body
