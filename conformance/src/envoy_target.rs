@@ -376,6 +376,10 @@ struct Runner {
 /// `refused` says why).
 pub fn run_scenario(sc: &Scenario, opts: &EnvoyOptions) -> ScenarioReport {
     let mut report = new_report(sc, "envoy");
+    if let Some(problems) = host_sim::scenario::invalid(sc) {
+        report.error = Some(problems);
+        return report;
+    }
     if let Some(why) = not_runnable(sc) {
         report.refused = Some(why);
         return report;

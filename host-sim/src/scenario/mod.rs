@@ -12,10 +12,12 @@ use std::path::PathBuf;
 pub mod expect;
 mod report;
 mod run;
+mod validate;
 pub mod values;
 
 pub use report::{Observed, ScenarioReport, StepReport, Summary, UpstreamFacts};
-pub use run::{load, run_file, run_scenario, RunOptions, Scenario};
+pub use run::{invalid, load, run_file, run_scenario, RunOptions, Scenario};
+pub use validate::validate;
 
 /// What another scenario target builds on: the step reader, the report builders and the plan
 /// of a `concurrent` step, shared with the simulator's runner.

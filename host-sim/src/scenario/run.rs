@@ -149,6 +149,20 @@ pub fn run_scenario(rt: &Runtime, sc: &Scenario, opts: &RunOptions) -> ScenarioR
     report
 }
 
+/// Every problem of form in the scenario as one error text, or `None` when it may run. Every
+/// target calls this before the first step, so a scenario fails whole and says everything that
+/// is wrong with it at once.
+pub fn invalid(sc: &Scenario) -> Option<String> {
+    let problems = super::validate::validate(&sc.json);
+    (!problems.is_empty()).then(|| {
+        format!(
+            "the scenario is not valid ({} problem(s)); nothing ran:\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        )
+    })
+}
+
 /// The report of a scenario before it runs.
 pub fn new_report(sc: &Scenario, target: &str) -> ScenarioReport {
     let j = &sc.json;
@@ -181,6 +195,10 @@ fn run_on_sim(
     j: &Value,
     report: &mut ScenarioReport,
 ) {
+    if let Some(problems) = invalid(sc) {
+        report.error = Some(problems);
+        return;
+    }
     let dir = sc.file.parent().map(Path::to_path_buf).unwrap_or_default();
     let config = match plugin_config(sc, &dir) {
         Ok(c) => c,
@@ -340,6 +358,20 @@ impl FloodTally {
     }
 }
 
+/// The simulated listener's routes as a user reads them: `token` (/oauth/token), `catch_all`
+/// (prefix /).
+pub fn listener_routes() -> String {
+    crate::sim::default_routes()
+        .iter()
+        .map(|r| match (&r.path, &r.prefix) {
+            (Some(p), _) => format!("{} ({p})", r.name),
+            (None, Some(p)) => format!("{} (prefix {p})", r.name),
+            (None, None) => r.name.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One trace line for an exchange: the request, its status, decision and what the upstream got.
 pub fn summarize(req: &Request, ex: &Exchange) -> String {
     let records = expect::audit_records(ex);
@@ -355,6 +387,14 @@ pub fn summarize(req: &Request, ex: &Exchange) -> String {
                 s.push(')');
             }
             s
+        }
+        None if ex.trap.is_none() && ex.stalled.is_none() && ex.filter_state.is_empty() => {
+            format!(
+                "no decision: the request matched no route of the configuration (the simulated \
+                 listener routes, matched by `route_name`: {}; a request's own `route_name` \
+                 overrides)",
+                listener_routes()
+            )
         }
         None => "no decision".into(),
     };
@@ -394,7 +434,7 @@ pub fn summarize(req: &Request, ex: &Exchange) -> String {
 }
 
 /// The kinds of step, in the order a step's members are tried.
-const STEP_KINDS: [&str; 6] = [
+pub(crate) const STEP_KINDS: [&str; 6] = [
     "request",
     "concurrent",
     "flood",

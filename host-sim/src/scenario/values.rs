@@ -11,6 +11,9 @@ use crate::sim::Request;
 use crate::tokens::{read_signing_key, unsigned_jwt, Confirmation};
 use crate::upstream::Upstream;
 
+/// The approver key a `confirmation` signs with when it names none (from the repository root).
+pub const TEST_KEY: &str = "testdata/keys/approvals-test.key";
+
 /// What the runner remembers of a named request step.
 #[derive(Clone, Debug, Default)]
 pub struct Capture {
@@ -141,16 +144,18 @@ fn confirmation(m: &Map<String, Value>, ctx: &Ctx<'_>, at: &str) -> Result<Strin
             ))
         }
     };
-    let key_path = m
-        .get("key")
-        .and_then(Value::as_str)
-        .unwrap_or("../keys/approvals-test.key");
-    let key = read_signing_key(&path(ctx, key_path)).map_err(|e| format!("{at}: {e}"))?;
+    // The default is the repository's TEST key, wherever the scenario file is; an explicit
+    // `key` is absolute or relative to the scenario's folder.
+    let key_path = match m.get("key").and_then(Value::as_str) {
+        Some(k) => path(ctx, k),
+        None => retry_guard::paths::repo_root().join(TEST_KEY),
+    };
+    let key = read_signing_key(&key_path).map_err(|e| format!("{at}: {e}"))?;
     let kid = m
         .get("kid")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .unwrap_or_else(|| crate::tokens::default_kid(Path::new(key_path)));
+        .unwrap_or_else(|| crate::tokens::default_kid(&key_path));
     let iat = ctx.now + m.get("iat").and_then(Value::as_i64).unwrap_or(0);
     let exp = ctx.now + m.get("exp").and_then(Value::as_i64).unwrap_or(300);
     let c = Confirmation {
