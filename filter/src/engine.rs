@@ -7,7 +7,7 @@ use crate::config::{Config, Mode, Route, StaleTokenAction};
 use crate::confirm::{self, Challenge, ChallengeState, ConfirmationError};
 use crate::fingerprint::{BodyDigest, Fingerprint, KeyCheck};
 use crate::json::push_u64;
-use crate::ledger::{Commit, Entry, Ledger};
+use crate::ledger::{Commit, Entry, Ledger, LedgerError, Record};
 use crate::policy::{classify, Outcome, Policy, ResponseFacts};
 use crate::problem::{LocalReply, ProblemType};
 use crate::token::StaleReason;
@@ -631,7 +631,7 @@ pub fn decide_with_ledger<L: Ledger>(
     route: &Route,
     facts: &Facts<'_>,
     new_challenge: &mut dyn FnMut() -> Challenge,
-) -> Result<Settled, String> {
+) -> Result<Settled, LedgerError> {
     let Some(fp) = facts.fingerprint else {
         return Ok(Settled {
             decision: decide(config, route, facts, None, new_challenge),
@@ -675,7 +675,7 @@ pub fn record_with_ledger<L: Ledger>(
     attempt: u32,
     response: ResponseFacts,
     now: u64,
-) -> Result<Option<Outcome>, String> {
+) -> Result<Option<Outcome>, LedgerError> {
     for _ in 0..MAX_LEDGER_ROUNDS {
         let snapshot = ledger.load(&fp.0, now)?;
         let Some((entry, outcome)) = record_outcome(L::entry(&snapshot), attempt, response) else {
@@ -685,7 +685,9 @@ pub fn record_with_ledger<L: Ledger>(
             return Ok(Some(outcome));
         }
     }
-    Err("ledger contention: outcome not recorded".into())
+    Err(LedgerError::Contention {
+        what: Record::Outcome,
+    })
 }
 
 /// When the ledger first saw the credential `secret` (recording it now if it never did).
@@ -694,7 +696,7 @@ pub fn first_seen_with_ledger<L: Ledger>(
     secret: &str,
     now: u64,
     window_seconds: u64,
-) -> Result<u64, String> {
+) -> Result<u64, LedgerError> {
     let id = token_record_id(secret);
     for _ in 0..MAX_LEDGER_ROUNDS {
         let snapshot = ledger.load(&id, now)?;
@@ -709,7 +711,9 @@ pub fn first_seen_with_ledger<L: Ledger>(
             }
         }
     }
-    Err("ledger contention: token age not recorded".into())
+    Err(LedgerError::Contention {
+        what: Record::TokenAge,
+    })
 }
 
 #[cfg(test)]

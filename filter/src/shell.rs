@@ -21,7 +21,7 @@ use crate::engine::{self, Decision, Facts, Verdict};
 use crate::fingerprint::{parse_idempotency_key, Fingerprint, KeyCheck};
 use crate::headers::HeaderPairs;
 use crate::jwt::{Claims, Credential};
-use crate::ledger::{SharedStore, SlotLedger, StoreError};
+use crate::ledger::{LedgerError, SharedStore, SlotLedger};
 use crate::matcher::{Fact, LazyFacts};
 use crate::metrics::Counter;
 use crate::policy::{ResponseFacts, RouteClass};
@@ -98,25 +98,28 @@ impl Fetcher<'_> {
 struct HostStore;
 
 impl SharedStore for HostStore {
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, String> {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, LedgerError> {
         match abi::shared_data(key) {
             // A key exists iff the host returns a CAS; an empty value comes back as no data.
             Ok((data, Some(cas))) => Ok(Some((data.unwrap_or_default(), cas))),
             Ok((Some(data), None)) => Ok(Some((data, 0))),
             Ok((None, None)) => Ok(None),
-            Err(status) => Err(format!("get_shared_data({key}): status {}", status.0)),
+            Err(status) => Err(LedgerError::Get {
+                key: key.to_string(),
+                status: status.0,
+            }),
         }
     }
 
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), LedgerError> {
         let cas = (cas != 0).then_some(cas);
         match abi::set_shared_data(key, value, cas) {
             Ok(()) => Ok(()),
-            Err(Status::CAS_MISMATCH) => Err(StoreError::CasMismatch),
-            Err(status) => Err(StoreError::Host(format!(
-                "set_shared_data({key}): status {}",
-                status.0
-            ))),
+            Err(Status::CAS_MISMATCH) => Err(LedgerError::CasMismatch),
+            Err(status) => Err(LedgerError::Set {
+                key: key.to_string(),
+                status: status.0,
+            }),
         }
     }
 }
