@@ -12,73 +12,32 @@ use crate::policy::{classify, Outcome, Policy, ResponseFacts};
 use crate::problem::{LocalReply, ProblemType};
 use crate::token::StaleReason;
 
-/// The decision on one guarded request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Continue to the upstream.
-    Allow,
-    /// 428: a human must confirm.
-    Confirm,
-    /// A valid confirmation came; continue as a new attempt.
-    Confirmed,
-    /// 409: the earlier attempt is in flight.
-    Conflict,
-    /// 403: do not retry.
-    Deny,
-    /// 422: same key, different body.
-    Mismatch,
-    /// 400: idempotency key missing or invalid.
-    BadRequest,
-    /// 413: body over `max_body_bytes`.
-    TooLarge,
-    /// 401: stale token with `stale_token_action: reject`.
-    StaleToken,
+named_enum! {
+    /// The decision on one guarded request.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Verdict {
+        /// Continue to the upstream.
+        Allow => "allow",
+        /// 428: a human must confirm.
+        Confirm => "confirm",
+        /// A valid confirmation came; continue as a new attempt.
+        Confirmed => "confirmed",
+        /// 409: the earlier attempt is in flight.
+        Conflict => "conflict",
+        /// 403: do not retry.
+        Deny => "deny",
+        /// 422: same key, different body.
+        Mismatch => "mismatch",
+        /// 400: idempotency key missing or invalid.
+        BadRequest => "bad_request",
+        /// 413: body over `max_body_bytes`.
+        TooLarge => "too_large",
+        /// 401: stale token with `stale_token_action: reject`.
+        StaleToken => "stale_token",
+    }
 }
 
 impl Verdict {
-    /// Every verdict, in [`Verdict::index`] order.
-    pub const ALL: [Verdict; 9] = [
-        Verdict::Allow,
-        Verdict::Confirm,
-        Verdict::Confirmed,
-        Verdict::Conflict,
-        Verdict::Deny,
-        Verdict::Mismatch,
-        Verdict::BadRequest,
-        Verdict::TooLarge,
-        Verdict::StaleToken,
-    ];
-
-    /// The audit and metric name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Verdict::Allow => "allow",
-            Verdict::Confirm => "confirm",
-            Verdict::Confirmed => "confirmed",
-            Verdict::Conflict => "conflict",
-            Verdict::Deny => "deny",
-            Verdict::Mismatch => "mismatch",
-            Verdict::BadRequest => "bad_request",
-            Verdict::TooLarge => "too_large",
-            Verdict::StaleToken => "stale_token",
-        }
-    }
-
-    /// Position in [`Verdict::ALL`].
-    pub fn index(self) -> usize {
-        match self {
-            Verdict::Allow => 0,
-            Verdict::Confirm => 1,
-            Verdict::Confirmed => 2,
-            Verdict::Conflict => 3,
-            Verdict::Deny => 4,
-            Verdict::Mismatch => 5,
-            Verdict::BadRequest => 6,
-            Verdict::TooLarge => 7,
-            Verdict::StaleToken => 8,
-        }
-    }
-
     /// Does this verdict stop the request (in enforce mode)?
     pub fn blocks(self) -> bool {
         !matches!(self, Verdict::Allow | Verdict::Confirmed)

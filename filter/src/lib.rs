@@ -25,6 +25,9 @@
 )]
 #![warn(missing_docs)]
 
+#[macro_use]
+mod named_enum;
+
 pub mod audit;
 pub mod b64;
 pub mod config;

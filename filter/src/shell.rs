@@ -23,7 +23,7 @@ use crate::headers::HeaderPairs;
 use crate::jwt::{Claims, Credential};
 use crate::ledger::{LedgerError, SharedStore, SlotLedger};
 use crate::matcher::{Fact, LazyFacts};
-use crate::metrics::Counter;
+use crate::metrics::{Counter, Event};
 use crate::policy::{ResponseFacts, RouteClass};
 use crate::principal::{self, PrincipalInputs};
 use crate::token::{BearerToken, TokenRules};
@@ -479,7 +479,7 @@ impl Stream {
             }
         };
         if settled.evicted {
-            shared.count(Counter::LedgerEvicted);
+            shared.count(Counter::Event(Event::LedgerEvicted));
         }
         let decision = settled.decision;
         let action = self.apply(shared, route, &facts, &decision);
@@ -498,16 +498,16 @@ impl Stream {
     fn apply(&mut self, shared: &Shared, route: &Route, facts: &Facts<'_>, d: &Decision) -> Action {
         shared.count(Counter::Decision(d.verdict));
         if d.would_block {
-            shared.count(Counter::ShadowWouldBlock);
+            shared.count(Counter::Event(Event::ShadowWouldBlock));
         }
         if d.confirmation_error.is_some() {
-            shared.count(Counter::ConfirmationInvalid);
+            shared.count(Counter::Event(Event::ConfirmationInvalid));
         }
         log(LogLevel::Info, &audit::decision_line(route, facts, d));
         let _ = abi::set_property(DECISION_PROPERTY, d.verdict.name().as_bytes());
         if let Some(reply) = d.reply(&shared.config, route, facts) {
             if d.verdict == Verdict::StaleToken {
-                shared.count(Counter::TokenRejected);
+                shared.count(Counter::Event(Event::TokenRejected));
             }
             let headers: Vec<(&str, &str)> = reply
                 .headers
@@ -531,7 +531,7 @@ impl Stream {
                     TOKEN_MARK_HEADER,
                     &format!("stripped; reason={}", reason.name()),
                 );
-                shared.count(Counter::TokenStripped);
+                shared.count(Counter::Event(Event::TokenStripped));
             }
         }
         Action::Continue
