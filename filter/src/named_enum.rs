@@ -1,4 +1,4 @@
-//! [`named_enum!`]: a fieldless enum declared from one table of `Variant => "name"` rows, so
+//! `named_enum!`: a fieldless enum declared from one table of `Variant => "name"` rows, so
 //! its list of variants is written once.
 //!
 //! The macro generates the enum (with the attributes and doc comments given), `ALL` (every
