@@ -703,3 +703,6 @@ fn fresh_challenge<'a, H: StreamHost>(
         c
     }
 }
+
+#[cfg(test)]
+mod tests;
