@@ -1,6 +1,7 @@
 //! The decision engine: pure functions of (configuration, request facts, ledger entry, now)
-//! that return a [`Decision`]. The shell gathers the facts, loads the entry, calls these and
-//! applies the result; nothing here touches the host.
+//! that return a [`Decision`]. The stream state machine ([`crate::stream`]) gathers the facts,
+//! calls these (the `*_with_ledger` ones load and commit the entry) and applies the result;
+//! nothing here touches the host.
 
 use crate::b64;
 use crate::config::{Config, Mode, Route, StaleTokenAction};

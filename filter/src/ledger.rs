@@ -1,9 +1,10 @@
 //! The ledger: what became of each guarded request within the window.
 //!
-//! [`Entry`] is one fingerprint's record. [`Ledger`] is the interface the shell uses: load a
+//! [`Entry`] is one fingerprint's record. [`Ledger`] is the interface the stream state machine
+//! ([`crate::stream`]) decides against, through [`crate::engine::decide_with_ledger`]: load a
 //! snapshot, decide with the pure core, then commit the new entry conditionally on the
-//! snapshot (a compare-and-swap); a conflict means somebody else wrote first, so the shell
-//! loads again and decides again. An asynchronous cluster-wide ledger (etcd through
+//! snapshot (a compare-and-swap); a conflict means somebody else wrote first, so it loads
+//! again and decides again. An asynchronous cluster-wide ledger (etcd through
 //! `dispatch_http_call`, a transaction comparing the revision) implements the same
 //! load/commit pair with the request paused in between; the policy core does not change.
 //!
@@ -271,7 +272,8 @@ pub enum Commit {
     Conflict,
 }
 
-/// The ledger interface the shell drives.
+/// The ledger interface the stream state machine decides against (see the module
+/// documentation); failures are [`LedgerError`]s.
 pub trait Ledger {
     /// What a load returns and a commit is conditional on.
     type Snapshot;
