@@ -13,25 +13,29 @@
 //! asynchronous ledger (etcd through `dispatch_http_call`) fits the same shape: that callback
 //! would start the ledger call and return [`Action::Pause`], and the call's response would
 //! finish the decision and resume the stream.
+//!
+//! [`Stream`] (here) is one stream's state and callbacks; [`Plugin`] (`plugin.rs`) is what a
+//! VM's streams share; `request.rs` reads what route matching needs and gathers a matched
+//! request's facts and body digest.
 
-use std::cell::{Cell, RefCell};
+mod plugin;
+mod request;
 
 use sha2::{Digest, Sha256};
 
 use crate::audit::{self, OutcomeRecord};
-use crate::config::{Config, PrincipalSource, Route};
+use crate::config::Route;
 use crate::confirm::Challenge;
 use crate::engine::{self, Decision, Facts, Verdict};
-use crate::fingerprint::{parse_idempotency_key, Fingerprint, KeyCheck};
-use crate::headers::HeaderPairs;
+use crate::fingerprint::Fingerprint;
 use crate::host::{Action, LogLevel, StreamHost};
-use crate::jwt::{Claims, Credential};
 use crate::ledger::Ledger;
 use crate::matcher::{Fact, LazyFacts};
 use crate::metrics::{Counter, Event};
 use crate::policy::{ResponseFacts, RouteClass};
-use crate::principal::{self, PrincipalInputs};
-use crate::token::{BearerToken, StaleReason, TokenRules};
+
+pub use plugin::{Plugin, HELD_WARN_EVERY_SECONDS, HELD_WARN_SECONDS};
+use request::{now_seconds, Fetcher, Pending};
 
 /// The property the decision is written to; Envoy keeps it as filter state, readable as
 /// `%FILTER_STATE(wasm.retry_guard.decision:PLAIN)%`.
@@ -41,87 +45,6 @@ pub const DECISION_PROPERTY: &str = "retry_guard.decision";
 /// (`stripped; reason=<reason>`).
 pub const TOKEN_MARK_HEADER: &str = "retry-guard-token";
 
-/// How long a stream may wait for its first body callback after the filter held its headers
-/// before the VM logs the likely cause (a missing `allow_on_headers_stop_iteration`).
-pub const HELD_WARN_SECONDS: u64 = 10;
-/// At most one such log line per VM per this many seconds.
-pub const HELD_WARN_EVERY_SECONDS: u64 = 60;
-
-/// One configured plugin as its streams see it: the configuration, the ledger, and the streams
-/// whose headers are held waiting for their body. One per root context of a VM, shared by the
-/// VM's streams.
-pub struct Plugin<L> {
-    /// The accepted configuration.
-    pub config: Config,
-    /// The ledger decisions are made against.
-    pub ledger: L,
-    /// Streams whose headers are held waiting for the body: (context id, since).
-    held: RefCell<Vec<(u32, u64)>>,
-    /// When the held-stream warning was last logged.
-    warned_at: Cell<u64>,
-}
-
-impl<L> Plugin<L> {
-    /// A plugin with no stream held.
-    pub fn new(config: Config, ledger: L) -> Plugin<L> {
-        Plugin {
-            config,
-            ledger,
-            held: RefCell::new(Vec::new()),
-            warned_at: Cell::new(0),
-        }
-    }
-
-    fn hold(&self, id: u32, now: u64) {
-        if let Ok(mut held) = self.held.try_borrow_mut() {
-            held.push((id, now));
-        }
-    }
-
-    /// Stream `id` no longer waits for its body (it got a body callback, or it ended).
-    pub fn release(&self, id: u32) {
-        if let Ok(mut held) = self.held.try_borrow_mut() {
-            held.retain(|(h, _)| *h != id);
-        }
-    }
-
-    /// How many streams are held at the moment.
-    pub fn held_count(&self) -> usize {
-        self.held.try_borrow().map_or(0, |held| held.len())
-    }
-
-    /// Envoy without `allow_on_headers_stop_iteration: true` never delivers the body after a
-    /// pause in the headers callback; the request would hang silently. The critical log line
-    /// that says so, when a stream has been held for [`HELD_WARN_SECONDS`] at `now` and the
-    /// last such line is [`HELD_WARN_EVERY_SECONDS`] old (then counts as logged).
-    pub fn held_warning(&self, now: u64) -> Option<String> {
-        let stuck = match self.held.try_borrow() {
-            Ok(held) => held
-                .iter()
-                .filter(|(_, since)| now.saturating_sub(*since) >= HELD_WARN_SECONDS)
-                .count(),
-            Err(_) => 0,
-        };
-        if stuck == 0 || now.saturating_sub(self.warned_at.get()) < HELD_WARN_EVERY_SECONDS {
-            return None;
-        }
-        self.warned_at.set(now);
-        Some(format!(
-            "retry-guard: {stuck} request(s) held for their body over {HELD_WARN_SECONDS} s without a body callback; \
-             set `allow_on_headers_stop_iteration: true` in the wasm filter's config (envoy.extensions.wasm.v3.PluginConfig), \
-             otherwise Envoy never delivers the body of guarded requests"
-        ))
-    }
-}
-
-fn now_seconds(host: &impl StreamHost) -> u64 {
-    host.now_nanos().map_or(0, |n| n / 1_000_000_000)
-}
-
-fn property_text(host: &impl StreamHost, path: &[u8]) -> Option<String> {
-    host.property(path).and_then(|b| String::from_utf8(b).ok())
-}
-
 /// Envoy encodes integer properties as 8 bytes little-endian.
 fn property_u64(host: &impl StreamHost, path: &[u8]) -> Option<u64> {
     let bytes = host.property(path)?;
@@ -129,84 +52,11 @@ fn property_u64(host: &impl StreamHost, path: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(arr))
 }
 
+/// The response's `:status` (0 if absent or not a number).
 fn response_status(host: &impl StreamHost) -> u16 {
     host.response_header(":status")
         .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
         .unwrap_or(0)
-}
-
-/// Reads the facts routes match on, for [`LazyFacts`]: the route name from the
-/// `xds.route_name` property; headers one by one (no header-map copy for a request no route
-/// can match) until the route name is one a guarded route names, and from then on from one
-/// copy of all request headers, which the matched request needs anyway.
-struct Fetcher<'a, H> {
-    host: &'a H,
-    config: &'a Config,
-    blob: &'a mut Option<Vec<u8>>,
-    bulk: bool,
-}
-
-impl<H: StreamHost> Fetcher<'_, H> {
-    #[inline]
-    fn fetch(&mut self, fact: Fact) -> Option<String> {
-        let name = match fact {
-            Fact::RouteName => {
-                let value = property_text(self.host, b"xds\0route_name");
-                self.bulk = value.as_deref().is_some_and(|v| {
-                    self.config
-                        .routes
-                        .iter()
-                        .any(|r| r.matcher.route_name.as_deref() == Some(v))
-                });
-                return value;
-            }
-            Fact::Method => ":method",
-            Fact::Authority => ":authority",
-            Fact::Path => ":path",
-        };
-        if !self.bulk {
-            return self
-                .host
-                .request_header(name)
-                .and_then(|b| String::from_utf8(b).ok());
-        }
-        let host = self.host;
-        let blob = self.blob.get_or_insert_with(|| host.request_headers());
-        let value = HeaderPairs::lookup(blob, name)?;
-        String::from_utf8(value.to_vec()).ok()
-    }
-}
-
-/// Facts of a matched request gathered at request headers, waiting for the body.
-struct Pending {
-    now: u64,
-    method: String,
-    path: String,
-    /// The `content-length` header, if any.
-    declared_length: Option<u64>,
-    request_id: Option<String>,
-    principal: String,
-    key: KeyCheck,
-    stale: Option<StaleReason>,
-    confirmation: Option<Vec<u8>>,
-    hasher: Sha256,
-    body_seen: usize,
-}
-
-impl Pending {
-    /// Facts for a decision made before the body is known (400, 413): no fingerprint yet.
-    fn early_facts(&self) -> Facts<'_> {
-        Facts {
-            now: self.now,
-            request_id: self.request_id.as_deref(),
-            principal: &self.principal,
-            key: &self.key,
-            fingerprint: None,
-            body_digest: [0; 32],
-            stale: self.stale,
-            confirmation: None,
-        }
-    }
 }
 
 /// The attempt whose outcome this stream records.
@@ -263,12 +113,7 @@ impl Stream {
         let config = &plugin.config;
         let mut blob: Option<Vec<u8>> = None;
         let (index, method, path) = {
-            let mut fetcher = Fetcher {
-                host,
-                config,
-                blob: &mut blob,
-                bulk: false,
-            };
+            let mut fetcher = Fetcher::new(host, config, &mut blob);
             let mut facts = LazyFacts::new(|fact| fetcher.fetch(fact));
             let Some(index) = config.match_route_lazy(&mut facts) else {
                 return Action::Continue;
@@ -280,7 +125,7 @@ impl Stream {
         };
         self.route = index;
         let blob = blob.unwrap_or_else(|| host.request_headers());
-        let pending = Stream::gather(
+        let pending = Pending::gather(
             plugin,
             host,
             route,
@@ -335,7 +180,7 @@ impl Stream {
                 None => Action::Continue,
             };
         }
-        Stream::hash_body(host, pending, body_size);
+        pending.hash_body(host, body_size);
         if !end_of_stream {
             return Action::Pause;
         }
@@ -395,111 +240,6 @@ impl Stream {
 }
 
 impl Stream {
-    fn gather<L: Ledger, H: StreamHost>(
-        plugin: &Plugin<L>,
-        host: &H,
-        route: &Route,
-        method: String,
-        path: String,
-        blob: Vec<u8>,
-    ) -> Pending {
-        let config = &plugin.config;
-        let now = now_seconds(host);
-        let headers = HeaderPairs::parse(&blob).unwrap_or_default();
-        let request_id = headers.text("x-request-id").map(str::to_string);
-        let key = parse_idempotency_key(
-            headers.get(&config.idempotency_key_header),
-            config.max_key_length,
-        );
-        let declared_length = headers
-            .text("content-length")
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let credential = headers.text("authorization").and_then(Credential::parse);
-        let claims = match credential {
-            Some(Credential::Bearer(t)) => Claims::decode(t),
-            _ => None,
-        };
-        let peer_identity = if config.principal.contains(&PrincipalSource::PeerIdentity) {
-            property_text(host, b"connection\0uri_san_peer_certificate")
-        } else {
-            None
-        };
-        let inputs = PrincipalInputs {
-            peer_identity: peer_identity.as_deref(),
-            credential,
-            claims: claims.as_ref(),
-        };
-        let principal = principal::derive(&config.principal, &inputs, &mut |name| {
-            headers.text(name).map(str::to_string)
-        });
-        let token = match (credential, &claims) {
-            (Some(Credential::Bearer(_)), Some(c)) => BearerToken::Jwt(c.times()),
-            (Some(Credential::Bearer(_)), None) => BearerToken::Opaque,
-            _ => BearerToken::None,
-        };
-        let rules = TokenRules {
-            sensitive: route.class.is_sensitive(),
-            max_age: route.token_max_age_seconds,
-            skew: config.clock_skew_seconds,
-        };
-        let first_seen = match credential {
-            Some(c) if rules.needs_first_seen(&token) => {
-                match engine::first_seen_with_ledger(
-                    &plugin.ledger,
-                    c.secret(),
-                    now,
-                    config.window_seconds,
-                ) {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        host.log(
-                            LogLevel::Warn,
-                            &format!("retry-guard: token age unknown: {e}"),
-                        );
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        let stale = rules.assess(&token, now, first_seen);
-        // Untracked routes never ask for a confirmation: nothing to read there.
-        let confirmation = if route.needs_ledger() {
-            headers.get(&config.confirmation_header).map(<[u8]>::to_vec)
-        } else {
-            None
-        };
-        if confirmation.is_some() {
-            // Never forwarded upstream, whatever the decision.
-            host.remove_request_header(&config.confirmation_header);
-        }
-        Pending {
-            now,
-            method,
-            path,
-            declared_length,
-            request_id,
-            principal,
-            key,
-            stale,
-            confirmation,
-            hasher: Sha256::new(),
-            body_seen: 0,
-        }
-    }
-
-    /// Hashes body bytes not hashed yet (Envoy reports the cumulative buffered size).
-    fn hash_body(host: &impl StreamHost, pending: &mut Pending, body_size: usize) {
-        if body_size <= pending.body_seen {
-            return;
-        }
-        let len = body_size - pending.body_seen;
-        if let Some(chunk) = host.request_body(pending.body_seen, len) {
-            pending.hasher.update(&chunk);
-            pending.body_seen += chunk.len();
-        }
-    }
-
     /// Decides with the complete body digest and applies the decision.
     fn finish<L: Ledger, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H) -> Action {
         let Some(pending) = self.pending.take() else {

@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use serde_json::{json, Value};
 
 use super::*;
+use crate::config::Config;
 use crate::host::Status;
 use crate::ledger::{LedgerError, MemoryStore, SharedStore, SlotLedger};
 use crate::policy::Outcome;
