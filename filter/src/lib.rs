@@ -5,9 +5,9 @@
 //! The crate has two layers:
 //!
 //! * the **core** (every module except `shell` and `abi`): pure Rust that never calls the
-//!   host ABI itself, compiled and unit-tested natively with `cargo test`. The policy modules decide:
-//!   each decision is a function of (configuration, request facts, ledger entry, now) in
-//!   [`engine`]. [`stream`] is the stream state machine that drives them — which callback
+//!   host ABI itself, compiled and unit-tested natively with `cargo test`. The policy modules
+//!   decide: each decision is a function of (configuration, request facts, ledger entry, now)
+//!   in [`engine`]. [`stream`] is the stream state machine that drives them — which callback
 //!   matches, holds, decides, answers, resumes and records — written against two traits: the
 //!   host a stream talks to ([`host::StreamHost`]) and the ledger ([`ledger::Ledger`], over
 //!   [`ledger::SharedStore`] for Envoy shared data). Its native tests use a fake host;
