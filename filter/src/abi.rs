@@ -19,28 +19,7 @@
 
 use std::ptr::null_mut;
 
-/// A proxy-wasm status code returned by a host call (0 is `Ok`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Status(pub u32);
-
-impl Status {
-    /// A shared-data write whose CAS no longer matches.
-    pub const CAS_MISMATCH: Status = Status(8);
-}
-
-/// Log levels of `proxy_log`.
-#[derive(Clone, Copy, Debug)]
-#[repr(u32)]
-pub enum LogLevel {
-    /// Info (audit lines).
-    Info = 2,
-    /// Warnings.
-    Warn = 3,
-    /// Errors.
-    Error = 4,
-    /// Critical: the filter cannot work as configured.
-    Critical = 5,
-}
+pub use crate::host::{Action, LogLevel, Status};
 
 /// Header maps.
 #[derive(Clone, Copy, Debug)]
@@ -70,16 +49,6 @@ pub enum MetricType {
     Counter = 0,
     /// A gauge.
     Gauge = 1,
-}
-
-/// What a stream callback tells the host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Action {
-    /// Go on with the stream.
-    Continue = 0,
-    /// Hold the stream (headers until the body is complete; a local reply was sent).
-    Pause = 1,
 }
 
 #[link(wasm_import_module = "env")]

@@ -10,6 +10,36 @@ use crate::policy::Outcome;
 /// Prefix of every audit line.
 pub const PREFIX: &str = "retry-guard audit ";
 
+/// The members of a decision line ([`decision_line`]), in the order it writes them. Every
+/// line carries every member: one without a value (no `x-request-id`, no earlier attempt, no
+/// policy applied, no stale token, no approver, no refused confirmation, no fingerprint before
+/// the body is known) is `null`. A test checks the writer against this list, so tools and
+/// tests that read audit lines can rely on it.
+pub const DECISION_MEMBERS: &[&str] = &[
+    "event",
+    "ts",
+    "request_id",
+    "route",
+    "class",
+    "owner",
+    "escalation",
+    "principal",
+    "fingerprint",
+    "key_present",
+    "attempt",
+    "previous_outcome",
+    "previous_status",
+    "decision",
+    "policy",
+    "reason",
+    "token_action",
+    "token_reason",
+    "approver",
+    "confirmation_error",
+    "mode",
+    "would_block",
+];
+
 fn start(event: &str, now: u64, request_id: Option<&str>, route: &Route) -> Obj {
     let mut m = Obj::after(PREFIX);
     m.word("event", event)
@@ -22,7 +52,8 @@ fn start(event: &str, now: u64, request_id: Option<&str>, route: &Route) -> Obj 
     m
 }
 
-/// The audit line of a decision.
+/// The audit line of a decision: [`PREFIX`], then a JSON object of the
+/// [`DECISION_MEMBERS`].
 pub fn decision_line(route: &Route, facts: &Facts<'_>, d: &Decision) -> String {
     let mut m = start("decision", facts.now, facts.request_id, route);
     m.str("principal", facts.principal)

@@ -1,84 +1,44 @@
 //! The decision engine: pure functions of (configuration, request facts, ledger entry, now)
-//! that return a [`Decision`]. The shell gathers the facts, loads the entry, calls these and
-//! applies the result; nothing here touches the host.
+//! that return a [`Decision`]. The stream state machine ([`crate::stream`]) gathers the facts,
+//! calls these (the `*_with_ledger` ones load and commit the entry) and applies the result;
+//! nothing here touches the host.
 
 use crate::b64;
 use crate::config::{Config, Mode, Route, StaleTokenAction};
 use crate::confirm::{self, Challenge, ChallengeState, ConfirmationError};
 use crate::fingerprint::{BodyDigest, Fingerprint, KeyCheck};
 use crate::json::push_u64;
-use crate::ledger::{Commit, Entry, Ledger};
+use crate::ledger::{Commit, Entry, Ledger, LedgerError, Record};
 use crate::policy::{classify, Outcome, Policy, ResponseFacts};
 use crate::problem::{LocalReply, ProblemType};
 use crate::token::StaleReason;
 
-/// The decision on one guarded request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Continue to the upstream.
-    Allow,
-    /// 428: a human must confirm.
-    Confirm,
-    /// A valid confirmation came; continue as a new attempt.
-    Confirmed,
-    /// 409: the earlier attempt is in flight.
-    Conflict,
-    /// 403: do not retry.
-    Deny,
-    /// 422: same key, different body.
-    Mismatch,
-    /// 400: idempotency key missing or invalid.
-    BadRequest,
-    /// 413: body over `max_body_bytes`.
-    TooLarge,
-    /// 401: stale token with `stale_token_action: reject`.
-    StaleToken,
+named_enum! {
+    /// The decision on one guarded request.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Verdict {
+        /// Continue to the upstream.
+        Allow => "allow",
+        /// 428: a human must confirm.
+        Confirm => "confirm",
+        /// A valid confirmation came; continue as a new attempt.
+        Confirmed => "confirmed",
+        /// 409: the earlier attempt is in flight.
+        Conflict => "conflict",
+        /// 403: do not retry.
+        Deny => "deny",
+        /// 422: same key, different body.
+        Mismatch => "mismatch",
+        /// 400: idempotency key missing or invalid.
+        BadRequest => "bad_request",
+        /// 413: body over `max_body_bytes`.
+        TooLarge => "too_large",
+        /// 401: stale token with `stale_token_action: reject`.
+        StaleToken => "stale_token",
+    }
 }
 
 impl Verdict {
-    /// Every verdict, in [`Verdict::index`] order.
-    pub const ALL: [Verdict; 9] = [
-        Verdict::Allow,
-        Verdict::Confirm,
-        Verdict::Confirmed,
-        Verdict::Conflict,
-        Verdict::Deny,
-        Verdict::Mismatch,
-        Verdict::BadRequest,
-        Verdict::TooLarge,
-        Verdict::StaleToken,
-    ];
-
-    /// The audit and metric name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Verdict::Allow => "allow",
-            Verdict::Confirm => "confirm",
-            Verdict::Confirmed => "confirmed",
-            Verdict::Conflict => "conflict",
-            Verdict::Deny => "deny",
-            Verdict::Mismatch => "mismatch",
-            Verdict::BadRequest => "bad_request",
-            Verdict::TooLarge => "too_large",
-            Verdict::StaleToken => "stale_token",
-        }
-    }
-
-    /// Position in [`Verdict::ALL`].
-    pub fn index(self) -> usize {
-        match self {
-            Verdict::Allow => 0,
-            Verdict::Confirm => 1,
-            Verdict::Confirmed => 2,
-            Verdict::Conflict => 3,
-            Verdict::Deny => 4,
-            Verdict::Mismatch => 5,
-            Verdict::BadRequest => 6,
-            Verdict::TooLarge => 7,
-            Verdict::StaleToken => 8,
-        }
-    }
-
     /// Does this verdict stop the request (in enforce mode)?
     pub fn blocks(self) -> bool {
         !matches!(self, Verdict::Allow | Verdict::Confirmed)
@@ -631,7 +591,7 @@ pub fn decide_with_ledger<L: Ledger>(
     route: &Route,
     facts: &Facts<'_>,
     new_challenge: &mut dyn FnMut() -> Challenge,
-) -> Result<Settled, String> {
+) -> Result<Settled, LedgerError> {
     let Some(fp) = facts.fingerprint else {
         return Ok(Settled {
             decision: decide(config, route, facts, None, new_challenge),
@@ -675,7 +635,7 @@ pub fn record_with_ledger<L: Ledger>(
     attempt: u32,
     response: ResponseFacts,
     now: u64,
-) -> Result<Option<Outcome>, String> {
+) -> Result<Option<Outcome>, LedgerError> {
     for _ in 0..MAX_LEDGER_ROUNDS {
         let snapshot = ledger.load(&fp.0, now)?;
         let Some((entry, outcome)) = record_outcome(L::entry(&snapshot), attempt, response) else {
@@ -685,7 +645,9 @@ pub fn record_with_ledger<L: Ledger>(
             return Ok(Some(outcome));
         }
     }
-    Err("ledger contention: outcome not recorded".into())
+    Err(LedgerError::Contention {
+        what: Record::Outcome,
+    })
 }
 
 /// When the ledger first saw the credential `secret` (recording it now if it never did).
@@ -694,7 +656,7 @@ pub fn first_seen_with_ledger<L: Ledger>(
     secret: &str,
     now: u64,
     window_seconds: u64,
-) -> Result<u64, String> {
+) -> Result<u64, LedgerError> {
     let id = token_record_id(secret);
     for _ in 0..MAX_LEDGER_ROUNDS {
         let snapshot = ledger.load(&id, now)?;
@@ -709,7 +671,9 @@ pub fn first_seen_with_ledger<L: Ledger>(
             }
         }
     }
-    Err("ledger contention: token age not recorded".into())
+    Err(LedgerError::Contention {
+        what: Record::TokenAge,
+    })
 }
 
 #[cfg(test)]

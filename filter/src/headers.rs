@@ -1,6 +1,6 @@
-//! Zero-copy reading of a header map in the proxy-wasm wire format, so the shell can fetch a
-//! matched request's headers in one host call instead of one call (and one allocation) per
-//! header.
+//! Zero-copy reading of a header map in the proxy-wasm wire format, so the stream state
+//! machine can fetch a matched request's headers in one host call instead of one call (and one
+//! allocation) per header.
 //!
 //! Format (proxy-wasm ABI 0.2.1, `proxy_get_header_map_pairs`): `u32` count, then `count` pairs
 //! of (`u32` name length, `u32` value length), then each name and value followed by a NUL byte;

@@ -1,9 +1,10 @@
 //! The ledger: what became of each guarded request within the window.
 //!
-//! [`Entry`] is one fingerprint's record. [`Ledger`] is the interface the shell uses: load a
+//! [`Entry`] is one fingerprint's record. [`Ledger`] is the interface the stream state machine
+//! ([`crate::stream`]) decides against, through [`crate::engine::decide_with_ledger`]: load a
 //! snapshot, decide with the pure core, then commit the new entry conditionally on the
-//! snapshot (a compare-and-swap); a conflict means somebody else wrote first, so the shell
-//! loads again and decides again. An asynchronous cluster-wide ledger (etcd through
+//! snapshot (a compare-and-swap); a conflict means somebody else wrote first, so it loads
+//! again and decides again. An asynchronous cluster-wide ledger (etcd through
 //! `dispatch_http_call`, a transaction comparing the revision) implements the same
 //! load/commit pair with the request paused in between; the policy core does not change.
 //!
@@ -12,6 +13,8 @@
 //! pre-creates a fixed table of set keys ([`SlotLedger::ensure_slots`]) and only ever updates
 //! existing keys with CAS. Each set key holds up to [`WAYS`] entries; a full set evicts its
 //! oldest entry. Memory is bounded by `max_entries`.
+
+use std::fmt;
 
 use crate::policy::Outcome;
 
@@ -173,23 +176,88 @@ impl Set {
     }
 }
 
-/// Why a shared-data write failed.
+/// Why the ledger (or the store under it) could not do what it was asked. Its `Display` says
+/// what failed, on which key, and what the host answered, for the operator's log.
+///
+/// Stored bytes that are not a set of this format are not an error: [`SlotLedger`] reads them
+/// as an empty set and overwrites them with its next write.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreError {
-    /// The CAS value no longer matches: somebody else wrote first.
+pub enum LedgerError {
+    /// Reading a key failed: the host answered `status` to `proxy_get_shared_data`.
+    Get {
+        /// The shared-data key.
+        key: String,
+        /// The proxy-wasm status the host returned.
+        status: u32,
+    },
+    /// Writing a key failed for another reason than a CAS mismatch: the host answered `status`
+    /// to `proxy_set_shared_data`.
+    Set {
+        /// The shared-data key.
+        key: String,
+        /// The proxy-wasm status the host returned.
+        status: u32,
+    },
+    /// A conditional write found the key's CAS changed: somebody else wrote first.
+    /// [`SharedStore::set`] returns it; [`SlotLedger`] turns it into [`Commit::Conflict`].
     CasMismatch,
-    /// Any other host error.
-    Host(String),
+    /// The store is unusable (the in-memory store's lock was poisoned by a panic).
+    StoreUnavailable,
+    /// Other workers wrote the same ledger set at every one of
+    /// [`MAX_LEDGER_ROUNDS`](crate::engine::MAX_LEDGER_ROUNDS) attempts, so `what` was not
+    /// recorded.
+    Contention {
+        /// The record that was not written.
+        what: Record,
+    },
 }
+
+/// A ledger record an update was for, in [`LedgerError::Contention`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// The outcome of an attempt.
+    Outcome,
+    /// When an opaque bearer token was first seen (its age).
+    TokenAge,
+}
+
+impl fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (doing, key, status) = match self {
+            LedgerError::Get { key, status } => ("reading", key, status),
+            LedgerError::Set { key, status } => ("writing", key, status),
+            LedgerError::CasMismatch => {
+                return f.write_str("ledger write lost a race: the key changed since it was read");
+            }
+            LedgerError::StoreUnavailable => {
+                return f
+                    .write_str("the in-memory ledger store is unusable: its lock was poisoned");
+            }
+            LedgerError::Contention { what } => {
+                return f.write_str(match what {
+                    Record::Outcome => "ledger contention: outcome not recorded (other workers kept writing the same ledger set)",
+                    Record::TokenAge => "ledger contention: token age not recorded (other workers kept writing the same ledger set)",
+                });
+            }
+        };
+        write!(
+            f,
+            "{doing} ledger key {key} in Envoy shared data failed: host status {status}"
+        )
+    }
+}
+
+impl std::error::Error for LedgerError {}
 
 /// Envoy shared data, as the ledger needs it (`proxy_get_shared_data` /
 /// `proxy_set_shared_data`, with Envoy's rules: CAS 0 overwrites, CAS is not checked for a
 /// missing key).
 pub trait SharedStore {
     /// The value and its CAS, or `None` if the key does not exist.
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, String>;
-    /// Writes `value` if the key's CAS still equals `cas` (0: unconditionally).
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, LedgerError>;
+    /// Writes `value` if the key's CAS still equals `cas` (0: unconditionally);
+    /// [`LedgerError::CasMismatch`] if it does not.
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), LedgerError>;
 }
 
 /// What a commit did.
@@ -204,16 +272,22 @@ pub enum Commit {
     Conflict,
 }
 
-/// The ledger interface the shell drives.
+/// The ledger interface the stream state machine decides against (see the module
+/// documentation); failures are [`LedgerError`]s.
 pub trait Ledger {
     /// What a load returns and a commit is conditional on.
     type Snapshot;
     /// Loads the live entry for `id` at `now`.
-    fn load(&self, id: &[u8; 32], now: u64) -> Result<Self::Snapshot, String>;
+    fn load(&self, id: &[u8; 32], now: u64) -> Result<Self::Snapshot, LedgerError>;
     /// The live entry in a snapshot.
     fn entry(snapshot: &Self::Snapshot) -> Option<&Entry>;
     /// Writes `entry` if nothing changed since `snapshot`.
-    fn commit(&self, snapshot: &Self::Snapshot, entry: &Entry, now: u64) -> Result<Commit, String>;
+    fn commit(
+        &self,
+        snapshot: &Self::Snapshot,
+        entry: &Entry,
+        now: u64,
+    ) -> Result<Commit, LedgerError>;
 }
 
 /// The in-process ledger over Envoy shared data.
@@ -264,15 +338,15 @@ impl<S: SharedStore> SlotLedger<S> {
     /// Creates every set key that does not exist yet (empty value), so later writes are all
     /// CAS-checked. Run once per VM at configure time, before the VM serves requests.
     /// Returns how many keys this call created.
-    pub fn ensure_slots(&self) -> Result<u32, String> {
+    pub fn ensure_slots(&self) -> Result<u32, LedgerError> {
         let mut created = 0;
         for i in 0..self.sets {
             let key = Self::key(i);
             if self.store.get(&key)?.is_none() {
                 match self.store.set(&key, &[], 0) {
                     Ok(()) => created += 1,
-                    Err(StoreError::CasMismatch) => {}
-                    Err(StoreError::Host(e)) => return Err(e),
+                    Err(LedgerError::CasMismatch) => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -288,7 +362,7 @@ impl<S: SharedStore> SlotLedger<S> {
 impl<S: SharedStore> Ledger for SlotLedger<S> {
     type Snapshot = SlotSnapshot;
 
-    fn load(&self, id: &[u8; 32], now: u64) -> Result<SlotSnapshot, String> {
+    fn load(&self, id: &[u8; 32], now: u64) -> Result<SlotSnapshot, LedgerError> {
         let key = Self::key(self.set_of(id));
         let (set, cas) = match self.store.get(&key)? {
             Some((bytes, cas)) => (Set::decode(&bytes).unwrap_or_default(), cas),
@@ -311,12 +385,12 @@ impl<S: SharedStore> Ledger for SlotLedger<S> {
         snapshot.live.as_ref()
     }
 
-    fn commit(&self, snap: &SlotSnapshot, entry: &Entry, now: u64) -> Result<Commit, String> {
+    fn commit(&self, snap: &SlotSnapshot, entry: &Entry, now: u64) -> Result<Commit, LedgerError> {
         let (set, evicted) = snap.set.with(entry, now, self.window_seconds);
         match self.store.set(&snap.key, &set.encode(), snap.cas) {
             Ok(()) => Ok(Commit::Stored { evicted }),
-            Err(StoreError::CasMismatch) => Ok(Commit::Conflict),
-            Err(StoreError::Host(e)) => Err(e),
+            Err(LedgerError::CasMismatch) => Ok(Commit::Conflict),
+            Err(e) => Err(e),
         }
     }
 }
@@ -348,25 +422,25 @@ impl MemoryStore {
 }
 
 impl SharedStore for MemoryStore {
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, String> {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, LedgerError> {
         let g = self
             .inner
             .lock()
-            .map_err(|_| "store poisoned".to_string())?;
+            .map_err(|_| LedgerError::StoreUnavailable)?;
         Ok(g.map.get(key).cloned())
     }
 
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), LedgerError> {
         let mut g = self
             .inner
             .lock()
-            .map_err(|_| StoreError::Host("store poisoned".into()))?;
+            .map_err(|_| LedgerError::StoreUnavailable)?;
         g.next_cas = g.next_cas.wrapping_add(1).max(1);
         let next = g.next_cas;
         match g.map.get_mut(key) {
             Some(slot) => {
                 if cas != 0 && cas != slot.1 {
-                    return Err(StoreError::CasMismatch);
+                    return Err(LedgerError::CasMismatch);
                 }
                 *slot = (value.to_vec(), next);
             }
@@ -379,10 +453,10 @@ impl SharedStore for MemoryStore {
 }
 
 impl<T: SharedStore> SharedStore for &T {
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, String> {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, LedgerError> {
         (**self).get(key)
     }
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), LedgerError> {
         (**self).set(key, value, cas)
     }
 }
@@ -442,12 +516,12 @@ mod tests {
         let (_, cas) = m.get("k").unwrap().unwrap();
         assert_eq!(
             m.set("k", b"b", cas.wrapping_add(1)),
-            Err(StoreError::CasMismatch)
+            Err(LedgerError::CasMismatch)
         );
         m.set("k", b"b", cas).unwrap();
         assert_eq!(
             m.set("k", b"c", cas),
-            Err(StoreError::CasMismatch),
+            Err(LedgerError::CasMismatch),
             "stale CAS"
         );
         m.set("k", b"d", 0).unwrap(); // 0 overwrites
@@ -492,6 +566,57 @@ mod tests {
         }
         assert_eq!(store.len(), 4);
         assert!(evictions >= 10_000 - 16);
+    }
+
+    /// A store whose host answers every call with `InternalFailure`.
+    struct FailingStore;
+
+    impl SharedStore for FailingStore {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, LedgerError> {
+            Err(LedgerError::Get {
+                key: key.to_string(),
+                status: 10,
+            })
+        }
+        fn set(&self, key: &str, _: &[u8], _: u32) -> Result<(), LedgerError> {
+            Err(LedgerError::Set {
+                key: key.to_string(),
+                status: 10,
+            })
+        }
+    }
+
+    #[test]
+    fn store_failures_reach_the_caller_typed_and_say_what_failed() {
+        let l = SlotLedger::new(FailingStore, 4, 900);
+        let e = l.ensure_slots().unwrap_err();
+        assert_eq!(
+            e,
+            LedgerError::Get {
+                key: "retry-guard/v1/0".into(),
+                status: 10
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "reading ledger key retry-guard/v1/0 in Envoy shared data failed: host status 10"
+        );
+        assert!(matches!(l.load(&[0; 32], 1), Err(LedgerError::Get { .. })));
+        let snap = SlotLedger::new(MemoryStore::default(), 4, 900)
+            .load(&[0; 32], 1)
+            .unwrap();
+        let e = l.commit(&snap, &entry(0, 1), 1).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "writing ledger key retry-guard/v1/0 in Envoy shared data failed: host status 10"
+            ),
+            "{e}"
+        );
+        assert!(LedgerError::Contention {
+            what: Record::Outcome
+        }
+        .to_string()
+        .starts_with("ledger contention: outcome not recorded"));
     }
 
     #[test]

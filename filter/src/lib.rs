@@ -4,13 +4,17 @@
 //!
 //! The crate has two layers:
 //!
-//! * the **policy core** (every module except `shell` and `abi`): pure Rust with no proxy-wasm types.
-//!   Each decision is a function of (configuration, request facts, ledger entry, now) and is
-//!   unit-tested natively with `cargo test`;
-//! * the **proxy-wasm shell** (`shell`, built only for `wasm32`): gathers request facts from the
-//!   host, reads and updates the ledger in shared data, calls the core and applies its decision;
-//!   it talks to the host through `abi`, the proxy-wasm ABI 0.2.1 imports and exports written
-//!   out with wrappers that never panic.
+//! * the **core** (every module except `shell` and `abi`): pure Rust that never calls the
+//!   host ABI itself, compiled and unit-tested natively with `cargo test`. The policy modules
+//!   decide: each decision is a function of (configuration, request facts, ledger entry, now)
+//!   in [`engine`]. [`stream`] is the stream state machine that drives them — which callback
+//!   matches, holds, decides, answers, resumes and records — written against two traits: the
+//!   host a stream talks to ([`host::StreamHost`]) and the ledger ([`ledger::Ledger`], over
+//!   [`ledger::SharedStore`] for Envoy shared data). Its native tests use a fake host;
+//! * the **proxy-wasm shell** (`shell`, built only for `wasm32`): the adapter. It implements
+//!   those traits over `abi` (the proxy-wasm ABI 0.2.1 imports and exports written out with
+//!   wrappers that never panic), reads the plugin configuration, keeps the VM's contexts, and
+//!   hands each exported callback to the root or to the stream's state machine.
 #![deny(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -25,6 +29,9 @@
 )]
 #![warn(missing_docs)]
 
+#[macro_use]
+mod named_enum;
+
 pub mod audit;
 pub mod b64;
 pub mod config;
@@ -32,6 +39,7 @@ pub mod confirm;
 pub mod engine;
 pub mod fingerprint;
 pub mod headers;
+pub mod host;
 pub mod json;
 pub mod jwt;
 pub mod ledger;
@@ -42,6 +50,7 @@ pub mod paths;
 pub mod policy;
 pub mod principal;
 pub mod problem;
+pub mod stream;
 pub mod time;
 pub mod token;
 

@@ -7,51 +7,57 @@ use crate::engine::Verdict;
 /// shrinks, so this is each VM's high-water mark; refreshed on every tick, every 5 s).
 pub const MEMORY_GAUGE: &str = "retry_guard.vm.memory_bytes";
 
+named_enum! {
+    /// Something other than a decision that the filter counts; the name is the metric's.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Event {
+        /// A shadow-mode decision that would have blocked.
+        ShadowWouldBlock => "retry_guard.shadow.would_block",
+        /// A stale token was stripped.
+        TokenStripped => "retry_guard.token.stripped",
+        /// A stale token was rejected with 401.
+        TokenRejected => "retry_guard.token.rejected",
+        /// A confirmation was sent and refused.
+        ConfirmationInvalid => "retry_guard.confirmation.invalid",
+        /// A live ledger entry was evicted to make room.
+        LedgerEvicted => "retry_guard.ledger.evicted",
+    }
+}
+
 /// A counter the filter increments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
     /// `retry_guard.decision.<decision>`, one per decision.
     Decision(Verdict),
-    /// A shadow-mode decision that would have blocked.
-    ShadowWouldBlock,
-    /// A stale token was stripped.
-    TokenStripped,
-    /// A stale token was rejected with 401.
-    TokenRejected,
-    /// A confirmation was sent and refused.
-    ConfirmationInvalid,
-    /// A live ledger entry was evicted to make room.
-    LedgerEvicted,
+    /// Something else that happened.
+    Event(Event),
 }
 
 impl Counter {
-    /// Every counter, in [`Counter::index`] order.
-    pub const ALL: [Counter; 14] = [
-        Counter::Decision(Verdict::Allow),
-        Counter::Decision(Verdict::Confirm),
-        Counter::Decision(Verdict::Confirmed),
-        Counter::Decision(Verdict::Conflict),
-        Counter::Decision(Verdict::Deny),
-        Counter::Decision(Verdict::Mismatch),
-        Counter::Decision(Verdict::BadRequest),
-        Counter::Decision(Verdict::TooLarge),
-        Counter::Decision(Verdict::StaleToken),
-        Counter::ShadowWouldBlock,
-        Counter::TokenStripped,
-        Counter::TokenRejected,
-        Counter::ConfirmationInvalid,
-        Counter::LedgerEvicted,
-    ];
+    /// Every counter, in [`Counter::index`] order: one per [`Verdict`], in [`Verdict::ALL`]
+    /// order, then one per [`Event`].
+    // Indexing in a constant is evaluated by the compiler: out of range fails the build, it
+    // cannot panic at run time.
+    #[allow(clippy::indexing_slicing)]
+    pub const ALL: [Counter; Verdict::ALL.len() + Event::ALL.len()] = {
+        let mut all =
+            [Counter::Event(Event::ShadowWouldBlock); Verdict::ALL.len() + Event::ALL.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = match i.checked_sub(Verdict::ALL.len()) {
+                None => Counter::Decision(Verdict::ALL[i]),
+                Some(e) => Counter::Event(Event::ALL[e]),
+            };
+            i += 1;
+        }
+        all
+    };
 
     /// Position in [`Counter::ALL`].
     pub fn index(self) -> usize {
         match self {
             Counter::Decision(v) => v.index(),
-            Counter::ShadowWouldBlock => 9,
-            Counter::TokenStripped => 10,
-            Counter::TokenRejected => 11,
-            Counter::ConfirmationInvalid => 12,
-            Counter::LedgerEvicted => 13,
+            Counter::Event(e) => Verdict::ALL.len() + e.index(),
         }
     }
 
@@ -59,11 +65,7 @@ impl Counter {
     pub fn name(self) -> String {
         match self {
             Counter::Decision(v) => format!("retry_guard.decision.{}", v.name()),
-            Counter::ShadowWouldBlock => "retry_guard.shadow.would_block".into(),
-            Counter::TokenStripped => "retry_guard.token.stripped".into(),
-            Counter::TokenRejected => "retry_guard.token.rejected".into(),
-            Counter::ConfirmationInvalid => "retry_guard.confirmation.invalid".into(),
-            Counter::LedgerEvicted => "retry_guard.ledger.evicted".into(),
+            Counter::Event(e) => e.name().into(),
         }
     }
 }
@@ -82,5 +84,6 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), Counter::ALL.len());
         assert!(names.contains(&"retry_guard.decision.confirm".to_string()));
+        assert!(names.contains(&"retry_guard.token.stripped".to_string()));
     }
 }

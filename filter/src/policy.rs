@@ -1,47 +1,25 @@
 //! Route classes, attempt outcomes, retry policies and the default policy table.
 
-use std::fmt;
-
-/// What a guarded route does, which decides how dangerous a retry of it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RouteClass {
-    /// Reads only; every retry is safe.
-    ReadOnly,
-    /// A write that the upstream makes idempotent itself.
-    IdempotentWrite,
-    /// Mints access or refresh tokens (sensitive).
-    TokenIssuing,
-    /// Creates secrets, keys or credentials (sensitive).
-    SecretMinting,
-    /// Extends or refreshes a session (sensitive).
-    SessionExtending,
-    /// Grants or changes privileges (sensitive).
-    PrivilegeChanging,
+named_enum! {
+    /// What a guarded route does, which decides how dangerous a retry of it is.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum RouteClass {
+        /// Reads only; every retry is safe.
+        ReadOnly => "read_only",
+        /// A write that the upstream makes idempotent itself.
+        IdempotentWrite => "idempotent_write",
+        /// Mints access or refresh tokens (sensitive).
+        TokenIssuing => "token_issuing",
+        /// Creates secrets, keys or credentials (sensitive).
+        SecretMinting => "secret_minting",
+        /// Extends or refreshes a session (sensitive).
+        SessionExtending => "session_extending",
+        /// Grants or changes privileges (sensitive).
+        PrivilegeChanging => "privilege_changing",
+    }
 }
 
 impl RouteClass {
-    /// Every class, in documentation order.
-    pub const ALL: [RouteClass; 6] = [
-        RouteClass::ReadOnly,
-        RouteClass::IdempotentWrite,
-        RouteClass::TokenIssuing,
-        RouteClass::SecretMinting,
-        RouteClass::SessionExtending,
-        RouteClass::PrivilegeChanging,
-    ];
-
-    /// The configuration name of the class.
-    pub fn name(self) -> &'static str {
-        match self {
-            RouteClass::ReadOnly => "read_only",
-            RouteClass::IdempotentWrite => "idempotent_write",
-            RouteClass::TokenIssuing => "token_issuing",
-            RouteClass::SecretMinting => "secret_minting",
-            RouteClass::SessionExtending => "session_extending",
-            RouteClass::PrivilegeChanging => "privilege_changing",
-        }
-    }
-
     /// Parses a configuration name.
     pub fn parse(name: &str) -> Option<RouteClass> {
         RouteClass::ALL.into_iter().find(|c| c.name() == name)
@@ -53,132 +31,64 @@ impl RouteClass {
     }
 }
 
-impl fmt::Display for RouteClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+named_enum! {
+    /// What became of an attempt. The position in [`Outcome::ALL`] is the outcome's code in
+    /// the ledger encoding ([`Outcome::code`]): add new outcomes at the end.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Outcome {
+        /// Recorded, no response yet.
+        InFlight => "in_flight",
+        /// Status 1xx–3xx.
+        Succeeded => "succeeded",
+        /// 401 or 407.
+        Unauthenticated => "unauthenticated",
+        /// 429.
+        RateLimited => "rate_limited",
+        /// Any other 4xx except 408.
+        Rejected => "rejected",
+        /// Envoy proves the upstream never received the request.
+        NotSent => "not_sent",
+        /// A 5xx carrying the unchanged-state header: the upstream proves no state change.
+        Unchanged => "unchanged",
+        /// Any other 5xx, 408, upstream timeout or reset, or no response at all.
+        FailedUnknown => "failed_unknown",
     }
-}
-
-/// What became of an attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// Recorded, no response yet.
-    InFlight,
-    /// Status 1xx–3xx.
-    Succeeded,
-    /// 401 or 407.
-    Unauthenticated,
-    /// 429.
-    RateLimited,
-    /// Any other 4xx except 408.
-    Rejected,
-    /// Envoy proves the upstream never received the request.
-    NotSent,
-    /// A 5xx carrying the unchanged-state header: the upstream proves no state change.
-    Unchanged,
-    /// Any other 5xx, 408, upstream timeout or reset, or no response at all.
-    FailedUnknown,
 }
 
 impl Outcome {
-    /// Every outcome, in documentation order.
-    pub const ALL: [Outcome; 8] = [
-        Outcome::InFlight,
-        Outcome::Succeeded,
-        Outcome::Unauthenticated,
-        Outcome::RateLimited,
-        Outcome::Rejected,
-        Outcome::NotSent,
-        Outcome::Unchanged,
-        Outcome::FailedUnknown,
-    ];
-
-    /// The configuration and audit name of the outcome.
-    pub fn name(self) -> &'static str {
-        match self {
-            Outcome::InFlight => "in_flight",
-            Outcome::Succeeded => "succeeded",
-            Outcome::Unauthenticated => "unauthenticated",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::Rejected => "rejected",
-            Outcome::NotSent => "not_sent",
-            Outcome::Unchanged => "unchanged",
-            Outcome::FailedUnknown => "failed_unknown",
-        }
-    }
-
     /// Parses a configuration name.
     pub fn parse(name: &str) -> Option<Outcome> {
         Outcome::ALL.into_iter().find(|o| o.name() == name)
     }
 
-    /// Stable one-byte code used in the ledger encoding.
+    /// Stable one-byte code used in the ledger encoding: the position in [`Outcome::ALL`].
     pub fn code(self) -> u8 {
-        match self {
-            Outcome::InFlight => 0,
-            Outcome::Succeeded => 1,
-            Outcome::Unauthenticated => 2,
-            Outcome::RateLimited => 3,
-            Outcome::Rejected => 4,
-            Outcome::NotSent => 5,
-            Outcome::Unchanged => 6,
-            Outcome::FailedUnknown => 7,
-        }
+        self as u8
     }
 
     /// Inverse of [`Outcome::code`].
     pub fn from_code(code: u8) -> Option<Outcome> {
-        Outcome::ALL.into_iter().find(|o| o.code() == code)
-    }
-
-    fn index(self) -> usize {
-        usize::from(self.code())
+        Outcome::ALL.get(usize::from(code)).copied()
     }
 }
 
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+named_enum! {
+    /// How a retry is treated.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Policy {
+        /// Allow.
+        RetrySafe => "retry_safe",
+        /// 428 unless a valid human confirmation comes with the request.
+        RetryWithReview => "retry_with_review",
+        /// 409 when the earlier attempt is in flight, 403 otherwise.
+        DoNotRetry => "do_not_retry",
     }
-}
-
-/// How a retry is treated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Policy {
-    /// Allow.
-    RetrySafe,
-    /// 428 unless a valid human confirmation comes with the request.
-    RetryWithReview,
-    /// 409 when the earlier attempt is in flight, 403 otherwise.
-    DoNotRetry,
 }
 
 impl Policy {
-    /// Every policy.
-    pub const ALL: [Policy; 3] = [
-        Policy::RetrySafe,
-        Policy::RetryWithReview,
-        Policy::DoNotRetry,
-    ];
-
-    /// The configuration and audit name of the policy.
-    pub fn name(self) -> &'static str {
-        match self {
-            Policy::RetrySafe => "retry_safe",
-            Policy::RetryWithReview => "retry_with_review",
-            Policy::DoNotRetry => "do_not_retry",
-        }
-    }
-
     /// Parses a configuration name.
     pub fn parse(name: &str) -> Option<Policy> {
         Policy::ALL.into_iter().find(|p| p.name() == name)
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -204,7 +114,7 @@ pub fn default_policy(class: RouteClass, outcome: Outcome) -> Policy {
 
 /// A route's policy per outcome: the class defaults with the route's `on` overrides applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicyTable([Policy; 8]);
+pub struct PolicyTable([Policy; Outcome::ALL.len()]);
 
 impl PolicyTable {
     /// The class defaults.
@@ -368,6 +278,21 @@ mod tests {
             assert_eq!(Policy::parse(p.name()), Some(p));
         }
         assert_eq!(Outcome::from_code(99), None);
+        // The codes are the ledger encoding: they never change.
+        let codes = [
+            (InFlight, 0),
+            (Succeeded, 1),
+            (Unauthenticated, 2),
+            (RateLimited, 3),
+            (Rejected, 4),
+            (NotSent, 5),
+            (Unchanged, 6),
+            (FailedUnknown, 7),
+        ];
+        for (o, code) in codes {
+            assert_eq!(o.code(), code, "{o}");
+        }
+        assert_eq!(codes.len(), Outcome::ALL.len());
     }
 
     fn status(s: u16) -> Outcome {

@@ -626,27 +626,7 @@ fn audit_line_has_every_field() {
     let line = crate::audit::decision_line(route, &req.facts(route), &d);
     let json = line.strip_prefix("retry-guard audit ").unwrap();
     let v: Value = serde_json::from_str(json).unwrap();
-    for f in [
-        "ts",
-        "request_id",
-        "route",
-        "class",
-        "owner",
-        "escalation",
-        "principal",
-        "fingerprint",
-        "key_present",
-        "attempt",
-        "previous_outcome",
-        "previous_status",
-        "decision",
-        "policy",
-        "reason",
-        "token_action",
-        "token_reason",
-        "approver",
-        "mode",
-    ] {
+    for f in crate::audit::DECISION_MEMBERS {
         assert!(v.get(f).is_some(), "{f}");
     }
     assert_eq!(v["decision"], "confirm");
@@ -654,6 +634,60 @@ fn audit_line_has_every_field() {
     assert_eq!(v["previous_status"], 503);
     assert_eq!(v["attempt"], 2);
     assert_eq!(v["policy"], "retry_with_review");
+}
+
+/// The member names of a JSON object, in the order written (serde_json's `Value` sorts them).
+fn member_names(json: &str) -> Vec<String> {
+    struct Names(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Names {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Names, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Names;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Names, A::Error> {
+                    let mut names = Vec::new();
+                    while let Some((k, serde::de::IgnoredAny)) = map.next_entry::<String, _>()? {
+                        names.push(k);
+                    }
+                    Ok(Names(names))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    serde_json::from_str::<Names>(json).unwrap().0
+}
+
+#[test]
+fn decision_lines_write_exactly_the_decision_members_in_order() {
+    let cfg = config();
+    let route = &cfg.routes[0];
+    let req = Req::default();
+    let first = run(&cfg, &req, None);
+    let replay = run(
+        &cfg,
+        &req,
+        Some(&entry_after(Outcome::FailedUnknown, 503, &req, route)),
+    );
+    let early = check_key(route, &KeyCheck::Invalid("empty")).unwrap();
+    let mut early_facts = req.facts(route);
+    early_facts.fingerprint = None;
+    early_facts.request_id = None;
+    for (facts, d) in [
+        (req.facts(route), &first),
+        (req.facts(route), &replay),
+        (early_facts, &early),
+    ] {
+        let line = crate::audit::decision_line(route, &facts, d);
+        let json = line.strip_prefix(crate::audit::PREFIX).unwrap();
+        assert_eq!(member_names(json), crate::audit::DECISION_MEMBERS, "{line}");
+    }
 }
 
 #[test]

@@ -1,0 +1,174 @@
+//! The contexts of one VM and the dispatch of the callbacks [`crate::abi`] exports: each
+//! callback finds its context's state and calls the root ([`super::root`]) or the stream state
+//! machine ([`crate::stream::Stream`]) with the ABI-backed host.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use crate::abi::Action;
+use crate::stream::Stream;
+
+use super::host::AbiHost;
+use super::root::{self, Root};
+
+/// A stream that keeps state between callbacks, and the root whose configuration it runs
+/// under.
+struct StreamContext {
+    root: Rc<Root>,
+    stream: Stream,
+}
+
+/// The contexts of one VM: its root contexts (one per plugin sharing the VM, with the
+/// configuration once accepted) and the state of the streams that need one. A stream gets
+/// state only when its request headers match a route that tracks it (or that must see its
+/// body), so a request no route matches allocates nothing that outlives its callback.
+struct Contexts {
+    roots: Vec<(u32, Option<Rc<Root>>)>,
+    /// The root of each new stream whose root is not the first one (usually there is one
+    /// root and this stays empty: no allocation per stream).
+    parents: BTreeMap<u32, u32>,
+    streams: BTreeMap<u32, Rc<RefCell<StreamContext>>>,
+}
+
+thread_local! {
+    static CONTEXTS: RefCell<Contexts> = const {
+        RefCell::new(Contexts {
+            roots: Vec::new(),
+            parents: BTreeMap::new(),
+            streams: BTreeMap::new(),
+        })
+    };
+}
+
+/// Runs `f` on the contexts; `None` if they are borrowed already (a host call re-entered the
+/// module, which proxy-wasm hosts do not do while a callback holds them).
+fn with_contexts<R>(f: impl FnOnce(&mut Contexts) -> R) -> Option<R> {
+    CONTEXTS.with(|c| c.try_borrow_mut().ok().map(|mut c| f(&mut c)))
+}
+
+impl Contexts {
+    /// The accepted configuration of root context `root_id`.
+    fn config_of(&self, root_id: u32) -> Option<Rc<Root>> {
+        self.roots
+            .iter()
+            .find(|(id, _)| *id == root_id)
+            .and_then(|(_, s)| s.clone())
+    }
+}
+
+/// Runs a stream callback on the stream's state, with its root's plugin and host; `otherwise`
+/// for a stream without state, or one whose state is in use by an outer callback (a
+/// re-entrant callback, e.g. response headers of a local reply sent synchronously).
+fn on_stream(
+    id: u32,
+    otherwise: Action,
+    f: impl FnOnce(&mut Stream, &Root, &AbiHost<'_>) -> Action,
+) -> Action {
+    let Some(context) = with_contexts(|c| c.streams.get(&id).cloned()).flatten() else {
+        return otherwise;
+    };
+    let Ok(mut context) = context.try_borrow_mut() else {
+        return otherwise;
+    };
+    let StreamContext { root, stream } = &mut *context;
+    f(stream, root, &root.host())
+}
+
+pub(crate) fn on_context_create(id: u32, parent: u32) {
+    if parent == 0 {
+        with_contexts(|c| {
+            if !c.roots.iter().any(|(r, _)| *r == id) {
+                c.roots.push((id, None));
+            }
+        });
+        return;
+    }
+    with_contexts(|c| {
+        if c.roots.first().is_none_or(|(first, _)| *first != parent) {
+            c.parents.insert(id, parent);
+        }
+    });
+}
+
+pub(crate) fn on_configure(root_id: u32) -> bool {
+    let root = root::configure();
+    let accepted = root.is_some();
+    with_contexts(|c| match c.roots.iter_mut().find(|(r, _)| *r == root_id) {
+        Some((_, s)) => *s = root,
+        None => c.roots.push((root_id, root)),
+    });
+    accepted
+}
+
+pub(crate) fn on_tick(root_id: u32) {
+    if let Some(root) = with_contexts(|c| c.config_of(root_id)).flatten() {
+        root.tick();
+    }
+}
+
+pub(crate) fn on_request_headers(id: u32, end_of_stream: bool) -> Action {
+    // The stream's root: the one recorded at creation, else the first.
+    let root = with_contexts(|c| {
+        let parent = match c.parents.remove(&id) {
+            Some(p) => p,
+            None => c.roots.first()?.0,
+        };
+        c.config_of(parent)
+    })
+    .flatten();
+    // Under a root without an accepted configuration every callback continues.
+    let Some(root) = root else {
+        return Action::Continue;
+    };
+    let mut stream = Stream::new(id);
+    let action = stream.on_request_headers(&root.plugin, &root.host(), end_of_stream);
+    // Keep state only if something is left to do (which only a matched route leaves): the
+    // stream waits for its body, will record its outcome, or was answered locally.
+    if stream.needs_state() {
+        let context = Rc::new(RefCell::new(StreamContext { root, stream }));
+        with_contexts(|c| c.streams.insert(id, context));
+    }
+    action
+}
+
+pub(crate) fn on_request_body(id: u32, body_size: usize, end_of_stream: bool) -> Action {
+    on_stream(id, Action::Continue, |s, root, host| {
+        s.on_request_body(&root.plugin, host, body_size, end_of_stream)
+    })
+}
+
+pub(crate) fn on_request_trailers(id: u32) -> Action {
+    on_stream(id, Action::Continue, |s, root, host| {
+        s.on_request_trailers(&root.plugin, host)
+    })
+}
+
+pub(crate) fn on_response_headers(id: u32) -> Action {
+    on_stream(id, Action::Continue, |s, root, host| {
+        s.on_response_headers(&root.plugin, host)
+    })
+}
+
+pub(crate) fn on_log(id: u32) {
+    on_stream(id, Action::Continue, |s, root, host| {
+        s.on_log(&root.plugin, host);
+        Action::Continue
+    });
+}
+
+pub(crate) fn on_delete(id: u32) {
+    let removed = with_contexts(|c| {
+        let stream = c.streams.remove(&id);
+        if stream.is_none() && c.parents.remove(&id).is_none() {
+            c.roots.retain(|(r, _)| *r != id);
+        }
+        stream
+    })
+    .flatten();
+    if let Some(context) = removed {
+        if let Ok(context) = context.try_borrow() {
+            context.root.plugin.release(id);
+        }
+    }
+}

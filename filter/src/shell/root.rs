@@ -1,0 +1,116 @@
+//! The root context's work: reading and accepting the plugin configuration (metrics defined,
+//! ledger table created) and the periodic tick (held-stream warning, memory gauge).
+
+use std::rc::Rc;
+
+use crate::abi::{self, BufferType, LogLevel, MetricType};
+use crate::config::Config;
+use crate::ledger::SlotLedger;
+use crate::metrics::Counter;
+use crate::stream::Plugin;
+
+use super::host::{AbiHost, HostStore};
+
+/// An accepted configuration of one root context, shared by the root and its streams.
+pub(crate) struct Root {
+    /// What the streams decide with.
+    pub(crate) plugin: Plugin<SlotLedger<HostStore>>,
+    /// The counters' metric ids, indexed by [`Counter::index`].
+    metrics: Vec<u32>,
+    /// The memory gauge's metric id, if the host defined it.
+    memory_gauge: Option<u32>,
+}
+
+impl Root {
+    /// The host of one of this root's streams.
+    pub(crate) fn host(&self) -> AbiHost<'_> {
+        AbiHost {
+            metrics: &self.metrics,
+        }
+    }
+
+    /// Raises the memory gauge to this VM's linear memory size if that is larger.
+    fn record_memory(&self) {
+        let Some(id) = self.memory_gauge else {
+            return;
+        };
+        let bytes = (core::arch::wasm32::memory_size(0) as u64).saturating_mul(65_536);
+        if abi::metric(id).map_or(true, |current| bytes > current) {
+            abi::record_metric(id, bytes);
+        }
+    }
+
+    /// The periodic work: warn about streams held without a body callback, update the gauge.
+    pub(crate) fn tick(&self) {
+        let now = abi::now_nanos().map_or(0, |n| n / 1_000_000_000);
+        if let Some(warning) = self.plugin.held_warning(now) {
+            abi::log(LogLevel::Critical, &warning);
+        }
+        self.record_memory();
+    }
+}
+
+/// Reads, checks and applies the plugin configuration: `None` (with a critical log line that
+/// says what to change) if the plugin cannot work with it.
+pub(crate) fn configure() -> Option<Rc<Root>> {
+    let bytes = abi::buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let config = match Config::parse(&bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            abi::log(
+                LogLevel::Critical,
+                &format!("retry-guard: invalid plugin configuration: {e}"),
+            );
+            return None;
+        }
+    };
+    let mut metrics = Vec::with_capacity(Counter::ALL.len());
+    for c in Counter::ALL {
+        match abi::define_metric(MetricType::Counter, &c.name()) {
+            Ok(id) => metrics.push(id),
+            Err(status) => {
+                abi::log(
+                    LogLevel::Critical,
+                    &format!(
+                        "retry-guard: cannot define metric {}: status {}",
+                        c.name(),
+                        status.0
+                    ),
+                );
+                return None;
+            }
+        }
+    }
+    let memory_gauge = abi::define_metric(MetricType::Gauge, crate::metrics::MEMORY_GAUGE).ok();
+    let ledger = SlotLedger::new(HostStore, config.max_entries, config.window_seconds);
+    match ledger.ensure_slots() {
+        Ok(created) => abi::log(
+            LogLevel::Info,
+            &format!(
+                "retry-guard: configured {} route(s); ledger {} sets x {} entries ({} keys created by this VM)",
+                config.routes.len(),
+                ledger.sets(),
+                crate::ledger::WAYS,
+                created
+            ),
+        ),
+        Err(e) => {
+            abi::log(
+                LogLevel::Critical,
+                &format!("retry-guard: cannot create the ledger table: {e}"),
+            );
+            return None;
+        }
+    }
+    let root = Rc::new(Root {
+        plugin: Plugin::new(config, ledger),
+        metrics,
+        memory_gauge,
+    });
+    root.record_memory();
+    abi::set_tick_period_ms(5_000);
+    Some(root)
+}

@@ -1,0 +1,448 @@
+//! The stream state machine: what the filter does in each callback of an HTTP stream — match
+//! the route, gather the request facts, hold the headers until the body is complete, decide
+//! through the ledger, answer locally or let the request go on (stripping a stale token),
+//! record the attempt's outcome — and which state a stream keeps between callbacks.
+//!
+//! It talks to the host only through [`StreamHost`] and to the ledger only through
+//! [`Ledger`], both type parameters, so it compiles natively and its tests run with a fake
+//! host; the wasm shell (`shell`) passes its ABI-backed host and the shared-data ledger. No
+//! policy lives here: decisions come from [`crate::engine`].
+//!
+//! The decision is made in the callback that completes the request (headers without a body,
+//! the last body chunk, or trailers) and the stream's facts wait in [`Stream`] until then. An
+//! asynchronous ledger (etcd through `dispatch_http_call`) fits the same shape: that callback
+//! would start the ledger call and return [`Action::Pause`], and the call's response would
+//! finish the decision and resume the stream.
+//!
+//! [`Stream`] (here) is one stream's state and callbacks; [`Plugin`] (`plugin.rs`) is what a
+//! VM's streams share; `request.rs` reads what route matching needs and gathers a matched
+//! request's facts and body digest.
+
+mod plugin;
+mod request;
+
+use sha2::{Digest, Sha256};
+
+use crate::audit::{self, OutcomeRecord};
+use crate::config::Route;
+use crate::confirm::Challenge;
+use crate::engine::{self, Decision, Facts, Verdict};
+use crate::fingerprint::Fingerprint;
+use crate::host::{Action, LogLevel, StreamHost};
+use crate::ledger::Ledger;
+use crate::matcher::{Fact, LazyFacts};
+use crate::metrics::{Counter, Event};
+use crate::policy::{ResponseFacts, RouteClass};
+
+pub use plugin::{Plugin, HELD_WARN_EVERY_SECONDS, HELD_WARN_SECONDS};
+use request::{now_seconds, Fetcher, Pending};
+
+/// The property the decision is written to; Envoy keeps it as filter state, readable as
+/// `%FILTER_STATE(wasm.retry_guard.decision:PLAIN)%`.
+pub const DECISION_PROPERTY: &str = "retry_guard.decision";
+
+/// The request header that marks a request whose stale bearer token was stripped
+/// (`stripped; reason=<reason>`).
+pub const TOKEN_MARK_HEADER: &str = "retry-guard-token";
+
+/// Envoy encodes integer properties as 8 bytes little-endian.
+fn property_u64(host: &impl StreamHost, path: &[u8]) -> Option<u64> {
+    let bytes = host.property(path)?;
+    let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(arr))
+}
+
+/// The response's `:status` (0 if absent or not a number).
+fn response_status(host: &impl StreamHost) -> u16 {
+    host.response_header(":status")
+        .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The attempt whose outcome this stream records.
+struct Tracked {
+    fingerprint: Fingerprint,
+    attempt: u32,
+    request_id: Option<String>,
+    recorded: bool,
+}
+
+/// The state of one HTTP stream between its callbacks. Each callback method takes the
+/// stream's [`Plugin`] and its host, does that callback's work and returns what the host is to
+/// do next.
+pub struct Stream {
+    id: u32,
+    route: usize,
+    pending: Option<Pending>,
+    tracked: Option<Tracked>,
+    replied: bool,
+}
+
+/// The stream callbacks. Each has one call site, in the shell's dispatch, and is marked
+/// `#[inline]` so that it is compiled into that callback as it was before the state machine
+/// left the shell (fewer guest instructions per request, a smaller module).
+impl Stream {
+    /// A stream with context id `id`, before its request headers.
+    pub fn new(id: u32) -> Stream {
+        Stream {
+            id,
+            route: 0,
+            pending: None,
+            tracked: None,
+            replied: false,
+        }
+    }
+
+    /// Does the stream have anything left to do after its request headers (wait for its body,
+    /// record its outcome, or stay answered)? Only a request on a matched route does; a stream
+    /// without, its state can be dropped at once.
+    pub fn needs_state(&self) -> bool {
+        self.pending.is_some() || self.tracked.is_some() || self.replied
+    }
+
+    /// Request headers: match the route (reading no more than matching needs), gather the
+    /// facts of a matched request, answer a bad key or a declared over-size body, and either
+    /// hold the headers for the body or decide at once.
+    #[inline]
+    pub fn on_request_headers<L: Ledger, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+        end_of_stream: bool,
+    ) -> Action {
+        let config = &plugin.config;
+        let mut blob: Option<Vec<u8>> = None;
+        let (index, method, path) = {
+            let mut fetcher = Fetcher::new(host, config, &mut blob);
+            let mut facts = LazyFacts::new(|fact| fetcher.fetch(fact));
+            let Some(index) = config.match_route_lazy(&mut facts) else {
+                return Action::Continue;
+            };
+            (index, facts.take(Fact::Method), facts.take(Fact::Path))
+        };
+        let Some(route) = config.routes.get(index) else {
+            return Action::Continue;
+        };
+        self.route = index;
+        let blob = blob.unwrap_or_else(|| host.request_headers());
+        let pending = Pending::gather(
+            plugin,
+            host,
+            route,
+            method.unwrap_or_default(),
+            path.unwrap_or_default(),
+            blob,
+        );
+        if let Some(d) = engine::check_key(route, &pending.key) {
+            // Enforce: answered 400. Shadow: that is this request's one decision; it goes on.
+            return self.apply(plugin, host, route, &pending.early_facts(), &d);
+        }
+        let reads_body = route.class != RouteClass::ReadOnly && !end_of_stream;
+        if reads_body
+            && pending
+                .declared_length
+                .is_some_and(|n| n > config.max_body_bytes as u64)
+        {
+            return self.body_too_large(plugin, host, pending);
+        }
+        if reads_body {
+            // Withhold the headers until the body is complete and the decision made.
+            plugin.hold(self.id, pending.now);
+            self.pending = Some(pending);
+            Action::Pause
+        } else {
+            self.pending = Some(pending);
+            self.finish(plugin, host)
+        }
+    }
+
+    /// Request body (`body_size` is the cumulative size buffered): hash what is new, answer
+    /// 413 past `max_body_bytes`, decide at the end of the stream.
+    #[inline]
+    pub fn on_request_body<L: Ledger, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        plugin.release(self.id);
+        if self.replied {
+            return Action::Pause;
+        }
+        let Some(pending) = self.pending.as_mut() else {
+            return Action::Continue;
+        };
+        if body_size > plugin.config.max_body_bytes {
+            let pending = self.pending.take();
+            return match pending {
+                Some(p) => self.body_too_large(plugin, host, p),
+                None => Action::Continue,
+            };
+        }
+        pending.hash_body(host, body_size);
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.finish(plugin, host)
+    }
+
+    /// Request trailers: the body is complete; decide.
+    #[inline]
+    pub fn on_request_trailers<L: Ledger, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+    ) -> Action {
+        plugin.release(self.id);
+        if self.replied {
+            return Action::Pause;
+        }
+        if self.pending.is_none() {
+            return Action::Continue;
+        }
+        self.finish(plugin, host)
+    }
+
+    /// Response headers: record the outcome of the attempt this stream let through.
+    #[inline]
+    pub fn on_response_headers<L: Ledger, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+    ) -> Action {
+        if self.replied || self.tracked.is_none() {
+            return Action::Continue;
+        }
+        let status = response_status(host);
+        // Only a 5xx can be `unchanged`: skip the header lookup otherwise.
+        let unchanged = (500..600).contains(&status)
+            && host
+                .response_header(&plugin.config.unchanged_state_header)
+                .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"unchanged"));
+        self.record(plugin, host, status, unchanged);
+        Action::Continue
+    }
+
+    /// The stream ended: record the outcome of an attempt that got no response headers.
+    #[inline]
+    pub fn on_log<L: Ledger, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H) {
+        plugin.release(self.id);
+        if self.replied || self.tracked.as_ref().is_none_or(|t| t.recorded) {
+            return;
+        }
+        // No response headers passed this filter: the stream ended without a response.
+        let status = property_u64(host, b"response\0code")
+            .and_then(|c| u16::try_from(c).ok())
+            .unwrap_or(0);
+        self.record(plugin, host, status, false);
+    }
+}
+
+impl Stream {
+    /// Decides with the complete body digest and applies the decision.
+    fn finish<L: Ledger, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H) -> Action {
+        let Some(pending) = self.pending.take() else {
+            return Action::Continue;
+        };
+        let Some(route) = plugin.config.routes.get(self.route) else {
+            return Action::Continue;
+        };
+        let body_digest: [u8; 32] = if pending.body_seen == 0 {
+            crate::fingerprint::EMPTY_BODY_DIGEST
+        } else {
+            pending.hasher.clone().finalize().into()
+        };
+        let fingerprint = Fingerprint::compute(
+            &route.name,
+            &pending.principal,
+            pending.key.key(),
+            &pending.method,
+            &pending.path,
+            &body_digest,
+        );
+        let facts = Facts {
+            now: pending.now,
+            request_id: pending.request_id.as_deref(),
+            principal: &pending.principal,
+            key: &pending.key,
+            fingerprint: Some(fingerprint),
+            body_digest,
+            stale: pending.stale,
+            confirmation: pending.confirmation.as_deref(),
+        };
+        let mut challenge = fresh_challenge(host, &fingerprint);
+        let settled = match engine::decide_with_ledger(
+            &plugin.ledger,
+            &plugin.config,
+            route,
+            &facts,
+            &mut challenge,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                // The shared-data store failed: fail open and say so (never seen in practice).
+                host.log(
+                    LogLevel::Error,
+                    &format!("retry-guard: ledger unavailable, request passes unguarded: {e}"),
+                );
+                return Action::Continue;
+            }
+        };
+        if settled.evicted {
+            host.count(Counter::Event(Event::LedgerEvicted));
+        }
+        let decision = settled.decision;
+        let action = self.apply(plugin, host, route, &facts, &decision);
+        if let Some(attempt) = decision.new_attempt().filter(|_| !self.replied) {
+            self.tracked = Some(Tracked {
+                fingerprint,
+                attempt,
+                request_id: pending.request_id.clone(),
+                recorded: false,
+            });
+        }
+        action
+    }
+
+    /// Counts, logs and enforces a decision.
+    fn apply<L, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+        route: &Route,
+        facts: &Facts<'_>,
+        d: &Decision,
+    ) -> Action {
+        host.count(Counter::Decision(d.verdict));
+        if d.would_block {
+            host.count(Counter::Event(Event::ShadowWouldBlock));
+        }
+        if d.confirmation_error.is_some() {
+            host.count(Counter::Event(Event::ConfirmationInvalid));
+        }
+        host.log(LogLevel::Info, &audit::decision_line(route, facts, d));
+        host.set_property(DECISION_PROPERTY, d.verdict.name().as_bytes());
+        if let Some(reply) = d.reply(&plugin.config, route, facts) {
+            if d.verdict == Verdict::StaleToken {
+                host.count(Counter::Event(Event::TokenRejected));
+            }
+            let headers: Vec<(&str, &str)> = reply
+                .headers
+                .iter()
+                .map(|(n, v)| (*n, v.as_str()))
+                .collect();
+            match host.send_local_reply(reply.status, &headers, reply.body.as_bytes()) {
+                Ok(()) => self.replied = true,
+                Err(status) => host.log(
+                    LogLevel::Error,
+                    &format!("retry-guard: local reply failed: status {}", status.0),
+                ),
+            }
+            return Action::Pause;
+        }
+        if d.strips_token() {
+            if let Some(reason) = d.token_reason {
+                host.remove_request_header("authorization");
+                host.set_request_header(
+                    TOKEN_MARK_HEADER,
+                    &format!("stripped; reason={}", reason.name()),
+                );
+                host.count(Counter::Event(Event::TokenStripped));
+            }
+        }
+        Action::Continue
+    }
+
+    fn record<L: Ledger, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+        status: u16,
+        unchanged_state: bool,
+    ) {
+        let Some(tracked) = self.tracked.as_mut() else {
+            return;
+        };
+        if tracked.recorded {
+            return;
+        }
+        tracked.recorded = true;
+        let Some(route) = plugin.config.routes.get(self.route) else {
+            return;
+        };
+        let flags = property_u64(host, b"response\0flags").unwrap_or(0);
+        let response = ResponseFacts {
+            status,
+            flags,
+            unchanged_state,
+        };
+        let now = now_seconds(host);
+        match engine::record_with_ledger(
+            &plugin.ledger,
+            &tracked.fingerprint,
+            tracked.attempt,
+            response,
+            now,
+        ) {
+            Ok(Some(outcome)) => host.log(
+                LogLevel::Info,
+                &audit::outcome_line(
+                    route,
+                    &OutcomeRecord {
+                        now,
+                        request_id: tracked.request_id.as_deref(),
+                        fingerprint: &tracked.fingerprint,
+                        attempt: tracked.attempt,
+                        outcome,
+                        status,
+                        response_flags: flags,
+                    },
+                ),
+            ),
+            Ok(None) => {}
+            Err(e) => host.log(LogLevel::Warn, &format!("retry-guard: {e}")),
+        }
+    }
+
+    fn body_too_large<L, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+        pending: Pending,
+    ) -> Action {
+        let Some(route) = plugin.config.routes.get(self.route) else {
+            return Action::Continue;
+        };
+        let d = engine::too_large(route);
+        self.apply(plugin, host, route, &pending.early_facts(), &d)
+    }
+}
+
+/// 128 random bits from the host; if it cannot supply randomness, a digest of the fingerprint
+/// and the clock (unique, though not unpredictable).
+fn fresh_challenge<'a, H: StreamHost>(
+    host: &'a H,
+    fp: &'a Fingerprint,
+) -> impl FnMut() -> Challenge + 'a {
+    move || {
+        let mut c = [0u8; 16];
+        if host.random_bytes(&mut c) {
+            return c;
+        }
+        host.log(
+            LogLevel::Warn,
+            "retry-guard: random_get failed; challenge derived from clock",
+        );
+        let nanos = host.now_nanos().unwrap_or(0);
+        let d = Sha256::new()
+            .chain_update(fp.0)
+            .chain_update(nanos.to_le_bytes())
+            .finalize();
+        c.copy_from_slice(d.get(..16).unwrap_or(&[0; 16]));
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests;

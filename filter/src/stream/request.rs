@@ -1,0 +1,220 @@
+//! A request's facts: what route matching reads ([`Fetcher`]), what a matched request's
+//! decision needs, gathered at its headers ([`Pending`]), and its body digest.
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, PrincipalSource, Route};
+use crate::engine::{self, Facts};
+use crate::fingerprint::{parse_idempotency_key, KeyCheck};
+use crate::headers::HeaderPairs;
+use crate::host::{LogLevel, StreamHost};
+use crate::jwt::{Claims, Credential};
+use crate::ledger::Ledger;
+use crate::matcher::Fact;
+use crate::principal::{self, PrincipalInputs};
+use crate::token::{BearerToken, StaleReason, TokenRules};
+
+use super::Plugin;
+
+/// The host's clock in Unix seconds (0 if it has none).
+pub(super) fn now_seconds(host: &impl StreamHost) -> u64 {
+    host.now_nanos().map_or(0, |n| n / 1_000_000_000)
+}
+
+/// A property's value as text.
+pub(super) fn property_text(host: &impl StreamHost, path: &[u8]) -> Option<String> {
+    host.property(path).and_then(|b| String::from_utf8(b).ok())
+}
+
+/// Reads the facts routes match on, for [`LazyFacts`](crate::matcher::LazyFacts): the route
+/// name from the `xds.route_name` property; headers one by one (no header-map copy for a
+/// request no route can match) until the route name is one a guarded route names, and from
+/// then on from one copy of all request headers, which the matched request needs anyway.
+pub(super) struct Fetcher<'a, H> {
+    host: &'a H,
+    config: &'a Config,
+    /// The copy of all request headers, once taken.
+    blob: &'a mut Option<Vec<u8>>,
+    bulk: bool,
+}
+
+impl<'a, H: StreamHost> Fetcher<'a, H> {
+    /// A fetcher that keeps the header copy it takes, if any, in `blob`.
+    pub(super) fn new(host: &'a H, config: &'a Config, blob: &'a mut Option<Vec<u8>>) -> Self {
+        Fetcher {
+            host,
+            config,
+            blob,
+            bulk: false,
+        }
+    }
+
+    /// The value of `fact`, read from the host.
+    #[inline]
+    pub(super) fn fetch(&mut self, fact: Fact) -> Option<String> {
+        let name = match fact {
+            Fact::RouteName => {
+                let value = property_text(self.host, b"xds\0route_name");
+                self.bulk = value.as_deref().is_some_and(|v| {
+                    self.config
+                        .routes
+                        .iter()
+                        .any(|r| r.matcher.route_name.as_deref() == Some(v))
+                });
+                return value;
+            }
+            Fact::Method => ":method",
+            Fact::Authority => ":authority",
+            Fact::Path => ":path",
+        };
+        if !self.bulk {
+            return self
+                .host
+                .request_header(name)
+                .and_then(|b| String::from_utf8(b).ok());
+        }
+        let host = self.host;
+        let blob = self.blob.get_or_insert_with(|| host.request_headers());
+        let value = HeaderPairs::lookup(blob, name)?;
+        String::from_utf8(value.to_vec()).ok()
+    }
+}
+
+/// Facts of a matched request gathered at request headers, waiting for the body.
+pub(super) struct Pending {
+    pub(super) now: u64,
+    pub(super) method: String,
+    pub(super) path: String,
+    /// The `content-length` header, if any.
+    pub(super) declared_length: Option<u64>,
+    pub(super) request_id: Option<String>,
+    pub(super) principal: String,
+    pub(super) key: KeyCheck,
+    pub(super) stale: Option<StaleReason>,
+    pub(super) confirmation: Option<Vec<u8>>,
+    pub(super) hasher: Sha256,
+    pub(super) body_seen: usize,
+}
+
+impl Pending {
+    /// Facts for a decision made before the body is known (400, 413): no fingerprint yet.
+    pub(super) fn early_facts(&self) -> Facts<'_> {
+        Facts {
+            now: self.now,
+            request_id: self.request_id.as_deref(),
+            principal: &self.principal,
+            key: &self.key,
+            fingerprint: None,
+            body_digest: [0; 32],
+            stale: self.stale,
+            confirmation: None,
+        }
+    }
+
+    /// The facts of a request on `route`, read at request headers: `blob` is the copy of all
+    /// request headers; removes the confirmation header, which never goes upstream.
+    pub(super) fn gather<L: Ledger, H: StreamHost>(
+        plugin: &Plugin<L>,
+        host: &H,
+        route: &Route,
+        method: String,
+        path: String,
+        blob: Vec<u8>,
+    ) -> Pending {
+        let config = &plugin.config;
+        let now = now_seconds(host);
+        let headers = HeaderPairs::parse(&blob).unwrap_or_default();
+        let request_id = headers.text("x-request-id").map(str::to_string);
+        let key = parse_idempotency_key(
+            headers.get(&config.idempotency_key_header),
+            config.max_key_length,
+        );
+        let declared_length = headers
+            .text("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let credential = headers.text("authorization").and_then(Credential::parse);
+        let claims = match credential {
+            Some(Credential::Bearer(t)) => Claims::decode(t),
+            _ => None,
+        };
+        let peer_identity = if config.principal.contains(&PrincipalSource::PeerIdentity) {
+            property_text(host, b"connection\0uri_san_peer_certificate")
+        } else {
+            None
+        };
+        let inputs = PrincipalInputs {
+            peer_identity: peer_identity.as_deref(),
+            credential,
+            claims: claims.as_ref(),
+        };
+        let principal = principal::derive(&config.principal, &inputs, &mut |name| {
+            headers.text(name).map(str::to_string)
+        });
+        let token = match (credential, &claims) {
+            (Some(Credential::Bearer(_)), Some(c)) => BearerToken::Jwt(c.times()),
+            (Some(Credential::Bearer(_)), None) => BearerToken::Opaque,
+            _ => BearerToken::None,
+        };
+        let rules = TokenRules {
+            sensitive: route.class.is_sensitive(),
+            max_age: route.token_max_age_seconds,
+            skew: config.clock_skew_seconds,
+        };
+        let first_seen = match credential {
+            Some(c) if rules.needs_first_seen(&token) => {
+                match engine::first_seen_with_ledger(
+                    &plugin.ledger,
+                    c.secret(),
+                    now,
+                    config.window_seconds,
+                ) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        host.log(
+                            LogLevel::Warn,
+                            &format!("retry-guard: token age unknown: {e}"),
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let stale = rules.assess(&token, now, first_seen);
+        // Untracked routes never ask for a confirmation: nothing to read there.
+        let confirmation = if route.needs_ledger() {
+            headers.get(&config.confirmation_header).map(<[u8]>::to_vec)
+        } else {
+            None
+        };
+        if confirmation.is_some() {
+            // Never forwarded upstream, whatever the decision.
+            host.remove_request_header(&config.confirmation_header);
+        }
+        Pending {
+            now,
+            method,
+            path,
+            declared_length,
+            request_id,
+            principal,
+            key,
+            stale,
+            confirmation,
+            hasher: Sha256::new(),
+            body_seen: 0,
+        }
+    }
+
+    /// Hashes body bytes not hashed yet (Envoy reports the cumulative buffered size).
+    pub(super) fn hash_body(&mut self, host: &impl StreamHost, body_size: usize) {
+        if body_size <= self.body_seen {
+            return;
+        }
+        let len = body_size - self.body_seen;
+        if let Some(chunk) = host.request_body(self.body_seen, len) {
+            self.hasher.update(&chunk);
+            self.body_seen += chunk.len();
+        }
+    }
+}

@@ -1,0 +1,780 @@
+//! Native tests of the stream state machine with a fake host: when a request is held, when it
+//! is decided, answered, resumed and recorded, which host calls it makes, and which state a
+//! stream keeps. (The same rules run end to end on the wasm build in host-sim's scenarios.)
+
+use std::cell::{Cell, RefCell};
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::config::Config;
+use crate::host::Status;
+use crate::ledger::{LedgerError, MemoryStore, SharedStore, SlotLedger};
+use crate::policy::Outcome;
+
+const NOW: u64 = 1_700_000_000;
+const CHALLENGE: [u8; 16] = [7; 16];
+
+/// One host call, as the fake host saw it (property paths with `.` for the NUL separator).
+#[derive(Clone, Debug, PartialEq)]
+enum Call {
+    NowNanos,
+    Log(LogLevel, String),
+    Count(Counter),
+    Property(String),
+    SetProperty(String, String),
+    RequestHeader(String),
+    RequestHeaders,
+    SetRequestHeader(String, String),
+    RemoveRequestHeader(String),
+    RequestBody(usize, usize),
+    ResponseHeader(String),
+    LocalReply(Reply),
+    RandomBytes,
+}
+
+/// A local reply the stream sent.
+#[derive(Clone, Debug, PartialEq)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn has_header(&self, name: &str, value: &str) -> bool {
+        self.headers.iter().any(|(n, v)| n == name && v == value)
+    }
+}
+
+/// A host that answers from scripted request, body, properties and response, applies header
+/// writes to its request headers (what the upstream would get), and records every call.
+#[derive(Default)]
+struct FakeHost {
+    now: Cell<u64>,
+    properties: RefCell<Vec<(String, Vec<u8>)>>,
+    request: RefCell<Vec<(String, String)>>,
+    body: RefCell<Vec<u8>>,
+    response: RefCell<Vec<(String, String)>>,
+    calls: RefCell<Vec<Call>>,
+}
+
+impl FakeHost {
+    /// A request on Envoy route `route_name` (the `xds.route_name` property).
+    fn request(route_name: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> FakeHost {
+        let host = FakeHost::default();
+        host.now.set(NOW);
+        host.set_property_value("xds.route_name", route_name.as_bytes());
+        let mut request = vec![
+            (":method".to_string(), method.to_string()),
+            (":path".to_string(), path.to_string()),
+            (":authority".to_string(), "idp.example".to_string()),
+        ];
+        request.extend(headers.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        *host.request.borrow_mut() = request;
+        host
+    }
+
+    fn with_body(self, body: &str) -> FakeHost {
+        *self.body.borrow_mut() = body.as_bytes().to_vec();
+        self
+    }
+
+    fn set_property_value(&self, path: &str, value: &[u8]) {
+        self.properties
+            .borrow_mut()
+            .push((path.to_string(), value.to_vec()));
+    }
+
+    fn respond(&self, headers: &[(&str, &str)]) {
+        *self.response.borrow_mut() = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.borrow().clone()
+    }
+
+    fn forget_calls(&self) {
+        self.calls.borrow_mut().clear();
+    }
+
+    fn call(&self, call: Call) {
+        self.calls.borrow_mut().push(call);
+    }
+
+    /// The request header as the upstream would get it now.
+    fn upstream_header(&self, name: &str) -> Option<String> {
+        let request = self.request.borrow();
+        request
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn replies(&self) -> Vec<Reply> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::LocalReply(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn counted(&self) -> Vec<Counter> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Count(c) => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The audit records logged (decision and outcome lines), as JSON.
+    fn audit(&self) -> Vec<Value> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Log(LogLevel::Info, line) => line
+                    .strip_prefix(crate::audit::PREFIX)
+                    .map(|j| serde_json::from_str(j).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn decisions(&self) -> Vec<String> {
+        self.audit()
+            .iter()
+            .filter(|r| r["event"] == "decision")
+            .map(|r| r["decision"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn outcomes(&self) -> Vec<Value> {
+        self.audit()
+            .into_iter()
+            .filter(|r| r["event"] == "outcome")
+            .collect()
+    }
+}
+
+impl StreamHost for FakeHost {
+    fn now_nanos(&self) -> Option<u64> {
+        self.call(Call::NowNanos);
+        Some(self.now.get() * 1_000_000_000)
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        self.call(Call::Log(level, message.to_string()));
+    }
+
+    fn count(&self, counter: Counter) {
+        self.call(Call::Count(counter));
+    }
+
+    fn property(&self, path: &[u8]) -> Option<Vec<u8>> {
+        let path = String::from_utf8(path.to_vec()).unwrap().replace('\0', ".");
+        self.call(Call::Property(path.clone()));
+        let properties = self.properties.borrow();
+        properties
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn set_property(&self, name: &str, value: &[u8]) {
+        self.call(Call::SetProperty(
+            name.to_string(),
+            String::from_utf8(value.to_vec()).unwrap(),
+        ));
+    }
+
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.call(Call::RequestHeader(name.to_string()));
+        self.upstream_header(name).map(String::into_bytes)
+    }
+
+    fn request_headers(&self) -> Vec<u8> {
+        self.call(Call::RequestHeaders);
+        let request = self.request.borrow();
+        let pairs: Vec<(&str, &[u8])> = request
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        crate::headers::serialize(&pairs)
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) {
+        self.call(Call::SetRequestHeader(name.to_string(), value.to_string()));
+        let mut request = self.request.borrow_mut();
+        request.retain(|(n, _)| n != name);
+        request.push((name.to_string(), value.to_string()));
+    }
+
+    fn remove_request_header(&self, name: &str) {
+        self.call(Call::RemoveRequestHeader(name.to_string()));
+        self.request.borrow_mut().retain(|(n, _)| n != name);
+    }
+
+    fn request_body(&self, start: usize, len: usize) -> Option<Vec<u8>> {
+        self.call(Call::RequestBody(start, len));
+        let body = self.body.borrow();
+        body.get(start..(start + len).min(body.len()))
+            .map(<[u8]>::to_vec)
+    }
+
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.call(Call::ResponseHeader(name.to_string()));
+        let response = self.response.borrow();
+        response
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone().into_bytes())
+    }
+
+    fn send_local_reply(
+        &self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), Status> {
+        self.call(Call::LocalReply(Reply {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        }));
+        Ok(())
+    }
+
+    fn random_bytes(&self, buf: &mut [u8]) -> bool {
+        self.call(Call::RandomBytes);
+        buf.fill(CHALLENGE[0]);
+        true
+    }
+}
+
+/// The guarded routes the tests use: a sensitive route named by Envoy's route name, a
+/// read_only route, and a route matched on the path alone.
+fn config(top_extra: Value) -> Config {
+    let mut top = json!({
+        "principal": ["header:x-client-id", "jwt:sub", "token"],
+        "max_body_bytes": 64,
+        "routes": [
+            {
+                "name": "oauth-token",
+                "match": {"route_name": "token", "methods": ["POST"], "path": "/oauth/token"},
+                "class": "token_issuing",
+                "owner": "team-iam",
+                "escalation": "pagerduty:iam-primary",
+                "token_max_age_seconds": 300
+            },
+            {
+                "name": "profile",
+                "match": {"route_name": "profile"},
+                "class": "read_only",
+                "owner": "team-iam",
+                "escalation": "pagerduty:iam-primary"
+            },
+            {
+                "name": "keys",
+                "match": {"path_prefix": "/keys/"},
+                "class": "secret_minting",
+                "owner": "team-keys",
+                "escalation": "pagerduty:keys"
+            }
+        ]
+    });
+    if let (Value::Object(t), Value::Object(extra)) = (&mut top, top_extra) {
+        t.extend(extra);
+    }
+    Config::from_value(&top).unwrap()
+}
+
+fn plugin_with(top_extra: Value) -> Plugin<SlotLedger<MemoryStore>> {
+    let config = config(top_extra);
+    let ledger = SlotLedger::new(
+        MemoryStore::default(),
+        config.max_entries,
+        config.window_seconds,
+    );
+    ledger.ensure_slots().unwrap();
+    Plugin::new(config, ledger)
+}
+
+fn plugin() -> Plugin<SlotLedger<MemoryStore>> {
+    plugin_with(json!({}))
+}
+
+/// A client-credentials token request from `ci-bot`.
+fn token_request() -> FakeHost {
+    FakeHost::request(
+        "token",
+        "POST",
+        "/oauth/token",
+        &[("x-client-id", "ci-bot"), ("content-type", "text/plain")],
+    )
+    .with_body("grant_type=client_credentials")
+}
+
+/// Sends the request as Envoy does: headers, then the whole body in one callback (or none).
+fn send<L: Ledger>(plugin: &Plugin<L>, host: &FakeHost, id: u32) -> (Stream, Vec<Action>) {
+    let mut stream = Stream::new(id);
+    let len = host.body.borrow().len();
+    let mut actions = vec![stream.on_request_headers(plugin, host, len == 0)];
+    if len > 0 && stream.needs_state() {
+        actions.push(stream.on_request_body(plugin, host, len, true));
+    }
+    (stream, actions)
+}
+
+/// Every entry in the ledger.
+fn ledger_entries(plugin: &Plugin<SlotLedger<MemoryStore>>) -> Vec<crate::ledger::Entry> {
+    let store = plugin.ledger.store();
+    (0..plugin.ledger.sets())
+        .filter_map(|i| store.get(&SlotLedger::<MemoryStore>::key(i)).unwrap())
+        .flat_map(|(bytes, _)| crate::ledger::Set::decode(&bytes).unwrap().0)
+        .collect()
+}
+
+/// The ledger entry of the only fingerprint the test wrote.
+fn only_entry(plugin: &Plugin<SlotLedger<MemoryStore>>) -> crate::ledger::Entry {
+    let entries = ledger_entries(plugin);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries.into_iter().next().unwrap()
+}
+
+#[test]
+fn guarded_request_with_a_body_is_held_at_headers_and_decided_at_end_of_body() {
+    let plugin = plugin();
+    let host = token_request();
+    let mut stream = Stream::new(1);
+
+    assert_eq!(
+        stream.on_request_headers(&plugin, &host, false),
+        Action::Pause
+    );
+    assert!(stream.needs_state(), "the stream waits for its body");
+    assert_eq!(plugin.held_count(), 1);
+    assert!(
+        host.decisions().is_empty(),
+        "nothing decided before the body"
+    );
+    assert!(host.counted().is_empty());
+
+    // Envoy reports the cumulative buffered size; only the new bytes are read.
+    assert_eq!(
+        stream.on_request_body(&plugin, &host, 10, false),
+        Action::Pause
+    );
+    assert_eq!(plugin.held_count(), 0, "a body callback came");
+    assert!(
+        host.decisions().is_empty(),
+        "nothing decided before the end"
+    );
+    let len = host.body.borrow().len();
+    assert_eq!(
+        stream.on_request_body(&plugin, &host, len, true),
+        Action::Continue
+    );
+
+    let body_reads: Vec<Call> = host
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::RequestBody(..)))
+        .collect();
+    assert_eq!(
+        body_reads,
+        [Call::RequestBody(0, 10), Call::RequestBody(10, len - 10)]
+    );
+    assert_eq!(host.decisions(), ["allow"]);
+    assert_eq!(host.counted(), [Counter::Decision(Verdict::Allow)]);
+    assert!(host
+        .calls()
+        .contains(&Call::SetProperty(DECISION_PROPERTY.into(), "allow".into())));
+    assert!(host.replies().is_empty());
+    assert!(
+        stream.needs_state(),
+        "the allowed attempt's outcome is still to record"
+    );
+    assert_eq!(only_entry(&plugin).outcome, Outcome::InFlight);
+}
+
+#[test]
+fn read_only_and_untracked_routes_do_not_pause() {
+    let plugin = plugin();
+    let host = FakeHost::request("profile", "POST", "/profile/search", &[]).with_body("q=x");
+    let mut stream = Stream::new(1);
+    assert_eq!(
+        stream.on_request_headers(&plugin, &host, false),
+        Action::Continue,
+        "a read_only route is decided at headers, its body never held"
+    );
+    assert_eq!(host.decisions(), ["allow"]);
+    assert!(!host
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::RequestBody(..))));
+    assert_eq!(plugin.held_count(), 0);
+    // read_only is untracked: no ledger entry, no outcome to record, no state kept.
+    assert!(!stream.needs_state());
+    assert_eq!(ledger_entries(&plugin), []);
+
+    // A guarded request without a body (end of stream at headers) is decided at once too.
+    let plugin = self::plugin();
+    let host = FakeHost::request("token", "POST", "/oauth/token", &[("x-client-id", "a")]);
+    let mut stream = Stream::new(2);
+    assert_eq!(
+        stream.on_request_headers(&plugin, &host, true),
+        Action::Continue
+    );
+    assert_eq!(host.decisions(), ["allow"]);
+    assert_eq!(plugin.held_count(), 0);
+}
+
+#[test]
+fn unmatched_request_makes_only_the_host_calls_matching_needs() {
+    let plugin = plugin();
+
+    // Envoy's route name is no guarded route's, and the path-only route does not match:
+    // one property read and one header read, no header-map copy, nothing else.
+    let host = FakeHost::request("static", "GET", "/index.html", &[]).with_body("x");
+    let (stream, actions) = send(&plugin, &host, 1);
+    assert_eq!(actions, [Action::Continue]);
+    assert_eq!(
+        host.calls(),
+        [
+            Call::Property("xds.route_name".into()),
+            Call::RequestHeader(":path".into()),
+        ]
+    );
+    assert!(!stream.needs_state(), "nothing outlives the callback");
+
+    // A route name a guarded route names: the headers are copied once, in one call, and
+    // every fact comes from that copy.
+    let host = FakeHost::request("token", "GET", "/oauth/token", &[]);
+    let (stream, actions) = send(&plugin, &host, 2);
+    assert_eq!(actions, [Action::Continue]);
+    assert_eq!(
+        host.calls(),
+        [
+            Call::Property("xds.route_name".into()),
+            Call::RequestHeaders,
+        ]
+    );
+    assert!(!stream.needs_state());
+}
+
+#[test]
+fn blocked_request_gets_exactly_one_local_reply_and_is_never_resumed() {
+    let plugin = plugin();
+    let first = token_request();
+    let (mut s1, actions) = send(&plugin, &first, 1);
+    assert_eq!(actions, [Action::Pause, Action::Continue]);
+    first.respond(&[(":status", "200")]);
+    assert_eq!(s1.on_response_headers(&plugin, &first), Action::Continue);
+
+    // The same request again after a success: retry_with_review, 428.
+    let replay = token_request();
+    let (mut s2, actions) = send(&plugin, &replay, 2);
+    assert_eq!(
+        actions,
+        [Action::Pause, Action::Pause],
+        "answered, not resumed"
+    );
+    assert_eq!(replay.decisions(), ["confirm"]);
+    let replies = replay.replies();
+    assert_eq!(replies.len(), 1);
+    let reply = &replies[0];
+    assert_eq!(reply.status, 428);
+    assert!(reply.has_header("content-type", "application/problem+json"));
+    assert!(reply.has_header("retry-guard-challenge", &crate::b64::url(&CHALLENGE)));
+    let doc: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(doc["owner"], "team-iam");
+    assert_eq!(doc["previous_outcome"], "succeeded");
+
+    // Later callbacks of the answered stream: still held, no second reply, nothing recorded
+    // (the local reply's own response headers pass through the filter too).
+    assert!(s2.needs_state());
+    replay.forget_calls();
+    assert_eq!(
+        s2.on_request_body(&plugin, &replay, 30, true),
+        Action::Pause
+    );
+    assert_eq!(s2.on_request_trailers(&plugin, &replay), Action::Pause);
+    replay.respond(&[(":status", "428")]);
+    assert_eq!(s2.on_response_headers(&plugin, &replay), Action::Continue);
+    s2.on_log(&plugin, &replay);
+    assert_eq!(
+        replay.calls(),
+        [],
+        "an answered stream makes no more host calls"
+    );
+    assert_eq!(only_entry(&plugin).outcome, Outcome::Succeeded);
+}
+
+#[test]
+fn allowed_request_records_its_outcome_when_response_headers_arrive() {
+    let plugin = plugin();
+    let host = token_request();
+    let (mut stream, _) = send(&plugin, &host, 1);
+    assert_eq!(only_entry(&plugin).outcome, Outcome::InFlight);
+
+    host.respond(&[(":status", "503"), ("retry-guard-state", "unchanged")]);
+    assert_eq!(stream.on_response_headers(&plugin, &host), Action::Continue);
+    let outcomes = host.outcomes();
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0]["outcome"], "unchanged");
+    assert_eq!(outcomes[0]["status"], 503);
+    assert_eq!(outcomes[0]["attempt"], 1);
+    let entry = only_entry(&plugin);
+    assert_eq!((entry.outcome, entry.status), (Outcome::Unchanged, 503));
+
+    // The stream's end records nothing more.
+    stream.on_log(&plugin, &host);
+    assert_eq!(host.outcomes().len(), 1);
+}
+
+#[test]
+fn allowed_request_without_response_headers_records_at_stream_end() {
+    let plugin = plugin();
+    let host = token_request();
+    let (mut stream, _) = send(&plugin, &host, 1);
+    // Envoy never reached the upstream: no response headers passed the filter; the stream's
+    // properties tell what happened.
+    host.set_property_value("response.code", &503u64.to_le_bytes());
+    host.set_property_value(
+        "response.flags",
+        &crate::policy::flags::UPSTREAM_CONNECTION_FAILURE.to_le_bytes(),
+    );
+    stream.on_log(&plugin, &host);
+    let outcomes = host.outcomes();
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes[0]["outcome"], "not_sent");
+    assert_eq!(outcomes[0]["status"], 503);
+    assert_eq!(only_entry(&plugin).outcome, Outcome::NotSent);
+}
+
+#[test]
+fn body_over_max_body_bytes_is_answered_413() {
+    let big = "x".repeat(65);
+
+    // Declared too large: answered at headers, the body never read.
+    let plugin = plugin();
+    let host = FakeHost::request("token", "POST", "/oauth/token", &[("content-length", "65")])
+        .with_body(&big);
+    let mut stream = Stream::new(1);
+    assert_eq!(
+        stream.on_request_headers(&plugin, &host, false),
+        Action::Pause
+    );
+    assert_eq!(host.replies().len(), 1);
+    assert_eq!(host.replies()[0].status, 413);
+    assert!(!host
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::RequestBody(..))));
+    assert_eq!(host.decisions(), ["too_large"]);
+    assert_eq!(
+        stream.on_request_body(&plugin, &host, 65, true),
+        Action::Pause
+    );
+    assert_eq!(host.replies().len(), 1);
+
+    // Streamed without a length: answered when the buffered body passes the limit.
+    let plugin = self::plugin();
+    let host = FakeHost::request("token", "POST", "/oauth/token", &[]).with_body(&big);
+    let mut stream = Stream::new(2);
+    assert_eq!(
+        stream.on_request_headers(&plugin, &host, false),
+        Action::Pause
+    );
+    assert_eq!(
+        stream.on_request_body(&plugin, &host, 40, false),
+        Action::Pause
+    );
+    assert!(host.replies().is_empty());
+    assert_eq!(
+        stream.on_request_body(&plugin, &host, 65, true),
+        Action::Pause
+    );
+    let replies = host.replies();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].status, 413);
+    assert!(replies[0]
+        .body
+        .contains("urn:retry-guard:problem:body-too-large"));
+    assert_eq!(host.counted(), [Counter::Decision(Verdict::TooLarge)]);
+}
+
+#[test]
+fn confirmation_header_is_removed_before_the_upstream() {
+    let plugin = plugin();
+    let host = FakeHost::request(
+        "token",
+        "POST",
+        "/oauth/token",
+        &[("retry-guard-confirmation", "v1.not.valid")],
+    )
+    .with_body("grant_type=client_credentials");
+    let mut stream = Stream::new(1);
+    assert_eq!(
+        stream.on_request_headers(&plugin, &host, false),
+        Action::Pause
+    );
+    // Removed at headers, before the stream can go on, whatever the decision.
+    assert!(host.calls().contains(&Call::RemoveRequestHeader(
+        "retry-guard-confirmation".into()
+    )));
+    assert_eq!(host.upstream_header("retry-guard-confirmation"), None);
+    let len = host.body.borrow().len();
+    assert_eq!(
+        stream.on_request_body(&plugin, &host, len, true),
+        Action::Continue
+    );
+    assert_eq!(host.decisions(), ["allow"]);
+}
+
+#[test]
+fn stale_token_is_stripped_and_the_request_marked() {
+    let plugin = plugin();
+    let header = crate::b64::url(br#"{"alg":"none"}"#);
+    let payload = crate::b64::url(
+        json!({"sub": "ci-bot", "iat": NOW - 120, "exp": NOW - 90})
+            .to_string()
+            .as_bytes(),
+    );
+    let bearer = format!("Bearer {header}.{payload}.sig");
+    let host = FakeHost::request(
+        "token",
+        "POST",
+        "/oauth/token",
+        &[("authorization", &bearer)],
+    )
+    .with_body("grant_type=client_credentials");
+    let (_, actions) = send(&plugin, &host, 1);
+    assert_eq!(
+        actions,
+        [Action::Pause, Action::Continue],
+        "resumed, not answered"
+    );
+    assert!(host.replies().is_empty());
+    assert_eq!(host.upstream_header("authorization"), None);
+    assert_eq!(
+        host.upstream_header(TOKEN_MARK_HEADER).as_deref(),
+        Some("stripped; reason=expired")
+    );
+    assert!(host
+        .counted()
+        .contains(&Counter::Event(Event::TokenStripped)));
+    let decision = &host.audit()[0];
+    assert_eq!(decision["token_action"], "strip");
+    assert_eq!(decision["principal"], "ci-bot");
+}
+
+#[test]
+fn stale_token_with_reject_gets_401_and_keeps_nothing_to_record() {
+    let plugin = plugin_with(json!({"stale_token_action": "reject"}));
+    let host = FakeHost::request(
+        "token",
+        "POST",
+        "/oauth/token",
+        &[("authorization", "Bearer h.eyJleHAiOjF9.s")],
+    );
+    let mut stream = Stream::new(1);
+    assert_eq!(
+        stream.on_request_headers(&plugin, &host, true),
+        Action::Pause
+    );
+    let replies = host.replies();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].status, 401);
+    assert!(replies[0]
+        .headers
+        .iter()
+        .any(|(n, v)| n == "www-authenticate" && v.contains("invalid_token")));
+    assert!(host
+        .counted()
+        .contains(&Counter::Event(Event::TokenRejected)));
+    assert_eq!(
+        host.upstream_header("authorization").as_deref(),
+        Some("Bearer h.eyJleHAiOjF9.s"),
+        "a rejected request is not forwarded, so nothing is stripped"
+    );
+}
+
+/// A ledger over a store whose host refuses every call.
+struct BrokenStore;
+
+impl SharedStore for BrokenStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, LedgerError> {
+        Err(LedgerError::Get {
+            key: key.to_string(),
+            status: 10,
+        })
+    }
+    fn set(&self, key: &str, _: &[u8], _: u32) -> Result<(), LedgerError> {
+        Err(LedgerError::Set {
+            key: key.to_string(),
+            status: 10,
+        })
+    }
+}
+
+#[test]
+fn ledger_failure_lets_the_request_through_and_logs_what_failed() {
+    let config = config(json!({}));
+    let ledger = SlotLedger::new(BrokenStore, config.max_entries, config.window_seconds);
+    let plugin = Plugin::new(config, ledger);
+    let host = token_request();
+    let (stream, actions) = send(&plugin, &host, 1);
+    assert_eq!(actions, [Action::Pause, Action::Continue], "fails open");
+    assert!(host.replies().is_empty());
+    assert!(!stream.needs_state(), "no attempt to record");
+    let errors: Vec<String> = host
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Log(LogLevel::Error, m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].starts_with("retry-guard: ledger unavailable, request passes unguarded: reading ledger key retry-guard/v1/"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[0].ends_with("host status 10"), "{}", errors[0]);
+}
+
+#[test]
+fn a_stream_held_too_long_without_its_body_is_reported_once_a_minute() {
+    let plugin = plugin();
+    let host = token_request();
+    let mut stream = Stream::new(7);
+    assert_eq!(
+        stream.on_request_headers(&plugin, &host, false),
+        Action::Pause
+    );
+    assert_eq!(plugin.held_warning(NOW + HELD_WARN_SECONDS - 1), None);
+    let warning = plugin.held_warning(NOW + HELD_WARN_SECONDS).unwrap();
+    assert!(
+        warning.contains("allow_on_headers_stop_iteration"),
+        "{warning}"
+    );
+    assert_eq!(plugin.held_warning(NOW + HELD_WARN_SECONDS + 1), None);
+    assert!(plugin
+        .held_warning(NOW + HELD_WARN_SECONDS + HELD_WARN_EVERY_SECONDS)
+        .is_some());
+    // The stream's end releases it.
+    stream.on_log(&plugin, &host);
+    assert_eq!(plugin.held_count(), 0);
+}
