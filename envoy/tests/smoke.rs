@@ -32,28 +32,8 @@ const CHALLENGE_HEADER: &str = "retry-guard-challenge";
 const APPROVER: &str = "alice@example.com";
 const WINDOW_SECONDS: i64 = 900;
 
-/// Members every audit decision line carries (issue 2, "Audit and stats").
-const AUDIT_MEMBERS: &[&str] = &[
-    "ts",
-    "request_id",
-    "route",
-    "class",
-    "owner",
-    "escalation",
-    "principal",
-    "fingerprint",
-    "key_present",
-    "attempt",
-    "previous_outcome",
-    "previous_status",
-    "decision",
-    "policy",
-    "reason",
-    "token_action",
-    "token_reason",
-    "approver",
-    "mode",
-];
+/// Members every audit decision line carries (issue 2, "Audit and stats"), defined once in the core.
+const AUDIT_MEMBERS: &[&str] = retry_guard::audit::DECISION_MEMBERS;
 
 fn start_envoy(name: &str, backend: &Backend, config: &Value) -> Result<Envoy> {
     Envoy::builder(name, backend.addr())
