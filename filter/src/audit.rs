@@ -90,6 +90,9 @@ pub struct OutcomeRecord<'a> {
     pub status: u16,
     /// Envoy response flags.
     pub response_flags: u64,
+    /// How many times Envoy's router sent the request upstream (`upstream.request_attempt_count`;
+    /// more than 1 means the router retried it), when Envoy says.
+    pub upstream_attempts: Option<u64>,
 }
 
 /// The audit line of a recorded outcome.
@@ -99,6 +102,7 @@ pub fn outcome_line(route: &Route, r: &OutcomeRecord<'_>) -> String {
         .num("attempt", u64::from(r.attempt))
         .word("outcome", r.outcome.name())
         .num("status", u64::from(r.status))
-        .num("response_flags", r.response_flags);
+        .num("response_flags", r.response_flags)
+        .opt_num("upstream_attempts", r.upstream_attempts);
     m.finish()
 }

@@ -21,6 +21,9 @@ named_enum! {
         ConfirmationInvalid => "retry_guard.confirmation.invalid",
         /// A live ledger entry was evicted to make room.
         LedgerEvicted => "retry_guard.ledger.evicted",
+        /// Envoy's router sent a tracked request upstream more than once (its route retries
+        /// behind the filter, and the filter could not stop it: shadow mode).
+        RouterRetried => "retry_guard.router.retried",
     }
 }
 

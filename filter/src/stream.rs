@@ -24,7 +24,7 @@ mod request;
 use sha2::{Digest, Sha256};
 
 use crate::audit::{self, OutcomeRecord};
-use crate::config::Route;
+use crate::config::{Mode, Route};
 use crate::confirm::Challenge;
 use crate::engine::{self, Decision, Facts, Verdict};
 use crate::fingerprint::Fingerprint;
@@ -44,6 +44,15 @@ pub const DECISION_PROPERTY: &str = "retry_guard.decision";
 /// The request header that marks a request whose stale bearer token was stripped
 /// (`stripped; reason=<reason>`).
 pub const TOKEN_MARK_HEADER: &str = "retry-guard-token";
+
+/// The request header Envoy's router reads for a request's retry budget. Present when the
+/// router reads the request, it takes precedence over the route's `num_retries` (Envoy's
+/// `RetryStateImpl`), and the router removes it before forwarding. Set to `0` on every request
+/// the filter lets through on a tracked route in enforce mode, so a route's `retry_policy` (or
+/// an Istio VirtualService's `retries`) cannot send it upstream a second time behind the
+/// filter. The connection manager strips `x-envoy-*` headers a client sends from outside
+/// before any filter runs, and the filter replaces the value, so a client cannot raise it.
+pub const MAX_RETRIES_HEADER: &str = "x-envoy-max-retries";
 
 /// Envoy encodes integer properties as 8 bytes little-endian.
 fn property_u64(host: &impl StreamHost, path: &[u8]) -> Option<u64> {
@@ -295,6 +304,9 @@ impl Stream {
         let decision = settled.decision;
         let action = self.apply(plugin, host, route, &facts, &decision);
         if let Some(attempt) = decision.new_attempt().filter(|_| !self.replied) {
+            if decision.mode == Mode::Enforce {
+                host.set_request_header(MAX_RETRIES_HEADER, "0");
+            }
             self.tracked = Some(Tracked {
                 fingerprint,
                 attempt,
@@ -372,6 +384,21 @@ impl Stream {
             return;
         };
         let flags = property_u64(host, b"response\0flags").unwrap_or(0);
+        let upstream_attempts = property_u64(host, b"upstream\0request_attempt_count");
+        if upstream_attempts.is_some_and(|n| n > 1) {
+            host.count(Counter::Event(Event::RouterRetried));
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "retry-guard: route {}: Envoy's router sent this request upstream {} times \
+                     (request_id {}); the route's retry_policy (or VirtualService retries) \
+                     re-sends it behind the filter: retry only on connect-failure,refused-stream",
+                    route.name,
+                    upstream_attempts.unwrap_or(0),
+                    tracked.request_id.as_deref().unwrap_or("-"),
+                ),
+            );
+        }
         let response = ResponseFacts {
             status,
             flags,
@@ -397,6 +424,7 @@ impl Stream {
                         outcome,
                         status,
                         response_flags: flags,
+                        upstream_attempts,
                     },
                 ),
             ),

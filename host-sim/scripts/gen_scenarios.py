@@ -277,18 +277,18 @@ write("concurrency-race", {
 
 write("upstream-failures", {
     "name": "upstream-failures",
-    "description": "Router local replies reach the filter with Envoy's flags: UF|URX and UH are not_sent (retry-safe), UC and UT are failed_unknown (review).",
+    "description": "Router local replies reach the filter with Envoy's flags: UF|URX and UH are not_sent (retry-safe), UC and UT are failed_unknown (review). The filter sets x-envoy-max-retries: 0, so the router sends each tracked request once (upstream_attempts 1; the route still reports URX) and consumes the header.",
     "envoy": RUNNABLE,
     "config": "../configs/smoke.json",
     "request_defaults": {"path": "/oauth/token", "headers": CLIENT},
     "steps": [
         {"name": "refused", "request": {"body": "c=1", "upstream": {"fail": "connection_refused"}},
-         "expect": {"status": 503, "flags": 32800, "upstream": False, "outcome": {"outcome": "not_sent", "response_flags": 32800}}},
+         "expect": {"status": 503, "flags": 32800, "upstream": False, "outcome": {"outcome": "not_sent", "response_flags": 32800, "upstream_attempts": 1}}},
         {"name": "refused-replay", "request": {"same_as": "refused", "upstream": {"status": 200}}, "expect": {"status": 200, "audit": {"previous_outcome": "not_sent"}}},
         {"name": "no-healthy", "request": {"body": "c=2", "upstream": {"fail": "no_healthy_upstream"}},
          "expect": {"status": 503, "flags": 2, "upstream": False, "outcome": {"outcome": "not_sent"}}},
         {"name": "reset", "request": {"body": "c=3", "upstream": {"fail": "reset"}},
-         "expect": {"status": 503, "flags": 64, "upstream": True, "outcome": {"outcome": "failed_unknown"}}},
+         "expect": {"status": 503, "flags": 64, "upstream": {"headers": {"x-envoy-max-retries": None}}, "outcome": {"outcome": "failed_unknown", "upstream_attempts": 1}}},
         {"name": "reset-replay", "request": {"same_as": "reset", "upstream": {"status": 200}}, "expect": {"status": 428, "body": {"previous_outcome": "failed_unknown", "previous_status": 503}}},
         {"name": "timeout", "request": {"body": "c=4", "upstream": {"fail": "timeout"}},
          "expect": {"status": 504, "flags": 4, "upstream": True, "outcome": {"outcome": "failed_unknown"}}},

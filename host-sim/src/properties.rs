@@ -122,6 +122,9 @@ fn stream_value(st: &StreamState, top: &str, field: Option<&str>) -> Option<(Val
         ("connection", Some("mtls")) => Some((Value::Bool(f.peer_uri_san.is_some()), true)),
         ("connection", Some("id")) => Some((Value::Uint(f.connection_id), true)),
         ("connection_id", None) => Some((Value::Uint(f.connection_id), false)),
+        ("upstream", Some("request_attempt_count")) => {
+            Some((Value::Int(f.upstream_attempts? as i64), true))
+        }
         ("xds", Some("route_name")) => Some((s(f.route_name.as_ref()?)?, true)),
         ("xds", Some("cluster_name")) => Some((s(f.cluster_name.as_ref()?)?, true)),
         _ => None,

@@ -915,6 +915,21 @@ impl Sim {
                 }
                 let mut vm = vm_cell.borrow_mut();
                 let s = Self::stream(&mut vm, id);
+                // The route's retry policy re-sends a refused connection twice, unless the
+                // request carries `x-envoy-max-retries: 0` (which takes precedence over the
+                // route's `num_retries`; the flags stay `UF|URX` either way, checked on Envoy
+                // 1.40).
+                let no_retries = headers.get(b"x-envoy-max-retries") == Some(b"0".as_slice());
+                s.facts.upstream_attempts = Some(
+                    if matches!(effective, Upstream::ConnectionRefused)
+                        && self.cfg.retry_connect_failure
+                        && !no_retries
+                    {
+                        3
+                    } else {
+                        1
+                    },
+                );
                 match (
                     &effective,
                     router_reply(&effective, self.cfg.retry_connect_failure),
@@ -1130,6 +1145,10 @@ fn local_reply_headers_sized(status: u16, extra: &[(Vec<u8>, Vec<u8>)], body: &[
 fn upstream_headers(h: &HeaderMap, timeout_ms: u64) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for (k, v) in h.text_pairs() {
+        // The router consumes its retry headers; the upstream never sees them.
+        if k == "x-envoy-max-retries" || k == "x-envoy-retry-on" {
+            continue;
+        }
         if k == ":authority" {
             out.push(("host".into(), v));
         } else if !k.starts_with(':') {

@@ -38,6 +38,9 @@ pub struct StreamFacts {
     pub response_flags: u64,
     /// Response body bytes (`response.size`).
     pub response_size: u64,
+    /// `upstream.request_attempt_count`: how many times the router sent the request upstream,
+    /// once it was forwarded (`None` before, and for requests answered by the filter).
+    pub upstream_attempts: Option<u64>,
 }
 
 /// A local reply the filter asked for (`proxy_send_local_response`).

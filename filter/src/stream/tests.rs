@@ -778,3 +778,81 @@ fn a_stream_held_too_long_without_its_body_is_reported_once_a_minute() {
     stream.on_log(&plugin, &host);
     assert_eq!(plugin.held_count(), 0);
 }
+
+#[test]
+fn a_tracked_request_let_through_in_enforce_mode_gets_no_router_retries() {
+    // Enforce: the router's retry budget is set to 0 before the request goes on.
+    let plugin = plugin();
+    let host = token_request();
+    send(&plugin, &host, 1);
+    assert_eq!(
+        host.upstream_header("x-envoy-max-retries").as_deref(),
+        Some("0")
+    );
+
+    // A client's own budget is replaced, not kept beside it.
+    let host = FakeHost::request(
+        "token",
+        "POST",
+        "/oauth/token",
+        &[("x-client-id", "other"), ("x-envoy-max-retries", "5")],
+    )
+    .with_body("grant_type=client_credentials");
+    send(&plugin, &host, 2);
+    let budgets: Vec<String> = host
+        .request
+        .borrow()
+        .iter()
+        .filter(|(n, _)| n == "x-envoy-max-retries")
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(budgets, ["0"]);
+
+    // read_only (untracked): reads keep the route's retries.
+    let host = FakeHost::request("profile", "GET", "/profile", &[]);
+    send(&plugin, &host, 3);
+    assert_eq!(host.upstream_header("x-envoy-max-retries"), None);
+
+    // A blocked replay never goes upstream, so it gets nothing either.
+    let host = token_request();
+    send(&plugin, &host, 4);
+    assert_eq!(host.replies().len(), 1);
+    assert_eq!(host.upstream_header("x-envoy-max-retries"), None);
+
+    // Shadow mode changes nothing on the request.
+    let plugin = plugin_with(json!({"mode": "shadow"}));
+    let host = token_request();
+    send(&plugin, &host, 5);
+    assert_eq!(host.upstream_header("x-envoy-max-retries"), None);
+}
+
+#[test]
+fn an_outcome_the_router_sent_several_times_is_counted_and_named() {
+    let plugin = plugin_with(json!({"mode": "shadow"}));
+    let host = token_request();
+    let (mut stream, _) = send(&plugin, &host, 1);
+    host.set_property_value("upstream.request_attempt_count", &3u64.to_le_bytes());
+    host.respond(&[(":status", "503")]);
+    stream.on_response_headers(&plugin, &host);
+    let outcomes = host.outcomes();
+    assert_eq!(outcomes[0]["upstream_attempts"], 3, "{outcomes:?}");
+    assert!(host
+        .counted()
+        .contains(&Counter::Event(Event::RouterRetried)));
+    assert!(host.calls().iter().any(|c| matches!(
+        c,
+        Call::Log(LogLevel::Warn, m) if m.contains("route oauth-token: Envoy's router sent this request upstream 3 times")
+    )));
+
+    // One attempt: nothing to report.
+    let host = FakeHost::request("token", "POST", "/oauth/token", &[("x-client-id", "b")])
+        .with_body("x=1");
+    let (mut stream, _) = send(&plugin, &host, 2);
+    host.set_property_value("upstream.request_attempt_count", &1u64.to_le_bytes());
+    host.respond(&[(":status", "200")]);
+    stream.on_response_headers(&plugin, &host);
+    assert_eq!(host.outcomes()[0]["upstream_attempts"], 1);
+    assert!(!host
+        .counted()
+        .contains(&Counter::Event(Event::RouterRetried)));
+}
