@@ -1,4 +1,11 @@
 //! `check`: a plugin configuration validated with the filter's own parser.
+//!
+//! [`model`] reads whole deployments (plugin configurations with the filter settings around
+//! them, Envoy routes, VirtualService routes) for the lints to come; [`matching`] compares
+//! route matches.
+
+pub mod matching;
+pub mod model;
 
 use serde_json::Value;
 
