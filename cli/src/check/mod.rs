@@ -1,113 +1,228 @@
-//! `check`: a plugin configuration validated with the filter's own parser.
+//! `check`: the deployment around retry-guard, not only its plugin configuration.
 //!
-//! [`model`] reads whole deployments (plugin configurations with the filter settings around
-//! them, Envoy routes, VirtualService routes) for the lints to come; [`matching`] compares
-//! route matches.
+//! Functional core, imperative shell: [`check`] reads the files and prints; [`model::load`]
+//! turns their texts into one [`model::Deployment`] (plugin configurations with where each
+//! came from and the wasm filter settings around it, Envoy routes, VirtualService routes);
+//! [`lint::lint`] runs pure lint functions over it and returns every finding, each with its
+//! file, its YAML/JSON path and what to change. What the lints look for: `cli/README.md`,
+//! "check: what it lints".
 
+pub mod lint;
 pub mod matching;
 pub mod model;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::USAGE;
+use crate::{take_opt, USAGE};
+use lint::{Finding, Severity};
+use model::{Deployment, PluginSource, RouteKind};
 
-/// Extracts the plugin configuration from a JSON file or an Istio WasmPlugin YAML.
+/// The plugin configuration (as JSON bytes) of a JSON file, an Istio WasmPlugin, an Envoy
+/// bootstrap or an EnvoyFilter: the first one found in the text.
 pub fn config_from_text(text: &str, name: &str) -> Result<Vec<u8>, String> {
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('{') {
-        return Ok(text.as_bytes().to_vec());
-    }
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(text)
-        .map(|d| serde::Deserialize::deserialize(d).map_err(|e| format!("{name}: not YAML: {e}")))
-        .collect::<Result<_, _>>()?;
-    for doc in docs {
-        if doc.get("kind").and_then(|k| k.as_str()) != Some("WasmPlugin") {
-            continue;
-        }
-        let pc = doc
-            .get("spec")
-            .and_then(|s| s.get("pluginConfig"))
-            .ok_or_else(|| format!("{name}: WasmPlugin without spec.pluginConfig"))?;
-        let json: Value = match pc {
-            serde_yaml::Value::String(s) => serde_json::from_str(s)
-                .map_err(|e| format!("{name}: spec.pluginConfig is a string but not JSON: {e}"))?,
-            other => serde_json::to_value(other)
-                .map_err(|e| format!("{name}: spec.pluginConfig: {e}"))?,
-        };
-        return Ok(json.to_string().into_bytes());
-    }
-    // An Envoy bootstrap or an Istio EnvoyFilter: the wasm filter's
-    // `configuration: {"@type": ".../google.protobuf.StringValue", value: "<json>"}`.
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(text)
-        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
-        .collect();
-    if let Some(value) = docs.iter().find_map(string_value_configuration) {
-        return Ok(value.as_bytes().to_vec());
-    }
-    Err(format!(
-        "{name}: neither a JSON configuration, nor YAML with a `kind: WasmPlugin` document, nor an \
-         Envoy/EnvoyFilter YAML with a wasm `configuration` (google.protobuf.StringValue)"
-    ))
+    let dep = model::load(&[(name.to_string(), text.to_string())]).map_err(|e| e.join("\n"))?;
+    dep.configs
+        .into_iter()
+        .next()
+        .map(|c| c.text.into_bytes())
+        .ok_or_else(|| format!("{name}: no plugin configuration"))
 }
 
-/// The first `configuration` mapping typed `google.protobuf.StringValue` anywhere in `doc`
-/// (how Envoy's wasm filter carries the plugin configuration), as its `value` text.
-fn string_value_configuration(doc: &serde_yaml::Value) -> Option<&str> {
-    match doc {
-        serde_yaml::Value::Mapping(m) => {
-            if let Some(cfg) = m.get("configuration") {
-                let typed = cfg
-                    .get("@type")
-                    .and_then(|t| t.as_str())
-                    .is_some_and(|t| t.ends_with("google.protobuf.StringValue"));
-                if let (true, Some(v)) = (typed, cfg.get("value").and_then(|v| v.as_str())) {
-                    return Some(v);
-                }
-            }
-            m.values().find_map(string_value_configuration)
-        }
-        serde_yaml::Value::Sequence(items) => items.iter().find_map(string_value_configuration),
-        serde_yaml::Value::Tagged(t) => string_value_configuration(&t.value),
-        _ => None,
-    }
+/// Output format.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
 }
 
-/// `retry-guard check <file>`.
-pub fn check(args: Vec<String>) -> Result<i32, String> {
-    let [file] = args.as_slice() else {
-        return Err(format!("check takes one file\n\n{USAGE}"));
+/// `retry-guard check [--format text|json] <file>...`: exit 0 clean (warnings allowed), 1 on
+/// any error finding, 2 (through `Err`) when an input cannot be read.
+pub fn check(mut args: Vec<String>) -> Result<i32, String> {
+    let format = match take_opt(&mut args, "--format")?.as_deref() {
+        None | Some("text") => Format::Text,
+        Some("json") => Format::Json,
+        Some(other) => {
+            return Err(format!(
+                "--format {other:?}: expected text or json\n\n{USAGE}"
+            ))
+        }
     };
-    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?;
-    let bytes = config_from_text(&text, file)?;
-    match retry_guard::config::Config::parse(&bytes) {
-        Ok(c) => {
-            println!(
-                "{file}: valid — {} route(s) ({}), mode {}, ledger {} entries, confirmation {}",
-                c.routes.len(),
-                c.routes
-                    .iter()
-                    .map(|r| format!("{}: {}", r.name, r.class.name()))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                c.mode.name(),
-                c.max_entries,
-                match &c.confirmation {
-                    Some(k) => format!(
-                        "keys {}",
-                        k.keys
-                            .iter()
-                            .map(|(id, _)| id.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    None => "off".into(),
-                }
-            );
-            Ok(0)
-        }
-        Err(e) => {
-            println!("{file}: invalid\n  error: {e}");
-            Ok(1)
+    if let Some(opt) = args.iter().find(|a| a.starts_with("--")) {
+        return Err(format!("unknown option {opt}\n\n{USAGE}"));
+    }
+    if args.is_empty() {
+        return Err(format!("check takes at least one file\n\n{USAGE}"));
+    }
+    let mut inputs = Vec::new();
+    let mut unreadable = Vec::new();
+    for file in &args {
+        match std::fs::read_to_string(file) {
+            Ok(text) => inputs.push((file.clone(), text)),
+            Err(e) => unreadable.push(format!("cannot read {file}: {e}")),
         }
     }
+    if !unreadable.is_empty() {
+        return Err(unreadable.join("\n"));
+    }
+    let dep = model::load(&inputs).map_err(|e| e.join("\n"))?;
+    let findings = lint::lint(&dep);
+    let errors = count(&findings, Severity::Error);
+    match format {
+        Format::Text => print!("{}", text_report(&dep, &findings)),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json_report(&dep, &findings))
+                .map_err(|e| e.to_string())?
+        ),
+    }
+    Ok(if errors > 0 { 1 } else { 0 })
+}
+
+fn count(findings: &[Finding], severity: Severity) -> usize {
+    findings.iter().filter(|f| f.severity == severity).count()
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `valid — 6 route(s) (...), mode enforce, ...` or `invalid — ...`.
+fn config_summary(c: &PluginSource) -> String {
+    match &c.parsed {
+        Ok(c) => format!(
+            "valid — {} route(s) ({}), mode {}, ledger {} entries, confirmation {}",
+            c.routes.len(),
+            c.routes
+                .iter()
+                .map(|r| format!("{}: {}", r.name, r.class.name()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            c.mode.name(),
+            c.max_entries,
+            match &c.confirmation {
+                Some(k) => format!(
+                    "keys {}",
+                    k.keys
+                        .iter()
+                        .map(|(id, _)| id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => "off".into(),
+            }
+        ),
+        Err(_) => "invalid — see the error below".to_string(),
+    }
+}
+
+/// What was not checked, and why.
+fn notes(dep: &Deployment) -> Vec<&'static str> {
+    if dep.routes.is_empty() {
+        vec![
+            "no routes given (no Envoy route_config, no VirtualService): route names and retry \
+             policies were not checked; give the Envoy bootstrap or the VirtualServices too",
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The human report: one line per plugin configuration, one per finding, a count line.
+fn text_report(dep: &Deployment, findings: &[Finding]) -> String {
+    let mut out = String::new();
+    for c in &dep.configs {
+        let file = dep.files.get(c.file).map(String::as_str).unwrap_or("");
+        let several = dep.configs.iter().filter(|x| x.file == c.file).count() > 1;
+        if several {
+            out.push_str(&format!("{file} ({}): {}\n", c.path, config_summary(c)));
+        } else {
+            out.push_str(&format!("{file}: {}\n", config_summary(c)));
+        }
+    }
+    for f in findings {
+        if f.path.is_empty() {
+            out.push_str(&format!(
+                "{}: {}: {}\n",
+                f.severity.name(),
+                f.file,
+                f.message
+            ));
+        } else {
+            out.push_str(&format!(
+                "{}: {}: {}: {}\n",
+                f.severity.name(),
+                f.file,
+                f.path,
+                f.message
+            ));
+        }
+    }
+    for n in notes(dep) {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    let envoy = dep
+        .routes
+        .iter()
+        .filter(|r| r.kind == RouteKind::Envoy)
+        .count();
+    let vs = dep.routes.len() - envoy;
+    out.push_str(&format!(
+        "{}, {} in {}: {}, {}, {}\n",
+        plural(count(findings, Severity::Error), "error", "errors"),
+        plural(count(findings, Severity::Warning), "warning", "warnings"),
+        plural(dep.files.len(), "file", "files"),
+        plural(
+            dep.configs.len(),
+            "plugin configuration",
+            "plugin configurations"
+        ),
+        plural(envoy, "Envoy route", "Envoy routes"),
+        plural(
+            vs,
+            "VirtualService http route",
+            "VirtualService http routes"
+        ),
+    ));
+    out
+}
+
+/// `{"findings": [...], "errors": N, "warnings": M, "configurations": [...]}`.
+fn json_report(dep: &Deployment, findings: &[Finding]) -> Value {
+    let configurations: Vec<Value> = dep
+        .configs
+        .iter()
+        .map(|c| {
+            let routes: Vec<Value> = match &c.parsed {
+                Ok(cfg) => cfg
+                    .routes
+                    .iter()
+                    .map(|r| json!({"name": r.name, "class": r.class.name()}))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            json!({
+                "file": dep.files.get(c.file),
+                "path": c.path,
+                "source": c.source.name(),
+                "valid": c.parsed.is_ok(),
+                "routes": routes,
+            })
+        })
+        .collect();
+    json!({
+        "findings": findings.iter().map(|f| json!({
+            "severity": f.severity.name(),
+            "file": f.file,
+            "path": f.path,
+            "message": f.message,
+        })).collect::<Vec<_>>(),
+        "errors": count(findings, Severity::Error),
+        "warnings": count(findings, Severity::Warning),
+        "configurations": configurations,
+        "notes": notes(dep),
+        "routes": {
+            "envoy": dep.routes.iter().filter(|r| r.kind == RouteKind::Envoy).count(),
+            "virtualservice": dep.routes.iter().filter(|r| r.kind == RouteKind::VirtualService).count(),
+        },
+    })
 }
