@@ -1,7 +1,8 @@
 //! The `check` command, as the built `retry-guard` binary: every bundled configuration (alone
 //! and as the deployments they make together) passes clean, except the WasmPlugin, which
-//! guards body-carrying routes by design and gets exactly that error; exit codes 0 (clean), 1
-//! (errors), 2 (unreadable input); `--format json`.
+//! guards body-carrying routes by design and gets exactly that error; each broken deployment
+//! of `testdata/deploy/` gets exactly its findings (severity, file, path, the key phrase of the
+//! message); exit codes 0 (clean), 1 (errors), 2 (unreadable input); `--format json`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -258,6 +259,153 @@ fn bundled_wasmplugin_gets_exactly_its_documented_error() {
     let expected = [("error", wp, "spec.pluginConfig.routes", WASMPLUGIN_BODIES)];
     assert_findings(&[wp], &expected);
     assert_findings(&[wp, "envoy/istio/virtualservice.yaml"], &expected);
+}
+
+const BROKEN_ENVOY: &str = "testdata/deploy/broken-envoy.yaml";
+const HCM: &str = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config";
+
+#[test]
+fn broken_envoy_bootstrap() {
+    let filter = format!("{HCM}.http_filters[0].typed_config.config");
+    let vhosts = format!("{HCM}.route_config.virtual_hosts");
+    assert_findings(
+        &[BROKEN_ENVOY],
+        &[
+            (
+                "error",
+                BROKEN_ENVOY,
+                &format!("{filter}.fail_open"),
+                "fail_open: true lets every request pass unguarded",
+            ),
+            (
+                "error",
+                BROKEN_ENVOY,
+                &format!("{filter}.allow_on_headers_stop_iteration"),
+                "missing, and plugin routes \"oauth-token\" (token_issuing), \"role-grant\" \
+                 (privilege_changing) read the request body",
+            ),
+            (
+                "error",
+                BROKEN_ENVOY,
+                &format!("{filter}.configuration.value.routes[1].match.route_name"),
+                "\"role-grants\" names no route: no route of this connection manager's \
+                 route_config is named so (the names there: token, role-grant, reads, \
+                 passthrough, admin-token)",
+            ),
+            (
+                "error",
+                BROKEN_ENVOY,
+                &format!("{vhosts}[0].routes[0].route.retry_policy.retry_on"),
+                "the router re-sends route \"token\" on \"5xx,connect-failure\" (num_retries 2), \
+                 and plugin route \"oauth-token\" (token_issuing) guards it",
+            ),
+            (
+                "warning",
+                BROKEN_ENVOY,
+                &format!("{vhosts}[0].routes[1].match"),
+                "route \"role-grant\" looks sensitive by its path (/v1/roles/*/members has \
+                 \"roles\") but no plugin route guards it",
+            ),
+            (
+                "warning",
+                BROKEN_ENVOY,
+                &format!("{vhosts}[1].routes[0].match"),
+                "route \"admin-token\" looks sensitive by its path (/oauth/token has \"oauth\")",
+            ),
+            (
+                "warning",
+                BROKEN_ENVOY,
+                &format!("{vhosts}[0].routes[3]"),
+                "the retry-guard filter runs on route \"passthrough\" but no plugin route \
+                 guards it",
+            ),
+        ],
+    );
+    // The human form: one line per finding, `severity: file: path: message`.
+    let o = run(&[BROKEN_ENVOY]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "\nerror: {BROKEN_ENVOY}: {filter}.fail_open: fail_open: true lets"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.ends_with(
+            "4 errors, 3 warnings in 1 file: 1 plugin configuration, 5 Envoy routes, 0 \
+             VirtualService http routes\n"
+        ),
+        "{out}"
+    );
+}
+
+const BROKEN_ENVOYFILTER: &str = "testdata/deploy/broken-envoyfilter.yaml";
+
+#[test]
+fn broken_envoyfilter() {
+    let expected = [(
+        "error",
+        BROKEN_ENVOYFILTER,
+        "spec.configPatches[0].patch.value.typed_config.config.allow_on_headers_stop_iteration",
+        "not true, and plugin routes \"oauth-token\" (token_issuing), \"role-grant\" \
+         (privilege_changing), \"secrets\" (secret_minting), \"session-refresh\" \
+         (session_extending), \"preferences\" (idempotent_write) read the request body",
+    )];
+    assert_findings(&[BROKEN_ENVOYFILTER], &expected);
+    assert_findings(
+        &[BROKEN_ENVOYFILTER, "envoy/istio/virtualservice.yaml"],
+        &expected,
+    );
+}
+
+const BROKEN_VS: &str = "testdata/deploy/broken-virtualservice.yaml";
+
+#[test]
+fn broken_virtualservice() {
+    assert_findings(
+        &["envoy/istio/envoyfilter.yaml", BROKEN_VS],
+        &[
+            (
+                "error",
+                BROKEN_VS,
+                "spec.http[0].retries.retryOn",
+                "route \"token\" retries on \"5xx,connect-failure,refused-stream\" (2 attempts), \
+                 and plugin route \"oauth-token\" (token_issuing) guards it",
+            ),
+            (
+                "error",
+                BROKEN_VS,
+                "spec.http[2].retries",
+                "missing on route \"secrets\", which plugin route \"secrets\" (secret_minting) \
+                 guards: Istio's default retry policy then re-sends",
+            ),
+        ],
+    );
+}
+
+const BROKEN_WASMPLUGIN: &str = "testdata/deploy/broken-wasmplugin.yaml";
+
+#[test]
+fn broken_wasmplugin() {
+    assert_findings(
+        &[BROKEN_WASMPLUGIN],
+        &[
+            (
+                "error",
+                BROKEN_WASMPLUGIN,
+                "spec.failStrategy",
+                "failStrategy: FAIL_OPEN lets every request pass unguarded",
+            ),
+            (
+                "error",
+                BROKEN_WASMPLUGIN,
+                "spec.pluginConfig.routes",
+                "a WasmPlugin cannot set allow_on_headers_stop_iteration, and plugin route \
+                 \"oauth-token\" (token_issuing) reads the request body",
+            ),
+        ],
+    );
 }
 
 #[test]
