@@ -53,6 +53,8 @@ pub fn check(mut args: Vec<String>) -> Result<i32, String> {
     if args.is_empty() {
         return Err(format!("check takes at least one file\n\n{USAGE}"));
     }
+    // Every reason for exit code 2 at once: files that cannot be read, then files that cannot
+    // be parsed; "no plugin configuration" only when every file was read.
     let mut inputs = Vec::new();
     let mut unreadable = Vec::new();
     for file in &args {
@@ -61,10 +63,15 @@ pub fn check(mut args: Vec<String>) -> Result<i32, String> {
             Err(e) => unreadable.push(format!("cannot read {file}: {e}")),
         }
     }
+    let (dep, errors) = model::read(&inputs);
+    unreadable.extend(errors);
+    if unreadable.is_empty() && dep.configs.is_empty() {
+        let files: Vec<&str> = args.iter().map(String::as_str).collect();
+        unreadable.push(model::no_configuration(&files));
+    }
     if !unreadable.is_empty() {
         return Err(unreadable.join("\n"));
     }
-    let dep = model::load(&inputs).map_err(|e| e.join("\n"))?;
     let findings = lint::lint(&dep);
     let errors = count(&findings, Severity::Error);
     match format {

@@ -263,28 +263,39 @@ pub fn join(base: &str, rest: &str) -> String {
     }
 }
 
-/// Reads every input; `Err` lists every input that cannot be read (exit code 2).
+/// Reads every input; `Err` lists every input that cannot be read, or says that none holds a
+/// plugin configuration (exit code 2).
 pub fn load(inputs: &[(String, String)]) -> Result<Deployment, Vec<String>> {
+    let (dep, mut errors) = read(inputs);
+    if errors.is_empty() && dep.configs.is_empty() {
+        errors.push(no_configuration(
+            &inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(dep)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Reads every input as far as it can: the deployment, and why each input that cannot be read
+/// cannot (empty when all can).
+pub fn read(inputs: &[(String, String)]) -> (Deployment, Vec<String>) {
     let mut l = Loader::default();
     for (name, text) in inputs {
         l.file(name, text);
     }
-    if l.errors.is_empty() && l.dep.configs.is_empty() {
-        l.errors.push(format!(
-            "no retry-guard plugin configuration in {}: give the plugin configuration JSON, the \
-             Envoy bootstrap with the wasm filter, or the Istio WasmPlugin or EnvoyFilter too",
-            inputs
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    if l.errors.is_empty() {
-        Ok(l.dep)
-    } else {
-        Err(l.errors)
-    }
+    (l.dep, l.errors)
+}
+
+/// The reason for exit code 2 when no input holds a plugin configuration.
+pub fn no_configuration(files: &[&str]) -> String {
+    format!(
+        "no retry-guard plugin configuration in {}: give the plugin configuration JSON, the \
+         Envoy bootstrap with the wasm filter, or the Istio WasmPlugin or EnvoyFilter too",
+        files.join(", ")
+    )
 }
 
 #[derive(Default)]
