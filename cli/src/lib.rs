@@ -4,7 +4,7 @@
 //!
 //! Each command returns its exit code; output goes to stdout, problems to stderr with a hint
 //! on what to change. Commands by concern:
-//! - [`check`]: configuration validation;
+//! - [`check`]: the deployment lint (plugin configuration, Envoy, Istio);
 //! - [`keys`]: `keygen` and `approve` (the one approver's command; signing is the policy
 //!   core's `retry_guard::confirm::sign`);
 //! - [`scenarios`]: `run` and `demo`, on host-sim or (through `conformance`) the real Envoy;
@@ -29,10 +29,19 @@ pub use check::config_from_text;
 pub const USAGE: &str = "retry-guard — the retry-guard operator tool
 
 USAGE:
-  retry-guard check <config.json | wasmplugin.yaml | envoy.yaml | envoyfilter.yaml>
-      Validate a plugin configuration (or the one inside an Istio WasmPlugin's pluginConfig,
-      an Envoy bootstrap's or an EnvoyFilter's wasm `configuration`) with the filter's own
-      parser; prints the field path of the first error.
+  retry-guard check [--format text|json] <file>...
+      Lint a retry-guard deployment, read from all files together: plugin configuration JSON,
+      Envoy bootstrap YAML/JSON (or listener, connection manager, route configuration), Istio
+      WasmPlugin, EnvoyFilter and VirtualService YAML (several documents per file). Reports
+      every problem with its file, YAML/JSON path and what to change. Errors: the plugin
+      configuration's own (by field path), fail_open / FAIL_OPEN, allow_on_headers_stop_iteration
+      missing or false where a route reads the body, a WasmPlugin guarding such routes, a
+      route_name naming no route, router or VirtualService retries beyond
+      connect-failure,refused-stream on a guarded route (Istio's default when `retries` is
+      missing), the filter switched off on a guarded route. Warnings: routes that look sensitive
+      by path but are not guarded, the filter running on Envoy routes it does not guard.
+      Exit 0 clean (warnings allowed), 1 errors, 2 unreadable input. --format json prints one
+      JSON document (findings, errors, warnings, configurations, routes) for CI pipelines.
   retry-guard keygen [--out <file.key>]
       A new Ed25519 approver key pair: the private key (base64 seed) and the public key as the
       configuration's confirmation.keys wants it.
