@@ -72,3 +72,41 @@ fn approve_signs_a_token_the_filter_accepts_the_format_of() {
     );
     assert_eq!(main(vec!["keygen".into()]), 0);
 }
+
+/// The CLI's help, cli/README.md, host-sim's README and the top-level README name the same
+/// inputs for `check`.
+#[test]
+fn every_guide_lists_the_same_check_inputs() {
+    let root = retry_guard::paths::repo_root();
+    let inputs = [
+        "plugin configuration JSON",
+        "Envoy bootstrap",
+        "WasmPlugin",
+        "EnvoyFilter",
+        "VirtualService",
+    ];
+    let usage = retry_guard_cli::USAGE.replace('\n', " ").replace("  ", " ");
+    for (name, text) in [
+        ("retry-guard --help", usage),
+        (
+            "README.md",
+            std::fs::read_to_string(root.join("README.md")).expect("README"),
+        ),
+        (
+            "cli/README.md",
+            std::fs::read_to_string(root.join("cli/README.md")).expect("cli README"),
+        ),
+        (
+            "host-sim/README.md",
+            std::fs::read_to_string(root.join("host-sim/README.md")).expect("host-sim README"),
+        ),
+    ] {
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        for input in inputs {
+            assert!(
+                flat.contains(input),
+                "{name} does not list {input:?} for check"
+            );
+        }
+    }
+}
