@@ -17,6 +17,10 @@ build:
 envoy-install:
     @bash envoy/install-envoy.sh >/dev/null && echo "envoy: $(bash envoy/install-envoy.sh)"
 
+# Install etcd (Debian's etcd-server 3.4) for the cluster-ledger tests, when it is missing.
+etcd-install:
+    @bash envoy/install-etcd.sh >/dev/null && echo "etcd: $(bash envoy/install-etcd.sh)"
+
 # The narrated story on the host simulator (no Envoy needed): token call, replay -> 428,
 # approval, confirmed retry, unknown 503 vs connection failure, stale token, a two-worker race.
 demo: build
@@ -74,7 +78,7 @@ lint:
     cargo clippy --release --target wasm32-wasip1 -p retry-guard-filter -p retry-guard-noop -p retry-guard-hostcost -- -D warnings
 
 # Every test: lints, native unit tests of the policy core, real-Envoy end-to-end tests.
-test: lint build envoy-install
+test: lint build envoy-install etcd-install
     cargo test --workspace
 
 # Only the policy core's unit tests (milliseconds, no Envoy).
@@ -102,7 +106,7 @@ approve *ARGS:
     @cargo run -q -p retry-guard-cli -- approve --key testdata/keys/approvals-test.key --approver alice@example.com {{ARGS}}
 
 # Real-Envoy end-to-end tests only (harness, smoke, bundled configs, gateway, variants, race).
-e2e: build envoy-install
+e2e: build envoy-install etcd-install
     cargo test -p retry-guard-e2e
 
 # The smoke test, printing every step.

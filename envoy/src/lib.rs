@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod client;
 pub mod envoy;
+pub mod etcd;
 pub mod fixture;
 pub mod gateway;
 pub mod rfc3339;

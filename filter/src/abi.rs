@@ -9,8 +9,8 @@
 //! does anything, and 30 KB of the binary. Here a request on a route no rule can match costs
 //! one host call (`xds.route_name`) and no allocation that outlives the callback.
 //!
-//! Callbacks the filter does not need (response body and trailers, `proxy_on_done`, HTTP
-//! calls, queues, network filters) are not exported: the host skips a callback a module does
+//! Callbacks the filter does not need (response body and trailers, `proxy_on_done`, queues,
+//! network filters) are not exported: the host skips a callback a module does
 //! not export (proxy-wasm-cpp-host returns "continue" when the export is missing), so Envoy
 //! never enters the VM for them.
 //!
@@ -24,11 +24,14 @@ pub use crate::host::{Action, LogLevel, Status};
 /// Header maps.
 #[derive(Clone, Copy, Debug)]
 #[repr(u32)]
+#[allow(clippy::enum_variant_names)] // The ABI's names: every map is a header map.
 pub enum MapType {
     /// Request headers.
     RequestHeaders = 0,
     /// Response headers.
     ResponseHeaders = 2,
+    /// Headers of the answer to an HTTP call.
+    HttpCallResponseHeaders = 6,
 }
 
 /// Buffers.
@@ -37,6 +40,8 @@ pub enum MapType {
 pub enum BufferType {
     /// The request body buffered so far.
     RequestBody = 0,
+    /// The body of the answer to an HTTP call (during `proxy_on_http_call_response`).
+    HttpCallResponseBody = 4,
     /// The plugin configuration (during `proxy_on_configure`).
     PluginConfiguration = 7,
 }
@@ -119,6 +124,20 @@ extern "C" {
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
     fn proxy_get_metric(id: u32, value: *mut u64) -> u32;
+    fn proxy_http_call(
+        upstream: *const u8,
+        upstream_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        body: *const u8,
+        body_size: usize,
+        trailers: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        token: *mut u32,
+    ) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
 }
 
 fn status(code: u32) -> Result<(), Status> {
@@ -255,14 +274,9 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), 
     })
 }
 
-/// Answers the request locally with `status`, `headers` and `body`.
-pub fn send_local_response(
-    status_code: u16,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<(), Status> {
-    // The ABI's map encoding: count, (name length, value length) pairs, then each name and
-    // value followed by NUL.
+/// The ABI's map encoding: count, (name length, value length) pairs, then each name and value
+/// followed by NUL.
+fn encode_map(headers: &[(&str, &str)]) -> Vec<u8> {
     let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
     let size = 4 + headers
         .iter()
@@ -280,6 +294,16 @@ pub fn send_local_response(
         map.extend_from_slice(v.as_bytes());
         map.push(0);
     }
+    map
+}
+
+/// Answers the request locally with `status`, `headers` and `body`.
+pub fn send_local_response(
+    status_code: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(), Status> {
+    let map = encode_map(headers);
     // SAFETY: pointers and lengths of live buffers (no details string).
     status(unsafe {
         proxy_send_local_response(
@@ -293,6 +317,46 @@ pub fn send_local_response(
             -1,
         )
     })
+}
+
+/// Sends an HTTP request to Envoy cluster `cluster` from the effective context; returns the
+/// call's token (its answer comes to `proxy_on_http_call_response` of that context).
+pub fn dispatch_http_call(
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout_ms: u64,
+) -> Result<u32, Status> {
+    let map = encode_map(headers);
+    let mut token = 0u32;
+    // SAFETY: pointers and lengths of live buffers; no trailers.
+    status(unsafe {
+        proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            map.as_ptr(),
+            map.len(),
+            body.as_ptr(),
+            body.len(),
+            std::ptr::null(),
+            0,
+            u32::try_from(timeout_ms).unwrap_or(u32::MAX),
+            &mut token,
+        )
+    })?;
+    Ok(token)
+}
+
+/// Makes `context_id` the context later host calls apply to (until the callback returns).
+pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_set_effective_context(context_id) })
+}
+
+/// Resumes the effective stream's request (held since a callback paused it).
+pub fn continue_request() -> Result<(), Status> {
+    // SAFETY: no pointers; stream type 0 is the request.
+    status(unsafe { proxy_continue_stream(0) })
 }
 
 /// Defines a metric and returns its id.
@@ -409,6 +473,17 @@ extern "C" fn proxy_on_response_headers(
     _end_of_stream: u32,
 ) -> u32 {
     action(crate::shell::on_response_headers(context_id))
+}
+
+#[no_mangle]
+extern "C" fn proxy_on_http_call_response(
+    context_id: u32,
+    token: u32,
+    _headers: usize,
+    body_size: usize,
+    _trailers: usize,
+) {
+    crate::shell::on_http_call_response(context_id, token, body_size);
 }
 
 #[no_mangle]

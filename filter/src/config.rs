@@ -65,6 +65,83 @@ pub enum PrincipalSource {
     Token,
 }
 
+/// What a request gets when the ledger cannot answer in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// Answer 503 `ledger-unavailable`: no execution without the ledger.
+    FailClosed,
+    /// Let the request through and audit `reason: ledger_unavailable`.
+    FailOpen,
+}
+
+impl OnUnavailable {
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnUnavailable::FailClosed => "fail_closed",
+            OnUnavailable::FailOpen => "fail_open",
+        }
+    }
+
+    /// The default of a class: closed for the four sensitive classes, open otherwise.
+    pub fn default_for(class: RouteClass) -> OnUnavailable {
+        if class.is_sensitive() {
+            OnUnavailable::FailClosed
+        } else {
+            OnUnavailable::FailOpen
+        }
+    }
+
+    fn parse(s: &str) -> Option<OnUnavailable> {
+        match s {
+            "fail_closed" => Some(OnUnavailable::FailClosed),
+            "fail_open" => Some(OnUnavailable::FailOpen),
+            _ => None,
+        }
+    }
+}
+
+/// The cluster-wide ledger on etcd v3, reached through an Envoy cluster to etcd's JSON gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdLedger {
+    /// The Envoy cluster that reaches etcd's client URL (HTTP/1.1, JSON gateway `/v3/`).
+    pub cluster: String,
+    /// `:authority` of the calls.
+    pub authority: String,
+    /// Prefix of every key the filter writes.
+    pub key_prefix: String,
+    /// How long a request waits for etcd before the route's fail policy applies.
+    pub timeout_ms: u64,
+}
+
+/// Where the ledger lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LedgerBackend {
+    /// Envoy shared data: one ledger per Envoy process (per `vm_id`).
+    SharedData,
+    /// etcd v3: one ledger for every replica that points at the same etcd and key prefix.
+    Etcd(EtcdLedger),
+}
+
+/// The `ledger` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// The backend.
+    pub backend: LedgerBackend,
+    /// The fail policy of every route that sets none; `None`: by class
+    /// ([`OnUnavailable::default_for`]).
+    pub on_unavailable: Option<OnUnavailable>,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            backend: LedgerBackend::SharedData,
+            on_unavailable: None,
+        }
+    }
+}
+
 /// Human-confirmation settings.
 #[derive(Clone, Debug)]
 pub struct Confirmation {
@@ -99,6 +176,8 @@ pub struct Route {
     pub mode: Mode,
     /// Policy per outcome of the earlier attempt.
     pub policies: PolicyTable,
+    /// What a request gets when the ledger cannot answer in time.
+    pub on_ledger_unavailable: OnUnavailable,
 }
 
 impl Route {
@@ -141,6 +220,8 @@ pub struct Config {
     pub confirmation_header: String,
     /// Confirmation settings; `None` means no confirmation can be accepted.
     pub confirmation: Option<Confirmation>,
+    /// Where the ledger lives.
+    pub ledger: LedgerConfig,
     /// Guarded routes, first match wins.
     pub routes: Vec<Route>,
 }
@@ -192,6 +273,13 @@ pub const SCHEMA: &[FieldDoc] = &[
     FieldDoc { path: "confirmation.header", kind: "header name, default \"retry-guard-confirmation\"", doc: "request header carrying the signed confirmation; never forwarded upstream" },
     FieldDoc { path: "confirmation.max_ttl_seconds", kind: "integer 1..=86400, default 600", doc: "longest accepted exp - iat of a confirmation" },
     FieldDoc { path: "confirmation.keys", kind: "object key id -> standard base64 Ed25519 public key (32 bytes)", doc: "approver keys; several ids allow rotation" },
+    FieldDoc { path: "ledger", kind: "object, default {\"backend\": \"shared_data\"}", doc: "where the ledger lives (see \"Cluster ledger\")" },
+    FieldDoc { path: "ledger.backend", kind: "\"shared_data\" | \"etcd\", default \"shared_data\"", doc: "shared_data: one ledger per Envoy process; etcd: one ledger for every replica on the same etcd and key_prefix" },
+    FieldDoc { path: "ledger.cluster", kind: "Envoy cluster name, required for etcd", doc: "the cluster that reaches etcd's client URL (HTTP/1.1, JSON gateway /v3/)" },
+    FieldDoc { path: "ledger.authority", kind: "host, required for etcd", doc: ":authority of the calls to etcd" },
+    FieldDoc { path: "ledger.key_prefix", kind: "string, default \"retry-guard/v1/\"", doc: "prefix of every etcd key the filter writes; replicas that share a ledger share it" },
+    FieldDoc { path: "ledger.timeout_ms", kind: "integer 10..=10000, default 250", doc: "how long a request waits for etcd before its route's fail policy applies" },
+    FieldDoc { path: "ledger.on_unavailable", kind: "\"fail_closed\" | \"fail_open\", default by class", doc: "what a request gets when the ledger cannot answer in time; default fail_closed for the sensitive classes, fail_open otherwise" },
     FieldDoc { path: "routes", kind: "list, required, at least one", doc: "guarded routes; first match wins" },
     FieldDoc { path: "routes[].name", kind: "string, required, unique", doc: "route name in answers, audit lines and fingerprints" },
     FieldDoc { path: "routes[].match", kind: "object, required, at least one condition", doc: "all given conditions must hold" },
@@ -209,6 +297,7 @@ pub const SCHEMA: &[FieldDoc] = &[
     FieldDoc { path: "routes[].max_attempts", kind: "integer >= 1, optional", doc: "an attempt beyond this turns retry_safe into retry_with_review" },
     FieldDoc { path: "routes[].mode", kind: "\"enforce\" | \"shadow\", default: the global mode", doc: "per-route mode" },
     FieldDoc { path: "routes[].on", kind: "object outcome -> policy", doc: "overrides the class default for an outcome" },
+    FieldDoc { path: "routes[].on_ledger_unavailable", kind: "\"fail_closed\" | \"fail_open\", default: ledger.on_unavailable, else by class", doc: "this route's fail policy when the ledger cannot answer in time" },
 ];
 
 const TOP_FIELDS: &[&str] = &[
@@ -223,7 +312,16 @@ const TOP_FIELDS: &[&str] = &[
     "unchanged_state_header",
     "stale_token_action",
     "confirmation",
+    "ledger",
     "routes",
+];
+const LEDGER_FIELDS: &[&str] = &[
+    "backend",
+    "cluster",
+    "authority",
+    "key_prefix",
+    "timeout_ms",
+    "on_unavailable",
 ];
 const CONFIRMATION_FIELDS: &[&str] = &["header", "max_ttl_seconds", "keys"];
 const ROUTE_FIELDS: &[&str] = &[
@@ -237,6 +335,7 @@ const ROUTE_FIELDS: &[&str] = &[
     "max_attempts",
     "mode",
     "on",
+    "on_ledger_unavailable",
 ];
 const MATCH_FIELDS: &[&str] = &[
     "route_name",
@@ -461,7 +560,11 @@ impl Config {
                 (c.header.clone(), Some(c))
             }
         };
-        let routes = parse_routes(&top, mode)?;
+        let ledger = match top.get("ledger") {
+            None => LedgerConfig::default(),
+            Some(v) => parse_ledger(v)?,
+        };
+        let routes = parse_routes(&top, mode, ledger.on_unavailable)?;
         Ok(Config {
             mode,
             window_seconds,
@@ -475,6 +578,7 @@ impl Config {
             stale_token_action,
             confirmation_header,
             confirmation,
+            ledger,
             routes,
         })
     }
@@ -536,6 +640,61 @@ fn parse_principal(top: &Obj<'_>) -> Result<Vec<PrincipalSource>, ConfigError> {
         out.push(source);
     }
     Ok(out)
+}
+
+fn on_unavailable(o: &Obj<'_>, name: &str) -> Result<Option<OnUnavailable>, ConfigError> {
+    match o.string(name)? {
+        None => Ok(None),
+        Some(s) => OnUnavailable::parse(s).map(Some).ok_or_else(|| {
+            err(
+                o.field(name),
+                format!("unknown policy {}; expected fail_closed or fail_open", q(s)),
+            )
+        }),
+    }
+}
+
+fn parse_ledger(v: &Value) -> Result<LedgerConfig, ConfigError> {
+    let l = Obj::new("ledger".into(), v, LEDGER_FIELDS)?;
+    let on_unavailable = on_unavailable(&l, "on_unavailable")?;
+    let backend = match l.string("backend")?.unwrap_or("shared_data") {
+        "shared_data" => {
+            for f in ["cluster", "authority", "key_prefix", "timeout_ms"] {
+                if l.get(f).is_some() {
+                    return Err(err(
+                        l.field(f),
+                        "only the etcd backend takes this field; set \"backend\": \"etcd\" or remove it",
+                    ));
+                }
+            }
+            LedgerBackend::SharedData
+        }
+        "etcd" => {
+            let key_prefix = l.string("key_prefix")?.unwrap_or("retry-guard/v1/");
+            if key_prefix.is_empty() || key_prefix.len() > 128 {
+                return Err(err(
+                    l.field("key_prefix"),
+                    "must be 1 to 128 characters, e.g. \"retry-guard/v1/\"",
+                ));
+            }
+            LedgerBackend::Etcd(EtcdLedger {
+                cluster: l.required_string("cluster")?.to_string(),
+                authority: l.required_string("authority")?.to_string(),
+                key_prefix: key_prefix.to_string(),
+                timeout_ms: l.int("timeout_ms", 10, 10_000)?.unwrap_or(250),
+            })
+        }
+        other => {
+            return Err(err(
+                l.field("backend"),
+                format!("unknown backend {}; expected shared_data or etcd", q(other)),
+            ))
+        }
+    };
+    Ok(LedgerConfig {
+        backend,
+        on_unavailable,
+    })
 }
 
 fn parse_confirmation(v: &Value) -> Result<Confirmation, ConfigError> {
@@ -601,7 +760,11 @@ fn parse_confirmation(v: &Value) -> Result<Confirmation, ConfigError> {
     })
 }
 
-fn parse_routes(top: &Obj<'_>, global_mode: Mode) -> Result<Vec<Route>, ConfigError> {
+fn parse_routes(
+    top: &Obj<'_>,
+    global_mode: Mode,
+    global_on_unavailable: Option<OnUnavailable>,
+) -> Result<Vec<Route>, ConfigError> {
     let items = match top.get("routes") {
         None => {
             return Err(err(
@@ -656,6 +819,9 @@ fn parse_routes(top: &Obj<'_>, global_mode: Mode) -> Result<Vec<Route>, ConfigEr
             .int("max_attempts", 1, 1_000_000)?
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
         let mode = r.mode("mode")?.unwrap_or(global_mode);
+        let on_ledger_unavailable = on_unavailable(&r, "on_ledger_unavailable")?
+            .or(global_on_unavailable)
+            .unwrap_or_else(|| OnUnavailable::default_for(class));
         let mut policies = PolicyTable::for_class(class);
         match r.get("on") {
             None => {}
@@ -708,6 +874,7 @@ fn parse_routes(top: &Obj<'_>, global_mode: Mode) -> Result<Vec<Route>, ConfigEr
             max_attempts,
             mode,
             policies,
+            on_ledger_unavailable,
         });
     }
     Ok(routes)

@@ -4,7 +4,7 @@
 //! nothing here touches the host.
 
 use crate::b64;
-use crate::config::{Config, Mode, Route, StaleTokenAction};
+use crate::config::{Config, Mode, OnUnavailable, Route, StaleTokenAction};
 use crate::confirm::{self, Challenge, ChallengeState, ConfirmationError};
 use crate::fingerprint::{BodyDigest, Fingerprint, KeyCheck};
 use crate::json::push_u64;
@@ -35,6 +35,8 @@ named_enum! {
         TooLarge => "too_large",
         /// 401: stale token with `stale_token_action: reject`.
         StaleToken => "stale_token",
+        /// 503: the ledger could not answer in time and the route fails closed.
+        Unavailable => "ledger_unavailable",
     }
 }
 
@@ -185,6 +187,7 @@ impl Decision {
                 .unwrap_or(ProblemType::IdempotencyKeyInvalid),
             Verdict::TooLarge => ProblemType::BodyTooLarge,
             Verdict::StaleToken => ProblemType::StaleToken,
+            Verdict::Unavailable => ProblemType::LedgerUnavailable,
         })
     }
 
@@ -228,6 +231,9 @@ impl Decision {
                 if let Some(e) = self.confirmation_error {
                     m.word("confirmation_error", e.name());
                 }
+            }
+            Verdict::Unavailable => {
+                extra.push(("retry-after", LEDGER_RETRY_AFTER_SECONDS.to_string()));
             }
             Verdict::StaleToken => {
                 let reason = self.token_reason.map_or("stale", StaleReason::name);
@@ -311,6 +317,11 @@ impl Decision {
                 s.push_str(self.token_reason.map_or("stale", StaleReason::name));
                 s.push_str("); obtain a fresh token before retrying. ");
             }
+            Verdict::Unavailable => {
+                s.push_str("retry-guard cannot reach its ledger, so it cannot tell whether this ");
+                s.push_str(class);
+                s.push_str(" request already ran; it is refused rather than risk a second execution. Retry later. ");
+            }
             Verdict::Allow | Verdict::Confirmed => {}
         }
         s.push_str("Route ");
@@ -322,6 +333,34 @@ impl Decision {
         s.push('.');
         s
     }
+}
+
+/// The decision after [`MAX_LEDGER_ROUNDS`] lost writes on one ledger key or set: persistent
+/// contention is refused (409) rather than risk a duplicate.
+pub fn contention(route: &Route) -> Decision {
+    let mut d = Decision::new(Verdict::Conflict, route, "ledger_contention");
+    d.would_block = route.mode == Mode::Shadow;
+    d
+}
+
+/// The `retry-after` (seconds) of a 503 `ledger-unavailable`.
+pub const LEDGER_RETRY_AFTER_SECONDS: u64 = 5;
+
+/// The decision when the ledger cannot answer in time: by the route's fail policy, 503
+/// `ledger-unavailable` (fail closed) or allowed with reason `ledger_unavailable` (fail open).
+/// Neither writes to the ledger. In shadow mode nothing is blocked.
+pub fn ledger_unavailable(route: &Route, facts: &Facts<'_>) -> Decision {
+    let verdict = match route.on_ledger_unavailable {
+        OnUnavailable::FailClosed => Verdict::Unavailable,
+        OnUnavailable::FailOpen => Verdict::Allow,
+    };
+    let mut d = Decision::new(verdict, route, "ledger_unavailable");
+    d.first_seen = Some(facts.now);
+    if route.mode == Mode::Shadow && verdict.blocks() {
+        d.verdict = Verdict::Allow;
+        d.would_block = true;
+    }
+    d
 }
 
 /// The 400 answer when the key is required and missing, or invalid; `None` otherwise.
@@ -618,11 +657,8 @@ pub fn decide_with_ledger<L: Ledger>(
             Commit::Conflict => continue,
         }
     }
-    // Persistent contention on one set: refuse rather than risk a duplicate.
-    let mut d = Decision::new(Verdict::Conflict, route, "ledger_contention");
-    d.would_block = route.mode == Mode::Shadow;
     Ok(Settled {
-        decision: d,
+        decision: contention(route),
         evicted: false,
     })
 }

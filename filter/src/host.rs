@@ -8,7 +8,9 @@
 //! dispatch, nothing boxed). Shared data sits behind its own trait,
 //! [`SharedStore`](crate::ledger::SharedStore), under the ledger.
 //!
-//! Resuming a stream is not a call here: a callback's [`Action`] tells the host to go on.
+//! Resuming a stream is usually not a call here: a callback's [`Action`] tells the host to go
+//! on. Only a stream whose decision waited for the cluster ledger's answer (which arrives in a
+//! callback of the root context) is resumed with [`StreamHost::resume_request`].
 
 use crate::metrics::Counter;
 
@@ -93,4 +95,21 @@ pub trait StreamHost {
 
     /// Fills `buf` with random bytes; `false` if the host has no randomness to give.
     fn random_bytes(&self, buf: &mut [u8]) -> bool;
+
+    /// Sends `POST <path>` with a JSON `body` to Envoy cluster `cluster` (`:authority`
+    /// `authority`), answered within `timeout_ms`; returns the call's token. The call belongs
+    /// to the plugin's root context, not to this stream, so it completes even if the stream
+    /// ends first; its answer comes to [`Plugin::on_call_answer`](crate::stream::Plugin).
+    fn http_call(
+        &self,
+        cluster: &str,
+        authority: &str,
+        path: &str,
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, Status>;
+
+    /// Resumes the stream this host is for, held since an earlier callback returned
+    /// [`Action::Pause`] (after a decision that waited for the cluster ledger).
+    fn resume_request(&self);
 }

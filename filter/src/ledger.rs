@@ -63,6 +63,22 @@ impl Entry {
         now < self.expires_at(window_seconds)
     }
 
+    /// The entry's bytes as one record (the cluster ledger's value; a shared-data set holds
+    /// several).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ENTRY_BYTES);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// An entry from [`Entry::to_bytes`]; `None` for bytes of another format or length.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Entry> {
+        if bytes.len() != ENTRY_BYTES {
+            return None;
+        }
+        Entry::decode(bytes)
+    }
+
     fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id);
         out.extend_from_slice(&self.first_seen.to_le_bytes());

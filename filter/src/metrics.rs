@@ -21,6 +21,8 @@ named_enum! {
         ConfirmationInvalid => "retry_guard.confirmation.invalid",
         /// A live ledger entry was evicted to make room.
         LedgerEvicted => "retry_guard.ledger.evicted",
+        /// The ledger could not answer in time; the route's fail policy decided.
+        LedgerUnavailable => "retry_guard.ledger.unavailable",
         /// Envoy's router sent a tracked request upstream more than once (its route retries
         /// behind the filter, and the filter could not stop it: shadow mode).
         RouterRetried => "retry_guard.router.retried",

@@ -21,11 +21,13 @@ pub enum ProblemType {
     IdempotencyKeyMismatch,
     /// 428: policy `retry_with_review`; a human must confirm.
     ConfirmationRequired,
+    /// 503: the ledger could not answer in time and the route fails closed.
+    LedgerUnavailable,
 }
 
 impl ProblemType {
     /// Every problem type.
-    pub const ALL: [ProblemType; 8] = [
+    pub const ALL: [ProblemType; 9] = [
         ProblemType::IdempotencyKeyMissing,
         ProblemType::IdempotencyKeyInvalid,
         ProblemType::StaleToken,
@@ -34,6 +36,7 @@ impl ProblemType {
         ProblemType::BodyTooLarge,
         ProblemType::IdempotencyKeyMismatch,
         ProblemType::ConfirmationRequired,
+        ProblemType::LedgerUnavailable,
     ];
 
     /// The `type` URI.
@@ -49,6 +52,7 @@ impl ProblemType {
                 "urn:retry-guard:problem:idempotency-key-mismatch"
             }
             ProblemType::ConfirmationRequired => "urn:retry-guard:problem:confirmation-required",
+            ProblemType::LedgerUnavailable => "urn:retry-guard:problem:ledger-unavailable",
         }
     }
 
@@ -62,6 +66,7 @@ impl ProblemType {
             ProblemType::BodyTooLarge => 413,
             ProblemType::IdempotencyKeyMismatch => 422,
             ProblemType::ConfirmationRequired => 428,
+            ProblemType::LedgerUnavailable => 503,
         }
     }
 
@@ -76,6 +81,7 @@ impl ProblemType {
             ProblemType::BodyTooLarge => "Request body too large to guard",
             ProblemType::IdempotencyKeyMismatch => "Idempotency key reused with a different body",
             ProblemType::ConfirmationRequired => "Human confirmation required",
+            ProblemType::LedgerUnavailable => "Retry ledger unavailable",
         }
     }
 }

@@ -19,6 +19,7 @@
 //! request's facts and body digest.
 
 mod plugin;
+mod remote;
 mod request;
 
 use sha2::{Digest, Sha256};
@@ -35,6 +36,7 @@ use crate::metrics::{Counter, Event};
 use crate::policy::{ResponseFacts, RouteClass};
 
 pub use plugin::{Plugin, HELD_WARN_EVERY_SECONDS, HELD_WARN_SECONDS};
+use remote::{RemoteAttempt, Waiting};
 use request::{now_seconds, Fetcher, Pending};
 
 /// The property the decision is written to; Envoy keeps it as filter state, readable as
@@ -74,6 +76,8 @@ struct Tracked {
     attempt: u32,
     request_id: Option<String>,
     recorded: bool,
+    /// The attempt as written to the cluster ledger (`None` on shared data).
+    remote: Option<RemoteAttempt>,
 }
 
 /// The state of one HTTP stream between its callbacks. Each callback method takes the
@@ -85,6 +89,8 @@ pub struct Stream {
     pending: Option<Pending>,
     tracked: Option<Tracked>,
     replied: bool,
+    /// A decision waiting for the cluster ledger.
+    waiting: Option<Box<Waiting>>,
 }
 
 /// The stream callbacks. Each has one call site, in the shell's dispatch, and is marked
@@ -99,6 +105,7 @@ impl Stream {
             pending: None,
             tracked: None,
             replied: false,
+            waiting: None,
         }
     }
 
@@ -106,7 +113,7 @@ impl Stream {
     /// record its outcome, or stay answered)? Only a request on a matched route does; a stream
     /// without, its state can be dropped at once.
     pub fn needs_state(&self) -> bool {
-        self.pending.is_some() || self.tracked.is_some() || self.replied
+        self.pending.is_some() || self.tracked.is_some() || self.replied || self.waiting.is_some()
     }
 
     /// Request headers: match the route (reading no more than matching needs), gather the
@@ -237,6 +244,7 @@ impl Stream {
     #[inline]
     pub fn on_log<L: Ledger, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H) {
         plugin.release(self.id);
+        self.abandon(plugin);
         if self.replied || self.tracked.as_ref().is_none_or(|t| t.recorded) {
             return;
         }
@@ -249,6 +257,13 @@ impl Stream {
 }
 
 impl Stream {
+    /// The stream's state is dropped (the host deleted its context): a decision still waiting
+    /// for the cluster ledger becomes the plugin's ([`Stream::on_log`] does the same when the
+    /// host calls it first).
+    pub fn on_delete<L>(&mut self, plugin: &Plugin<L>) {
+        self.abandon(plugin);
+    }
+
     /// Decides with the complete body digest and applies the decision.
     fn finish<L: Ledger, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H) -> Action {
         let Some(pending) = self.pending.take() else {
@@ -270,6 +285,9 @@ impl Stream {
             &pending.path,
             &body_digest,
         );
+        if plugin.remote.is_some() && route.needs_ledger() {
+            return self.decide_remote(plugin, host, pending, fingerprint, body_digest);
+        }
         let facts = Facts {
             now: pending.now,
             request_id: pending.request_id.as_deref(),
@@ -312,6 +330,7 @@ impl Stream {
                 attempt,
                 request_id: pending.request_id.clone(),
                 recorded: false,
+                remote: None,
             });
         }
         action
@@ -404,6 +423,18 @@ impl Stream {
             flags,
             unchanged_state,
         };
+        if let Some(attempt) = &tracked.remote {
+            Stream::record_remote(
+                plugin,
+                host,
+                self.route,
+                tracked,
+                attempt,
+                response,
+                upstream_attempts,
+            );
+            return;
+        }
         let now = now_seconds(host);
         match engine::record_with_ledger(
             &plugin.ledger,
@@ -449,7 +480,7 @@ impl Stream {
 
 /// 128 random bits from the host; if it cannot supply randomness, a digest of the fingerprint
 /// and the clock (unique, though not unpredictable).
-fn fresh_challenge<'a, H: StreamHost>(
+pub(super) fn fresh_challenge<'a, H: StreamHost>(
     host: &'a H,
     fp: &'a Fingerprint,
 ) -> impl FnMut() -> Challenge + 'a {

@@ -6,7 +6,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use crate::abi::Action;
+use crate::abi::{self, Action, BufferType, MapType};
+use crate::host::StreamHost as _;
 use crate::stream::Stream;
 
 use super::host::AbiHost;
@@ -72,7 +73,7 @@ fn on_stream(
         return otherwise;
     };
     let StreamContext { root, stream } = &mut *context;
-    f(stream, root, &root.host())
+    f(stream, root, &root.host(id))
 }
 
 pub(crate) fn on_context_create(id: u32, parent: u32) {
@@ -92,7 +93,7 @@ pub(crate) fn on_context_create(id: u32, parent: u32) {
 }
 
 pub(crate) fn on_configure(root_id: u32) -> bool {
-    let root = root::configure();
+    let root = root::configure(root_id);
     let accepted = root.is_some();
     with_contexts(|c| match c.roots.iter_mut().find(|(r, _)| *r == root_id) {
         Some((_, s)) => *s = root,
@@ -122,7 +123,7 @@ pub(crate) fn on_request_headers(id: u32, end_of_stream: bool) -> Action {
         return Action::Continue;
     };
     let mut stream = Stream::new(id);
-    let action = stream.on_request_headers(&root.plugin, &root.host(), end_of_stream);
+    let action = stream.on_request_headers(&root.plugin, &root.host(id), end_of_stream);
     // Keep state only if something is left to do (which only a matched route leaves): the
     // stream waits for its body, will record its outcome, or was answered locally.
     if stream.needs_state() {
@@ -157,6 +158,44 @@ pub(crate) fn on_log(id: u32) {
     });
 }
 
+/// The answer to an HTTP call of root context `root_id` (all calls to the cluster ledger are
+/// the root's): finished by the plugin, or handed to the stream it was for, which is resumed
+/// when its decision lets it go on.
+pub(crate) fn on_http_call_response(root_id: u32, token: u32, body_size: usize) {
+    let Some(root) = with_contexts(|c| c.config_of(root_id)).flatten() else {
+        return;
+    };
+    let status = abi::header(MapType::HttpCallResponseHeaders, ":status").and_then(|s| {
+        std::str::from_utf8(&s)
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+    });
+    let body = abi::buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let Some(stream_id) = root
+        .plugin
+        .on_call_answer(&root.host(0), token, status, &body)
+    else {
+        return;
+    };
+    let Some(context) = with_contexts(|c| c.streams.get(&stream_id).cloned()).flatten() else {
+        return;
+    };
+    let Ok(mut context) = context.try_borrow_mut() else {
+        return;
+    };
+    let StreamContext { root, stream } = &mut *context;
+    let host = root.host(stream_id);
+    if abi::set_effective_context(stream_id).is_err() {
+        return;
+    }
+    if stream.on_ledger_answer(&root.plugin, &host, status, &body) == Action::Continue {
+        host.resume_request();
+    }
+}
+
 pub(crate) fn on_delete(id: u32) {
     let removed = with_contexts(|c| {
         let stream = c.streams.remove(&id);
@@ -167,8 +206,10 @@ pub(crate) fn on_delete(id: u32) {
     })
     .flatten();
     if let Some(context) = removed {
-        if let Ok(context) = context.try_borrow() {
-            context.root.plugin.release(id);
+        if let Ok(mut context) = context.try_borrow_mut() {
+            let StreamContext { root, stream } = &mut *context;
+            root.plugin.release(id);
+            stream.on_delete(&root.plugin);
         }
     }
 }

@@ -13,6 +13,10 @@ use crate::metrics::Counter;
 /// --paths`: same host calls, no more guest instructions per path than before the trait).
 pub(crate) struct AbiHost<'a> {
     pub(crate) metrics: &'a [u32],
+    /// The plugin's root context (HTTP calls to the cluster ledger belong to it).
+    pub(crate) root_id: u32,
+    /// The stream this host is for; 0 in the root context's own callbacks.
+    pub(crate) stream_id: u32,
 }
 
 impl StreamHost for AbiHost<'_> {
@@ -89,6 +93,42 @@ impl StreamHost for AbiHost<'_> {
     /// WASI `random_get`.
     fn random_bytes(&self, buf: &mut [u8]) -> bool {
         getrandom::getrandom(buf).is_ok()
+    }
+
+    /// Dispatched from the root context (switched to for the call and back), so Envoy does not
+    /// cancel the call when the stream ends first.
+    fn http_call(
+        &self,
+        cluster: &str,
+        authority: &str,
+        path: &str,
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, Status> {
+        if self.stream_id != 0 {
+            abi::set_effective_context(self.root_id)?;
+        }
+        let result = abi::dispatch_http_call(
+            cluster,
+            &[
+                (":method", "POST"),
+                (":path", path),
+                (":authority", authority),
+                ("content-type", "application/json"),
+            ],
+            body,
+            timeout_ms,
+        );
+        if self.stream_id != 0 {
+            let _ = abi::set_effective_context(self.stream_id);
+        }
+        result
+    }
+
+    fn resume_request(&self) {
+        if abi::set_effective_context(self.stream_id).is_ok() {
+            let _ = abi::continue_request();
+        }
     }
 }
 

@@ -19,13 +19,17 @@ pub(crate) struct Root {
     metrics: Vec<u32>,
     /// The memory gauge's metric id, if the host defined it.
     memory_gauge: Option<u32>,
+    /// The root context's id.
+    root_id: u32,
 }
 
 impl Root {
-    /// The host of one of this root's streams.
-    pub(crate) fn host(&self) -> AbiHost<'_> {
+    /// The host of one of this root's streams (`stream_id`), or of the root itself (0).
+    pub(crate) fn host(&self, stream_id: u32) -> AbiHost<'_> {
         AbiHost {
             metrics: &self.metrics,
+            root_id: self.root_id,
+            stream_id,
         }
     }
 
@@ -46,13 +50,14 @@ impl Root {
         if let Some(warning) = self.plugin.held_warning(now) {
             abi::log(LogLevel::Critical, &warning);
         }
+        self.plugin.on_tick(&self.host(0), now);
         self.record_memory();
     }
 }
 
 /// Reads, checks and applies the plugin configuration: `None` (with a critical log line that
 /// says what to change) if the plugin cannot work with it.
-pub(crate) fn configure() -> Option<Rc<Root>> {
+pub(crate) fn configure(root_id: u32) -> Option<Rc<Root>> {
     let bytes = abi::buffer(BufferType::PluginConfiguration, 0, usize::MAX)
         .ok()
         .flatten()
@@ -109,6 +114,7 @@ pub(crate) fn configure() -> Option<Rc<Root>> {
         plugin: Plugin::new(config, ledger),
         metrics,
         memory_gauge,
+        root_id,
     });
     root.record_memory();
     abi::set_tick_period_ms(5_000);

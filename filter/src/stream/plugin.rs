@@ -2,8 +2,14 @@
 //! holds waiting for their body.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 
-use crate::config::Config;
+use crate::config::{Config, EtcdLedger, LedgerBackend};
+use crate::etcd::LeasePlan;
+use crate::host::{LogLevel, Status, StreamHost};
+use crate::metrics::{Counter, Event};
+
+use super::remote::{Call, RecordJob};
 
 /// How long a stream may wait for its first body callback after the filter held its headers
 /// before the VM logs the likely cause (a missing `allow_on_headers_stop_iteration`).
@@ -23,19 +29,197 @@ pub struct Plugin<L> {
     held: RefCell<Vec<(u32, u64)>>,
     /// When the held-stream warning was last logged.
     warned_at: Cell<u64>,
+    /// The cluster ledger, when the configuration names one.
+    pub(super) remote: Option<Remote>,
+    /// Calls to the cluster ledger in flight, by token.
+    pub(super) calls: RefCell<BTreeMap<u32, Call>>,
+}
+
+/// The cluster ledger as the plugin uses it: where it is, and its leases.
+pub(super) struct Remote {
+    pub(super) etcd: EtcdLedger,
+    pub(super) plan: LeasePlan,
+    /// Buckets whose lease this VM knows to exist (the last few).
+    granted: RefCell<Vec<u64>>,
+    /// Buckets whose grant is in flight.
+    granting: RefCell<Vec<u64>>,
+}
+
+impl Remote {
+    /// Does this VM know bucket `b`'s lease exists?
+    pub(super) fn is_granted(&self, b: u64) -> bool {
+        self.granted.try_borrow().is_ok_and(|g| g.contains(&b))
+    }
+
+    pub(super) fn mark_granted(&self, b: u64) {
+        if let Ok(mut g) = self.granted.try_borrow_mut() {
+            if !g.contains(&b) {
+                g.push(b);
+                if g.len() > 8 {
+                    g.remove(0);
+                }
+            }
+        }
+    }
 }
 
 impl<L> Plugin<L> {
     /// A plugin with no stream held.
     pub fn new(config: Config, ledger: L) -> Plugin<L> {
+        let remote = match &config.ledger.backend {
+            LedgerBackend::SharedData => None,
+            LedgerBackend::Etcd(etcd) => Some(Remote {
+                plan: LeasePlan::new(&etcd.key_prefix, config.window_seconds),
+                etcd: etcd.clone(),
+                granted: RefCell::new(Vec::new()),
+                granting: RefCell::new(Vec::new()),
+            }),
+        };
         Plugin {
             config,
             ledger,
             held: RefCell::new(Vec::new()),
             warned_at: Cell::new(0),
+            remote,
+            calls: RefCell::new(BTreeMap::new()),
         }
     }
 
+    /// Sends a request to the cluster ledger and registers what its answer is for.
+    pub(super) fn call<H: StreamHost>(
+        &self,
+        host: &H,
+        path: &str,
+        body: &str,
+        call: Call,
+    ) -> Result<u32, Status> {
+        let Some(remote) = &self.remote else {
+            return Err(Status(1));
+        };
+        let token = host.http_call(
+            &remote.etcd.cluster,
+            &remote.etcd.authority,
+            path,
+            body.as_bytes(),
+            remote.etcd.timeout_ms,
+        )?;
+        if let Ok(mut calls) = self.calls.try_borrow_mut() {
+            calls.insert(token, call);
+        }
+        Ok(token)
+    }
+
+    /// Calls to the cluster ledger in flight (for tests and the shell's bookkeeping).
+    pub fn calls_in_flight(&self) -> usize {
+        self.calls.try_borrow().map_or(0, |c| c.len())
+    }
+
+    /// The periodic work of the cluster ledger: grant the leases of this bucket and the next
+    /// ahead of time, so requests find them (one grant per bucket per VM; granting a lease
+    /// another VM or replica granted already is a success).
+    pub fn on_tick<H: StreamHost>(&self, host: &H, now: u64) {
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        let b = remote.plan.bucket(now);
+        for bucket in [b, b + 1] {
+            let busy = remote.is_granted(bucket)
+                || remote
+                    .granting
+                    .try_borrow()
+                    .is_ok_and(|g| g.contains(&bucket));
+            if busy {
+                continue;
+            }
+            let (path, body) = remote.plan.grant(bucket, now);
+            match self.call(host, path, &body, Call::Grant(bucket)) {
+                Ok(_) => {
+                    if let Ok(mut g) = remote.granting.try_borrow_mut() {
+                        g.push(bucket);
+                    }
+                }
+                Err(status) => host.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "retry-guard: cannot reach the cluster ledger (cluster {}): dispatch_http_call status {}",
+                        remote.etcd.cluster, status.0
+                    ),
+                ),
+            }
+        }
+    }
+
+    /// The answer to a call to the cluster ledger (`status` `None`: no answer at all). A
+    /// stream's own call returns its context id: the shell resumes that stream with the answer
+    /// ([`Stream::on_ledger_answer`](super::Stream::on_ledger_answer)), or, when the stream is
+    /// gone, passes it to [`Plugin::on_abandoned_answer`]. Other calls are finished here.
+    pub fn on_call_answer<H: StreamHost>(
+        &self,
+        host: &H,
+        token: u32,
+        status: Option<u16>,
+        body: &[u8],
+    ) -> Option<u32> {
+        let call = self.calls.try_borrow_mut().ok()?.remove(&token)?;
+        match call {
+            Call::Stream(id) => Some(id),
+            Call::Grant(bucket) => {
+                if let Some(remote) = &self.remote {
+                    if let Ok(mut g) = remote.granting.try_borrow_mut() {
+                        g.retain(|b| *b != bucket);
+                    }
+                    match crate::etcd::parse_grant(status, body) {
+                        Ok(()) => remote.mark_granted(bucket),
+                        Err(e) => {
+                            host.count(Counter::Event(Event::LedgerUnavailable));
+                            host.log(
+                                LogLevel::Warn,
+                                &format!("retry-guard: cluster ledger lease grant failed: {e}"),
+                            );
+                        }
+                    }
+                }
+                None
+            }
+            Call::Record(job) => {
+                self.continue_record(host, *job, status, body);
+                None
+            }
+            Call::Abandoned(job) => {
+                self.on_abandoned_answer(host, *job, status, body);
+                None
+            }
+        }
+    }
+
+    /// Sends the next request of an outcome record, or logs its audit line when done.
+    pub(super) fn continue_record<H: StreamHost>(
+        &self,
+        host: &H,
+        mut job: RecordJob,
+        status: Option<u16>,
+        body: &[u8],
+    ) {
+        let next =
+            match crate::etcd::parse_answer(&job.op, status, body) {
+                Ok(result) => job.recording.on_result(result),
+                Err(e) => {
+                    host.count(Counter::Event(Event::LedgerUnavailable));
+                    host.log(
+                        LogLevel::Warn,
+                        &format!(
+                        "retry-guard: route {}: outcome not recorded in the cluster ledger: {e}",
+                        self.config.routes.get(job.route).map_or("?", |r| r.name.as_str())
+                    ),
+                    );
+                    return;
+                }
+            };
+        job.step(self, host, next);
+    }
+}
+
+impl<L> Plugin<L> {
     pub(super) fn hold(&self, id: u32, now: u64) {
         if let Ok(mut held) = self.held.try_borrow_mut() {
             held.push((id, now));

@@ -31,6 +31,8 @@ enum Call {
     ResponseHeader(String),
     LocalReply(Reply),
     RandomBytes,
+    Dispatch(String, String),
+    Resume,
 }
 
 /// A local reply the stream sent.
@@ -258,6 +260,29 @@ impl StreamHost for FakeHost {
         self.call(Call::RandomBytes);
         buf.fill(CHALLENGE[0]);
         true
+    }
+
+    fn http_call(
+        &self,
+        _cluster: &str,
+        _authority: &str,
+        path: &str,
+        body: &[u8],
+        _timeout_ms: u64,
+    ) -> Result<u32, Status> {
+        self.call(Call::Dispatch(
+            path.to_string(),
+            String::from_utf8_lossy(body).into_owned(),
+        ));
+        Ok(self
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Dispatch(..)))
+            .count() as u32)
+    }
+
+    fn resume_request(&self) {
+        self.call(Call::Resume);
     }
 }
 

@@ -1,0 +1,235 @@
+//! The cluster ledger on a real etcd (issue 14): two Envoy replicas of the bundled gateway
+//! share one ledger, so a replay through the other replica is a replay; a confirmation is
+//! single-use across replicas; identical requests racing over both replicas execute once;
+//! when etcd cannot answer, each class gets its fail policy within the timeout.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use retry_guard_e2e::backend::{Backend, Gate, Reply};
+use retry_guard_e2e::envoy::Envoy;
+use retry_guard_e2e::etcd::{envoy_cluster, Etcd};
+use retry_guard_e2e::gateway::{envoy_yaml, TestGateway};
+use retry_guard_e2e::tokens::{test_confirmation, test_signing_key};
+use retry_guard_e2e::{plugin_config as testdata_config, Result};
+use serde_json::{json, Value};
+
+const ETCD_CLUSTER: &str = "retry-guard-etcd";
+
+fn ledger_config(prefix: &str, timeout_ms: u64) -> Value {
+    let mut config = testdata_config("gateway.json").unwrap_or_else(|e| panic!("{e}"));
+    config["ledger"] = json!({
+        "backend": "etcd",
+        "cluster": ETCD_CLUSTER,
+        "authority": "etcd",
+        "key_prefix": prefix,
+        "timeout_ms": timeout_ms,
+    });
+    config
+}
+
+/// One replica of the bundled gateway, its plugin on the cluster ledger, in front of `backend`.
+fn replica(name: &str, backend: &Backend, etcd: &Etcd, config: &Value) -> Result<Envoy> {
+    let mut bootstrap = TestGateway::new()
+        .plugin_config(config.clone())
+        .twins(false)
+        .build(&envoy_yaml()?, backend.addr())?;
+    bootstrap["static_resources"]["clusters"]
+        .as_array_mut()
+        .ok_or_else(|| retry_guard_e2e::Error::new("no clusters"))?
+        .push(envoy_cluster(ETCD_CLUSTER, &etcd.clients()));
+    Envoy::builder(name, backend.addr())
+        .bootstrap(bootstrap)
+        .concurrency(2)
+        .start()
+}
+
+fn send(envoy: &Envoy, req: &Req) -> Result<retry_guard_e2e::client::Response> {
+    let mut headers: Vec<(&str, &str)> = vec![
+        (retry_guard_e2e::backend::CASE_HEADER, req.case.as_str()),
+        ("x-request-id", req.request_id.as_str()),
+    ];
+    for (k, v) in &req.headers {
+        headers.push((k.as_str(), v.as_str()));
+    }
+    envoy.send(&req.method, &req.path, &headers, req.body.as_bytes())
+}
+
+fn problem(resp: &retry_guard_e2e::client::Response) -> Value {
+    serde_json::from_str(&resp.text()).unwrap_or(Value::Null)
+}
+
+/// Waits (bounded) until the outcome of `request_id` is in `envoy`'s audit log.
+fn outcome(envoy: &Envoy, request_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(o) = envoy
+            .audit_records()
+            .into_iter()
+            .find(|r| r["request_id"] == request_id && r["event"] == "outcome")
+        {
+            return o;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no outcome line for {request_id}:\n{}",
+            envoy.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_replay_through_the_other_replica_needs_review_and_a_confirmation_works_once() -> Result<()> {
+    let etcd = Etcd::start("replicas", 1)?;
+    let backend = Backend::start()?;
+    let config = ledger_config("rg-replicas/", 1000);
+    let a = replica("ledger-a", &backend, &etcd, &config)?;
+    let b = replica("ledger-b", &backend, &etcd, &config)?;
+
+    let first = TOKEN.request("across");
+    let resp = send(&a, &first)?;
+    assert_eq!(resp.status, 200, "{}", describe(&resp));
+    assert_eq!(outcome(&a, &first.request_id)["outcome"], "succeeded");
+
+    // The replay lands on the other replica: the same ledger says it succeeded already.
+    let replay = first.again("2");
+    let resp = send(&b, &replay)?;
+    assert_eq!(resp.status, 428, "{}", describe(&resp));
+    let doc = problem(&resp);
+    assert_eq!(doc["previous_outcome"], "succeeded", "{doc}");
+    assert_eq!(backend.requests_for_case(&first.case).len(), 1);
+
+    // The approver confirms A's... no: B's 428; the confirmation goes through A, once.
+    let chl = doc["challenge"].as_str().unwrap_or_default().to_string();
+    let fp = doc["fingerprint"].as_str().unwrap_or_default().to_string();
+    let token = test_confirmation(&chl, &fp, "alice@example.com", 300).sign(&test_signing_key()?);
+    let confirmed = replay.again("3").header(CONFIRMATION_HEADER, &token);
+    let resp = send(&a, &confirmed)?;
+    assert_eq!(resp.status, 200, "{}", describe(&resp));
+    assert_eq!(backend.requests_for_case(&first.case).len(), 2);
+    // Reused through B: refused, already used.
+    let reused = replay.again("4").header(CONFIRMATION_HEADER, &token);
+    let resp = send(&b, &reused)?;
+    assert_eq!(resp.status, 428, "{}", describe(&resp));
+    assert_eq!(problem(&resp)["confirmation_error"], "already_used");
+    assert_eq!(backend.requests_for_case(&first.case).len(), 2);
+
+    // The attempt lives in etcd under the prefix, with a lease.
+    assert!(etcd.count("rg-replicas/a/")? >= 1);
+    Ok(())
+}
+
+#[test]
+fn identical_requests_racing_over_two_replicas_execute_once() -> Result<()> {
+    let etcd = Etcd::start("race", 1)?;
+    let backend = Backend::start()?;
+    let config = ledger_config("rg-race/", 2000);
+    let a = replica("race-a", &backend, &etcd, &config)?;
+    let b = replica("race-b", &backend, &etcd, &config)?;
+    let gate = Gate::new();
+    let req = TOKEN.request("race");
+    backend.on_case(&req.case, Some(Reply::new(200).gated(&gate)));
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..60)
+            .map(|i| {
+                let envoy = if i % 2 == 0 { &a } else { &b };
+                let r = req.again(&format!("r{i}"));
+                s.spawn(move || send(envoy, &r).map(|resp| resp.status).unwrap_or(0))
+            })
+            .collect();
+        // Let every request reach its decision, then release the one that went through.
+        std::thread::sleep(Duration::from_millis(1500));
+        gate.open();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+    });
+    let executed = backend.requests_for_case(&req.case).len();
+    assert_eq!(executed, 1, "statuses {statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| matches!(s, 200 | 409 | 428)),
+        "{statuses:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn without_etcd_each_class_gets_its_fail_policy_within_the_timeout() -> Result<()> {
+    let mut etcd = Etcd::start("down", 1)?;
+    let backend = Backend::start()?;
+    let config = ledger_config("rg-down/", 250);
+    let a = replica("down-a", &backend, &etcd, &config)?;
+    // Working first.
+    let req = TOKEN.request("down-before");
+    assert_eq!(send(&a, &req)?.status, 200);
+
+    if let Some(m) = etcd.members.first_mut() {
+        m.stop();
+    }
+    // A sensitive class fails closed: 503 ledger-unavailable, nothing upstream.
+    let req = TOKEN.request("down-token");
+    let started = Instant::now();
+    let resp = send(&a, &req)?;
+    let took = started.elapsed();
+    assert_eq!(resp.status, 503, "{}", describe(&resp));
+    let doc = problem(&resp);
+    assert_eq!(doc["type"], "urn:retry-guard:problem:ledger-unavailable");
+    assert_eq!(doc["owner"], TOKEN.owner);
+    assert!(resp.header("retry-after").is_some());
+    assert!(
+        !resp.text().contains("127.0.0.1"),
+        "no etcd address leaks: {}",
+        resp.text()
+    );
+    assert!(took < Duration::from_millis(1500), "decided in {took:?}");
+    assert!(backend.requests_for_case(&req.case).is_empty());
+    // idempotent_write fails open: allowed and audited.
+    let req = PREFERENCES.request("down-prefs");
+    let resp = send(&a, &req)?;
+    assert_eq!(resp.status, 200, "{}", describe(&resp));
+    assert_eq!(backend.requests_for_case(&req.case).len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let decision = loop {
+        if let Some(d) = a
+            .audit_records()
+            .into_iter()
+            .find(|r| r["request_id"] == req.request_id.as_str() && is_decision(r))
+        {
+            break d;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(decision["reason"], "ledger_unavailable", "{decision}");
+    let unavailable = a
+        .wasm_counter("retry_guard.ledger.unavailable")?
+        .unwrap_or(0);
+    assert!(unavailable >= 2, "{unavailable}");
+    assert!(a.log_text().contains("cluster ledger unavailable"));
+
+    // etcd comes back: guarding resumes without a restart.
+    etcd.restart(0)?;
+    etcd.wait_ready(Duration::from_secs(20))?;
+    let req = TOKEN.request("down-after");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = send(
+            &a,
+            &req.again(&format!("{}", Instant::now().elapsed().as_nanos())),
+        )?;
+        if resp.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", describe(&resp));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let resp = send(&a, &req.again("replay"))?;
+    assert_eq!(resp.status, 428, "{}", describe(&resp));
+    Ok(())
+}

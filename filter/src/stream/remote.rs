@@ -1,0 +1,472 @@
+//! A stream's decision against the cluster ledger (etcd), and the calls that outlive it.
+//!
+//! The stream holds its request while [`Deciding`] talks to etcd: every request the
+//! conversation asks for goes out through [`StreamHost::http_call`] (owned by the root
+//! context), the answer comes back through [`Plugin::on_call_answer`], and the stream decides
+//! and resumes. An outcome is written after the response, by a [`RecordJob`] the plugin owns,
+//! so neither the client nor the stream waits for it. When the stream ends while its decision
+//! is in flight (the client went away), the call becomes an [`AbandonedJob`]: if the attempt
+//! was written it is recorded `not_sent` — it never reached the upstream — so the next
+//! retry is not refused as "in flight" for the whole window.
+
+use crate::audit::{self, OutcomeRecord};
+use crate::engine::{self, Facts};
+use crate::etcd::{self, EtcdError, KeyKind, LedgerOp};
+use crate::fingerprint::Fingerprint;
+use crate::host::{Action, LogLevel, StreamHost};
+use crate::ledger::{Entry, Ledger};
+use crate::metrics::{Counter, Event};
+use crate::remote::{Deciding, Next, Recording, RemoteSettled, ABANDONED};
+
+use super::request::{now_seconds, Pending};
+use super::{fresh_challenge, Plugin, Stream, Tracked};
+
+/// What the answer to a call to the cluster ledger is for.
+pub(crate) enum Call {
+    /// A stream's decision: the stream's context id.
+    Stream(u32),
+    /// A lease grant for a time bucket.
+    Grant(u64),
+    /// An outcome record.
+    Record(Box<RecordJob>),
+    /// A decision whose stream ended before the answer came.
+    Abandoned(Box<AbandonedJob>),
+}
+
+/// A stream's decision waiting for the cluster ledger.
+pub(super) struct Waiting {
+    pending: Pending,
+    fingerprint: Fingerprint,
+    body_digest: [u8; 32],
+    deciding: Deciding,
+    /// The request in flight.
+    op: LedgerOp,
+    /// A grant of the lease the request names is in flight first.
+    granting: bool,
+    /// The lease was granted once for this decision already (a second "lease not found" is
+    /// an error, not a loop).
+    regranted: bool,
+    /// The token of the call in flight.
+    token: u32,
+}
+
+impl Waiting {
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            now: self.pending.now,
+            request_id: self.pending.request_id.as_deref(),
+            principal: &self.pending.principal,
+            key: &self.pending.key,
+            fingerprint: Some(self.fingerprint),
+            body_digest: self.body_digest,
+            stale: self.pending.stale,
+            confirmation: self.pending.confirmation.as_deref(),
+        }
+    }
+}
+
+/// A tracked attempt written to the cluster ledger: what its outcome record starts from.
+#[derive(Clone, Debug)]
+pub(super) struct RemoteAttempt {
+    key: String,
+    lease: i64,
+    written: Entry,
+    revision: i64,
+}
+
+/// An outcome record in flight, owned by the plugin (it outlives the stream).
+pub(crate) struct RecordJob {
+    pub(super) recording: Recording,
+    pub(super) op: LedgerOp,
+    pub(super) route: usize,
+    fingerprint: Fingerprint,
+    request_id: Option<String>,
+    upstream_attempts: Option<u64>,
+    now: u64,
+}
+
+impl RecordJob {
+    /// Sends the next request, or logs the outcome's audit line when the record is done.
+    pub(super) fn step<L, H: StreamHost>(
+        mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+        next: Next<Option<crate::policy::Outcome>>,
+    ) {
+        match next {
+            Next::Ask(op) => {
+                let (path, body) = op.request();
+                self.op = op;
+                if let Err(status) = plugin.call(host, path, &body, Call::Record(Box::new(self))) {
+                    host.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "retry-guard: outcome not recorded: dispatch_http_call status {}",
+                            status.0
+                        ),
+                    );
+                }
+            }
+            Next::Done(Some(outcome)) => {
+                let Some(route) = plugin.config.routes.get(self.route) else {
+                    return;
+                };
+                let response = self.recording.response();
+                host.log(
+                    LogLevel::Info,
+                    &audit::outcome_line(
+                        route,
+                        &OutcomeRecord {
+                            now: self.now,
+                            request_id: self.request_id.as_deref(),
+                            fingerprint: &self.fingerprint,
+                            attempt: self.recording.attempt(),
+                            outcome,
+                            status: response.status,
+                            response_flags: response.flags,
+                            upstream_attempts: self.upstream_attempts,
+                        },
+                    ),
+                );
+            }
+            Next::Done(None) => {}
+        }
+    }
+}
+
+/// A decision whose stream is gone, waiting for the answer that tells whether its attempt was
+/// written.
+pub(crate) struct AbandonedJob {
+    waiting: Waiting,
+    route: usize,
+}
+
+impl<L> Plugin<L> {
+    /// The answer to a decision whose stream ended while it waited: an attempt that was
+    /// written is recorded `not_sent` (it never went upstream).
+    pub(super) fn on_abandoned_answer<H: StreamHost>(
+        &self,
+        host: &H,
+        job: AbandonedJob,
+        status: Option<u16>,
+        body: &[u8],
+    ) {
+        if job.waiting.granting {
+            return;
+        }
+        let Ok(crate::etcd::OpResult::Written { revision }) =
+            etcd::parse_answer(&job.waiting.op, status, body)
+        else {
+            return;
+        };
+        let LedgerOp::Put {
+            key, entry, lease, ..
+        } = &job.waiting.op
+        else {
+            return;
+        };
+        let (recording, next) = Recording::start(
+            key.clone(),
+            *lease,
+            entry,
+            revision,
+            entry.attempts,
+            ABANDONED,
+        );
+        let record = RecordJob {
+            recording,
+            op: job.waiting.op.clone(),
+            route: job.route,
+            fingerprint: job.waiting.fingerprint,
+            request_id: job.waiting.pending.request_id.clone(),
+            upstream_attempts: None,
+            now: now_seconds(host),
+        };
+        record.step(self, host, next);
+    }
+}
+
+impl Stream {
+    /// Starts the decision against the cluster ledger; the stream waits (paused) for it.
+    pub(super) fn decide_remote<L: Ledger, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+        pending: Pending,
+        fingerprint: Fingerprint,
+        body_digest: [u8; 32],
+    ) -> Action {
+        let (Some(remote), Some(route)) = (&plugin.remote, plugin.config.routes.get(self.route))
+        else {
+            return Action::Continue;
+        };
+        let key = etcd::key(&remote.etcd.key_prefix, KeyKind::Attempt, &fingerprint.0);
+        let lease = remote.plan.lease_id(remote.plan.bucket(pending.now));
+        let mut waiting = {
+            let facts = Facts {
+                now: pending.now,
+                request_id: pending.request_id.as_deref(),
+                principal: &pending.principal,
+                key: &pending.key,
+                fingerprint: Some(fingerprint),
+                body_digest,
+                stale: pending.stale,
+                confirmation: pending.confirmation.as_deref(),
+            };
+            let mut challenge = fresh_challenge(host, &fingerprint);
+            let (deciding, next) =
+                Deciding::start(&plugin.config, route, &facts, key, lease, &mut challenge);
+            match next {
+                Next::Done(settled) => {
+                    return self.settle_remote(plugin, host, &facts, settled, None);
+                }
+                Next::Ask(op) => Waiting {
+                    pending,
+                    fingerprint,
+                    body_digest,
+                    deciding,
+                    op,
+                    granting: false,
+                    regranted: false,
+                    token: 0,
+                },
+            }
+        };
+        // A lease this VM has not seen granted yet (the first seconds after start, or a tick
+        // that failed): grant it first.
+        if !remote.is_granted(remote.plan.bucket(waiting.pending.now)) {
+            waiting.granting = true;
+            waiting.regranted = true;
+        }
+        self.send(plugin, host, waiting)
+    }
+
+    /// Sends the waiting decision's next request (the lease grant first when one is due);
+    /// the stream stays paused. A request that cannot even be dispatched is decided by the
+    /// route's fail policy at once.
+    fn send<L: Ledger, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+        mut waiting: Waiting,
+    ) -> Action {
+        let (path, body) = if waiting.granting {
+            match &plugin.remote {
+                Some(r) => r
+                    .plan
+                    .grant(r.plan.bucket(waiting.pending.now), waiting.pending.now),
+                None => return Action::Continue,
+            }
+        } else {
+            waiting.op.request()
+        };
+        match plugin.call(host, path, &body, Call::Stream(self.id)) {
+            Ok(token) => {
+                waiting.token = token;
+                self.waiting = Some(Box::new(waiting));
+                Action::Pause
+            }
+            Err(status) => self.unavailable(
+                plugin,
+                host,
+                waiting,
+                &format!(
+                    "dispatch_http_call to cluster {} failed with status {} (is the cluster in Envoy's configuration?)",
+                    plugin.remote.as_ref().map_or("?", |r| r.etcd.cluster.as_str()),
+                    status.0
+                ),
+            ),
+        }
+    }
+
+    /// The cluster ledger answered this stream's request: decide, or ask again. Returns
+    /// [`Action::Continue`] when the stream is to be resumed.
+    pub fn on_ledger_answer<L: Ledger, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+        status: Option<u16>,
+        body: &[u8],
+    ) -> Action {
+        let Some(mut waiting) = self.waiting.take().map(|w| *w) else {
+            return Action::Continue;
+        };
+        let Some(route) = plugin.config.routes.get(self.route) else {
+            return Action::Continue;
+        };
+        if waiting.granting {
+            waiting.granting = false;
+            return match etcd::parse_grant(status, body) {
+                Ok(()) => {
+                    if let Some(r) = &plugin.remote {
+                        r.mark_granted(r.plan.bucket(waiting.pending.now));
+                    }
+                    self.send(plugin, host, waiting)
+                }
+                Err(e) => self.unavailable(plugin, host, waiting, &e.to_string()),
+            };
+        }
+        let result = match etcd::parse_answer(&waiting.op, status, body) {
+            Ok(r) => r,
+            Err(EtcdError::LeaseNotFound) if !waiting.regranted => {
+                waiting.regranted = true;
+                waiting.granting = true;
+                return self.send(plugin, host, waiting);
+            }
+            Err(e) => return self.unavailable(plugin, host, waiting, &e.to_string()),
+        };
+        let next = {
+            let Waiting {
+                pending,
+                fingerprint,
+                body_digest,
+                deciding,
+                ..
+            } = &mut waiting;
+            let facts = Facts {
+                now: pending.now,
+                request_id: pending.request_id.as_deref(),
+                principal: &pending.principal,
+                key: &pending.key,
+                fingerprint: Some(*fingerprint),
+                body_digest: *body_digest,
+                stale: pending.stale,
+                confirmation: pending.confirmation.as_deref(),
+            };
+            let mut challenge = fresh_challenge(host, fingerprint);
+            deciding.on_result(&plugin.config, route, &facts, result, &mut challenge)
+        };
+        match next {
+            Next::Ask(op) => {
+                waiting.op = op;
+                self.send(plugin, host, waiting)
+            }
+            Next::Done(settled) => {
+                let written_key = waiting.deciding.key().to_string();
+                let lease = waiting.deciding.lease();
+                let facts = waiting.facts();
+                self.settle_remote(plugin, host, &facts, settled, Some((written_key, lease)))
+            }
+        }
+    }
+
+    /// Applies a decision the cluster ledger settled, and remembers a new attempt for its
+    /// outcome record.
+    fn settle_remote<L: Ledger, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+        facts: &Facts<'_>,
+        settled: RemoteSettled,
+        key: Option<(String, i64)>,
+    ) -> Action {
+        let Some(route) = plugin.config.routes.get(self.route) else {
+            return Action::Continue;
+        };
+        let decision = settled.decision;
+        let action = self.apply(plugin, host, route, facts, &decision);
+        if let (Some(attempt), Some(fp)) = (
+            decision.new_attempt().filter(|_| !self.replied),
+            facts.fingerprint,
+        ) {
+            if decision.mode == crate::config::Mode::Enforce {
+                host.set_request_header(super::MAX_RETRIES_HEADER, "0");
+            }
+            let remote = match (settled.written, key) {
+                (Some((written, revision)), Some((key, lease))) => Some(RemoteAttempt {
+                    key,
+                    lease,
+                    written,
+                    revision,
+                }),
+                _ => None,
+            };
+            self.tracked = Some(Tracked {
+                fingerprint: fp,
+                attempt,
+                request_id: facts.request_id.map(str::to_string),
+                recorded: false,
+                remote,
+            });
+        }
+        action
+    }
+
+    /// The cluster ledger cannot answer: the route's fail policy decides, counted and logged
+    /// with what failed (the operator's log only; the answer and the audit line say
+    /// `ledger_unavailable`).
+    fn unavailable<L: Ledger, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+        waiting: Waiting,
+        what: &str,
+    ) -> Action {
+        let Some(route) = plugin.config.routes.get(self.route) else {
+            return Action::Continue;
+        };
+        host.count(Counter::Event(Event::LedgerUnavailable));
+        host.log(
+            LogLevel::Warn,
+            &format!(
+                "retry-guard: route {}: cluster ledger unavailable ({what}); {} applies",
+                route.name,
+                route.on_ledger_unavailable.name()
+            ),
+        );
+        let facts = waiting.facts();
+        let d = engine::ledger_unavailable(route, &facts);
+        self.apply(plugin, host, route, &facts, &d)
+    }
+
+    /// The stream ends: a decision still waiting for the cluster ledger becomes the plugin's,
+    /// so an attempt it wrote gets its `not_sent` outcome.
+    pub(super) fn abandon<L>(&mut self, plugin: &Plugin<L>) {
+        let Some(waiting) = self.waiting.take() else {
+            return;
+        };
+        let token = waiting.token;
+        let job = AbandonedJob {
+            waiting: *waiting,
+            route: self.route,
+        };
+        if let Ok(mut calls) = plugin.calls.try_borrow_mut() {
+            if calls.contains_key(&token) {
+                calls.insert(token, Call::Abandoned(Box::new(job)));
+            }
+        }
+    }
+
+    /// Starts the outcome record of an attempt written to the cluster ledger (after the
+    /// response: nothing waits for it).
+    pub(super) fn record_remote<L, H: StreamHost>(
+        plugin: &Plugin<L>,
+        host: &H,
+        route: usize,
+        tracked: &Tracked,
+        attempt: &RemoteAttempt,
+        response: crate::policy::ResponseFacts,
+        upstream_attempts: Option<u64>,
+    ) {
+        let (recording, next) = Recording::start(
+            attempt.key.clone(),
+            attempt.lease,
+            &attempt.written,
+            attempt.revision,
+            tracked.attempt,
+            response,
+        );
+        let job = RecordJob {
+            recording,
+            op: LedgerOp::Read {
+                key: attempt.key.clone(),
+            },
+            route,
+            fingerprint: tracked.fingerprint,
+            request_id: tracked.request_id.clone(),
+            upstream_attempts,
+            now: now_seconds(host),
+        };
+        job.step(plugin, host, next);
+    }
+}
