@@ -102,7 +102,7 @@ fn a_replay_through_the_other_replica_needs_review_and_a_confirmation_works_once
     assert_eq!(doc["previous_outcome"], "succeeded", "{doc}");
     assert_eq!(backend.requests_for_case(&first.case).len(), 1);
 
-    // The approver confirms A's... no: B's 428; the confirmation goes through A, once.
+    // The approver confirms B's 428; the confirmation goes through A, once.
     let chl = doc["challenge"].as_str().unwrap_or_default().to_string();
     let fp = doc["fingerprint"].as_str().unwrap_or_default().to_string();
     let token = test_confirmation(&chl, &fp, "alice@example.com", 300).sign(&test_signing_key()?);
@@ -110,6 +110,9 @@ fn a_replay_through_the_other_replica_needs_review_and_a_confirmation_works_once
     let resp = send(&a, &confirmed)?;
     assert_eq!(resp.status, 200, "{}", describe(&resp));
     assert_eq!(backend.requests_for_case(&first.case).len(), 2);
+    // The outcome is written to etcd just after the response (the client does not wait for
+    // it); a retry sent before it lands sees the attempt in flight (409). Wait for it.
+    assert_eq!(outcome(&a, &confirmed.request_id)["outcome"], "succeeded");
     // Reused through B: refused, already used.
     let reused = replay.again("4").header(CONFIRMATION_HEADER, &token);
     let resp = send(&b, &reused)?;

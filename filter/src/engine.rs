@@ -233,7 +233,7 @@ impl Decision {
                 }
             }
             Verdict::Unavailable => {
-                extra.push(("retry-after", LEDGER_RETRY_AFTER_SECONDS.to_string()));
+                extra.push(("retry-after", LEDGER_RETRY_AFTER.into()));
             }
             Verdict::StaleToken => {
                 let reason = self.token_reason.map_or("stale", StaleReason::name);
@@ -344,7 +344,7 @@ pub fn contention(route: &Route) -> Decision {
 }
 
 /// The `retry-after` (seconds) of a 503 `ledger-unavailable`.
-pub const LEDGER_RETRY_AFTER_SECONDS: u64 = 5;
+pub const LEDGER_RETRY_AFTER: &str = "5";
 
 /// The decision when the ledger cannot answer in time: by the route's fail policy, 503
 /// `ledger-unavailable` (fail closed) or allowed with reason `ledger_unavailable` (fail open).

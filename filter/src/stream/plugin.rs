@@ -2,7 +2,6 @@
 //! holds waiting for their body.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 
 use crate::config::{Config, EtcdLedger, LedgerBackend};
 use crate::etcd::LeasePlan;
@@ -31,8 +30,8 @@ pub struct Plugin<L> {
     warned_at: Cell<u64>,
     /// The cluster ledger, when the configuration names one.
     pub(super) remote: Option<Remote>,
-    /// Calls to the cluster ledger in flight, by token.
-    pub(super) calls: RefCell<BTreeMap<u32, Call>>,
+    /// Calls to the cluster ledger in flight, by token (a handful at a time: a list).
+    pub(super) calls: RefCell<Vec<(u32, Call)>>,
 }
 
 /// The cluster ledger as the plugin uses it: where it is, and its leases.
@@ -81,7 +80,7 @@ impl<L> Plugin<L> {
             held: RefCell::new(Vec::new()),
             warned_at: Cell::new(0),
             remote,
-            calls: RefCell::new(BTreeMap::new()),
+            calls: RefCell::new(Vec::new()),
         }
     }
 
@@ -104,7 +103,7 @@ impl<L> Plugin<L> {
             remote.etcd.timeout_ms,
         )?;
         if let Ok(mut calls) = self.calls.try_borrow_mut() {
-            calls.insert(token, call);
+            calls.push((token, call));
         }
         Ok(token)
     }
@@ -160,7 +159,11 @@ impl<L> Plugin<L> {
         status: Option<u16>,
         body: &[u8],
     ) -> Option<u32> {
-        let call = self.calls.try_borrow_mut().ok()?.remove(&token)?;
+        let call = {
+            let mut calls = self.calls.try_borrow_mut().ok()?;
+            let i = calls.iter().position(|(t, _)| *t == token)?;
+            calls.swap_remove(i).1
+        };
         match call {
             Call::Stream(id) => Some(id),
             Call::Grant(bucket) => {

@@ -33,24 +33,14 @@ pub(crate) enum Call {
     Abandoned(Box<AbandonedJob>),
 }
 
-/// A stream's decision waiting for the cluster ledger.
-pub(super) struct Waiting {
+/// The request a decision is about: its facts, fingerprint and body digest.
+pub(super) struct Asking {
     pending: Pending,
     fingerprint: Fingerprint,
     body_digest: [u8; 32],
-    deciding: Deciding,
-    /// The request in flight.
-    op: LedgerOp,
-    /// A grant of the lease the request names is in flight first.
-    granting: bool,
-    /// The lease was granted once for this decision already (a second "lease not found" is
-    /// an error, not a loop).
-    regranted: bool,
-    /// The token of the call in flight.
-    token: u32,
 }
 
-impl Waiting {
+impl Asking {
     fn facts(&self) -> Facts<'_> {
         Facts {
             now: self.pending.now,
@@ -63,6 +53,21 @@ impl Waiting {
             confirmation: self.pending.confirmation.as_deref(),
         }
     }
+}
+
+/// A stream's decision waiting for the cluster ledger.
+pub(super) struct Waiting {
+    asking: Asking,
+    deciding: Deciding,
+    /// The request in flight.
+    op: LedgerOp,
+    /// A grant of the lease the request names is in flight first.
+    granting: bool,
+    /// The lease was granted once for this decision already (a second "lease not found" is
+    /// an error, not a loop).
+    regranted: bool,
+    /// The token of the call in flight.
+    token: u32,
 }
 
 /// A tracked attempt written to the cluster ledger: what its outcome record starts from.
@@ -177,8 +182,8 @@ impl<L> Plugin<L> {
             recording,
             op: job.waiting.op.clone(),
             route: job.route,
-            fingerprint: job.waiting.fingerprint,
-            request_id: job.waiting.pending.request_id.clone(),
+            fingerprint: job.waiting.asking.fingerprint,
+            request_id: job.waiting.asking.pending.request_id.clone(),
             upstream_attempts: None,
             now: now_seconds(host),
         };
@@ -202,39 +207,38 @@ impl Stream {
         };
         let key = etcd::key(&remote.etcd.key_prefix, KeyKind::Attempt, &fingerprint.0);
         let lease = remote.plan.lease_id(remote.plan.bucket(pending.now));
-        let mut waiting = {
-            let facts = Facts {
-                now: pending.now,
-                request_id: pending.request_id.as_deref(),
-                principal: &pending.principal,
-                key: &pending.key,
-                fingerprint: Some(fingerprint),
-                body_digest,
-                stale: pending.stale,
-                confirmation: pending.confirmation.as_deref(),
-            };
-            let mut challenge = fresh_challenge(host, &fingerprint);
-            let (deciding, next) =
-                Deciding::start(&plugin.config, route, &facts, key, lease, &mut challenge);
-            match next {
-                Next::Done(settled) => {
-                    return self.settle_remote(plugin, host, &facts, settled, None);
-                }
-                Next::Ask(op) => Waiting {
-                    pending,
-                    fingerprint,
-                    body_digest,
-                    deciding,
-                    op,
-                    granting: false,
-                    regranted: false,
-                    token: 0,
-                },
+        let asking = Asking {
+            pending,
+            fingerprint,
+            body_digest,
+        };
+        let (deciding, next) = {
+            let mut challenge = fresh_challenge(host, &asking.fingerprint);
+            Deciding::start(
+                &plugin.config,
+                route,
+                &asking.facts(),
+                key,
+                lease,
+                &mut challenge,
+            )
+        };
+        let mut waiting = match next {
+            Next::Done(settled) => {
+                return self.settle_remote(plugin, host, &asking.facts(), settled, None);
             }
+            Next::Ask(op) => Waiting {
+                asking,
+                deciding,
+                op,
+                granting: false,
+                regranted: false,
+                token: 0,
+            },
         };
         // A lease this VM has not seen granted yet (the first seconds after start, or a tick
         // that failed): grant it first.
-        if !remote.is_granted(remote.plan.bucket(waiting.pending.now)) {
+        if !remote.is_granted(remote.plan.bucket(waiting.asking.pending.now)) {
             waiting.granting = true;
             waiting.regranted = true;
         }
@@ -252,9 +256,10 @@ impl Stream {
     ) -> Action {
         let (path, body) = if waiting.granting {
             match &plugin.remote {
-                Some(r) => r
-                    .plan
-                    .grant(r.plan.bucket(waiting.pending.now), waiting.pending.now),
+                Some(r) => r.plan.grant(
+                    r.plan.bucket(waiting.asking.pending.now),
+                    waiting.asking.pending.now,
+                ),
                 None => return Action::Continue,
             }
         } else {
@@ -299,7 +304,7 @@ impl Stream {
             return match etcd::parse_grant(status, body) {
                 Ok(()) => {
                     if let Some(r) = &plugin.remote {
-                        r.mark_granted(r.plan.bucket(waiting.pending.now));
+                        r.mark_granted(r.plan.bucket(waiting.asking.pending.now));
                     }
                     self.send(plugin, host, waiting)
                 }
@@ -316,25 +321,14 @@ impl Stream {
             Err(e) => return self.unavailable(plugin, host, waiting, &e.to_string()),
         };
         let next = {
-            let Waiting {
-                pending,
-                fingerprint,
-                body_digest,
-                deciding,
-                ..
-            } = &mut waiting;
-            let facts = Facts {
-                now: pending.now,
-                request_id: pending.request_id.as_deref(),
-                principal: &pending.principal,
-                key: &pending.key,
-                fingerprint: Some(*fingerprint),
-                body_digest: *body_digest,
-                stale: pending.stale,
-                confirmation: pending.confirmation.as_deref(),
-            };
-            let mut challenge = fresh_challenge(host, fingerprint);
-            deciding.on_result(&plugin.config, route, &facts, result, &mut challenge)
+            let mut challenge = fresh_challenge(host, &waiting.asking.fingerprint);
+            waiting.deciding.on_result(
+                &plugin.config,
+                route,
+                &waiting.asking.facts(),
+                result,
+                &mut challenge,
+            )
         };
         match next {
             Next::Ask(op) => {
@@ -344,8 +338,13 @@ impl Stream {
             Next::Done(settled) => {
                 let written_key = waiting.deciding.key().to_string();
                 let lease = waiting.deciding.lease();
-                let facts = waiting.facts();
-                self.settle_remote(plugin, host, &facts, settled, Some((written_key, lease)))
+                self.settle_remote(
+                    plugin,
+                    host,
+                    &waiting.asking.facts(),
+                    settled,
+                    Some((written_key, lease)),
+                )
             }
         }
     }
@@ -414,7 +413,7 @@ impl Stream {
                 route.on_ledger_unavailable.name()
             ),
         );
-        let facts = waiting.facts();
+        let facts = waiting.asking.facts();
         let d = engine::ledger_unavailable(route, &facts);
         self.apply(plugin, host, route, &facts, &d)
     }
@@ -431,8 +430,8 @@ impl Stream {
             route: self.route,
         };
         if let Ok(mut calls) = plugin.calls.try_borrow_mut() {
-            if calls.contains_key(&token) {
-                calls.insert(token, Call::Abandoned(Box::new(job)));
+            if let Some((_, call)) = calls.iter_mut().find(|(t, _)| *t == token) {
+                *call = Call::Abandoned(Box::new(job));
             }
         }
     }
