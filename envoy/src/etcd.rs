@@ -316,7 +316,8 @@ pub fn post(addr: SocketAddr, path: &str, body: &Value) -> Result<Value> {
 }
 
 /// An Envoy cluster (bootstrap JSON) named `name` that reaches these etcd client addresses over
-/// HTTP/1.1 (etcd's JSON gateway is HTTP/1.1 on a plaintext port).
+/// HTTP/1.1 (etcd's JSON gateway is HTTP/1.1 on a plaintext port), checking each member's
+/// health.
 pub fn envoy_cluster(name: &str, clients: &[SocketAddr]) -> Value {
     let endpoints: Vec<Value> = clients
         .iter()
@@ -330,6 +331,25 @@ pub fn envoy_cluster(name: &str, clients: &[SocketAddr]) -> Value {
         "type": "STATIC",
         "connect_timeout": "0.25s",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
-        "outlier_detection": {"consecutive_5xx": 3, "base_ejection_time": "1s"},
+        // A member that is down leaves the rotation at once (active health checks on etcd's
+        // `/health`, and outlier detection on failed calls), so only the calls of the first
+        // moments after a member stops meet it.
+        "health_checks": [{
+            "timeout": "0.5s",
+            "interval": "0.5s",
+            "no_traffic_interval": "0.5s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "http_health_check": {"path": "/health"},
+        }],
+        // Only connection failures eject a member (an etcd answering errors during an
+        // election is not a dead member), and never more than half of them.
+        "outlier_detection": {
+            "split_external_local_origin_errors": true,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "base_ejection_time": "2s",
+            "max_ejection_percent": 50,
+        },
     })
 }

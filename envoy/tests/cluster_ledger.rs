@@ -236,3 +236,110 @@ fn without_etcd_each_class_gets_its_fail_policy_within_the_timeout() -> Result<(
     assert_eq!(resp.status, 428, "{}", describe(&resp));
     Ok(())
 }
+
+#[test]
+fn an_entry_disappears_with_its_lease_after_the_window() -> Result<()> {
+    let etcd = Etcd::start("expiry", 1)?;
+    let backend = Backend::start()?;
+    let mut config = ledger_config("rg-expiry/", 1000);
+    // A 10 s window: leases per 5 s bucket, so an entry lives 10 to 15 s after its attempt.
+    config["window_seconds"] = json!(10);
+    let a = replica("expiry-a", &backend, &etcd, &config)?;
+    let req = TOKEN.request("expiry");
+    assert_eq!(send(&a, &req)?.status, 200);
+    outcome(&a, &req.request_id);
+    assert_eq!(etcd.count("rg-expiry/a/")?, 1);
+    assert_eq!(send(&a, &req.again("2"))?.status, 428);
+    let written = Instant::now();
+    let deadline = written + Duration::from_secs(25);
+    while etcd.count("rg-expiry/a/")? > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the entry is still in etcd {:?} after its write",
+            written.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let gone_after = written.elapsed();
+    assert!(
+        gone_after >= Duration::from_secs(9),
+        "gone after {gone_after:?}, before the window"
+    );
+    // The same call is a first attempt again.
+    let resp = send(&a, &req.again("3"))?;
+    assert_eq!(resp.status, 200, "{}", describe(&resp));
+    eprintln!(
+        "expiry: the etcd key was gone {gone_after:?} after the attempt (window 10 s, bucket 5 s)"
+    );
+    Ok(())
+}
+
+#[test]
+fn stopping_the_etcd_leader_lets_no_replay_through() -> Result<()> {
+    let mut etcd = Etcd::start("leader", 3)?;
+    let backend = Backend::start()?;
+    let timeout_ms = 500;
+    let a = replica(
+        "leader-a",
+        &backend,
+        &etcd,
+        &ledger_config("rg-leader/", timeout_ms),
+    )?;
+    let calls = 1000;
+    let (mut firsts, mut replays) = (Vec::new(), Vec::new());
+    let mut slowest = Duration::ZERO;
+    let mut stopped = None;
+    for i in 0..calls {
+        if i == calls / 3 {
+            let leader = etcd.leader().unwrap_or(0);
+            if let Some(m) = etcd.members.get_mut(leader) {
+                m.stop();
+            }
+            stopped = Some((leader, Instant::now()));
+        }
+        let req = TOKEN.request(&format!("leader-{i}"));
+        let t = Instant::now();
+        firsts.push(send(&a, &req)?.status);
+        let replay = send(&a, &req.again("2"))?.status;
+        slowest = slowest.max(t.elapsed() / 2);
+        replays.push(replay);
+        assert!(
+            backend.requests_for_case(&req.case).len() <= 1,
+            "call {i} executed twice (first {}, replay {replay})",
+            firsts[i]
+        );
+    }
+    let executed = backend.request_count();
+    let count = |v: &[u16], s: u16| v.iter().filter(|x| **x == s).count();
+    let report = format!(
+        "leader stopped at call {} (member {}); first calls: {} allowed, {} answered 503 by the fail policy; \
+         replays: {} x 428, {} x 409, {} x 503, {} x 200; backend executions {executed}; slowest request {slowest:?}",
+        calls / 3,
+        stopped.map_or(0, |s| s.0),
+        count(&firsts, 200),
+        count(&firsts, 503),
+        count(&replays, 428),
+        count(&replays, 409),
+        count(&replays, 503),
+        count(&replays, 200),
+    );
+    eprintln!("{report}");
+    // A replay is let through only when its first call was refused (503: never executed), and
+    // every call executed at most once (checked call by call above).
+    for (i, (f, r)) in firsts.iter().zip(&replays).enumerate() {
+        assert!(!(*f == 200 && *r == 200), "call {i}: {report}");
+    }
+    let executed_cases = firsts
+        .iter()
+        .zip(&replays)
+        .filter(|(f, r)| **f == 200 || **r == 200)
+        .count();
+    assert_eq!(executed, executed_cases, "{report}");
+    assert!(
+        slowest < Duration::from_millis(timeout_ms + 1000),
+        "{report}"
+    );
+    // The cluster keeps deciding after the election.
+    assert!(count(&firsts[calls / 2..], 200) > calls / 4, "{report}");
+    Ok(())
+}
