@@ -73,9 +73,16 @@ pub fn check_envoy(path: PathBuf, from_env: bool) -> Result<PathBuf> {
 pub fn wasm_path() -> Result<PathBuf> {
     let path = match std::env::var_os(WASM_ENV) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => repo_root().join("target/wasm32-wasip1/release/retry_guard.wasm"),
+        _ => release_wasm_path("retry_guard.wasm"),
     };
     check_wasm(path)
+}
+
+/// Where the workspace's release wasm builds land: `<repo>/target/wasm32-wasip1/release/<file>`
+/// (`retry_guard.wasm`, and the benchmark's `noop_filter.wasm` and `hostcost_filter.wasm`).
+/// Not checked; see [`check_wasm`].
+pub fn release_wasm_path(file: &str) -> PathBuf {
+    repo_root().join("target/wasm32-wasip1/release").join(file)
 }
 
 /// `path` if it is a file, else an error that says to run `just build`.
@@ -149,6 +156,9 @@ pub struct EnvoyBuilder {
     concurrency: u32,
     startup_timeout: Duration,
     keep_failed: bool,
+    wrapper: Vec<String>,
+    log_level: String,
+    run_dir: Option<PathBuf>,
 }
 
 impl EnvoyBuilder {
@@ -189,6 +199,30 @@ impl EnvoyBuilder {
     /// Bound on start-up. Default [`DEFAULT_STARTUP_TIMEOUT`].
     pub fn startup_timeout(mut self, d: Duration) -> Self {
         self.startup_timeout = d;
+        self
+    }
+
+    /// Starts Envoy through this command, Envoy's own command line appended: e.g.
+    /// `["taskset", "-c", "0"]` pins it to CPU 0. The command must exec Envoy (as `taskset`,
+    /// `nice` and `chrt` do), so that [`Envoy::pid`] is Envoy's. Default: none.
+    pub fn wrapper<S: Into<String>>(mut self, command: impl IntoIterator<Item = S>) -> Self {
+        self.wrapper = command.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Envoy's log level (`-l`). Default `info`, which includes the filter's info logs (the
+    /// audit lines); `warning` leaves them out.
+    pub fn log_level(mut self, level: impl Into<String>) -> Self {
+        self.log_level = level.into();
+        self
+    }
+
+    /// Puts the run files (bootstrap `envoy.yaml`, `envoy.log`, `access.log`, stdout, stderr)
+    /// in `dir`, emptied first, instead of a fresh folder under `target/e2e`. The caller owns
+    /// `dir`: it is left in place when Envoy stops, whatever the outcome. [`Self::validate`]
+    /// still uses a folder of its own.
+    pub fn run_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.run_dir = Some(dir.into());
         self
     }
 
@@ -282,7 +316,11 @@ impl EnvoyBuilder {
     fn start_once(&self, binary: &Path) -> std::result::Result<Envoy, (Error, bool)> {
         let no_retry = |e: Error| (e, false);
         let seq = RUN_SEQ.fetch_add(1, Ordering::SeqCst);
-        let dir = RunDir::create(&self.name).map_err(no_retry)?;
+        let dir = match &self.run_dir {
+            Some(path) => RunDir::at(path.clone()),
+            None => RunDir::create(&self.name),
+        }
+        .map_err(no_retry)?;
         let config = dir.path.join("envoy.yaml");
         let access_log = dir.path.join("access.log");
         let envoy_log = dir.path.join("envoy.log");
@@ -296,7 +334,15 @@ impl EnvoyBuilder {
         // Unique per process and per Envoy within it; Envoy derives its hot-restart shared memory
         // and domain sockets from it, so parallel tests and test binaries do not collide.
         let base_id = (std::process::id() % 100_000) * 64 + (seq % 64) + 1;
-        let child = Command::new(binary)
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("-c")
             .arg(&config)
             .arg("--concurrency")
@@ -304,7 +350,7 @@ impl EnvoyBuilder {
             .arg("--base-id")
             .arg(base_id.to_string())
             .arg("-l")
-            .arg("info")
+            .arg(&self.log_level)
             .arg("--log-path")
             .arg(&envoy_log)
             .arg("--admin-address-path")
@@ -316,7 +362,13 @@ impl EnvoyBuilder {
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .map_err(|e| no_retry(Error(format!("cannot start {}: {e}", binary.display()))))?;
+            .map_err(|e| {
+                let wrapper: String = self.wrapper.iter().map(|w| format!("{w} ")).collect();
+                no_retry(Error(format!(
+                    "cannot start {wrapper}{}: {e}",
+                    binary.display()
+                )))
+            })?;
         let mut envoy = Envoy {
             child: Some(child),
             dir,
@@ -421,10 +473,12 @@ fn problems_and_tail(log: &str) -> String {
     )
 }
 
-/// The run folder of one Envoy; removed on drop unless kept.
+/// The run folder of one Envoy; removed on drop unless kept or owned by the caller.
 struct RunDir {
     path: PathBuf,
     keep: AtomicBool,
+    /// Named by the caller ([`EnvoyBuilder::run_dir`]): never removed here.
+    caller_owned: bool,
 }
 
 impl RunDir {
@@ -449,6 +503,19 @@ impl RunDir {
         Ok(RunDir {
             path,
             keep: AtomicBool::new(std::env::var_os(KEEP_ENV).is_some()),
+            caller_owned: false,
+        })
+    }
+
+    /// The caller's folder `path`, emptied (see [`EnvoyBuilder::run_dir`]).
+    fn at(path: PathBuf) -> Result<RunDir> {
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path)
+            .map_err(|e| Error(format!("cannot create {}: {e}", path.display())))?;
+        Ok(RunDir {
+            path,
+            keep: AtomicBool::new(true),
+            caller_owned: true,
         })
     }
 
@@ -459,6 +526,9 @@ impl RunDir {
 
 impl Drop for RunDir {
     fn drop(&mut self) {
+        if self.caller_owned {
+            return;
+        }
         if self.keep.load(Ordering::SeqCst) || thread::panicking() {
             eprintln!(
                 "retry-guard-e2e: Envoy run files kept in {}",
@@ -492,6 +562,9 @@ impl Envoy {
             concurrency: 2,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             keep_failed: true,
+            wrapper: Vec::new(),
+            log_level: "info".to_string(),
+            run_dir: None,
         }
     }
 
@@ -553,14 +626,18 @@ impl Envoy {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
+    /// Envoy's process id while it runs (for `/proc/<pid>/stat` CPU time or RSS); `None` once
+    /// stopped.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The `--base-id` it runs with.
     pub fn base_id(&self) -> u32 {
         self.base_id
     }
 
+    /// Its worker threads (`--concurrency`).
     pub fn concurrency(&self) -> u32 {
         self.concurrency
     }
@@ -641,7 +718,7 @@ impl Envoy {
         }))
     }
 
-    /// Envoy's log so far (`-l info`, so it includes the filter's info logs).
+    /// Envoy's log so far (at the default `-l info` it includes the filter's info logs).
     pub fn log_text(&self) -> String {
         fs::read_to_string(self.dir.path.join("envoy.log")).unwrap_or_default()
     }
@@ -649,6 +726,11 @@ impl Envoy {
     /// Envoy's stderr so far (start-up errors that come before the log file opens).
     pub fn stderr_text(&self) -> String {
         fs::read_to_string(self.dir.path.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The access log so far as text, for a bootstrap whose access log is not JSON lines.
+    pub fn access_log_text(&self) -> String {
+        fs::read_to_string(self.dir.path.join("access.log")).unwrap_or_default()
     }
 
     /// The access log so far: one JSON object per line.
@@ -795,6 +877,19 @@ mod tests {
         let yaml = b.render(Path::new("/tmp/x.log")).expect("renders");
         assert!(!yaml.contains("envoy.filters.http.wasm"));
         assert!(yaml.contains("envoy.filters.http.router"));
+    }
+
+    #[test]
+    fn a_caller_owned_run_folder_is_emptied_and_left_in_place() {
+        let path = std::env::temp_dir().join(format!("rg-e2e-run-dir-{}", std::process::id()));
+        fs::create_dir_all(&path).expect("creates");
+        fs::write(path.join("old.log"), "x").expect("writes");
+        let dir = RunDir::at(path.clone()).expect("run folder");
+        assert_eq!(fs::read_dir(&path).expect("reads").count(), 0);
+        fs::write(dir.path.join("envoy.log"), "y").expect("writes");
+        drop(dir);
+        assert!(path.join("envoy.log").is_file());
+        fs::remove_dir_all(&path).expect("removes");
     }
 
     #[test]
