@@ -5,7 +5,7 @@
 --   RG_UNIQUE=shape -> the same headers, of the same lengths, built once and sent every time:
 --                   the baseline without a filter sees the bytes a unique request has, without
 --                   this script's per-request cost on the load generator's core.
--- (Paced, below-saturation runs use oha instead: see bench/src/main.rs.)
+-- (Paced, below-saturation runs use oha instead: see bench/src/load.rs.)
 -- done() prints one line "RGJSON {...}" with the counts and latency percentiles (microseconds).
 
 local method = os.getenv("RG_METHOD") or "GET"

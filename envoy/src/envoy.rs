@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use crate::client::{self, Response};
 use crate::{bail, repo_root, Error, Result};
 
@@ -72,6 +74,15 @@ pub fn check_envoy(path: PathBuf, from_env: bool) -> Result<PathBuf> {
 /// The release wasm: `$RETRY_GUARD_WASM`, else `<repo>/target/wasm32-wasip1/release/retry_guard.wasm`.
 pub fn wasm_path() -> Result<PathBuf> {
     check_wasm(retry_guard::paths::filter_wasm())
+}
+
+/// Where the workspace's release wasm builds land: `<repo>/target/wasm32-wasip1/release/<file>`
+/// (`retry_guard.wasm`, and the benchmark's `noop_filter.wasm` and `hostcost_filter.wasm`).
+/// Not checked; see [`check_wasm`].
+pub fn release_wasm_path(file: &str) -> PathBuf {
+    retry_guard::paths::repo_root()
+        .join(retry_guard::paths::WASM_RELEASE_DIR)
+        .join(file)
 }
 
 /// `path` if it is a file, else an error that says to run `just build`.
@@ -134,6 +145,348 @@ fn contains_str(value: &serde_json::Value, needle: &str) -> bool {
     }
 }
 
+/// The name of Envoy's wasm HTTP filter, e.g. for [`Route::disable_filter`].
+pub const WASM_FILTER: &str = "envoy.filters.http.wasm";
+
+/// How a [`Route`] matches the request path.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PathMatch {
+    /// This path exactly (the query string aside).
+    Exact(String),
+    /// Every path that starts with this.
+    Prefix(String),
+}
+
+/// What a [`Route`] does with the requests it matches.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RouteAction {
+    /// Forwards them to this cluster.
+    Forward { cluster: String },
+    /// Answers them in Envoy itself (`direct_response`) with this status and body.
+    Direct { status: u16, body: String },
+}
+
+/// One route of a [`Bootstrap`]'s virtual host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// The route's name (`xds.route_name`, `%ROUTE_NAME%`).
+    pub name: String,
+    /// Which requests it takes.
+    pub path: PathMatch,
+    /// What it does with them.
+    pub action: RouteAction,
+    /// Headers added to the response (`response_headers_to_add`).
+    pub response_headers: Vec<(String, String)>,
+    /// HTTP filters switched off on this route (per-route `FilterConfig { disabled: true }`).
+    pub disabled_filters: Vec<String>,
+}
+
+impl Route {
+    /// A route forwarding what matches `path` to `cluster`.
+    pub fn forward(name: &str, path: PathMatch, cluster: &str) -> Route {
+        Route::new(
+            name,
+            path,
+            RouteAction::Forward {
+                cluster: cluster.to_string(),
+            },
+        )
+    }
+
+    /// A route answering what matches `path` itself with `status` and `body`.
+    pub fn direct(name: &str, path: PathMatch, status: u16, body: &str) -> Route {
+        Route::new(
+            name,
+            path,
+            RouteAction::Direct {
+                status,
+                body: body.to_string(),
+            },
+        )
+    }
+
+    fn new(name: &str, path: PathMatch, action: RouteAction) -> Route {
+        Route {
+            name: name.to_string(),
+            path,
+            action,
+            response_headers: Vec::new(),
+            disabled_filters: Vec::new(),
+        }
+    }
+
+    /// Adds `name: value` to the responses of this route.
+    pub fn response_header(mut self, name: &str, value: &str) -> Route {
+        self.response_headers
+            .push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Switches the HTTP filter `filter` (e.g. [`WASM_FILTER`]) off on this route.
+    pub fn disable_filter(mut self, filter: &str) -> Route {
+        self.disabled_filters.push(filter.to_string());
+        self
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let matcher = match &self.path {
+            PathMatch::Exact(p) => json!({ "path": p }),
+            PathMatch::Prefix(p) => json!({ "prefix": p }),
+        };
+        let mut route = json!({ "name": self.name, "match": matcher });
+        match &self.action {
+            RouteAction::Forward { cluster } => route["route"] = json!({ "cluster": cluster }),
+            RouteAction::Direct { status, body } => {
+                route["direct_response"] =
+                    json!({ "status": status, "body": { "inline_string": body } });
+            }
+        }
+        if !self.response_headers.is_empty() {
+            route["response_headers_to_add"] = self
+                .response_headers
+                .iter()
+                .map(|(k, v)| json!({ "header": { "key": k, "value": v } }))
+                .collect();
+        }
+        if !self.disabled_filters.is_empty() {
+            route["typed_per_filter_config"] = self
+                .disabled_filters
+                .iter()
+                .map(|f| {
+                    let off = json!({
+                        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                        "disabled": true,
+                    });
+                    (f.clone(), off)
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+        route
+    }
+}
+
+/// An HTTP filter of a [`Bootstrap`], in front of the router.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HttpFilter {
+    /// The proxy-wasm filter on V8, as the harness's own bootstrap has it (`fail_open: false`,
+    /// `allow_on_headers_stop_iteration: true`). Plugin and VM are both called `name`; the
+    /// module is the Envoy's wasm file ([`EnvoyBuilder::wasm_file`], else [`wasm_path`]),
+    /// filled in for [`WASM_PLACEHOLDER`].
+    Wasm { name: String, plugin_config: String },
+    /// Envoy's buffer filter: each request is read whole (up to `max_request_bytes`) before
+    /// the route acts on it.
+    Buffer { max_request_bytes: u32 },
+}
+
+impl HttpFilter {
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            HttpFilter::Wasm {
+                name,
+                plugin_config,
+            } => json!({
+                "name": WASM_FILTER,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": name,
+                        "vm_config": {
+                            "vm_id": name,
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "code": { "local": { "filename": WASM_PLACEHOLDER } },
+                        },
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": plugin_config,
+                        },
+                        "fail_open": false,
+                        "allow_on_headers_stop_iteration": true,
+                    },
+                },
+            }),
+            HttpFilter::Buffer { max_request_bytes } => json!({
+                "name": "envoy.filters.http.buffer",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                    "max_request_bytes": max_request_bytes,
+                },
+            }),
+        }
+    }
+}
+
+/// A STATIC cluster of one endpoint, for a [`Bootstrap`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cluster {
+    /// The name routes forward to.
+    pub name: String,
+    /// Its one endpoint.
+    pub endpoint: SocketAddr,
+    /// Default 1 s.
+    pub connect_timeout: Duration,
+    /// One limit for the circuit breakers' connections, pending requests and requests; `None`
+    /// keeps Envoy's defaults (1024 each).
+    pub circuit_breaker_limit: Option<u32>,
+}
+
+impl Cluster {
+    /// A cluster `name` of the one endpoint `endpoint`, connect timeout 1 s.
+    pub fn new(name: &str, endpoint: SocketAddr) -> Cluster {
+        Cluster {
+            name: name.to_string(),
+            endpoint,
+            connect_timeout: Duration::from_secs(1),
+            circuit_breaker_limit: None,
+        }
+    }
+
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Cluster {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets one limit for the circuit breakers' connections, pending requests and requests,
+    /// e.g. high enough that a load test never meets it.
+    pub fn circuit_breaker_limit(mut self, limit: u32) -> Cluster {
+        self.circuit_breaker_limit = Some(limit);
+        self
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut cluster = json!({
+            "name": self.name,
+            "type": "STATIC",
+            "connect_timeout": format!("{}s", self.connect_timeout.as_secs_f64()),
+            "load_assignment": {
+                "cluster_name": self.name,
+                "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
+                    "address": self.endpoint.ip().to_string(),
+                    "port_value": self.endpoint.port(),
+                } } } }] }],
+            },
+        });
+        if let Some(n) = self.circuit_breaker_limit {
+            cluster["circuit_breakers"] = json!({ "thresholds": [{
+                "max_connections": n, "max_pending_requests": n, "max_requests": n,
+            }] });
+        }
+        cluster
+    }
+}
+
+/// A bootstrap built from parts, for [`EnvoyBuilder::bootstrap`] (see [`Bootstrap::to_json`]):
+/// the admin API and one HTTP listener on 127.0.0.1 with kernel-chosen ports, one virtual host
+/// (every domain) with the routes in order, the HTTP filters in order before the router, and
+/// the clusters. Listener, stat prefix and route configuration are all called `name`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bootstrap {
+    /// The listener's, stat prefix's and route configuration's name.
+    pub name: String,
+    /// The virtual host's routes, in order.
+    pub routes: Vec<Route>,
+    /// The HTTP filters before the router, in order.
+    pub http_filters: Vec<HttpFilter>,
+    /// STATIC clusters.
+    pub clusters: Vec<Cluster>,
+    /// An access log in this text format (see [`Bootstrap::access_log_text`]).
+    pub access_log_format: Option<String>,
+}
+
+impl Bootstrap {
+    /// A bootstrap with nothing but the router; add routes, filters and clusters.
+    pub fn new(name: &str) -> Bootstrap {
+        Bootstrap {
+            name: name.to_string(),
+            routes: Vec::new(),
+            http_filters: Vec::new(),
+            clusters: Vec::new(),
+            access_log_format: None,
+        }
+    }
+
+    /// Adds a route after those added before.
+    pub fn route(mut self, route: Route) -> Bootstrap {
+        self.routes.push(route);
+        self
+    }
+
+    /// Adds an HTTP filter after those added before (all before the router).
+    pub fn http_filter(mut self, filter: HttpFilter) -> Bootstrap {
+        self.http_filters.push(filter);
+        self
+    }
+
+    /// Adds a cluster.
+    pub fn cluster(mut self, cluster: Cluster) -> Bootstrap {
+        self.clusters.push(cluster);
+        self
+    }
+
+    /// Logs every request to the run folder's `access.log` (see [`Envoy::access_log_text`]) in
+    /// Envoy's text `format`, e.g. `"%START_TIME(%s.%6f)%\n"`.
+    pub fn access_log_text(mut self, format: &str) -> Bootstrap {
+        self.access_log_format = Some(format.to_string());
+        self
+    }
+
+    /// The bootstrap as JSON (which Envoy reads as YAML), with [`ACCESS_LOG_PLACEHOLDER`] and
+    /// [`WASM_PLACEHOLDER`] for [`EnvoyBuilder::render`] to fill in.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut http_filters: Vec<serde_json::Value> =
+            self.http_filters.iter().map(HttpFilter::to_json).collect();
+        http_filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            },
+        }));
+        let mut hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": self.name,
+            "route_config": {
+                "name": self.name,
+                "virtual_hosts": [{
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": self.routes.iter().map(Route::to_json).collect::<Vec<_>>(),
+                }],
+            },
+            "http_filters": http_filters,
+        });
+        if let Some(format) = &self.access_log_format {
+            hcm["access_log"] = json!([{
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": ACCESS_LOG_PLACEHOLDER,
+                    "log_format": { "text_format_source": { "inline_string": format } },
+                },
+            }]);
+        }
+        let loopback_port_0 =
+            json!({ "socket_address": { "address": "127.0.0.1", "port_value": 0 } });
+        let mut static_resources = json!({
+            "listeners": [{
+                "name": self.name,
+                "address": loopback_port_0,
+                "filter_chains": [{ "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": hcm,
+                }] }],
+            }],
+        });
+        if !self.clusters.is_empty() {
+            static_resources["clusters"] = self.clusters.iter().map(Cluster::to_json).collect();
+        }
+        json!({
+            "admin": { "address": loopback_port_0 },
+            "static_resources": static_resources,
+        })
+    }
+}
+
 /// Settings for one Envoy; [`EnvoyBuilder::start`] starts it.
 #[derive(Clone, Debug)]
 pub struct EnvoyBuilder {
@@ -145,6 +498,9 @@ pub struct EnvoyBuilder {
     concurrency: u32,
     startup_timeout: Duration,
     keep_failed: bool,
+    wrapper: Vec<String>,
+    log_level: String,
+    run_dir: Option<PathBuf>,
 }
 
 impl EnvoyBuilder {
@@ -185,6 +541,30 @@ impl EnvoyBuilder {
     /// Bound on start-up. Default [`DEFAULT_STARTUP_TIMEOUT`].
     pub fn startup_timeout(mut self, d: Duration) -> Self {
         self.startup_timeout = d;
+        self
+    }
+
+    /// Starts Envoy through this command, Envoy's own command line appended: e.g.
+    /// `["taskset", "-c", "0"]` pins it to CPU 0. The command must exec Envoy (as `taskset`,
+    /// `nice` and `chrt` do), so that [`Envoy::pid`] is Envoy's. Default: none.
+    pub fn wrapper<S: Into<String>>(mut self, command: impl IntoIterator<Item = S>) -> Self {
+        self.wrapper = command.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Envoy's log level (`-l`). Default `info`, which includes the filter's info logs (the
+    /// audit lines); `warning` leaves them out.
+    pub fn log_level(mut self, level: impl Into<String>) -> Self {
+        self.log_level = level.into();
+        self
+    }
+
+    /// Puts the run files (bootstrap `envoy.yaml`, `envoy.log`, `access.log`, stdout, stderr)
+    /// in `dir`, emptied first, instead of a fresh folder under `target/e2e`. The caller owns
+    /// `dir`: it is left in place when Envoy stops, whatever the outcome. [`Self::validate`]
+    /// still uses a folder of its own.
+    pub fn run_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.run_dir = Some(dir.into());
         self
     }
 
@@ -278,7 +658,11 @@ impl EnvoyBuilder {
     fn start_once(&self, binary: &Path) -> std::result::Result<Envoy, (Error, bool)> {
         let no_retry = |e: Error| (e, false);
         let seq = RUN_SEQ.fetch_add(1, Ordering::SeqCst);
-        let dir = RunDir::create(&self.name).map_err(no_retry)?;
+        let dir = match &self.run_dir {
+            Some(path) => RunDir::at(path.clone()),
+            None => RunDir::create(&self.name),
+        }
+        .map_err(no_retry)?;
         let config = dir.path.join("envoy.yaml");
         let access_log = dir.path.join("access.log");
         let envoy_log = dir.path.join("envoy.log");
@@ -292,7 +676,15 @@ impl EnvoyBuilder {
         // Unique per process and per Envoy within it; Envoy derives its hot-restart shared memory
         // and domain sockets from it, so parallel tests and test binaries do not collide.
         let base_id = (std::process::id() % 100_000) * 64 + (seq % 64) + 1;
-        let child = Command::new(binary)
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("-c")
             .arg(&config)
             .arg("--concurrency")
@@ -300,7 +692,7 @@ impl EnvoyBuilder {
             .arg("--base-id")
             .arg(base_id.to_string())
             .arg("-l")
-            .arg("info")
+            .arg(&self.log_level)
             .arg("--log-path")
             .arg(&envoy_log)
             .arg("--admin-address-path")
@@ -312,7 +704,13 @@ impl EnvoyBuilder {
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .map_err(|e| no_retry(Error(format!("cannot start {}: {e}", binary.display()))))?;
+            .map_err(|e| {
+                let wrapper: String = self.wrapper.iter().map(|w| format!("{w} ")).collect();
+                no_retry(Error(format!(
+                    "cannot start {wrapper}{}: {e}",
+                    binary.display()
+                )))
+            })?;
         let mut envoy = Envoy {
             child: Some(child),
             dir,
@@ -417,10 +815,12 @@ fn problems_and_tail(log: &str) -> String {
     )
 }
 
-/// The run folder of one Envoy; removed on drop unless kept.
+/// The run folder of one Envoy; removed on drop unless kept or owned by the caller.
 struct RunDir {
     path: PathBuf,
     keep: AtomicBool,
+    /// Named by the caller ([`EnvoyBuilder::run_dir`]): never removed here.
+    caller_owned: bool,
 }
 
 impl RunDir {
@@ -445,6 +845,19 @@ impl RunDir {
         Ok(RunDir {
             path,
             keep: AtomicBool::new(std::env::var_os(KEEP_ENV).is_some()),
+            caller_owned: false,
+        })
+    }
+
+    /// The caller's folder `path`, emptied (see [`EnvoyBuilder::run_dir`]).
+    fn at(path: PathBuf) -> Result<RunDir> {
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path)
+            .map_err(|e| Error(format!("cannot create {}: {e}", path.display())))?;
+        Ok(RunDir {
+            path,
+            keep: AtomicBool::new(true),
+            caller_owned: true,
         })
     }
 
@@ -455,6 +868,9 @@ impl RunDir {
 
 impl Drop for RunDir {
     fn drop(&mut self) {
+        if self.caller_owned {
+            return;
+        }
         if self.keep.load(Ordering::SeqCst) || thread::panicking() {
             eprintln!(
                 "retry-guard-e2e: Envoy run files kept in {}",
@@ -488,6 +904,9 @@ impl Envoy {
             concurrency: 2,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             keep_failed: true,
+            wrapper: Vec::new(),
+            log_level: "info".to_string(),
+            run_dir: None,
         }
     }
 
@@ -549,14 +968,18 @@ impl Envoy {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
+    /// Envoy's process id while it runs (for `/proc/<pid>/stat` CPU time or RSS); `None` once
+    /// stopped.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The `--base-id` it runs with.
     pub fn base_id(&self) -> u32 {
         self.base_id
     }
 
+    /// Its worker threads (`--concurrency`).
     pub fn concurrency(&self) -> u32 {
         self.concurrency
     }
@@ -637,7 +1060,7 @@ impl Envoy {
         }))
     }
 
-    /// Envoy's log so far (`-l info`, so it includes the filter's info logs).
+    /// Envoy's log so far (at the default `-l info` it includes the filter's info logs).
     pub fn log_text(&self) -> String {
         fs::read_to_string(self.dir.path.join("envoy.log")).unwrap_or_default()
     }
@@ -645,6 +1068,12 @@ impl Envoy {
     /// Envoy's stderr so far (start-up errors that come before the log file opens).
     pub fn stderr_text(&self) -> String {
         fs::read_to_string(self.dir.path.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The access log so far as text, for a bootstrap whose access log is not JSON lines (see
+    /// [`Bootstrap::access_log_text`]).
+    pub fn access_log_text(&self) -> String {
+        fs::read_to_string(self.dir.path.join("access.log")).unwrap_or_default()
     }
 
     /// The access log so far: one JSON object per line.
@@ -791,6 +1220,107 @@ mod tests {
         let yaml = b.render(Path::new("/tmp/x.log")).expect("renders");
         assert!(!yaml.contains("envoy.filters.http.wasm"));
         assert!(yaml.contains("envoy.filters.http.router"));
+    }
+
+    #[test]
+    fn a_built_bootstrap_renders_its_routes_filters_and_clusters() {
+        let upstream = SocketAddr::from(([127, 0, 0, 1], 4444));
+        let bootstrap = Bootstrap::new("b")
+            .route(
+                Route::direct("token", PathMatch::Exact("/t".into()), 428, "{\"a\":1}")
+                    .response_header("content-type", "application/json"),
+            )
+            .route(
+                Route::forward("other", PathMatch::Prefix("/".into()), "up")
+                    .disable_filter(WASM_FILTER),
+            )
+            .http_filter(HttpFilter::Wasm {
+                name: "p".into(),
+                plugin_config: "{}".into(),
+            })
+            .http_filter(HttpFilter::Buffer {
+                max_request_bytes: 1024,
+            })
+            .cluster(
+                Cluster::new("up", upstream)
+                    .connect_timeout(Duration::from_millis(500))
+                    .circuit_breaker_limit(7),
+            )
+            .access_log_text("%START_TIME%\n");
+        let wasm = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let rendered = Envoy::builder("t", upstream)
+            .bootstrap(bootstrap.to_json())
+            .wasm_file(wasm)
+            .render(Path::new("/tmp/x.log"))
+            .expect("renders");
+        let v: serde_json::Value = serde_json::from_str(&rendered).expect("JSON");
+        let listener = &v["static_resources"]["listeners"][0];
+        assert_eq!(listener["address"]["socket_address"]["port_value"], 0);
+        let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+        assert_eq!(hcm["stat_prefix"], "b");
+        assert_eq!(hcm["access_log"][0]["typed_config"]["path"], "/tmp/x.log");
+        let routes = &hcm["route_config"]["virtual_hosts"][0]["routes"];
+        assert_eq!(routes[0]["match"]["path"], "/t");
+        assert_eq!(routes[0]["direct_response"]["status"], 428);
+        assert_eq!(
+            routes[0]["direct_response"]["body"]["inline_string"],
+            "{\"a\":1}"
+        );
+        assert_eq!(
+            routes[0]["response_headers_to_add"][0]["header"]["value"],
+            "application/json"
+        );
+        assert_eq!(routes[1]["match"]["prefix"], "/");
+        assert_eq!(routes[1]["route"]["cluster"], "up");
+        assert_eq!(
+            routes[1]["typed_per_filter_config"][WASM_FILTER]["disabled"],
+            true
+        );
+        let filters: Vec<&str> = hcm["http_filters"]
+            .as_array()
+            .expect("filters")
+            .iter()
+            .map(|f| f["name"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            filters,
+            [
+                WASM_FILTER,
+                "envoy.filters.http.buffer",
+                "envoy.filters.http.router"
+            ]
+        );
+        let wasm_config = &hcm["http_filters"][0]["typed_config"]["config"];
+        assert_eq!(wasm_config["vm_config"]["code"]["local"]["filename"], wasm);
+        assert_eq!(wasm_config["configuration"]["value"], "{}");
+        let cluster = &v["static_resources"]["clusters"][0];
+        assert_eq!(cluster["connect_timeout"], "0.5s");
+        assert_eq!(
+            cluster["circuit_breakers"]["thresholds"][0]["max_requests"],
+            7
+        );
+        let endpoint = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"];
+        assert_eq!(endpoint["address"]["socket_address"]["port_value"], 4444);
+        // Without clusters, filters or an access log, none is rendered.
+        let bare = Bootstrap::new("b").to_json();
+        assert!(bare["static_resources"].get("clusters").is_none());
+        let hcm = &bare["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        assert!(hcm.get("access_log").is_none());
+        assert_eq!(hcm["http_filters"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn a_caller_owned_run_folder_is_emptied_and_left_in_place() {
+        let path = std::env::temp_dir().join(format!("rg-e2e-run-dir-{}", std::process::id()));
+        fs::create_dir_all(&path).expect("creates");
+        fs::write(path.join("old.log"), "x").expect("writes");
+        let dir = RunDir::at(path.clone()).expect("run folder");
+        assert_eq!(fs::read_dir(&path).expect("reads").count(), 0);
+        fs::write(dir.path.join("envoy.log"), "y").expect("writes");
+        drop(dir);
+        assert!(path.join("envoy.log").is_file());
+        fs::remove_dir_all(&path).expect("removes");
     }
 
     #[test]

@@ -1,0 +1,147 @@
+//! The command line: `retry-guard-bench [options]` (`just bench [options]`).
+
+use std::fs;
+use std::path::PathBuf;
+
+use retry_guard_e2e::{Error, Result};
+
+use crate::cases::CASES;
+use crate::configs::Backend;
+
+/// What `--help` prints.
+const USAGE: &str = "usage: retry-guard-bench [--cases 1,2,.. (all)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--direct (every route a direct_response, no upstream)] [--host-costs (price each host call retry-guard makes; writes host-costs.md)] [--pacing (how evenly the paced runs' requests arrive; writes pacing.md)] [--update-readme]";
+
+/// The options of a run.
+pub struct Options {
+    /// retry-guard's wasm instead of the release build (`--wasm`).
+    pub wasm: Option<PathBuf>,
+    /// The configurations to run (`--cases`, ids 1 to 9; default all).
+    pub cases: Vec<usize>,
+    /// retry-guard's plugin configuration instead of host-sim's benchmark one
+    /// (`--plugin-config`, the file's text).
+    pub plugin_config: Option<String>,
+    /// Interleaved rounds (`--rounds`).
+    pub rounds: usize,
+    /// Seconds of each run (`--seconds`).
+    pub seconds: u64,
+    /// wrk's connections in the saturated runs (`--connections`).
+    pub connections: usize,
+    /// Unique keys sent in the memory run (`--flood`; 0 skips it).
+    pub flood: u64,
+    /// Replace the README's table of the run (`--update-readme`).
+    pub update_readme: bool,
+    /// Envoy's log level; `info` writes the audit lines, `warning` drops them (to measure
+    /// what the audit line costs).
+    pub log_level: String,
+    /// Where the routes' answers come from (`--direct`: the proxy itself).
+    pub backend: Backend,
+    /// Price each host call retry-guard makes instead (see [`crate::host_costs`]).
+    pub host_costs: bool,
+    /// Check how evenly the paced runs' requests arrive instead (see [`crate::pacing`]).
+    pub pacing: bool,
+}
+
+/// Reads the options from the process's arguments; `-h` prints the usage and exits.
+pub fn parse() -> Result<Options> {
+    match parse_from(std::env::args().skip(1))? {
+        Some(o) => Ok(o),
+        None => {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+    }
+}
+
+/// The options given by `args`; `None` when they ask for the usage.
+fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Option<Options>> {
+    let mut o = Options {
+        wasm: None,
+        cases: (1..=CASES.len()).collect(),
+        plugin_config: None,
+        rounds: 5,
+        seconds: 5,
+        connections: 16,
+        flood: 1_000_000,
+        update_readme: false,
+        log_level: "info".into(),
+        backend: Backend::Upstream,
+        host_costs: false,
+        pacing: false,
+    };
+    let mut args = args.into_iter();
+    while let Some(a) = args.next() {
+        let mut value = |what: &str| {
+            args.next()
+                .ok_or_else(|| Error(format!("{a} needs {what}")))
+        };
+        let mut num = |what: &str| -> Result<u64> {
+            let v = value(what)?;
+            v.parse()
+                .map_err(|_| Error(format!("{a} needs {what}, not {v:?}")))
+        };
+        match a.as_str() {
+            "--rounds" => o.rounds = num("a number")?.max(1) as usize,
+            "--seconds" => o.seconds = num("a number")?.max(1),
+            "--connections" => o.connections = num("a number")?.max(1) as usize,
+            "--flood" => o.flood = num("a number")?,
+            "--update-readme" => o.update_readme = true,
+            "--direct" => o.backend = Backend::Direct,
+            "--host-costs" => o.host_costs = true,
+            "--pacing" => o.pacing = true,
+            "--cases" => o.cases = case_list(&value("a list like 1,2,3")?)?,
+            "--envoy-log-level" => o.log_level = value("a level")?,
+            "--wasm" => o.wasm = Some(PathBuf::from(value("a file")?)),
+            "--plugin-config" => {
+                let file = value("a file")?;
+                let text = fs::read_to_string(&file).map_err(|e| Error(format!("{file}: {e}")))?;
+                o.plugin_config = Some(text);
+            }
+            "-h" | "--help" => return Ok(None),
+            other => return Err(Error(format!("unknown argument {other:?}; see --help"))),
+        }
+    }
+    Ok(Some(o))
+}
+
+/// The ids of `--cases`, each from 1 to 9.
+fn case_list(list: &str) -> Result<Vec<usize>> {
+    list.split(',')
+        .map(|c| {
+            c.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=CASES.len()).contains(n))
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            Error(format!(
+                "--cases {list:?}: expected numbers from 1 to {}",
+                CASES.len()
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Options>> {
+        parse_from(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn options_are_read_and_bad_ones_named() {
+        let o = parse(&["--cases", "1, 5", "--seconds", "0", "--direct"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.cases, [1, 5]);
+        assert_eq!(o.seconds, 1, "at least a second");
+        assert!(o.backend == Backend::Direct);
+        assert!(parse(&["--help"]).unwrap().is_none());
+        let err = parse(&["--cases", "0,10"]).err().unwrap();
+        assert!(err.0.contains("from 1 to 9"), "{err}");
+        let err = parse(&["--rounds"]).err().unwrap();
+        assert!(err.0.contains("--rounds needs a number"), "{err}");
+        assert!(parse(&["--bogus"]).is_err());
+    }
+}

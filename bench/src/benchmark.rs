@@ -1,0 +1,164 @@
+//! The default run: the selected configurations side by side, round by round (saturated, then
+//! paced at half the slowest one's saturated rate, then unloaded), and then the memory run.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use retry_guard_e2e::envoy::Envoy;
+use retry_guard_e2e::{Error, Result};
+
+use crate::args::Options;
+use crate::cases::{case, Case, CASES, TOKEN_ALLOW};
+use crate::configs::Proxies;
+use crate::load::{
+    oha_paced, oha_unloaded, wrk, Pace, Run, PACED_CONNECTIONS_EACH, PACED_PROCESSES,
+};
+use crate::measure::{median, rss_kib};
+use crate::report::{Provenance, Report};
+
+/// retry-guard's counter of ledger entries evicted.
+const EVICTED: &str = "retry_guard.ledger.evicted";
+/// retry-guard's gauge of its VM's linear memory, bytes.
+const VM_MEMORY: &str = "retry_guard.vm.memory_bytes";
+
+/// How long the memory run may send keys.
+const FLOOD_LIMIT: Duration = Duration::from_secs(900);
+
+/// Runs the benchmark of `o` and writes its report to `dir`.
+pub fn run(o: &Options, dir: &Path) -> Result<()> {
+    let proxies = Proxies::new(o, dir)?;
+    let size = |p: &Path| {
+        fs::metadata(p)
+            .map(|m| m.len())
+            .map_err(|e| Error(format!("{}: {e}", p.display())))
+    };
+    let wasm_bytes = size(&proxies.modules().guard)?;
+    let noop_bytes = size(&proxies.modules().noop)?;
+    let selected: Vec<&Case> = CASES.iter().filter(|c| o.cases.contains(&c.id)).collect();
+    eprintln!(
+        "starting {} Envoys (--concurrency 1, pinned to CPU 0; wrk pinned to CPU 1)",
+        selected.len()
+    );
+    let envoys = proxies.start_warmed(selected.iter().copied())?;
+
+    let mut saturated: Vec<Vec<Run>> = vec![Vec::new(); CASES.len()];
+    for round in 0..o.rounds {
+        for (case, envoy) in selected.iter().zip(&envoys) {
+            let r = wrk(envoy, case, o.seconds, o.connections)?;
+            eprintln!(
+                "round {} case {}: {:>8.0} req/s  {:>6.2} µs CPU/req  non-2xx {}  socket errors {}",
+                round + 1,
+                case.id,
+                r.rps(),
+                r.cpu_us_per_req,
+                r.non2xx,
+                r.socket_errors
+            );
+            saturated[case.id - 1].push(r);
+        }
+    }
+    let slowest = saturated
+        .iter()
+        .filter(|r| !r.is_empty())
+        .map(|runs| median(runs.iter().map(Run::rps).collect()))
+        .fold(f64::INFINITY, f64::min);
+    let target_rate = (slowest * 0.5).max(100.0);
+    eprintln!(
+        "paced runs at {target_rate:.0} req/s (half the slowest saturated median), {PACED_PROCESSES} oha processes × {PACED_CONNECTIONS_EACH} connections"
+    );
+    // Latency runs of every configuration, round by round: `rate` paced, `None` unloaded.
+    let latency = |label: &str, rate: Option<f64>| -> Result<Vec<Vec<Run>>> {
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); CASES.len()];
+        for round in 0..o.rounds {
+            for (case, envoy) in selected.iter().zip(&envoys) {
+                let r = match rate {
+                    Some(rate) => oha_paced(envoy, case, o.seconds, Pace::at(rate), dir)?,
+                    None => oha_unloaded(envoy, case, o.seconds)?,
+                };
+                eprintln!(
+                    "round {} case {} {label}: {:>7.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
+                    round + 1,
+                    case.id,
+                    r.rps(),
+                    r.p50_us,
+                    r.p99_us
+                );
+                runs[case.id - 1].push(r);
+            }
+        }
+        Ok(runs)
+    };
+    let paced = latency("paced", Some(target_rate))?;
+    eprintln!("unloaded runs: oha, closed loop on 1 connection");
+    let unloaded = latency("unloaded", None)?;
+    let evicted_during_bench = selected
+        .iter()
+        .zip(&envoys)
+        .find(|(c, _)| c.id == TOKEN_ALLOW.id)
+        .and_then(|(_, e)| metric(e, EVICTED));
+    drop(envoys);
+
+    let memory = memory_run(o, &proxies)?;
+    drop(proxies);
+
+    let report = Report {
+        provenance: Provenance::now(),
+        opts: o,
+        sat: saturated,
+        paced,
+        unloaded,
+        target_rate,
+        wasm_bytes,
+        noop_bytes,
+        rss: memory.rss,
+        evicted: memory.evicted,
+        evicted_during_bench,
+        wasm_memory: memory.wasm_memory,
+    };
+    report.write(dir)
+}
+
+/// A retry-guard metric of `envoy`, if it can be read.
+fn metric(envoy: &Envoy, name: &str) -> Option<u64> {
+    envoy.wasm_counter(name).ok().flatten()
+}
+
+/// What the memory run saw.
+struct Memory {
+    /// Envoy's RSS (KiB) by unique keys sent.
+    rss: Vec<(u64, u64)>,
+    evicted: u64,
+    wasm_memory: u64,
+}
+
+/// The memory run: `o.flood` unique keys on the token route (`max_entries` 65536), Envoy's
+/// RSS after each 10 s of them.
+fn memory_run(o: &Options, proxies: &Proxies) -> Result<Memory> {
+    eprintln!(
+        "memory run: {} unique keys on the token route, max_entries 65536",
+        o.flood
+    );
+    let flood_case = case(TOKEN_ALLOW.id);
+    let envoy = proxies.start(flood_case)?;
+    wrk(&envoy, flood_case, 1, 4)?;
+    let mut sent = 0u64;
+    let mut rss = vec![(0u64, rss_kib(&envoy)?)];
+    if o.flood == 0 {
+        eprintln!("  (skipped: --flood 0)");
+    }
+    let flood_deadline = Instant::now() + FLOOD_LIMIT;
+    while sent < o.flood && Instant::now() < flood_deadline {
+        let r = wrk(&envoy, flood_case, 10, o.connections)?;
+        sent += r.requests;
+        let kib = rss_kib(&envoy)?;
+        eprintln!("  {sent:>9} keys: RSS {kib} KiB");
+        rss.push((sent, kib));
+    }
+    std::thread::sleep(Duration::from_secs(6)); // one tick refreshes the memory gauge
+    Ok(Memory {
+        rss,
+        evicted: metric(&envoy, EVICTED).unwrap_or(0),
+        wasm_memory: metric(&envoy, VM_MEMORY).unwrap_or(0),
+    })
+}

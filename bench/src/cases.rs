@@ -1,0 +1,168 @@
+//! The nine configurations the benchmark compares: what sits in Envoy's filter chain, the
+//! request sent, and the answer every request must get. Their Envoy bootstraps are built in
+//! [`crate::configs`].
+
+/// What sits in Envoy's HTTP filter chain.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Filter {
+    /// No wasm filter.
+    None,
+    /// The no-op proxy-wasm filter (`bench/noop`): the floor.
+    Noop,
+    /// retry-guard.
+    Guard,
+    /// The host-call probe (`bench/hostcost`) with this plugin configuration.
+    Probe(&'static str),
+}
+
+/// What varies from request to request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Load {
+    /// The same request every time.
+    Plain,
+    /// A unique Idempotency-Key and a freshly minted JWT on every request (wrk); a random
+    /// query string and a fresh JWT in the paced runs (oha): every request a first attempt.
+    Unique,
+    /// The bytes of a [`Load::Unique`] request (same headers, same lengths) without the
+    /// variation: for a baseline without a filter, where the variation changes nothing but
+    /// would cost the load generator's core per request.
+    Shape,
+}
+
+/// One benchmark configuration: an Envoy set up one way and the request it is sent.
+#[derive(Clone, Copy, Debug)]
+pub struct Case {
+    /// Its number in the report (1 to 9; the host-cost probes count from 100).
+    pub id: usize,
+    /// What the report calls it.
+    pub name: &'static str,
+    /// The wasm filter in the chain.
+    pub filter: Filter,
+    /// The status of the token route's `direct_response` where the proxy answers it itself
+    /// (428 makes configuration 7, Envoy's own 428).
+    pub token_status: u16,
+    /// The request's method.
+    pub method: &'static str,
+    /// The request's path.
+    pub path: &'static str,
+    /// The request's body (empty for none).
+    pub body: &'static str,
+    /// What varies from request to request.
+    pub load: Load,
+    /// The filter is switched off on the unguarded route `other` with Envoy's per-route
+    /// `FilterConfig { disabled: true }`.
+    pub off_on_other: bool,
+    /// The status every request of this configuration gets.
+    pub expect_status: u16,
+}
+
+/// The body of the token request, the same as host-sim's benchmark sends.
+pub const BODY: &str = host_sim::bench::BODY;
+
+/// Configuration 3. 1 and 2 send its request through no filter and the no-op one; 9 is the
+/// same with the filter switched off on its route.
+pub const UNMATCHED: Case = Case {
+    id: 3,
+    name: "retry-guard, unmatched route",
+    filter: Filter::Guard,
+    token_status: 200,
+    method: "GET",
+    path: "/other",
+    body: "",
+    load: Load::Plain,
+    off_on_other: false,
+    expect_status: 200,
+};
+
+/// Configuration 5; 8 sends its request to Envoy without the filter.
+pub const TOKEN_ALLOW: Case = Case {
+    id: 5,
+    name: "retry-guard, token_issuing allow (unique key, fresh JWT)",
+    filter: Filter::Guard,
+    token_status: 200,
+    method: "POST",
+    path: "/oauth/token",
+    body: BODY,
+    load: Load::Unique,
+    off_on_other: false,
+    expect_status: 200,
+};
+
+/// The nine configurations, in the order of their ids (`CASES[i].id == i + 1`).
+pub const CASES: [Case; 9] = [
+    Case {
+        id: 1,
+        name: "no wasm filter",
+        filter: Filter::None,
+        ..UNMATCHED
+    },
+    Case {
+        id: 2,
+        name: "no-op wasm filter (floor)",
+        filter: Filter::Noop,
+        ..UNMATCHED
+    },
+    UNMATCHED,
+    Case {
+        id: 4,
+        name: "retry-guard, read_only route",
+        filter: Filter::Guard,
+        token_status: 200,
+        method: "GET",
+        path: "/v1/items",
+        body: "",
+        load: Load::Plain,
+        off_on_other: false,
+        expect_status: 200,
+    },
+    TOKEN_ALLOW,
+    // 6 and 7 send the token request, the same every time: a replay, answered 428.
+    Case {
+        id: 6,
+        name: "retry-guard answering 428 (replays)",
+        load: Load::Plain,
+        expect_status: 428,
+        ..TOKEN_ALLOW
+    },
+    Case {
+        id: 7,
+        name: "Envoy direct_response 428",
+        filter: Filter::None,
+        token_status: 428,
+        load: Load::Plain,
+        expect_status: 428,
+        ..TOKEN_ALLOW
+    },
+    Case {
+        id: 8,
+        name: "no wasm filter, case 5's token request (the baseline of 5 ÷ 1)",
+        filter: Filter::None,
+        load: Load::Shape,
+        ..TOKEN_ALLOW
+    },
+    Case {
+        id: 9,
+        name:
+            "retry-guard, unmatched route with the filter off on that route (FilterConfig disabled)",
+        off_on_other: true,
+        ..UNMATCHED
+    },
+];
+
+/// The configuration numbered `id` (1 to 9).
+pub fn case(id: usize) -> &'static Case {
+    &CASES[id - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cases_stand_in_the_order_of_their_ids() {
+        for (i, c) in CASES.iter().enumerate() {
+            assert_eq!(c.id, i + 1, "{}", c.name);
+        }
+        assert_eq!(case(5).name, TOKEN_ALLOW.name);
+    }
+}
