@@ -881,3 +881,190 @@ fn an_outcome_the_router_sent_several_times_is_counted_and_named() {
         .counted()
         .contains(&Counter::Event(Event::RouterRetried)));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The cluster ledger (etcd): the stream waits, the plugin routes the answers.
+
+fn etcd_plugin(extra: Value) -> Plugin<SlotLedger<MemoryStore>> {
+    let mut top = json!({"ledger": {"backend": "etcd", "cluster": "etcd", "authority": "etcd",
+                                    "key_prefix": "p/", "timeout_ms": 100}});
+    if let (Value::Object(t), Value::Object(e)) = (&mut top, extra) {
+        t.extend(e);
+    }
+    let plugin = plugin_with(top);
+    // The lease of this bucket is known to exist (as after the first tick).
+    plugin.on_tick(&FakeHost::default_at(NOW), NOW);
+    for token in 1..=2 {
+        plugin.on_call_answer(
+            &FakeHost::default_at(NOW),
+            token,
+            Some(200),
+            br#"{"ID":"1","TTL":"30"}"#,
+        );
+    }
+    plugin
+}
+
+impl FakeHost {
+    fn default_at(now: u64) -> FakeHost {
+        let host = FakeHost::default();
+        host.now.set(now);
+        host
+    }
+
+    /// The (path, JSON body) of every HTTP call made.
+    fn dispatched(&self) -> Vec<(String, Value)> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Dispatch(path, body) => Some((path, serde_json::from_str(&body).unwrap())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+const WRITTEN: &[u8] = br#"{"header":{"revision":"7"},"succeeded":true,"responses":[{"response_put":{"header":{"revision":"7"}}}]}"#;
+
+#[test]
+fn on_etcd_a_first_attempt_waits_for_one_insert_and_its_outcome_follows_the_response() {
+    let plugin = etcd_plugin(json!({}));
+    let host = token_request();
+    let (mut stream, actions) = send(&plugin, &host, 1);
+    assert_eq!(
+        actions.last(),
+        Some(&Action::Pause),
+        "held while etcd answers"
+    );
+    let calls = host.dispatched();
+    assert_eq!(calls.len(), 1, "one round trip: {calls:?}");
+    assert_eq!(calls[0].0, crate::etcd::TXN_PATH);
+    assert_eq!(calls[0].1["compare"][0]["target"], "CREATE");
+    assert!(host.decisions().is_empty(), "no decision before the answer");
+
+    // The insert went through: allowed, no retries for the router.
+    let token = plugin.calls_in_flight() as u32; // the only call in flight
+    let for_stream = plugin.on_call_answer(&host, token, Some(200), WRITTEN);
+    assert_eq!(for_stream, Some(1));
+    assert_eq!(
+        stream.on_ledger_answer(&plugin, &host, Some(200), WRITTEN),
+        Action::Continue
+    );
+    assert_eq!(host.decisions(), ["allow"]);
+    assert_eq!(
+        host.upstream_header("x-envoy-max-retries").as_deref(),
+        Some("0")
+    );
+
+    // The response: the outcome is written conditional on the attempt's revision, after it.
+    host.forget_calls();
+    host.respond(&[(":status", "200")]);
+    assert_eq!(stream.on_response_headers(&plugin, &host), Action::Continue);
+    let calls = host.dispatched();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].1["compare"][0]["target"], "MOD");
+    assert_eq!(calls[0].1["compare"][0]["mod_revision"], "7");
+    assert!(host.outcomes().is_empty(), "logged once written");
+    // The stream may be gone by now: the plugin finishes the record on its own.
+    drop(stream);
+    assert_eq!(plugin.calls_in_flight(), 1);
+    for t in 1..=10 {
+        if plugin
+            .on_call_answer(&host, t, Some(200), WRITTEN)
+            .is_some()
+        {
+            panic!("a record is not a stream's call");
+        }
+    }
+    assert_eq!(plugin.calls_in_flight(), 0);
+    let outcomes = host.outcomes();
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes[0]["outcome"], "succeeded");
+}
+
+#[test]
+fn on_etcd_no_answer_applies_the_routes_fail_policy() {
+    // token_issuing fails closed: 503 ledger-unavailable, nothing upstream.
+    let plugin = etcd_plugin(json!({}));
+    let host = token_request();
+    let (mut stream, _) = send(&plugin, &host, 1);
+    assert_eq!(
+        stream.on_ledger_answer(&plugin, &host, None, b""),
+        Action::Pause
+    );
+    let replies = host.replies();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].status, 503);
+    assert!(replies[0]
+        .body
+        .contains("urn:retry-guard:problem:ledger-unavailable"));
+    assert!(replies[0].has_header("retry-after", "5"));
+    assert!(host
+        .counted()
+        .contains(&Counter::Event(Event::LedgerUnavailable)));
+    assert_eq!(host.decisions(), ["ledger_unavailable"]);
+
+    // The same route set to fail open: allowed and audited.
+    let plugin = etcd_plugin(json!({"ledger": {"backend": "etcd", "cluster": "etcd",
+        "authority": "etcd", "on_unavailable": "fail_open"}}));
+    let host = token_request();
+    let (mut stream, _) = send(&plugin, &host, 1);
+    assert_eq!(
+        stream.on_ledger_answer(&plugin, &host, Some(503), b"upstream connect error"),
+        Action::Continue
+    );
+    assert!(host.replies().is_empty());
+    let audit = host.audit();
+    assert_eq!(audit[0]["decision"], "allow");
+    assert_eq!(audit[0]["reason"], "ledger_unavailable");
+    assert!(host.calls().iter().any(|c| matches!(
+        c,
+        Call::Log(LogLevel::Warn, m) if m.contains("cluster ledger unavailable (etcd answered HTTP 503")
+    )));
+}
+
+#[test]
+fn on_etcd_a_stream_that_ends_while_waiting_records_its_attempt_not_sent() {
+    let plugin = etcd_plugin(json!({}));
+    let host = token_request();
+    let (mut stream, _) = send(&plugin, &host, 1);
+    // The client goes away before etcd answers.
+    stream.on_log(&plugin, &host);
+    drop(stream);
+    host.forget_calls();
+    let mut for_stream = None;
+    for t in 1..=10 {
+        for_stream = for_stream.or(plugin.on_call_answer(&host, t, Some(200), WRITTEN));
+    }
+    assert_eq!(for_stream, None, "the call is no longer the stream's");
+    // The attempt was written: its outcome is written as not_sent.
+    let calls = host.dispatched();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let value = crate::b64::decode_standard(
+        calls[0].1["success"][0]["request_put"]["value"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let entry = crate::ledger::Entry::from_bytes(&value).unwrap();
+    assert_eq!(entry.outcome, Outcome::NotSent);
+}
+
+#[test]
+fn on_etcd_a_lease_this_vm_has_not_seen_is_granted_first() {
+    let plugin = plugin_with(json!({"ledger": {"backend": "etcd", "cluster": "etcd",
+                                               "authority": "etcd"}}));
+    let host = token_request();
+    let (mut stream, actions) = send(&plugin, &host, 1);
+    assert_eq!(actions.last(), Some(&Action::Pause));
+    let calls = host.dispatched();
+    assert_eq!(calls[0].0, crate::etcd::LEASE_GRANT_PATH);
+    // Granted: the insert follows.
+    assert_eq!(
+        stream.on_ledger_answer(&plugin, &host, Some(200), br#"{"ID":"3","TTL":"900"}"#),
+        Action::Pause
+    );
+    let calls = host.dispatched();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].0, crate::etcd::TXN_PATH);
+}
