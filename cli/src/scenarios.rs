@@ -30,29 +30,23 @@ pub fn run(mut args: Vec<String>) -> Result<i32, String> {
         let opts = envoy_target::EnvoyOptions {
             wasm: wasm.map(PathBuf::from),
         };
-        let mut summary = Summary::default();
-        for f in &files {
-            let r = envoy_target::run_file(f, &opts);
-            if !json {
-                print!("{}", r.render());
-            }
-            summary.push(r);
-        }
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?
-            );
-        } else {
-            println!("{}", summary.line());
-        }
-        return Ok(if summary.failed == 0 { 0 } else { 1 });
+        return report_all(&files, json, |f| envoy_target::run_file(f, &opts));
     }
     let rt = runtime(wasm)?;
     let opts = RunOptions { echo_log: echo };
+    report_all(&files, json, |f| scenario::run_file(&rt, f, &opts))
+}
+
+/// Runs every file with `run` and prints each report (or, with `--json`, all of them as one
+/// document) and the summary line; exit 1 when any scenario failed.
+fn report_all(
+    files: &[PathBuf],
+    json: bool,
+    mut run: impl FnMut(&std::path::Path) -> host_sim::scenario::ScenarioReport,
+) -> Result<i32, String> {
     let mut summary = Summary::default();
-    for f in &files {
-        let r = scenario::run_file(&rt, f, &opts);
+    for f in files {
+        let r = run(f);
         if !json {
             print!("{}", r.render());
         }

@@ -47,7 +47,7 @@ fn parse_with_filter(what: &str, config: &Value) -> Config {
 #[test]
 fn envoy_yaml_validates_as_shipped() -> Result<()> {
     // As shipped, the wasm path is relative to the repository root.
-    check_wasm(repo_root().join("target/wasm32-wasip1/release/retry_guard.wasm"))?;
+    check_wasm(retry_guard::paths::filter_wasm())?;
     let out = validate_file(&bundled_path("envoy.yaml"), &repo_root())?;
     assert!(out.contains("OK"), "{out}");
     // Validation ran the plugin's on_configure on the embedded configuration.

@@ -478,7 +478,7 @@ impl<T: SharedStore> SharedStore for &T {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn entry(id: u8, last: u64) -> Entry {
@@ -584,8 +584,8 @@ mod tests {
         assert!(evictions >= 10_000 - 16);
     }
 
-    /// A store whose host answers every call with `InternalFailure`.
-    struct FailingStore;
+    /// A store whose host answers every call with `InternalFailure` (status 10).
+    pub(crate) struct FailingStore;
 
     impl SharedStore for FailingStore {
         fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, LedgerError> {

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::config::Config;
 use crate::host::Status;
-use crate::ledger::{LedgerError, MemoryStore, SharedStore, SlotLedger};
+use crate::ledger::{MemoryStore, SharedStore, SlotLedger};
 use crate::policy::Outcome;
 
 const NOW: u64 = 1_700_000_000;
@@ -736,22 +736,7 @@ fn stale_token_with_reject_gets_401_and_keeps_nothing_to_record() {
 }
 
 /// A ledger over a store whose host refuses every call.
-struct BrokenStore;
-
-impl SharedStore for BrokenStore {
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, LedgerError> {
-        Err(LedgerError::Get {
-            key: key.to_string(),
-            status: 10,
-        })
-    }
-    fn set(&self, key: &str, _: &[u8], _: u32) -> Result<(), LedgerError> {
-        Err(LedgerError::Set {
-            key: key.to_string(),
-            status: 10,
-        })
-    }
-}
+use crate::ledger::tests::FailingStore as BrokenStore;
 
 #[test]
 fn ledger_failure_lets_the_request_through_and_logs_what_failed() {
