@@ -33,8 +33,14 @@ pub fn run(mut args: Vec<String>) -> Result<i32, String> {
         return report_all(&files, json, |f| envoy_target::run_file(f, &opts));
     }
     let rt = runtime(wasm)?;
-    let opts = RunOptions { echo_log: echo };
-    report_all(&files, json, |f| scenario::run_file(&rt, f, &opts))
+    let opts = RunOptions {
+        echo_log: echo,
+        etcd: None,
+    };
+    report_all(&files, json, |f| match scenario::load(f) {
+        Ok(sc) => envoy_target::run_on_sim(&rt, &sc, &opts),
+        Err(_) => scenario::run_file(&rt, f, &opts),
+    })
 }
 
 /// Runs every file with `run` and prints each report (or, with `--json`, all of them as one

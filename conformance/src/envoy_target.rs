@@ -37,6 +37,7 @@ use serde_json::{json, Map, Value};
 use retry_guard_e2e::backend::{Backend, Gate, Reply, CASE_HEADER};
 use retry_guard_e2e::client::{self, Response};
 use retry_guard_e2e::envoy::{Envoy, ACCESS_LOG_PLACEHOLDER, WASM_PLACEHOLDER};
+use retry_guard_e2e::etcd::{envoy_cluster, Etcd};
 use retry_guard_e2e::gateway::UPSTREAM_HEADER;
 
 use host_sim::scenario::expect;
@@ -70,6 +71,31 @@ const LOG_WAIT: Duration = Duration::from_secs(3);
 pub struct EnvoyOptions {
     /// The wasm file (default: the harness's, `target/wasm32-wasip1/release/retry_guard.wasm`).
     pub wasm: Option<PathBuf>,
+}
+
+/// Runs a scenario on host-sim, starting a real etcd for it when it uses the cluster ledger
+/// (host-sim itself starts no servers).
+pub fn run_on_sim(
+    rt: &host_sim::Runtime,
+    sc: &Scenario,
+    opts: &host_sim::scenario::RunOptions,
+) -> ScenarioReport {
+    let mut opts = opts.clone();
+    let _etcd = match host_sim::scenario::etcd_cluster(sc) {
+        None => None,
+        Some(_) => match Etcd::start(&format!("sim-{}", sc.name), 1) {
+            Ok(etcd) => {
+                opts.etcd = Some(etcd.client());
+                Some(etcd)
+            }
+            Err(e) => {
+                let mut report = new_report(sc, "sim");
+                report.error = Some(format!("etcd did not start: {e}"));
+                return report;
+            }
+        },
+    };
+    host_sim::scenario::run_scenario(rt, sc, &opts)
 }
 
 /// Why a scenario cannot run on Envoy, if it cannot: its own `envoy.runnable: false` and
@@ -408,7 +434,7 @@ pub fn run_scenario(sc: &Scenario, opts: &EnvoyOptions) -> ScenarioReport {
             return report;
         }
     };
-    let b = match bootstrap(
+    let mut b = match bootstrap(
         &name,
         backend.addr(),
         &config,
@@ -421,6 +447,26 @@ pub fn run_scenario(sc: &Scenario, opts: &EnvoyOptions) -> ScenarioReport {
             report.error = Some(e);
             return report;
         }
+    };
+    // A scenario on the cluster ledger gets its own etcd, reached through the cluster its
+    // plugin configuration names; it lives until the scenario ends.
+    let _etcd = match host_sim::scenario::etcd_cluster(sc) {
+        None => None,
+        Some(cluster) => match Etcd::start(&sc.name, 1) {
+            Ok(etcd) => {
+                if let Some(clusters) = b
+                    .pointer_mut("/static_resources/clusters")
+                    .and_then(Value::as_array_mut)
+                {
+                    clusters.push(envoy_cluster(&cluster, &etcd.clients()));
+                }
+                Some(etcd)
+            }
+            Err(e) => {
+                report.error = Some(format!("etcd did not start: {e}"));
+                return report;
+            }
+        },
     };
     let want_start_error = j.get("expect_start_error").and_then(Value::as_str);
     let host = match Host::start(&name, b, opts.wasm.clone(), backend) {

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use conformance::envoy_target::{self as envoy, EnvoyOptions};
 use host_sim::scenario::files as scenario_files;
-use host_sim::scenario::{load, run_scenario, Observed, RunOptions, Scenario, ScenarioReport};
+use host_sim::scenario::{load, Observed, RunOptions, Scenario, ScenarioReport};
 use host_sim::Runtime;
 
 /// Envoys running at once (each with 2 workers).
@@ -118,7 +118,7 @@ fn runnable_scenarios_agree_between_host_sim_and_envoy() {
     let mut agreed = Vec::new();
     for (sc, env) in runnable.iter().zip(on_envoy) {
         let env = env.expect("every scenario ran");
-        let sim = run_scenario(&rt, sc, &RunOptions::default());
+        let sim = envoy::run_on_sim(&rt, sc, &RunOptions::default());
         if !sim.passed {
             problems.push(format!("{} failed on host-sim:\n{}", sc.name, sim.render()));
             continue;

@@ -225,6 +225,24 @@ write("confirmation", {
         {"metrics": {"retry_guard.confirmation.invalid": 9, "retry_guard.decision.confirmed": 1}},
     ]})
 
+write("cluster-ledger", {
+    "name": "cluster-ledger",
+    "description": "The ledger on a real etcd (the cluster ledger): a first attempt is one insert-if-absent transaction, its outcome one more; the replay needs review, a confirmation works once, its reuse is already_used; both hosts reach the same etcd protocol.",
+    "envoy": RUNNABLE,
+    "etcd": {"cluster": "etcd"},
+    "config": base_config([TOKEN_ROUTE], ledger={"backend": "etcd", "cluster": "etcd", "authority": "etcd", "key_prefix": "scenario/", "timeout_ms": 1000}),
+    "request_defaults": {"path": "/oauth/token", "headers": CLIENT, "body": "grant_type=client_credentials"},
+    "steps": [
+        {"name": "first", "request": {}, "expect": {"status": 200, "upstream": True, "audit": {"decision": "allow", "attempt": 1},
+                                                    "outcome": {"outcome": "succeeded", "upstream_attempts": 1}}},
+        {"name": "replay", "request": {"worker": 1}, "expect": {"status": 428, "upstream": False, "body": {"previous_outcome": "succeeded", "attempt": 2}}},
+        {"name": "confirm", "request": {"headers": {"retry-guard-confirmation": {"confirmation": {"from": "replay"}}}},
+         "expect": {"status": 200, "decision": "confirmed", "outcome": {"outcome": "succeeded"}}},
+        {"name": "reuse", "request": {"worker": 1, "headers": {"retry-guard-confirmation": {"same_as": "confirm"}}},
+         "expect": {"status": 428, "body": {"confirmation_error": "already_used"}}},
+        {"metrics": {"retry_guard.decision.allow": 1, "retry_guard.decision.confirmed": 1, "retry_guard.decision.confirm": 2, "retry_guard.ledger.unavailable": 0}},
+    ]})
+
 write("shadow-mode", {
     "name": "shadow-mode",
     "description": "In shadow mode every decision is computed, logged and counted, but nothing is blocked or stripped.",

@@ -1083,12 +1083,32 @@ impl Sim {
         self.deliver_queue_ready();
         ex.finished_ns = self.shared.now().realtime_ns;
         let label = format!("w{}", ex.worker);
+        let root_id = self.workers[ex.worker]
+            .try_borrow()
+            .map_or(0, |vm| vm.store.data().root_id);
         let log = lock(&self.shared.log);
-        ex.logs = log
-            .get(log_start..)
-            .unwrap_or_default()
+        let window = log.get(log_start..).unwrap_or_default();
+        let own =
+            |l: &&LogLine| l.vm == label && l.context_id == ex.context_id && ex.context_id != 0;
+        // Lines the root context wrote about this request while it ran (the outcome of an
+        // attempt on the cluster ledger is written when etcd answers, in a callback of the root
+        // context), found as Envoy's log is read: by the request's id.
+        let rid = window.iter().filter(own).find_map(|l| {
+            let at = l.message.find("\"request_id\":\"")? + 14;
+            let rest = l.message.get(at..)?;
+            Some(format!(
+                "\"request_id\":\"{}\"",
+                rest.get(..rest.find('"')?)?
+            ))
+        });
+        ex.logs = window
             .iter()
-            .filter(|l| l.vm == label && l.context_id == ex.context_id && ex.context_id != 0)
+            .filter(|l| {
+                own(l)
+                    || (l.vm == label
+                        && l.context_id == root_id
+                        && rid.as_deref().is_some_and(|r| l.message.contains(r)))
+            })
             .cloned()
             .collect();
         if ex.filter_state.is_empty() {

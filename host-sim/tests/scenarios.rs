@@ -13,9 +13,20 @@ fn all_scenarios_pass() {
     let files = scenario_files(&[dir.display().to_string()]).expect("scenario files");
     assert!(files.len() >= 15, "found only {} scenarios", files.len());
     let mut summary = Summary::default();
+    let mut on_etcd = Vec::new();
     for f in files {
+        // Scenarios on the cluster ledger need a real etcd, which host-sim does not start:
+        // conformance's agreement test runs them on both hosts, each with its own etcd.
+        if host_sim::scenario::load(&f)
+            .ok()
+            .is_some_and(|sc| host_sim::scenario::etcd_cluster(&sc).is_some())
+        {
+            on_etcd.push(f.display().to_string());
+            continue;
+        }
         summary.push(run_file(&rt, &f, &RunOptions::default()));
     }
+    eprintln!("run by conformance (they need etcd): {on_etcd:?}");
     let failed: Vec<String> = summary
         .scenarios
         .iter()

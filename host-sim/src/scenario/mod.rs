@@ -16,7 +16,7 @@ mod validate;
 pub mod values;
 
 pub use report::{Observed, ScenarioReport, StepReport, Summary, UpstreamFacts};
-pub use run::{invalid, load, run_file, run_scenario, RunOptions, Scenario};
+pub use run::{etcd_cluster, invalid, load, run_file, run_scenario, RunOptions, Scenario};
 pub use validate::validate;
 
 /// What another scenario target builds on: the step reader, the report builders and the plan

@@ -29,6 +29,7 @@ const TOP_FIELDS: &[&str] = &[
     "request_defaults",
     "steps",
     "expect_start_error",
+    "etcd",
 ];
 
 /// A loaded scenario file.
@@ -47,6 +48,22 @@ pub struct Scenario {
 pub struct RunOptions {
     /// Echo VM log lines at or above this level to stderr while running.
     pub echo_log: Option<u32>,
+    /// A real etcd's client address, for scenarios with an `etcd` member (the cluster ledger):
+    /// their `http_call`s to the named cluster go there over HTTP/1.1. host-sim starts no
+    /// etcd itself; `retry-guard run` and the conformance tests do.
+    pub etcd: Option<std::net::SocketAddr>,
+}
+
+/// The Envoy cluster name a scenario's `etcd` member asks for (`{"cluster": "etcd"}`), when it
+/// needs a real etcd.
+pub fn etcd_cluster(sc: &Scenario) -> Option<String> {
+    let e = sc.json.get("etcd")?;
+    Some(
+        e.get("cluster")
+            .and_then(Value::as_str)
+            .unwrap_or("etcd")
+            .to_string(),
+    )
 }
 
 /// Reads and checks a scenario file.
@@ -207,8 +224,22 @@ fn run_on_sim(
             return;
         }
     };
+    let mut clusters = crate::upstream::Clusters::default();
+    if let Some(name) = etcd_cluster(sc) {
+        let Some(addr) = opts.etcd else {
+            report.error = Some(format!(
+                "this scenario needs a real etcd (cluster {name:?}); run it with `retry-guard run`, \
+                 which starts one, or give RunOptions::etcd"
+            ));
+            return;
+        };
+        clusters
+            .by_name
+            .insert(name, crate::upstream::Cluster::Forward(addr));
+    }
     let cfg = SimConfig {
         plugin_config: config,
+        clusters,
         workers: j.get("workers").and_then(Value::as_u64).unwrap_or(2) as usize,
         main_vm: j.get("main_vm").and_then(Value::as_bool).unwrap_or(true),
         allow_on_headers_stop_iteration: j

@@ -37,6 +37,21 @@ pub fn validate(scenario: &Value) -> Vec<String> {
             None => v.out.push("request_defaults: an object".into()),
         }
     }
+    if let Some(e) = scenario.get("etcd") {
+        match e.as_object() {
+            Some(m) => {
+                v.unknown(m, &["cluster"], "etcd", "etcd member");
+                if m.get("cluster").is_some_and(|c| !c.is_string()) {
+                    v.out.push(
+                        "etcd.cluster: the Envoy cluster name the plugin's ledger names".into(),
+                    );
+                }
+            }
+            None => v
+                .out
+                .push("etcd: an object, e.g. {\"cluster\": \"etcd\"}".into()),
+        }
+    }
     let steps = scenario
         .get("steps")
         .and_then(Value::as_array)
