@@ -235,6 +235,74 @@ impl Recording {
     }
 }
 
+/// When an opaque bearer credential was first seen, asked of the remote ledger (its age for
+/// `token_max_age_seconds`, the same on every replica): an insert-if-absent of a sighting
+/// record, whose failure branch reads the record that exists.
+#[derive(Clone, Debug)]
+pub struct Sighting {
+    key: String,
+    lease: i64,
+    id: [u8; 32],
+    now: u64,
+    window_seconds: u64,
+    rounds: usize,
+    first_seen: u64,
+}
+
+impl Sighting {
+    /// Starts: asks to record the credential as first seen `now` unless a record exists.
+    pub fn start(
+        key: String,
+        lease: i64,
+        id: [u8; 32],
+        now: u64,
+        window_seconds: u64,
+    ) -> (Sighting, Next<u64>) {
+        let mut s = Sighting {
+            key,
+            lease,
+            id,
+            now,
+            window_seconds,
+            rounds: 0,
+            first_seen: now,
+        };
+        let next = s.propose(&Current::default());
+        (s, next)
+    }
+
+    /// Continues with the answer: `Done(first_seen)`.
+    pub fn on_result(&mut self, result: OpResult) -> Next<u64> {
+        match result {
+            OpResult::Written { .. } => Next::Done(self.first_seen),
+            OpResult::Current(current) => {
+                self.rounds += 1;
+                if self.rounds > MAX_LEDGER_ROUNDS {
+                    return Next::Done(self.first_seen);
+                }
+                self.propose(&current)
+            }
+        }
+    }
+
+    fn propose(&mut self, current: &Current) -> Next<u64> {
+        let live = current
+            .entry
+            .as_ref()
+            .filter(|e| e.id == self.id && e.is_live(self.now, self.window_seconds));
+        self.first_seen = live.map_or(self.now, |e| e.first_seen);
+        match engine::token_seen_update(live, self.id, self.now, self.window_seconds) {
+            None => Next::Done(self.first_seen),
+            Some(entry) => Next::Ask(LedgerOp::Put {
+                key: self.key.clone(),
+                expect: current.expect(),
+                entry,
+                lease: self.lease,
+            }),
+        }
+    }
+}
+
 /// The response facts of an attempt that never went upstream because its stream ended while
 /// it waited for the ledger (the client went away): recorded as `not_sent`.
 pub const ABANDONED: ResponseFacts = ResponseFacts {
@@ -426,6 +494,33 @@ mod tests {
             Some(Next::Done(s)) => assert_eq!(s.decision.reason, "ledger_contention"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_credential_is_first_seen_once_across_replicas() {
+        // Nobody saw it: recorded now.
+        let (mut s, next) = Sighting::start("t".into(), 7, [8; 32], 1000, 900);
+        let Next::Ask(LedgerOp::Put { expect, entry, .. }) = next else {
+            panic!("{next:?}")
+        };
+        assert_eq!((expect, entry.first_seen), (Expect::Absent, 1000));
+        assert_eq!(
+            s.on_result(OpResult::Written { revision: 2 }),
+            Next::Done(1000)
+        );
+        // Another replica saw it at 400: that is its first sighting, nothing to write (a
+        // refresh only once a quarter of the window has passed since).
+        let (mut s, _) = Sighting::start("t".into(), 7, [8; 32], 500, 900);
+        let mut seen = entry.clone();
+        seen.first_seen = 400;
+        seen.last_attempt = 450;
+        assert_eq!(
+            s.on_result(OpResult::Current(Current {
+                entry: Some(seen),
+                revision: Some(3)
+            })),
+            Next::Done(400)
+        );
     }
 
     #[test]

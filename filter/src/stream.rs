@@ -285,7 +285,7 @@ impl Stream {
             &pending.path,
             &body_digest,
         );
-        if plugin.remote.is_some() && route.needs_ledger() {
+        if plugin.remote.is_some() && (route.needs_ledger() || pending.sighting.is_some()) {
             return self.decide_remote(plugin, host, pending, fingerprint, body_digest);
         }
         let facts = Facts {

@@ -16,7 +16,7 @@ use crate::fingerprint::Fingerprint;
 use crate::host::{Action, LogLevel, StreamHost};
 use crate::ledger::{Entry, Ledger};
 use crate::metrics::{Counter, Event};
-use crate::remote::{Deciding, Next, Recording, RemoteSettled, ABANDONED};
+use crate::remote::{Deciding, Next, Recording, RemoteSettled, Sighting, ABANDONED};
 
 use super::request::{now_seconds, Pending};
 use super::{fresh_challenge, Plugin, Stream, Tracked};
@@ -55,10 +55,21 @@ impl Asking {
     }
 }
 
+/// What a waiting stream asks the cluster ledger.
+// One per waiting stream, inside the boxed `Waiting`: boxing the larger variant again would
+// only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Phase {
+    /// When its opaque token was first seen (before the decision).
+    Sighting(Sighting),
+    /// Its decision.
+    Deciding(Deciding),
+}
+
 /// A stream's decision waiting for the cluster ledger.
 pub(super) struct Waiting {
     asking: Asking,
-    deciding: Deciding,
+    phase: Phase,
     /// The request in flight.
     op: LedgerOp,
     /// A grant of the lease the request names is in flight first.
@@ -156,7 +167,7 @@ impl<L> Plugin<L> {
         status: Option<u16>,
         body: &[u8],
     ) {
-        if job.waiting.granting {
+        if job.waiting.granting || matches!(job.waiting.phase, Phase::Sighting(_)) {
             return;
         }
         let Ok(crate::etcd::OpResult::Written { revision }) =
@@ -192,55 +203,115 @@ impl<L> Plugin<L> {
 }
 
 impl Stream {
-    /// Starts the decision against the cluster ledger; the stream waits (paused) for it.
+    /// Starts the decision against the cluster ledger (after the token's first sighting, when
+    /// its age must be known); the stream waits (paused) for it.
     pub(super) fn decide_remote<L: Ledger, H: StreamHost>(
         &mut self,
         plugin: &Plugin<L>,
         host: &H,
-        pending: Pending,
+        mut pending: Pending,
         fingerprint: Fingerprint,
         body_digest: [u8; 32],
+    ) -> Action {
+        let Some(remote) = &plugin.remote else {
+            return Action::Continue;
+        };
+        let lease = remote.plan.lease_id(remote.plan.bucket(pending.now));
+        if let Some(id) = pending.sighting.as_ref().map(|d| d.id) {
+            let key = etcd::key(&remote.etcd.key_prefix, KeyKind::TokenSeen, &id);
+            let (sighting, next) =
+                Sighting::start(key, lease, id, pending.now, plugin.config.window_seconds);
+            match next {
+                Next::Done(first_seen) => pending.seen(Some(first_seen)),
+                Next::Ask(op) => {
+                    let waiting = Waiting {
+                        asking: Asking {
+                            pending,
+                            fingerprint,
+                            body_digest,
+                        },
+                        phase: Phase::Sighting(sighting),
+                        op,
+                        granting: false,
+                        regranted: false,
+                        token: 0,
+                    };
+                    return self.send_first(plugin, host, waiting);
+                }
+            }
+        }
+        self.start_deciding(
+            plugin,
+            host,
+            Asking {
+                pending,
+                fingerprint,
+                body_digest,
+            },
+        )
+    }
+
+    /// Decides: against the cluster ledger on a tracked route, at once on an untracked one
+    /// (whose token age was all it needed the ledger for).
+    fn start_deciding<L: Ledger, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+        asking: Asking,
     ) -> Action {
         let (Some(remote), Some(route)) = (&plugin.remote, plugin.config.routes.get(self.route))
         else {
             return Action::Continue;
         };
-        let key = etcd::key(&remote.etcd.key_prefix, KeyKind::Attempt, &fingerprint.0);
-        let lease = remote.plan.lease_id(remote.plan.bucket(pending.now));
-        let asking = Asking {
-            pending,
-            fingerprint,
-            body_digest,
-        };
-        let (deciding, next) = {
-            let mut challenge = fresh_challenge(host, &asking.fingerprint);
-            Deciding::start(
-                &plugin.config,
-                route,
-                &asking.facts(),
-                key,
-                lease,
-                &mut challenge,
-            )
-        };
-        let mut waiting = match next {
-            Next::Done(settled) => {
-                return self.settle_remote(plugin, host, &asking.facts(), settled, None);
+        let fingerprint = asking.fingerprint;
+        let mut challenge = fresh_challenge(host, &fingerprint);
+        if !route.needs_ledger() {
+            let d = engine::decide(&plugin.config, route, &asking.facts(), None, &mut challenge);
+            return self.apply(plugin, host, route, &asking.facts(), &d);
+        }
+        let key = etcd::key(
+            &remote.etcd.key_prefix,
+            KeyKind::Attempt,
+            &asking.fingerprint.0,
+        );
+        let lease = remote.plan.lease_id(remote.plan.bucket(asking.pending.now));
+        let (deciding, next) = Deciding::start(
+            &plugin.config,
+            route,
+            &asking.facts(),
+            key,
+            lease,
+            &mut challenge,
+        );
+        match next {
+            Next::Done(settled) => self.settle_remote(plugin, host, &asking.facts(), settled, None),
+            Next::Ask(op) => {
+                let waiting = Waiting {
+                    asking,
+                    phase: Phase::Deciding(deciding),
+                    op,
+                    granting: false,
+                    regranted: false,
+                    token: 0,
+                };
+                self.send_first(plugin, host, waiting)
             }
-            Next::Ask(op) => Waiting {
-                asking,
-                deciding,
-                op,
-                granting: false,
-                regranted: false,
-                token: 0,
-            },
-        };
-        // A lease this VM has not seen granted yet (the first seconds after start, or a tick
-        // that failed): grant it first.
-        if !remote.is_granted(remote.plan.bucket(waiting.asking.pending.now)) {
-            waiting.granting = true;
-            waiting.regranted = true;
+        }
+    }
+
+    /// Sends a new conversation's first request: the lease grant first when this VM has not
+    /// seen the bucket's lease granted yet (the first seconds after start, or a failed tick).
+    fn send_first<L: Ledger, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+        mut waiting: Waiting,
+    ) -> Action {
+        if let Some(remote) = &plugin.remote {
+            if !remote.is_granted(remote.plan.bucket(waiting.asking.pending.now)) {
+                waiting.granting = true;
+                waiting.regranted = true;
+            }
         }
         self.send(plugin, host, waiting)
     }
@@ -318,33 +389,58 @@ impl Stream {
                 waiting.granting = true;
                 return self.send(plugin, host, waiting);
             }
-            Err(e) => return self.unavailable(plugin, host, waiting, &e.to_string()),
-        };
-        let next = {
-            let mut challenge = fresh_challenge(host, &waiting.asking.fingerprint);
-            waiting.deciding.on_result(
-                &plugin.config,
-                route,
-                &waiting.asking.facts(),
-                result,
-                &mut challenge,
-            )
-        };
-        match next {
-            Next::Ask(op) => {
-                waiting.op = op;
-                self.send(plugin, host, waiting)
+            Err(e) => {
+                if let Phase::Sighting(_) = waiting.phase {
+                    // The token's age is unknown: decide without it (the decision then meets
+                    // the same ledger and its fail policy).
+                    host.log(
+                        LogLevel::Warn,
+                        &format!("retry-guard: token age unknown: {e}"),
+                    );
+                    waiting.asking.pending.seen(None);
+                    return self.start_deciding(plugin, host, waiting.asking);
+                }
+                return self.unavailable(plugin, host, waiting, &e.to_string());
             }
-            Next::Done(settled) => {
-                let written_key = waiting.deciding.key().to_string();
-                let lease = waiting.deciding.lease();
-                self.settle_remote(
-                    plugin,
-                    host,
-                    &waiting.asking.facts(),
-                    settled,
-                    Some((written_key, lease)),
-                )
+        };
+        match &mut waiting.phase {
+            Phase::Sighting(sighting) => match sighting.on_result(result) {
+                Next::Ask(op) => {
+                    waiting.op = op;
+                    self.send(plugin, host, waiting)
+                }
+                Next::Done(first_seen) => {
+                    waiting.asking.pending.seen(Some(first_seen));
+                    self.start_deciding(plugin, host, waiting.asking)
+                }
+            },
+            Phase::Deciding(deciding) => {
+                let next = {
+                    let mut challenge = fresh_challenge(host, &waiting.asking.fingerprint);
+                    deciding.on_result(
+                        &plugin.config,
+                        route,
+                        &waiting.asking.facts(),
+                        result,
+                        &mut challenge,
+                    )
+                };
+                match next {
+                    Next::Ask(op) => {
+                        waiting.op = op;
+                        self.send(plugin, host, waiting)
+                    }
+                    Next::Done(settled) => {
+                        let key = (deciding.key().to_string(), deciding.lease());
+                        self.settle_remote(
+                            plugin,
+                            host,
+                            &waiting.asking.facts(),
+                            settled,
+                            Some(key),
+                        )
+                    }
+                }
             }
         }
     }

@@ -94,6 +94,16 @@ pub(super) struct Pending {
     pub(super) confirmation: Option<Vec<u8>>,
     pub(super) hasher: Sha256,
     pub(super) body_seen: usize,
+    /// An opaque token whose first sighting is still to be asked of the cluster ledger.
+    pub(super) sighting: Option<Deferred>,
+}
+
+/// A token age check waiting for the cluster ledger's record of the credential.
+pub(super) struct Deferred {
+    /// The credential's record id.
+    pub(super) id: [u8; 32],
+    pub(super) token: BearerToken,
+    pub(super) rules: TokenRules,
 }
 
 impl Pending {
@@ -160,8 +170,19 @@ impl Pending {
             max_age: route.token_max_age_seconds,
             skew: config.clock_skew_seconds,
         };
+        // On the cluster ledger the sighting is asked of etcd when the request is decided.
+        let sighting = match credential {
+            Some(c) if plugin.remote.is_some() && rules.needs_first_seen(&token) => {
+                Some(Deferred {
+                    id: engine::token_record_id(c.secret()),
+                    token,
+                    rules,
+                })
+            }
+            _ => None,
+        };
         let first_seen = match credential {
-            Some(c) if rules.needs_first_seen(&token) => {
+            Some(c) if sighting.is_none() && rules.needs_first_seen(&token) => {
                 match engine::first_seen_with_ledger(
                     &plugin.ledger,
                     c.secret(),
@@ -203,6 +224,14 @@ impl Pending {
             confirmation,
             hasher: Sha256::new(),
             body_seen: 0,
+            sighting,
+        }
+    }
+
+    /// The token's first sighting came back from the cluster ledger: assess it again.
+    pub(super) fn seen(&mut self, first_seen: Option<u64>) {
+        if let Some(d) = self.sighting.take() {
+            self.stale = d.rules.assess(&d.token, self.now, first_seen);
         }
     }
 

@@ -1053,3 +1053,67 @@ fn on_etcd_a_lease_this_vm_has_not_seen_is_granted_first() {
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[1].0, crate::etcd::TXN_PATH);
 }
+
+#[test]
+fn on_etcd_an_opaque_tokens_age_comes_from_the_shared_sighting() {
+    let plugin = etcd_plugin(json!({}));
+    let host = FakeHost::request(
+        "token",
+        "POST",
+        "/oauth/token",
+        &[
+            ("x-client-id", "ci-bot"),
+            ("authorization", "Bearer opaque-abc"),
+        ],
+    )
+    .with_body("grant_type=client_credentials");
+    let (mut stream, actions) = send(&plugin, &host, 1);
+    assert_eq!(actions.last(), Some(&Action::Pause));
+    let calls = host.dispatched();
+    assert_eq!(calls.len(), 1);
+    let key =
+        crate::b64::decode_standard(calls[0].1["compare"][0]["key"].as_str().unwrap()).unwrap();
+    assert!(
+        key.starts_with(b"p/t/"),
+        "{}",
+        String::from_utf8_lossy(&key)
+    );
+    // Another replica saw this credential 400 s ago (the route allows 300).
+    let seen = crate::engine::token_seen_update(
+        None,
+        crate::engine::token_record_id("opaque-abc"),
+        NOW - 400,
+        900,
+    )
+    .unwrap();
+    let answer = format!(
+        r#"{{"responses":[{{"response_range":{{"kvs":[{{"mod_revision":"5","value":"{}"}}]}}}}]}}"#,
+        crate::b64::standard(&seen.to_bytes())
+    );
+    // A refresh of the record, then the decision's insert.
+    assert_eq!(
+        stream.on_ledger_answer(&plugin, &host, Some(200), answer.as_bytes()),
+        Action::Pause
+    );
+    assert_eq!(
+        stream.on_ledger_answer(&plugin, &host, Some(200), WRITTEN),
+        Action::Pause
+    );
+    let calls = host.dispatched();
+    let last = calls.last().unwrap();
+    let key = crate::b64::decode_standard(last.1["compare"][0]["key"].as_str().unwrap()).unwrap();
+    assert!(
+        key.starts_with(b"p/a/"),
+        "the decision follows the sighting"
+    );
+    assert_eq!(
+        stream.on_ledger_answer(&plugin, &host, Some(200), WRITTEN),
+        Action::Continue
+    );
+    // The token was too old on this replica too: stripped.
+    assert_eq!(host.upstream_header("authorization"), None);
+    assert_eq!(
+        host.upstream_header("retry-guard-token").as_deref(),
+        Some("stripped; reason=too_old")
+    );
+}
