@@ -5,27 +5,27 @@
 //! 127.0.0.1:10000, admin 127.0.0.1:9901), prints a curl session, echoes access-log and audit
 //! lines; Ctrl-C stops both.
 //!
-//! Run from anywhere: it works in the repository root (the wasm path in `envoy.yaml` is relative
-//! to it). Envoy runs in its own process group, so the terminal's Ctrl-C reaches only this
-//! program, which then stops Envoy by its PID (admin `/quitquitquit`, then SIGKILL) and the
-//! backend. The program never panics (the release profile aborts on panic, which would skip
-//! the clean-up).
+//! Envoy is started by the harness's launcher (`retry_guard_e2e::envoy`), the one place that
+//! starts Envoy, on the file as shipped: run from anywhere, it runs Envoy in the repository
+//! root (the wasm path in `envoy.yaml` is relative to it). Envoy runs in its own process group,
+//! so the terminal's Ctrl-C reaches only this program, which then stops Envoy by its PID (admin
+//! `/quitquitquit`, then SIGKILL) and the backend. Envoy is started from `main`, which lives
+//! until the end: Envoy 1.40 quits when the thread that started it ends. The program never
+//! panics (the release profile aborts on panic, which would skip the clean-up).
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use retry_guard_e2e::backend::Backend;
-use retry_guard_e2e::envoy::{check_wasm, envoy_binary, validate_file};
+use retry_guard_e2e::envoy::{check_wasm, envoy_binary, Envoy};
 use retry_guard_e2e::gateway::{
     bundled_path, envoy_yaml, ADMIN_PORT, BACKEND_CLUSTER, LISTENER_PORT,
 };
-use retry_guard_e2e::{bail, client, repo_root, Error, Result};
+use retry_guard_e2e::{bail, repo_root, Error, Result};
 use serde_json::Value;
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -81,93 +81,54 @@ fn backend_port(bootstrap: &Value) -> Result<u16> {
         .ok_or_else(|| Error(format!("envoy/envoy.yaml has no cluster {BACKEND_CLUSTER} port")))
 }
 
-struct Running {
-    child: Child,
-    admin: SocketAddr,
-}
-
-impl Running {
-    /// Stops Envoy by its PID: admin `/quitquitquit`, up to 5 s, then SIGKILL.
-    fn stop(&mut self) {
-        let _ = client::send_with_timeout(
-            self.admin,
-            "POST",
-            "/quitquitquit",
-            &[],
-            &[],
-            Duration::from_secs(1),
-        );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.stop();
-        }
-    }
-}
-
 fn run() -> Result<()> {
     let root = repo_root();
-    let envoy = envoy_binary()?;
+    // Say what to install before anything else: Envoy first, then the wasm.
+    envoy_binary()?;
     check_wasm(retry_guard::paths::filter_wasm())?;
-    let config = bundled_path("envoy.yaml");
-    let bootstrap = envoy_yaml()?;
-    let backend_port = backend_port(&bootstrap)?;
+    let backend_port = backend_port(&envoy_yaml()?)?;
+    let launcher = Envoy::builder("gateway", SocketAddr::from(([127, 0, 0, 1], backend_port)))
+        .config_file(bundled_path("envoy.yaml"))
+        .current_dir(&root)
+        .run_dir(root.join("target/envoy-local"))
+        .concurrency(2)
+        .disable_hot_restart()
+        .own_process_group()
+        .pipe_stdout()
+        .stop_timeout(Duration::from_secs(5))
+        .cancel_start_on(&STOP);
 
     print!("Validating envoy/envoy.yaml ... ");
-    validate_file(&config, &root)?;
+    launcher.validate()?;
     println!("OK");
 
     let backend = Backend::start_on(backend_port)
         .map_err(|e| Error(format!("{e} (is another `just envoy` running?)")))?;
     backend.obey_request_directives(true);
 
-    let dir = root.join("target/envoy-local");
-    std::fs::create_dir_all(&dir)?;
-    let log = dir.join("envoy.log");
-    let _ = std::fs::remove_file(&log);
     install_signal_handlers();
-    let child = Command::new(&envoy)
-        .current_dir(&root)
-        .arg("-c")
-        .arg(&config)
-        .args(["--concurrency", "2", "-l", "info", "--disable-hot-restart"])
-        .arg("--log-path")
-        .arg(&log)
-        .args(["--file-flush-interval-msec", "100"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("stderr.log"))?)
-        // Its own process group: the terminal's Ctrl-C goes to us, and we stop it by PID.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| Error(format!("cannot start {}: {e}", envoy.display())))?;
-    let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
-    let listener = SocketAddr::from(([127, 0, 0, 1], LISTENER_PORT));
-    let mut running = Running { child, admin };
-    if let Some(stdout) = running.child.stdout.take() {
+    let mut envoy = launcher.start().map_err(|e| {
+        if STOP.load(Ordering::SeqCst) {
+            Error::new("interrupted while Envoy was starting")
+        } else {
+            Error(format!(
+                "Envoy did not start. Is port {LISTENER_PORT} or {ADMIN_PORT} in use (another \
+                 `just envoy`)?\n{e}"
+            ))
+        }
+    })?;
+    if let Some(stdout) = envoy.take_stdout() {
         thread::spawn(move || echo_access_log(stdout));
     }
-    wait_ready(&mut running, listener, &log)?;
+    let log = envoy.log_path();
     {
         let log = log.clone();
         thread::spawn(move || echo_envoy_log(&log));
     }
-    print_session(&running, backend_port, &log);
+    print_session(&envoy, backend_port, &log);
 
     while !STOP.load(Ordering::SeqCst) {
-        if let Ok(Some(status)) = running.child.try_wait() {
+        if let Some(status) = envoy.exited() {
             drop(backend);
             bail!("Envoy exited ({status}); see {}", log.display());
         }
@@ -175,47 +136,12 @@ fn run() -> Result<()> {
     }
     println!(
         "\nStopping Envoy (pid {}) and the backend ...",
-        running.child.id()
+        envoy.pid().unwrap_or_default()
     );
-    running.stop();
+    envoy.stop();
     drop(backend);
     println!("Stopped.");
     Ok(())
-}
-
-fn wait_ready(running: &mut Running, listener: SocketAddr, log: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(Some(status)) = running.child.try_wait() {
-            bail!(
-                "Envoy exited during start-up ({status}). Is port {LISTENER_PORT} or \
-                 {ADMIN_PORT} in use? Last log lines:\n{}",
-                last_lines(log, 15)
-            );
-        }
-        let ready = client::send_with_timeout(
-            running.admin,
-            "GET",
-            "/ready",
-            &[],
-            &[],
-            Duration::from_secs(1),
-        )
-        .is_ok_and(|r| r.status == 200 && r.text().trim() == "LIVE");
-        if ready && TcpStream::connect_timeout(&listener, Duration::from_millis(500)).is_ok() {
-            return Ok(());
-        }
-        if STOP.load(Ordering::SeqCst) || Instant::now() >= deadline {
-            bail!("Envoy was not ready within 20 s; see {}", log.display());
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn last_lines(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Envoy's access log goes to its stdout (`/dev/stdout` in envoy.yaml): one line per request.
@@ -240,7 +166,7 @@ fn echo_access_log(stdout: impl Read) {
 }
 
 /// Follows Envoy's log file and echoes the filter's audit lines and any warning/error.
-fn echo_envoy_log(path: &PathBuf) {
+fn echo_envoy_log(path: &Path) {
     let mut pos = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let mut pending = String::new();
     loop {
@@ -312,30 +238,24 @@ fn compact_audit(r: &Value) -> String {
     line
 }
 
-fn print_session(running: &Running, backend_port: u16, log: &Path) {
+fn print_session(envoy: &Envoy, backend_port: u16, log: &Path) {
     // "version": "<sha>/1.40.0/Clean/RELEASE/BoringSSL"
-    let version = client::send_with_timeout(
-        running.admin,
-        "GET",
-        "/server_info",
-        &[],
-        &[],
-        Duration::from_secs(2),
-    )
-    .ok()
-    .and_then(|r| r.json().ok())
-    .and_then(|v| {
-        v["version"]
-            .as_str()
-            .and_then(|s| s.split('/').nth(1))
-            .map(str::to_string)
-    })
-    .unwrap_or_else(|| "?".to_string());
+    let version = envoy
+        .admin_get("/server_info")
+        .ok()
+        .and_then(|r| r.json().ok())
+        .and_then(|v| {
+            v["version"]
+                .as_str()
+                .and_then(|s| s.split('/').nth(1))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".to_string());
     println!(
         "\nEnvoy {version} (pid {}, 2 workers, V8) with envoy/envoy.yaml:\n  \
          listener http://127.0.0.1:{LISTENER_PORT}   admin http://127.0.0.1:{ADMIN_PORT}   \
          backend 127.0.0.1:{backend_port}\n  Envoy log: {}\n",
-        running.child.id(),
+        envoy.pid().unwrap_or_default(),
         log.display()
     );
     println!(

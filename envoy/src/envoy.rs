@@ -11,11 +11,18 @@
 //! Each Envoy gets its own `--base-id`, ports and run folder `target/e2e/<name>-<pid>-<n>/`
 //! (bootstrap, `envoy.log`, `access.log`, stdout, stderr). The folder is removed when the test
 //! passes and kept (path printed) when it panics or `RETRY_GUARD_KEEP_RUNS` is set.
+//!
+//! The same launcher starts the long-lived Envoy of `retry-guard gateway` (`just envoy`): a
+//! configuration file as shipped ([`EnvoyBuilder::config_file`]) in a working directory
+//! ([`EnvoyBuilder::current_dir`]), in its own process group
+//! ([`EnvoyBuilder::own_process_group`]), stdout piped to the caller
+//! ([`EnvoyBuilder::pipe_stdout`]), hot restart off ([`EnvoyBuilder::disable_hot_restart`]).
 
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -37,6 +44,8 @@ pub const KEEP_ENV: &str = "RETRY_GUARD_KEEP_RUNS";
 
 /// Default bound on Envoy's start-up (admin `/ready` LIVE and the listener accepting).
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default time [`Envoy::stop`] gives Envoy to exit after admin `/quitquitquit` before SIGKILL.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 static RUN_SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -501,6 +510,13 @@ pub struct EnvoyBuilder {
     wrapper: Vec<String>,
     log_level: String,
     run_dir: Option<PathBuf>,
+    config_file: Option<PathBuf>,
+    current_dir: Option<PathBuf>,
+    own_process_group: bool,
+    pipe_stdout: bool,
+    hot_restart: bool,
+    stop_timeout: Duration,
+    cancel: Option<&'static AtomicBool>,
 }
 
 impl EnvoyBuilder {
@@ -568,7 +584,65 @@ impl EnvoyBuilder {
         self
     }
 
+    /// Starts Envoy on this configuration file as it is (e.g. the bundled `envoy/envoy.yaml`,
+    /// its fixed ports and relative wasm path included) instead of a rendered bootstrap: nothing
+    /// is filled in, no `envoy.yaml` is written to the run folder, and the backend address,
+    /// [`Self::bootstrap`], [`Self::plugin_config`] and [`Self::wasm_file`] do not apply.
+    /// Relative paths in it resolve from [`Self::current_dir`]. The readiness wait is the same:
+    /// admin `/ready` LIVE and the first listener accepting.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_file = Some(path.into());
+        self
+    }
+
+    /// Envoy's working directory (and that of [`Self::validate`] for a [`Self::config_file`]),
+    /// from which relative paths in its configuration resolve. Default: the caller's.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.current_dir = Some(dir.into());
+        self
+    }
+
+    /// Starts Envoy in a process group of its own, so that a terminal's Ctrl-C (SIGINT to the
+    /// foreground group) reaches only the caller, which then stops Envoy by its PID
+    /// ([`Envoy::stop`]). Default: the caller's group.
+    pub fn own_process_group(mut self) -> Self {
+        self.own_process_group = true;
+        self
+    }
+
+    /// Pipes Envoy's stdout to the caller ([`Envoy::take_stdout`]) instead of the run folder's
+    /// `stdout.log`: e.g. for an access log written to `/dev/stdout`. The caller must keep
+    /// reading it, or Envoy blocks once the pipe is full.
+    pub fn pipe_stdout(mut self) -> Self {
+        self.pipe_stdout = true;
+        self
+    }
+
+    /// Runs Envoy with `--disable-hot-restart` and no `--base-id`: no shared memory region and
+    /// no domain sockets, for an Envoy on fixed ports of which only one runs at a time.
+    pub fn disable_hot_restart(mut self) -> Self {
+        self.hot_restart = false;
+        self
+    }
+
+    /// How long [`Envoy::stop`] waits after admin `/quitquitquit` before SIGKILL. Default
+    /// [`DEFAULT_STOP_TIMEOUT`].
+    pub fn stop_timeout(mut self, d: Duration) -> Self {
+        self.stop_timeout = d;
+        self
+    }
+
+    /// Gives up waiting for start-up (an error, Envoy stopped) as soon as `flag` is true, e.g.
+    /// set by the caller's SIGINT handler.
+    pub fn cancel_start_on(mut self, flag: &'static AtomicBool) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
     fn needs_wasm(&self) -> bool {
+        if self.config_file.is_some() {
+            return false;
+        }
         match &self.bootstrap {
             Some(b) => contains_str(b, WASM_PLACEHOLDER),
             None => self.plugin_config.is_some(),
@@ -585,8 +659,13 @@ impl EnvoyBuilder {
         }
     }
 
-    /// Renders the bootstrap YAML; `access_log` is the access-log file path.
+    /// Renders the bootstrap YAML; `access_log` is the access-log file path. With a
+    /// [`Self::config_file`], that file's text as it is.
     pub fn render(&self, access_log: &Path) -> Result<String> {
+        if let Some(file) = &self.config_file {
+            return fs::read_to_string(file)
+                .map_err(|e| Error(format!("cannot read {}: {e}", file.display())));
+        }
         if let Some(bootstrap) = &self.bootstrap {
             let wasm = self
                 .resolved_wasm()?
@@ -623,7 +702,12 @@ impl EnvoyBuilder {
     }
 
     /// Checks the rendered bootstrap with `envoy --mode validate` (this loads the wasm too).
+    /// A [`Self::config_file`] is checked as it is, in [`Self::current_dir`].
     pub fn validate(&self) -> Result<String> {
+        if let Some(file) = &self.config_file {
+            let cwd = self.current_dir.as_deref().unwrap_or(Path::new("."));
+            return validate_file(file, cwd);
+        }
         let dir = RunDir::create(&format!("{}-validate", self.name))?;
         let config = dir.path.join("envoy.yaml");
         fs::write(&config, self.render(&dir.path.join("access.log"))?)?;
@@ -654,6 +738,50 @@ impl EnvoyBuilder {
         Err(last_err)
     }
 
+    /// Envoy's command line for one start in the run folder `dir`: the wrapper, the binary and
+    /// its arguments, the working directory and the process group (stdio is the caller's).
+    fn command(&self, binary: &Path, dir: &Path, base_id: u32) -> Command {
+        let config = match &self.config_file {
+            Some(file) => file.clone(),
+            None => dir.join("envoy.yaml"),
+        };
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        command
+            .arg("-c")
+            .arg(config)
+            .arg("--concurrency")
+            .arg(self.concurrency.to_string());
+        if self.hot_restart {
+            command.arg("--base-id").arg(base_id.to_string());
+        } else {
+            command.arg("--disable-hot-restart");
+        }
+        command
+            .arg("-l")
+            .arg(&self.log_level)
+            .arg("--log-path")
+            .arg(dir.join("envoy.log"))
+            .arg("--admin-address-path")
+            .arg(dir.join("admin.addr"))
+            // Flush the log files often so tests can read them while Envoy runs.
+            .arg("--file-flush-interval-msec")
+            .arg("100");
+        if let Some(cwd) = &self.current_dir {
+            command.current_dir(cwd);
+        }
+        if self.own_process_group {
+            command.process_group(0);
+        }
+        command
+    }
+
     /// One start attempt; the flag says whether a retry with another base id may help.
     fn start_once(&self, binary: &Path) -> std::result::Result<Envoy, (Error, bool)> {
         let no_retry = |e: Error| (e, false);
@@ -663,43 +791,26 @@ impl EnvoyBuilder {
             None => RunDir::create(&self.name),
         }
         .map_err(no_retry)?;
-        let config = dir.path.join("envoy.yaml");
-        let access_log = dir.path.join("access.log");
-        let envoy_log = dir.path.join("envoy.log");
-        let admin_file = dir.path.join("admin.addr");
-        let rendered = self.render(&access_log).map_err(no_retry)?;
-        fs::write(&config, rendered).map_err(|e| no_retry(e.into()))?;
-        let stdout =
-            fs::File::create(dir.path.join("stdout.log")).map_err(|e| no_retry(e.into()))?;
+        if self.config_file.is_none() {
+            let rendered = self
+                .render(&dir.path.join("access.log"))
+                .map_err(no_retry)?;
+            fs::write(dir.path.join("envoy.yaml"), rendered).map_err(|e| no_retry(e.into()))?;
+        }
+        let stdout = if self.pipe_stdout {
+            Stdio::piped()
+        } else {
+            fs::File::create(dir.path.join("stdout.log"))
+                .map_err(|e| no_retry(e.into()))?
+                .into()
+        };
         let stderr =
             fs::File::create(dir.path.join("stderr.log")).map_err(|e| no_retry(e.into()))?;
         // Unique per process and per Envoy within it; Envoy derives its hot-restart shared memory
         // and domain sockets from it, so parallel tests and test binaries do not collide.
         let base_id = (std::process::id() % 100_000) * 64 + (seq % 64) + 1;
-        let mut command = match self.wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(binary);
-                c
-            }
-            None => Command::new(binary),
-        };
-        let child = command
-            .arg("-c")
-            .arg(&config)
-            .arg("--concurrency")
-            .arg(self.concurrency.to_string())
-            .arg("--base-id")
-            .arg(base_id.to_string())
-            .arg("-l")
-            .arg(&self.log_level)
-            .arg("--log-path")
-            .arg(&envoy_log)
-            .arg("--admin-address-path")
-            .arg(&admin_file)
-            // Flush the log files often so tests can read them while Envoy runs.
-            .arg("--file-flush-interval-msec")
-            .arg("100")
+        let child = self
+            .command(binary, &dir.path, base_id)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -718,8 +829,11 @@ impl EnvoyBuilder {
             listener: None,
             base_id,
             concurrency: self.concurrency,
+            hot_restart: self.hot_restart,
+            stop_timeout: self.stop_timeout,
         };
-        match envoy.wait_ready(&admin_file, self.startup_timeout) {
+        let admin_file = envoy.dir.path.join("admin.addr");
+        match envoy.wait_ready(&admin_file, self.startup_timeout, self.cancel) {
             Ok(()) => Ok(envoy),
             Err(e) => {
                 let exited = envoy
@@ -733,8 +847,13 @@ impl EnvoyBuilder {
                         || log.contains("base_id")
                         || log.contains("domain socket")
                         || log.contains("shared memory"));
+                let base = if self.hot_restart {
+                    format!("base id {base_id}, ")
+                } else {
+                    String::new()
+                };
                 let msg = format!(
-                    "{e}\n--- envoy (base id {base_id}, run folder {}) ---\n{}",
+                    "{e}\n--- envoy ({base}run folder {}) ---\n{}",
                     envoy.dir.path.display(),
                     problems_and_tail(&log)
                 );
@@ -849,8 +968,10 @@ impl RunDir {
         })
     }
 
-    /// The caller's folder `path`, emptied (see [`EnvoyBuilder::run_dir`]).
+    /// The caller's folder `path`, emptied (see [`EnvoyBuilder::run_dir`]); made absolute, so
+    /// that Envoy's paths into it hold in another [`EnvoyBuilder::current_dir`].
     fn at(path: PathBuf) -> Result<RunDir> {
+        let path = std::path::absolute(&path).unwrap_or(path);
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path)
             .map_err(|e| Error(format!("cannot create {}: {e}", path.display())))?;
@@ -890,6 +1011,8 @@ pub struct Envoy {
     listener: Option<SocketAddr>,
     base_id: u32,
     concurrency: u32,
+    hot_restart: bool,
+    stop_timeout: Duration,
 }
 
 impl Envoy {
@@ -907,10 +1030,22 @@ impl Envoy {
             wrapper: Vec::new(),
             log_level: "info".to_string(),
             run_dir: None,
+            config_file: None,
+            current_dir: None,
+            own_process_group: false,
+            pipe_stdout: false,
+            hot_restart: true,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            cancel: None,
         }
     }
 
-    fn wait_ready(&mut self, admin_file: &Path, timeout: Duration) -> Result<()> {
+    fn wait_ready(
+        &mut self,
+        admin_file: &Path,
+        timeout: Duration,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("admin address file not written yet");
         while Instant::now() < deadline {
@@ -918,6 +1053,9 @@ impl Envoy {
                 if let Ok(Some(status)) = child.try_wait() {
                     bail!("envoy exited during start-up ({status})");
                 }
+            }
+            if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+                bail!("envoy start-up cancelled");
             }
             match self.probe_ready(admin_file) {
                 Ok(()) => return Ok(()),
@@ -974,7 +1112,20 @@ impl Envoy {
         self.child.as_ref().map(Child::id)
     }
 
-    /// The `--base-id` it runs with.
+    /// Its exit status if it has exited on its own (crashed, or quit through the admin API);
+    /// `None` while it runs and after [`Self::stop`].
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Envoy's stdout, once, when started with [`EnvoyBuilder::pipe_stdout`].
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
+    }
+
+    /// The `--base-id` it runs with (unused with [`EnvoyBuilder::disable_hot_restart`]).
     pub fn base_id(&self) -> u32 {
         self.base_id
     }
@@ -987,6 +1138,11 @@ impl Envoy {
     /// The run folder (bootstrap, logs).
     pub fn run_dir(&self) -> &Path {
         &self.dir.path
+    }
+
+    /// Envoy's log file (`--log-path`): `envoy.log` in the run folder.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path.join("envoy.log")
     }
 
     /// Keep the run folder after the test (also automatic on panic).
@@ -1062,7 +1218,7 @@ impl Envoy {
 
     /// Envoy's log so far (at the default `-l info` it includes the filter's info logs).
     pub fn log_text(&self) -> String {
-        fs::read_to_string(self.dir.path.join("envoy.log")).unwrap_or_default()
+        fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// Envoy's stderr so far (start-up errors that come before the log file opens).
@@ -1129,12 +1285,16 @@ impl Envoy {
         parse_audit_lines(&self.log_text())
     }
 
-    /// Stops Envoy: admin `/quitquitquit`, up to 3 s to exit, then SIGKILL by PID.
+    /// Stops Envoy: admin `/quitquitquit`, up to 3 s ([`EnvoyBuilder::stop_timeout`]) to exit,
+    /// then SIGKILL by PID.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        stop_child(&mut child, self.admin);
+        stop_child(&mut child, self.admin, self.stop_timeout);
+        if !self.hot_restart {
+            return;
+        }
         // Envoy leaves its hot-restart shared memory region (named after the base id) behind in
         // /dev/shm even after a clean exit; it is ours, remove it.
         let shm = PathBuf::from(format!(
@@ -1146,7 +1306,7 @@ impl Envoy {
 }
 
 /// Asks Envoy to quit through the admin API, then kills it by PID if it is still running.
-fn stop_child(child: &mut Child, admin: Option<SocketAddr>) {
+fn stop_child(child: &mut Child, admin: Option<SocketAddr>, timeout: Duration) {
     if let Some(admin) = admin {
         let _ = client::send_with_timeout(
             admin,
@@ -1157,7 +1317,7 @@ fn stop_child(child: &mut Child, admin: Option<SocketAddr>) {
             Duration::from_secs(1),
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return;
@@ -1308,6 +1468,66 @@ mod tests {
             ["typed_config"];
         assert!(hcm.get("access_log").is_none());
         assert_eq!(hcm["http_filters"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn a_config_file_runs_as_it_is_in_its_working_directory() {
+        let args = |c: &Command| -> Vec<String> {
+            c.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let dir = Path::new("/r/target/envoy-local");
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let b = Envoy::builder("gw", SocketAddr::from(([127, 0, 0, 1], 18080)))
+            .config_file(file)
+            .current_dir("/r")
+            .disable_hot_restart()
+            .own_process_group()
+            .pipe_stdout();
+        assert!(!b.needs_wasm());
+        let text = b.render(Path::new("/tmp/x.log")).expect("reads");
+        assert_eq!(Some(text), fs::read_to_string(file).ok());
+        let c = b.command(Path::new("/bin/envoy"), dir, 7);
+        assert_eq!(c.get_program(), "/bin/envoy");
+        assert_eq!(
+            args(&c),
+            [
+                "-c",
+                file,
+                "--concurrency",
+                "2",
+                "--disable-hot-restart",
+                "-l",
+                "info",
+                "--log-path",
+                "/r/target/envoy-local/envoy.log",
+                "--admin-address-path",
+                "/r/target/envoy-local/admin.addr",
+                "--file-flush-interval-msec",
+                "100"
+            ]
+        );
+        assert_eq!(c.get_current_dir(), Some(Path::new("/r")));
+        // The defaults: the rendered bootstrap in the run folder, a base id, the caller's cwd.
+        let c = Envoy::builder("t", SocketAddr::from(([127, 0, 0, 1], 1)))
+            .wrapper(["taskset", "-c", "0"])
+            .command(Path::new("/bin/envoy"), dir, 7);
+        assert_eq!(c.get_program(), "taskset");
+        let a = args(&c);
+        assert_eq!(
+            a[..5],
+            [
+                "-c",
+                "0",
+                "/bin/envoy",
+                "-c",
+                "/r/target/envoy-local/envoy.yaml"
+            ]
+        );
+        assert!(a.windows(2).any(|w| w == ["--base-id", "7"]), "{a:?}");
+        assert!(!a.iter().any(|x| x == "--disable-hot-restart"));
+        assert_eq!(c.get_current_dir(), None);
     }
 
     #[test]
