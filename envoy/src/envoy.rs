@@ -188,6 +188,43 @@ pub struct Route {
     pub response_headers: Vec<(String, String)>,
     /// HTTP filters switched off on this route (per-route `FilterConfig { disabled: true }`).
     pub disabled_filters: Vec<String>,
+    /// Request headers the route also requires, each with exactly this value
+    /// (`match.headers`, `string_match.exact`): e.g. twins of a route that differ by a header.
+    pub headers: Vec<(String, String)>,
+    /// The route timeout of a forwarding route (`route.timeout`); `None` keeps Envoy's 15 s.
+    /// A direct route ignores it.
+    pub timeout: Option<Duration>,
+    /// The router's retry policy of a forwarding route (`route.retry_policy`); `None`: no
+    /// retries. A direct route ignores it.
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+/// The router's retry conditions that re-send only attempts the upstream never received: the
+/// only ones a guarded route may have (the harness's `token` route, the conformance routes).
+pub const UNSENT_RETRY_ON: &str = "connect-failure,refused-stream";
+
+/// When and how often the router re-sends a request of a forwarding [`Route`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Envoy's `retry_on` conditions, comma-separated, e.g. [`UNSENT_RETRY_ON`].
+    pub retry_on: String,
+    /// At most this many retries after the first attempt.
+    pub num_retries: u32,
+}
+
+impl RetryPolicy {
+    /// Up to `num_retries` retries on the conditions `retry_on`.
+    pub fn new(retry_on: &str, num_retries: u32) -> RetryPolicy {
+        RetryPolicy {
+            retry_on: retry_on.to_string(),
+            num_retries,
+        }
+    }
+}
+
+/// Envoy's form of a duration in its JSON: seconds, e.g. `"30s"`, `"0.5s"`.
+fn seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
 }
 
 impl Route {
@@ -221,6 +258,9 @@ impl Route {
             action,
             response_headers: Vec::new(),
             disabled_filters: Vec::new(),
+            headers: Vec::new(),
+            timeout: None,
+            retry_policy: None,
         }
     }
 
@@ -237,14 +277,48 @@ impl Route {
         self
     }
 
+    /// Takes only requests that also carry the header `name` with exactly `value`.
+    pub fn match_header(mut self, name: &str, value: &str) -> Route {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets the route timeout of a forwarding route.
+    pub fn timeout(mut self, timeout: Duration) -> Route {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the router's retry policy of a forwarding route.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Route {
+        self.retry_policy = Some(policy);
+        self
+    }
+
     fn to_json(&self) -> serde_json::Value {
-        let matcher = match &self.path {
+        let mut matcher = match &self.path {
             PathMatch::Exact(p) => json!({ "path": p }),
             PathMatch::Prefix(p) => json!({ "prefix": p }),
         };
+        if !self.headers.is_empty() {
+            matcher["headers"] = self
+                .headers
+                .iter()
+                .map(|(k, v)| json!({ "name": k, "string_match": { "exact": v } }))
+                .collect();
+        }
         let mut route = json!({ "name": self.name, "match": matcher });
         match &self.action {
-            RouteAction::Forward { cluster } => route["route"] = json!({ "cluster": cluster }),
+            RouteAction::Forward { cluster } => {
+                route["route"] = json!({ "cluster": cluster });
+                if let Some(t) = self.timeout {
+                    route["route"]["timeout"] = json!(seconds(t));
+                }
+                if let Some(p) = &self.retry_policy {
+                    route["route"]["retry_policy"] =
+                        json!({ "retry_on": p.retry_on, "num_retries": p.num_retries });
+                }
+            }
             RouteAction::Direct { status, body } => {
                 route["direct_response"] =
                     json!({ "status": status, "body": { "inline_string": body } });
@@ -310,6 +384,13 @@ impl HttpFilter {
                             "value": plugin_config,
                         },
                         "fail_open": false,
+                        // Required by retry-guard, which pauses in the request-headers
+                        // callback to read the body before anything goes upstream. Without it
+                        // proxy-wasm-cpp-host turns that pause into
+                        // StopAllIterationAndWatermark and Envoy never delivers the body
+                        // callbacks: the request hangs (proxy-wasm-cpp-host issues 143/417, PR
+                        // 434; PluginConfig field since Envoy 1.35). With it, the headers are
+                        // held and the body callbacks arrive (checked against Envoy 1.40).
                         "allow_on_headers_stop_iteration": true,
                     },
                 },
@@ -325,13 +406,16 @@ impl HttpFilter {
     }
 }
 
-/// A STATIC cluster of one endpoint, for a [`Bootstrap`].
+/// A STATIC cluster of one endpoint (or none), for a [`Bootstrap`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cluster {
     /// The name routes forward to.
     pub name: String,
-    /// Its one endpoint.
+    /// Its one endpoint (unused when [`Cluster::without_endpoint`]).
     pub endpoint: SocketAddr,
+    /// No endpoint at all (`endpoint` is not rendered): every request routed to the cluster
+    /// finds no healthy upstream (503, flag `UH`). See [`Cluster::empty`].
+    pub without_endpoint: bool,
     /// Default 1 s.
     pub connect_timeout: Duration,
     /// One limit for the circuit breakers' connections, pending requests and requests; `None`
@@ -345,8 +429,17 @@ impl Cluster {
         Cluster {
             name: name.to_string(),
             endpoint,
+            without_endpoint: false,
             connect_timeout: Duration::from_secs(1),
             circuit_breaker_limit: None,
+        }
+    }
+
+    /// A cluster `name` without any endpoint, connect timeout 1 s.
+    pub fn empty(name: &str) -> Cluster {
+        Cluster {
+            without_endpoint: true,
+            ..Cluster::new(name, SocketAddr::from(([0, 0, 0, 0], 0)))
         }
     }
 
@@ -364,17 +457,19 @@ impl Cluster {
     }
 
     fn to_json(&self) -> serde_json::Value {
+        let endpoints = if self.without_endpoint {
+            json!([])
+        } else {
+            json!([{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
+                "address": self.endpoint.ip().to_string(),
+                "port_value": self.endpoint.port(),
+            } } } }] }])
+        };
         let mut cluster = json!({
             "name": self.name,
             "type": "STATIC",
-            "connect_timeout": format!("{}s", self.connect_timeout.as_secs_f64()),
-            "load_assignment": {
-                "cluster_name": self.name,
-                "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
-                    "address": self.endpoint.ip().to_string(),
-                    "port_value": self.endpoint.port(),
-                } } } }] }],
-            },
+            "connect_timeout": seconds(self.connect_timeout),
+            "load_assignment": { "cluster_name": self.name, "endpoints": endpoints },
         });
         if let Some(n) = self.circuit_breaker_limit {
             cluster["circuit_breakers"] = json!({ "thresholds": [{
@@ -385,10 +480,20 @@ impl Cluster {
     }
 }
 
+/// The node of a [`Bootstrap`] (Envoy's `node`: its identity in logs, stats and admin output).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// `node.id`.
+    pub id: String,
+    /// `node.cluster`.
+    pub cluster: String,
+}
+
 /// A bootstrap built from parts, for [`EnvoyBuilder::bootstrap`] (see [`Bootstrap::to_json`]):
 /// the admin API and one HTTP listener on 127.0.0.1 with kernel-chosen ports, one virtual host
 /// (every domain) with the routes in order, the HTTP filters in order before the router, and
-/// the clusters. Listener, stat prefix and route configuration are all called `name`.
+/// the clusters. Listener, stat prefix and route configuration are all called `name` (the
+/// route configuration can be named otherwise). [`Bootstrap::harness`] is the harness's own.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Bootstrap {
     /// The listener's, stat prefix's and route configuration's name.
@@ -401,7 +506,41 @@ pub struct Bootstrap {
     pub clusters: Vec<Cluster>,
     /// An access log in this text format (see [`Bootstrap::access_log_text`]).
     pub access_log_format: Option<String>,
+    /// Envoy's `node`; `None` leaves it out.
+    pub node: Option<Node>,
+    /// The route configuration's name when it is not `name`.
+    pub route_config_name: Option<String>,
+    /// A JSON access log with these fields (name, Envoy format string, e.g. `("status",
+    /// "%RESPONSE_CODE%")`), in order; empty: none (see [`Bootstrap::access_log_field`]).
+    pub access_log_json: Vec<(String, String)>,
+    /// Clusters given as Envoy's JSON, after [`Bootstrap::clusters`]: for what [`Cluster`]
+    /// does not describe, e.g. the health-checked etcd members of
+    /// [`crate::etcd::envoy_cluster`].
+    pub raw_clusters: Vec<serde_json::Value>,
 }
+
+/// The name of the harness's cluster of the test backend ([`Bootstrap::harness`]).
+pub const BACKEND_CLUSTER: &str = "backend";
+
+/// The fields of the harness's JSON access log ([`Bootstrap::harness`], read back by
+/// [`Envoy::access_log`]): name and Envoy format string.
+pub const HARNESS_ACCESS_LOG: &[(&str, &str)] = &[
+    ("start_time", "%START_TIME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(:PATH)%"),
+    ("status", "%RESPONSE_CODE%"),
+    ("flags", "%RESPONSE_FLAGS%"),
+    ("details", "%RESPONSE_CODE_DETAILS%"),
+    ("route", "%ROUTE_NAME%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    // Set by the filter with set_property(["retry_guard.decision"], ...): Envoy keeps wasm
+    // properties as filter state under "wasm." + path.
+    (
+        "decision",
+        "%FILTER_STATE(wasm.retry_guard.decision:PLAIN)%",
+    ),
+];
 
 impl Bootstrap {
     /// A bootstrap with nothing but the router; add routes, filters and clusters.
@@ -412,6 +551,10 @@ impl Bootstrap {
             http_filters: Vec::new(),
             clusters: Vec::new(),
             access_log_format: None,
+            node: None,
+            route_config_name: None,
+            access_log_json: Vec::new(),
+            raw_clusters: Vec::new(),
         }
     }
 
@@ -433,10 +576,41 @@ impl Bootstrap {
         self
     }
 
+    /// Adds a cluster given as Envoy's JSON (see [`Bootstrap::raw_clusters`]).
+    pub fn raw_cluster(mut self, cluster: serde_json::Value) -> Bootstrap {
+        self.raw_clusters.push(cluster);
+        self
+    }
+
     /// Logs every request to the run folder's `access.log` (see [`Envoy::access_log_text`]) in
     /// Envoy's text `format`, e.g. `"%START_TIME(%s.%6f)%\n"`.
     pub fn access_log_text(mut self, format: &str) -> Bootstrap {
         self.access_log_format = Some(format.to_string());
+        self
+    }
+
+    /// Adds the field `name` with the Envoy format string `format` (e.g. `"%RESPONSE_CODE%"`)
+    /// to a JSON access log in the run folder's `access.log`, one object per request (see
+    /// [`Envoy::access_log`]); the first field starts that log. With a text format as well,
+    /// both loggers write to the same file.
+    pub fn access_log_field(mut self, name: &str, format: &str) -> Bootstrap {
+        self.access_log_json
+            .push((name.to_string(), format.to_string()));
+        self
+    }
+
+    /// Sets Envoy's `node` (`id`, `cluster`).
+    pub fn node(mut self, id: &str, cluster: &str) -> Bootstrap {
+        self.node = Some(Node {
+            id: id.to_string(),
+            cluster: cluster.to_string(),
+        });
+        self
+    }
+
+    /// Names the route configuration `name` instead of the bootstrap's name.
+    pub fn route_config_name(mut self, name: &str) -> Bootstrap {
+        self.route_config_name = Some(name.to_string());
         self
     }
 
@@ -455,7 +629,7 @@ impl Bootstrap {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": self.name,
             "route_config": {
-                "name": self.name,
+                "name": self.route_config_name.as_ref().unwrap_or(&self.name),
                 "virtual_hosts": [{
                     "name": "all",
                     "domains": ["*"],
@@ -464,16 +638,37 @@ impl Bootstrap {
             },
             "http_filters": http_filters,
         });
-        if let Some(format) = &self.access_log_format {
-            hcm["access_log"] = json!([{
-                "name": "envoy.access_loggers.file",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                    "path": ACCESS_LOG_PLACEHOLDER,
-                    "log_format": { "text_format_source": { "inline_string": format } },
-                },
-            }]);
+        let text_format = self
+            .access_log_format
+            .as_ref()
+            .map(|format| json!({ "text_format_source": { "inline_string": format } }));
+        let json_format = (!self.access_log_json.is_empty()).then(|| {
+            let fields: serde_json::Map<String, serde_json::Value> = self
+                .access_log_json
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            json!({ "json_format": fields })
+        });
+        let access_log: Vec<serde_json::Value> = text_format
+            .into_iter()
+            .chain(json_format)
+            .map(|log_format| {
+                json!({
+                    "name": "envoy.access_loggers.file",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                        "path": ACCESS_LOG_PLACEHOLDER,
+                        "log_format": log_format,
+                    },
+                })
+            })
+            .collect();
+        if !access_log.is_empty() {
+            hcm["access_log"] = access_log.into();
         }
+        // Port 0: the kernel picks a free port, which the harness reads back through
+        // --admin-address-path and the admin /listeners endpoint.
         let loopback_port_0 =
             json!({ "socket_address": { "address": "127.0.0.1", "port_value": 0 } });
         let mut static_resources = json!({
@@ -486,13 +681,23 @@ impl Bootstrap {
                 }] }],
             }],
         });
-        if !self.clusters.is_empty() {
-            static_resources["clusters"] = self.clusters.iter().map(Cluster::to_json).collect();
+        let clusters: Vec<serde_json::Value> = self
+            .clusters
+            .iter()
+            .map(Cluster::to_json)
+            .chain(self.raw_clusters.iter().cloned())
+            .collect();
+        if !clusters.is_empty() {
+            static_resources["clusters"] = clusters.into();
         }
-        json!({
+        let mut bootstrap = json!({
             "admin": { "address": loopback_port_0 },
             "static_resources": static_resources,
-        })
+        });
+        if let Some(node) = &self.node {
+            bootstrap["node"] = json!({ "id": node.id, "cluster": node.cluster });
+        }
+        bootstrap
     }
 }
 
@@ -1468,6 +1673,100 @@ mod tests {
             ["typed_config"];
         assert!(hcm.get("access_log").is_none());
         assert_eq!(hcm["http_filters"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn a_built_bootstrap_renders_node_matchers_timeouts_retries_and_json_log() {
+        let bootstrap = Bootstrap::new("in")
+            .node("n1", "c1")
+            .route_config_name("rc")
+            .route(
+                Route::forward("r", PathMatch::Exact("/t".into()), "up")
+                    .match_header("x-a", "1")
+                    .match_header("x-b", "2")
+                    .timeout(Duration::from_millis(1500))
+                    .retry_policy(RetryPolicy::new(UNSENT_RETRY_ON, 3)),
+            )
+            .route(Route::forward("plain", PathMatch::Prefix("/".into()), "up"))
+            .route(
+                Route::direct("d", PathMatch::Prefix("/d".into()), 200, "")
+                    .timeout(Duration::from_secs(1))
+                    .retry_policy(RetryPolicy::new("5xx", 1)),
+            )
+            .cluster(Cluster::new("up", SocketAddr::from(([127, 0, 0, 1], 9))))
+            .cluster(Cluster::empty("none").connect_timeout(Duration::from_secs(2)))
+            .raw_cluster(json!({ "name": "raw", "type": "STATIC" }))
+            .access_log_field("status", "%RESPONSE_CODE%")
+            .access_log_field("route", "%ROUTE_NAME%");
+        let v = bootstrap.to_json();
+        assert_eq!(v["node"], json!({ "id": "n1", "cluster": "c1" }));
+        let listener = &v["static_resources"]["listeners"][0];
+        assert_eq!(listener["name"], "in");
+        let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+        assert_eq!(hcm["stat_prefix"], "in");
+        assert_eq!(hcm["route_config"]["name"], "rc");
+        let routes = &hcm["route_config"]["virtual_hosts"][0]["routes"];
+        assert_eq!(
+            routes[0]["match"],
+            json!({ "path": "/t", "headers": [
+                { "name": "x-a", "string_match": { "exact": "1" } },
+                { "name": "x-b", "string_match": { "exact": "2" } },
+            ] })
+        );
+        assert_eq!(
+            routes[0]["route"],
+            json!({ "cluster": "up", "timeout": "1.5s", "retry_policy": {
+                "retry_on": "connect-failure,refused-stream", "num_retries": 3,
+            } })
+        );
+        // Without them: no headers, Envoy's timeout, no retries; a direct route has none.
+        assert_eq!(routes[1]["match"], json!({ "prefix": "/" }));
+        assert_eq!(routes[1]["route"], json!({ "cluster": "up" }));
+        assert!(routes[2].get("route").is_none());
+        assert_eq!(routes[2]["direct_response"]["status"], 200);
+        let log = &hcm["access_log"];
+        assert_eq!(log.as_array().map(Vec::len), Some(1));
+        assert_eq!(log[0]["typed_config"]["path"], ACCESS_LOG_PLACEHOLDER);
+        assert_eq!(
+            log[0]["typed_config"]["log_format"],
+            json!({ "json_format": { "status": "%RESPONSE_CODE%", "route": "%ROUTE_NAME%" } })
+        );
+        let clusters = &v["static_resources"]["clusters"];
+        assert_eq!(clusters[0]["name"], "up");
+        assert_eq!(
+            clusters[1],
+            json!({ "name": "none", "type": "STATIC", "connect_timeout": "2s",
+                    "load_assignment": { "cluster_name": "none", "endpoints": [] } })
+        );
+        assert_eq!(clusters[2], json!({ "name": "raw", "type": "STATIC" }));
+        // A text and a JSON format: two loggers into the one file.
+        let both = Bootstrap::new("b")
+            .access_log_text("%START_TIME%\n")
+            .access_log_field("status", "%RESPONSE_CODE%")
+            .to_json();
+        let hcm = &both["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        let formats: Vec<&serde_json::Value> = hcm["access_log"]
+            .as_array()
+            .expect("loggers")
+            .iter()
+            .map(|l| &l["typed_config"]["log_format"])
+            .collect();
+        assert_eq!(
+            formats,
+            [
+                &json!({ "text_format_source": { "inline_string": "%START_TIME%\n" } }),
+                &json!({ "json_format": { "status": "%RESPONSE_CODE%" } }),
+            ]
+        );
+        // Neither node nor route configuration name unless set.
+        let bare = Bootstrap::new("b").to_json();
+        assert!(bare.get("node").is_none());
+        assert_eq!(
+            bare["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+                ["typed_config"]["route_config"]["name"],
+            "b"
+        );
     }
 
     #[test]
