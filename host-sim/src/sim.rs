@@ -44,7 +44,7 @@ pub struct RouteRule {
     pub cluster: String,
 }
 
-/// The routes of `envoy/templates/bootstrap.yaml`: `token` for `/oauth/token`, `catch_all`.
+/// The routes of the harness bootstrap (`retry_guard_e2e::envoy::Bootstrap::harness`): `token` for `/oauth/token`, `catch_all`.
 pub fn default_routes() -> Vec<RouteRule> {
     vec![
         RouteRule {
