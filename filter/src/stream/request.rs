@@ -8,7 +8,7 @@ use crate::engine::{self, Facts};
 use crate::fingerprint::{parse_idempotency_key, KeyCheck};
 use crate::headers::HeaderPairs;
 use crate::host::{LogLevel, StreamHost};
-use crate::jwt::{Claims, Credential};
+use crate::jwt::Credential;
 use crate::ledger::Ledger;
 use crate::matcher::Fact;
 use crate::principal::{self, PrincipalInputs};
@@ -133,10 +133,7 @@ impl Pending {
             .text("content-length")
             .and_then(|v| v.trim().parse::<u64>().ok());
         let credential = headers.text("authorization").and_then(Credential::parse);
-        let claims = match credential {
-            Some(Credential::Bearer(t)) => Claims::decode(t),
-            _ => None,
-        };
+        let (token, claims) = BearerToken::classify(credential, headers.count("authorization"));
         let peer_identity = if config.principal.contains(&PrincipalSource::PeerIdentity) {
             property_text(host, b"connection\0uri_san_peer_certificate")
         } else {
@@ -150,11 +147,6 @@ impl Pending {
         let principal = principal::derive(&config.principal, &inputs, &mut |name| {
             headers.text(name).map(str::to_string)
         });
-        let token = match (credential, &claims) {
-            (Some(Credential::Bearer(_)), Some(c)) => BearerToken::Jwt(c.times()),
-            (Some(Credential::Bearer(_)), None) => BearerToken::Opaque,
-            _ => BearerToken::None,
-        };
         let rules = TokenRules {
             sensitive: route.class.is_sensitive(),
             max_age: route.token_max_age_seconds,
