@@ -65,6 +65,25 @@ pub enum PrincipalSource {
     Token,
 }
 
+/// What the natural key takes of the query string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryKey {
+    /// Nothing: `/oauth/token?x=1` is the same operation as `/oauth/token`.
+    Ignore,
+    /// Its parameters, decoded and sorted (as a form body).
+    Sorted,
+}
+
+impl QueryKey {
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueryKey::Ignore => "ignore",
+            QueryKey::Sorted => "sorted",
+        }
+    }
+}
+
 /// Human-confirmation settings.
 #[derive(Clone, Debug)]
 pub struct Confirmation {
@@ -97,6 +116,8 @@ pub struct Route {
     pub max_attempts: Option<u32>,
     /// Effective mode (the route's, else the global one).
     pub mode: Mode,
+    /// What the natural key takes of the query string (the route's, else the global one).
+    pub query: QueryKey,
     /// Policy per outcome of the earlier attempt.
     pub policies: PolicyTable,
 }
@@ -143,6 +164,8 @@ pub struct Config {
     pub confirmation: Option<Confirmation>,
     /// Guarded routes, first match wins.
     pub routes: Vec<Route>,
+    /// What the natural key takes of the query string, unless a route says otherwise.
+    pub query: QueryKey,
 }
 
 /// A configuration error: the field path and what is wrong.
@@ -188,6 +211,8 @@ pub const SCHEMA: &[FieldDoc] = &[
     FieldDoc { path: "principal", kind: "list of sources, default [\"peer_identity\", \"jwt:sub\", \"token\"]", doc: "peer_identity, header:<name>, jwt:<claim>, token; the first that yields a value wins, none gives \"anonymous\"" },
     FieldDoc { path: "unchanged_state_header", kind: "header name, default \"retry-guard-state\"", doc: "a 5xx with this header set to \"unchanged\" is outcome unchanged" },
     FieldDoc { path: "stale_token_action", kind: "\"strip\" | \"reject\", default \"strip\"", doc: "strip removes authorization before the upstream; reject answers 401" },
+    FieldDoc { path: "natural_key", kind: "object, optional", doc: "what the natural key takes of the request" },
+    FieldDoc { path: "natural_key.query", kind: "\"ignore\" | \"sorted\", default \"ignore\"", doc: "ignore: the query string is no part of the operation; sorted: its parameters, decoded and sorted" },
     FieldDoc { path: "confirmation", kind: "object, optional", doc: "absent: no confirmation can be accepted" },
     FieldDoc { path: "confirmation.header", kind: "header name, default \"retry-guard-confirmation\"", doc: "request header carrying the signed confirmation; never forwarded upstream" },
     FieldDoc { path: "confirmation.max_ttl_seconds", kind: "integer 1..=86400, default 600", doc: "longest accepted exp - iat of a confirmation" },
@@ -209,6 +234,8 @@ pub const SCHEMA: &[FieldDoc] = &[
     FieldDoc { path: "routes[].max_attempts", kind: "integer >= 1, optional", doc: "an attempt beyond this turns retry_safe into retry_with_review" },
     FieldDoc { path: "routes[].mode", kind: "\"enforce\" | \"shadow\", default: the global mode", doc: "per-route mode" },
     FieldDoc { path: "routes[].on", kind: "object outcome -> policy", doc: "overrides the class default for an outcome" },
+    FieldDoc { path: "routes[].natural_key", kind: "object, optional", doc: "the route's own natural_key settings" },
+    FieldDoc { path: "routes[].natural_key.query", kind: "\"ignore\" | \"sorted\", default: the global natural_key.query", doc: "what the natural key takes of the query string on this route" },
 ];
 
 const TOP_FIELDS: &[&str] = &[
@@ -224,7 +251,9 @@ const TOP_FIELDS: &[&str] = &[
     "stale_token_action",
     "confirmation",
     "routes",
+    "natural_key",
 ];
+const NATURAL_KEY_FIELDS: &[&str] = &["query"];
 const CONFIRMATION_FIELDS: &[&str] = &["header", "max_ttl_seconds", "keys"];
 const ROUTE_FIELDS: &[&str] = &[
     "name",
@@ -237,6 +266,7 @@ const ROUTE_FIELDS: &[&str] = &[
     "max_attempts",
     "mode",
     "on",
+    "natural_key",
 ];
 const MATCH_FIELDS: &[&str] = &[
     "route_name",
@@ -384,6 +414,26 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// A string field that must be one of `options` (name, value); `what` says what each
+    /// means, for the error.
+    fn choice<T: Copy>(
+        &self,
+        name: &str,
+        options: &[(&str, T)],
+        what: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some(text) = self.string(name)? else {
+            return Ok(None);
+        };
+        match options.iter().find(|(n, _)| *n == text) {
+            Some((_, v)) => Ok(Some(*v)),
+            None => Err(err(
+                self.field(name),
+                format!("unknown value {}; expected {what}", q(text)),
+            )),
+        }
+    }
+
     fn mode(&self, name: &str) -> Result<Option<Mode>, ConfigError> {
         match self.string(name)? {
             None => Ok(None),
@@ -415,6 +465,32 @@ fn valid_header_name(h: &str) -> Result<String, String> {
 }
 
 const MAX_WINDOW: u64 = 30 * 86_400;
+
+/// A path condition is compared with the canonical path (no query string): it must be
+/// canonical itself, or it could never match.
+fn check_canonical(text: &str) -> Result<(), String> {
+    if text.contains(['?', '#']) {
+        return Err(format!(
+            "{} has a query string or fragment; paths are matched without the query string, so write only the path",
+            q(text)
+        ));
+    }
+    let c = crate::canonical::canonical_path(text);
+    if c.encoded_slash {
+        return Err(format!(
+            "{} has an encoded slash (%2F or %5C); requests with one are refused, so write the path with plain slashes",
+            q(text)
+        ));
+    }
+    if c.path != text {
+        return Err(format!(
+            "{} is not in canonical form, and requests are matched by their canonical path (escapes of unreserved characters decoded, slashes merged, dot segments resolved); write {}",
+            q(text),
+            q(&c.path)
+        ));
+    }
+    Ok(())
+}
 
 impl Config {
     /// Parses and validates the plugin configuration.
@@ -461,7 +537,8 @@ impl Config {
                 (c.header.clone(), Some(c))
             }
         };
-        let routes = parse_routes(&top, mode)?;
+        let query = parse_natural_key(&top, "natural_key")?.unwrap_or(QueryKey::Ignore);
+        let routes = parse_routes(&top, mode, query)?;
         Ok(Config {
             mode,
             window_seconds,
@@ -476,6 +553,7 @@ impl Config {
             confirmation_header,
             confirmation,
             routes,
+            query,
         })
     }
 
@@ -601,7 +679,24 @@ fn parse_confirmation(v: &Value) -> Result<Confirmation, ConfigError> {
     })
 }
 
-fn parse_routes(top: &Obj<'_>, global_mode: Mode) -> Result<Vec<Route>, ConfigError> {
+/// The `query` of a `natural_key` object at `field` of `obj`, if given.
+fn parse_natural_key(obj: &Obj<'_>, field: &str) -> Result<Option<QueryKey>, ConfigError> {
+    let Some(v) = obj.get(field) else {
+        return Ok(None);
+    };
+    let nk = Obj::new(obj.field(field), v, NATURAL_KEY_FIELDS)?;
+    nk.choice(
+        "query",
+        &[("ignore", QueryKey::Ignore), ("sorted", QueryKey::Sorted)],
+        "\"ignore\" (the query string is no part of the operation) or \"sorted\" (its parameters, decoded and sorted)",
+    )
+}
+
+fn parse_routes(
+    top: &Obj<'_>,
+    global_mode: Mode,
+    global_query: QueryKey,
+) -> Result<Vec<Route>, ConfigError> {
     let items = match top.get("routes") {
         None => {
             return Err(err(
@@ -656,6 +751,7 @@ fn parse_routes(top: &Obj<'_>, global_mode: Mode) -> Result<Vec<Route>, ConfigEr
             .int("max_attempts", 1, 1_000_000)?
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
         let mode = r.mode("mode")?.unwrap_or(global_mode);
+        let query = parse_natural_key(&r, "natural_key")?.unwrap_or(global_query);
         let mut policies = PolicyTable::for_class(class);
         match r.get("on") {
             None => {}
@@ -707,6 +803,7 @@ fn parse_routes(top: &Obj<'_>, global_mode: Mode) -> Result<Vec<Route>, ConfigEr
             token_max_age_seconds,
             max_attempts,
             mode,
+            query,
             policies,
         });
     }
@@ -780,6 +877,7 @@ fn parse_match(path: String, v: &Value) -> Result<RouteMatch, ConfigError> {
                 format!("{} must start with '/'", q(text)),
             ));
         }
+        check_canonical(text).map_err(|e| err(m.field(kind), e))?;
         path_match = match kind {
             "path" => PathMatch::Exact(text.to_string()),
             "path_prefix" => PathMatch::Prefix(text.to_string()),
@@ -837,6 +935,8 @@ mod tests {
         assert_eq!(c.max_key_length, 255);
         assert_eq!(c.max_body_bytes, 65_536);
         assert_eq!(c.principal.len(), 3);
+        assert_eq!(c.query, QueryKey::Ignore);
+        assert_eq!(c.routes[0].query, QueryKey::Ignore);
         assert_eq!(c.unchanged_state_header, "retry-guard-state");
         assert_eq!(c.stale_token_action, StaleTokenAction::Strip);
         assert_eq!(c.confirmation_header, "retry-guard-confirmation");
@@ -913,6 +1013,24 @@ mod tests {
         let mut with_top = route("");
         with_top.insert_str(1, r#""principal":["jwt:sub","cookie"],"#);
         assert!(error_of(&with_top).starts_with("principal[1]: unknown principal source"));
+        assert!(error_of(&route(r#","natural_key":{"query":"keep"}"#))
+            .starts_with("routes[0].natural_key.query: unknown value \"keep\""));
+        assert!(error_of(&route(r#","natural_key":{"body":"raw"}"#))
+            .starts_with("routes[0].natural_key.body: unknown field; expected one of query"));
+        for (bad, msg) in [
+            ("/oauth//token", "write \"/oauth/token\""),
+            ("/oauth/%74oken", "write \"/oauth/token\""),
+            ("/oauth/./token", "write \"/oauth/token\""),
+            ("/oauth/token?x=1", "has a query string"),
+            ("/oauth%2Ftoken", "has an encoded slash"),
+        ] {
+            let text = route("").replace("/oauth/token", bad);
+            let e = error_of(&text);
+            assert!(
+                e.starts_with("routes[0].match.path: ") && e.contains(msg),
+                "{bad}: {e}"
+            );
+        }
         let mut big = route("");
         big.insert_str(1, r#""max_entries":2,"#);
         assert!(error_of(&big).starts_with("max_entries: 2 is out of range"));
@@ -928,6 +1046,22 @@ mod tests {
         let mut hdr = route("");
         hdr.insert_str(1, r#""idempotency_key_header":"bad header","#);
         assert!(error_of(&hdr).starts_with("idempotency_key_header: \"bad header\" is not a valid"));
+    }
+
+    #[test]
+    fn natural_key_query_global_and_per_route() {
+        let mut text = route(r#","natural_key":{"query":"ignore"}"#);
+        text.insert_str(1, r#""natural_key":{"query":"sorted"},"#);
+        let c = parse(&text).unwrap();
+        assert_eq!(c.query, QueryKey::Sorted);
+        assert_eq!(c.routes[0].query, QueryKey::Ignore, "the route's own");
+        let mut text = route("");
+        text.insert_str(1, r#""natural_key":{"query":"sorted"},"#);
+        assert_eq!(
+            parse(&text).unwrap().routes[0].query,
+            QueryKey::Sorted,
+            "the global one"
+        );
     }
 
     #[test]
@@ -958,6 +1092,14 @@ mod tests {
         for f in CONFIRMATION_FIELDS {
             let p = format!("confirmation.{f}");
             assert!(SCHEMA.iter().any(|d| d.path == p), "{p}");
+        }
+        for f in NATURAL_KEY_FIELDS {
+            for p in [
+                format!("natural_key.{f}"),
+                format!("routes[].natural_key.{f}"),
+            ] {
+                assert!(SCHEMA.iter().any(|d| d.path == p), "{p}");
+            }
         }
     }
 }

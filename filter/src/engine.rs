@@ -29,7 +29,8 @@ named_enum! {
         Deny => "deny",
         /// 422: same key, different body.
         Mismatch => "mismatch",
-        /// 400: idempotency key missing or invalid.
+        /// The request cannot be guarded as sent: 400 (idempotency key missing, invalid or
+        /// repeated; an encoded slash in the path). [`Decision::problem`] says which.
         BadRequest => "bad_request",
         /// 413: body over `max_body_bytes`.
         TooLarge => "too_large",
@@ -127,8 +128,8 @@ pub struct Decision {
     pub challenge: Option<Challenge>,
     /// Why a sent confirmation was refused.
     pub confirmation_error: Option<ConfirmationError>,
-    /// The specific problem of a 400.
-    pub key_problem: Option<ProblemType>,
+    /// The specific problem of a `bad_request` answer.
+    pub problem: Option<ProblemType>,
 }
 
 impl Decision {
@@ -149,7 +150,7 @@ impl Decision {
             approver: None,
             challenge: None,
             confirmation_error: None,
-            key_problem: None,
+            problem: None,
         }
     }
 
@@ -180,9 +181,7 @@ impl Decision {
             Verdict::Conflict => ProblemType::RequestInFlight,
             Verdict::Deny => ProblemType::DoNotRetry,
             Verdict::Mismatch => ProblemType::IdempotencyKeyMismatch,
-            Verdict::BadRequest => self
-                .key_problem
-                .unwrap_or(ProblemType::IdempotencyKeyInvalid),
+            Verdict::BadRequest => self.problem.unwrap_or(ProblemType::IdempotencyKeyInvalid),
             Verdict::TooLarge => ProblemType::BodyTooLarge,
             Verdict::StaleToken => ProblemType::StaleToken,
         })
@@ -285,12 +284,16 @@ impl Decision {
             Verdict::Mismatch => s.push_str(
                 "The idempotency key was used with a different request body; use a new key for a new operation. ",
             ),
-            Verdict::BadRequest => match self.key_problem {
+            Verdict::BadRequest => match self.problem {
                 Some(ProblemType::IdempotencyKeyMissing) => {
                     s.push_str("This route requires the ");
                     s.push_str(&config.idempotency_key_header);
                     s.push_str(" header. ");
                 }
+                Some(ProblemType::PathInvalid) => s.push_str(
+                    "The request path carries an encoded slash (%2F or %5C), which servers decode differently; send the path with plain slashes. ",
+                ),
+
                 _ => {
                     s.push_str("The ");
                     s.push_str(&config.idempotency_key_header);
@@ -335,10 +338,34 @@ pub fn check_key(route: &Route, key: &KeyCheck) -> Option<Decision> {
         KeyCheck::Invalid(why) => (ProblemType::IdempotencyKeyInvalid, *why),
         _ => return None,
     };
+    Some(refuse(route, problem, reason))
+}
+
+/// What [`check_request`] looks at, known at request headers.
+#[derive(Clone, Copy, Debug)]
+pub struct EarlyFacts<'a> {
+    /// The path carried an encoded slash.
+    pub encoded_slash: bool,
+    /// The idempotency key header.
+    pub key: &'a KeyCheck,
+}
+
+/// The answer at request headers, before the body, in this order: an encoded slash in the
+/// path (400 `path-invalid`), a missing or invalid idempotency key (400); `None` when the
+/// request may go on.
+pub fn check_request(route: &Route, early: &EarlyFacts<'_>) -> Option<Decision> {
+    if early.encoded_slash {
+        return Some(refuse(route, ProblemType::PathInvalid, "encoded_slash"));
+    }
+    check_key(route, early.key)
+}
+
+/// A `bad_request` decision answering `problem`.
+fn refuse(route: &Route, problem: ProblemType, reason: &str) -> Decision {
     let mut d = Decision::new(Verdict::BadRequest, route, reason);
-    d.key_problem = Some(problem);
+    d.problem = Some(problem);
     d.would_block = route.mode == Mode::Shadow;
-    Some(d)
+    d
 }
 
 /// The 413 answer for a body over `max_body_bytes`.

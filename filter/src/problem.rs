@@ -21,11 +21,14 @@ pub enum ProblemType {
     IdempotencyKeyMismatch,
     /// 428: policy `retry_with_review`; a human must confirm.
     ConfirmationRequired,
+    /// 400: the path carries an encoded slash (`%2F`, `%5C`), which servers decode
+    /// differently.
+    PathInvalid,
 }
 
 impl ProblemType {
     /// Every problem type.
-    pub const ALL: [ProblemType; 8] = [
+    pub const ALL: [ProblemType; 9] = [
         ProblemType::IdempotencyKeyMissing,
         ProblemType::IdempotencyKeyInvalid,
         ProblemType::StaleToken,
@@ -34,6 +37,7 @@ impl ProblemType {
         ProblemType::BodyTooLarge,
         ProblemType::IdempotencyKeyMismatch,
         ProblemType::ConfirmationRequired,
+        ProblemType::PathInvalid,
     ];
 
     /// The `type` URI.
@@ -49,13 +53,16 @@ impl ProblemType {
                 "urn:retry-guard:problem:idempotency-key-mismatch"
             }
             ProblemType::ConfirmationRequired => "urn:retry-guard:problem:confirmation-required",
+            ProblemType::PathInvalid => "urn:retry-guard:problem:path-invalid",
         }
     }
 
     /// The HTTP status.
     pub fn status(self) -> u16 {
         match self {
-            ProblemType::IdempotencyKeyMissing | ProblemType::IdempotencyKeyInvalid => 400,
+            ProblemType::IdempotencyKeyMissing
+            | ProblemType::IdempotencyKeyInvalid
+            | ProblemType::PathInvalid => 400,
             ProblemType::StaleToken => 401,
             ProblemType::DoNotRetry => 403,
             ProblemType::RequestInFlight => 409,
@@ -76,6 +83,7 @@ impl ProblemType {
             ProblemType::BodyTooLarge => "Request body too large to guard",
             ProblemType::IdempotencyKeyMismatch => "Idempotency key reused with a different body",
             ProblemType::ConfirmationRequired => "Human confirmation required",
+            ProblemType::PathInvalid => "Request path not accepted",
         }
     }
 }

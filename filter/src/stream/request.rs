@@ -1,11 +1,10 @@
 //! A request's facts: what route matching reads ([`Fetcher`]), what a matched request's
 //! decision needs, gathered at its headers ([`Pending`]), and its body digest.
 
-use sha2::{Digest, Sha256};
-
-use crate::config::{Config, PrincipalSource, Route};
-use crate::engine::{self, Facts};
-use crate::fingerprint::{parse_idempotency_key, KeyCheck};
+use crate::canonical::{canonical_form, BodyForm, CanonicalPath};
+use crate::config::{Config, PrincipalSource, QueryKey, Route};
+use crate::engine::{self, EarlyFacts, Facts};
+use crate::fingerprint::{parse_idempotency_key, BodyDigester, KeyCheck};
 use crate::headers::HeaderPairs;
 use crate::host::{LogLevel, StreamHost};
 use crate::jwt::Credential;
@@ -84,7 +83,12 @@ impl<'a, H: StreamHost> Fetcher<'a, H> {
 pub(super) struct Pending {
     pub(super) now: u64,
     pub(super) method: String,
+    /// The canonical path.
     pub(super) path: String,
+    /// The path carried an encoded slash (refused).
+    pub(super) encoded_slash: bool,
+    /// The query string as the route's natural key takes it (empty: ignored).
+    pub(super) query: String,
     /// The `content-length` header, if any.
     pub(super) declared_length: Option<u64>,
     pub(super) request_id: Option<String>,
@@ -92,17 +96,30 @@ pub(super) struct Pending {
     pub(super) key: KeyCheck,
     pub(super) stale: Option<StaleReason>,
     pub(super) confirmation: Option<Vec<u8>>,
-    pub(super) hasher: Sha256,
+    pub(super) body: BodyDigester,
     pub(super) body_seen: usize,
 }
 
 impl Pending {
+    /// The principal's text for answers and audit lines.
+    pub(super) fn principal_text(&self) -> &str {
+        &self.principal
+    }
+
+    /// What the checks at request headers look at.
+    pub(super) fn early(&self) -> EarlyFacts<'_> {
+        EarlyFacts {
+            encoded_slash: self.encoded_slash,
+            key: &self.key,
+        }
+    }
+
     /// Facts for a decision made before the body is known (400, 413): no fingerprint yet.
     pub(super) fn early_facts(&self) -> Facts<'_> {
         Facts {
             now: self.now,
             request_id: self.request_id.as_deref(),
-            principal: &self.principal,
+            principal: self.principal_text(),
             key: &self.key,
             fingerprint: None,
             body_digest: [0; 32],
@@ -118,17 +135,22 @@ impl Pending {
         host: &H,
         route: &Route,
         method: String,
-        path: String,
+        path: CanonicalPath,
         blob: Vec<u8>,
     ) -> Pending {
         let config = &plugin.config;
         let now = now_seconds(host);
         let headers = HeaderPairs::parse(&blob).unwrap_or_default();
         let request_id = headers.text("x-request-id").map(str::to_string);
-        let key = parse_idempotency_key(
-            headers.get(&config.idempotency_key_header),
-            config.max_key_length,
-        );
+        // Two key fields: the upstream may take either (or both), so the request has no one key.
+        let key = if headers.count(&config.idempotency_key_header) > 1 {
+            KeyCheck::Invalid("sent more than once")
+        } else {
+            parse_idempotency_key(
+                headers.get(&config.idempotency_key_header),
+                config.max_key_length,
+            )
+        };
         let declared_length = headers
             .text("content-length")
             .and_then(|v| v.trim().parse::<u64>().ok());
@@ -173,6 +195,12 @@ impl Pending {
             _ => None,
         };
         let stale = rules.assess(&token, now, first_seen);
+        let query = match route.query {
+            QueryKey::Ignore => String::new(),
+            // A query that does not decode is kept as sent.
+            QueryKey::Sorted => canonical_form(path.query.as_bytes()).unwrap_or(path.query),
+        };
+        let body = BodyDigester::new(BodyForm::of_content_type(headers.get("content-type")));
         // Untracked routes never ask for a confirmation: nothing to read there.
         let confirmation = if route.needs_ledger() {
             headers.get(&config.confirmation_header).map(<[u8]>::to_vec)
@@ -186,26 +214,28 @@ impl Pending {
         Pending {
             now,
             method,
-            path,
+            path: path.path,
+            encoded_slash: path.encoded_slash,
+            query,
             declared_length,
             request_id,
             principal,
             key,
             stale,
             confirmation,
-            hasher: Sha256::new(),
+            body,
             body_seen: 0,
         }
     }
 
-    /// Hashes body bytes not hashed yet (Envoy reports the cumulative buffered size).
-    pub(super) fn hash_body(&mut self, host: &impl StreamHost, body_size: usize) {
+    /// Takes in body bytes not seen yet (Envoy reports the cumulative buffered size).
+    pub(super) fn read_body(&mut self, host: &impl StreamHost, body_size: usize) {
         if body_size <= self.body_seen {
             return;
         }
         let len = body_size - self.body_seen;
         if let Some(chunk) = host.request_body(self.body_seen, len) {
-            self.hasher.update(&chunk);
+            self.body.push(&chunk);
             self.body_seen += chunk.len();
         }
     }
