@@ -61,8 +61,22 @@ pub enum PrincipalSource {
     Header(String),
     /// A claim of the bearer JWT, decoded without verification.
     JwtClaim(String),
-    /// SHA-256 of the `Authorization` credential (bearer or basic).
+    /// SHA-256 of the `Authorization` credential (bearer or basic), as forwarded upstream.
     Token,
+    /// SHA-256 of the value of a cookie (its name; case-sensitive), e.g. a session cookie.
+    Cookie(String),
+}
+
+impl PrincipalSource {
+    /// Can the caller choose this source's value freely, so that each retry may name a new
+    /// principal? True for `header:<name>` and `jwt:<claim>` (read from a JWT nobody verified
+    /// here); `retry-guard check` warns about them.
+    pub fn caller_chosen(&self) -> bool {
+        matches!(
+            self,
+            PrincipalSource::Header(_) | PrincipalSource::JwtClaim(_)
+        )
+    }
 }
 
 /// What the natural key takes of the query string.
@@ -82,6 +96,15 @@ impl QueryKey {
             QueryKey::Sorted => "sorted",
         }
     }
+}
+
+/// What a route does with a request no principal source names (`anonymous`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Anonymous {
+    /// Guard it under the shared principal `anonymous`.
+    Allow,
+    /// Answer 401 (`principal-required`).
+    Reject,
 }
 
 /// Human-confirmation settings.
@@ -116,6 +139,8 @@ pub struct Route {
     pub max_attempts: Option<u32>,
     /// Effective mode (the route's, else the global one).
     pub mode: Mode,
+    /// What to do with an anonymous request.
+    pub anonymous: Anonymous,
     /// What the natural key takes of the query string (the route's, else the global one).
     pub query: QueryKey,
     /// Policy per outcome of the earlier attempt.
@@ -208,7 +233,7 @@ pub const SCHEMA: &[FieldDoc] = &[
     FieldDoc { path: "idempotency_key_header", kind: "header name, default \"idempotency-key\"", doc: "where clients put the idempotency key" },
     FieldDoc { path: "max_key_length", kind: "integer 1..=8192, default 255", doc: "longer keys are answered 400" },
     FieldDoc { path: "max_body_bytes", kind: "integer 0..=16777216, default 65536", doc: "largest body buffered on a guarded non-read_only route; larger is 413" },
-    FieldDoc { path: "principal", kind: "list of sources, default [\"peer_identity\", \"jwt:sub\", \"token\"]", doc: "peer_identity, header:<name>, jwt:<claim>, token; the first that yields a value wins, none gives \"anonymous\"" },
+    FieldDoc { path: "principal", kind: "list of sources, default [\"peer_identity\", \"token\"]", doc: "peer_identity, token, cookie:<name>, header:<name>, jwt:<claim>; the first that yields a value wins, none gives \"anonymous\"; header: and jwt: are caller-chosen" },
     FieldDoc { path: "unchanged_state_header", kind: "header name, default \"retry-guard-state\"", doc: "a 5xx with this header set to \"unchanged\" is outcome unchanged" },
     FieldDoc { path: "stale_token_action", kind: "\"strip\" | \"reject\", default \"strip\"", doc: "strip removes authorization before the upstream; reject answers 401" },
     FieldDoc { path: "natural_key", kind: "object, optional", doc: "what the natural key takes of the request" },
@@ -234,6 +259,7 @@ pub const SCHEMA: &[FieldDoc] = &[
     FieldDoc { path: "routes[].max_attempts", kind: "integer >= 1, optional", doc: "an attempt beyond this turns retry_safe into retry_with_review" },
     FieldDoc { path: "routes[].mode", kind: "\"enforce\" | \"shadow\", default: the global mode", doc: "per-route mode" },
     FieldDoc { path: "routes[].on", kind: "object outcome -> policy", doc: "overrides the class default for an outcome" },
+    FieldDoc { path: "routes[].anonymous", kind: "\"allow\" | \"reject\", default \"allow\"", doc: "reject answers 401 when no principal source names the caller" },
     FieldDoc { path: "routes[].natural_key", kind: "object, optional", doc: "the route's own natural_key settings" },
     FieldDoc { path: "routes[].natural_key.query", kind: "\"ignore\" | \"sorted\", default: the global natural_key.query", doc: "what the natural key takes of the query string on this route" },
 ];
@@ -266,6 +292,7 @@ const ROUTE_FIELDS: &[&str] = &[
     "max_attempts",
     "mode",
     "on",
+    "anonymous",
     "natural_key",
 ];
 const MATCH_FIELDS: &[&str] = &[
@@ -570,11 +597,8 @@ impl Config {
 
 fn parse_principal(top: &Obj<'_>) -> Result<Vec<PrincipalSource>, ConfigError> {
     let Some(v) = top.get("principal") else {
-        return Ok(vec![
-            PrincipalSource::PeerIdentity,
-            PrincipalSource::JwtClaim("sub".into()),
-            PrincipalSource::Token,
-        ]);
+        // Only sources the caller cannot choose freely: see PrincipalSource::caller_chosen.
+        return Ok(vec![PrincipalSource::PeerIdentity, PrincipalSource::Token]);
     };
     let Value::Array(items) = v else {
         return Err(err(
@@ -602,11 +626,22 @@ fn parse_principal(top: &Obj<'_>) -> Result<Vec<PrincipalSource>, ConfigError> {
                 return Err(err(path, "jwt: needs a claim name, e.g. jwt:sub"));
             }
             PrincipalSource::JwtClaim(c.to_string())
+        } else if let Some(c) = s.strip_prefix("cookie:") {
+            if c.is_empty() || !c.bytes().all(is_tchar) {
+                return Err(err(
+                    path,
+                    format!(
+                        "{} is not a cookie name (a token: letters, digits and !#$%&'*+-.^_`|~), e.g. cookie:session",
+                        q(c)
+                    ),
+                ));
+            }
+            PrincipalSource::Cookie(c.to_string())
         } else {
             return Err(err(
                 path,
                 format!(
-                    "unknown principal source {}; expected peer_identity, header:<name>, jwt:<claim> or token",
+                    "unknown principal source {}; expected peer_identity, token, cookie:<name>, header:<name> or jwt:<claim>",
                     q(s)
                 ),
             ));
@@ -751,6 +786,13 @@ fn parse_routes(
             .int("max_attempts", 1, 1_000_000)?
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
         let mode = r.mode("mode")?.unwrap_or(global_mode);
+        let anonymous = r
+            .choice(
+                "anonymous",
+                &[("allow", Anonymous::Allow), ("reject", Anonymous::Reject)],
+                "\"allow\" (guard anonymous requests together under the principal \"anonymous\") or \"reject\" (answer them 401)",
+            )?
+            .unwrap_or(Anonymous::Allow);
         let query = parse_natural_key(&r, "natural_key")?.unwrap_or(global_query);
         let mut policies = PolicyTable::for_class(class);
         match r.get("on") {
@@ -803,6 +845,7 @@ fn parse_routes(
             token_max_age_seconds,
             max_attempts,
             mode,
+            anonymous,
             query,
             policies,
         });
@@ -934,9 +977,13 @@ mod tests {
         assert_eq!(c.idempotency_key_header, "idempotency-key");
         assert_eq!(c.max_key_length, 255);
         assert_eq!(c.max_body_bytes, 65_536);
-        assert_eq!(c.principal.len(), 3);
+        assert_eq!(
+            c.principal,
+            vec![PrincipalSource::PeerIdentity, PrincipalSource::Token]
+        );
         assert_eq!(c.query, QueryKey::Ignore);
         assert_eq!(c.routes[0].query, QueryKey::Ignore);
+        assert_eq!(c.routes[0].anonymous, Anonymous::Allow);
         assert_eq!(c.unchanged_state_header, "retry-guard-state");
         assert_eq!(c.stale_token_action, StaleTokenAction::Strip);
         assert_eq!(c.confirmation_header, "retry-guard-confirmation");
@@ -1013,6 +1060,11 @@ mod tests {
         let mut with_top = route("");
         with_top.insert_str(1, r#""principal":["jwt:sub","cookie"],"#);
         assert!(error_of(&with_top).starts_with("principal[1]: unknown principal source"));
+        let mut with_top = route("");
+        with_top.insert_str(1, r#""principal":["cookie:a b"],"#);
+        assert!(error_of(&with_top).starts_with("principal[0]: \"a b\" is not a cookie name"));
+        assert!(error_of(&route(r#","anonymous":"deny""#))
+            .starts_with("routes[0].anonymous: unknown value \"deny\"; expected \"allow\""));
         assert!(error_of(&route(r#","natural_key":{"query":"keep"}"#))
             .starts_with("routes[0].natural_key.query: unknown value \"keep\""));
         assert!(error_of(&route(r#","natural_key":{"body":"raw"}"#))
@@ -1049,12 +1101,31 @@ mod tests {
     }
 
     #[test]
-    fn natural_key_query_global_and_per_route() {
-        let mut text = route(r#","natural_key":{"query":"ignore"}"#);
-        text.insert_str(1, r#""natural_key":{"query":"sorted"},"#);
+    fn new_principal_sources_and_route_settings() {
+        let mut text = route(r#","anonymous":"reject","natural_key":{"query":"ignore"}"#);
+        text.insert_str(
+            1,
+            r#""principal":["cookie:session","header:x-client-id","jwt:sub","token"],"natural_key":{"query":"sorted"},"#,
+        );
         let c = parse(&text).unwrap();
+        assert_eq!(
+            c.principal,
+            vec![
+                PrincipalSource::Cookie("session".into()),
+                PrincipalSource::Header("x-client-id".into()),
+                PrincipalSource::JwtClaim("sub".into()),
+                PrincipalSource::Token,
+            ]
+        );
+        let chosen: Vec<bool> = c
+            .principal
+            .iter()
+            .map(PrincipalSource::caller_chosen)
+            .collect();
+        assert_eq!(chosen, [false, true, true, false]);
         assert_eq!(c.query, QueryKey::Sorted);
         assert_eq!(c.routes[0].query, QueryKey::Ignore, "the route's own");
+        assert_eq!(c.routes[0].anonymous, Anonymous::Reject);
         let mut text = route("");
         text.insert_str(1, r#""natural_key":{"query":"sorted"},"#);
         assert_eq!(

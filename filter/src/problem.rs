@@ -24,11 +24,15 @@ pub enum ProblemType {
     /// 400: the path carries an encoded slash (`%2F`, `%5C`), which servers decode
     /// differently.
     PathInvalid,
+    /// 400: a principal source names the caller twice, differently (a cookie sent twice).
+    PrincipalAmbiguous,
+    /// 401: no principal source names the caller on a route with `anonymous: reject`.
+    PrincipalRequired,
 }
 
 impl ProblemType {
     /// Every problem type.
-    pub const ALL: [ProblemType; 9] = [
+    pub const ALL: [ProblemType; 11] = [
         ProblemType::IdempotencyKeyMissing,
         ProblemType::IdempotencyKeyInvalid,
         ProblemType::StaleToken,
@@ -38,6 +42,8 @@ impl ProblemType {
         ProblemType::IdempotencyKeyMismatch,
         ProblemType::ConfirmationRequired,
         ProblemType::PathInvalid,
+        ProblemType::PrincipalAmbiguous,
+        ProblemType::PrincipalRequired,
     ];
 
     /// The `type` URI.
@@ -54,6 +60,8 @@ impl ProblemType {
             }
             ProblemType::ConfirmationRequired => "urn:retry-guard:problem:confirmation-required",
             ProblemType::PathInvalid => "urn:retry-guard:problem:path-invalid",
+            ProblemType::PrincipalAmbiguous => "urn:retry-guard:problem:principal-ambiguous",
+            ProblemType::PrincipalRequired => "urn:retry-guard:problem:principal-required",
         }
     }
 
@@ -62,8 +70,9 @@ impl ProblemType {
         match self {
             ProblemType::IdempotencyKeyMissing
             | ProblemType::IdempotencyKeyInvalid
-            | ProblemType::PathInvalid => 400,
-            ProblemType::StaleToken => 401,
+            | ProblemType::PathInvalid
+            | ProblemType::PrincipalAmbiguous => 400,
+            ProblemType::StaleToken | ProblemType::PrincipalRequired => 401,
             ProblemType::DoNotRetry => 403,
             ProblemType::RequestInFlight => 409,
             ProblemType::BodyTooLarge => 413,
@@ -84,6 +93,8 @@ impl ProblemType {
             ProblemType::IdempotencyKeyMismatch => "Idempotency key reused with a different body",
             ProblemType::ConfirmationRequired => "Human confirmation required",
             ProblemType::PathInvalid => "Request path not accepted",
+            ProblemType::PrincipalAmbiguous => "Caller named more than once",
+            ProblemType::PrincipalRequired => "Caller identity required",
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::host::{LogLevel, StreamHost};
 use crate::jwt::Credential;
 use crate::ledger::Ledger;
 use crate::matcher::Fact;
-use crate::principal::{self, PrincipalInputs};
+use crate::principal::{self, Ambiguous, PrincipalInputs};
 use crate::token::{BearerToken, StaleReason, TokenRules};
 
 use super::Plugin;
@@ -79,6 +79,10 @@ impl<'a, H: StreamHost> Fetcher<'a, H> {
     }
 }
 
+/// What the audit line says of a request whose principal is ambiguous (it is answered 400 and
+/// never fingerprinted).
+const AMBIGUOUS_PRINCIPAL: &str = "ambiguous";
+
 /// Facts of a matched request gathered at request headers, waiting for the body.
 pub(super) struct Pending {
     pub(super) now: u64,
@@ -92,7 +96,8 @@ pub(super) struct Pending {
     /// The `content-length` header, if any.
     pub(super) declared_length: Option<u64>,
     pub(super) request_id: Option<String>,
-    pub(super) principal: String,
+    /// The principal, from what goes upstream; `Err` when a source names the caller twice.
+    pub(super) principal: Result<String, Ambiguous>,
     pub(super) key: KeyCheck,
     pub(super) stale: Option<StaleReason>,
     pub(super) confirmation: Option<Vec<u8>>,
@@ -103,7 +108,10 @@ pub(super) struct Pending {
 impl Pending {
     /// The principal's text for answers and audit lines.
     pub(super) fn principal_text(&self) -> &str {
-        &self.principal
+        match &self.principal {
+            Ok(p) => p,
+            Err(_) => AMBIGUOUS_PRINCIPAL,
+        }
     }
 
     /// What the checks at request headers look at.
@@ -111,10 +119,12 @@ impl Pending {
         EarlyFacts {
             encoded_slash: self.encoded_slash,
             key: &self.key,
+            principal: self.principal.as_deref(),
         }
     }
 
-    /// Facts for a decision made before the body is known (400, 413): no fingerprint yet.
+    /// Facts for a decision made before the body is known (400, 401, 413): no fingerprint
+    /// yet.
     pub(super) fn early_facts(&self) -> Facts<'_> {
         Facts {
             now: self.now,
@@ -156,19 +166,6 @@ impl Pending {
             .and_then(|v| v.trim().parse::<u64>().ok());
         let credential = headers.text("authorization").and_then(Credential::parse);
         let (token, claims) = BearerToken::classify(credential, headers.count("authorization"));
-        let peer_identity = if config.principal.contains(&PrincipalSource::PeerIdentity) {
-            property_text(host, b"connection\0uri_san_peer_certificate")
-        } else {
-            None
-        };
-        let inputs = PrincipalInputs {
-            peer_identity: peer_identity.as_deref(),
-            credential,
-            claims: claims.as_ref(),
-        };
-        let principal = principal::derive(&config.principal, &inputs, &mut |name| {
-            headers.text(name).map(str::to_string)
-        });
         let rules = TokenRules {
             sensitive: route.class.is_sensitive(),
             max_age: route.token_max_age_seconds,
@@ -195,6 +192,24 @@ impl Pending {
             _ => None,
         };
         let stale = rules.assess(&token, now, first_seen);
+        // The principal comes from what goes upstream: a stale credential is stripped or
+        // rejected, so it names no one (a forged JWT without `exp` cannot make a new caller).
+        let (forwarded, claims) = match stale {
+            Some(_) => (None, None),
+            None => (credential, claims),
+        };
+        let peer_identity = if config.principal.contains(&PrincipalSource::PeerIdentity) {
+            property_text(host, b"connection\0uri_san_peer_certificate")
+        } else {
+            None
+        };
+        let inputs = PrincipalInputs {
+            peer_identity: peer_identity.as_deref(),
+            credential: forwarded,
+            claims: claims.as_ref(),
+            headers: &headers,
+        };
+        let principal = principal::derive(&config.principal, &inputs);
         let query = match route.query {
             QueryKey::Ignore => String::new(),
             // A query that does not decode is kept as sent.

@@ -676,7 +676,8 @@ fn stale_token_is_stripped_and_the_request_marked() {
         .contains(&Counter::Event(Event::TokenStripped)));
     let decision = &host.audit()[0];
     assert_eq!(decision["token_action"], "strip");
-    assert_eq!(decision["principal"], "ci-bot");
+    // The stripped token names no one: its `sub` is not the principal.
+    assert_eq!(decision["principal"], "anonymous");
 }
 
 #[test]
@@ -1054,4 +1055,106 @@ fn two_idempotency_keys_are_refused() {
         "urn:retry-guard:problem:idempotency-key-invalid"
     );
     assert_eq!(host.audit()[0]["reason"], "sent more than once");
+}
+
+#[test]
+fn anonymous_callers_are_refused_where_the_route_says_so() {
+    let plugin = plugin_with(json!({
+        "principal": ["cookie:session", "token"],
+        "routes": [{
+            "name": "grant", "match": {"path": "/grant"}, "class": "privilege_changing",
+            "owner": "team-access", "escalation": "pager:access", "anonymous": "reject"
+        }]
+    }));
+    let host = FakeHost::request("r", "POST", "/grant", &[]);
+    let reply = refused(&plugin, &host);
+    assert_eq!(reply.status, 401);
+    assert_eq!(
+        problem_type(&reply),
+        "urn:retry-guard:problem:principal-required"
+    );
+    assert!(reply.has_header("www-authenticate", "Bearer"));
+    // A stale token names no one either: still anonymous.
+    let host = FakeHost::request(
+        "r",
+        "POST",
+        "/grant",
+        &[("authorization", "Bearer h.eyJleHAiOjF9.s")],
+    );
+    assert_eq!(refused(&plugin, &host).status, 401);
+    // A cookie the upstream trusts names the caller; sent twice with two values, it is
+    // ambiguous.
+    let host =
+        FakeHost::request("r", "POST", "/grant", &[("cookie", "session=abc")]).with_body("x");
+    send(&plugin, &host, 1);
+    assert_eq!(host.decisions(), ["allow"]);
+    assert!(host.audit()[0]["principal"]
+        .as_str()
+        .unwrap()
+        .starts_with("cookie:session:"));
+    let host = FakeHost::request(
+        "r",
+        "POST",
+        "/grant",
+        &[("cookie", "session=abc"), ("cookie", "session=forged")],
+    );
+    let reply = refused(&plugin, &host);
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        problem_type(&reply),
+        "urn:retry-guard:problem:principal-ambiguous"
+    );
+    assert_eq!(host.audit()[0]["reason"], "ambiguous cookie:session");
+}
+
+#[test]
+fn malformed_credentials_are_stripped_and_name_no_one() {
+    let plugin = plugin_with(json!({"principal": ["jwt:sub", "token"]}));
+    let expired = format!(
+        "{}.{}.sig",
+        crate::b64::url(br#"{"alg":"none"}"#),
+        crate::b64::url(
+            json!({"sub": "forged", "exp": NOW - 90})
+                .to_string()
+                .as_bytes()
+        )
+    );
+    for (n, (value, reason)) in [
+        (format!("Bearer\t{expired}"), "expired"),
+        (format!("bearer   {expired}"), "expired"),
+        (format!("Bearer {expired}."), "malformed"),
+        (format!("Bearer {expired} trailing"), "malformed"),
+        ("Bearer".to_string(), "malformed"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Each its own operation (else the later ones would be replays, answered).
+        let host = FakeHost::request(
+            "token",
+            "POST",
+            "/oauth/token",
+            &[("authorization", &value)],
+        )
+        .with_body(&format!("grant_type=client_credentials&n={n}"));
+        send(&plugin, &host, 1);
+        assert_eq!(host.upstream_header("authorization"), None, "{value:?}");
+        assert_eq!(
+            host.upstream_header(TOKEN_MARK_HEADER),
+            Some(format!("stripped; reason={reason}")),
+            "{value:?}"
+        );
+        assert_eq!(host.audit()[0]["principal"], "anonymous", "{value:?}");
+    }
+    // Two authorization fields: malformed, both removed.
+    let host = FakeHost::request(
+        "token",
+        "POST",
+        "/oauth/token",
+        &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+    )
+    .with_body("grant_type=client_credentials");
+    send(&plugin, &host, 1);
+    assert_eq!(host.upstream_header("authorization"), None);
+    assert_eq!(host.audit()[0]["token_reason"], "malformed");
 }
