@@ -24,6 +24,8 @@
 //!   Invalid JSON (or nesting deeper than serde_json's 128 levels) is `None`. Of duplicate
 //!   member names the last counts (RFC 8785 forbids them; most parsers keep the last).
 
+use std::borrow::Cow;
+
 /// The canonical form of a request's `:path`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CanonicalPath {
@@ -36,6 +38,7 @@ pub struct CanonicalPath {
 }
 
 /// Is `b` an RFC 3986 unreserved character?
+#[inline]
 fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
@@ -210,7 +213,41 @@ fn form_encode(out: &mut Vec<u8>, bytes: &[u8]) {
 /// The canonical form of an `application/x-www-form-urlencoded` text (see the module docs);
 /// `None` when an escape is broken.
 pub fn canonical_form(text: &[u8]) -> Option<String> {
+    String::from_utf8(form_text(text)?.into_owned()).ok()
+}
+
+/// A form text that is canonical already (most clients write simple forms in order): only
+/// unreserved characters, `=` and `&`, every pair with one `=`, pairs in canonical order.
+fn form_is_canonical(text: &[u8]) -> bool {
+    let mut prev: Option<(&[u8], &[u8])> = None;
+    for pair in text.split(|&b| b == b'&') {
+        let mut at = None;
+        for (i, &b) in pair.iter().enumerate() {
+            match b {
+                b'=' if at.is_none() => at = Some(i),
+                b if unreserved(b) => {}
+                _ => return false,
+            }
+        }
+        let Some(at) = at else { return false };
+        let this = (
+            pair.get(..at).unwrap_or(&[]),
+            pair.get(at + 1..).unwrap_or(&[]),
+        );
+        if prev.is_some_and(|p| p > this) {
+            return false;
+        }
+        prev = Some(this);
+    }
+    true
+}
+
+/// [`canonical_form`]'s text, borrowed from `text` when it is canonical already.
+fn form_text(text: &[u8]) -> Option<Cow<'_, [u8]>> {
     let text = text.trim_ascii();
+    if form_is_canonical(text) {
+        return Some(Cow::Borrowed(text));
+    }
     let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for pair in text.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
         let (name, value) = match pair.iter().position(|&b| b == b'=') {
@@ -233,8 +270,7 @@ pub fn canonical_form(text: &[u8]) -> Option<String> {
         out.push(b'=');
         form_encode(&mut out, value);
     }
-    // Only ASCII is written.
-    String::from_utf8(out).ok()
+    Some(Cow::Owned(out))
 }
 
 /// Does `a` sort before `b` by UTF-16 code units (RFC 8785 §3.2.3)? Compared by character:
@@ -627,7 +663,12 @@ impl BodyForm {
         let end = value.iter().position(|&b| b == b';').unwrap_or(value.len());
         let media = value.get(..end).unwrap_or(&[]).trim_ascii();
         let suffix = media.get(media.len().saturating_sub(5)..).unwrap_or(&[]);
-        if media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
+        // The exact spellings first (a memcmp), then any letter case.
+        if media == b"application/x-www-form-urlencoded" {
+            BodyForm::Form
+        } else if media == b"application/json" {
+            BodyForm::Json
+        } else if media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
             BodyForm::Form
         } else if media.eq_ignore_ascii_case(b"application/json")
             || (media.len() > 5 && suffix.eq_ignore_ascii_case(b"+json"))
@@ -638,13 +679,14 @@ impl BodyForm {
         }
     }
 
-    /// The canonical text of `body` in this form; `None` for [`BodyForm::Raw`] or a body that
-    /// is not of the form (it is then digested as sent).
-    pub fn canonical(self, body: &[u8]) -> Option<String> {
+    /// The canonical text of `body` in this form (borrowed when `body` is canonical already);
+    /// `None` for [`BodyForm::Raw`] or a body that is not of the form (it is then digested as
+    /// sent).
+    pub fn canonical(self, body: &[u8]) -> Option<Cow<'_, [u8]>> {
         match self {
             BodyForm::Raw => None,
-            BodyForm::Form => canonical_form(body),
-            BodyForm::Json => canonical_json(body),
+            BodyForm::Form => form_text(body),
+            BodyForm::Json => canonical_json(body).map(|s| Cow::Owned(s.into_bytes())),
         }
     }
 }
@@ -792,6 +834,23 @@ mod tests {
             canonical_form(&[b'a', b'=', 0xff]).as_deref(),
             Some("a=%FF")
         );
+        // Canonical already (the fast path) or not: pairs compare by name, then value.
+        for (text, canonical) in [
+            ("a=1&a1=2", true),
+            ("a1=2&a=1", false),
+            ("a=2&a=10", false),
+            ("a=&b=", true),
+            ("=x", true),
+            ("a", false),
+            ("a=b=c", false),
+            ("a=1&&b=2", false),
+            ("a=%41", false),
+            ("a=1&", false),
+        ] {
+            assert_eq!(form_is_canonical(text.as_bytes()), canonical, "{text}");
+            let c = canonical_form(text.as_bytes()).unwrap();
+            assert_eq!(c == text, canonical, "{text} -> {c}");
+        }
     }
 
     #[test]
@@ -947,7 +1006,14 @@ mod tests {
         assert_eq!(of("text/plain"), BodyForm::Raw);
         assert_eq!(of("+json"), BodyForm::Raw);
         assert_eq!(BodyForm::of_content_type(None), BodyForm::Raw);
-        assert_eq!(BodyForm::Json.canonical(b"{ }").as_deref(), Some("{}"));
+        assert_eq!(
+            BodyForm::Json.canonical(b"{ }").as_deref(),
+            Some(&b"{}"[..])
+        );
+        assert!(matches!(
+            BodyForm::Form.canonical(b"a=1&b=2"),
+            Some(Cow::Borrowed(b"a=1&b=2"))
+        ));
         assert_eq!(BodyForm::Json.canonical(b"{"), None);
         assert_eq!(BodyForm::Raw.canonical(b"a"), None);
     }

@@ -222,10 +222,7 @@ pub fn body_digest(declared: BodyForm, body: &[u8]) -> BodyDigest {
             .then(|| BodyForm::Json.canonical(body))
             .flatten()
     });
-    match canonical {
-        Some(text) => Sha256::digest(text.as_bytes()).into(),
-        None => Sha256::digest(body).into(),
-    }
+    Sha256::digest(canonical.as_deref().unwrap_or(body)).into()
 }
 
 /// [`body_digest`] over a body that arrives in chunks. A body that may have a canonical form

@@ -32,8 +32,24 @@ fn is_b64token(t: &str) -> bool {
     !body.is_empty()
         && body
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+            .all(|b| B64TOKEN.get(usize::from(b)) == Some(&true))
 }
+
+/// The characters of a `b64token` (but `=`), by byte: one load per byte of a JWT, which the
+/// filter checks on every guarded request.
+// Indexing in a constant is evaluated by the compiler: out of range fails the build, it cannot
+// panic at run time.
+#[allow(clippy::indexing_slicing)]
+const B64TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    t
+};
 
 /// The value without the spaces and tabs around it.
 fn trim_ws(s: &str) -> &str {
@@ -106,7 +122,8 @@ pub enum TokenShape {
 impl TokenShape {
     /// The shape of a bearer token by its dots.
     pub fn of(token: &str) -> TokenShape {
-        match token.bytes().filter(|&b| b == b'.').count() {
+        // `matches` finds a char with memchr: faster than a byte-by-byte count.
+        match token.matches('.').count() {
             0 | 1 => TokenShape::Opaque,
             2 => TokenShape::Jws,
             4 => TokenShape::Jwe,
