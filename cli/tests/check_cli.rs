@@ -1,6 +1,7 @@
 //! The `check` command, as the built `retry-guard` binary: every bundled configuration (alone
 //! and as the deployments they make together) passes clean, except the WasmPlugin, which
-//! guards body-carrying routes by design and gets exactly that error; each broken deployment
+//! guards body-carrying routes by design and gets exactly that error (and, alone, the warning
+//! that nothing among the inputs normalizes paths); each broken deployment
 //! of `testdata/deploy/` gets exactly its findings (severity, file, path, the key phrase of the
 //! message); exit codes 0 (clean), 1 (errors), 2 (unreadable input); `--format json`.
 
@@ -241,7 +242,7 @@ fn bundled_deployments_pass_clean() {
     );
     assert!(
         out.ends_with(
-            "0 errors, 0 warnings in 1 file: 1 plugin configuration, 7 Envoy routes, 0 \
+            "0 errors, 0 warnings in 1 file: 1 plugin configuration, 8 Envoy routes, 0 \
              VirtualService http routes\n"
         ),
         "{out}"
@@ -253,10 +254,18 @@ const WASMPLUGIN_BODIES: &str = "a WasmPlugin cannot set allow_on_headers_stop_i
     \"secrets\" (secret_minting), \"session-refresh\" (session_extending), \"preferences\" \
     (idempotent_write) read the request body";
 
+/// Istio resources without an EnvoyFilter that normalizes paths: the mesh configuration may
+/// still do it, so a warning.
+const NO_NORMALIZATION: &str = "no path normalization among the inputs: unless the mesh sets \
+    meshConfig.pathNormalization.normalization: DECODE_AND_MERGE_SLASHES";
+
 #[test]
 fn bundled_wasmplugin_gets_exactly_its_documented_error() {
     let wp = "envoy/istio/wasmplugin.yaml";
-    let expected = [("error", wp, "spec.pluginConfig.routes", WASMPLUGIN_BODIES)];
+    let expected = [
+        ("error", wp, "spec.pluginConfig.routes", WASMPLUGIN_BODIES),
+        ("warning", wp, "spec", NO_NORMALIZATION),
+    ];
     assert_findings(&[wp], &expected);
     assert_findings(&[wp, "envoy/istio/virtualservice.yaml"], &expected);
 }
@@ -300,6 +309,16 @@ fn broken_envoy_bootstrap() {
                  and plugin route \"oauth-token\" (token_issuing) guards it",
             ),
             (
+                "error",
+                BROKEN_ENVOY,
+                HCM,
+                "this connection manager runs retry-guard but routes on the path as the caller \
+                 spelled it: `//oauth/token`, `/oauth/%74oken` or `/oauth%2Ftoken` miss the \
+                 route the filter guards and take another (a catch-all forwards them \
+                 unguarded); add normalize_path: true, merge_slashes: true, \
+                 path_with_escaped_slashes_action: REJECT_REQUEST",
+            ),
+            (
                 "warning",
                 BROKEN_ENVOY,
                 &format!("{vhosts}[0].routes[1].match"),
@@ -333,7 +352,7 @@ fn broken_envoy_bootstrap() {
     );
     assert!(
         out.ends_with(
-            "4 errors, 3 warnings in 1 file: 1 plugin configuration, 5 Envoy routes, 0 \
+            "5 errors, 3 warnings in 1 file: 1 plugin configuration, 5 Envoy routes, 0 \
              VirtualService http routes\n"
         ),
         "{out}"
@@ -404,6 +423,7 @@ fn broken_wasmplugin() {
                 "a WasmPlugin cannot set allow_on_headers_stop_iteration, and plugin route \
                  \"oauth-token\" (token_issuing) reads the request body",
             ),
+            ("warning", BROKEN_WASMPLUGIN, "spec", NO_NORMALIZATION),
         ],
     );
 }
@@ -426,7 +446,7 @@ fn json_report_lists_the_configurations() {
     );
     assert_eq!(configs[0]["routes"][0]["name"], "oauth-token");
     assert_eq!(configs[0]["routes"][0]["class"], "token_issuing");
-    assert_eq!(report["routes"]["virtualservice"], 7);
+    assert_eq!(report["routes"]["virtualservice"], 8);
 }
 
 #[test]

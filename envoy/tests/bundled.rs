@@ -171,17 +171,24 @@ fn plugin_routes_and_envoy_routes_agree() -> Result<()> {
             );
         }
     }
-    // Every Envoy route but the catch-all is guarded, and the filter is switched off
-    // (`FilterConfig { disabled: true }`) on the catch-all only: a guarded route without the
-    // filter would pass unguarded.
+    // Every Envoy route that forwards, but the catch-all, is guarded, and the filter is
+    // switched off (`FilterConfig { disabled: true }`) only where nothing is guarded: a guarded
+    // route without the filter would pass unguarded.
     for er in envoy_routes {
         let name = er["name"].as_str().unwrap_or("");
         let filter_off =
             er["typed_per_filter_config"]["envoy.filters.http.wasm"]["disabled"] == json!(true);
+        let forwards = er["route"].is_object();
         assert!(
-            name == PASSTHROUGH_ROUTE || selected.contains(name),
-            "Envoy route {name:?} is not selected by the plugin configuration"
+            name == PASSTHROUGH_ROUTE || selected.contains(name) || !forwards,
+            "Envoy route {name:?} forwards but is not selected by the plugin configuration"
         );
+        if !forwards {
+            assert!(
+                filter_off,
+                "{name:?} forwards nothing: the filter is off there"
+            );
+        }
         assert!(
             !(selected.contains(name) && filter_off),
             "guarded route {name:?} switches the filter off: its requests would pass unguarded"
@@ -471,5 +478,61 @@ fn envoy_rejects_per_route_wasm_configuration() -> Result<()> {
         ),
         "{err}"
     );
+    Ok(())
+}
+
+/// The path normalization an Envoy connection manager needs in front of retry-guard: what
+/// `retry-guard check` asks for too.
+fn assert_normalizes_paths(what: &str, hcm: &Value) {
+    assert_eq!(hcm["normalize_path"], true, "{what}: normalize_path");
+    assert_eq!(hcm["merge_slashes"], true, "{what}: merge_slashes");
+    assert_eq!(
+        hcm["path_with_escaped_slashes_action"], "REJECT_REQUEST",
+        "{what}: path_with_escaped_slashes_action"
+    );
+}
+
+/// The bundled gateway routes on the normalized path, and its identity paths never reach the
+/// catch-all in another spelling (envoy/tests/attacks.rs sends them through a real Envoy).
+#[test]
+fn the_gateway_routes_on_normalized_paths_and_refuses_other_identity_spellings() -> Result<()> {
+    let bundled = envoy_yaml()?;
+    assert_normalizes_paths("envoy/envoy.yaml", http_connection_manager(&bundled)?);
+    let names: Vec<&str> = routes(&bundled)?
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    let unrouted = names.iter().position(|n| *n == "identity-unrouted");
+    let catch_all = names.iter().position(|n| *n == PASSTHROUGH_ROUTE);
+    assert!(
+        unrouted.is_some() && unrouted < catch_all,
+        "identity-unrouted must come before the catch-all: {names:?}"
+    );
+    let r = &routes(&bundled)?[unrouted.unwrap_or(0)];
+    assert_eq!(r["direct_response"]["status"], 404, "{r}");
+
+    let Istio {
+        envoy_filter,
+        virtual_service,
+        ..
+    } = istio()?;
+    let patches = envoy_filter["spec"]["configPatches"]
+        .as_array()
+        .expect("configPatches");
+    let merge = patches
+        .iter()
+        .find(|p| p["applyTo"] == "NETWORK_FILTER")
+        .expect("a NETWORK_FILTER patch for path normalization");
+    assert_eq!(merge["patch"]["operation"], "MERGE");
+    assert_normalizes_paths(
+        "envoy/istio/envoyfilter.yaml",
+        &merge["patch"]["value"]["typed_config"],
+    );
+    let http = virtual_service["spec"]["http"].as_array().expect("http");
+    let vs = http
+        .iter()
+        .find(|h| h["name"] == "identity-unrouted")
+        .expect("identity-unrouted in virtualservice.yaml");
+    assert_eq!(vs["directResponse"]["status"], 404);
     Ok(())
 }

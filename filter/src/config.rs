@@ -61,8 +61,50 @@ pub enum PrincipalSource {
     Header(String),
     /// A claim of the bearer JWT, decoded without verification.
     JwtClaim(String),
-    /// SHA-256 of the `Authorization` credential (bearer or basic).
+    /// SHA-256 of the `Authorization` credential (bearer or basic), as forwarded upstream.
     Token,
+    /// SHA-256 of the value of a cookie (its name; case-sensitive), e.g. a session cookie.
+    Cookie(String),
+}
+
+impl PrincipalSource {
+    /// Can the caller choose this source's value freely, so that each retry may name a new
+    /// principal? True for `header:<name>` and `jwt:<claim>` (read from a JWT nobody verified
+    /// here); `retry-guard check` warns about them.
+    pub fn caller_chosen(&self) -> bool {
+        matches!(
+            self,
+            PrincipalSource::Header(_) | PrincipalSource::JwtClaim(_)
+        )
+    }
+}
+
+/// What the natural key takes of the query string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryKey {
+    /// Nothing: `/oauth/token?x=1` is the same operation as `/oauth/token`.
+    Ignore,
+    /// Its parameters, decoded and sorted (as a form body).
+    Sorted,
+}
+
+impl QueryKey {
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueryKey::Ignore => "ignore",
+            QueryKey::Sorted => "sorted",
+        }
+    }
+}
+
+/// What a route does with a request no principal source names (`anonymous`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Anonymous {
+    /// Guard it under the shared principal `anonymous`.
+    Allow,
+    /// Answer 401 (`principal-required`).
+    Reject,
 }
 
 /// What a request gets when the ledger cannot answer in time.
@@ -174,6 +216,10 @@ pub struct Route {
     pub max_attempts: Option<u32>,
     /// Effective mode (the route's, else the global one).
     pub mode: Mode,
+    /// What to do with an anonymous request.
+    pub anonymous: Anonymous,
+    /// What the natural key takes of the query string (the route's, else the global one).
+    pub query: QueryKey,
     /// Policy per outcome of the earlier attempt.
     pub policies: PolicyTable,
     /// What a request gets when the ledger cannot answer in time.
@@ -224,6 +270,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// Guarded routes, first match wins.
     pub routes: Vec<Route>,
+    /// What the natural key takes of the query string, unless a route says otherwise.
+    pub query: QueryKey,
 }
 
 /// A configuration error: the field path and what is wrong.
@@ -266,9 +314,11 @@ pub const SCHEMA: &[FieldDoc] = &[
     FieldDoc { path: "idempotency_key_header", kind: "header name, default \"idempotency-key\"", doc: "where clients put the idempotency key" },
     FieldDoc { path: "max_key_length", kind: "integer 1..=8192, default 255", doc: "longer keys are answered 400" },
     FieldDoc { path: "max_body_bytes", kind: "integer 0..=16777216, default 65536", doc: "largest body buffered on a guarded non-read_only route; larger is 413" },
-    FieldDoc { path: "principal", kind: "list of sources, default [\"peer_identity\", \"jwt:sub\", \"token\"]", doc: "peer_identity, header:<name>, jwt:<claim>, token; the first that yields a value wins, none gives \"anonymous\"" },
+    FieldDoc { path: "principal", kind: "list of sources, default [\"peer_identity\", \"token\"]", doc: "peer_identity, token, cookie:<name>, header:<name>, jwt:<claim>; the first that yields a value wins, none gives \"anonymous\"; header: and jwt: are caller-chosen" },
     FieldDoc { path: "unchanged_state_header", kind: "header name, default \"retry-guard-state\"", doc: "a 5xx with this header set to \"unchanged\" is outcome unchanged" },
     FieldDoc { path: "stale_token_action", kind: "\"strip\" | \"reject\", default \"strip\"", doc: "strip removes authorization before the upstream; reject answers 401" },
+    FieldDoc { path: "natural_key", kind: "object, optional", doc: "what the natural key takes of the request" },
+    FieldDoc { path: "natural_key.query", kind: "\"ignore\" | \"sorted\", default \"ignore\"", doc: "ignore: the query string is no part of the operation; sorted: its parameters, decoded and sorted" },
     FieldDoc { path: "confirmation", kind: "object, optional", doc: "absent: no confirmation can be accepted" },
     FieldDoc { path: "confirmation.header", kind: "header name, default \"retry-guard-confirmation\"", doc: "request header carrying the signed confirmation; never forwarded upstream" },
     FieldDoc { path: "confirmation.max_ttl_seconds", kind: "integer 1..=86400, default 600", doc: "longest accepted exp - iat of a confirmation" },
@@ -298,6 +348,9 @@ pub const SCHEMA: &[FieldDoc] = &[
     FieldDoc { path: "routes[].mode", kind: "\"enforce\" | \"shadow\", default: the global mode", doc: "per-route mode" },
     FieldDoc { path: "routes[].on", kind: "object outcome -> policy", doc: "overrides the class default for an outcome" },
     FieldDoc { path: "routes[].on_ledger_unavailable", kind: "\"fail_closed\" | \"fail_open\", default: ledger.on_unavailable, else by class", doc: "this route's fail policy when the ledger cannot answer in time" },
+    FieldDoc { path: "routes[].anonymous", kind: "\"allow\" | \"reject\", default \"allow\"", doc: "reject answers 401 when no principal source names the caller" },
+    FieldDoc { path: "routes[].natural_key", kind: "object, optional", doc: "the route's own natural_key settings" },
+    FieldDoc { path: "routes[].natural_key.query", kind: "\"ignore\" | \"sorted\", default: the global natural_key.query", doc: "what the natural key takes of the query string on this route" },
 ];
 
 const TOP_FIELDS: &[&str] = &[
@@ -314,6 +367,7 @@ const TOP_FIELDS: &[&str] = &[
     "confirmation",
     "ledger",
     "routes",
+    "natural_key",
 ];
 const LEDGER_FIELDS: &[&str] = &[
     "backend",
@@ -323,6 +377,7 @@ const LEDGER_FIELDS: &[&str] = &[
     "timeout_ms",
     "on_unavailable",
 ];
+const NATURAL_KEY_FIELDS: &[&str] = &["query"];
 const CONFIRMATION_FIELDS: &[&str] = &["header", "max_ttl_seconds", "keys"];
 const ROUTE_FIELDS: &[&str] = &[
     "name",
@@ -336,6 +391,8 @@ const ROUTE_FIELDS: &[&str] = &[
     "mode",
     "on",
     "on_ledger_unavailable",
+    "anonymous",
+    "natural_key",
 ];
 const MATCH_FIELDS: &[&str] = &[
     "route_name",
@@ -483,6 +540,26 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// A string field that must be one of `options` (name, value); `what` says what each
+    /// means, for the error.
+    fn choice<T: Copy>(
+        &self,
+        name: &str,
+        options: &[(&str, T)],
+        what: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some(text) = self.string(name)? else {
+            return Ok(None);
+        };
+        match options.iter().find(|(n, _)| *n == text) {
+            Some((_, v)) => Ok(Some(*v)),
+            None => Err(err(
+                self.field(name),
+                format!("unknown value {}; expected {what}", q(text)),
+            )),
+        }
+    }
+
     fn mode(&self, name: &str) -> Result<Option<Mode>, ConfigError> {
         match self.string(name)? {
             None => Ok(None),
@@ -514,6 +591,32 @@ fn valid_header_name(h: &str) -> Result<String, String> {
 }
 
 const MAX_WINDOW: u64 = 30 * 86_400;
+
+/// A path condition is compared with the canonical path (no query string): it must be
+/// canonical itself, or it could never match.
+fn check_canonical(text: &str) -> Result<(), String> {
+    if text.contains(['?', '#']) {
+        return Err(format!(
+            "{} has a query string or fragment; paths are matched without the query string, so write only the path",
+            q(text)
+        ));
+    }
+    let c = crate::canonical::canonical_path(text);
+    if c.encoded_slash {
+        return Err(format!(
+            "{} has an encoded slash (%2F or %5C); requests with one are refused, so write the path with plain slashes",
+            q(text)
+        ));
+    }
+    if c.path != text {
+        return Err(format!(
+            "{} is not in canonical form, and requests are matched by their canonical path (escapes of unreserved characters decoded, slashes merged, dot segments resolved); write {}",
+            q(text),
+            q(&c.path)
+        ));
+    }
+    Ok(())
+}
 
 impl Config {
     /// Parses and validates the plugin configuration.
@@ -564,7 +667,8 @@ impl Config {
             None => LedgerConfig::default(),
             Some(v) => parse_ledger(v)?,
         };
-        let routes = parse_routes(&top, mode, ledger.on_unavailable)?;
+        let query = parse_natural_key(&top, "natural_key")?.unwrap_or(QueryKey::Ignore);
+        let routes = parse_routes(&top, mode, ledger.on_unavailable, query)?;
         Ok(Config {
             mode,
             window_seconds,
@@ -580,6 +684,7 @@ impl Config {
             confirmation,
             ledger,
             routes,
+            query,
         })
     }
 
@@ -596,11 +701,8 @@ impl Config {
 
 fn parse_principal(top: &Obj<'_>) -> Result<Vec<PrincipalSource>, ConfigError> {
     let Some(v) = top.get("principal") else {
-        return Ok(vec![
-            PrincipalSource::PeerIdentity,
-            PrincipalSource::JwtClaim("sub".into()),
-            PrincipalSource::Token,
-        ]);
+        // Only sources the caller cannot choose freely: see PrincipalSource::caller_chosen.
+        return Ok(vec![PrincipalSource::PeerIdentity, PrincipalSource::Token]);
     };
     let Value::Array(items) = v else {
         return Err(err(
@@ -628,11 +730,22 @@ fn parse_principal(top: &Obj<'_>) -> Result<Vec<PrincipalSource>, ConfigError> {
                 return Err(err(path, "jwt: needs a claim name, e.g. jwt:sub"));
             }
             PrincipalSource::JwtClaim(c.to_string())
+        } else if let Some(c) = s.strip_prefix("cookie:") {
+            if c.is_empty() || !c.bytes().all(is_tchar) {
+                return Err(err(
+                    path,
+                    format!(
+                        "{} is not a cookie name (a token: letters, digits and !#$%&'*+-.^_`|~), e.g. cookie:session",
+                        q(c)
+                    ),
+                ));
+            }
+            PrincipalSource::Cookie(c.to_string())
         } else {
             return Err(err(
                 path,
                 format!(
-                    "unknown principal source {}; expected peer_identity, header:<name>, jwt:<claim> or token",
+                    "unknown principal source {}; expected peer_identity, token, cookie:<name>, header:<name> or jwt:<claim>",
                     q(s)
                 ),
             ));
@@ -760,10 +873,24 @@ fn parse_confirmation(v: &Value) -> Result<Confirmation, ConfigError> {
     })
 }
 
+/// The `query` of a `natural_key` object at `field` of `obj`, if given.
+fn parse_natural_key(obj: &Obj<'_>, field: &str) -> Result<Option<QueryKey>, ConfigError> {
+    let Some(v) = obj.get(field) else {
+        return Ok(None);
+    };
+    let nk = Obj::new(obj.field(field), v, NATURAL_KEY_FIELDS)?;
+    nk.choice(
+        "query",
+        &[("ignore", QueryKey::Ignore), ("sorted", QueryKey::Sorted)],
+        "\"ignore\" (the query string is no part of the operation) or \"sorted\" (its parameters, decoded and sorted)",
+    )
+}
+
 fn parse_routes(
     top: &Obj<'_>,
     global_mode: Mode,
     global_on_unavailable: Option<OnUnavailable>,
+    global_query: QueryKey,
 ) -> Result<Vec<Route>, ConfigError> {
     let items = match top.get("routes") {
         None => {
@@ -822,6 +949,14 @@ fn parse_routes(
         let on_ledger_unavailable = on_unavailable(&r, "on_ledger_unavailable")?
             .or(global_on_unavailable)
             .unwrap_or_else(|| OnUnavailable::default_for(class));
+        let anonymous = r
+            .choice(
+                "anonymous",
+                &[("allow", Anonymous::Allow), ("reject", Anonymous::Reject)],
+                "\"allow\" (guard anonymous requests together under the principal \"anonymous\") or \"reject\" (answer them 401)",
+            )?
+            .unwrap_or(Anonymous::Allow);
+        let query = parse_natural_key(&r, "natural_key")?.unwrap_or(global_query);
         let mut policies = PolicyTable::for_class(class);
         match r.get("on") {
             None => {}
@@ -873,6 +1008,8 @@ fn parse_routes(
             token_max_age_seconds,
             max_attempts,
             mode,
+            anonymous,
+            query,
             policies,
             on_ledger_unavailable,
         });
@@ -947,6 +1084,7 @@ fn parse_match(path: String, v: &Value) -> Result<RouteMatch, ConfigError> {
                 format!("{} must start with '/'", q(text)),
             ));
         }
+        check_canonical(text).map_err(|e| err(m.field(kind), e))?;
         path_match = match kind {
             "path" => PathMatch::Exact(text.to_string()),
             "path_prefix" => PathMatch::Prefix(text.to_string()),
@@ -1003,7 +1141,13 @@ mod tests {
         assert_eq!(c.idempotency_key_header, "idempotency-key");
         assert_eq!(c.max_key_length, 255);
         assert_eq!(c.max_body_bytes, 65_536);
-        assert_eq!(c.principal.len(), 3);
+        assert_eq!(
+            c.principal,
+            vec![PrincipalSource::PeerIdentity, PrincipalSource::Token]
+        );
+        assert_eq!(c.query, QueryKey::Ignore);
+        assert_eq!(c.routes[0].query, QueryKey::Ignore);
+        assert_eq!(c.routes[0].anonymous, Anonymous::Allow);
         assert_eq!(c.unchanged_state_header, "retry-guard-state");
         assert_eq!(c.stale_token_action, StaleTokenAction::Strip);
         assert_eq!(c.confirmation_header, "retry-guard-confirmation");
@@ -1080,6 +1224,29 @@ mod tests {
         let mut with_top = route("");
         with_top.insert_str(1, r#""principal":["jwt:sub","cookie"],"#);
         assert!(error_of(&with_top).starts_with("principal[1]: unknown principal source"));
+        let mut with_top = route("");
+        with_top.insert_str(1, r#""principal":["cookie:a b"],"#);
+        assert!(error_of(&with_top).starts_with("principal[0]: \"a b\" is not a cookie name"));
+        assert!(error_of(&route(r#","anonymous":"deny""#))
+            .starts_with("routes[0].anonymous: unknown value \"deny\"; expected \"allow\""));
+        assert!(error_of(&route(r#","natural_key":{"query":"keep"}"#))
+            .starts_with("routes[0].natural_key.query: unknown value \"keep\""));
+        assert!(error_of(&route(r#","natural_key":{"body":"raw"}"#))
+            .starts_with("routes[0].natural_key.body: unknown field; expected one of query"));
+        for (bad, msg) in [
+            ("/oauth//token", "write \"/oauth/token\""),
+            ("/oauth/%74oken", "write \"/oauth/token\""),
+            ("/oauth/./token", "write \"/oauth/token\""),
+            ("/oauth/token?x=1", "has a query string"),
+            ("/oauth%2Ftoken", "has an encoded slash"),
+        ] {
+            let text = route("").replace("/oauth/token", bad);
+            let e = error_of(&text);
+            assert!(
+                e.starts_with("routes[0].match.path: ") && e.contains(msg),
+                "{bad}: {e}"
+            );
+        }
         let mut big = route("");
         big.insert_str(1, r#""max_entries":2,"#);
         assert!(error_of(&big).starts_with("max_entries: 2 is out of range"));
@@ -1095,6 +1262,41 @@ mod tests {
         let mut hdr = route("");
         hdr.insert_str(1, r#""idempotency_key_header":"bad header","#);
         assert!(error_of(&hdr).starts_with("idempotency_key_header: \"bad header\" is not a valid"));
+    }
+
+    #[test]
+    fn new_principal_sources_and_route_settings() {
+        let mut text = route(r#","anonymous":"reject","natural_key":{"query":"ignore"}"#);
+        text.insert_str(
+            1,
+            r#""principal":["cookie:session","header:x-client-id","jwt:sub","token"],"natural_key":{"query":"sorted"},"#,
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.principal,
+            vec![
+                PrincipalSource::Cookie("session".into()),
+                PrincipalSource::Header("x-client-id".into()),
+                PrincipalSource::JwtClaim("sub".into()),
+                PrincipalSource::Token,
+            ]
+        );
+        let chosen: Vec<bool> = c
+            .principal
+            .iter()
+            .map(PrincipalSource::caller_chosen)
+            .collect();
+        assert_eq!(chosen, [false, true, true, false]);
+        assert_eq!(c.query, QueryKey::Sorted);
+        assert_eq!(c.routes[0].query, QueryKey::Ignore, "the route's own");
+        assert_eq!(c.routes[0].anonymous, Anonymous::Reject);
+        let mut text = route("");
+        text.insert_str(1, r#""natural_key":{"query":"sorted"},"#);
+        assert_eq!(
+            parse(&text).unwrap().routes[0].query,
+            QueryKey::Sorted,
+            "the global one"
+        );
     }
 
     #[test]
@@ -1125,6 +1327,14 @@ mod tests {
         for f in CONFIRMATION_FIELDS {
             let p = format!("confirmation.{f}");
             assert!(SCHEMA.iter().any(|d| d.path == p), "{p}");
+        }
+        for f in NATURAL_KEY_FIELDS {
+            for p in [
+                format!("natural_key.{f}"),
+                format!("routes[].natural_key.{f}"),
+            ] {
+                assert!(SCHEMA.iter().any(|d| d.path == p), "{p}");
+            }
         }
     }
 }

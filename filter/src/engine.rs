@@ -4,12 +4,13 @@
 //! nothing here touches the host.
 
 use crate::b64;
-use crate::config::{Config, Mode, OnUnavailable, Route, StaleTokenAction};
+use crate::config::{Anonymous, Config, Mode, OnUnavailable, Route, StaleTokenAction};
 use crate::confirm::{self, Challenge, ChallengeState, ConfirmationError};
 use crate::fingerprint::{BodyDigest, Fingerprint, KeyCheck};
 use crate::json::push_u64;
 use crate::ledger::{Commit, Entry, Ledger, LedgerError, Record};
 use crate::policy::{classify, Outcome, Policy, ResponseFacts};
+use crate::principal::{Ambiguous, ANONYMOUS};
 use crate::problem::{LocalReply, ProblemType};
 use crate::token::StaleReason;
 
@@ -29,7 +30,9 @@ named_enum! {
         Deny => "deny",
         /// 422: same key, different body.
         Mismatch => "mismatch",
-        /// 400: idempotency key missing or invalid.
+        /// The request cannot be guarded as sent: 400 (idempotency key missing, invalid or
+        /// repeated; an encoded slash in the path; a caller named twice) or 401 (an anonymous
+        /// caller where the route rejects them). [`Decision::problem`] says which.
         BadRequest => "bad_request",
         /// 413: body over `max_body_bytes`.
         TooLarge => "too_large",
@@ -129,8 +132,9 @@ pub struct Decision {
     pub challenge: Option<Challenge>,
     /// Why a sent confirmation was refused.
     pub confirmation_error: Option<ConfirmationError>,
-    /// The specific problem of a 400.
-    pub key_problem: Option<ProblemType>,
+    /// The specific problem of a `bad_request` answer (400, or 401 for an anonymous caller
+    /// where the route rejects them).
+    pub problem: Option<ProblemType>,
 }
 
 impl Decision {
@@ -151,7 +155,7 @@ impl Decision {
             approver: None,
             challenge: None,
             confirmation_error: None,
-            key_problem: None,
+            problem: None,
         }
     }
 
@@ -182,9 +186,7 @@ impl Decision {
             Verdict::Conflict => ProblemType::RequestInFlight,
             Verdict::Deny => ProblemType::DoNotRetry,
             Verdict::Mismatch => ProblemType::IdempotencyKeyMismatch,
-            Verdict::BadRequest => self
-                .key_problem
-                .unwrap_or(ProblemType::IdempotencyKeyInvalid),
+            Verdict::BadRequest => self.problem.unwrap_or(ProblemType::IdempotencyKeyInvalid),
             Verdict::TooLarge => ProblemType::BodyTooLarge,
             Verdict::StaleToken => ProblemType::StaleToken,
             Verdict::Unavailable => ProblemType::LedgerUnavailable,
@@ -242,6 +244,10 @@ impl Decision {
                     format!("Bearer error=\"invalid_token\", error_description=\"{reason}\""),
                 ));
             }
+            // RFC 9110 §15.5.2: a 401 names a scheme the caller can authenticate with.
+            Verdict::BadRequest if kind == ProblemType::PrincipalRequired => {
+                extra.push(("www-authenticate", "Bearer".to_string()));
+            }
             _ => {}
         }
         let mut reply = LocalReply::problem(kind, m);
@@ -291,12 +297,23 @@ impl Decision {
             Verdict::Mismatch => s.push_str(
                 "The idempotency key was used with a different request body; use a new key for a new operation. ",
             ),
-            Verdict::BadRequest => match self.key_problem {
+            Verdict::BadRequest => match self.problem {
                 Some(ProblemType::IdempotencyKeyMissing) => {
                     s.push_str("This route requires the ");
                     s.push_str(&config.idempotency_key_header);
                     s.push_str(" header. ");
                 }
+                Some(ProblemType::PathInvalid) => s.push_str(
+                    "The request path carries an encoded slash (%2F or %5C), which servers decode differently; send the path with plain slashes. ",
+                ),
+                Some(ProblemType::PrincipalAmbiguous) => {
+                    s.push_str("The request names its caller twice with different values (");
+                    s.push_str(&self.reason);
+                    s.push_str("), and the upstream may take either; send it once. ");
+                }
+                Some(ProblemType::PrincipalRequired) => s.push_str(
+                    "This route does not accept anonymous requests: send a credential the upstream verifies (the sources in the principal setting: an mTLS client certificate, a bearer token, a session cookie). ",
+                ),
                 _ => {
                     s.push_str("The ");
                     s.push_str(&config.idempotency_key_header);
@@ -374,10 +391,50 @@ pub fn check_key(route: &Route, key: &KeyCheck) -> Option<Decision> {
         KeyCheck::Invalid(why) => (ProblemType::IdempotencyKeyInvalid, *why),
         _ => return None,
     };
+    Some(refuse(route, problem, reason))
+}
+
+/// What [`check_request`] looks at, known at request headers.
+#[derive(Clone, Copy, Debug)]
+pub struct EarlyFacts<'a> {
+    /// The path carried an encoded slash.
+    pub encoded_slash: bool,
+    /// The idempotency key header.
+    pub key: &'a KeyCheck,
+    /// The principal, or the source that named the caller twice.
+    pub principal: Result<&'a str, &'a Ambiguous>,
+}
+
+/// The answer at request headers, before the body, in this order: an encoded slash in the
+/// path (400 `path-invalid`), a missing or invalid idempotency key (400), a caller named twice
+/// (400 `principal-ambiguous`), an anonymous caller where the route rejects them (401
+/// `principal-required`); `None` when the request may go on.
+pub fn check_request(route: &Route, early: &EarlyFacts<'_>) -> Option<Decision> {
+    if early.encoded_slash {
+        return Some(refuse(route, ProblemType::PathInvalid, "encoded_slash"));
+    }
+    if let Some(d) = check_key(route, early.key) {
+        return Some(d);
+    }
+    match early.principal {
+        Err(a) => Some(refuse(
+            route,
+            ProblemType::PrincipalAmbiguous,
+            &["ambiguous ", a.source.as_str()].concat(),
+        )),
+        Ok(p) if p == ANONYMOUS && route.anonymous == Anonymous::Reject => {
+            Some(refuse(route, ProblemType::PrincipalRequired, "anonymous"))
+        }
+        Ok(_) => None,
+    }
+}
+
+/// A `bad_request` decision answering `problem`.
+fn refuse(route: &Route, problem: ProblemType, reason: &str) -> Decision {
     let mut d = Decision::new(Verdict::BadRequest, route, reason);
-    d.key_problem = Some(problem);
+    d.problem = Some(problem);
     d.would_block = route.mode == Mode::Shadow;
-    Some(d)
+    d
 }
 
 /// The 413 answer for a body over `max_body_bytes`.

@@ -3,6 +3,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::b64;
+use crate::canonical::BodyForm;
 
 /// What the idempotency key header held.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,7 +29,8 @@ impl KeyCheck {
 /// Parses the idempotency key header value: a Structured Field sf-string (`"abc"`, with `\"`
 /// and `\\` escapes) or a bare token. Empty, longer than `max_len`, or containing anything but
 /// visible ASCII (0x21–0x7E; so no space, even inside quotes, though RFC 8941 would allow it)
-/// is invalid.
+/// is invalid, and so is a bare key with a comma (a list). Several header fields are refused
+/// by the caller of this function.
 pub fn parse_idempotency_key(raw: Option<&[u8]>, max_len: usize) -> KeyCheck {
     let Some(raw) = raw else {
         return KeyCheck::Absent;
@@ -59,6 +61,10 @@ pub fn parse_idempotency_key(raw: Option<&[u8]>, max_len: usize) -> KeyCheck {
     } else {
         if !raw.iter().all(|b| (0x21..=0x7e).contains(b)) {
             return KeyCheck::Invalid("not visible ASCII");
+        }
+        // `a,b` is a list to a server that joins repeated fields: no one key.
+        if raw.contains(&b',') {
+            return KeyCheck::Invalid("a list, not one key (a bare key has no comma)");
         }
         raw.to_vec()
     };
@@ -99,8 +105,34 @@ pub fn empty_body_digest() -> BodyDigest {
     EMPTY_BODY_DIGEST
 }
 
-/// The identity of a guarded request: SHA-256 over a length-prefixed encoding of route,
-/// principal and either the idempotency key or method + `:path` + body digest.
+/// The version byte that starts every fingerprint's hashed encoding. Version 2 (canonical
+/// paths, query and bodies; varint length prefixes) replaced version 1 (the raw `:path` and
+/// body bytes, 8-byte length prefixes): fingerprints of the two never match, so ledger entries
+/// and confirmations made before an upgrade are not found after it.
+pub const FINGERPRINT_VERSION: u8 = 2;
+
+/// The natural key of a request without an idempotency key: what makes two requests the same
+/// operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NaturalKey<'a> {
+    /// The request method.
+    pub method: &'a str,
+    /// The canonical path ([`crate::canonical::canonical_path`]).
+    pub path: &'a str,
+    /// The canonical query string; empty when the route ignores the query (the default).
+    pub query: &'a str,
+    /// The body digest ([`body_digest`]).
+    pub body: &'a BodyDigest,
+}
+
+/// The identity of a guarded request: SHA-256 over a short, versioned encoding of route,
+/// principal and either the idempotency key or the [`NaturalKey`].
+///
+/// The encoding (version [`FINGERPRINT_VERSION`]): the version byte; the route name and the
+/// principal, each as a LEB128 length and its bytes; then either `k` and the key (length and
+/// bytes), or `n`, the method, the canonical path and the canonical query (each length and
+/// bytes) and the 32-byte body digest. Every variable field carries its length, so no two
+/// requests share an encoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Fingerprint(pub [u8; 32]);
 
@@ -110,28 +142,29 @@ impl Fingerprint {
         route: &str,
         principal: &str,
         key: Option<&str>,
-        method: &str,
-        path: &str,
-        body: &BodyDigest,
+        natural: &NaturalKey<'_>,
     ) -> Fingerprint {
         let mut h = Sha256::new();
-        let mut field = |bytes: &[u8]| {
-            h.update((bytes.len() as u64).to_be_bytes());
+        h.update([FINGERPRINT_VERSION]);
+        let field = |h: &mut Sha256, bytes: &[u8]| {
+            let mut len = [0u8; 10];
+            let n = leb128(bytes.len() as u64, &mut len);
+            h.update(len.get(..n).unwrap_or(&[]));
             h.update(bytes);
         };
-        field(b"retry-guard/fp/v1");
-        field(route.as_bytes());
-        field(principal.as_bytes());
+        field(&mut h, route.as_bytes());
+        field(&mut h, principal.as_bytes());
         match key {
             Some(k) => {
-                field(b"key");
-                field(k.as_bytes());
+                h.update(b"k");
+                field(&mut h, k.as_bytes());
             }
             None => {
-                field(b"natural");
-                field(method.as_bytes());
-                field(path.as_bytes());
-                field(body);
+                h.update(b"n");
+                field(&mut h, natural.method.as_bytes());
+                field(&mut h, natural.path.as_bytes());
+                field(&mut h, natural.query.as_bytes());
+                h.update(natural.body);
             }
         }
         Fingerprint(h.finalize().into())
@@ -140,6 +173,116 @@ impl Fingerprint {
     /// base64url without padding: how the fingerprint is shown and signed.
     pub fn text(&self) -> String {
         b64::url(&self.0)
+    }
+}
+
+/// Writes `v` as unsigned LEB128 into `out`; returns the number of bytes written.
+fn leb128(mut v: u64, out: &mut [u8; 10]) -> usize {
+    let mut n = 0;
+    for slot in out.iter_mut() {
+        let low = (v & 0x7f) as u8;
+        v >>= 7;
+        n += 1;
+        if v == 0 {
+            *slot = low;
+            break;
+        }
+        *slot = low | 0x80;
+    }
+    n
+}
+
+/// Might `body` be JSON whatever its declared media type: does its first non-whitespace byte
+/// open an object or an array? (Many servers decode a JSON body without looking at
+/// `content-type`, so the caller must not be able to make it raw bytes by changing that
+/// header.)
+fn looks_like_json(body: &[u8]) -> bool {
+    matches!(
+        body.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    )
+}
+
+/// The body digest of the natural key: SHA-256 of the body's canonical text, or of its bytes
+/// as sent. `declared` is the form its `content-type` names. The canonical text is, in this
+/// order: the canonical form of a declared form body; the canonical JSON of a declared JSON
+/// body or of any body that opens an object or array. A body that is none of these, or does
+/// not parse as what it is taken for, is digested as sent; the empty body is
+/// [`EMPTY_BODY_DIGEST`].
+pub fn body_digest(declared: BodyForm, body: &[u8]) -> BodyDigest {
+    if body.is_empty() {
+        return EMPTY_BODY_DIGEST;
+    }
+    let canonical = match declared {
+        BodyForm::Form => BodyForm::Form.canonical(body),
+        _ => None,
+    }
+    .or_else(|| {
+        (declared == BodyForm::Json || looks_like_json(body))
+            .then(|| BodyForm::Json.canonical(body))
+            .flatten()
+    });
+    Sha256::digest(canonical.as_deref().unwrap_or(body)).into()
+}
+
+/// [`body_digest`] over a body that arrives in chunks. A body that may have a canonical form
+/// (a declared form or JSON body, or one whose first chunk opens an object or array) is
+/// buffered (at most `max_body_bytes`: larger bodies are refused before this) and digested
+/// at the end; any other is hashed as it arrives, holding nothing.
+#[derive(Clone, Debug)]
+pub struct BodyDigester {
+    declared: BodyForm,
+    state: DigestState,
+}
+
+#[derive(Clone, Debug)]
+enum DigestState {
+    /// No byte yet.
+    Start,
+    /// Kept whole for [`body_digest`].
+    Buffer(Vec<u8>),
+    /// Raw bytes, hashed as they come.
+    Hash(Sha256),
+}
+
+impl BodyDigester {
+    /// A digester for a body of the declared form.
+    pub fn new(declared: BodyForm) -> BodyDigester {
+        BodyDigester {
+            declared,
+            state: DigestState::Start,
+        }
+    }
+
+    /// The next chunk of the body.
+    pub fn push(&mut self, chunk: &[u8]) {
+        if chunk.is_empty() {
+            return;
+        }
+        match &mut self.state {
+            DigestState::Start => {
+                // A chunk of whitespace only cannot tell: keep it.
+                let keep = self.declared != BodyForm::Raw
+                    || looks_like_json(chunk)
+                    || chunk.iter().all(u8::is_ascii_whitespace);
+                self.state = if keep {
+                    DigestState::Buffer(chunk.to_vec())
+                } else {
+                    DigestState::Hash(Sha256::new_with_prefix(chunk))
+                };
+            }
+            DigestState::Buffer(b) => b.extend_from_slice(chunk),
+            DigestState::Hash(h) => h.update(chunk),
+        }
+    }
+
+    /// The digest of everything pushed.
+    pub fn finish(self) -> BodyDigest {
+        match self.state {
+            DigestState::Start => EMPTY_BODY_DIGEST,
+            DigestState::Buffer(b) => body_digest(self.declared, &b),
+            DigestState::Hash(h) => h.finalize().into(),
+        }
     }
 }
 
@@ -171,6 +314,8 @@ mod tests {
             "",
             "\"\"",
             "a b",
+            "a,b",
+            "\"a\", \"b\"",
             "\"abc",
             "\"a\\x\"",
             "ключ",
@@ -195,36 +340,175 @@ mod tests {
         assert_eq!(EMPTY_BODY_DIGEST, computed);
     }
 
+    fn natural<'a>(method: &'a str, path: &'a str, body: &'a BodyDigest) -> NaturalKey<'a> {
+        NaturalKey {
+            method,
+            path,
+            query: "",
+            body,
+        }
+    }
+
     #[test]
     fn fingerprint_depends_on_every_part() {
         let d = empty_body_digest();
-        let base = Fingerprint::compute("r", "p", None, "POST", "/x", &d);
-        assert_eq!(base, Fingerprint::compute("r", "p", None, "POST", "/x", &d));
+        let one = [1; 32];
+        let fp = |r: &str, p: &str, k: Option<&str>, n: &NaturalKey<'_>| {
+            Fingerprint::compute(r, p, k, n)
+        };
+        let base_key = natural("POST", "/x", &d);
+        let base = fp("r", "p", None, &base_key);
+        assert_eq!(base, fp("r", "p", None, &natural("POST", "/x", &d)));
+        assert_ne!(base, fp("r2", "p", None, &base_key));
+        assert_ne!(base, fp("r", "p2", None, &base_key));
+        assert_ne!(base, fp("r", "p", None, &natural("PUT", "/x", &d)));
+        assert_ne!(base, fp("r", "p", None, &natural("POST", "/y", &d)));
+        assert_ne!(base, fp("r", "p", None, &natural("POST", "/x", &one)));
         assert_ne!(
             base,
-            Fingerprint::compute("r2", "p", None, "POST", "/x", &d)
-        );
-        assert_ne!(
-            base,
-            Fingerprint::compute("r", "p2", None, "POST", "/x", &d)
-        );
-        assert_ne!(base, Fingerprint::compute("r", "p", None, "PUT", "/x", &d));
-        assert_ne!(base, Fingerprint::compute("r", "p", None, "POST", "/y", &d));
-        assert_ne!(
-            base,
-            Fingerprint::compute("r", "p", None, "POST", "/x", &[1; 32])
+            fp(
+                "r",
+                "p",
+                None,
+                &NaturalKey {
+                    query: "a=1",
+                    ..base_key
+                }
+            )
         );
         // With a key, method, path and body do not matter.
-        let k = Fingerprint::compute("r", "p", Some("k"), "POST", "/x", &d);
-        assert_eq!(
-            k,
-            Fingerprint::compute("r", "p", Some("k"), "PUT", "/y", &[1; 32])
-        );
+        let k = fp("r", "p", Some("k"), &base_key);
+        assert_eq!(k, fp("r", "p", Some("k"), &natural("PUT", "/y", &one)));
+        assert_ne!(k, fp("r", "p", Some("k2"), &base_key));
         // Length prefixes keep field boundaries apart.
         assert_ne!(
-            Fingerprint::compute("ab", "c", None, "POST", "/x", &d),
-            Fingerprint::compute("a", "bc", None, "POST", "/x", &d)
+            fp("ab", "c", None, &base_key),
+            fp("a", "bc", None, &base_key)
+        );
+        assert_ne!(
+            fp(
+                "r",
+                "p",
+                None,
+                &NaturalKey {
+                    path: "/x",
+                    query: "",
+                    ..base_key
+                }
+            ),
+            fp(
+                "r",
+                "p",
+                None,
+                &NaturalKey {
+                    path: "/",
+                    query: "x",
+                    ..base_key
+                }
+            )
         );
         assert_eq!(base.text().len(), 43);
+    }
+
+    #[test]
+    fn the_encoding_is_versioned_and_short() {
+        // The hashed encoding of a typical read: version, route, principal, natural key.
+        let d = empty_body_digest();
+        let mut enc = vec![FINGERPRINT_VERSION];
+        for f in ["reads", "token:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+            enc.push(f.len() as u8);
+            enc.extend_from_slice(f.as_bytes());
+        }
+        enc.push(b'n');
+        for f in ["GET", "/v1/items/42", ""] {
+            enc.push(f.len() as u8);
+            enc.extend_from_slice(f.as_bytes());
+        }
+        enc.extend_from_slice(&d);
+        let want: [u8; 32] = Sha256::digest(&enc).into();
+        let got = Fingerprint::compute(
+            "reads",
+            "token:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            None,
+            &natural("GET", "/v1/items/42", &d),
+        );
+        assert_eq!(got.0, want);
+        // 108 bytes: two SHA-256 blocks (a message of up to 119 bytes fits), where version 1
+        // took three (8-byte length prefixes: 146 bytes for a shorter principal).
+        assert_eq!(enc.len(), 108);
+    }
+
+    #[test]
+    fn leb128_lengths() {
+        let mut out = [0u8; 10];
+        assert_eq!((leb128(0, &mut out), out[0]), (1, 0));
+        assert_eq!((leb128(127, &mut out), out[0]), (1, 127));
+        assert_eq!(leb128(128, &mut out), 2);
+        assert_eq!(&out[..2], &[0x80, 0x01]);
+        assert_eq!(leb128(u64::MAX, &mut out), 10);
+    }
+
+    fn sha(b: &[u8]) -> BodyDigest {
+        Sha256::digest(b).into()
+    }
+
+    #[test]
+    fn body_digests_follow_the_form() {
+        let form = |b: &str| body_digest(BodyForm::Form, b.as_bytes());
+        assert_eq!(form("b=2&a=1"), form("a=1&b=2\n"));
+        assert_eq!(form("b=2&a=1"), sha(b"a=1&b=2"));
+        assert_eq!(form("a=%zz"), sha(b"a=%zz"), "not a form: digested as sent");
+        let json = |b: &str| body_digest(BodyForm::Json, b.as_bytes());
+        assert_eq!(
+            json(r#"{"b":1, "a":[true]}"#),
+            json(r#"{"a":[true],"b":1.0}"#)
+        );
+        assert_eq!(json(" { } "), sha(b"{}"), "RFC 8785's text, hashed");
+        assert_eq!(json("{"), sha(b"{"), "not JSON: digested as sent");
+        // JSON is JSON whatever the content-type says.
+        let raw = |b: &str| body_digest(BodyForm::Raw, b.as_bytes());
+        assert_eq!(raw(r#" {"b":1,"a":2}"#), json(r#"{"a":2,"b":1}"#));
+        assert_eq!(raw(r#"[1, 2]"#), sha(b"[1,2]"));
+        assert_eq!(raw("b=2&a=1"), sha(b"b=2&a=1"), "an undeclared form is raw");
+        assert_eq!(
+            form(r#"{"a":1}"#),
+            sha(b"%7B%22a%22%3A1%7D="),
+            "declared form first"
+        );
+        for declared in [BodyForm::Raw, BodyForm::Form, BodyForm::Json] {
+            assert_eq!(body_digest(declared, b""), EMPTY_BODY_DIGEST);
+        }
+    }
+
+    #[test]
+    fn chunking_does_not_change_the_digest() {
+        let bodies: [(&[u8], BodyForm); 6] = [
+            (br#"{"b": 1, "a": [1, 2]}"#, BodyForm::Raw),
+            (br#"  {"b": 1}"#, BodyForm::Raw),
+            (b"b=2&a=1\n", BodyForm::Form),
+            (b"plain text body", BodyForm::Raw),
+            (br#"{"broken"#, BodyForm::Json),
+            (b"   ", BodyForm::Raw),
+        ];
+        for (body, declared) in bodies {
+            let whole = body_digest(declared, body);
+            for size in 1..=body.len() {
+                let mut d = BodyDigester::new(declared);
+                for chunk in body.chunks(size) {
+                    d.push(chunk);
+                    d.push(&[]);
+                }
+                assert_eq!(
+                    d.finish(),
+                    whole,
+                    "{:?} in chunks of {size}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+        assert_eq!(
+            BodyDigester::new(BodyForm::Json).finish(),
+            EMPTY_BODY_DIGEST
+        );
     }
 }

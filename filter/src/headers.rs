@@ -128,6 +128,19 @@ impl<'a> HeaderPairs<'a> {
             .map(|(_, v)| *v)
     }
 
+    /// Every value of a header, in order.
+    pub fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
+        self.pairs
+            .iter()
+            .filter(move |(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| *v)
+    }
+
+    /// How many fields of a header there are.
+    pub fn count(&self, name: &str) -> usize {
+        self.all(name).count()
+    }
+
     /// The first value as UTF-8 text; `None` when absent or not UTF-8.
     pub fn text(&self, name: &str) -> Option<&'a str> {
         self.get(name).and_then(|v| std::str::from_utf8(v).ok())
@@ -180,6 +193,12 @@ mod tests {
         assert_eq!(h.text("x-bin"), None, "not UTF-8");
         assert_eq!(h.get("empty"), Some(&b""[..]));
         assert_eq!(h.get("missing"), None);
+        assert_eq!(h.count("x-bin"), 1);
+        assert_eq!(h.count("missing"), 0);
+        let twice = serialize(&[("k", b"1"), ("a", b"x"), ("k", b"2")]);
+        let t = HeaderPairs::parse(&twice).unwrap();
+        assert_eq!(t.all("k").collect::<Vec<_>>(), [&b"1"[..], b"2"]);
+        assert_eq!(t.count("k"), 2);
         assert!(HeaderPairs::parse(&[]).unwrap().is_empty());
         for name in [":method", "authorization", "x-bin", "empty", "missing", ""] {
             assert_eq!(HeaderPairs::lookup(&buf, name), h.get(name), "{name}");

@@ -29,7 +29,6 @@ const fn stops_run(b: u8) -> bool {
 
 /// Appends `s` as a JSON string literal. Runs of bytes that need no escaping are copied whole.
 pub fn quote(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(s.len() + 2);
     out.push_str("\"");
     // Most values (names, ids, principals) need no escaping: one scan, one copy.
@@ -38,6 +37,22 @@ pub fn quote(out: &mut String, s: &str) {
         out.push_str("\"");
         return;
     }
+    escape_rest(out, s, false);
+}
+
+/// Appends `s` as RFC 8785 (JSON canonicalization) writes a string: as [`quote`] does, except
+/// that U+2028 and U+2029 are written as they are.
+pub fn quote_canonical(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push_str("\"");
+    escape_rest(out, s, true);
+}
+
+/// The rest of a string literal after its opening quote, with the escapes of both: `"`,
+/// `\\`, `\b \f \n \r \t`, other control characters as `\u00xx` (lower-case hex; RFC 8785
+/// §3.2.2.2), U+2028 and U+2029 as `\u2028`, `\u2029` unless `canonical`.
+fn escape_rest(out: &mut String, s: &str, canonical: bool) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     let mut run = 0;
     let mut i = 0;
@@ -54,10 +69,13 @@ pub fn quote(out: &mut String, s: &str) {
             b'\n' => "\\n",
             b'\r' => "\\r",
             b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
             0xe2 => match (bytes.get(i + 1), bytes.get(i + 2)) {
-                (Some(0x80), Some(0xa8)) => "\\u2028",
-                (Some(0x80), Some(0xa9)) => "\\u2029",
-                // Another character with this lead byte (e.g. €): copied with the next run.
+                (Some(0x80), Some(0xa8)) if !canonical => "\\u2028",
+                (Some(0x80), Some(0xa9)) if !canonical => "\\u2029",
+                // Another character with this lead byte (e.g. €), or U+2028/U+2029 written
+                // canonically: copied with the next run.
                 _ => {
                     run = i;
                     i += 1;

@@ -20,21 +20,73 @@ pub enum Credential<'a> {
     Basic(&'a str),
     /// Any other scheme: the whole value.
     Other(&'a str),
+    /// The `Bearer` scheme without a well-formed token (none, or one with spaces, commas or
+    /// other characters RFC 6750's `b64token` lacks): the whole value. Stale as `malformed`.
+    MalformedBearer(&'a str),
+}
+
+/// Is `t` an RFC 6750 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" )
+/// *"="`?
+fn is_b64token(t: &str) -> bool {
+    let body = t.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| B64TOKEN.get(usize::from(b)) == Some(&true))
+}
+
+/// The characters of a `b64token` (but `=`), by byte: one load per byte of a JWT, which the
+/// filter checks on every guarded request.
+// Indexing in a constant is evaluated by the compiler: out of range fails the build, it cannot
+// panic at run time.
+#[allow(clippy::indexing_slicing)]
+const B64TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    t
+};
+
+/// The value without the spaces and tabs around it.
+fn trim_ws(s: &str) -> &str {
+    let b = s.as_bytes();
+    let start = b
+        .iter()
+        .position(|&c| c != b' ' && c != b'\t')
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|&c| c != b' ' && c != b'\t')
+        .map_or(start, |e| e + 1);
+    s.get(start..end.max(start)).unwrap_or("")
 }
 
 impl<'a> Credential<'a> {
-    /// Parses an `Authorization` value (scheme case-insensitive). `None` if empty.
+    /// Parses an `Authorization` value as servers do: the scheme case-insensitive, any run of
+    /// spaces and tabs after it. A `Bearer` value whose rest is not one `b64token` (trailing
+    /// junk, a second word, nothing) is [`Credential::MalformedBearer`]. `None` if empty.
     pub fn parse(value: &'a str) -> Option<Credential<'a>> {
-        let value = value.trim();
+        let value = trim_ws(value);
         if value.is_empty() {
             return None;
         }
-        let (scheme, rest) = match value.split_once(' ') {
-            Some((s, r)) => (s, r.trim()),
+        let (scheme, rest) = match value.bytes().position(|c| c == b' ' || c == b'\t') {
+            Some(at) => (
+                value.get(..at).unwrap_or(""),
+                trim_ws(value.get(at..).unwrap_or("")),
+            ),
             None => (value, ""),
         };
-        if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
-            Some(Credential::Bearer(rest))
+        if scheme.eq_ignore_ascii_case("bearer") {
+            if is_b64token(rest) {
+                Some(Credential::Bearer(rest))
+            } else {
+                Some(Credential::MalformedBearer(value))
+            }
         } else if scheme.eq_ignore_ascii_case("basic") && !rest.is_empty() {
             Some(Credential::Basic(rest))
         } else {
@@ -45,7 +97,37 @@ impl<'a> Credential<'a> {
     /// The secret part that identifies the caller.
     pub fn secret(self) -> &'a str {
         match self {
-            Credential::Bearer(s) | Credential::Basic(s) | Credential::Other(s) => s,
+            Credential::Bearer(s)
+            | Credential::Basic(s)
+            | Credential::Other(s)
+            | Credential::MalformedBearer(s) => s,
+        }
+    }
+}
+
+/// What a bearer token looks like before its claims are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenShape {
+    /// No dot, or one: not a JWT (opaque).
+    Opaque,
+    /// Three dot-separated segments (a JWS, e.g. a signed JWT).
+    Jws,
+    /// Five segments (a JWE, encrypted): opaque to the filter.
+    Jwe,
+    /// Any other number of segments (a JWT with a trailing `.`, say): not a token a server
+    /// should accept, stale as `malformed`.
+    Malformed,
+}
+
+impl TokenShape {
+    /// The shape of a bearer token by its dots.
+    pub fn of(token: &str) -> TokenShape {
+        // `matches` finds a char with memchr: faster than a byte-by-byte count.
+        match token.matches('.').count() {
+            0 | 1 => TokenShape::Opaque,
+            2 => TokenShape::Jws,
+            4 => TokenShape::Jwe,
+            _ => TokenShape::Malformed,
         }
     }
 }
@@ -62,6 +144,7 @@ impl Claims {
             return None;
         }
         let mut parts = token.split('.');
+        // The signature may be empty (an unsecured JWT, `alg: none`).
         let (header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() || header.is_empty() || payload.is_empty() {
             return None;
@@ -158,11 +241,62 @@ mod tests {
             Credential::parse("Basic dXNlcg=="),
             Some(Credential::Basic("dXNlcg=="))
         );
-        assert_eq!(
-            Credential::parse("Bearer"),
-            Some(Credential::Other("Bearer"))
-        );
         assert_eq!(Credential::parse("   "), None);
+    }
+
+    #[test]
+    fn parses_bearer_as_servers_do() {
+        for ok in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "Bearer\tabc",
+            "Bearer \t  abc",
+            "Bearer abc\t",
+            " Bearer abc ",
+        ] {
+            assert_eq!(
+                Credential::parse(ok),
+                Some(Credential::Bearer("abc")),
+                "{ok:?}"
+            );
+        }
+        assert_eq!(
+            Credential::parse("Bearer a-b.c_d~e+f/g=="),
+            Some(Credential::Bearer("a-b.c_d~e+f/g=="))
+        );
+        for bad in [
+            "Bearer",
+            "Bearer ",
+            "Bearer abc def",
+            "Bearer abc,",
+            "Bearer abc, Bearer def",
+            "Bearer abc\"",
+            "Bearer =abc",
+            "Bearer ===",
+            "Bearer абв",
+        ] {
+            assert_eq!(
+                Credential::parse(bad),
+                Some(Credential::MalformedBearer(bad.trim())),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            Credential::parse("Bearerabc"),
+            Some(Credential::Other("Bearerabc"))
+        );
+    }
+
+    #[test]
+    fn token_shapes() {
+        assert_eq!(TokenShape::of("opaque"), TokenShape::Opaque);
+        assert_eq!(TokenShape::of("ya29.opaque"), TokenShape::Opaque);
+        assert_eq!(TokenShape::of("h.p.s"), TokenShape::Jws);
+        assert_eq!(TokenShape::of("h.p."), TokenShape::Jws);
+        assert_eq!(TokenShape::of("h.p.s."), TokenShape::Malformed);
+        assert_eq!(TokenShape::of("a.b.c.d.e"), TokenShape::Jwe);
+        assert_eq!(TokenShape::of("a.b.c.d.e.f"), TokenShape::Malformed);
     }
 
     #[test]

@@ -34,6 +34,7 @@ mod named_enum;
 
 pub mod audit;
 pub mod b64;
+pub mod canonical;
 pub mod config;
 pub mod confirm;
 pub mod engine;

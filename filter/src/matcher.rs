@@ -1,8 +1,12 @@
 //! Route matching: which guarded route (if any) a request belongs to.
 //!
 //! Matching reads request facts lazily ([`LazyFacts`]), only until a condition fails, so a
-//! request whose route name no guarded route names costs one host call.
+//! request whose route name no guarded route names costs one host call. Path conditions
+//! compare with the request's canonical path ([`crate::canonical::canonical_path`]: no query
+//! string, escapes of unreserved characters decoded, slashes merged, dot segments resolved,
+//! encoded slashes taken as slashes), computed once per request.
 
+use crate::canonical::{canonical_path, CanonicalPath};
 use crate::json::quoted;
 
 /// How a route matches the request path.
@@ -10,9 +14,9 @@ use crate::json::quoted;
 pub enum PathMatch {
     /// No path condition.
     Any,
-    /// Exact path, compared without the query string.
+    /// Exact path.
     Exact(String),
-    /// Path prefix (the raw `:path`, query included, starts with it).
+    /// Path prefix.
     Prefix(String),
     /// Segment template: `*` is exactly one segment, a trailing `**` any rest (also none).
     Template(Vec<Segment>),
@@ -61,21 +65,14 @@ impl PathMatch {
         Ok(PathMatch::Template(segments))
     }
 
-    /// Does `path` (the raw `:path`, query included) match?
+    /// Does `path`, a canonical path (no query string), match?
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Any => true,
-            PathMatch::Exact(p) => strip_query(path) == p,
+            PathMatch::Exact(p) => path == p,
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-            PathMatch::Template(segments) => match_template(segments, strip_query(path)),
+            PathMatch::Template(segments) => match_template(segments, path),
         }
-    }
-}
-
-fn strip_query(path: &str) -> &str {
-    match path.find(['?', '#']) {
-        Some(i) => path.get(..i).unwrap_or(path),
-        None => path,
     }
 }
 
@@ -134,6 +131,7 @@ pub struct LazyFacts<F: FnMut(Fact) -> Option<String>> {
     method: Option<Option<String>>,
     authority: Option<Option<String>>,
     path: Option<Option<String>>,
+    canonical: Option<Option<CanonicalPath>>,
 }
 
 impl<F: FnMut(Fact) -> Option<String>> LazyFacts<F> {
@@ -145,6 +143,7 @@ impl<F: FnMut(Fact) -> Option<String>> LazyFacts<F> {
             method: None,
             authority: None,
             path: None,
+            canonical: None,
         }
     }
 
@@ -173,6 +172,21 @@ impl<F: FnMut(Fact) -> Option<String>> LazyFacts<F> {
         };
         slot.take().flatten()
     }
+
+    /// The canonical form of the `:path` fact (fetched if it was not yet), computed once.
+    pub fn canonical_path(&mut self) -> Option<&CanonicalPath> {
+        if self.canonical.is_none() {
+            let c = self.get(Fact::Path).map(canonical_path);
+            self.canonical = Some(c);
+        }
+        self.canonical.as_ref().and_then(Option::as_ref)
+    }
+
+    /// The canonical path as an owned value (computed if it was not yet), consuming it.
+    pub fn take_canonical_path(&mut self) -> Option<CanonicalPath> {
+        self.canonical_path();
+        self.canonical.take().flatten()
+    }
 }
 
 impl RouteMatch {
@@ -198,7 +212,7 @@ impl RouteMatch {
         }
         match &self.path {
             PathMatch::Any => true,
-            p => facts.get(Fact::Path).is_some_and(|path| p.matches(path)),
+            p => facts.canonical_path().is_some_and(|c| p.matches(&c.path)),
         }
     }
 }
@@ -211,7 +225,6 @@ mod tests {
     fn template_segments() {
         let t = PathMatch::template("/v1/roles/*/members").unwrap();
         assert!(t.matches("/v1/roles/admin/members"));
-        assert!(t.matches("/v1/roles/admin/members?x=1"));
         assert!(!t.matches("/v1/roles//members"));
         assert!(!t.matches("/v1/roles/admin/members/extra"));
         assert!(!t.matches("/v1/roles/admin"));
@@ -224,14 +237,45 @@ mod tests {
         assert!(PathMatch::template("/a/b*").is_err());
     }
 
+    /// Does `m` match a request with this raw `:path`?
+    fn matches_raw(m: &PathMatch, raw: &str) -> bool {
+        let m = RouteMatch {
+            route_name: None,
+            methods: Vec::new(),
+            authority: None,
+            path: m.clone(),
+        };
+        m.matches_lazy(&mut LazyFacts::new(|_| Some(raw.to_string())))
+    }
+
     #[test]
-    fn exact_ignores_query_prefix_does_not() {
+    fn paths_match_in_canonical_form() {
         let e = PathMatch::Exact("/oauth/token".into());
-        assert!(e.matches("/oauth/token?x=1"));
-        assert!(!e.matches("/oauth/token/x"));
+        for raw in [
+            "/oauth/token",
+            "/oauth/token?",
+            "/oauth/token?x=1",
+            "//oauth/token",
+            "/oauth/%74oken",
+            "/oauth/./token",
+            "/oauth%2Ftoken",
+            "/oauth\\token",
+        ] {
+            assert!(matches_raw(&e, raw), "{raw}");
+        }
+        assert!(!matches_raw(&e, "/oauth/token/x"));
+        assert!(!matches_raw(&e, "/oauth/tokens"));
         let p = PathMatch::Prefix("/v1/".into());
-        assert!(p.matches("/v1/x"));
-        assert!(!p.matches("/v2/x"));
+        assert!(matches_raw(&p, "/v1/x"));
+        assert!(matches_raw(&p, "//v1//x"));
+        assert!(!matches_raw(&p, "/v2/x"));
+        assert!(!matches_raw(&p, "/v1/../v2/x"));
+        let t = PathMatch::template("/v1/roles/*/members").unwrap();
+        assert!(matches_raw(&t, "/v1/roles/%61dmin/members?x=1"));
+        assert!(
+            matches_raw(&t, "/v1/roles//admin/members"),
+            "slashes merged"
+        );
     }
 
     #[test]
@@ -261,11 +305,12 @@ mod tests {
         let mut facts = LazyFacts::new(|f| match f {
             Fact::RouteName => Some("token".to_string()),
             Fact::Method => Some("POST".to_string()),
-            Fact::Path => Some("/oauth/token?x".to_string()),
+            Fact::Path => Some("/oauth/./token?x".to_string()),
             Fact::Authority => None,
         });
         assert!(m.matches_lazy(&mut facts));
-        assert_eq!(facts.take(Fact::Path).as_deref(), Some("/oauth/token?x"));
+        let c = facts.take_canonical_path().unwrap();
+        assert_eq!((c.path.as_str(), c.query.as_str()), ("/oauth/token", "x"));
     }
 
     #[test]

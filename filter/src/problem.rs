@@ -23,11 +23,18 @@ pub enum ProblemType {
     ConfirmationRequired,
     /// 503: the ledger could not answer in time and the route fails closed.
     LedgerUnavailable,
+    /// 400: the path carries an encoded slash (`%2F`, `%5C`), which servers decode
+    /// differently.
+    PathInvalid,
+    /// 400: a principal source names the caller twice, differently (a cookie sent twice).
+    PrincipalAmbiguous,
+    /// 401: no principal source names the caller on a route with `anonymous: reject`.
+    PrincipalRequired,
 }
 
 impl ProblemType {
     /// Every problem type.
-    pub const ALL: [ProblemType; 9] = [
+    pub const ALL: [ProblemType; 12] = [
         ProblemType::IdempotencyKeyMissing,
         ProblemType::IdempotencyKeyInvalid,
         ProblemType::StaleToken,
@@ -37,6 +44,9 @@ impl ProblemType {
         ProblemType::IdempotencyKeyMismatch,
         ProblemType::ConfirmationRequired,
         ProblemType::LedgerUnavailable,
+        ProblemType::PathInvalid,
+        ProblemType::PrincipalAmbiguous,
+        ProblemType::PrincipalRequired,
     ];
 
     /// The `type` URI.
@@ -53,14 +63,20 @@ impl ProblemType {
             }
             ProblemType::ConfirmationRequired => "urn:retry-guard:problem:confirmation-required",
             ProblemType::LedgerUnavailable => "urn:retry-guard:problem:ledger-unavailable",
+            ProblemType::PathInvalid => "urn:retry-guard:problem:path-invalid",
+            ProblemType::PrincipalAmbiguous => "urn:retry-guard:problem:principal-ambiguous",
+            ProblemType::PrincipalRequired => "urn:retry-guard:problem:principal-required",
         }
     }
 
     /// The HTTP status.
     pub fn status(self) -> u16 {
         match self {
-            ProblemType::IdempotencyKeyMissing | ProblemType::IdempotencyKeyInvalid => 400,
-            ProblemType::StaleToken => 401,
+            ProblemType::IdempotencyKeyMissing
+            | ProblemType::IdempotencyKeyInvalid
+            | ProblemType::PathInvalid
+            | ProblemType::PrincipalAmbiguous => 400,
+            ProblemType::StaleToken | ProblemType::PrincipalRequired => 401,
             ProblemType::DoNotRetry => 403,
             ProblemType::RequestInFlight => 409,
             ProblemType::BodyTooLarge => 413,
@@ -82,6 +98,9 @@ impl ProblemType {
             ProblemType::IdempotencyKeyMismatch => "Idempotency key reused with a different body",
             ProblemType::ConfirmationRequired => "Human confirmation required",
             ProblemType::LedgerUnavailable => "Retry ledger unavailable",
+            ProblemType::PathInvalid => "Request path not accepted",
+            ProblemType::PrincipalAmbiguous => "Caller named more than once",
+            ProblemType::PrincipalRequired => "Caller identity required",
         }
     }
 }

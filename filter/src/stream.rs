@@ -25,10 +25,11 @@ mod request;
 use sha2::{Digest, Sha256};
 
 use crate::audit::{self, OutcomeRecord};
+use crate::canonical::{canonical_path, BodyForm};
 use crate::config::{Mode, Route};
 use crate::confirm::Challenge;
 use crate::engine::{self, Decision, Facts, Verdict};
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{BodyDigester, Fingerprint, NaturalKey};
 use crate::host::{Action, LogLevel, StreamHost};
 use crate::ledger::Ledger;
 use crate::matcher::{Fact, LazyFacts};
@@ -134,23 +135,18 @@ impl Stream {
             let Some(index) = config.match_route_lazy(&mut facts) else {
                 return Action::Continue;
             };
-            (index, facts.take(Fact::Method), facts.take(Fact::Path))
+            (index, facts.take(Fact::Method), facts.take_canonical_path())
         };
         let Some(route) = config.routes.get(index) else {
             return Action::Continue;
         };
         self.route = index;
         let blob = blob.unwrap_or_else(|| host.request_headers());
-        let pending = Pending::gather(
-            plugin,
-            host,
-            route,
-            method.unwrap_or_default(),
-            path.unwrap_or_default(),
-            blob,
-        );
-        if let Some(d) = engine::check_key(route, &pending.key) {
-            // Enforce: answered 400. Shadow: that is this request's one decision; it goes on.
+        let path = path.unwrap_or_else(|| canonical_path(""));
+        let pending = Pending::gather(plugin, host, route, method.unwrap_or_default(), path, blob);
+        if let Some(d) = engine::check_request(route, &pending.early()) {
+            // Enforce: answered 400 or 401. Shadow: that is this request's one decision; it
+            // goes on.
             return self.apply(plugin, host, route, &pending.early_facts(), &d);
         }
         let reads_body = route.class != RouteClass::ReadOnly && !end_of_stream;
@@ -172,7 +168,7 @@ impl Stream {
         }
     }
 
-    /// Request body (`body_size` is the cumulative size buffered): hash what is new, answer
+    /// Request body (`body_size` is the cumulative size buffered): take in what is new, answer
     /// 413 past `max_body_bytes`, decide at the end of the stream.
     #[inline]
     pub fn on_request_body<L: Ledger, H: StreamHost>(
@@ -196,7 +192,7 @@ impl Stream {
                 None => Action::Continue,
             };
         }
-        pending.hash_body(host, body_size);
+        pending.read_body(host, body_size);
         if !end_of_stream {
             return Action::Pause;
         }
@@ -266,24 +262,24 @@ impl Stream {
 
     /// Decides with the complete body digest and applies the decision.
     fn finish<L: Ledger, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H) -> Action {
-        let Some(pending) = self.pending.take() else {
+        let Some(mut pending) = self.pending.take() else {
             return Action::Continue;
         };
         let Some(route) = plugin.config.routes.get(self.route) else {
             return Action::Continue;
         };
-        let body_digest: [u8; 32] = if pending.body_seen == 0 {
-            crate::fingerprint::EMPTY_BODY_DIGEST
-        } else {
-            pending.hasher.clone().finalize().into()
-        };
+        let body_digest =
+            std::mem::replace(&mut pending.body, BodyDigester::new(BodyForm::Raw)).finish();
         let fingerprint = Fingerprint::compute(
             &route.name,
-            &pending.principal,
+            pending.principal_text(),
             pending.key.key(),
-            &pending.method,
-            &pending.path,
-            &body_digest,
+            &NaturalKey {
+                method: &pending.method,
+                path: &pending.path,
+                query: &pending.query,
+                body: &body_digest,
+            },
         );
         if plugin.remote.is_some() && (route.needs_ledger() || pending.sighting.is_some()) {
             return self.decide_remote(plugin, host, pending, fingerprint, body_digest);
@@ -291,7 +287,7 @@ impl Stream {
         let facts = Facts {
             now: pending.now,
             request_id: pending.request_id.as_deref(),
-            principal: &pending.principal,
+            principal: pending.principal_text(),
             key: &pending.key,
             fingerprint: Some(fingerprint),
             body_digest,

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::jwt::JwtTimes;
+use crate::jwt::{Claims, Credential, JwtTimes, TokenShape};
 
 /// Why a bearer token is stale.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +15,10 @@ pub enum StaleReason {
     TooOld,
     /// A JWT without `exp` on a sensitive route.
     NoExpiry,
+    /// Not a credential a server should accept: a `Bearer` value that is not one token
+    /// (trailing junk, a second word), a JWT-shaped token that does not decode (a trailing
+    /// `.`), or several `Authorization` fields.
+    Malformed,
 }
 
 impl StaleReason {
@@ -25,6 +29,7 @@ impl StaleReason {
             StaleReason::NotYetValid => "not_yet_valid",
             StaleReason::TooOld => "too_old",
             StaleReason::NoExpiry => "no_expiry",
+            StaleReason::Malformed => "malformed",
         }
     }
 }
@@ -44,6 +49,35 @@ pub enum BearerToken {
     Jwt(JwtTimes),
     /// Not a JWT.
     Opaque,
+    /// A malformed credential (see [`StaleReason::Malformed`]).
+    Malformed,
+}
+
+impl BearerToken {
+    /// The bearer token of a request whose `Authorization` header has `fields` fields, the
+    /// first parsed as `credential`; with the claims of a JWT. Several fields, a malformed
+    /// `Bearer` value and a JWT-shaped token that does not decode are
+    /// [`BearerToken::Malformed`]; a JWE and a token with at most one dot are opaque.
+    pub fn classify(
+        credential: Option<Credential<'_>>,
+        fields: usize,
+    ) -> (BearerToken, Option<Claims>) {
+        if fields > 1 {
+            return (BearerToken::Malformed, None);
+        }
+        match credential {
+            Some(Credential::MalformedBearer(_)) => (BearerToken::Malformed, None),
+            Some(Credential::Bearer(t)) => match TokenShape::of(t) {
+                TokenShape::Opaque | TokenShape::Jwe => (BearerToken::Opaque, None),
+                TokenShape::Malformed => (BearerToken::Malformed, None),
+                TokenShape::Jws => match Claims::decode(t) {
+                    Some(c) => (BearerToken::Jwt(c.times()), Some(c)),
+                    None => (BearerToken::Malformed, None),
+                },
+            },
+            _ => (BearerToken::None, None),
+        }
+    }
 }
 
 /// The rules staleness applies on one route.
@@ -63,7 +97,7 @@ impl TokenRules {
     pub fn needs_first_seen(&self, token: &BearerToken) -> bool {
         self.max_age.is_some()
             && match token {
-                BearerToken::None => false,
+                BearerToken::None | BearerToken::Malformed => false,
                 BearerToken::Opaque => true,
                 BearerToken::Jwt(t) => t.iat.is_none(),
             }
@@ -84,6 +118,7 @@ impl TokenRules {
         };
         match token {
             BearerToken::None => None,
+            BearerToken::Malformed => Some(StaleReason::Malformed),
             BearerToken::Opaque => too_old_since_seen(),
             BearerToken::Jwt(t) => {
                 if let Some(exp) = t.exp {
@@ -165,6 +200,45 @@ mod tests {
             r.assess(&jwt(Some(-1e300), None, None), NOW, None),
             Some(StaleReason::Expired)
         );
+    }
+
+    #[test]
+    fn tokens_are_classified_as_servers_see_them() {
+        use crate::jwt::make_jwt;
+        let jwt = make_jwt(r#"{"sub":"a","exp":1}"#);
+        let class = |v: &str, fields: usize| BearerToken::classify(Credential::parse(v), fields).0;
+        assert!(matches!(
+            class(&format!("Bearer {jwt}"), 1),
+            BearerToken::Jwt(_)
+        ));
+        assert!(matches!(
+            class(&format!("Bearer\t{jwt}"), 1),
+            BearerToken::Jwt(_)
+        ));
+        assert_eq!(class(&format!("Bearer {jwt}."), 1), BearerToken::Malformed);
+        assert_eq!(class(&format!("Bearer {jwt} x"), 1), BearerToken::Malformed);
+        assert_eq!(class(&format!("Bearer {jwt}"), 2), BearerToken::Malformed);
+        assert_eq!(
+            class("Bearer a.b.c", 1),
+            BearerToken::Malformed,
+            "not a JWT"
+        );
+        assert_eq!(class("Bearer opaque", 1), BearerToken::Opaque);
+        assert_eq!(class("Bearer ya29.opaque", 1), BearerToken::Opaque);
+        assert_eq!(class("Bearer a.b.c.d.e", 1), BearerToken::Opaque, "a JWE");
+        assert_eq!(class("Basic dXNlcg==", 1), BearerToken::None);
+        assert_eq!(BearerToken::classify(None, 0).0, BearerToken::None);
+    }
+
+    #[test]
+    fn malformed_is_stale_everywhere() {
+        for r in [rules(true, None), rules(false, Some(300))] {
+            assert_eq!(
+                r.assess(&BearerToken::Malformed, NOW, None),
+                Some(StaleReason::Malformed)
+            );
+            assert!(!r.needs_first_seen(&BearerToken::Malformed));
+        }
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! the VM for every request on that worker.) Deterministic: a fixed-seed xorshift generator.
 
 use retry_guard::b64;
+use retry_guard::canonical::{canonical_form, canonical_json, canonical_path, BodyForm};
 use retry_guard::config::{Config, Confirmation};
 use retry_guard::confirm::{self, ChallengeState};
 use retry_guard::fingerprint::parse_idempotency_key;
+use retry_guard::fingerprint::{body_digest, BodyDigester};
 use retry_guard::jwt::{Claims, Credential};
 use retry_guard::ledger::Set;
 
@@ -101,6 +103,14 @@ fn tokens_and_headers_never_panic() {
         let mutated = rng.mutate(jwt_seed.as_bytes());
         let _ = Claims::decode(&String::from_utf8_lossy(&mutated)).map(|c| c.times());
         let _ = Credential::parse(&text);
+        let _ = canonical_path(&text);
+        let _ = canonical_form(&raw);
+        let _ = canonical_json(&raw);
+        let _ = BodyForm::of_content_type(Some(&raw));
+        let _ = body_digest(BodyForm::Json, &raw);
+        let mut d = BodyDigester::new(BodyForm::Raw);
+        d.push(&raw);
+        let _ = d.finish();
         let _ = parse_idempotency_key(Some(&raw), 16);
         let _ = b64::decode_url(&text);
         let _ = b64::decode_standard(&text);
@@ -110,6 +120,15 @@ fn tokens_and_headers_never_panic() {
         v1.extend_from_slice(&raw);
         let _ = confirm::verify(&v1, None, state, u64::MAX, u64::MAX);
     }
+    // JSON nested beyond any stack, a huge exponent, a huge flat object: answered, no panic.
+    let deep = format!("{}{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+    assert!(canonical_json(deep.as_bytes()).is_none());
+    assert!(canonical_json(b"1e99999999999999999999").is_none());
+    let flat: String = (0..20_000)
+        .map(|i| format!(",\"k{}\":{i}", 20_000 - i))
+        .collect();
+    let flat = format!("{{\"k\":0{flat}}}");
+    assert!(canonical_json(flat.as_bytes()).is_some_and(|c| c.starts_with("{\"k\":0,\"k1\":")));
     // Oversized inputs are refused without work proportional to them.
     let huge = "A".repeat(1 << 20);
     assert!(Claims::decode(&format!("a.{huge}.c")).is_none());

@@ -118,12 +118,12 @@ JWTS = {
     "too_old": {"sub": "ci-bot", "iat": {"now": -400}, "exp": {"now": 600}},
     "no_expiry": {"sub": "ci-bot", "iat": {"now": 0}},
 }
-steps = [{"note": "stale_token_action strip: the stale bearer never reaches the upstream; the request goes on, marked."}]
+steps = [{"note": "stale_token_action strip: the stale bearer never reaches the upstream; the request goes on, marked. A stripped token names no one: the principal is anonymous, not its sub."}]
 for reason, claims in JWTS.items():
     steps.append({"name": reason, "request": {"headers": {"authorization": {"bearer_jwt": claims}}, "body": f"grant_type=client_credentials&case={reason}"},
                   "expect": {"status": 200, "decision": "allow",
                              "upstream": {"headers": {"authorization": None, "retry-guard-token": f"stripped; reason={reason}"}},
-                             "audit": {"token_action": "strip", "token_reason": reason, "principal": "ci-bot"}}})
+                             "audit": {"token_action": "strip", "token_reason": reason, "principal": "anonymous"}}})
 steps.append({"name": "fresh", "request": {"headers": {"authorization": {"bearer_jwt": {"sub": "ci-bot", "iat": {"now": -10}, "exp": {"now": 290}}}}, "body": "grant_type=client_credentials&case=fresh"},
               "expect": {"status": 200, "upstream": {"headers": {"authorization": {"present": True}, "retry-guard-token": None}}}})
 steps.append({"metrics": {"retry_guard.token.stripped": 4, "retry_guard.token.rejected": 0}})
@@ -359,7 +359,7 @@ write("demo-story", {
         {"note": "6. A call Envoy could not even connect for (UF|URX = 32800): its replay is retry-safe.", "name": "refused", "request": {"body": "grant_type=client_credentials&scope=admin", "upstream": {"fail": "connection_refused"}},
          "expect": {"status": 503, "flags": 32800, "upstream": False, "outcome": {"outcome": "not_sent"}}},
         {"name": "refused-replay", "request": {"same_as": "refused", "upstream": {"status": 200}}, "expect": {"status": 200, "upstream": True}},
-        {"note": "7. An expired bearer JWT is stripped before the upstream (the principal comes from it first).", "name": "expired",
+        {"note": "7. An expired bearer JWT is stripped before the upstream (and names no one: the principal comes from what goes upstream).", "name": "expired",
          "request": {"body": "grant_type=client_credentials&step=7", "headers": {"x-client-id": None, "authorization": {"bearer_jwt": {"sub": "ci-bot", "iat": {"now": -120}, "exp": {"now": -90}}}}},
          "expect": {"status": 200, "upstream": {"headers": {"authorization": None, "retry-guard-token": "stripped; reason=expired"}}}},
         {"note": "8. Two workers receive the same new call at the same moment; both read the ledger before either writes. Exactly one wins.", "name": "race", "concurrent": {
@@ -370,4 +370,114 @@ write("demo-story", {
         {"note": "Counters (Envoy shows them as wasmcustom.<name>):", "metrics": {"retry_guard.decision.allow": 6, "retry_guard.decision.confirm": 3, "retry_guard.decision.confirmed": 1,
                                                                                   "retry_guard.decision.conflict": 1, "retry_guard.token.stripped": 1}},
     ]})
+# Canonical request identity: spellings of one request are one operation (the attacks
+# 2-4 on the filter alone). Routes match by path, so the Envoy target (whose bootstrap does
+# not normalize paths) shows the filter's own canonicalization too.
+FORM = "application/x-www-form-urlencoded"
+CANON_ROUTES = [
+    {"name": "oauth-token", "match": {"methods": ["POST"], "path": "/oauth/token"}, "class": "token_issuing",
+     "owner": "team-iam", "escalation": "pagerduty:iam-primary"},
+    {"name": "role-grant", "match": {"methods": ["POST"], "path_template": "/v1/roles/*/members"}, "class": "privilege_changing",
+     "owner": "team-access", "escalation": "pagerduty:access-oncall"},
+]
+def replay(note=None, **req):
+    step = {"request": dict({"same_as": "first"}, **req),
+            "expect": {"status": 428, "problem": "confirmation-required", "decision": "confirm", "upstream": False}}
+    if note:
+        step["note"] = note
+    return step
+canon_steps = [
+    {"note": "The first token call is executed; each spelling below is the same operation: 428, never forwarded.",
+     "name": "first", "request": {"path": "/oauth/token", "headers": {"x-client-id": "ci-bot", "content-type": FORM},
+                                  "body": "grant_type=client_credentials&scope=a"},
+     "expect": {"status": 200, "upstream": True}},
+    replay("A query string is no part of the operation (natural_key.query: ignore).", path="/oauth/token?"),
+    replay(path="/oauth/token?x=1", worker=1),
+    replay("Path spellings: merged slashes, escaped unreserved characters, dot segments.", path="//oauth/token"),
+    replay(path="/oauth/%74oken", worker=1),
+    replay(path="/oauth/./token"),
+    replay(path="/oauth/x/../token", worker=1),
+    replay("The same form: reordered, an extra &, an escaped name, a trailing newline, another charset spelling.",
+           body="scope=a&grant_type=client_credentials"),
+    replay(body="grant_type=client_credentials&&scope=a&", worker=1),
+    replay(body="grant%5Ftype=client_credentials&scope=a"),
+    replay(body="grant_type=client_credentials&scope=a\n", worker=1),
+    replay(headers={"content-type": "Application/X-WWW-Form-Urlencoded; charset=UTF-8"}),
+    {"note": "An encoded slash is refused: servers decode %2F differently.", "name": "encoded-slash",
+     "request": {"same_as": "first", "path": "/oauth%2Ftoken"},
+     "expect": {"status": 400, "problem": "path-invalid", "decision": "bad_request", "upstream": False, "audit": {"reason": "encoded_slash"}}},
+    {"note": "The same JSON in other whitespace, member order, number spelling, escapes, or declared as text/plain.",
+     "name": "grant", "request": {"path": "/v1/roles/admin/members", "headers": {"x-client-id": "ci-bot", "content-type": "application/json"},
+                                  "body": '{"member":"svc-ci","expires_in":3600}'},
+     "expect": {"status": 200, "upstream": True}},
+]
+for i, (path, ct, body) in enumerate([
+    ("/v1/roles/admin/members", "application/json", '{ "expires_in" : 3.6e3,\n  "member" : "svc-ci" }'),
+    ("/v1/roles/%61dmin/members", "application/json", '{"member":"svc-\\u0063i","expires_in":3600}'),
+    ("/v1/roles/admin/members", "text/plain", '{"member":"svc-ci","expires_in":3600.0}'),
+]):
+    canon_steps.append({"request": {"same_as": "grant", "path": path, "headers": {"content-type": ct}, "body": body, "worker": i % 2},
+                        "expect": {"status": 428, "problem": "confirmation-required", "upstream": False}})
+canon_steps += [
+    {"note": "A different operation stays apart.", "request": {"same_as": "grant", "body": '{"member":"svc-ci","expires_in":60}'},
+     "expect": {"status": 200, "upstream": True}},
+    {"metrics": {"retry_guard.decision.confirm": 14, "retry_guard.decision.bad_request": 1, "retry_guard.decision.allow": 3}},
+]
+write("canonical-identity", {
+    "name": "canonical-identity",
+    "description": "Spellings of one request are one operation: query strings, path spellings, form and JSON variants get 428; an encoded slash is 400.",
+    "envoy": RUNNABLE,
+    "config": base_config(CANON_ROUTES),
+    "steps": canon_steps})
+
+# Principals from what the upstream trusts (the attacks 1, 6 and 7 on the filter alone).
+def unsigned_jwt(claims, header='{"alg":"none","typ":"JWT"}', sig=""):
+    import base64
+    b = lambda t: base64.urlsafe_b64encode(t.encode()).decode().rstrip("=")
+    return b(header) + "." + b(json.dumps(claims, separators=(",", ":"))) + "." + sig
+EXPIRED_JWT = unsigned_jwt({"sub": "ci-bot", "iat": 999999000, "exp": 1000000000}, '{"alg":"HS256","typ":"JWT"}', "c2ln")
+PRINCIPAL_ROUTES = [
+    {"name": "oauth-token", "match": {"methods": ["POST"], "path": "/oauth/token"}, "class": "token_issuing",
+     "owner": "team-iam", "escalation": "pagerduty:iam-primary"},
+    {"name": "role-grant", "match": {"methods": ["POST"], "path_template": "/v1/roles/*/members"}, "class": "privilege_changing",
+     "owner": "team-access", "escalation": "pagerduty:access-oncall", "anonymous": "reject"},
+]
+TOKEN_CALL = {"path": "/oauth/token", "headers": {"content-type": FORM}, "body": "grant_type=client_credentials&client_id=ci-bot"}
+write("principals", {
+    "name": "principals",
+    "description": "The principal comes from what goes upstream: a forged or malformed bearer token the filter strips names no one; session cookies tell callers apart; a cookie sent twice is ambiguous; anonymous callers are refused where the route says so.",
+    "envoy": RUNNABLE,
+    "config": base_config(PRINCIPAL_ROUTES, principal=["peer_identity", "token", "cookie:session"]),
+    "steps": [
+        {"note": "A client-credentials call (client authenticated in the body): principal anonymous.", "name": "first",
+         "request": TOKEN_CALL, "expect": {"status": 200, "upstream": True, "audit": {"principal": "anonymous"}}},
+        {"note": "Its retry with a forged bearer token (alg none, a made-up sub, no exp): stale (no_expiry), so it names no one. Same operation: 428.",
+         "name": "forged", "request": {"same_as": "first", "headers": {"authorization": "Bearer " + unsigned_jwt({"sub": "attacker-7f3a"})}},
+         "expect": {"status": 428, "upstream": False, "audit": {"principal": "anonymous", "token_reason": "no_expiry"}}},
+        {"note": "Malformed spellings of an expired token (a tab after Bearer, a trailing dot): parsed as servers do, stale, and no new caller.",
+         "name": "tab", "request": {"same_as": "first", "headers": {"authorization": "Bearer\t" + EXPIRED_JWT}},
+         "expect": {"status": 428, "upstream": False, "audit": {"principal": "anonymous", "token_reason": "expired"}}},
+        {"name": "trailing-dot", "request": {"same_as": "first", "worker": 1, "headers": {"authorization": "Bearer " + EXPIRED_JWT + "."}},
+         "expect": {"status": 428, "upstream": False, "audit": {"principal": "anonymous", "token_reason": "malformed"}}},
+        {"note": "As a new operation such a credential never reaches the upstream.", "name": "malformed-new",
+         "request": {"same_as": "first", "body": "grant_type=client_credentials&client_id=other", "headers": {"authorization": "Bearer " + EXPIRED_JWT + "."}},
+         "expect": {"status": 200, "upstream": {"headers": {"authorization": None, "retry-guard-token": "stripped; reason=malformed"}}}},
+        {"note": "Two callers with session cookies make the same call: each is executed once, neither is the other's replay.", "name": "alice",
+         "request": dict(TOKEN_CALL, body="scope=shared", headers={"content-type": FORM, "cookie": "theme=dark; session=alice-5e55"}),
+         "expect": {"status": 200, "upstream": True}},
+        {"name": "bob", "request": {"same_as": "alice", "worker": 1, "headers": {"cookie": "session=bob-77aa"}}, "expect": {"status": 200, "upstream": True}},
+        {"name": "alice-retry", "request": {"same_as": "alice"}, "expect": {"status": 428, "upstream": False}},
+        {"note": "The session cookie twice, with another value first: the upstream may take either, so it is refused.", "name": "cookie-twice",
+         "request": {"same_as": "alice", "headers": {"cookie": "session=fresh-01; session=alice-5e55"}},
+         "expect": {"status": 400, "problem": "principal-ambiguous", "decision": "bad_request", "upstream": False}},
+        {"note": "role-grant says anonymous: reject. No credential: 401; a session cookie: allowed.", "name": "anonymous-grant",
+         "request": {"path": "/v1/roles/admin/members", "headers": {"content-type": "application/json"}, "body": '{"member":"svc-ci"}'},
+         "expect": {"status": 401, "problem": "principal-required", "upstream": False, "headers": {"www-authenticate": "Bearer"}}},
+        {"name": "stale-only-grant", "request": {"same_as": "anonymous-grant", "headers": {"authorization": "Bearer " + EXPIRED_JWT}},
+         "expect": {"status": 401, "problem": "principal-required", "upstream": False}},
+        {"name": "cookie-grant", "request": {"same_as": "anonymous-grant", "headers": {"cookie": "session=alice-5e55"}},
+         "expect": {"status": 200, "upstream": True}},
+        {"metrics": {"retry_guard.decision.bad_request": 3, "retry_guard.token.stripped": 1}},
+    ]})
+
 print("wrote", len(os.listdir(OUT)), "files to", OUT)

@@ -4,17 +4,20 @@
 //! Errors: plugin configuration errors (the filter's parser), a fail-open filter, a missing or
 //! false `allow_on_headers_stop_iteration` where a route reads the body, a WasmPlugin guarding
 //! routes that read the body, a `route_name` that names no route, router or mesh retries beyond
-//! never-sent attempts on a guarded route, the filter switched off on a guarded route.
+//! never-sent attempts on a guarded route, the filter switched off on a guarded route, an Envoy
+//! connection manager with the filter that does not normalize paths before routing.
 //! Warnings: a route that looks sensitive by its path but is not guarded, the filter running on
-//! a route it does not guard.
+//! a route it does not guard, a caller-chosen principal source (`header:`, `jwt:`), Istio
+//! resources with no path normalization in the inputs.
 
 use retry_guard::policy::RouteClass;
 
 use super::matching::{covers, methods_cover, methods_overlap, overlaps, sensitive_word, PathCond};
 use super::model::{
-    join, Deployment, FilterKind, PluginSource, RetryOrigin, Route, RouteKind, Scope,
+    join, Deployment, FilterKind, PluginSource, RetryOrigin, Route, RouteKind, Scope, Source,
     ISTIO_DEFAULT_RETRY_ON,
 };
+use retry_guard::config::PrincipalSource;
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -73,8 +76,10 @@ pub fn lint(dep: &Deployment) -> Vec<Finding> {
     out.extend(route_names(dep));
     out.extend(router_retries(dep, &guards));
     out.extend(filter_off_on_guarded(dep, &guards));
+    out.extend(path_normalization(dep));
     out.extend(sensitive_unguarded(dep, &guards));
     out.extend(filter_on_unguarded(dep, &guards));
+    out.extend(caller_chosen_principals(dep));
     out.sort_by_key(|f| (dep.files.iter().position(|n| *n == f.file), f.severity));
     out
 }
@@ -567,12 +572,123 @@ fn sensitive(r: &Route) -> Option<(String, String)> {
     })
 }
 
+/// The connection manager routes on the path as the caller spelled it: `//oauth/token`,
+/// `/oauth/%74oken` or `/oauth%2Ftoken` then miss the route the filter guards and may take
+/// another one (a catch-all forwarding them unguarded). An error for an Envoy connection
+/// manager with a retry-guard filter; for Istio resources, where the mesh configuration (not
+/// among the inputs) may normalize, a warning when no EnvoyFilter in the inputs does.
+pub fn path_normalization(dep: &Deployment) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (i, hcm) in dep.hcms.iter().enumerate() {
+        if !dep.configs.iter().any(|c| c.scope == Scope::Hcm(i)) {
+            continue;
+        }
+        let missing = hcm.paths.missing();
+        if missing.is_empty() {
+            continue;
+        }
+        out.push(finding(
+            dep,
+            Severity::Error,
+            hcm.file,
+            hcm.path.clone(),
+            format!(
+                "this connection manager runs retry-guard but routes on the path as the caller \
+                 spelled it: `//oauth/token`, `/oauth/%74oken` or `/oauth%2Ftoken` miss the \
+                 route the filter guards and take another (a catch-all forwards them \
+                 unguarded); add {}",
+                missing.join(", ")
+            ),
+        ));
+    }
+    let normalized = dep
+        .detached_hcms
+        .iter()
+        .any(|h| h.paths.missing().is_empty());
+    if normalized {
+        return out;
+    }
+    for cfg in &dep.configs {
+        if !matches!(cfg.source, Source::WasmPlugin | Source::EnvoyFilter) {
+            continue;
+        }
+        let Some(s) = &cfg.filter else { continue };
+        let partial = dep
+            .detached_hcms
+            .iter()
+            .map(|h| h.paths.missing())
+            .min_by_key(Vec::len)
+            .unwrap_or_else(|| {
+                vec![
+                    "normalize_path: true",
+                    "merge_slashes: true",
+                    "path_with_escaped_slashes_action: REJECT_REQUEST",
+                ]
+            });
+        out.push(finding(
+            dep,
+            Severity::Warning,
+            cfg.file,
+            s.path.clone(),
+            format!(
+                "no path normalization among the inputs: unless the mesh sets \
+                 meshConfig.pathNormalization.normalization: DECODE_AND_MERGE_SLASHES, the \
+                 gateway routes on the path as the caller spelled it and `//oauth/token` or \
+                 `/oauth/%74oken` miss the VirtualService route the filter guards; set that, or \
+                 merge {} into the gateway's connection manager with an EnvoyFilter \
+                 NETWORK_FILTER patch (as envoy/istio/envoyfilter.yaml does)",
+                partial.join(", ")
+            ),
+        ));
+    }
+    out
+}
+
+/// `header:` and `jwt:` principal sources: the caller chooses their value, so each retry can
+/// name a new principal and so a new operation.
+pub fn caller_chosen_principals(dep: &Deployment) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for cfg in &dep.configs {
+        let Ok(config) = &cfg.parsed else { continue };
+        for (i, source) in config.principal.iter().enumerate() {
+            let why = match source {
+                PrincipalSource::Header(name) => format!(
+                    "\"header:{name}\" is caller-chosen: a caller can send any value in a \
+                     request header, and each new value makes a retry a new operation; use \
+                     peer_identity, token or cookie:<name>, or keep it only if a proxy in front \
+                     sets {name} itself and drops the caller's"
+                ),
+                PrincipalSource::JwtClaim(claim) => format!(
+                    "\"jwt:{claim}\" is caller-chosen: retry-guard reads it from a JWT it does \
+                     not verify, so a caller can mint any {claim} and make each retry a new \
+                     operation; use peer_identity, token or cookie:<name>, or keep it only where \
+                     a filter before retry-guard (jwt_authn, an Istio RequestAuthentication) \
+                     rejects unverified tokens"
+                ),
+                _ => continue,
+            };
+            out.push(finding(
+                dep,
+                Severity::Warning,
+                cfg.file,
+                join(&cfg.path, &format!("principal[{i}]")),
+                why,
+            ));
+        }
+    }
+    out
+}
+
 /// A route whose path looks sensitive (see [`super::matching::SENSITIVE_WORDS`]) that no plugin
 /// route guards.
 pub fn sensitive_unguarded(dep: &Deployment, guards: &[Vec<Guard<'_>>]) -> Vec<Finding> {
     let mut out = Vec::new();
     for (ri, r) in dep.routes.iter().enumerate() {
-        if guards.get(ri).is_some_and(|g| !g.is_empty()) || scope_invalid(dep, r.scope) {
+        // A route that answers itself (a direct response, a redirect) executes nothing.
+        if guards.get(ri).is_some_and(|g| !g.is_empty())
+            || scope_invalid(dep, r.scope)
+            || !r.forwards
+        {
             continue;
         }
         let Some((text, word)) = sensitive(r) else {
@@ -692,6 +808,9 @@ mod tests {
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          normalize_path: true
+          merge_slashes: true
+          path_with_escaped_slashes_action: REJECT_REQUEST
           route_config:
             virtual_hosts:
             - name: api
@@ -731,6 +850,51 @@ mod tests {
         assert_eq!(d.configs.len(), 1);
         assert_eq!(d.routes.len(), 3);
         assert_eq!(lint(&d), vec![]);
+    }
+
+    #[test]
+    fn a_connection_manager_that_does_not_normalize_paths() {
+        let yaml = bootstrap(ALLOW, GOOD_ROUTES, "")
+            .replace("          merge_slashes: true\n", "")
+            .replace("REJECT_REQUEST", "KEEP_UNCHANGED");
+        let d = deployment(&[("e.yaml", &yaml)]);
+        let f = lint(&d);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].severity, Severity::Error);
+        assert_eq!(
+            f[0].path,
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
+        );
+        assert!(
+            f[0].message.ends_with(
+                "add merge_slashes: true, path_with_escaped_slashes_action: REJECT_REQUEST"
+            ),
+            "{}",
+            f[0].message
+        );
+        // UNESCAPE_AND_FORWARD decodes %2F before routing: acceptable too.
+        let yaml =
+            bootstrap(ALLOW, GOOD_ROUTES, "").replace("REJECT_REQUEST", "UNESCAPE_AND_FORWARD");
+        assert_eq!(lint(&deployment(&[("e.yaml", &yaml)])), vec![]);
+    }
+
+    #[test]
+    fn caller_chosen_principal_sources_are_warned_about() {
+        let plugin = PLUGIN.replacen(
+            "{\"routes\"",
+            r#"{"principal":["peer_identity","header:x-client-id","token","jwt:sub","cookie:sid"],"routes""#,
+            1,
+        );
+        let d = deployment(&[("p.json", &plugin)]);
+        let f = lint(&d);
+        let s = summary(&f);
+        assert_eq!(s.len(), 2, "{f:#?}");
+        assert_eq!((s[0].0, s[0].1), (Severity::Warning, "principal[1]"));
+        assert!(s[0]
+            .2
+            .starts_with("\"header:x-client-id\" is caller-chosen"));
+        assert_eq!((s[1].0, s[1].1), (Severity::Warning, "principal[3]"));
+        assert!(s[1].2.starts_with("\"jwt:sub\" is caller-chosen"));
     }
 
     #[test]
@@ -919,16 +1083,21 @@ spec:
         let d = deployment(&[("wp.yaml", wp)]);
         let s = lint(&d);
         let s = summary(&s);
-        assert_eq!(s.len(), 2);
+        assert_eq!(s.len(), 3, "{s:#?}");
         assert_eq!(s[0].1, "spec.failStrategy");
         assert_eq!(s[1].1, "spec.pluginConfig.routes");
         assert!(s[1]
             .2
             .starts_with("a WasmPlugin cannot set allow_on_headers_stop_iteration"));
+        // Istio: the mesh configuration may normalize paths, so only a warning.
+        assert_eq!((s[2].0, s[2].1), (Severity::Warning, "spec"));
+        assert!(s[2].2.starts_with("no path normalization among the inputs"));
         let read_only = wp
             .replace("token_issuing", "read_only")
             .replace("FAIL_OPEN", "FAIL_CLOSE");
-        assert_eq!(lint(&deployment(&[("wp.yaml", &read_only)])), vec![]);
+        let f = lint(&deployment(&[("wp.yaml", &read_only)]));
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].severity, Severity::Warning);
     }
 
     #[test]

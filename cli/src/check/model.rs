@@ -23,6 +23,9 @@ pub struct Deployment {
     pub routes: Vec<Route>,
     /// Envoy HTTP connection managers: a wasm filter inside one applies to its routes only.
     pub hcms: Vec<Hcm>,
+    /// Connection manager settings found outside a connection manager with routes: in Istio
+    /// EnvoyFilter patches (`NETWORK_FILTER` / `MERGE`), which apply to the gateway's own.
+    pub detached_hcms: Vec<Hcm>,
 }
 
 /// Which routes a plugin configuration applies to.
@@ -233,6 +236,60 @@ pub struct Hcm {
     pub path: String,
     /// It has an inline `route_config` (not `rds`): its routes are all known.
     pub routes_known: bool,
+    /// How it normalizes request paths before routing.
+    pub paths: PathNormalization,
+}
+
+/// A connection manager's path normalization: what Envoy does to `:path` before any filter
+/// and before route matching.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PathNormalization {
+    /// `normalize_path` (RFC 3986 normalization).
+    pub normalize_path: Option<bool>,
+    /// `merge_slashes`.
+    pub merge_slashes: Option<bool>,
+    /// `path_with_escaped_slashes_action`.
+    pub escaped_slashes: Option<String>,
+}
+
+/// The `path_with_escaped_slashes_action` values that keep `%2F` and `%5C` from reaching a
+/// route unseen: refused, or decoded before routing.
+pub const ESCAPED_SLASH_ACTIONS: [&str; 3] = [
+    "REJECT_REQUEST",
+    "UNESCAPE_AND_REDIRECT",
+    "UNESCAPE_AND_FORWARD",
+];
+
+impl PathNormalization {
+    fn of(m: &Map<String, Value>) -> PathNormalization {
+        PathNormalization {
+            normalize_path: bool_value(m.get("normalize_path")),
+            merge_slashes: bool_value(m.get("merge_slashes")),
+            escaped_slashes: m
+                .get("path_with_escaped_slashes_action")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        }
+    }
+
+    /// The settings missing for retry-guard, as they should be written; empty when none is.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.normalize_path != Some(true) {
+            out.push("normalize_path: true");
+        }
+        if self.merge_slashes != Some(true) {
+            out.push("merge_slashes: true");
+        }
+        if !self
+            .escaped_slashes
+            .as_deref()
+            .is_some_and(|a| ESCAPED_SLASH_ACTIONS.contains(&a))
+        {
+            out.push("path_with_escaped_slashes_action: REJECT_REQUEST");
+        }
+        out
+    }
 }
 
 /// `path.name`, or `path["name"]` when the name is not a plain identifier.
@@ -513,12 +570,16 @@ impl Loader {
             Scope::Hcm(self.dep.hcms.len())
         };
         let route_config = m.get("route_config").filter(|r| r.is_object());
-        if !ctx.detached {
-            self.dep.hcms.push(Hcm {
-                file: ctx.file,
-                path: path.to_string(),
-                routes_known: route_config.is_some(),
-            });
+        let hcm = Hcm {
+            file: ctx.file,
+            path: path.to_string(),
+            routes_known: route_config.is_some(),
+            paths: PathNormalization::of(m),
+        };
+        if ctx.detached {
+            self.dep.detached_hcms.push(hcm);
+        } else {
+            self.dep.hcms.push(hcm);
         }
         let filters_path = key(path, "http_filters");
         for (k, f) in m
@@ -993,6 +1054,7 @@ mod tests {
         let d = load(&[bundled("envoy/envoy.yaml")]).expect("loads");
         assert_eq!(d.hcms.len(), 1);
         assert!(d.hcms[0].routes_known);
+        assert_eq!(d.hcms[0].paths.missing(), Vec::<&str>::new());
         assert_eq!(d.configs.len(), 1);
         let c = &d.configs[0];
         assert_eq!(c.scope, Scope::Hcm(0));
@@ -1018,9 +1080,11 @@ mod tests {
                 "session-refresh",
                 "preferences",
                 "reads",
+                "identity-unrouted",
                 "passthrough"
             ]
         );
+        assert!(!d.routes[6].forwards, "identity-unrouted answers itself");
         let token = &d.routes[0];
         assert_eq!(
             token.matches[0].path,
@@ -1035,13 +1099,13 @@ mod tests {
             d.routes[1].matches[0].path,
             PathCond::Template("/v1/roles/*/members".into())
         );
-        let passthrough = &d.routes[6];
+        let passthrough = &d.routes[7];
         assert!(passthrough.retry.is_none());
         assert_eq!(passthrough.filter_switches.len(), 1);
         assert!(passthrough.filter_switches[0].disabled);
         assert!(passthrough.filter_switches[0]
             .path
-            .ends_with("routes[6].typed_per_filter_config[\"envoy.filters.http.wasm\"]"));
+            .ends_with("routes[7].typed_per_filter_config[\"envoy.filters.http.wasm\"]"));
     }
 
     #[test]
@@ -1053,6 +1117,8 @@ mod tests {
         ])
         .expect("loads");
         assert!(d.hcms.is_empty());
+        assert_eq!(d.detached_hcms.len(), 1, "the NETWORK_FILTER patch");
+        assert_eq!(d.detached_hcms[0].paths.missing(), Vec::<&str>::new());
         let sources: Vec<Source> = d.configs.iter().map(|c| c.source).collect();
         assert_eq!(sources, [Source::EnvoyFilter, Source::WasmPlugin]);
         assert!(d
@@ -1071,17 +1137,18 @@ mod tests {
         let wp = d.configs[1].filter.as_ref().expect("settings");
         assert_eq!(wp.kind, FilterKind::WasmPlugin);
         assert_eq!(wp.failure_policy.as_deref(), Some("FAIL_CLOSE"));
-        assert_eq!(d.routes.len(), 7);
+        assert_eq!(d.routes.len(), 8);
         assert_eq!(d.routes[0].names, ["token"]);
+        assert!(!d.routes[6].forwards, "identity-unrouted answers itself");
         assert_eq!(
             d.routes[1].matches[0].path,
             PathCond::Regex("^/v1/roles/[^/]+/members$".into())
         );
         // The catch-all has no `retries`: Istio's default policy.
-        let passthrough = d.routes[6].retry.as_ref().expect("Istio's default");
+        let passthrough = d.routes[7].retry.as_ref().expect("Istio's default");
         assert_eq!(passthrough.origin, RetryOrigin::IstioDefault);
-        assert_eq!(passthrough.path, "spec.http[6].retries");
-        assert_eq!(d.routes[6].matches[0].path, PathCond::Any);
+        assert_eq!(passthrough.path, "spec.http[7].retries");
+        assert_eq!(d.routes[7].matches[0].path, PathCond::Any);
     }
 
     #[test]

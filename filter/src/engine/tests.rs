@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::confirm::tests::{sign, NOW};
-use crate::fingerprint::empty_body_digest;
+use crate::fingerprint::{empty_body_digest, NaturalKey};
 use crate::ledger::{MemoryStore, SlotLedger};
 use crate::policy::RouteClass;
 use serde_json::{json, Value};
@@ -73,9 +73,12 @@ impl Req {
                 &route.name,
                 "ci-bot",
                 self.key.key(),
-                "POST",
-                "/oauth/token",
-                &self.body,
+                &NaturalKey {
+                    method: "POST",
+                    path: "/oauth/token",
+                    query: "",
+                    body: &self.body,
+                },
             )),
             body_digest: self.body,
             stale: self.stale,

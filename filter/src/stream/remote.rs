@@ -41,11 +41,30 @@ pub(super) struct Asking {
 }
 
 impl Asking {
+    /// The token's first sighting came back: assess the token again, and when it turned out
+    /// stale (it names no one then) compute the fingerprint with the principal that is left.
+    fn seen(&mut self, route: &crate::config::Route, first_seen: Option<u64>) {
+        if self.pending.seen(first_seen) {
+            let p = &self.pending;
+            self.fingerprint = Fingerprint::compute(
+                &route.name,
+                p.principal_text(),
+                p.key.key(),
+                &crate::fingerprint::NaturalKey {
+                    method: &p.method,
+                    path: &p.path,
+                    query: &p.query,
+                    body: &self.body_digest,
+                },
+            );
+        }
+    }
+
     fn facts(&self) -> Facts<'_> {
         Facts {
             now: self.pending.now,
             request_id: self.pending.request_id.as_deref(),
-            principal: &self.pending.principal,
+            principal: self.pending.principal_text(),
             key: &self.pending.key,
             fingerprint: Some(self.fingerprint),
             body_digest: self.body_digest,
@@ -209,7 +228,7 @@ impl Stream {
         &mut self,
         plugin: &Plugin<L>,
         host: &H,
-        mut pending: Pending,
+        pending: Pending,
         fingerprint: Fingerprint,
         body_digest: [u8; 32],
     ) -> Action {
@@ -222,7 +241,17 @@ impl Stream {
             let (sighting, next) =
                 Sighting::start(key, lease, id, pending.now, plugin.config.window_seconds);
             match next {
-                Next::Done(first_seen) => pending.seen(Some(first_seen)),
+                Next::Done(first_seen) => {
+                    let mut asking = Asking {
+                        pending,
+                        fingerprint,
+                        body_digest,
+                    };
+                    if let Some(route) = plugin.config.routes.get(self.route) {
+                        asking.seen(route, Some(first_seen));
+                    }
+                    return self.start_deciding(plugin, host, asking);
+                }
                 Next::Ask(op) => {
                     let waiting = Waiting {
                         asking: Asking {
@@ -397,7 +426,7 @@ impl Stream {
                         LogLevel::Warn,
                         &format!("retry-guard: token age unknown: {e}"),
                     );
-                    waiting.asking.pending.seen(None);
+                    waiting.asking.seen(route, None);
                     return self.start_deciding(plugin, host, waiting.asking);
                 }
                 return self.unavailable(plugin, host, waiting, &e.to_string());
@@ -410,7 +439,7 @@ impl Stream {
                     self.send(plugin, host, waiting)
                 }
                 Next::Done(first_seen) => {
-                    waiting.asking.pending.seen(Some(first_seen));
+                    waiting.asking.seen(route, Some(first_seen));
                     self.start_deciding(plugin, host, waiting.asking)
                 }
             },

@@ -1,17 +1,16 @@
 //! A request's facts: what route matching reads ([`Fetcher`]), what a matched request's
 //! decision needs, gathered at its headers ([`Pending`]), and its body digest.
 
-use sha2::{Digest, Sha256};
-
-use crate::config::{Config, PrincipalSource, Route};
-use crate::engine::{self, Facts};
-use crate::fingerprint::{parse_idempotency_key, KeyCheck};
+use crate::canonical::{canonical_form, BodyForm, CanonicalPath};
+use crate::config::{Config, PrincipalSource, QueryKey, Route};
+use crate::engine::{self, EarlyFacts, Facts};
+use crate::fingerprint::{parse_idempotency_key, BodyDigester, KeyCheck};
 use crate::headers::HeaderPairs;
 use crate::host::{LogLevel, StreamHost};
-use crate::jwt::{Claims, Credential};
+use crate::jwt::Credential;
 use crate::ledger::Ledger;
 use crate::matcher::Fact;
-use crate::principal::{self, PrincipalInputs};
+use crate::principal::{self, Ambiguous, PrincipalInputs};
 use crate::token::{BearerToken, StaleReason, TokenRules};
 
 use super::Plugin;
@@ -80,19 +79,29 @@ impl<'a, H: StreamHost> Fetcher<'a, H> {
     }
 }
 
+/// What the audit line says of a request whose principal is ambiguous (it is answered 400 and
+/// never fingerprinted).
+const AMBIGUOUS_PRINCIPAL: &str = "ambiguous";
+
 /// Facts of a matched request gathered at request headers, waiting for the body.
 pub(super) struct Pending {
     pub(super) now: u64,
     pub(super) method: String,
+    /// The canonical path.
     pub(super) path: String,
+    /// The path carried an encoded slash (refused).
+    pub(super) encoded_slash: bool,
+    /// The query string as the route's natural key takes it (empty: ignored).
+    pub(super) query: String,
     /// The `content-length` header, if any.
     pub(super) declared_length: Option<u64>,
     pub(super) request_id: Option<String>,
-    pub(super) principal: String,
+    /// The principal, from what goes upstream; `Err` when a source names the caller twice.
+    pub(super) principal: Result<String, Ambiguous>,
     pub(super) key: KeyCheck,
     pub(super) stale: Option<StaleReason>,
     pub(super) confirmation: Option<Vec<u8>>,
-    pub(super) hasher: Sha256,
+    pub(super) body: BodyDigester,
     pub(super) body_seen: usize,
     /// An opaque token whose first sighting is still to be asked of the cluster ledger.
     pub(super) sighting: Option<Deferred>,
@@ -104,15 +113,35 @@ pub(super) struct Deferred {
     pub(super) id: [u8; 32],
     pub(super) token: BearerToken,
     pub(super) rules: TokenRules,
+    /// The principal if the credential turns out stale (then it names no one).
+    pub(super) principal_if_stale: Result<String, Ambiguous>,
 }
 
 impl Pending {
-    /// Facts for a decision made before the body is known (400, 413): no fingerprint yet.
+    /// The principal's text for answers and audit lines.
+    pub(super) fn principal_text(&self) -> &str {
+        match &self.principal {
+            Ok(p) => p,
+            Err(_) => AMBIGUOUS_PRINCIPAL,
+        }
+    }
+
+    /// What the checks at request headers look at.
+    pub(super) fn early(&self) -> EarlyFacts<'_> {
+        EarlyFacts {
+            encoded_slash: self.encoded_slash,
+            key: &self.key,
+            principal: self.principal.as_deref(),
+        }
+    }
+
+    /// Facts for a decision made before the body is known (400, 401, 413): no fingerprint
+    /// yet.
     pub(super) fn early_facts(&self) -> Facts<'_> {
         Facts {
             now: self.now,
             request_id: self.request_id.as_deref(),
-            principal: &self.principal,
+            principal: self.principal_text(),
             key: &self.key,
             fingerprint: None,
             body_digest: [0; 32],
@@ -128,59 +157,40 @@ impl Pending {
         host: &H,
         route: &Route,
         method: String,
-        path: String,
+        path: CanonicalPath,
         blob: Vec<u8>,
     ) -> Pending {
         let config = &plugin.config;
         let now = now_seconds(host);
         let headers = HeaderPairs::parse(&blob).unwrap_or_default();
         let request_id = headers.text("x-request-id").map(str::to_string);
-        let key = parse_idempotency_key(
-            headers.get(&config.idempotency_key_header),
-            config.max_key_length,
-        );
+        // Two key fields: the upstream may take either (or both), so the request has no one key.
+        let key = if headers.count(&config.idempotency_key_header) > 1 {
+            KeyCheck::Invalid("sent more than once")
+        } else {
+            parse_idempotency_key(
+                headers.get(&config.idempotency_key_header),
+                config.max_key_length,
+            )
+        };
         let declared_length = headers
             .text("content-length")
             .and_then(|v| v.trim().parse::<u64>().ok());
         let credential = headers.text("authorization").and_then(Credential::parse);
-        let claims = match credential {
-            Some(Credential::Bearer(t)) => Claims::decode(t),
-            _ => None,
-        };
-        let peer_identity = if config.principal.contains(&PrincipalSource::PeerIdentity) {
-            property_text(host, b"connection\0uri_san_peer_certificate")
-        } else {
-            None
-        };
-        let inputs = PrincipalInputs {
-            peer_identity: peer_identity.as_deref(),
-            credential,
-            claims: claims.as_ref(),
-        };
-        let principal = principal::derive(&config.principal, &inputs, &mut |name| {
-            headers.text(name).map(str::to_string)
-        });
-        let token = match (credential, &claims) {
-            (Some(Credential::Bearer(_)), Some(c)) => BearerToken::Jwt(c.times()),
-            (Some(Credential::Bearer(_)), None) => BearerToken::Opaque,
-            _ => BearerToken::None,
-        };
+        let (token, claims) = BearerToken::classify(credential, headers.count("authorization"));
         let rules = TokenRules {
             sensitive: route.class.is_sensitive(),
             max_age: route.token_max_age_seconds,
             skew: config.clock_skew_seconds,
         };
         // On the cluster ledger the sighting is asked of etcd when the request is decided.
-        let sighting = match credential {
+        let deferred = match credential {
             Some(c) if plugin.remote.is_some() && rules.needs_first_seen(&token) => {
-                Some(Deferred {
-                    id: engine::token_record_id(c.secret()),
-                    token,
-                    rules,
-                })
+                Some(engine::token_record_id(c.secret()))
             }
             _ => None,
         };
+        let sighting = deferred;
         let first_seen = match credential {
             Some(c) if sighting.is_none() && rules.needs_first_seen(&token) => {
                 match engine::first_seen_with_ledger(
@@ -202,6 +212,43 @@ impl Pending {
             _ => None,
         };
         let stale = rules.assess(&token, now, first_seen);
+        // The principal comes from what goes upstream: a stale credential is stripped or
+        // rejected, so it names no one (a forged JWT without `exp` cannot make a new caller).
+        let (forwarded, claims) = match stale {
+            Some(_) => (None, None),
+            None => (credential, claims),
+        };
+        let peer_identity = if config.principal.contains(&PrincipalSource::PeerIdentity) {
+            property_text(host, b"connection\0uri_san_peer_certificate")
+        } else {
+            None
+        };
+        let inputs = PrincipalInputs {
+            peer_identity: peer_identity.as_deref(),
+            credential: forwarded,
+            claims: claims.as_ref(),
+            headers: &headers,
+        };
+        let principal = principal::derive(&config.principal, &inputs);
+        let sighting = sighting.map(|id| Deferred {
+            id,
+            token,
+            rules,
+            principal_if_stale: principal::derive(
+                &config.principal,
+                &PrincipalInputs {
+                    credential: None,
+                    claims: None,
+                    ..inputs
+                },
+            ),
+        });
+        let query = match route.query {
+            QueryKey::Ignore => String::new(),
+            // A query that does not decode is kept as sent.
+            QueryKey::Sorted => canonical_form(path.query.as_bytes()).unwrap_or(path.query),
+        };
+        let body = BodyDigester::new(BodyForm::of_content_type(headers.get("content-type")));
         // Untracked routes never ask for a confirmation: nothing to read there.
         let confirmation = if route.needs_ledger() {
             headers.get(&config.confirmation_header).map(<[u8]>::to_vec)
@@ -215,34 +262,44 @@ impl Pending {
         Pending {
             now,
             method,
-            path,
+            path: path.path,
+            encoded_slash: path.encoded_slash,
+            query,
             declared_length,
             request_id,
             principal,
             key,
             stale,
             confirmation,
-            hasher: Sha256::new(),
+            body,
             body_seen: 0,
             sighting,
         }
     }
 
-    /// The token's first sighting came back from the cluster ledger: assess it again.
-    pub(super) fn seen(&mut self, first_seen: Option<u64>) {
-        if let Some(d) = self.sighting.take() {
-            self.stale = d.rules.assess(&d.token, self.now, first_seen);
+    /// The token's first sighting came back from the cluster ledger: assess it again; a
+    /// credential that turns out stale names no one (the principal changes with it). Returns
+    /// whether the principal changed (the fingerprint must be computed again).
+    pub(super) fn seen(&mut self, first_seen: Option<u64>) -> bool {
+        let Some(d) = self.sighting.take() else {
+            return false;
+        };
+        self.stale = d.rules.assess(&d.token, self.now, first_seen);
+        if self.stale.is_some() && d.principal_if_stale != self.principal {
+            self.principal = d.principal_if_stale;
+            return true;
         }
+        false
     }
 
-    /// Hashes body bytes not hashed yet (Envoy reports the cumulative buffered size).
-    pub(super) fn hash_body(&mut self, host: &impl StreamHost, body_size: usize) {
+    /// Takes in body bytes not seen yet (Envoy reports the cumulative buffered size).
+    pub(super) fn read_body(&mut self, host: &impl StreamHost, body_size: usize) {
         if body_size <= self.body_seen {
             return;
         }
         let len = body_size - self.body_seen;
         if let Some(chunk) = host.request_body(self.body_seen, len) {
-            self.hasher.update(&chunk);
+            self.body.push(&chunk);
             self.body_seen += chunk.len();
         }
     }

@@ -701,7 +701,8 @@ fn stale_token_is_stripped_and_the_request_marked() {
         .contains(&Counter::Event(Event::TokenStripped)));
     let decision = &host.audit()[0];
     assert_eq!(decision["token_action"], "strip");
-    assert_eq!(decision["principal"], "ci-bot");
+    // The stripped token names no one: its `sub` is not the principal.
+    assert_eq!(decision["principal"], "anonymous");
 }
 
 #[test]
@@ -865,6 +866,307 @@ fn an_outcome_the_router_sent_several_times_is_counted_and_named() {
     assert!(!host
         .counted()
         .contains(&Counter::Event(Event::RouterRetried)));
+}
+
+/// The audit fingerprint of the one request on `host`, sent through `plugin`.
+fn fingerprint_of(plugin: &Plugin<SlotLedger<MemoryStore>>, host: &FakeHost) -> String {
+    send(plugin, host, 1);
+    let decision = host
+        .audit()
+        .into_iter()
+        .find(|r| r["event"] == "decision")
+        .expect("a decision");
+    decision["fingerprint"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fingerprint: {decision}"))
+        .to_string()
+}
+
+#[test]
+fn equivalent_spellings_of_a_request_are_one_operation() {
+    let form = "application/x-www-form-urlencoded";
+    let json_ct = "application/json";
+    let req = |path: &str, ct: &str, body: &str| {
+        FakeHost::request(
+            "token",
+            "POST",
+            path,
+            &[("x-client-id", "ci-bot"), ("content-type", ct)],
+        )
+        .with_body(body)
+    };
+    let plugin = plugin();
+    let first = fingerprint_of(
+        &plugin,
+        &req(
+            "/oauth/token",
+            form,
+            "grant_type=client_credentials&scope=a",
+        ),
+    );
+    for (path, ct, body) in [
+        (
+            "/oauth/token?",
+            form,
+            "grant_type=client_credentials&scope=a",
+        ),
+        (
+            "/oauth/token?x=1",
+            form,
+            "grant_type=client_credentials&scope=a",
+        ),
+        (
+            "//oauth/token",
+            form,
+            "grant_type=client_credentials&scope=a",
+        ),
+        (
+            "/oauth/%74oken",
+            form,
+            "grant_type=client_credentials&scope=a",
+        ),
+        (
+            "/oauth/./token",
+            form,
+            "grant_type=client_credentials&scope=a",
+        ),
+        (
+            "/oauth/token",
+            form,
+            "scope=a&grant_type=client_credentials",
+        ),
+        (
+            "/oauth/token",
+            form,
+            "grant_type=client_credentials&&scope=a&",
+        ),
+        (
+            "/oauth/token",
+            form,
+            "grant%5Ftype=client_credentials&scope=a",
+        ),
+        (
+            "/oauth/token",
+            form,
+            "grant_type=client_credentials&scope=a\n",
+        ),
+        (
+            "/oauth/token",
+            "Application/X-WWW-Form-Urlencoded; charset=UTF-8",
+            "grant_type=client_credentials&scope=a",
+        ),
+    ] {
+        let host = req(path, ct, body);
+        assert_eq!(fingerprint_of(&plugin, &host), first, "{path} {body:?}");
+        assert_ne!(
+            host.decisions(),
+            ["allow"],
+            "{path} {body:?} was let through"
+        );
+    }
+    let plugin = plugin_with(json!({}));
+    let first = fingerprint_of(
+        &plugin,
+        &req("/oauth/token", json_ct, r#"{"a":1,"b":[true]}"#),
+    );
+    for (ct, body) in [
+        (json_ct, "{ \"b\" : [ true ] , \"a\" : 1.0 }\n"),
+        ("text/plain", r#"{"b":[true],"a":1}"#),
+        ("application/json; charset=utf-8", r#"{"a":1e0,"b":[true]}"#),
+    ] {
+        assert_eq!(
+            fingerprint_of(&plugin, &req("/oauth/token", ct, body)),
+            first,
+            "{body}"
+        );
+    }
+    // Different operations stay apart.
+    let other = fingerprint_of(
+        &plugin,
+        &req("/oauth/token", json_ct, r#"{"a":2,"b":[true]}"#),
+    );
+    assert_ne!(other, first);
+}
+
+#[test]
+fn a_sorted_query_is_part_of_the_operation() {
+    let plugin = plugin_with(json!({"natural_key": {"query": "sorted"}}));
+    let req = |path: &str| {
+        FakeHost::request("token", "POST", path, &[("x-client-id", "ci-bot")]).with_body("x")
+    };
+    let first = fingerprint_of(&plugin, &req("/oauth/token?b=2&a=1"));
+    assert_eq!(
+        fingerprint_of(&plugin, &req("/oauth/token?a=1&b=%32&")),
+        first
+    );
+    assert_ne!(fingerprint_of(&plugin, &req("/oauth/token?a=1")), first);
+    assert_ne!(fingerprint_of(&plugin, &req("/oauth/token")), first);
+}
+
+/// Sends a request that is answered at its headers; returns the reply.
+fn refused(plugin: &Plugin<SlotLedger<MemoryStore>>, host: &FakeHost) -> Reply {
+    let mut stream = Stream::new(1);
+    assert_eq!(
+        stream.on_request_headers(plugin, host, false),
+        Action::Pause
+    );
+    assert!(
+        !host
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::RequestBody(..))),
+        "the body was read"
+    );
+    let replies = host.replies();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    replies.into_iter().next().unwrap()
+}
+
+fn problem_type(reply: &Reply) -> String {
+    let doc: Value = serde_json::from_str(&reply.body).unwrap();
+    doc["type"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn an_encoded_slash_in_a_guarded_path_is_refused() {
+    let plugin = plugin();
+    for path in ["/keys%2Fa", "/keys/a%2fb", "/keys%5Ca"] {
+        let host = FakeHost::request("other", "POST", path, &[("x-client-id", "ci-bot")]);
+        let reply = refused(&plugin, &host);
+        assert_eq!(reply.status, 400, "{path}");
+        assert_eq!(problem_type(&reply), "urn:retry-guard:problem:path-invalid");
+        assert_eq!(host.audit()[0]["reason"], "encoded_slash");
+    }
+    // An encoded slash on a path no route guards is none of the filter's business.
+    let host = FakeHost::request("other", "POST", "/else%2Fwhere", &[]);
+    assert_eq!(
+        Stream::new(1).on_request_headers(&plugin, &host, false),
+        Action::Continue
+    );
+}
+
+#[test]
+fn two_idempotency_keys_are_refused() {
+    let plugin = plugin();
+    let host = FakeHost::request(
+        "token",
+        "POST",
+        "/oauth/token",
+        &[
+            ("x-client-id", "ci-bot"),
+            ("idempotency-key", "\"new\""),
+            ("idempotency-key", "\"old\""),
+        ],
+    );
+    let reply = refused(&plugin, &host);
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        problem_type(&reply),
+        "urn:retry-guard:problem:idempotency-key-invalid"
+    );
+    assert_eq!(host.audit()[0]["reason"], "sent more than once");
+}
+
+#[test]
+fn anonymous_callers_are_refused_where_the_route_says_so() {
+    let plugin = plugin_with(json!({
+        "principal": ["cookie:session", "token"],
+        "routes": [{
+            "name": "grant", "match": {"path": "/grant"}, "class": "privilege_changing",
+            "owner": "team-access", "escalation": "pager:access", "anonymous": "reject"
+        }]
+    }));
+    let host = FakeHost::request("r", "POST", "/grant", &[]);
+    let reply = refused(&plugin, &host);
+    assert_eq!(reply.status, 401);
+    assert_eq!(
+        problem_type(&reply),
+        "urn:retry-guard:problem:principal-required"
+    );
+    assert!(reply.has_header("www-authenticate", "Bearer"));
+    // A stale token names no one either: still anonymous.
+    let host = FakeHost::request(
+        "r",
+        "POST",
+        "/grant",
+        &[("authorization", "Bearer h.eyJleHAiOjF9.s")],
+    );
+    assert_eq!(refused(&plugin, &host).status, 401);
+    // A cookie the upstream trusts names the caller; sent twice with two values, it is
+    // ambiguous.
+    let host =
+        FakeHost::request("r", "POST", "/grant", &[("cookie", "session=abc")]).with_body("x");
+    send(&plugin, &host, 1);
+    assert_eq!(host.decisions(), ["allow"]);
+    assert!(host.audit()[0]["principal"]
+        .as_str()
+        .unwrap()
+        .starts_with("cookie:session:"));
+    let host = FakeHost::request(
+        "r",
+        "POST",
+        "/grant",
+        &[("cookie", "session=abc"), ("cookie", "session=forged")],
+    );
+    let reply = refused(&plugin, &host);
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        problem_type(&reply),
+        "urn:retry-guard:problem:principal-ambiguous"
+    );
+    assert_eq!(host.audit()[0]["reason"], "ambiguous cookie:session");
+}
+
+#[test]
+fn malformed_credentials_are_stripped_and_name_no_one() {
+    let plugin = plugin_with(json!({"principal": ["jwt:sub", "token"]}));
+    let expired = format!(
+        "{}.{}.sig",
+        crate::b64::url(br#"{"alg":"none"}"#),
+        crate::b64::url(
+            json!({"sub": "forged", "exp": NOW - 90})
+                .to_string()
+                .as_bytes()
+        )
+    );
+    for (n, (value, reason)) in [
+        (format!("Bearer\t{expired}"), "expired"),
+        (format!("bearer   {expired}"), "expired"),
+        (format!("Bearer {expired}."), "malformed"),
+        (format!("Bearer {expired} trailing"), "malformed"),
+        ("Bearer".to_string(), "malformed"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Each its own operation (else the later ones would be replays, answered).
+        let host = FakeHost::request(
+            "token",
+            "POST",
+            "/oauth/token",
+            &[("authorization", &value)],
+        )
+        .with_body(&format!("grant_type=client_credentials&n={n}"));
+        send(&plugin, &host, 1);
+        assert_eq!(host.upstream_header("authorization"), None, "{value:?}");
+        assert_eq!(
+            host.upstream_header(TOKEN_MARK_HEADER),
+            Some(format!("stripped; reason={reason}")),
+            "{value:?}"
+        );
+        assert_eq!(host.audit()[0]["principal"], "anonymous", "{value:?}");
+    }
+    // Two authorization fields: malformed, both removed.
+    let host = FakeHost::request(
+        "token",
+        "POST",
+        "/oauth/token",
+        &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+    )
+    .with_body("grant_type=client_credentials");
+    send(&plugin, &host, 1);
+    assert_eq!(host.upstream_header("authorization"), None);
+    assert_eq!(host.audit()[0]["token_reason"], "malformed");
 }
 
 // ---------------------------------------------------------------------------------------------
