@@ -2,13 +2,14 @@
 //! replicas share a ledger on etcd), as data; and a replica of it made fit for a test or a
 //! demo by [`Replica`]: the changes of [`crate::gateway::TestGateway`] (kernel-chosen ports, the
 //! run's backend, access log in the run folder, absolute wasm path) plus the running etcd's
-//! client addresses in the etcd cluster.
+//! client addresses in the etcd cluster, optionally over TLS.
 
 use std::net::SocketAddr;
 
 use serde_json::{json, Value};
 
 use crate::envoy::{Envoy, EnvoyBuilder};
+use crate::etcd::{upstream_tls, Certs};
 use crate::gateway::{
     bundled_path, load_yaml, plugin_config, TestGateway, ADMIN_PORT, LISTENER_PORT,
 };
@@ -71,6 +72,7 @@ pub fn ledger_cluster_mut(bootstrap: &mut Value) -> Result<&mut Value> {
 #[derive(Clone, Debug)]
 pub struct Replica {
     etcd: Vec<SocketAddr>,
+    tls: Option<(Certs, bool)>,
     plugin_config: Option<Value>,
 }
 
@@ -79,8 +81,16 @@ impl Replica {
     pub fn new(etcd_clients: &[SocketAddr]) -> Replica {
         Replica {
             etcd: etcd_clients.to_vec(),
+            tls: None,
             plugin_config: None,
         }
+    }
+
+    /// Reaches etcd over TLS ([`upstream_tls`]): with `client_cert`, presenting Envoy's client
+    /// certificate; without, only checking etcd's.
+    pub fn tls(mut self, certs: &Certs, client_cert: bool) -> Replica {
+        self.tls = Some((certs.clone(), client_cert));
+        self
     }
 
     /// Another plugin configuration (e.g. the file's with another key prefix).
@@ -106,6 +116,9 @@ impl Replica {
             })
             .collect();
         cluster["load_assignment"]["endpoints"] = json!([{ "lb_endpoints": endpoints }]);
+        if let Some((certs, client_cert)) = &self.tls {
+            cluster["transport_socket"] = upstream_tls(certs, *client_cert);
+        }
         Ok(b)
     }
 
