@@ -70,3 +70,32 @@ fn a_missing_etcd_cluster_is_one_warning_at_ledger_cluster() {
     assert!(message.contains("503 ledger-unavailable"), "{message}");
     assert_eq!(code, Some(0), "a warning does not fail the check");
 }
+
+#[test]
+fn the_istio_cluster_deployment_passes_clean_with_its_etcd_service() {
+    assert_clean(&[
+        "envoy/istio/envoyfilter-cluster.yaml",
+        "envoy/istio/etcd.yaml",
+        "envoy/istio/virtualservice.yaml",
+    ]);
+    // Without the ServiceEntry and DestinationRule: one warning naming the host.
+    let (code, report) = run_json(&[
+        "envoy/istio/envoyfilter-cluster.yaml",
+        "envoy/istio/virtualservice.yaml",
+    ]);
+    let f = findings(&report);
+    assert_eq!(f.len(), 1, "{report:#}");
+    assert_eq!(f[0].0, "warning");
+    assert_eq!(
+        f[0].2,
+        "spec.configPatches[0].patch.value.typed_config.config.configuration.value.ledger.cluster"
+    );
+    assert!(
+        f[0].3.starts_with(
+            "no ServiceEntry or DestinationRule given for \"etcd.ledger.example.internal\""
+        ),
+        "{}",
+        f[0].3
+    );
+    assert_eq!(code, Some(0));
+}
