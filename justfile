@@ -30,6 +30,10 @@ demo: build
 demo-envoy: build envoy-install
     cargo run -q --release -p retry-guard-cli -- demo --target envoy
 
+# The cluster ledger narrated: 3 etcd members, 2 Envoy replicas of envoy/envoy-cluster.yaml.
+demo-cluster: build envoy-install etcd-install
+    cargo run -q --release -p retry-guard-cli -- demo-cluster
+
 # Every scenario in testdata/scenarios on the host simulator.
 scenarios: build
     cargo run -q -p retry-guard-cli -- run testdata/scenarios

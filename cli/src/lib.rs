@@ -18,6 +18,7 @@ use host_sim::vm::Runtime;
 
 pub mod bench;
 pub mod check;
+pub mod demo_cluster;
 pub mod demo_envoy;
 pub mod gateway;
 pub mod keys;
@@ -61,6 +62,12 @@ USAGE:
   retry-guard demo [--target sim|envoy] [--wasm <path>] [--scenario <file>]
       The narrated story: on host-sim (testdata/scenarios/demo-story.json), or with --target
       envoy on the real Envoy 1.40 with the scripted backend.
+  retry-guard demo-cluster [--wasm <path>]
+      The cluster ledger, narrated on real processes: 3 etcd members, two Envoy replicas of
+      envoy/envoy-cluster.yaml and the backend. A token call through replica A passes, its replay
+      through B gets 428, a confirmation through B passes once; the etcd leader is stopped and
+      calls are still decided; all of etcd is stopped (token route 503 ledger-unavailable, an
+      idempotent write passes); etcd returns and guarding resumes. Exit 1 if a step surprises.
   retry-guard gateway
       The bundled gateway (envoy/envoy.yaml) on the real Envoy with a scriptable backend for
       trying it by hand: validates the configuration, prints a curl session, echoes access-log
@@ -125,6 +132,7 @@ pub fn main(mut args: Vec<String>) -> i32 {
     let result = match cmd.as_str() {
         "run" => scenarios::run(args),
         "demo" => scenarios::demo(args),
+        "demo-cluster" => demo_cluster::main(args),
         "check" => check::check(args),
         "keygen" => keys::keygen(args),
         "approve" => keys::approve(args),

@@ -57,6 +57,19 @@ pub struct Member {
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Client URLs over TLS with client certificates required ([`Etcd::start_tls`]).
+    tls: Option<ServerTls>,
+    /// A plaintext URL for `/health` and `/metrics` only (members started over TLS, whose
+    /// client URL the harness's plaintext client cannot reach).
+    metrics: Option<SocketAddr>,
+}
+
+/// The files an etcd member serves its client URLs over TLS with.
+#[derive(Clone, Debug)]
+struct ServerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
 }
 
 impl Member {
@@ -83,18 +96,45 @@ impl Member {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The member's plaintext `/health` and `/metrics` address, when it has one (members
+    /// started over TLS).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+    }
+
     fn spawn(&mut self, initial_cluster: &str, state: &str) -> Result<()> {
         let bin = etcd_binary()?;
-        let log = std::fs::File::create(&self.log)?;
-        let child = Command::new(&bin)
+        // Appended, so that the log of a restarted member keeps what came before.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut command = Command::new(&bin);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        if let Some(m) = self.metrics {
+            command
+                .arg("--listen-metrics-urls")
+                .arg(format!("http://{m}"));
+        }
+        let child = command
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen-client-urls")
-            .arg(format!("http://{}", self.client))
+            .arg(format!("{scheme}://{}", self.client))
             .arg("--advertise-client-urls")
-            .arg(format!("http://{}", self.client))
+            .arg(format!("{scheme}://{}", self.client))
             .arg("--listen-peer-urls")
             .arg(format!("http://{}", self.peer))
             .arg("--initial-advertise-peer-urls")
@@ -142,6 +182,29 @@ pub struct Etcd {
 impl Etcd {
     /// Starts a cluster of `n` members (1 or 3, usually) and waits until it answers.
     pub fn start(name: &str, n: usize) -> Result<Etcd> {
+        Etcd::launch(name, n, None)
+    }
+
+    /// Starts a cluster of `n` members whose client URLs are `https://` and require a client
+    /// certificate signed by `certs`' CA (`--cert-file --key-file --trusted-ca-file
+    /// --client-cert-auth`; peers stay plaintext on loopback), and waits until it answers.
+    ///
+    /// The harness's own calls ([`Etcd::leader`], [`Etcd::count`], [`post`]) are plaintext
+    /// and do not reach such members; readiness is read from each member's plaintext
+    /// `/health` ([`Member::metrics_addr`], `--listen-metrics-urls`).
+    pub fn start_tls(name: &str, n: usize, certs: &Certs) -> Result<Etcd> {
+        Etcd::launch(
+            name,
+            n,
+            Some(ServerTls {
+                cert: certs.server_cert.clone(),
+                key: certs.server_key.clone(),
+                ca: certs.ca_cert.clone(),
+            }),
+        )
+    }
+
+    fn launch(name: &str, n: usize, tls: Option<ServerTls>) -> Result<Etcd> {
         let run_dir = repo_root().join("target/e2e").join(format!(
             "etcd-{name}-{}-{}",
             std::process::id(),
@@ -158,6 +221,12 @@ impl Etcd {
                 log: run_dir.join(format!("{member}.log")),
                 name: member,
                 child: None,
+                metrics: if tls.is_some() {
+                    Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+                } else {
+                    None
+                },
+                tls: tls.clone(),
             });
         }
         let initial_cluster = members
@@ -210,7 +279,7 @@ impl Etcd {
     pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.leader().is_some() {
+            if self.leader().is_some() || self.healthy_over_metrics() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -233,9 +302,19 @@ impl Etcd {
         }
     }
 
+    /// Does some member with a plaintext metrics URL say `{"health":"true"}` (it has a leader
+    /// and serves reads)?
+    fn healthy_over_metrics(&self) -> bool {
+        self.members.iter().filter_map(|m| m.metrics).any(|addr| {
+            client::send_with_timeout(addr, "GET", "/health", &[], b"", Duration::from_secs(2))
+                .is_ok_and(|r| r.status == 200 && r.text().contains("\"health\":\"true\""))
+        })
+    }
+
     /// The index of the member that is leader, if a running member says there is one.
+    /// (Members over TLS are not asked: the harness's client is plaintext.)
     pub fn leader(&self) -> Option<usize> {
-        for m in &self.members {
+        for m in self.members.iter().filter(|m| m.tls.is_none()) {
             let Ok(v) = post(m.client, "/v3/maintenance/status", &json!({})) else {
                 continue;
             };
@@ -352,4 +431,178 @@ pub fn envoy_cluster(name: &str, clients: &[SocketAddr]) -> Value {
             "max_ejection_percent": 50,
         },
     })
+}
+
+/// A test PKI made with `openssl` at test time: a CA, a server certificate for etcd (SAN IP
+/// 127.0.0.1; extended key usages serverAuth and clientAuth, because etcd 3.4's JSON gateway
+/// dials etcd's own gRPC server with the server certificate when `--client-cert-auth` is on)
+/// and a client certificate for Envoy (CN `retry-guard-envoy`, clientAuth). EC P-256 keys,
+/// valid for one day; nothing is reused between runs.
+#[derive(Clone, Debug)]
+pub struct Certs {
+    /// The folder holding every file.
+    pub dir: PathBuf,
+    /// The CA certificate (PEM): etcd's `--trusted-ca-file`, Envoy's `trusted_ca`.
+    pub ca_cert: PathBuf,
+    /// etcd's certificate (PEM).
+    pub server_cert: PathBuf,
+    /// etcd's private key (PEM).
+    pub server_key: PathBuf,
+    /// Envoy's client certificate (PEM).
+    pub client_cert: PathBuf,
+    /// Envoy's client private key (PEM).
+    pub client_key: PathBuf,
+}
+
+/// The environment variable naming an `openssl` binary to use.
+pub const OPENSSL_ENV: &str = "RETRY_GUARD_OPENSSL";
+
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let bin = std::env::var_os(OPENSSL_ENV)
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from("openssl"), PathBuf::from);
+    let out = Command::new(&bin)
+        .current_dir(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            Error(format!(
+                "cannot run {} ({e}): install it (`apt-get install -y openssl`) or set \
+                 {OPENSSL_ENV}",
+                bin.display()
+            ))
+        })?;
+    if !out.status.success() {
+        bail!(
+            "openssl {}: {}\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl Certs {
+    /// Makes the CA, etcd's and Envoy's certificates in `dir` (created; files overwritten).
+    pub fn make(dir: &Path) -> Result<Certs> {
+        std::fs::create_dir_all(dir)?;
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend_from_slice(&key);
+        ca.extend_from_slice(&[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=retry-guard test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(dir, &ca)?;
+        for (name, cn, ext) in [
+            (
+                "server",
+                "/CN=etcd",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n\
+                 basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n",
+            ),
+            (
+                "client",
+                "/CN=retry-guard-envoy",
+                "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=critical,digitalSignature\n",
+            ),
+        ] {
+            let (k, csr, crt, extfile) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+                format!("{name}.ext"),
+            );
+            std::fs::write(dir.join(&extfile), ext)?;
+            let mut req = vec!["req"];
+            req.extend_from_slice(&key);
+            req.extend_from_slice(&["-keyout", &k, "-out", &csr, "-subj", cn]);
+            openssl(dir, &req)?;
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &crt,
+                    "-days",
+                    "1",
+                    "-extfile",
+                    &extfile,
+                ],
+            )?;
+        }
+        Ok(Certs {
+            dir: dir.to_path_buf(),
+            ca_cert: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        })
+    }
+}
+
+/// The `transport_socket` of an Envoy cluster to etcd over TLS: etcd's certificate must chain
+/// to `certs`' CA and carry the IP SAN 127.0.0.1; with `client_cert`, Envoy presents its client
+/// certificate (what etcd's `--client-cert-auth` requires). No SNI: the members are reached by
+/// IP address, and a name in SNI is for DNS names only (RFC 6066).
+pub fn upstream_tls(certs: &Certs, client_cert: bool) -> Value {
+    let path = |p: &Path| json!({"filename": p.to_string_lossy()});
+    let mut context = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "validation_context": {
+                "trusted_ca": path(&certs.ca_cert),
+                "match_typed_subject_alt_names": [
+                    {"san_type": "IP_ADDRESS", "matcher": {"exact": "127.0.0.1"}}
+                ],
+            },
+        },
+    });
+    if client_cert {
+        context["common_tls_context"]["tls_certificates"] = json!([{
+            "certificate_chain": path(&certs.client_cert),
+            "private_key": path(&certs.client_key),
+        }]);
+    }
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": context})
+}
+
+/// [`envoy_cluster`] over TLS ([`upstream_tls`]).
+pub fn envoy_cluster_tls(
+    name: &str,
+    clients: &[SocketAddr],
+    certs: &Certs,
+    client_cert: bool,
+) -> Value {
+    let mut cluster = envoy_cluster(name, clients);
+    cluster["transport_socket"] = upstream_tls(certs, client_cert);
+    cluster
 }

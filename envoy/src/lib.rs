@@ -11,11 +11,15 @@
 //! - [`gateway`]: the bundled `envoy/envoy.yaml` and Istio manifests as data; the bundled gateway
 //!   made fit for a test.
 //! - [`fixture`]: one Envoy shared by the tests of a file, stopped at process exit.
+//! - [`etcd`]: real etcd members on loopback (plaintext or mutual TLS, certificates made at
+//!   test time); [`cluster`]: the bundled cluster gateway `envoy/envoy-cluster.yaml` as data,
+//!   and replicas of it made fit for a test or a demo.
 //!
 //! Every server binds to 127.0.0.1 only.
 
 pub mod backend;
 pub mod client;
+pub mod cluster;
 pub mod envoy;
 pub mod etcd;
 pub mod fixture;

@@ -8,14 +8,16 @@
 //! connection manager with the filter that does not normalize paths before routing.
 //! Warnings: a route that looks sensitive by its path but is not guarded, the filter running on
 //! a route it does not guard, a caller-chosen principal source (`header:`, `jwt:`), Istio
-//! resources with no path normalization in the inputs.
+//! resources with no path normalization in the inputs, an etcd ledger whose Envoy cluster the
+//! deployment does not have.
 
+use retry_guard::config::LedgerBackend;
 use retry_guard::policy::RouteClass;
 
 use super::matching::{covers, methods_cover, methods_overlap, overlaps, sensitive_word, PathCond};
 use super::model::{
-    join, Deployment, FilterKind, PluginSource, RetryOrigin, Route, RouteKind, Scope, Source,
-    ISTIO_DEFAULT_RETRY_ON,
+    join, Deployment, FilterKind, MeshKind, PluginSource, RetryOrigin, Route, RouteKind, Scope,
+    Source, ISTIO_DEFAULT_RETRY_ON,
 };
 use retry_guard::config::PrincipalSource;
 
@@ -80,6 +82,7 @@ pub fn lint(dep: &Deployment) -> Vec<Finding> {
     out.extend(sensitive_unguarded(dep, &guards));
     out.extend(filter_on_unguarded(dep, &guards));
     out.extend(caller_chosen_principals(dep));
+    out.extend(ledger_cluster(dep));
     out.sort_by_key(|f| (dep.files.iter().position(|n| *n == f.file), f.severity));
     out
 }
@@ -772,6 +775,114 @@ pub fn filter_on_unguarded(dep: &Deployment, guards: &[Vec<Guard<'_>>]) -> Vec<F
     out
 }
 
+/// `outbound|<port>|<subset>|<host>`, the name Istio gives a service port's Envoy cluster:
+/// (port, host).
+fn istio_cluster(name: &str) -> Option<(u64, &str)> {
+    let mut parts = name.split('|');
+    let (Some("outbound"), Some(port), Some(_subset), Some(host), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    Some((port.parse().ok()?, host)).filter(|(_, h)| !h.is_empty())
+}
+
+/// What a request gets when the filter cannot reach the ledger's cluster.
+const NO_LEDGER: &str = "the filter's calls to etcd fail, so routes that fail closed (the four \
+                         sensitive classes by default) answer every request 503 \
+                         ledger-unavailable and the others pass without the ledger";
+
+/// An etcd ledger (`ledger.backend: etcd`) whose `ledger.cluster` the deployment does not
+/// provide: not a cluster of the Envoy bootstrap the configuration is in; on Istio, a
+/// generated name `outbound|<port>||<host>` whose host no ServiceEntry or DestinationRule in
+/// the inputs names (or a ServiceEntry without that port), or another name no EnvoyFilter
+/// CLUSTER patch adds. Plugin configuration JSON alone and Envoy fragments are not checked
+/// (no clusters given).
+pub fn ledger_cluster(dep: &Deployment) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for cfg in &dep.configs {
+        let Ok(config) = &cfg.parsed else { continue };
+        let LedgerBackend::Etcd(etcd) = &config.ledger.backend else {
+            continue;
+        };
+        let cluster = etcd.cluster.as_str();
+        let path = join(&cfg.path, "ledger.cluster");
+        let message = match (cfg.scope, cfg.source) {
+            (Scope::Hcm(h), _) => {
+                let Some(hcm) = dep.hcms.get(h) else { continue };
+                let Some(b) = dep.bootstraps.iter().find(|b| b.holds(hcm)) else {
+                    continue;
+                };
+                if b.dynamic || b.clusters.iter().any(|c| c == cluster) {
+                    continue;
+                }
+                let theirs = if b.clusters.is_empty() {
+                    "it has none".to_string()
+                } else {
+                    format!("its clusters: {}", b.clusters.join(", "))
+                };
+                format!(
+                    "{cluster:?} is not a cluster of this Envoy bootstrap ({theirs}): {NO_LEDGER}; \
+                     add the etcd cluster (HTTP/1.1 to etcd's client URLs, health-checked, as in \
+                     envoy/envoy-cluster.yaml) or name an existing one"
+                )
+            }
+            (Scope::Detached, Source::EnvoyFilter | Source::WasmPlugin) => {
+                if dep.added_clusters.iter().any(|c| c == cluster) {
+                    continue;
+                }
+                match istio_cluster(cluster) {
+                    Some((port, host)) => {
+                        let named: Vec<_> =
+                            dep.mesh_hosts.iter().filter(|m| m.host == host).collect();
+                        let entries: Vec<_> = named
+                            .iter()
+                            .filter(|m| m.kind == MeshKind::ServiceEntry)
+                            .collect();
+                        if !entries.is_empty() && !entries.iter().any(|m| m.ports.contains(&port)) {
+                            let ports: Vec<String> = entries
+                                .iter()
+                                .flat_map(|m| m.ports.iter().map(u64::to_string))
+                                .collect();
+                            format!(
+                                "{cluster:?} names port {port} of {host:?}, but the ServiceEntry \
+                                 for {host:?} has port(s) {}: Istio makes no such cluster and \
+                                 {NO_LEDGER}; use one of its ports in the cluster name, or add \
+                                 port {port} to the ServiceEntry",
+                                ports.join(", ")
+                            )
+                        } else if named.is_empty() {
+                            format!(
+                                "no ServiceEntry or DestinationRule given for {host:?}: Istio \
+                                 makes the cluster {cluster:?} only for a service it knows (a \
+                                 ServiceEntry or a Kubernetes Service), and without it \
+                                 {NO_LEDGER}; give the etcd ServiceEntry (port {port}) and its \
+                                 DestinationRule too (as envoy/istio/etcd.yaml), or check the \
+                                 host"
+                            )
+                        } else {
+                            continue;
+                        }
+                    }
+                    None => format!(
+                        "{cluster:?} is not a cluster name Istio makes for a service \
+                         (outbound|<port>||<host>) and no EnvoyFilter CLUSTER patch given adds it: \
+                         {NO_LEDGER}; name the etcd service's cluster, e.g. \
+                         \"outbound|2379||etcd.ledger.example.internal\" (envoy/istio/etcd.yaml)"
+                    ),
+                }
+            }
+            (Scope::Detached, _) => continue,
+        };
+        out.push(finding(dep, Severity::Warning, cfg.file, path, message));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::model::load;
@@ -1108,5 +1219,99 @@ spec:
         assert_eq!(f.len(), 1, "{f:#?}");
         assert_eq!(f[0].path, "routes[0].class");
         assert!(f[0].message.starts_with("unknown class \"token_issueing\""));
+    }
+
+    #[test]
+    fn an_etcd_ledger_needs_its_cluster() {
+        let ledger = r#""ledger":{"backend":"etcd","cluster":"etcd","authority":"etcd"},"routes""#;
+        let plugin = PLUGIN.replace('\n', " ").replacen("\"routes\"", ledger, 1);
+        let yaml = bootstrap(ALLOW, GOOD_ROUTES, "").replace(&PLUGIN.replace('\n', " "), &plugin);
+        // The bootstrap has no clusters at all: warned at the ledger's cluster.
+        let f = lint(&deployment(&[("e.yaml", &yaml)]));
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].severity, Severity::Warning);
+        assert!(
+            f[0].path.ends_with("configuration.value.ledger.cluster"),
+            "{}",
+            f[0].path
+        );
+        assert!(f[0]
+            .message
+            .starts_with("\"etcd\" is not a cluster of this Envoy bootstrap (it has none)"));
+        assert!(f[0].message.contains("503 ledger-unavailable"));
+        // With a cluster of that name, or clusters from CDS: quiet.
+        let clusters = "  clusters:\n  - name: c\n  - name: etcd\n";
+        let with = format!("{yaml}{clusters}");
+        assert_eq!(lint(&deployment(&[("e.yaml", &with)])), vec![]);
+        let other = format!("{yaml}  clusters:\n  - name: c\n");
+        let f = lint(&deployment(&[("e.yaml", &other)]));
+        assert!(f[0].message.contains("(its clusters: c)"), "{f:#?}");
+        let cds = format!("dynamic_resources: {{ cds_config: {{ ads: {{}} }} }}\n{other}");
+        assert_eq!(lint(&deployment(&[("e.yaml", &cds)])), vec![]);
+        // Plugin configuration JSON alone: no clusters given, nothing to say.
+        let json = PLUGIN.replacen("\"routes\"", ledger, 1);
+        assert_eq!(lint(&deployment(&[("p.json", &json)])), vec![]);
+    }
+
+    #[test]
+    fn an_istio_etcd_ledger_needs_its_service() {
+        let wp = |cluster: &str| {
+            format!(
+                r#"apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{ name: rg }}
+spec:
+  pluginConfig:
+    ledger: {{ backend: etcd, cluster: "{cluster}", authority: etcd.example.internal }}
+    routes:
+    - {{ name: r, match: {{ path: /v1/x }}, class: read_only, owner: o, escalation: e }}
+"#
+            )
+        };
+        let se = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: etcd }
+spec: { hosts: [etcd.example.internal], ports: [{ number: 2379, name: http, protocol: HTTP }] }
+"#;
+        let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: etcd }\nspec: { host: etcd.example.internal }\n";
+        // Only the ledger's findings (an Istio WasmPlugin alone also draws the path
+        // normalization warning).
+        let lint = |d: &Deployment| -> Vec<Finding> {
+            lint(d)
+                .into_iter()
+                .filter(|f| f.path.contains("ledger"))
+                .collect()
+        };
+        let good = wp("outbound|2379||etcd.example.internal");
+        let f = lint(&deployment(&[("wp.yaml", &good)]));
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].path, "spec.pluginConfig.ledger.cluster");
+        assert!(f[0]
+            .message
+            .starts_with("no ServiceEntry or DestinationRule given for \"etcd.example.internal\""));
+        assert_eq!(
+            lint(&deployment(&[("wp.yaml", &good), ("se.yaml", se)])),
+            vec![]
+        );
+        assert_eq!(
+            lint(&deployment(&[("wp.yaml", &good), ("dr.yaml", dr)])),
+            vec![]
+        );
+        let port = wp("outbound|2380||etcd.example.internal");
+        let f = lint(&deployment(&[("wp.yaml", &port), ("se.yaml", se)]));
+        assert!(f[0].message.contains("has port(s) 2379"), "{f:#?}");
+        let custom = wp("etcd");
+        let f = lint(&deployment(&[("wp.yaml", &custom), ("se.yaml", se)]));
+        assert!(f[0]
+            .message
+            .starts_with("\"etcd\" is not a cluster name Istio makes"));
+        let patch = "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: { name: c }\nspec:\n  configPatches:\n  - applyTo: CLUSTER\n    patch: { operation: ADD, value: { name: etcd } }\n";
+        assert_eq!(
+            lint(&deployment(&[("wp.yaml", &custom), ("ef.yaml", patch)])),
+            vec![]
+        );
+        assert_eq!(istio_cluster("outbound|2379|v1|h"), Some((2379, "h")));
+        assert_eq!(istio_cluster("outbound|x||h"), None);
+        assert_eq!(istio_cluster("inbound|2379||h"), None);
     }
 }

@@ -1,7 +1,9 @@
 //! The deployment `check` lints, read from the texts of its input files: the plugin
 //! configurations (each with where it came from and the wasm filter settings around it), the
 //! Envoy routes (by virtual host, with their match, retry policy and per-route filter switches)
-//! and the VirtualService HTTP routes (with their match and retries).
+//! and the VirtualService HTTP routes (with their match and retries); for the cluster ledger,
+//! the clusters of each Envoy bootstrap and the services Istio resources make known
+//! (ServiceEntry, DestinationRule, EnvoyFilter CLUSTER patches).
 //!
 //! Pure: [`load`] takes file names and texts and returns the model, or every reason an input
 //! cannot be read (exit code 2). Nothing here decides what is wrong; the lints do.
@@ -26,6 +28,60 @@ pub struct Deployment {
     /// Connection manager settings found outside a connection manager with routes: in Istio
     /// EnvoyFilter patches (`NETWORK_FILTER` / `MERGE`), which apply to the gateway's own.
     pub detached_hcms: Vec<Hcm>,
+    /// Envoy bootstraps (documents with `static_resources`) and the clusters they define.
+    pub bootstraps: Vec<BootstrapClusters>,
+    /// Service hosts of Istio ServiceEntries and DestinationRules.
+    pub mesh_hosts: Vec<MeshHost>,
+    /// Cluster names Istio EnvoyFilters add (`applyTo: CLUSTER` patches).
+    pub added_clusters: Vec<String>,
+}
+
+/// The clusters of one Envoy bootstrap document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootstrapClusters {
+    /// Index into `Deployment::files`.
+    pub file: usize,
+    /// The document's path in its file (empty: the whole file); its connection managers'
+    /// paths start with it.
+    pub path: String,
+    /// `static_resources.clusters[].name`.
+    pub clusters: Vec<String>,
+    /// Clusters may also come from elsewhere (`dynamic_resources.cds_config`).
+    pub dynamic: bool,
+}
+
+impl BootstrapClusters {
+    /// Does the connection manager `hcm` belong to this bootstrap?
+    pub fn holds(&self, hcm: &Hcm) -> bool {
+        hcm.file == self.file
+            && (self.path.is_empty()
+                || hcm.path == self.path
+                || hcm.path.starts_with(&format!("{}.", self.path)))
+    }
+}
+
+/// Which Istio resource names a service host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeshKind {
+    /// A ServiceEntry (`spec.hosts`, with its `spec.ports`).
+    ServiceEntry,
+    /// A DestinationRule (`spec.host`).
+    DestinationRule,
+}
+
+/// A service host an Istio resource in the inputs names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshHost {
+    /// Index into `Deployment::files`.
+    pub file: usize,
+    /// The resource's path in its file.
+    pub path: String,
+    /// ServiceEntry or DestinationRule.
+    pub kind: MeshKind,
+    /// The host.
+    pub host: String,
+    /// A ServiceEntry's port numbers (empty for a DestinationRule).
+    pub ports: Vec<u64>,
 }
 
 /// Which routes a plugin configuration applies to.
@@ -496,6 +552,10 @@ impl Loader {
                 self.virtual_service(file, base, doc);
                 return Ok(true);
             }
+            Some("ServiceEntry") | Some("DestinationRule") => {
+                self.mesh_host(file, base, doc);
+                return Ok(true);
+            }
             Some(other) if doc.get("apiVersion").is_some() => return Err(other.to_string()),
             _ => {}
         }
@@ -504,6 +564,22 @@ impl Loader {
             source: Source::Envoy,
             detached: false,
         };
+        if let Some(sr) = doc.get("static_resources") {
+            self.dep.bootstraps.push(BootstrapClusters {
+                file,
+                path: base.to_string(),
+                clusters: sr
+                    .get("clusters")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| str_at(c, "name").map(str::to_string))
+                    .collect(),
+                dynamic: doc
+                    .get("dynamic_resources")
+                    .is_some_and(|d| d.get("cds_config").is_some()),
+            });
+        }
         if self.walk(doc, base, &ctx, None) || doc.get("static_resources").is_some() {
             return Ok(true);
         }
@@ -803,7 +879,51 @@ impl Loader {
             if let Some(value) = p.get("patch").and_then(|p| p.get("value")) {
                 let vpath = key(&key(&idx(&patches_path, i), "patch"), "value");
                 self.walk(value, &vpath, &ctx, None);
+                if str_at(p, "applyTo") == Some("CLUSTER") {
+                    if let Some(name) = str_at(value, "name") {
+                        self.dep.added_clusters.push(name.to_string());
+                    }
+                }
             }
+        }
+    }
+
+    fn mesh_host(&mut self, file: usize, base: &str, doc: &Value) {
+        let null = Value::Null;
+        let spec = doc.get("spec").unwrap_or(&null);
+        if str_at(doc, "kind") == Some("DestinationRule") {
+            if let Some(host) = str_at(spec, "host") {
+                self.dep.mesh_hosts.push(MeshHost {
+                    file,
+                    path: base.to_string(),
+                    kind: MeshKind::DestinationRule,
+                    host: host.to_string(),
+                    ports: Vec::new(),
+                });
+            }
+            return;
+        }
+        let ports: Vec<u64> = spec
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("number").and_then(uint_value))
+            .collect();
+        for host in spec
+            .get("hosts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            self.dep.mesh_hosts.push(MeshHost {
+                file,
+                path: base.to_string(),
+                kind: MeshKind::ServiceEntry,
+                host: host.to_string(),
+                ports: ports.clone(),
+            });
         }
     }
 
@@ -1149,6 +1269,63 @@ mod tests {
         assert_eq!(passthrough.origin, RetryOrigin::IstioDefault);
         assert_eq!(passthrough.path, "spec.http[7].retries");
         assert_eq!(d.routes[7].matches[0].path, PathCond::Any);
+    }
+
+    #[test]
+    fn bootstrap_clusters_and_mesh_hosts() {
+        let istio = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: etcd }
+spec:
+  hosts: [etcd.example.internal]
+  ports: [{ number: 2379, name: http, protocol: HTTP }, { number: "2380", name: peer }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: etcd }
+spec: { host: etcd.example.internal }
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: { name: cluster }
+spec:
+  configPatches:
+  - applyTo: CLUSTER
+    patch: { operation: ADD, value: { name: my-etcd, type: STRICT_DNS } }
+"#;
+        let d = load(&[
+            bundled("envoy/envoy-cluster.yaml"),
+            ("istio.yaml".to_string(), istio.to_string()),
+        ])
+        .expect("loads");
+        assert_eq!(d.bootstraps.len(), 1);
+        let b = &d.bootstraps[0];
+        assert_eq!(b.clusters, ["identity-backend", "retry-guard-etcd"]);
+        assert!(!b.dynamic);
+        assert!(b.holds(&d.hcms[0]));
+        let hosts: Vec<(MeshKind, &str, &[u64], &str)> = d
+            .mesh_hosts
+            .iter()
+            .map(|h| (h.kind, h.host.as_str(), h.ports.as_slice(), h.path.as_str()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                (
+                    MeshKind::ServiceEntry,
+                    "etcd.example.internal",
+                    &[2379, 2380][..],
+                    "doc[0]"
+                ),
+                (
+                    MeshKind::DestinationRule,
+                    "etcd.example.internal",
+                    &[][..],
+                    "doc[1]"
+                ),
+            ]
+        );
+        assert_eq!(d.added_clusters, ["my-etcd"]);
     }
 
     #[test]
