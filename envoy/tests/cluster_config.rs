@@ -11,8 +11,8 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
+use common::send_to as send;
 use common::*;
 use retry_guard_e2e::backend::Backend;
 use retry_guard_e2e::cluster::{
@@ -34,6 +34,11 @@ fn ledger_section() -> Value {
         "key_prefix": "retry-guard/identity-api/",
         "timeout_ms": 500,
     })
+}
+
+/// Waits (bounded) until the outcome of `request_id` is in `envoy`'s audit log.
+fn wait_outcome(envoy: &Envoy, request_id: &str) -> Value {
+    wait_audit(envoy, request_id, |r| r["event"] == "outcome")
 }
 
 #[test]
@@ -119,36 +124,6 @@ fn envoy_cluster_yaml_is_envoy_yaml_with_the_ledger_on_etcd() -> Result<()> {
         "envoy/envoy-cluster.yaml differs from envoy/envoy.yaml beyond the ledger and its cluster"
     );
     Ok(())
-}
-
-fn send(envoy: &Envoy, req: &Req) -> Result<retry_guard_e2e::client::Response> {
-    let mut headers: Vec<(&str, &str)> = vec![
-        (retry_guard_e2e::backend::CASE_HEADER, req.case.as_str()),
-        ("x-request-id", req.request_id.as_str()),
-    ];
-    for (k, v) in &req.headers {
-        headers.push((k.as_str(), v.as_str()));
-    }
-    envoy.send(&req.method, &req.path, &headers, req.body.as_bytes())
-}
-
-/// Waits (bounded) until the outcome of `request_id` is in `envoy`'s audit log.
-fn wait_outcome(envoy: &Envoy, request_id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(o) = envoy
-            .audit_records()
-            .into_iter()
-            .find(|r| r["request_id"] == request_id && r["event"] == "outcome")
-        {
-            return o;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no outcome line for {request_id}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::send_to as send;
 use common::*;
 use retry_guard_e2e::backend::{Backend, Gate, Reply};
 use retry_guard_e2e::envoy::Envoy;
@@ -46,39 +47,13 @@ fn replica(name: &str, backend: &Backend, etcd: &Etcd, config: &Value) -> Result
         .start()
 }
 
-fn send(envoy: &Envoy, req: &Req) -> Result<retry_guard_e2e::client::Response> {
-    let mut headers: Vec<(&str, &str)> = vec![
-        (retry_guard_e2e::backend::CASE_HEADER, req.case.as_str()),
-        ("x-request-id", req.request_id.as_str()),
-    ];
-    for (k, v) in &req.headers {
-        headers.push((k.as_str(), v.as_str()));
-    }
-    envoy.send(&req.method, &req.path, &headers, req.body.as_bytes())
-}
-
 fn problem(resp: &retry_guard_e2e::client::Response) -> Value {
     serde_json::from_str(&resp.text()).unwrap_or(Value::Null)
 }
 
 /// Waits (bounded) until the outcome of `request_id` is in `envoy`'s audit log.
 fn outcome(envoy: &Envoy, request_id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(o) = envoy
-            .audit_records()
-            .into_iter()
-            .find(|r| r["request_id"] == request_id && r["event"] == "outcome")
-        {
-            return o;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no outcome line for {request_id}:\n{}",
-            envoy.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_audit(envoy, request_id, |r| r["event"] == "outcome")
 }
 
 #[test]

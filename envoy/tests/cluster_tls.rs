@@ -10,45 +10,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::send_to as send;
+use common::wait_audit as audit;
 use common::*;
 use retry_guard_e2e::backend::Backend;
-use retry_guard_e2e::client::Response;
 use retry_guard_e2e::cluster::{Replica, ETCD_CLUSTER};
 use retry_guard_e2e::envoy::Envoy;
 use retry_guard_e2e::etcd::{Certs, Etcd};
 use retry_guard_e2e::{repo_root, Result};
-use serde_json::Value;
-
-fn send(envoy: &Envoy, req: &Req) -> Result<Response> {
-    let mut headers: Vec<(&str, &str)> = vec![
-        (retry_guard_e2e::backend::CASE_HEADER, req.case.as_str()),
-        ("x-request-id", req.request_id.as_str()),
-    ];
-    for (k, v) in &req.headers {
-        headers.push((k.as_str(), v.as_str()));
-    }
-    envoy.send(&req.method, &req.path, &headers, req.body.as_bytes())
-}
-
-/// Waits (bounded) until `pred` holds for an audit record of `request_id`; returns it.
-fn audit(envoy: &Envoy, request_id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(r) = envoy
-            .audit_records()
-            .into_iter()
-            .find(|r| r["request_id"] == request_id && pred(r))
-        {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no such audit line for {request_id}:\n{}",
-            envoy.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A counter of the admin `/stats` (0 when absent).
 fn stat(envoy: &Envoy, name: &str) -> u64 {

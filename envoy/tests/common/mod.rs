@@ -46,18 +46,7 @@ impl Gateway {
 
     /// Sends `req` (its case header and `x-request-id` set from `req.case`).
     pub fn send(&self, req: &Req) -> Result<Response> {
-        let mut headers: Vec<(&str, &str)> = vec![
-            (CASE_HEADER, req.case.as_str()),
-            ("x-request-id", req.request_id.as_str()),
-        ];
-        if let Some(up) = req.upstream {
-            headers.push((UPSTREAM_HEADER, up));
-        }
-        for (k, v) in &req.headers {
-            headers.push((k.as_str(), v.as_str()));
-        }
-        self.envoy
-            .send(&req.method, &req.path, &headers, req.body.as_bytes())
+        send_to(&self.envoy, req)
     }
 
     /// The audit records of this request id (decision and outcome lines), waiting (bounded) until
@@ -394,4 +383,41 @@ impl Failures {
 /// Turns a harness error into a case failure.
 pub fn h<T>(r: Result<T>) -> std::result::Result<T, String> {
     r.map_err(|e| e.0)
+}
+
+/// Sends `req` to `envoy` (its case header and `x-request-id` set from `req`): for tests that
+/// run several Envoys (replicas) in front of one backend.
+pub fn send_to(envoy: &Envoy, req: &Req) -> Result<Response> {
+    let mut headers: Vec<(&str, &str)> = vec![
+        (CASE_HEADER, req.case.as_str()),
+        ("x-request-id", req.request_id.as_str()),
+    ];
+    if let Some(up) = req.upstream {
+        headers.push((UPSTREAM_HEADER, up));
+    }
+    for (k, v) in &req.headers {
+        headers.push((k.as_str(), v.as_str()));
+    }
+    envoy.send(&req.method, &req.path, &headers, req.body.as_bytes())
+}
+
+/// Waits (bounded, 5 s) until `pred` holds for an audit record of `request_id` in `envoy`'s
+/// log, and returns that record; panics with the log otherwise.
+pub fn wait_audit(envoy: &Envoy, request_id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(r) = envoy
+            .audit_records()
+            .into_iter()
+            .find(|r| r["request_id"] == request_id && pred(r))
+        {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no such audit line for {request_id}:\n{}",
+            envoy.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
