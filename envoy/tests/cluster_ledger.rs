@@ -33,6 +33,16 @@ fn ledger_config(prefix: &str, timeout_ms: u64) -> Value {
 
 /// One replica of the bundled gateway, its plugin on the cluster ledger, in front of `backend`.
 fn replica(name: &str, backend: &Backend, etcd: &Etcd, config: &Value) -> Result<Envoy> {
+    replica_at(name, backend, &etcd.clients(), config)
+}
+
+/// The same, its ledger cluster pointed at `etcd` (a real etcd's members, or a stand-in).
+fn replica_at(
+    name: &str,
+    backend: &Backend,
+    etcd: &[std::net::SocketAddr],
+    config: &Value,
+) -> Result<Envoy> {
     let mut bootstrap = TestGateway::new()
         .plugin_config(config.clone())
         .twins(false)
@@ -40,7 +50,7 @@ fn replica(name: &str, backend: &Backend, etcd: &Etcd, config: &Value) -> Result
     bootstrap["static_resources"]["clusters"]
         .as_array_mut()
         .ok_or_else(|| retry_guard_e2e::Error::new("no clusters"))?
-        .push(envoy_cluster(ETCD_CLUSTER, &etcd.clients()));
+        .push(envoy_cluster(ETCD_CLUSTER, etcd));
     Envoy::builder(name, backend.addr())
         .bootstrap(bootstrap)
         .concurrency(2)
@@ -318,5 +328,67 @@ fn stopping_the_etcd_leader_lets_no_replay_through() -> Result<()> {
     );
     // The cluster keeps deciding after the election.
     assert!(count(&firsts[calls / 2..], 200) > calls / 4, "{report}");
+    Ok(())
+}
+
+#[test]
+fn a_slow_or_garbled_etcd_gets_each_class_its_fail_policy_within_the_timeout() -> Result<()> {
+    let timeout_ms = 250;
+    for (label, reply) in [
+        // Slower than the timeout.
+        (
+            "slow",
+            Reply::json(200, "{}").delay(Duration::from_millis(1500)),
+        ),
+        // A 200 that is not a transaction's answer.
+        (
+            "garbage",
+            Reply::json(200, r#"{"succeeded":"maybe","responses":"none"}"#),
+        ),
+        // Not JSON at all.
+        ("html", Reply::new(200).body("<html>not etcd</html>")),
+    ] {
+        // A stand-in for etcd: healthy on /health, answering the ledger's calls with `reply`.
+        let fake = Backend::start()?;
+        fake.set_default(Reply::json(200, r#"{"health":"true"}"#));
+        for path in ["/v3/kv/txn", "/v3/kv/range", "/v3/lease/grant"] {
+            fake.on_path(path, reply.clone());
+        }
+        let backend = Backend::start()?;
+        let a = replica_at(
+            &format!("fake-etcd-{label}"),
+            &backend,
+            &[fake.addr()],
+            &ledger_config("rg-fake/", timeout_ms),
+        )?;
+        let req = TOKEN.request(&format!("{label}-token"));
+        let started = Instant::now();
+        let resp = send(&a, &req)?;
+        let took = started.elapsed();
+        assert_eq!(resp.status, 503, "{label}: {}", describe(&resp));
+        assert_eq!(
+            problem(&resp)["type"],
+            "urn:retry-guard:problem:ledger-unavailable",
+            "{label}"
+        );
+        // A lease grant may come first; each call gets the timeout: bounded by two of them.
+        assert!(
+            took < Duration::from_millis(2 * timeout_ms + 500),
+            "{label}: decided after {took:?}"
+        );
+        assert!(backend.requests_for_case(&req.case).is_empty(), "{label}");
+        let req = PREFERENCES.request(&format!("{label}-prefs"));
+        let resp = send(&a, &req)?;
+        assert_eq!(resp.status, 200, "{label}: {}", describe(&resp));
+        let d = wait_audit(&a, &req.request_id, is_decision);
+        assert_eq!(d["reason"], "ledger_unavailable", "{label}: {d}");
+        assert!(
+            a.wasm_counter("retry_guard.ledger.unavailable")?
+                .unwrap_or(0)
+                >= 2,
+            "{label}"
+        );
+        eprintln!("{label}: the token route answered 503 in {took:?} (timeout {timeout_ms} ms)");
+    }
     Ok(())
 }
