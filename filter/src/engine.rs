@@ -750,7 +750,16 @@ pub fn first_seen_with_ledger<L: Ledger>(
     now: u64,
     window_seconds: u64,
 ) -> Result<u64, LedgerError> {
-    let id = token_record_id(secret);
+    first_seen_by_id(ledger, token_record_id(secret), now, window_seconds)
+}
+
+/// [`first_seen_with_ledger`] for a credential's record id ([`token_record_id`]).
+pub fn first_seen_by_id<L: Ledger>(
+    ledger: &L,
+    id: [u8; 32],
+    now: u64,
+    window_seconds: u64,
+) -> Result<u64, LedgerError> {
     for _ in 0..MAX_LEDGER_ROUNDS {
         let snapshot = ledger.load(&id, now)?;
         let existing = L::entry(&snapshot);

@@ -268,6 +268,10 @@ impl Stream {
         let Some(route) = plugin.config.routes.get(self.route) else {
             return Action::Continue;
         };
+        if plugin.remote.is_none() {
+            // Before the fingerprint: a token that turns out stale names no one.
+            pending.sight_locally(plugin, host);
+        }
         let body_digest =
             std::mem::replace(&mut pending.body, BodyDigester::new(BodyForm::Raw)).finish();
         let fingerprint = Fingerprint::compute(

@@ -183,35 +183,14 @@ impl Pending {
             max_age: route.token_max_age_seconds,
             skew: config.clock_skew_seconds,
         };
-        // On the cluster ledger the sighting is asked of etcd when the request is decided.
-        let deferred = match credential {
-            Some(c) if plugin.remote.is_some() && rules.needs_first_seen(&token) => {
-                Some(engine::token_record_id(c.secret()))
-            }
+        // An opaque token's first sighting is recorded only when the request is decided (on
+        // etcd, asked of etcd then): a request answered before its decision (400, 413) writes
+        // nothing to the ledger, so such requests cannot be used to fill it.
+        let sighting = match credential {
+            Some(c) if rules.needs_first_seen(&token) => Some(engine::token_record_id(c.secret())),
             _ => None,
         };
-        let sighting = deferred;
-        let first_seen = match credential {
-            Some(c) if sighting.is_none() && rules.needs_first_seen(&token) => {
-                match engine::first_seen_with_ledger(
-                    &plugin.ledger,
-                    c.secret(),
-                    now,
-                    config.window_seconds,
-                ) {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        host.log(
-                            LogLevel::Warn,
-                            &format!("retry-guard: token age unknown: {e}"),
-                        );
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        let stale = rules.assess(&token, now, first_seen);
+        let stale = rules.assess(&token, now, None);
         // The principal comes from what goes upstream: a stale credential is stripped or
         // rejected, so it names no one (a forged JWT without `exp` cannot make a new caller).
         let (forwarded, claims) = match stale {
@@ -275,6 +254,30 @@ impl Pending {
             body_seen: 0,
             sighting,
         }
+    }
+
+    /// Records the token's first sighting in the in-process ledger and assesses the token with
+    /// it (see [`Pending::seen`]); a store failure leaves the age unknown, logged.
+    pub(super) fn sight_locally<L: Ledger, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H) {
+        let Some(id) = self.sighting.as_ref().map(|d| d.id) else {
+            return;
+        };
+        let first_seen = match engine::first_seen_by_id(
+            &plugin.ledger,
+            id,
+            self.now,
+            plugin.config.window_seconds,
+        ) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                host.log(
+                    LogLevel::Warn,
+                    &format!("retry-guard: token age unknown: {e}"),
+                );
+                None
+            }
+        };
+        self.seen(first_seen);
     }
 
     /// The token's first sighting came back from the cluster ledger: assess it again; a

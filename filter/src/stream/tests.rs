@@ -1419,3 +1419,40 @@ fn on_etcd_an_opaque_tokens_age_comes_from_the_shared_sighting() {
         Some("stripped; reason=too_old")
     );
 }
+
+#[test]
+fn a_request_answered_before_its_decision_writes_nothing_to_the_ledger() {
+    // An opaque token on a route with a token age (its first sighting is a ledger record) and
+    // two idempotency keys: 400 at the headers. Nothing may be written: requests answered
+    // before a decision cannot be used to fill the ledger's sets.
+    let plugin = plugin();
+    let host = FakeHost::request(
+        "token",
+        "POST",
+        "/oauth/token",
+        &[
+            ("authorization", "Bearer opaque-xyz"),
+            ("idempotency-key", "\"a\""),
+            ("idempotency-key", "\"b\""),
+        ],
+    )
+    .with_body("grant_type=client_credentials");
+    send(&plugin, &host, 1);
+    assert_eq!(host.replies()[0].status, 400);
+    assert_eq!(ledger_entries(&plugin), []);
+
+    // Decided, the same token's sighting is recorded (with the attempt).
+    let host = FakeHost::request(
+        "token",
+        "POST",
+        "/oauth/token",
+        &[("authorization", "Bearer opaque-xyz")],
+    )
+    .with_body("grant_type=client_credentials");
+    send(&plugin, &host, 2);
+    assert_eq!(
+        ledger_entries(&plugin).len(),
+        2,
+        "the sighting and the attempt"
+    );
+}
