@@ -750,25 +750,26 @@ pub fn first_seen_with_ledger<L: Ledger>(
     now: u64,
     window_seconds: u64,
 ) -> Result<u64, LedgerError> {
-    first_seen_by_id(ledger, token_record_id(secret), now, window_seconds)
+    first_seen_by_id(ledger, token_record_id(secret), now, window_seconds).map(|(t, _)| t)
 }
 
-/// [`first_seen_with_ledger`] for a credential's record id ([`token_record_id`]).
+/// [`first_seen_with_ledger`] for a credential's record id ([`token_record_id`]), and whether
+/// recording it evicted another live entry (every eviction is counted).
 pub fn first_seen_by_id<L: Ledger>(
     ledger: &L,
     id: [u8; 32],
     now: u64,
     window_seconds: u64,
-) -> Result<u64, LedgerError> {
+) -> Result<(u64, bool), LedgerError> {
     for _ in 0..MAX_LEDGER_ROUNDS {
         let snapshot = ledger.load(&id, now)?;
         let existing = L::entry(&snapshot);
         let first_seen = existing.map_or(now, |e| e.first_seen);
         match token_seen_update(existing, id, now, window_seconds) {
-            None => return Ok(first_seen),
+            None => return Ok((first_seen, false)),
             Some(update) => {
-                if let Commit::Stored { .. } = ledger.commit(&snapshot, &update, now)? {
-                    return Ok(first_seen);
+                if let Commit::Stored { evicted } = ledger.commit(&snapshot, &update, now)? {
+                    return Ok((first_seen, evicted));
                 }
             }
         }

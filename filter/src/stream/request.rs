@@ -10,6 +10,7 @@ use crate::host::{LogLevel, StreamHost};
 use crate::jwt::Credential;
 use crate::ledger::Ledger;
 use crate::matcher::Fact;
+use crate::metrics::{Counter, Event};
 use crate::principal::{self, Ambiguous, PrincipalInputs};
 use crate::token::{BearerToken, StaleReason, TokenRules};
 
@@ -268,7 +269,12 @@ impl Pending {
             self.now,
             plugin.config.window_seconds,
         ) {
-            Ok(t) => Some(t),
+            Ok((t, evicted)) => {
+                if evicted {
+                    host.count(Counter::Event(Event::LedgerEvicted));
+                }
+                Some(t)
+            }
             Err(e) => {
                 host.log(
                     LogLevel::Warn,

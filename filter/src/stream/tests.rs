@@ -1456,3 +1456,30 @@ fn a_request_answered_before_its_decision_writes_nothing_to_the_ledger() {
         "the sighting and the attempt"
     );
 }
+
+#[test]
+fn every_eviction_is_counted_token_sightings_too() {
+    // One set of four: four live attempts fill it.
+    let plugin = plugin_with(json!({"max_entries": 4}));
+    for i in 0..4 {
+        let host = FakeHost::request("token", "POST", "/oauth/token", &[("x-client-id", "c")])
+            .with_body(&format!("n={i}"));
+        send(&plugin, &host, i + 1);
+    }
+    // A decided request with an opaque token writes its sighting and its attempt: two
+    // evictions, both counted.
+    let host = FakeHost::request(
+        "token",
+        "POST",
+        "/oauth/token",
+        &[("authorization", "Bearer opaque-evict")],
+    )
+    .with_body("n=9");
+    send(&plugin, &host, 9);
+    let evicted = host
+        .counted()
+        .iter()
+        .filter(|c| **c == Counter::Event(Event::LedgerEvicted))
+        .count();
+    assert_eq!(evicted, 2);
+}
