@@ -11,18 +11,11 @@ use retry_guard::fingerprint::{body_digest, BodyDigester};
 use retry_guard::jwt::{Claims, Credential};
 use retry_guard::ledger::Set;
 
-struct Rng(u64);
+mod support;
+
+use support::Rng;
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
     fn bytes(&mut self, max: usize) -> Vec<u8> {
         let len = self.below(max + 1);
         let alphabet: &[u8] = b"{}[]\":,.0123456789eE+-abcdefxyzABC_/=\\ \t\nv1.\xff\x00";

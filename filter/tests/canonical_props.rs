@@ -10,18 +10,11 @@
 use retry_guard::canonical::{canonical_form, canonical_json, canonical_path, BodyForm};
 use retry_guard::fingerprint::{body_digest, Fingerprint, NaturalKey};
 
-struct Rng(u64);
+mod support;
+
+use support::Rng;
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
     fn coin(&mut self) -> bool {
         self.next() & 1 == 1
     }
