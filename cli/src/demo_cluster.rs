@@ -67,16 +67,7 @@ pub fn main(mut args: Vec<String>) -> std::result::Result<i32, String> {
     }
 }
 
-fn heading(text: &str) {
-    println!("\n=== {text}");
-}
-
-fn expect(cond: bool, what: &str) -> Result<()> {
-    if !cond {
-        bail!("unexpected: {what}");
-    }
-    Ok(())
-}
+use crate::demo_envoy::{expect, heading, print_counters};
 
 fn indent(text: &str) -> String {
     text.lines()
@@ -611,11 +602,7 @@ fn run(wasm: Option<PathBuf>) -> Result<()> {
     heading("Counters (admin /stats?filter=wasmcustom, non-zero)");
     for r in [&a, &b] {
         println!("replica {}:", r.name);
-        for line in r.envoy.wasm_stats()?.lines() {
-            if !line.trim_end().ends_with(": 0") {
-                println!("  {line}");
-            }
-        }
+        print_counters(&r.envoy, "  ")?;
     }
 
     heading("Backend");

@@ -35,7 +35,8 @@ pub fn main() -> i32 {
     }
 }
 
-fn heading(text: &str) {
+/// A section heading of a narrated demo.
+pub(crate) fn heading(text: &str) {
     println!("\n=== {text}");
 }
 
@@ -63,7 +64,8 @@ fn indent(text: &str) -> String {
         .join("\n")
 }
 
-fn expect(cond: bool, what: &str) -> Result<()> {
+/// A demo step's expectation: an error naming what was unexpected when `cond` is false.
+pub(crate) fn expect(cond: bool, what: &str) -> Result<()> {
     if !cond {
         bail!("unexpected: {what}");
     }
@@ -211,11 +213,7 @@ fn run() -> Result<()> {
     }
 
     heading("Counters (admin /stats?filter=wasmcustom, non-zero)");
-    for line in envoy.wasm_stats()?.lines() {
-        if !line.trim_end().ends_with(": 0") {
-            println!("  {line}");
-        }
-    }
+    print_counters(&envoy, "  ")?;
 
     heading("Access log (decision from %FILTER_STATE(wasm.retry_guard.decision:PLAIN)%)");
     for entry in envoy.access_log() {
@@ -226,6 +224,16 @@ fn run() -> Result<()> {
             entry["status"],
             entry["decision"].as_str().unwrap_or("-")
         );
+    }
+    Ok(())
+}
+
+/// Prints an Envoy's non-zero retry-guard counters, one a line after `indent`.
+pub(crate) fn print_counters(envoy: &Envoy, indent: &str) -> Result<()> {
+    for line in envoy.wasm_stats()?.lines() {
+        if !line.trim_end().ends_with(": 0") {
+            println!("{indent}{line}");
+        }
     }
     Ok(())
 }
