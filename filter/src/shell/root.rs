@@ -90,7 +90,14 @@ pub(crate) fn configure(root_id: u32) -> Option<Rc<Root>> {
         }
     }
     let memory_gauge = abi::define_metric(MetricType::Gauge, crate::metrics::MEMORY_GAUGE).ok();
-    let ledger = SlotLedger::new(HostStore, config.max_entries, config.window_seconds);
+    // On the cluster ledger every tracked decision and token sighting goes to etcd; the
+    // shared-data table is never read, so it gets one set instead of `max_entries / 4` keys
+    // created at start.
+    let entries = match config.ledger.backend {
+        crate::config::LedgerBackend::SharedData => config.max_entries,
+        crate::config::LedgerBackend::Etcd(_) => crate::ledger::WAYS as u32,
+    };
+    let ledger = SlotLedger::new(HostStore, entries, config.window_seconds);
     match ledger.ensure_slots() {
         Ok(created) => abi::log(
             LogLevel::Info,
