@@ -5,18 +5,23 @@
 //! variant is answered by the gateway (428 from retry-guard, 400 or 404 from Envoy's path
 //! handling, 400 from retry-guard for ambiguous requests), never forwarded.
 //!
-//! Attack 5 of the issue (flushing the ledger) belongs to the cluster-ledger work and is not
-//! tested here.
+//! Attack 5 (flushing the ledger) has two tests: requests aimed at a replay's set on the
+//! bundled gateway, and a gateway with a tiny table flooded until it is full.
 
 mod common;
 
 use common::*;
 use retry_guard::b64;
+use retry_guard::canonical::BodyForm;
+use retry_guard::engine::token_record_id;
+use retry_guard::fingerprint::{body_digest, Fingerprint, NaturalKey};
 use retry_guard_e2e::client::Response;
 use retry_guard_e2e::fixture::{Handle, Shared};
+use retry_guard_e2e::gateway::{envoy_yaml, plugin_config};
 use retry_guard_e2e::tokens::{now_unix, unsigned_jwt};
 use retry_guard_e2e::Result;
 use serde_json::json;
+use std::time::Duration;
 
 static GATEWAY: Shared<Gateway> = Shared::new();
 
@@ -269,6 +274,205 @@ fn attack_4_equivalent_bodies_are_one_operation() {
 /// Attack 6: `Bearer<TAB><expired JWT>` or a JWT with a trailing `.` was not recognised as a
 /// bearer token: neither stripped nor counted stale, and it named a new principal. Parsed as
 /// servers parse it, it is stale (expired, malformed), stripped, and names no one.
+/// The set a ledger id was stored in before the set index was keyed: its first four bytes,
+/// little-endian, modulo the number of sets. Anyone could compute it from the fingerprint a
+/// 428 prints, or from their own token.
+fn public_set(id: &[u8; 32], sets: u32) -> u32 {
+    u32::from_le_bytes([id[0], id[1], id[2], id[3]]) % sets
+}
+
+/// The fingerprint of a token call of `principal` with this form body, computed as an
+/// attacker would: the algorithm is public.
+fn token_fingerprint(principal: &str, body: &str) -> [u8; 32] {
+    let digest = body_digest(BodyForm::Form, body.as_bytes());
+    let natural = NaturalKey {
+        method: "POST",
+        path: "/oauth/token",
+        query: "",
+        body: &digest,
+    };
+    Fingerprint::compute(TOKEN.name, principal, None, &natural).0
+}
+
+/// Attack 5, aimed: a 428 prints the fingerprint, and the set an entry lived in was the
+/// fingerprint's first bytes modulo the number of sets. Four requests written to that set
+/// evicted the entry, and the replay passed: requests answered 400 with new opaque tokens
+/// (each wrote its token record) or new token calls. Now a 400 writes nothing, token records
+/// have their own table, the set comes from a keyed hash, and a live entry of a sensitive
+/// route is never evicted: the replay is still caught.
+#[test]
+fn attack_5_requests_aimed_at_a_replays_set_do_not_flush_it() {
+    let gw = gateway().unwrap_or_else(|e| panic!("{e}"));
+    let case = "attack5";
+    let req = TOKEN.request(case);
+    first_call(&gw, &req);
+    let replay = req.again("replay");
+    let resp = variant(&gw, &replay);
+    assert_replay(&TOKEN, &replay, &resp);
+    let doc: serde_json::Value = serde_json::from_str(&resp.text()).expect("problem JSON");
+    let printed: [u8; 32] = doc["fingerprint"]
+        .as_str()
+        .and_then(b64::decode_url)
+        .and_then(|b| b.try_into().ok())
+        .unwrap_or_else(|| panic!("no fingerprint in {doc}"));
+    let principal = gw
+        .decision(&req.request_id)
+        .unwrap_or_else(|e| panic!("{e}"))["principal"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        token_fingerprint(&principal, &req.body),
+        printed,
+        "the attacker computes fingerprints as the filter does"
+    );
+    let sets = 65_536 / 4; // the bundled max_entries, four entries per set
+    let target = public_set(&printed, sets);
+    // Requests answered 400 before a decision (two idempotency keys), each with a new opaque
+    // token whose record id falls in the target's set.
+    let tokens: Vec<String> = (0..)
+        .map(|i| format!("opaque-attack5-{i}"))
+        .filter(|t| public_set(&token_record_id(t), sets) == target)
+        .take(6)
+        .collect();
+    for (i, token) in tokens.iter().enumerate() {
+        let flood = req
+            .again(&format!("badkey{i}"))
+            .body(&format!(
+                "grant_type=client_credentials&scope=case.attack5.{i}"
+            ))
+            .header("authorization", &format!("Bearer {token}"))
+            .header("idempotency-key", "\"a\"")
+            .header("idempotency-key", "\"b\"");
+        let resp = variant(&gw, &flood);
+        assert_eq!(resp.status, 400, "{}", describe(&resp));
+    }
+    // New token calls (the backend executes them) whose fingerprints fall in the target's set.
+    let bodies: Vec<String> = (0..)
+        .map(|i| format!("{}&n={i}", req.body))
+        .filter(|b| public_set(&token_fingerprint(&principal, b), sets) == target)
+        .take(6)
+        .collect();
+    for (i, body) in bodies.iter().enumerate() {
+        let flood = req.again(&format!("aimed{i}")).body(body);
+        let resp = variant(&gw, &flood);
+        assert_eq!(resp.status, 200, "{}", describe(&resp));
+    }
+    let after = req.again("after");
+    let resp = variant(&gw, &after);
+    assert_replay(&TOKEN, &after, &resp);
+    assert_eq!(gw.counter("retry_guard.ledger.evicted"), 0);
+    assert_executed_once_with(&gw, case, &req.body);
+}
+
+/// Attack 5, by volume, on a gateway whose table is tiny (`max_entries: 8`: two sets per
+/// table) and whose token route allows tokens 2 s old: new token calls, each with a new opaque
+/// token, until the tables are full. The flood cannot make the ledger forget: calls that find
+/// no room are answered 503 `ledger-unavailable` (`ledger_full`, the token route fails
+/// closed) and counted; every call that went through is still caught on replay; and an opaque
+/// token seen before the flood is still too old afterwards (stripped, never forwarded again).
+#[test]
+fn attack_5_a_flood_cannot_make_the_ledger_forget() {
+    let mut config = envoy_yaml()
+        .and_then(|b| plugin_config(&b))
+        .unwrap_or_else(|e| panic!("{e}"));
+    config["max_entries"] = json!(8);
+    config["routes"][0]["token_max_age_seconds"] = json!(2);
+    let gw = Gateway::start("attacks-full", Some(config), 2).unwrap_or_else(|e| panic!("{e}"));
+    let case = "flood";
+    let req = TOKEN.request(case);
+    first_call(&gw, &req);
+    let seen_at = std::time::Instant::now();
+    let old_token = "Bearer opaque-seen-before-the-flood";
+    let with_old = req
+        .again("old-token")
+        .body(&format!("{}&n=old", req.body))
+        .header("authorization", old_token);
+    assert_eq!(variant(&gw, &with_old).status, 200);
+
+    let (mut passed, mut refused) = (Vec::new(), 0);
+    for i in 0..24 {
+        let flood = req
+            .again(&format!("flood{i}"))
+            .body(&format!("{}&n={i}", req.body))
+            .header("authorization", &format!("Bearer opaque-flood-{i}"));
+        let resp = variant(&gw, &flood);
+        match resp.status {
+            200 => passed.push(flood),
+            503 => {
+                check_problem(
+                    &resp,
+                    503,
+                    "urn:retry-guard:problem:ledger-unavailable",
+                    &TOKEN,
+                    &flood.request_id,
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                let d = gw
+                    .decision(&flood.request_id)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(d["reason"], "ledger_full", "{d}");
+                refused += 1;
+            }
+            _ => panic!("flood {i}: {}", describe(&resp)),
+        }
+    }
+    assert!(refused > 0, "a table of 8 took 26 sensitive calls");
+    assert_eq!(gw.counter("retry_guard.ledger.full"), refused);
+    assert_eq!(gw.counter("retry_guard.ledger.evicted"), 0);
+    // Nothing that went through was forgotten.
+    for call in passed.iter().chain([&req, &with_old]) {
+        let replay = call.again(&format!("{}-replay", call.request_id));
+        let resp = variant(&gw, &replay);
+        assert_eq!(resp.status, 428, "{}: {}", call.request_id, describe(&resp));
+    }
+    // The token seen before the flood is still remembered: once older than 2 s it is stale,
+    // stripped, and names no one (its retry is the anonymous caller's replay).
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(seen_at.elapsed()));
+    let stale = req
+        .again("old-token-later")
+        .header("authorization", old_token);
+    let resp = variant(&gw, &stale);
+    assert_replay(&TOKEN, &stale, &resp);
+    let d = gw
+        .decision(&stale.request_id)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d["token_reason"], "too_old", "{d}");
+    let forwarded = gw
+        .upstream(case)
+        .iter()
+        .filter(|r| r.header("authorization") == Some(old_token))
+        .count();
+    assert_eq!(
+        forwarded, 1,
+        "the old token was forwarded {forwarded} times"
+    );
+    assert_executed_once_with(&gw, case, &req.body);
+    // One VM made the set-index secret (Envoy configures on the main thread first); the
+    // two workers' VMs read it.
+    let log = gw.envoy.log_text();
+    assert_eq!(
+        log.matches("set-index secret made by this VM").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.matches("set-index secret read from shared data")
+            .count()
+            >= 2
+    );
+}
+
+/// The backend executed the token call with this body exactly once.
+fn assert_executed_once_with(gw: &Gateway, case: &str, body: &str) {
+    let executed = gw
+        .upstream(case)
+        .iter()
+        .filter(|r| r.body_text() == body)
+        .count();
+    assert_eq!(executed, 1, "the backend executed {body} {executed} times");
+}
+
 #[test]
 fn attack_6_malformed_credentials_are_stale_and_name_no_one() {
     let gw = gateway().unwrap_or_else(|e| panic!("{e}"));

@@ -334,6 +334,11 @@ impl Decision {
                 s.push_str(self.token_reason.map_or("stale", StaleReason::name));
                 s.push_str("); obtain a fresh token before retrying. ");
             }
+            Verdict::Unavailable if self.reason == LEDGER_FULL => {
+                s.push_str("retry-guard's ledger has no room to remember this ");
+                s.push_str(class);
+                s.push_str(" request without forgetting another live one, so it is refused rather than risk a second execution. Retry later. ");
+            }
             Verdict::Unavailable => {
                 s.push_str("retry-guard cannot reach its ledger, so it cannot tell whether this ");
                 s.push_str(class);
@@ -367,11 +372,25 @@ pub const LEDGER_RETRY_AFTER: &str = "5";
 /// `ledger-unavailable` (fail closed) or allowed with reason `ledger_unavailable` (fail open).
 /// Neither writes to the ledger. In shadow mode nothing is blocked.
 pub fn ledger_unavailable(route: &Route, facts: &Facts<'_>) -> Decision {
+    fail_policy(route, facts, "ledger_unavailable")
+}
+
+/// The decision when the in-process ledger has no room for the request's record without
+/// forgetting a live attempt of a sensitive route ([`Commit::Full`]): the route's fail policy
+/// as in [`ledger_unavailable`], with reason `ledger_full`.
+pub fn ledger_full(route: &Route, facts: &Facts<'_>) -> Decision {
+    fail_policy(route, facts, LEDGER_FULL)
+}
+
+/// The reason of a [`ledger_full`] decision.
+pub const LEDGER_FULL: &str = "ledger_full";
+
+fn fail_policy(route: &Route, facts: &Facts<'_>, reason: &str) -> Decision {
     let verdict = match route.on_ledger_unavailable {
         OnUnavailable::FailClosed => Verdict::Unavailable,
         OnUnavailable::FailOpen => Verdict::Allow,
     };
-    let mut d = Decision::new(verdict, route, "ledger_unavailable");
+    let mut d = Decision::new(verdict, route, reason);
     d.first_seen = Some(facts.now);
     if route.mode == Mode::Shadow && verdict.blocks() {
         d.verdict = Verdict::Allow;
@@ -468,6 +487,10 @@ pub fn decide(
             TokenAction::Reject => TokenAction::WouldReject,
             other => other,
         };
+    }
+    if let Some(w) = &mut d.write {
+        // A live attempt of a sensitive route is never evicted to make room (see `ledger`).
+        w.sensitive = route.class.is_sensitive();
     }
     d
 }
@@ -607,6 +630,7 @@ fn attempt_entry(
         body_digest: facts.body_digest,
         challenge: None,
         consumed: consumed.or(entry.and_then(|e| e.consumed)),
+        sensitive: false,
     }
 }
 
@@ -662,6 +686,7 @@ pub fn token_seen_update(
             body_digest: [0; 32],
             challenge: None,
             consumed: None,
+            sensitive: false,
         }),
     }
 }
@@ -669,13 +694,25 @@ pub fn token_seen_update(
 /// How many times a decision is retried when another worker wrote the same ledger set first.
 pub const MAX_LEDGER_ROUNDS: usize = 16;
 
-/// A decision after its ledger write went through.
+/// A decision after its ledger write went through (or was refused).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settled {
     /// The decision.
     pub decision: Decision,
     /// Committing it evicted another live entry.
     pub evicted: bool,
+    /// The ledger refused the write ([`Commit::Full`]): the decision is [`ledger_full`].
+    pub refused: bool,
+}
+
+impl Settled {
+    fn new(decision: Decision) -> Settled {
+        Settled {
+            decision,
+            evicted: false,
+            refused: false,
+        }
+    }
 }
 
 /// Loads the entry, decides, and commits the decision's write conditionally; when another
@@ -689,35 +726,48 @@ pub fn decide_with_ledger<L: Ledger>(
     new_challenge: &mut dyn FnMut() -> Challenge,
 ) -> Result<Settled, LedgerError> {
     let Some(fp) = facts.fingerprint else {
-        return Ok(Settled {
-            decision: decide(config, route, facts, None, new_challenge),
-            evicted: false,
-        });
+        return Ok(Settled::new(decide(
+            config,
+            route,
+            facts,
+            None,
+            new_challenge,
+        )));
     };
     if !route.needs_ledger() {
-        return Ok(Settled {
-            decision: decide(config, route, facts, None, new_challenge),
-            evicted: false,
-        });
+        return Ok(Settled::new(decide(
+            config,
+            route,
+            facts,
+            None,
+            new_challenge,
+        )));
     }
     for _ in 0..MAX_LEDGER_ROUNDS {
         let snapshot = ledger.load(&fp.0, facts.now)?;
         let decision = decide(config, route, facts, L::entry(&snapshot), new_challenge);
         let Some(write) = &decision.write else {
-            return Ok(Settled {
-                decision,
-                evicted: false,
-            });
+            return Ok(Settled::new(decision));
         };
         match ledger.commit(&snapshot, write, facts.now)? {
-            Commit::Stored { evicted } => return Ok(Settled { decision, evicted }),
+            Commit::Stored { evicted } => {
+                return Ok(Settled {
+                    decision,
+                    evicted,
+                    refused: false,
+                })
+            }
+            Commit::Full => {
+                return Ok(Settled {
+                    decision: ledger_full(route, facts),
+                    evicted: false,
+                    refused: true,
+                })
+            }
             Commit::Conflict => continue,
         }
     }
-    Ok(Settled {
-        decision: contention(route),
-        evicted: false,
-    })
+    Ok(Settled::new(contention(route)))
 }
 
 /// Records the outcome of attempt `attempt` of `fp`; returns the outcome if it was written
@@ -734,8 +784,11 @@ pub fn record_with_ledger<L: Ledger>(
         let Some((entry, outcome)) = record_outcome(L::entry(&snapshot), attempt, response) else {
             return Ok(None);
         };
-        if let Commit::Stored { .. } = ledger.commit(&snapshot, &entry, now)? {
-            return Ok(Some(outcome));
+        match ledger.commit(&snapshot, &entry, now)? {
+            Commit::Stored { .. } => return Ok(Some(outcome)),
+            // The entry is in its set (it was just loaded), so rewriting it always has room.
+            Commit::Full => return Ok(None),
+            Commit::Conflict => {}
         }
     }
     Err(LedgerError::Contention {
@@ -750,26 +803,53 @@ pub fn first_seen_with_ledger<L: Ledger>(
     now: u64,
     window_seconds: u64,
 ) -> Result<u64, LedgerError> {
-    first_seen_by_id(ledger, token_record_id(secret), now, window_seconds).map(|(t, _)| t)
+    first_seen_by_id(ledger, token_record_id(secret), false, now, window_seconds)
+        .map(|s| s.first_seen)
 }
 
-/// [`first_seen_with_ledger`] for a credential's record id ([`token_record_id`]), and whether
-/// recording it evicted another live entry (every eviction is counted).
+/// What recording a token sighting did ([`first_seen_by_id`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenSighting {
+    /// When the ledger first saw the credential (`now` if this sighting is the first).
+    pub first_seen: u64,
+    /// Recording it evicted another live entry.
+    pub evicted: bool,
+    /// The ledger had no room for a new record ([`Commit::Full`]): the request gets the
+    /// route's fail policy ([`ledger_full`]).
+    pub refused: bool,
+}
+
+/// [`first_seen_with_ledger`] for a credential's record id ([`token_record_id`]) seen on a
+/// route that is `sensitive` or not (a live record of a sensitive route is never evicted).
 pub fn first_seen_by_id<L: Ledger>(
     ledger: &L,
     id: [u8; 32],
+    sensitive: bool,
     now: u64,
     window_seconds: u64,
-) -> Result<(u64, bool), LedgerError> {
+) -> Result<TokenSighting, LedgerError> {
     for _ in 0..MAX_LEDGER_ROUNDS {
         let snapshot = ledger.load(&id, now)?;
         let existing = L::entry(&snapshot);
-        let first_seen = existing.map_or(now, |e| e.first_seen);
+        let mut seen = TokenSighting {
+            first_seen: existing.map_or(now, |e| e.first_seen),
+            evicted: false,
+            refused: false,
+        };
         match token_seen_update(existing, id, now, window_seconds) {
-            None => return Ok((first_seen, false)),
-            Some(update) => {
-                if let Commit::Stored { evicted } = ledger.commit(&snapshot, &update, now)? {
-                    return Ok((first_seen, evicted));
+            None => return Ok(seen),
+            Some(mut update) => {
+                update.sensitive |= sensitive;
+                match ledger.commit(&snapshot, &update, now)? {
+                    Commit::Stored { evicted } => {
+                        seen.evicted = evicted;
+                        return Ok(seen);
+                    }
+                    Commit::Full => {
+                        seen.refused = true;
+                        return Ok(seen);
+                    }
+                    Commit::Conflict => {}
                 }
             }
         }

@@ -397,6 +397,7 @@ mod tests {
             body_digest: [4; 32],
             challenge: None,
             consumed: None,
+            sensitive: false,
         }
     }
 

@@ -11,8 +11,19 @@
 //! [`SlotLedger`] is the in-process implementation over Envoy shared data. Envoy never frees a
 //! shared-data key and does not check CAS for a key that does not exist yet, so the ledger
 //! pre-creates a fixed table of set keys ([`SlotLedger::ensure_slots`]) and only ever updates
-//! existing keys with CAS. Each set key holds up to [`WAYS`] entries; a full set evicts its
-//! oldest entry. Memory is bounded by `max_entries`.
+//! existing keys with CAS. Each set key holds up to [`WAYS`] entries. Memory is bounded by
+//! `max_entries` per table.
+//!
+//! The table cannot be flushed by a caller:
+//! - attempt records and opaque-token records live in separate tables ([`Table`]), so a flood
+//!   of new tokens cannot push attempts out, nor the reverse;
+//! - an entry's set comes from a keyed hash ([`IndexKey`], SipHash-2-4 with a secret the proxy
+//!   makes at start and shares between its VMs in shared data), not from the fingerprint a
+//!   428 prints, so nobody outside the proxy can aim requests at one set;
+//! - a full set evicts its oldest entry only if that entry is no longer needed or belongs to a
+//!   route that is not sensitive ([`Entry::sensitive`]); a set full of live entries of
+//!   sensitive routes refuses the new one ([`Commit::Full`]), and the route's fail policy
+//!   decides the request. Every eviction and every refusal is counted.
 
 use std::fmt;
 
@@ -21,8 +32,98 @@ use crate::policy::Outcome;
 /// Entries per set key.
 pub const WAYS: usize = 4;
 
-/// Prefix of the shared-data keys.
-pub const KEY_PREFIX: &str = "retry-guard/v1/";
+/// Prefix of the shared-data keys of the attempt table.
+pub const KEY_PREFIX: &str = "retry-guard/v2/a/";
+
+/// Prefix of the shared-data keys of the opaque-token table.
+pub const TOKEN_KEY_PREFIX: &str = "retry-guard/v2/t/";
+
+/// The shared-data key that holds the set-index secret ([`IndexKey`]).
+pub const INDEX_KEY_KEY: &str = "retry-guard/v2/index-key";
+
+/// One of the in-process ledger's tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    /// Attempt records, one per fingerprint.
+    Attempts,
+    /// When each opaque bearer token was first seen.
+    Tokens,
+}
+
+impl Table {
+    /// The prefix of the table's shared-data keys.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Table::Attempts => KEY_PREFIX,
+            Table::Tokens => TOKEN_KEY_PREFIX,
+        }
+    }
+}
+
+/// The secret the set index is keyed with: 128 random bits the proxy makes once and every VM
+/// of the plugin reads from shared data ([`IndexKey::shared`]). A caller who knows a
+/// fingerprint (a 428 prints one) still cannot tell which set holds it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IndexKey([u8; 16]);
+
+impl fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IndexKey(..)")
+    }
+}
+
+impl IndexKey {
+    /// A key from its bytes (tests and tools; the filter uses [`IndexKey::shared`]).
+    pub fn new(bytes: [u8; 16]) -> IndexKey {
+        IndexKey(bytes)
+    }
+
+    /// The plugin's key from shared data, made from `fresh()` (128 random bits) when no VM
+    /// has made it yet; also says whether this call made it.
+    ///
+    /// Envoy configures a plugin once on the main thread (a configuration check) before any
+    /// worker VM starts, so in Envoy the first call makes the key and every later one reads
+    /// it. Shared data has no insert-if-absent, so for hosts that configure VMs concurrently
+    /// the key is created empty first and then filled with a CAS-checked write: of two VMs
+    /// filling it at once one wins and the other reads the winner's key.
+    pub fn shared<S: SharedStore>(
+        store: &S,
+        fresh: impl FnOnce() -> Option<[u8; 16]>,
+    ) -> Result<(IndexKey, bool), LedgerError> {
+        let current = match store.get(INDEX_KEY_KEY)? {
+            Some(v) => v,
+            None => {
+                store.set(INDEX_KEY_KEY, &[], 0)?;
+                store.get(INDEX_KEY_KEY)?.unwrap_or_default()
+            }
+        };
+        if let Ok(bytes) = <[u8; 16]>::try_from(current.0.as_slice()) {
+            return Ok((IndexKey(bytes), false));
+        }
+        let bytes = fresh().ok_or(LedgerError::NoRandom)?;
+        match store.set(INDEX_KEY_KEY, &bytes, current.1) {
+            Ok(()) => Ok((IndexKey(bytes), true)),
+            Err(LedgerError::CasMismatch) => match store.get(INDEX_KEY_KEY)? {
+                Some((v, _)) => <[u8; 16]>::try_from(v.as_slice())
+                    .map(|b| (IndexKey(b), false))
+                    .map_err(|_| LedgerError::CasMismatch),
+                None => Err(LedgerError::CasMismatch),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The set of `id` among `sets` sets: SipHash-2-4 of the id under this key.
+    fn set_of(&self, id: &[u8; 32], sets: u32) -> u32 {
+        use std::hash::Hasher;
+        let [k0, k1] = [&self.0[..8], &self.0[8..]]
+            .map(|half| u64::from_le_bytes(half.try_into().unwrap_or_default()));
+        #[allow(deprecated)] // SipHash-2-4 with our own key: what core's SipHasher is.
+        let mut h = core::hash::SipHasher::new_with_keys(k0, k1);
+        h.write(id);
+        (h.finish() % u64::from(sets)) as u32
+    }
+}
 
 /// One fingerprint's record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +146,8 @@ pub struct Entry {
     pub challenge: Option<[u8; 16]>,
     /// Most recently consumed challenge (to tell `already_used` from `wrong_challenge`).
     pub consumed: Option<[u8; 16]>,
+    /// Written for a sensitive route: while live, never evicted to make room.
+    pub sensitive: bool,
 }
 
 /// Encoded size of one entry.
@@ -87,7 +190,9 @@ impl Entry {
         out.push(self.outcome.code());
         out.extend_from_slice(&self.status.to_le_bytes());
         out.extend_from_slice(&self.body_digest);
-        let flags = u8::from(self.challenge.is_some()) | (u8::from(self.consumed.is_some()) << 1);
+        let flags = u8::from(self.challenge.is_some())
+            | (u8::from(self.consumed.is_some()) << 1)
+            | (u8::from(self.sensitive) << 2);
         out.push(flags);
         out.extend_from_slice(&self.challenge.unwrap_or_default());
         out.extend_from_slice(&self.consumed.unwrap_or_default());
@@ -115,6 +220,7 @@ impl Entry {
             body_digest,
             challenge: (flags & 1 != 0).then_some(challenge),
             consumed: (flags & 2 != 0).then_some(consumed),
+            sensitive: flags & 4 != 0,
         })
     }
 }
@@ -163,9 +269,10 @@ impl Set {
     }
 
     /// The set after writing `entry` at `now`: expired entries and the old record of the same
-    /// id dropped, the oldest entry evicted if the set is still full. Returns whether a live
-    /// entry was evicted.
-    pub fn with(&self, entry: &Entry, now: u64, window_seconds: u64) -> (Set, bool) {
+    /// id dropped, and if the set is still full, its oldest live entry that is not
+    /// [`Entry::sensitive`] evicted. Returns whether a live entry was evicted, or `None` when
+    /// every entry is live and sensitive (nothing may make room: the write is refused).
+    pub fn with(&self, entry: &Entry, now: u64, window_seconds: u64) -> Option<(Set, bool)> {
         let mut kept: Vec<Entry> = self
             .0
             .iter()
@@ -177,18 +284,14 @@ impl Set {
             let oldest = kept
                 .iter()
                 .enumerate()
+                .filter(|(_, e)| !e.sensitive)
                 .min_by_key(|(_, e)| e.last_attempt)
-                .map(|(i, _)| i);
-            match oldest {
-                Some(i) => {
-                    kept.remove(i);
-                    evicted = true;
-                }
-                None => break,
-            }
+                .map(|(i, _)| i)?;
+            kept.remove(oldest);
+            evicted = true;
         }
         kept.push(entry.clone());
-        (Set(kept), evicted)
+        Some((Set(kept), evicted))
     }
 }
 
@@ -219,6 +322,8 @@ pub enum LedgerError {
     CasMismatch,
     /// The store is unusable (the in-memory store's lock was poisoned by a panic).
     StoreUnavailable,
+    /// The host's `random_get` failed, so no set-index secret could be made.
+    NoRandom,
     /// Other workers wrote the same ledger set at every one of
     /// [`MAX_LEDGER_ROUNDS`](crate::engine::MAX_LEDGER_ROUNDS) attempts, so `what` was not
     /// recorded.
@@ -248,6 +353,11 @@ impl fmt::Display for LedgerError {
             LedgerError::StoreUnavailable => {
                 return f
                     .write_str("the in-memory ledger store is unusable: its lock was poisoned");
+            }
+            LedgerError::NoRandom => {
+                return f.write_str(
+                    "the host's random_get failed, so the ledger's set-index secret could not be made",
+                );
             }
             LedgerError::Contention { what } => {
                 return f.write_str(match what {
@@ -286,6 +396,9 @@ pub enum Commit {
     },
     /// Somebody else wrote since the snapshot: load and decide again.
     Conflict,
+    /// Not written: the set is full of live entries of sensitive routes, and forgetting one
+    /// would let its retry pass. The route's fail policy decides the request.
+    Full,
 }
 
 /// The ledger interface the stream state machine decides against (see the module
@@ -306,11 +419,13 @@ pub trait Ledger {
     ) -> Result<Commit, LedgerError>;
 }
 
-/// The in-process ledger over Envoy shared data.
+/// The in-process ledger over Envoy shared data: one [`Table`].
 pub struct SlotLedger<S> {
     store: S,
+    table: Table,
     sets: u32,
     window_seconds: u64,
+    index_key: IndexKey,
 }
 
 /// A [`SlotLedger`] snapshot: the set as read and its CAS.
@@ -323,13 +438,27 @@ pub struct SlotSnapshot {
 }
 
 impl<S: SharedStore> SlotLedger<S> {
-    /// A ledger of `max_entries` entries (rounded up to whole sets).
-    pub fn new(store: S, max_entries: u32, window_seconds: u64) -> SlotLedger<S> {
+    /// The `table` of `max_entries` entries (rounded up to whole sets), its sets chosen with
+    /// `index_key`.
+    pub fn new(
+        store: S,
+        table: Table,
+        max_entries: u32,
+        window_seconds: u64,
+        index_key: IndexKey,
+    ) -> SlotLedger<S> {
         SlotLedger {
             store,
+            table,
             sets: max_entries.div_ceil(WAYS as u32).max(1),
             window_seconds,
+            index_key,
         }
+    }
+
+    /// The table this ledger works on.
+    pub fn table(&self) -> Table {
+        self.table
     }
 
     /// Number of set keys.
@@ -337,18 +466,19 @@ impl<S: SharedStore> SlotLedger<S> {
         self.sets
     }
 
-    /// The shared-data key of set `i` (written without `format!`: this runs on every tracked
-    /// request, twice or more).
-    pub fn key(i: u32) -> String {
-        let mut k = String::with_capacity(KEY_PREFIX.len() + 10);
-        k.push_str(KEY_PREFIX);
+    /// The shared-data key of set `i` of `table` (written without `format!`: this runs on
+    /// every tracked request, twice or more).
+    pub fn key(table: Table, i: u32) -> String {
+        let prefix = table.prefix();
+        let mut k = String::with_capacity(prefix.len() + 10);
+        k.push_str(prefix);
         crate::json::push_u64(&mut k, u64::from(i));
         k
     }
 
-    fn set_of(&self, id: &[u8; 32]) -> u32 {
-        let h = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
-        h % self.sets
+    /// The set `id` lives in.
+    pub fn set_of(&self, id: &[u8; 32]) -> u32 {
+        self.index_key.set_of(id, self.sets)
     }
 
     /// Creates every set key that does not exist yet (empty value), so later writes are all
@@ -357,7 +487,7 @@ impl<S: SharedStore> SlotLedger<S> {
     pub fn ensure_slots(&self) -> Result<u32, LedgerError> {
         let mut created = 0;
         for i in 0..self.sets {
-            let key = Self::key(i);
+            let key = Self::key(self.table, i);
             if self.store.get(&key)?.is_none() {
                 match self.store.set(&key, &[], 0) {
                     Ok(()) => created += 1,
@@ -379,7 +509,7 @@ impl<S: SharedStore> Ledger for SlotLedger<S> {
     type Snapshot = SlotSnapshot;
 
     fn load(&self, id: &[u8; 32], now: u64) -> Result<SlotSnapshot, LedgerError> {
-        let key = Self::key(self.set_of(id));
+        let key = Self::key(self.table, self.set_of(id));
         let (set, cas) = match self.store.get(&key)? {
             Some((bytes, cas)) => (Set::decode(&bytes).unwrap_or_default(), cas),
             None => (Set::default(), 0),
@@ -402,7 +532,9 @@ impl<S: SharedStore> Ledger for SlotLedger<S> {
     }
 
     fn commit(&self, snap: &SlotSnapshot, entry: &Entry, now: u64) -> Result<Commit, LedgerError> {
-        let (set, evicted) = snap.set.with(entry, now, self.window_seconds);
+        let Some((set, evicted)) = snap.set.with(entry, now, self.window_seconds) else {
+            return Ok(Commit::Full);
+        };
         match self.store.set(&snap.key, &set.encode(), snap.cas) {
             Ok(()) => Ok(Commit::Stored { evicted }),
             Err(LedgerError::CasMismatch) => Ok(Commit::Conflict),
@@ -492,7 +624,19 @@ pub(crate) mod tests {
             body_digest: [3; 32],
             challenge: Some([5; 16]),
             consumed: None,
+            sensitive: false,
         }
+    }
+
+    /// The attempt table of `max_entries` over `store`, with a fixed index key.
+    pub(crate) fn slots<S: SharedStore>(store: S, max_entries: u32) -> SlotLedger<S> {
+        SlotLedger::new(
+            store,
+            Table::Attempts,
+            max_entries,
+            900,
+            IndexKey::new([7; 16]),
+        )
     }
 
     #[test]
@@ -510,16 +654,16 @@ pub(crate) mod tests {
     #[test]
     fn full_set_evicts_its_oldest_entry() {
         let s = Set((1..=4).map(|i| entry(i, 100 + u64::from(i))).collect());
-        let (s2, evicted) = s.with(&entry(9, 200), 200, 900);
+        let (s2, evicted) = s.with(&entry(9, 200), 200, 900).unwrap();
         assert!(evicted);
         assert_eq!(s2.0.len(), WAYS);
         assert!(!s2.0.iter().any(|e| e.id == [1; 32]), "oldest went");
         // Expired entries make room without counting as evictions.
-        let (s3, evicted) = s.with(&entry(9, 2000), 2000, 900);
+        let (s3, evicted) = s.with(&entry(9, 2000), 2000, 900).unwrap();
         assert!(!evicted);
         assert_eq!(s3.0.len(), 1);
         // Rewriting an id replaces it.
-        let (s4, evicted) = s.with(&entry(2, 300), 300, 900);
+        let (s4, evicted) = s.with(&entry(2, 300), 300, 900).unwrap();
         assert!(!evicted);
         assert_eq!(s4.0.len(), 4);
     }
@@ -547,7 +691,7 @@ pub(crate) mod tests {
     #[test]
     fn ledger_commits_conditionally_and_stays_bounded() {
         let store = MemoryStore::default();
-        let l = SlotLedger::new(&store, 16, 900);
+        let l = slots(&store, 16);
         assert_eq!(l.ensure_slots().unwrap(), 4);
         assert_eq!(l.ensure_slots().unwrap(), 0, "idempotent");
         let e = entry(1, 100);
@@ -584,6 +728,147 @@ pub(crate) mod tests {
         assert!(evictions >= 10_000 - 16);
     }
 
+    #[test]
+    fn live_sensitive_entries_are_never_evicted_and_the_full_set_refuses() {
+        let sensitive = |id, last| Entry {
+            sensitive: true,
+            ..entry(id, last)
+        };
+        let s = Set((1..=4).map(|i| sensitive(i, 100 + u64::from(i))).collect());
+        assert_eq!(s.with(&entry(9, 200), 200, 900), None, "refused");
+        assert_eq!(s.with(&sensitive(9, 200), 200, 900), None, "refused");
+        // The same id still updates in place; an expired sensitive entry makes room.
+        assert!(s.with(&sensitive(2, 300), 300, 900).is_some());
+        assert_eq!(
+            s.with(&entry(9, 1002), 1002, 900).map(|(_, ev)| ev),
+            Some(false)
+        );
+        // With one entry that is not sensitive, that one goes, however young it is.
+        let mut mixed = s.clone();
+        mixed.0[3].sensitive = false;
+        let (after, evicted) = mixed.with(&sensitive(9, 200), 200, 900).unwrap();
+        assert!(evicted);
+        assert!(!after.0.iter().any(|e| e.id == [4; 32]));
+        assert!(after.0.iter().all(|e| e.sensitive));
+        // The flag survives encoding (shared-data sets and etcd values alike).
+        assert_eq!(Set::decode(&s.encode()), Some(s.clone()));
+        assert_eq!(Entry::from_bytes(&s.0[0].to_bytes()), Some(s.0[0].clone()));
+    }
+
+    #[test]
+    fn a_full_table_of_sensitive_entries_refuses_instead_of_forgetting() {
+        let store = MemoryStore::default();
+        let l = slots(&store, 16);
+        l.ensure_slots().unwrap();
+        let (mut stored, mut refused) = (Vec::new(), 0);
+        for i in 0..200u32 {
+            let mut e = entry(0, 100);
+            e.id[..4].copy_from_slice(&i.to_le_bytes());
+            e.sensitive = true;
+            let snap = l.load(&e.id, 100).unwrap();
+            match l.commit(&snap, &e, 100).unwrap() {
+                Commit::Stored { evicted } => {
+                    assert!(!evicted, "a live sensitive entry was evicted");
+                    stored.push(e.id);
+                }
+                Commit::Full => refused += 1,
+                Commit::Conflict => unreachable!(),
+            }
+        }
+        assert_eq!(stored.len(), 16, "the table fills up");
+        assert_eq!(refused, 200 - 16);
+        for id in &stored {
+            assert!(SlotLedger::<&MemoryStore>::entry(&l.load(id, 100).unwrap()).is_some());
+        }
+    }
+
+    /// The README's sizing advice: in a default table filled at random with live sensitive
+    /// entries, nothing is refused below 2% of `max_entries`, and under 1% of new records up
+    /// to 25%.
+    #[test]
+    fn refusals_stay_rare_while_the_table_is_lightly_used() {
+        let store = MemoryStore::default();
+        let l = slots(&store, 65_536);
+        let (mut refused, mut first_refusal) = (0u32, None);
+        for i in 0..65_536u32 / 4 {
+            let mut e = entry(0, 100);
+            e.id[..4].copy_from_slice(&i.to_le_bytes());
+            e.sensitive = true;
+            let snap = l.load(&e.id, 100).unwrap();
+            if l.commit(&snap, &e, 100).unwrap() == Commit::Full {
+                refused += 1;
+                first_refusal.get_or_insert(i);
+            }
+        }
+        let first = first_refusal.unwrap_or(u32::MAX);
+        assert!(first >= 65_536 / 50, "first refusal at entry {first}");
+        assert!(refused < 65_536 / 4 / 100, "{refused} refused");
+    }
+
+    #[test]
+    fn the_set_index_is_keyed_and_the_tables_are_apart() {
+        let store = MemoryStore::default();
+        let a = SlotLedger::new(&store, Table::Attempts, 4096, 900, IndexKey::new([1; 16]));
+        let b = SlotLedger::new(&store, Table::Attempts, 4096, 900, IndexKey::new([2; 16]));
+        // Ids that agree in their first bytes (what a fingerprint shows) land in unrelated
+        // sets, and another key puts them elsewhere again.
+        let ids: Vec<[u8; 32]> = (0..64u8)
+            .map(|i| {
+                let mut id = [9; 32];
+                id[31] = i;
+                id
+            })
+            .collect();
+        let sets_a: std::collections::HashSet<u32> = ids.iter().map(|id| a.set_of(id)).collect();
+        assert!(sets_a.len() > 56, "{} distinct sets", sets_a.len());
+        let same = ids.iter().filter(|id| a.set_of(id) == b.set_of(id)).count();
+        assert!(same < 4, "{same} ids in the same set under both keys");
+        // A token record never shares a key with an attempt record.
+        let t = SlotLedger::new(&store, Table::Tokens, 4096, 900, IndexKey::new([1; 16]));
+        t.ensure_slots().unwrap();
+        a.ensure_slots().unwrap();
+        assert_eq!(store.len(), 2 * 1024);
+        let e = entry(3, 100);
+        let snap = t.load(&e.id, 100).unwrap();
+        t.commit(&snap, &e, 100).unwrap();
+        assert!(SlotLedger::<&MemoryStore>::entry(&a.load(&e.id, 100).unwrap()).is_none());
+        assert!(SlotLedger::<&MemoryStore>::entry(&t.load(&e.id, 100).unwrap()).is_some());
+    }
+
+    #[test]
+    fn the_index_key_is_made_once_and_read_by_every_later_vm() {
+        let store = MemoryStore::default();
+        let (first, made) = IndexKey::shared(&store, || Some([4; 16])).unwrap();
+        assert!(made);
+        let (second, made) = IndexKey::shared(&store, || Some([5; 16])).unwrap();
+        assert!(!made);
+        assert_eq!(first, second);
+        assert_eq!(
+            IndexKey::shared(&MemoryStore::default(), || None),
+            Err(LedgerError::NoRandom)
+        );
+        // A VM that finds the key created but still empty (another VM between its two
+        // writes) fills it with CAS; the loser of that race reads the winner's key.
+        let racing = MemoryStore::default();
+        racing.set(INDEX_KEY_KEY, &[], 0).unwrap();
+        let (_, cas) = racing.get(INDEX_KEY_KEY).unwrap().unwrap();
+        let (winner, made) = IndexKey::shared(&racing, || Some([6; 16])).unwrap();
+        assert!(made);
+        assert_eq!(
+            racing.set(INDEX_KEY_KEY, &[8; 16], cas),
+            Err(LedgerError::CasMismatch)
+        );
+        assert_eq!(
+            IndexKey::shared(&racing, || Some([8; 16])).unwrap(),
+            (winner, false)
+        );
+        assert_eq!(
+            format!("{winner:?}"),
+            "IndexKey(..)",
+            "the secret is not logged"
+        );
+    }
+
     /// A store whose host answers every call with `InternalFailure` (status 10).
     pub(crate) struct FailingStore;
 
@@ -604,27 +889,25 @@ pub(crate) mod tests {
 
     #[test]
     fn store_failures_reach_the_caller_typed_and_say_what_failed() {
-        let l = SlotLedger::new(FailingStore, 4, 900);
+        let l = slots(FailingStore, 4);
         let e = l.ensure_slots().unwrap_err();
         assert_eq!(
             e,
             LedgerError::Get {
-                key: "retry-guard/v1/0".into(),
+                key: "retry-guard/v2/a/0".into(),
                 status: 10
             }
         );
         assert_eq!(
             e.to_string(),
-            "reading ledger key retry-guard/v1/0 in Envoy shared data failed: host status 10"
+            "reading ledger key retry-guard/v2/a/0 in Envoy shared data failed: host status 10"
         );
         assert!(matches!(l.load(&[0; 32], 1), Err(LedgerError::Get { .. })));
-        let snap = SlotLedger::new(MemoryStore::default(), 4, 900)
-            .load(&[0; 32], 1)
-            .unwrap();
+        let snap = slots(MemoryStore::default(), 4).load(&[0; 32], 1).unwrap();
         let e = l.commit(&snap, &entry(0, 1), 1).unwrap_err();
         assert!(
             e.to_string().starts_with(
-                "writing ledger key retry-guard/v1/0 in Envoy shared data failed: host status 10"
+                "writing ledger key retry-guard/v2/a/0 in Envoy shared data failed: host status 10"
             ),
             "{e}"
         );
@@ -639,9 +922,13 @@ pub(crate) mod tests {
     fn corrupt_sets_read_as_empty() {
         let store = MemoryStore::default();
         store
-            .set(&SlotLedger::<&MemoryStore>::key(0), b"garbage", 0)
+            .set(
+                &SlotLedger::<&MemoryStore>::key(Table::Attempts, 0),
+                b"garbage",
+                0,
+            )
             .unwrap();
-        let l = SlotLedger::new(&store, 4, 900);
+        let l = slots(&store, 4);
         let s = l.load(&[0; 32], 1).unwrap();
         assert!(SlotLedger::<&MemoryStore>::entry(&s).is_none());
         assert_eq!(

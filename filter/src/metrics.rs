@@ -21,6 +21,9 @@ named_enum! {
         ConfirmationInvalid => "retry_guard.confirmation.invalid",
         /// A live ledger entry was evicted to make room.
         LedgerEvicted => "retry_guard.ledger.evicted",
+        /// The in-process ledger refused a new record: its set held only live entries of
+        /// sensitive routes. The route's fail policy decided.
+        LedgerFull => "retry_guard.ledger.full",
         /// The ledger could not answer in time; the route's fail policy decided.
         LedgerUnavailable => "retry_guard.ledger.unavailable",
         /// Envoy's router sent a tracked request upstream more than once (its route retries

@@ -299,13 +299,23 @@ impl Stream {
             confirmation: pending.confirmation.as_deref(),
         };
         let mut challenge = fresh_challenge(host, &fingerprint);
-        let settled = match engine::decide_with_ledger(
-            &plugin.ledger,
-            &plugin.config,
-            route,
-            &facts,
-            &mut challenge,
-        ) {
+        let decided = if pending.ledger_full {
+            // The token's sighting was refused (already counted): nothing is written.
+            Ok(engine::Settled {
+                decision: engine::ledger_full(route, &facts),
+                evicted: false,
+                refused: false,
+            })
+        } else {
+            engine::decide_with_ledger(
+                &plugin.ledger,
+                &plugin.config,
+                route,
+                &facts,
+                &mut challenge,
+            )
+        };
+        let settled = match decided {
             Ok(s) => s,
             Err(e) => {
                 // The shared-data store failed: fail open and say so (never seen in practice).
@@ -318,6 +328,9 @@ impl Stream {
         };
         if settled.evicted {
             host.count(Counter::Event(Event::LedgerEvicted));
+        }
+        if settled.refused {
+            host.count(Counter::Event(Event::LedgerFull));
         }
         let decision = settled.decision;
         let action = self.apply(plugin, host, route, &facts, &decision);

@@ -4,7 +4,7 @@
 use super::*;
 use crate::confirm::tests::{sign, NOW};
 use crate::fingerprint::{empty_body_digest, NaturalKey};
-use crate::ledger::{MemoryStore, SlotLedger};
+use crate::ledger::{IndexKey, MemoryStore, SlotLedger, Table};
 use crate::policy::RouteClass;
 use serde_json::{json, Value};
 
@@ -98,6 +98,7 @@ fn entry_after(outcome: Outcome, status: u16, req: &Req, route: &Route) -> Entry
         body_digest: req.body,
         challenge: None,
         consumed: None,
+        sensitive: false,
     }
 }
 
@@ -172,7 +173,13 @@ fn read_only_routes_are_untracked_unless_something_can_block() {
     let route = &cfg.routes[0];
     assert!(!route.needs_ledger());
     let store = MemoryStore::default();
-    let ledger = SlotLedger::new(&store, 64, cfg.window_seconds);
+    let ledger = SlotLedger::new(
+        &store,
+        Table::Attempts,
+        64,
+        cfg.window_seconds,
+        IndexKey::new([7; 16]),
+    );
     ledger.ensure_slots().unwrap();
     let req = Req {
         stale: Some(StaleReason::Expired),
@@ -723,7 +730,13 @@ fn concurrent_identical_requests_exactly_one_wins() {
         let cfg = class_config(class);
         let route = &cfg.routes[0];
         let store = MemoryStore::default();
-        let ledger = SlotLedger::new(&store, 64, cfg.window_seconds);
+        let ledger = SlotLedger::new(
+            &store,
+            Table::Attempts,
+            64,
+            cfg.window_seconds,
+            IndexKey::new([7; 16]),
+        );
         ledger.ensure_slots().unwrap();
         let req = Req::default();
         let facts = req.facts(route);
@@ -749,6 +762,7 @@ fn concurrent_identical_requests_exactly_one_wins() {
                             .unwrap();
                     verdicts.push(settled.decision.verdict);
                 }
+                Commit::Full => panic!("a table of 64 has room for one entry"),
             }
         }
         assert_eq!(
@@ -768,7 +782,13 @@ fn concurrent_identical_requests_exactly_one_wins() {
 fn threads_racing_on_the_store_allow_exactly_one() {
     let cfg = class_config(RouteClass::PrivilegeChanging);
     let store = MemoryStore::default();
-    let ledger = SlotLedger::new(&store, 64, cfg.window_seconds);
+    let ledger = SlotLedger::new(
+        &store,
+        Table::Attempts,
+        64,
+        cfg.window_seconds,
+        IndexKey::new([7; 16]),
+    );
     ledger.ensure_slots().unwrap();
     let allowed = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -798,7 +818,13 @@ fn full_flow_through_the_ledger() {
     let cfg = config();
     let route = &cfg.routes[0];
     let store = MemoryStore::default();
-    let ledger = SlotLedger::new(&store, 64, cfg.window_seconds);
+    let ledger = SlotLedger::new(
+        &store,
+        Table::Attempts,
+        64,
+        cfg.window_seconds,
+        IndexKey::new([7; 16]),
+    );
     ledger.ensure_slots().unwrap();
     let req = Req::default();
     let facts = req.facts(route);
@@ -863,7 +889,7 @@ fn full_flow_through_the_ledger() {
 #[test]
 fn opaque_token_age_comes_from_the_first_sighting() {
     let store = MemoryStore::default();
-    let ledger = SlotLedger::new(&store, 64, 900);
+    let ledger = SlotLedger::new(&store, Table::Attempts, 64, 900, IndexKey::new([7; 16]));
     ledger.ensure_slots().unwrap();
     assert_eq!(
         first_seen_with_ledger(&ledger, "opaque-1", NOW, 900).unwrap(),

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use crate::abi::{self, BufferType, LogLevel, MetricType};
 use crate::config::Config;
-use crate::ledger::SlotLedger;
+use crate::ledger::{IndexKey, SlotLedger, Table};
 use crate::metrics::Counter;
 use crate::stream::Plugin;
 
@@ -97,16 +97,31 @@ pub(crate) fn configure(root_id: u32) -> Option<Rc<Root>> {
         crate::config::LedgerBackend::SharedData => config.max_entries,
         crate::config::LedgerBackend::Etcd(_) => crate::ledger::WAYS as u32,
     };
-    let ledger = SlotLedger::new(HostStore, entries, config.window_seconds);
-    match ledger.ensure_slots() {
+    let (index_key, made) = match IndexKey::shared(&HostStore, || {
+        let mut bytes = [0u8; 16];
+        getrandom::getrandom(&mut bytes).ok().map(|()| bytes)
+    }) {
+        Ok(k) => k,
+        Err(e) => {
+            abi::log(
+                LogLevel::Critical,
+                &format!("retry-guard: cannot set up the ledger: {e}"),
+            );
+            return None;
+        }
+    };
+    let table = |t| SlotLedger::new(HostStore, t, entries, config.window_seconds, index_key);
+    let (ledger, tokens) = (table(Table::Attempts), table(Table::Tokens));
+    match ledger.ensure_slots().and_then(|a| Ok(a + tokens.ensure_slots()?)) {
         Ok(created) => abi::log(
             LogLevel::Info,
             &format!(
-                "retry-guard: configured {} route(s); ledger {} sets x {} entries ({} keys created by this VM)",
+                "retry-guard: configured {} route(s); ledger 2 tables x {} sets x {} entries ({} keys created by this VM; set-index secret {})",
                 config.routes.len(),
                 ledger.sets(),
                 crate::ledger::WAYS,
-                created
+                created,
+                if made { "made by this VM" } else { "read from shared data" }
             ),
         ),
         Err(e) => {
@@ -118,7 +133,7 @@ pub(crate) fn configure(root_id: u32) -> Option<Rc<Root>> {
         }
     }
     let root = Rc::new(Root {
-        plugin: Plugin::new(config, ledger),
+        plugin: Plugin::new(config, ledger, tokens),
         metrics,
         memory_gauge,
         root_id,

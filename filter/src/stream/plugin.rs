@@ -22,8 +22,11 @@ pub const HELD_WARN_EVERY_SECONDS: u64 = 60;
 pub struct Plugin<L> {
     /// The accepted configuration.
     pub config: Config,
-    /// The ledger decisions are made against.
+    /// The ledger decisions are made against (its attempt table).
     pub ledger: L,
+    /// The in-process table of opaque-token sightings (apart from the attempts: a flood of
+    /// new tokens cannot push attempts out).
+    pub tokens: L,
     /// Streams whose headers are held waiting for the body: (context id, since).
     held: RefCell<Vec<(u32, u64)>>,
     /// When the held-stream warning was last logged.
@@ -63,8 +66,9 @@ impl Remote {
 }
 
 impl<L> Plugin<L> {
-    /// A plugin with no stream held.
-    pub fn new(config: Config, ledger: L) -> Plugin<L> {
+    /// A plugin with no stream held, deciding against the attempt table `ledger` and the
+    /// token table `tokens`.
+    pub fn new(config: Config, ledger: L, tokens: L) -> Plugin<L> {
         let remote = match &config.ledger.backend {
             LedgerBackend::SharedData => None,
             LedgerBackend::Etcd(etcd) => Some(Remote {
@@ -77,6 +81,7 @@ impl<L> Plugin<L> {
         Plugin {
             config,
             ledger,
+            tokens,
             held: RefCell::new(Vec::new()),
             warned_at: Cell::new(0),
             remote,

@@ -106,6 +106,9 @@ pub(super) struct Pending {
     pub(super) body_seen: usize,
     /// An opaque token whose first sighting is still to be asked of the cluster ledger.
     pub(super) sighting: Option<Deferred>,
+    /// The token table had no room for this request's sighting: the route's fail policy
+    /// decides ([`engine::ledger_full`]).
+    pub(super) ledger_full: bool,
 }
 
 /// A token age check waiting for the cluster ledger's record of the credential.
@@ -254,26 +257,33 @@ impl Pending {
             body,
             body_seen: 0,
             sighting,
+            ledger_full: false,
         }
     }
 
     /// Records the token's first sighting in the in-process ledger and assesses the token with
     /// it (see [`Pending::seen`]); a store failure leaves the age unknown, logged.
     pub(super) fn sight_locally<L: Ledger, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H) {
-        let Some(id) = self.sighting.as_ref().map(|d| d.id) else {
+        let Some((id, sensitive)) = self.sighting.as_ref().map(|d| (d.id, d.rules.sensitive))
+        else {
             return;
         };
         let first_seen = match engine::first_seen_by_id(
-            &plugin.ledger,
+            &plugin.tokens,
             id,
+            sensitive,
             self.now,
             plugin.config.window_seconds,
         ) {
-            Ok((t, evicted)) => {
-                if evicted {
+            Ok(seen) => {
+                if seen.evicted {
                     host.count(Counter::Event(Event::LedgerEvicted));
                 }
-                Some(t)
+                if seen.refused {
+                    host.count(Counter::Event(Event::LedgerFull));
+                    self.ledger_full = true;
+                }
+                Some(seen.first_seen)
             }
             Err(e) => {
                 host.log(

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::config::Config;
 use crate::host::Status;
-use crate::ledger::{MemoryStore, SharedStore, SlotLedger};
+use crate::ledger::{IndexKey, MemoryStore, SharedStore, SlotLedger, Table};
 use crate::policy::Outcome;
 
 const NOW: u64 = 1_700_000_000;
@@ -325,13 +325,19 @@ fn config(top_extra: Value) -> Config {
 
 fn plugin_with(top_extra: Value) -> Plugin<SlotLedger<MemoryStore>> {
     let config = config(top_extra);
-    let ledger = SlotLedger::new(
-        MemoryStore::default(),
-        config.max_entries,
-        config.window_seconds,
-    );
-    ledger.ensure_slots().unwrap();
-    Plugin::new(config, ledger)
+    let table = |t| {
+        let l = SlotLedger::new(
+            MemoryStore::default(),
+            t,
+            config.max_entries,
+            config.window_seconds,
+            IndexKey::new([7; 16]),
+        );
+        l.ensure_slots().unwrap();
+        l
+    };
+    let (ledger, tokens) = (table(Table::Attempts), table(Table::Tokens));
+    Plugin::new(config, ledger, tokens)
 }
 
 fn plugin() -> Plugin<SlotLedger<MemoryStore>> {
@@ -362,9 +368,17 @@ fn send<L: Ledger>(plugin: &Plugin<L>, host: &FakeHost, id: u32) -> (Stream, Vec
 
 /// Every entry in the ledger.
 fn ledger_entries(plugin: &Plugin<SlotLedger<MemoryStore>>) -> Vec<crate::ledger::Entry> {
-    let store = plugin.ledger.store();
-    (0..plugin.ledger.sets())
-        .filter_map(|i| store.get(&SlotLedger::<MemoryStore>::key(i)).unwrap())
+    table_entries(&plugin.ledger)
+}
+
+/// Every entry of one of the plugin's tables.
+fn table_entries(l: &SlotLedger<MemoryStore>) -> Vec<crate::ledger::Entry> {
+    (0..l.sets())
+        .filter_map(|i| {
+            l.store()
+                .get(&SlotLedger::<MemoryStore>::key(l.table(), i))
+                .unwrap()
+        })
         .flat_map(|(bytes, _)| crate::ledger::Set::decode(&bytes).unwrap().0)
         .collect()
 }
@@ -742,8 +756,17 @@ use crate::ledger::tests::FailingStore as BrokenStore;
 #[test]
 fn ledger_failure_lets_the_request_through_and_logs_what_failed() {
     let config = config(json!({}));
-    let ledger = SlotLedger::new(BrokenStore, config.max_entries, config.window_seconds);
-    let plugin = Plugin::new(config, ledger);
+    let table = |t| {
+        SlotLedger::new(
+            BrokenStore,
+            t,
+            config.max_entries,
+            config.window_seconds,
+            IndexKey::new([7; 16]),
+        )
+    };
+    let (ledger, tokens) = (table(Table::Attempts), table(Table::Tokens));
+    let plugin = Plugin::new(config, ledger, tokens);
     let host = token_request();
     let (stream, actions) = send(&plugin, &host, 1);
     assert_eq!(actions, [Action::Pause, Action::Continue], "fails open");
@@ -759,7 +782,7 @@ fn ledger_failure_lets_the_request_through_and_logs_what_failed() {
         .collect();
     assert_eq!(errors.len(), 1);
     assert!(
-        errors[0].starts_with("retry-guard: ledger unavailable, request passes unguarded: reading ledger key retry-guard/v1/"),
+        errors[0].starts_with("retry-guard: ledger unavailable, request passes unguarded: reading ledger key retry-guard/v2/a/"),
         "{}",
         errors[0]
     );
@@ -1440,6 +1463,7 @@ fn a_request_answered_before_its_decision_writes_nothing_to_the_ledger() {
     send(&plugin, &host, 1);
     assert_eq!(host.replies()[0].status, 400);
     assert_eq!(ledger_entries(&plugin), []);
+    assert_eq!(table_entries(&plugin.tokens), []);
 
     // Decided, the same token's sighting is recorded (with the attempt).
     let host = FakeHost::request(
@@ -1450,36 +1474,92 @@ fn a_request_answered_before_its_decision_writes_nothing_to_the_ledger() {
     )
     .with_body("grant_type=client_credentials");
     send(&plugin, &host, 2);
-    assert_eq!(
-        ledger_entries(&plugin).len(),
-        2,
-        "the sighting and the attempt"
-    );
+    assert_eq!(ledger_entries(&plugin).len(), 1, "the attempt");
+    assert_eq!(table_entries(&plugin.tokens).len(), 1, "the sighting");
+}
+
+/// How often `host` counted `event`.
+fn count_of(host: &FakeHost, event: Event) -> usize {
+    host.counted()
+        .iter()
+        .filter(|c| **c == Counter::Event(event))
+        .count()
 }
 
 #[test]
-fn every_eviction_is_counted_token_sightings_too() {
-    // One set of four: four live attempts fill it.
-    let plugin = plugin_with(json!({"max_entries": 4}));
-    for i in 0..4 {
-        let host = FakeHost::request("token", "POST", "/oauth/token", &[("x-client-id", "c")])
-            .with_body(&format!("n={i}"));
-        send(&plugin, &host, i + 1);
+fn a_set_full_of_live_sensitive_attempts_refuses_by_the_fail_policy() {
+    for (fail, status) in [("fail_closed", Some(503)), ("fail_open", None)] {
+        // One set of four per table: four live attempts of a sensitive route fill it.
+        let plugin = plugin_with(json!({
+            "max_entries": 4,
+            "ledger": {"on_unavailable": fail}
+        }));
+        let call = |n: u32| {
+            FakeHost::request("token", "POST", "/oauth/token", &[("x-client-id", "c")])
+                .with_body(&format!("n={n}"))
+        };
+        for n in 0..4 {
+            send(&plugin, &call(n), n + 1);
+        }
+        let host = call(9);
+        send(&plugin, &host, 9);
+        assert_eq!(host.replies().first().map(|r| r.status), status, "{fail}");
+        if let Some(reply) = host.replies().first() {
+            assert_eq!(
+                problem_type(reply),
+                "urn:retry-guard:problem:ledger-unavailable"
+            );
+            assert!(reply.body.contains("no room"), "{}", reply.body);
+        }
+        assert_eq!(host.audit()[0]["reason"], "ledger_full");
+        assert_eq!(count_of(&host, Event::LedgerFull), 1);
+        assert_eq!(count_of(&host, Event::LedgerEvicted), 0);
+        // Nothing was forgotten: each earlier call's replay is still held back.
+        for n in 0..4 {
+            let replay = call(n);
+            send(&plugin, &replay, 20 + n);
+            assert_eq!(replay.replies().len(), 1, "{fail}: replay {n} passed");
+        }
     }
-    // A decided request with an opaque token writes its sighting and its attempt: two
-    // evictions, both counted.
-    let host = FakeHost::request(
-        "token",
-        "POST",
-        "/oauth/token",
-        &[("authorization", "Bearer opaque-evict")],
-    )
-    .with_body("n=9");
+}
+
+#[test]
+fn evictions_are_counted_and_token_sightings_have_their_own_table() {
+    // A tracked route that is not sensitive, with a token age: its entries may be evicted.
+    let plugin = plugin_with(json!({
+        "max_entries": 4,
+        "routes": [{
+            "name": "orders",
+            "match": {"path": "/orders"},
+            "class": "idempotent_write",
+            "max_attempts": 3,
+            "owner": "team-shop",
+            "escalation": "slack:#shop",
+            "token_max_age_seconds": 300
+        }]
+    }));
+    let call = |n: u32, token: Option<&str>| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("x-client-id", "c")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        FakeHost::request("orders", "POST", "/orders", &headers).with_body(&format!("n={n}"))
+    };
+    for n in 0..4 {
+        send(&plugin, &call(n, None), n + 1);
+    }
+    // Four new opaque tokens: their sightings fill the token table and push no attempt out.
+    for n in 4..8 {
+        let host = call(n, Some(&format!("opaque-{n}")));
+        send(&plugin, &host, n + 1);
+        assert_eq!(count_of(&host, Event::LedgerEvicted), 1, "the attempt's");
+    }
+    assert_eq!(table_entries(&plugin.tokens).len(), 4);
+    // One more token: one eviction in each table, both counted.
+    let host = call(9, Some("opaque-9"));
     send(&plugin, &host, 9);
-    let evicted = host
-        .counted()
-        .iter()
-        .filter(|c| **c == Counter::Event(Event::LedgerEvicted))
-        .count();
-    assert_eq!(evicted, 2);
+    assert_eq!(count_of(&host, Event::LedgerEvicted), 2);
+    assert_eq!(count_of(&host, Event::LedgerFull), 0);
+    assert!(host.replies().is_empty());
 }
