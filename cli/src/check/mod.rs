@@ -97,7 +97,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 fn config_summary(c: &PluginSource) -> String {
     match &c.parsed {
         Ok(c) => format!(
-            "valid — {} route(s) ({}), mode {}, ledger {} entries, confirmation {}",
+            "valid — {} route(s) ({}), mode {}, ledger {}, confirmation {}",
             c.routes.len(),
             c.routes
                 .iter()
@@ -105,7 +105,13 @@ fn config_summary(c: &PluginSource) -> String {
                 .collect::<Vec<_>>()
                 .join(", "),
             c.mode.name(),
-            c.max_entries,
+            match &c.ledger.backend {
+                retry_guard::config::LedgerBackend::SharedData => {
+                    format!("shared data, {} entries per table", c.max_entries)
+                }
+                retry_guard::config::LedgerBackend::Etcd(e) =>
+                    format!("etcd (cluster {})", e.cluster),
+            },
             match &c.confirmation {
                 Some(k) => format!(
                     "keys {}",
