@@ -635,17 +635,22 @@ fn attempt_entry(
 }
 
 /// The entry after recording the outcome of attempt `attempt`; `None` when the entry belongs
-/// to a later attempt (or is gone), so a stale response never overwrites a newer one.
+/// to a later attempt (or is gone), so a stale response never overwrites a newer one, or when
+/// the attempt's outcome is already recorded. The one exception: an attempt recorded as
+/// `succeeded` or `failed_unknown` when its response headers passed becomes `undelivered`
+/// when the stream ends with the client gone before the response was complete.
 pub fn record_outcome(
     entry: Option<&Entry>,
     attempt: u32,
     response: ResponseFacts,
 ) -> Option<(Entry, Outcome)> {
     let e = entry?;
-    if e.attempts != attempt || e.outcome != Outcome::InFlight {
+    let outcome = classify(response);
+    let later_undelivered = outcome == Outcome::Undelivered
+        && matches!(e.outcome, Outcome::Succeeded | Outcome::FailedUnknown);
+    if e.attempts != attempt || (e.outcome != Outcome::InFlight && !later_undelivered) {
         return None;
     }
-    let outcome = classify(response);
     let mut updated = e.clone();
     updated.outcome = outcome;
     updated.status = response.status;

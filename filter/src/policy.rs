@@ -52,6 +52,9 @@ named_enum! {
         Unchanged => "unchanged",
         /// Any other 5xx, 408, upstream timeout or reset, or no response at all.
         FailedUnknown => "failed_unknown",
+        /// The upstream answered (or may have acted) but the client went away before the
+        /// response was complete: whatever was issued never reached the caller.
+        Undelivered => "undelivered",
     }
 }
 
@@ -105,7 +108,7 @@ pub fn default_policy(class: RouteClass, outcome: Outcome) -> Policy {
         },
         _ => match outcome {
             InFlight => DoNotRetry,
-            Succeeded | FailedUnknown => RetryWithReview,
+            Succeeded | FailedUnknown | Undelivered => RetryWithReview,
             Rejected => DoNotRetry,
             NotSent | Unchanged | RateLimited | Unauthenticated => RetrySafe,
         },
@@ -161,8 +164,15 @@ pub mod flags {
     pub const OVERLOAD_MANAGER: u64 = 1 << 25;
     /// `DO`: drop overload.
     pub const DROP_OVERLOAD: u64 = 1 << 27;
+    /// `DC`: the downstream connection was closed before the response was complete.
+    pub const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 1 << 14;
+    /// `DR`: the downstream reset the stream (HTTP/2, HTTP/3) before the response was complete.
+    pub const DOWNSTREAM_REMOTE_RESET: u64 = 1 << 28;
     /// `UDO`: unconditional drop overload.
     pub const UNCONDITIONAL_DROP_OVERLOAD: u64 = 1 << 29;
+
+    /// Flags saying the client went away before the response was complete.
+    pub const DOWNSTREAM_GONE: u64 = DOWNSTREAM_CONNECTION_TERMINATION | DOWNSTREAM_REMOTE_RESET;
 
     /// Flags proving that the upstream never received the request.
     pub const NOT_SENT: u64 = NO_HEALTHY_UPSTREAM
@@ -187,8 +197,20 @@ pub struct ResponseFacts {
     pub unchanged_state: bool,
 }
 
-/// Maps a response to the outcome of the attempt.
+/// Maps a response to the outcome of the attempt. An attempt that may have changed state
+/// upstream (`succeeded`, `failed_unknown`) whose client went away before the response was
+/// complete ([`flags::DOWNSTREAM_GONE`]) is `undelivered`.
 pub fn classify(response: ResponseFacts) -> Outcome {
+    let outcome = classify_response(response);
+    if response.flags & flags::DOWNSTREAM_GONE != 0
+        && matches!(outcome, Outcome::Succeeded | Outcome::FailedUnknown)
+    {
+        return Outcome::Undelivered;
+    }
+    outcome
+}
+
+fn classify_response(response: ResponseFacts) -> Outcome {
     let status = response.status;
     if (100..400).contains(&status) {
         return Outcome::Succeeded;
@@ -214,40 +236,32 @@ mod tests {
 
     #[test]
     fn default_table_matches_the_contract() {
-        // Columns: in_flight, succeeded, failed_unknown, rejected, then the four retry-safe ones.
-        let rows: [(RouteClass, [Policy; 4], Policy); 6] = [
-            (RouteClass::ReadOnly, [RetrySafe; 4], RetrySafe),
+        // Columns: in_flight, succeeded, failed_unknown, undelivered, rejected, then the four
+        // retry-safe ones.
+        let sensitive = [
+            DoNotRetry,
+            RetryWithReview,
+            RetryWithReview,
+            RetryWithReview,
+            DoNotRetry,
+        ];
+        let rows: [(RouteClass, [Policy; 5], Policy); 6] = [
+            (RouteClass::ReadOnly, [RetrySafe; 5], RetrySafe),
             (
                 RouteClass::IdempotentWrite,
-                [DoNotRetry, RetrySafe, RetrySafe, RetrySafe],
+                [DoNotRetry, RetrySafe, RetrySafe, RetrySafe, RetrySafe],
                 RetrySafe,
             ),
-            (
-                RouteClass::TokenIssuing,
-                [DoNotRetry, RetryWithReview, RetryWithReview, DoNotRetry],
-                RetrySafe,
-            ),
-            (
-                RouteClass::SecretMinting,
-                [DoNotRetry, RetryWithReview, RetryWithReview, DoNotRetry],
-                RetrySafe,
-            ),
-            (
-                RouteClass::SessionExtending,
-                [DoNotRetry, RetryWithReview, RetryWithReview, DoNotRetry],
-                RetrySafe,
-            ),
-            (
-                RouteClass::PrivilegeChanging,
-                [DoNotRetry, RetryWithReview, RetryWithReview, DoNotRetry],
-                RetrySafe,
-            ),
+            (RouteClass::TokenIssuing, sensitive, RetrySafe),
+            (RouteClass::SecretMinting, sensitive, RetrySafe),
+            (RouteClass::SessionExtending, sensitive, RetrySafe),
+            (RouteClass::PrivilegeChanging, sensitive, RetrySafe),
         ];
-        for (class, first4, rest) in rows {
+        for (class, first5, rest) in rows {
             let t = PolicyTable::for_class(class);
-            for (o, p) in [InFlight, Succeeded, FailedUnknown, Rejected]
+            for (o, p) in [InFlight, Succeeded, FailedUnknown, Undelivered, Rejected]
                 .into_iter()
-                .zip(first4)
+                .zip(first5)
             {
                 assert_eq!(t.get(o), p, "{class} after {o}");
             }
@@ -288,6 +302,7 @@ mod tests {
             (NotSent, 5),
             (Unchanged, 6),
             (FailedUnknown, 7),
+            (Undelivered, 8),
         ];
         for (o, code) in codes {
             assert_eq!(o.code(), code, "{o}");
@@ -349,6 +364,33 @@ mod tests {
                 unchanged_state: false,
             };
             assert_eq!(classify(r), FailedUnknown, "flags {f:#x}");
+        }
+        // The client went away before the response was complete: what may have been issued
+        // never reached it. A rejection, a proven no-op or a request never sent stays what it
+        // is.
+        for gone in [
+            flags::DOWNSTREAM_CONNECTION_TERMINATION,
+            flags::DOWNSTREAM_REMOTE_RESET,
+        ] {
+            let with = |status, extra| {
+                classify(ResponseFacts {
+                    status,
+                    flags: gone | extra,
+                    unchanged_state: false,
+                })
+            };
+            assert_eq!(with(200, 0), Undelivered);
+            assert_eq!(with(0, 0), Undelivered, "no response headers at all");
+            assert_eq!(with(504, flags::UPSTREAM_REQUEST_TIMEOUT), Undelivered);
+            assert_eq!(with(403, 0), Rejected);
+            assert_eq!(with(429, 0), RateLimited);
+            assert_eq!(with(503, flags::NO_HEALTHY_UPSTREAM), NotSent);
+            let unchanged = ResponseFacts {
+                status: 503,
+                flags: gone,
+                unchanged_state: true,
+            };
+            assert_eq!(classify(unchanged), Unchanged);
         }
     }
 }

@@ -76,7 +76,8 @@ struct Tracked {
     fingerprint: Fingerprint,
     attempt: u32,
     request_id: Option<String>,
-    recorded: bool,
+    /// The response recorded so far (status, unchanged-state header), once it is.
+    recorded: Option<(u16, bool)>,
     /// The attempt as written to the cluster ledger (`None` on shared data).
     remote: Option<RemoteAttempt>,
 }
@@ -223,7 +224,7 @@ impl Stream {
         plugin: &Plugin<L>,
         host: &H,
     ) -> Action {
-        if self.replied || self.tracked.is_none() {
+        if self.replied || self.tracked.as_ref().is_none_or(|t| t.recorded.is_some()) {
             return Action::Continue;
         }
         let status = response_status(host);
@@ -236,19 +237,32 @@ impl Stream {
         Action::Continue
     }
 
-    /// The stream ended: record the outcome of an attempt that got no response headers.
+    /// The stream ended: record the outcome of an attempt that got no response headers, or
+    /// mark one whose response did not reach the client `undelivered`.
     #[inline]
     pub fn on_log<L: Ledger, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H) {
         plugin.release(self.id);
         self.abandon(plugin);
-        if self.replied || self.tracked.as_ref().is_none_or(|t| t.recorded) {
+        if self.replied {
             return;
         }
-        // No response headers passed this filter: the stream ended without a response.
-        let status = property_u64(host, b"response\0code")
-            .and_then(|c| u16::try_from(c).ok())
-            .unwrap_or(0);
-        self.record(plugin, host, status, false);
+        match self.tracked.as_ref().map(|t| t.recorded) {
+            None => {}
+            Some(None) => {
+                // No response headers passed this filter: the stream ended without a response.
+                let status = property_u64(host, b"response\0code")
+                    .and_then(|c| u16::try_from(c).ok())
+                    .unwrap_or(0);
+                self.record(plugin, host, status, false);
+            }
+            Some(Some((status, unchanged))) => {
+                // The response headers passed; did the whole response reach the client?
+                let flags = property_u64(host, b"response\0flags").unwrap_or(0);
+                if flags & crate::policy::flags::DOWNSTREAM_GONE != 0 {
+                    self.record(plugin, host, status, unchanged);
+                }
+            }
+        }
     }
 }
 
@@ -342,7 +356,7 @@ impl Stream {
                 fingerprint,
                 attempt,
                 request_id: pending.request_id.clone(),
-                recorded: false,
+                recorded: None,
                 remote: None,
             });
         }
@@ -408,16 +422,15 @@ impl Stream {
         let Some(tracked) = self.tracked.as_mut() else {
             return;
         };
-        if tracked.recorded {
-            return;
-        }
-        tracked.recorded = true;
+        // A second record is the stream's end finding the client gone (`undelivered`).
+        let first = tracked.recorded.is_none();
+        tracked.recorded = Some((status, unchanged_state));
         let Some(route) = plugin.config.routes.get(self.route) else {
             return;
         };
         let flags = property_u64(host, b"response\0flags").unwrap_or(0);
         let upstream_attempts = property_u64(host, b"upstream\0request_attempt_count");
-        if upstream_attempts.is_some_and(|n| n > 1) {
+        if first && upstream_attempts.is_some_and(|n| n > 1) {
             host.count(Counter::Event(Event::RouterRetried));
             host.log(
                 LogLevel::Warn,

@@ -58,3 +58,69 @@ fn the_example_configuration_parses() {
     .unwrap();
     retry_guard::config::Config::parse(&text).unwrap();
 }
+
+/// The README's retry-policy table, built from the policy core's defaults: one row for
+/// `read_only`, one for `idempotent_write`, one for the four sensitive classes (which must
+/// agree), and outcomes whose column is the same in every row grouped into one column.
+fn policy_table() -> String {
+    use retry_guard::policy::{default_policy, Outcome, RouteClass};
+    let sensitive: Vec<RouteClass> = RouteClass::ALL
+        .into_iter()
+        .filter(|c| c.is_sensitive())
+        .collect();
+    for c in &sensitive {
+        for o in Outcome::ALL {
+            assert_eq!(
+                default_policy(*c, o),
+                default_policy(sensitive[0], o),
+                "the sensitive classes differ after {o}: the README's table needs a row per class"
+            );
+        }
+    }
+    let rows = [
+        ("read_only", RouteClass::ReadOnly),
+        ("idempotent_write", RouteClass::IdempotentWrite),
+        ("sensitive classes", sensitive[0]),
+    ];
+    let column = |o: Outcome| rows.map(|(_, c)| default_policy(c, o));
+    let mut groups: Vec<(Vec<Outcome>, [retry_guard::policy::Policy; 3])> = Vec::new();
+    for o in Outcome::ALL {
+        match groups.iter_mut().find(|(_, col)| *col == column(o)) {
+            Some((outcomes, _)) => outcomes.push(o),
+            None => groups.push((vec![o], column(o))),
+        }
+    }
+    let mut t = String::from("| class |");
+    for (outcomes, _) in &groups {
+        let names: Vec<&str> = outcomes.iter().map(|o| o.name()).collect();
+        t.push_str(&format!(" {} |", names.join(", ")));
+    }
+    t.push_str("\n|---|");
+    t.push_str(&"---|".repeat(groups.len()));
+    for (i, (name, _)) in rows.iter().enumerate() {
+        t.push_str(&format!("\n| {name} |"));
+        for (_, col) in &groups {
+            t.push_str(&format!(" {} |", col[i].name()));
+        }
+    }
+    t.push('\n');
+    t
+}
+
+#[test]
+fn the_retry_policy_table_is_the_policy_cores_defaults() {
+    let table = policy_table();
+    assert!(
+        readme().contains(&table),
+        "README's retry-policy table is not the policy core's defaults; it should read:\n{table}"
+    );
+}
+
+#[test]
+fn every_outcome_is_documented() {
+    let readme = readme();
+    for o in retry_guard::policy::Outcome::ALL {
+        let row = format!("| `{}` |", o.name());
+        assert!(readme.contains(&row), "README's outcome table lacks {row}");
+    }
+}

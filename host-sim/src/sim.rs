@@ -178,6 +178,21 @@ pub struct Request {
     pub route_name: Option<String>,
     /// mTLS peer URI SAN (`connection.uri_san_peer_certificate`).
     pub peer_identity: Option<String>,
+    /// The client goes away before the whole response reached it (`None`: it reads it all).
+    pub disconnect: Option<Disconnect>,
+}
+
+/// When a client closes its connection before the response is complete. Envoy then resets
+/// the upstream request (if any), sets the response flag `DC` and still runs `proxy_on_log`
+/// (checked on Envoy 1.40 by `envoy/tests/undelivered.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disconnect {
+    /// After the upstream received the request, before any response headers: no response
+    /// callback runs, `response.code` is absent.
+    BeforeResponse,
+    /// After the response headers passed the filter, while the body was on its way: the
+    /// response body callback does not run.
+    DuringResponseBody,
 }
 
 impl Request {
@@ -194,6 +209,7 @@ impl Request {
             trailers: Vec::new(),
             route_name: None,
             peer_identity: None,
+            disconnect: None,
         }
     }
 
@@ -314,6 +330,7 @@ pub struct Pending {
     started_ns: u64,
     end: End,
     trap: Option<TrapInfo>,
+    disconnect: Option<Disconnect>,
 }
 
 impl Pending {
@@ -679,6 +696,7 @@ impl Sim {
             started_ns,
             end: End::Failed,
             trap: None,
+            disconnect: req.disconnect,
         };
         let mut vm = vm_cell.try_borrow_mut().map_err(|_| {
             SimError::Usage(format!(
@@ -970,8 +988,26 @@ impl Sim {
                 }
             }
         }
+        // A client gone before any response: Envoy resets the upstream request and logs the
+        // stream with `DC` and no response code.
+        let gone_early = p.disconnect == Some(Disconnect::BeforeResponse)
+            && matches!(p.end, End::Forwarded { .. });
+        if gone_early {
+            let mut vm = vm_cell.borrow_mut();
+            let s = Self::stream(&mut vm, id);
+            s.facts.response_code = None;
+            s.facts.response_code_details = Some("downstream_remote_disconnect".into());
+            s.facts.response_flags |= crate::upstream::flags::DC;
+            response = HeaderMap::new();
+            body.clear();
+        }
         // Response path through the filter.
-        let result = self.response_phase(vm_cell, id, &mut response, &mut body, &mut ex);
+        let result = if gone_early {
+            let mut vm = vm_cell.borrow_mut();
+            Self::log_phase(&mut vm, id, &response, &body, &mut ex)
+        } else {
+            self.response_phase(vm_cell, id, &mut response, &mut body, &mut ex, p.disconnect)
+        };
         if let Err(t) = result {
             ex.trap = Some(t);
             ex.status = 503;
@@ -992,6 +1028,7 @@ impl Sim {
         response: &mut HeaderMap,
         body: &mut Vec<u8>,
         ex: &mut Exchange,
+        disconnect: Option<Disconnect>,
     ) -> std::result::Result<(), TrapInfo> {
         let mut vm = vm_cell.borrow_mut();
         {
@@ -1029,6 +1066,13 @@ impl Sim {
             s.response_headers_available = r == 1 && !resumed;
             s.response_started = true;
         }
+        if disconnect == Some(Disconnect::DuringResponseBody) && stalled.is_none() {
+            // The client closed the connection while the body was on its way.
+            let s = Self::stream(&mut vm, id);
+            s.facts.response_flags |= crate::upstream::flags::DC;
+            s.facts.response_code_details = Some("downstream_remote_disconnect".into());
+            body.clear();
+        }
         if stalled.is_none() && !body.is_empty() {
             {
                 let s = Self::stream(&mut vm, id);
@@ -1049,14 +1093,25 @@ impl Sim {
             ex.stalled = Some(m);
             return Ok(());
         }
+        Self::log_phase(&mut vm, id, response, body, ex)
+    }
+
+    /// The stream's end: what the client got, then `proxy_on_log` and the stream's teardown.
+    fn log_phase(
+        vm: &mut Vm,
+        id: u32,
+        response: &HeaderMap,
+        body: &[u8],
+        ex: &mut Exchange,
+    ) -> std::result::Result<(), TrapInfo> {
         ex.status = response
             .get_str(":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         ex.headers = response.text_pairs();
-        ex.body = body.clone();
+        ex.body = body.to_vec();
         {
-            let s = Self::stream(&mut vm, id);
+            let s = Self::stream(vm, id);
             ex.response_flags = s.facts.response_flags;
             ex.code_details = s.facts.response_code_details.clone().unwrap_or_default();
             s.access_log_phase = true;
@@ -1068,7 +1123,7 @@ impl Sim {
             s.request_headers_available = false;
         }
         vm.on_log(id)?;
-        let s = Self::stream(&mut vm, id);
+        let s = Self::stream(vm, id);
         ex.filter_state = s
             .filter_state
             .iter()

@@ -24,6 +24,8 @@ pub mod flags {
     pub const UC: u64 = 1 << 6;
     /// `URX`: upstream retry limit exceeded.
     pub const URX: u64 = 1 << 15;
+    /// `DC`: the downstream connection was closed before the response was complete.
+    pub const DC: u64 = 1 << 14;
 }
 
 /// What the upstream does with one forwarded request.

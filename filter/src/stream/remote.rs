@@ -509,7 +509,7 @@ impl Stream {
                 fingerprint: fp,
                 attempt,
                 request_id: facts.request_id.map(str::to_string),
-                recorded: false,
+                recorded: None,
                 remote,
             });
         }

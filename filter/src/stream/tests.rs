@@ -602,6 +602,60 @@ fn allowed_request_without_response_headers_records_at_stream_end() {
 }
 
 #[test]
+fn a_response_the_client_never_got_in_full_is_undelivered() {
+    use crate::policy::flags::{DOWNSTREAM_CONNECTION_TERMINATION, DOWNSTREAM_REMOTE_RESET};
+    // The response headers passed (succeeded), then the client went away mid-body: the
+    // stream's end makes the attempt `undelivered`, and its replay says so.
+    let plugin = plugin();
+    let host = token_request();
+    let (mut stream, _) = send(&plugin, &host, 1);
+    host.respond(&[(":status", "200")]);
+    stream.on_response_headers(&plugin, &host);
+    assert_eq!(only_entry(&plugin).outcome, Outcome::Succeeded);
+    host.set_property_value(
+        "response.flags",
+        &DOWNSTREAM_CONNECTION_TERMINATION.to_le_bytes(),
+    );
+    stream.on_log(&plugin, &host);
+    let outcomes = host.outcomes();
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert_eq!(outcomes[1]["outcome"], "undelivered");
+    assert_eq!(outcomes[1]["status"], 200);
+    let entry = only_entry(&plugin);
+    assert_eq!((entry.outcome, entry.status), (Outcome::Undelivered, 200));
+    let replay = token_request();
+    send(&plugin, &replay, 2);
+    let reply = replay.replies().remove(0);
+    assert_eq!(reply.status, 428);
+    let doc: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(doc["previous_outcome"], "undelivered", "{doc}");
+
+    // No response headers at all (the client reset the stream while the upstream was still
+    // working): undelivered too, not failed_unknown.
+    let plugin = self::plugin();
+    let host = token_request();
+    let (mut stream, _) = send(&plugin, &host, 1);
+    host.set_property_value("response.code", &0u64.to_le_bytes());
+    host.set_property_value("response.flags", &DOWNSTREAM_REMOTE_RESET.to_le_bytes());
+    stream.on_log(&plugin, &host);
+    assert_eq!(only_entry(&plugin).outcome, Outcome::Undelivered);
+
+    // A rejection the client missed stays a rejection; a complete response stays succeeded.
+    let plugin = self::plugin();
+    let host = token_request();
+    let (mut stream, _) = send(&plugin, &host, 1);
+    host.respond(&[(":status", "403")]);
+    stream.on_response_headers(&plugin, &host);
+    host.set_property_value(
+        "response.flags",
+        &DOWNSTREAM_CONNECTION_TERMINATION.to_le_bytes(),
+    );
+    stream.on_log(&plugin, &host);
+    assert_eq!(only_entry(&plugin).outcome, Outcome::Rejected);
+    assert_eq!(host.outcomes().len(), 1);
+}
+
+#[test]
 fn body_over_max_body_bytes_is_answered_413() {
     let big = "x".repeat(65);
 

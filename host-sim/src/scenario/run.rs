@@ -852,7 +852,9 @@ impl Runner<'_> {
             }
         }
         let records = expect::audit_records(ex);
-        if let Some(o) = records.iter().find(|r| r["event"] == "outcome") {
+        // Usually one line; two when the client went away after the response headers
+        // (`succeeded`, then `undelivered` at the stream's end).
+        for o in records.iter().filter(|r| r["event"] == "outcome") {
             sr.lines.push(format!(
                 "outcome recorded: {} (status {}, flags {})",
                 o["outcome"].as_str().unwrap_or("?"),

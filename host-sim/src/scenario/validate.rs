@@ -163,6 +163,13 @@ impl Validator {
                 self.out.push(format!("{at}.{k}: a string"));
             }
         }
+        if r.get("disconnect")
+            .is_some_and(|d| super::values::disconnect(d).is_none())
+        {
+            self.out.push(format!(
+                "{at}.disconnect: \"before_response\" or \"during_response_body\""
+            ));
+        }
         if r.get("worker").is_some_and(|w| !w.is_u64()) {
             self.out
                 .push(format!("{at}.worker: a worker index (0, 1, ...)"));

@@ -248,6 +248,7 @@ pub const REQUEST_FIELDS: &[&str] = &[
     "trailers",
     "route_name",
     "peer_identity",
+    "disconnect",
     "upstream",
     "same_as",
 ];
@@ -313,7 +314,24 @@ pub fn request(spec: &Map<String, Value>, ctx: &Ctx<'_>, at: &str) -> Result<Req
         .get("peer_identity")
         .and_then(Value::as_str)
         .map(str::to_string);
+    req.disconnect = match spec.get("disconnect") {
+        None => None,
+        Some(d) => Some(disconnect(d).ok_or_else(|| {
+            format!(
+                "{at}.disconnect: {d}; expected \"before_response\" or \"during_response_body\""
+            )
+        })?),
+    };
     Ok(req)
+}
+
+/// When the client goes away (`disconnect` of a request spec).
+pub fn disconnect(v: &Value) -> Option<crate::sim::Disconnect> {
+    match v.as_str()? {
+        "before_response" => Some(crate::sim::Disconnect::BeforeResponse),
+        "during_response_body" => Some(crate::sim::Disconnect::DuringResponseBody),
+        _ => None,
+    }
 }
 
 /// The upstream behaviour of a request spec (default: 200 with a small JSON body).
