@@ -7,8 +7,8 @@
 
 use std::fmt;
 
+use crate::json::Value;
 use ed25519_dalek::{Signature, VerifyingKey};
-use serde_json::Value;
 
 use crate::b64;
 use crate::config::Confirmation;
@@ -87,7 +87,7 @@ impl Payload {
     /// Reads the payload members; any missing or mistyped member is `None`. (Hand-read from a
     /// `Value` rather than derived: serde's typed errors pull float formatting into the wasm.)
     fn from_json(bytes: &[u8]) -> Option<Payload> {
-        let Value::Object(mut m) = serde_json::from_slice::<Value>(bytes).ok()? else {
+        let Value::Object(mut m) = crate::json::parse(bytes).ok()? else {
             return None;
         };
         let mut text = |k: &str| match m.remove(k) {
