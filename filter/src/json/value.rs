@@ -633,9 +633,11 @@ mod tests {
                 }),
                 serde_json::Value::String(s) => Value::String(s),
                 serde_json::Value::Array(a) => Value::Array(a.into_iter().map(conv).collect()),
-                serde_json::Value::Object(m) => {
-                    Value::Object(Map(m.into_iter().map(|(k, v)| (k, conv(v))).collect()))
-                }
+                // Sorted here: in `cargo test --workspace` another member turns on
+                // serde_json's `preserve_order` (document order).
+                serde_json::Value::Object(m) => Value::Object(Map::from_members(
+                    m.into_iter().map(|(k, v)| (k, conv(v))).collect(),
+                )),
             }
         }
         serde_json::from_slice::<serde_json::Value>(text)
