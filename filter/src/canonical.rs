@@ -295,7 +295,7 @@ fn utf16_less(a: &str, b: &str) -> bool {
 /// The indices `0..n` in the order `less` defines, equal ones in their original order: a
 /// bottom-up merge sort (O(n log n), no recursion). One small non-generic function instead
 /// of the standard library's sorts, which would add about 12 KB to the wasm module.
-fn sorted_indices(n: usize, less: &dyn Fn(usize, usize) -> bool) -> Vec<usize> {
+pub(crate) fn sorted_indices(n: usize, less: &dyn Fn(usize, usize) -> bool) -> Vec<usize> {
     let mut a: Vec<usize> = (0..n).collect();
     let mut b: Vec<usize> = vec![0; n];
     let mut width = 1;

@@ -7,8 +7,8 @@
 
 use std::fmt;
 
+use crate::json::{Map, Value};
 use ed25519_dalek::VerifyingKey;
-use serde_json::{Map, Value};
 
 use crate::b64;
 use crate::matcher::{Fact, LazyFacts, PathMatch, RouteMatch};
@@ -406,7 +406,7 @@ const MATCH_FIELDS: &[&str] = &[
 /// A JSON object being read, with its field path, that rejects unknown fields.
 struct Obj<'a> {
     path: String,
-    map: &'a Map<String, Value>,
+    map: &'a Map,
 }
 
 fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -627,13 +627,20 @@ impl Config {
                 "the plugin configuration is empty; it must be a JSON object with at least \"routes\"",
             ));
         }
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| err("", format!("not valid JSON: {e}")))?;
-        Config::from_value(&value)
+        let value =
+            crate::json::parse(bytes).map_err(|e| err("", format!("not valid JSON: {e}")))?;
+        Config::from_json(&value)
+    }
+
+    /// Validates a document built with `serde_json` (for tests and tools): its text, read as
+    /// [`Config::parse`] reads it.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_value(value: &serde_json::Value) -> Result<Config, ConfigError> {
+        Config::parse(value.to_string().as_bytes())
     }
 
     /// Validates an already parsed JSON document.
-    pub fn from_value(value: &Value) -> Result<Config, ConfigError> {
+    pub fn from_json(value: &Value) -> Result<Config, ConfigError> {
         let top = Obj::new(String::new(), value, TOP_FIELDS)?;
         let mode = top.mode("mode")?.unwrap_or(Mode::Enforce);
         let window_seconds = top.int("window_seconds", 1, MAX_WINDOW)?.unwrap_or(900);

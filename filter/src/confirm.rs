@@ -7,12 +7,13 @@
 
 use std::fmt;
 
+use crate::json::Value;
 use ed25519_dalek::{Signature, VerifyingKey};
-use serde_json::Value;
 
 use crate::b64;
 use crate::config::Confirmation;
 
+mod sha512;
 pub mod sign;
 
 /// Longest confirmation token accepted; longer is `malformed`.
@@ -87,7 +88,7 @@ impl Payload {
     /// Reads the payload members; any missing or mistyped member is `None`. (Hand-read from a
     /// `Value` rather than derived: serde's typed errors pull float formatting into the wasm.)
     fn from_json(bytes: &[u8]) -> Option<Payload> {
-        let Value::Object(mut m) = serde_json::from_slice::<Value>(bytes).ok()? else {
+        let Value::Object(mut m) = crate::json::parse(bytes).ok()? else {
             return None;
         };
         let mut text = |k: &str| match m.remove(k) {
@@ -106,6 +107,15 @@ impl Payload {
             exp,
         })
     }
+}
+
+/// `VerifyingKey::verify_strict` with [`sha512::Sha512`]: the signature's R must be a point
+/// of no small order, the key too, and the signature must verify (`raw_verify` is the
+/// non-strict check, which compares R's canonical encoding).
+fn verify_strict(key: &VerifyingKey, message: &[u8], signature: &Signature) -> bool {
+    let r_ok = VerifyingKey::from_bytes(signature.r_bytes()).is_ok_and(|r| !r.is_weak());
+    r_ok && !key.is_weak()
+        && ed25519_dalek::hazmat::raw_verify::<sha512::Sha512>(key, message, signature).is_ok()
 }
 
 /// The ledger state a confirmation is checked against.
@@ -156,8 +166,9 @@ pub fn verify(
         .ok_or(UnknownKey)?;
     let signed_len = 3 + payload_b64.len();
     let signed = token.get(..signed_len).ok_or(Malformed)?;
-    key.verify_strict(signed.as_bytes(), &Signature::from_bytes(&sig_arr))
-        .map_err(|_| BadSignature)?;
+    if !verify_strict(key, signed.as_bytes(), &Signature::from_bytes(&sig_arr)) {
+        return Err(BadSignature);
+    }
     if payload.fp != state.fingerprint {
         return Err(WrongFingerprint);
     }
@@ -198,6 +209,49 @@ pub(crate) mod tests {
             header: "retry-guard-confirmation".into(),
             max_ttl_seconds: 600,
             keys: vec![("k1".into(), signing_key().verifying_key())],
+        }
+    }
+
+    /// The small SHA-512's strict check decides as `verify_strict` does: good signatures,
+    /// other messages, flipped bits anywhere in the signature, small-order R, weak keys.
+    #[test]
+    fn strict_verification_agrees_with_ed25519_dalek() {
+        use ed25519_dalek::Signer as _;
+        let mut seed = 1u64;
+        let mut byte = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u8
+        };
+        // The identity point (small order) as R or as the key.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = VerifyingKey::from_bytes(&identity).unwrap();
+        for round in 0..40 {
+            let key = SigningKey::from_bytes(&std::array::from_fn(|_| byte()));
+            let vk = key.verifying_key();
+            let msg: Vec<u8> = (0..(round * 3)).map(|_| byte()).collect();
+            let sig = key.sign(&msg);
+            let mut cases = vec![(vk, msg.clone(), sig)];
+            let mut other = msg.clone();
+            other.push(1);
+            cases.push((vk, other, sig));
+            let mut bytes = sig.to_bytes();
+            bytes[usize::from(byte()) % 64] ^= 1 << (byte() % 8);
+            cases.push((vk, msg.clone(), Signature::from_bytes(&bytes)));
+            let mut small_r = sig.to_bytes();
+            small_r[..32].copy_from_slice(&identity);
+            cases.push((vk, msg.clone(), Signature::from_bytes(&small_r)));
+            cases.push((weak, msg.clone(), sig));
+            for (k, m, s) in &cases {
+                assert_eq!(
+                    verify_strict(k, m, s),
+                    k.verify_strict(m, s).is_ok(),
+                    "{round}"
+                );
+            }
+            assert!(verify_strict(&vk, &msg, &sig));
         }
     }
 

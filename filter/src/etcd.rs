@@ -15,7 +15,7 @@
 //! learn what won. Entries expire through leases shared per time bucket ([`LeasePlan`]): no
 //! lease grant per request.
 
-use serde_json::Value;
+use crate::json::Value;
 
 use crate::b64;
 use crate::ledger::Entry;
@@ -221,7 +221,7 @@ pub fn parse_answer(
         }
         return Err(EtcdError::Status(status, error_text(body)));
     }
-    let v: Value = serde_json::from_slice(body).map_err(|_| EtcdError::Malformed("not JSON"))?;
+    let v = crate::json::parse(body).map_err(|_| EtcdError::Malformed("not JSON"))?;
     if !v.is_object() {
         return Err(EtcdError::Malformed("not a JSON object"));
     }
@@ -371,7 +371,7 @@ pub fn parse_grant(status: Option<u16>, body: &[u8]) -> Result<(), EtcdError> {
     if status != 200 {
         return Err(EtcdError::Status(status, error_text(body)));
     }
-    let v: Value = serde_json::from_slice(body).map_err(|_| EtcdError::Malformed("not JSON"))?;
+    let v = crate::json::parse(body).map_err(|_| EtcdError::Malformed("not JSON"))?;
     if v.get("error").is_some() {
         return Err(EtcdError::Status(status, error_text(body)));
     }
@@ -414,7 +414,7 @@ mod tests {
     fn a_conditional_put_is_one_transaction_with_its_read_in_the_failure_branch() {
         let (path, body) = put().request();
         assert_eq!(path, TXN_PATH);
-        let v: Value = serde_json::from_str(&body).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let k = b64::standard(b"p/a/x");
         assert_eq!(v["compare"][0]["key"], k.as_str());
         assert_eq!(v["compare"][0]["target"], "CREATE");
@@ -424,7 +424,7 @@ mod tests {
         assert_eq!(Entry::from_bytes(&value.unwrap()), Some(entry()));
         assert_eq!(v["failure"][0]["request_range"]["key"], k.as_str());
         let body = txn_body("k", Expect::Revision(42), b"v", 1);
-        let v: Value = serde_json::from_str(&body).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["compare"][0]["target"], "MOD");
         assert_eq!(v["compare"][0]["mod_revision"], "42");
     }
@@ -525,7 +525,7 @@ mod tests {
         assert!(plan.lease_id(b) > 0);
         let (path, body) = plan.grant(b, now);
         assert_eq!(path, LEASE_GRANT_PATH);
-        let v: Value = serde_json::from_str(&body).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["TTL"], (expires - now).to_string());
         assert_eq!(v["ID"], plan.lease_id(b).to_string());
         assert_eq!(LeasePlan::new("p", 60).bucket_seconds, 5);

@@ -6,6 +6,10 @@
 //! `String::push` stays an out-of-line UTF-8 encoder call, measurably slower here.
 #![allow(clippy::single_char_add_str)]
 
+pub mod value;
+
+pub use value::{parse, Map, Number, Value};
+
 /// A JSON object being written.
 #[derive(Debug)]
 pub struct Obj {

@@ -4,7 +4,7 @@
 //! staleness. Anything that is not a well-formed JWT is an opaque token. Inputs are bounded so
 //! a hostile header cannot make the filter allocate or work without limit.
 
-use serde_json::{Map, Value};
+use crate::json::{Map, Value};
 
 use crate::b64;
 
@@ -134,7 +134,7 @@ impl TokenShape {
 
 /// Claims of a JWT payload, decoded without verification.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Claims(Map<String, Value>);
+pub struct Claims(Map);
 
 impl Claims {
     /// Decodes the payload of `header.payload.signature` (base64url segments, JSON object
@@ -150,7 +150,7 @@ impl Claims {
             return None;
         }
         let bytes = b64::decode_url(payload)?;
-        match serde_json::from_slice::<Value>(&bytes).ok()? {
+        match crate::json::parse(&bytes).ok()? {
             Value::Object(map) => Some(Claims(map)),
             _ => None,
         }
@@ -201,7 +201,8 @@ pub struct JwtTimes {
 /// The header says HS256 and the signature segment is 32 bytes that no key produced (the
 /// SHA-256 of the signing input): the filter decodes bearer JWTs without verifying them, so
 /// only the claims matter to it. Never accepted by a server that verifies.
-pub fn unsigned(claims: &Value) -> String {
+#[cfg(not(target_arch = "wasm32"))]
+pub fn unsigned(claims: &serde_json::Value) -> String {
     use sha2::{Digest as _, Sha256};
     let mut jwt = String::new();
     b64::push_url(&mut jwt, br#"{"alg":"HS256","typ":"JWT"}"#);

@@ -3,7 +3,6 @@
 //! machine ([`crate::stream::Stream`]) with the ABI-backed host.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use crate::abi::{self, Action, BufferType, MapType};
@@ -28,16 +27,48 @@ struct Contexts {
     roots: Vec<(u32, Option<Rc<Root>>)>,
     /// The root of each new stream whose root is not the first one (usually there is one
     /// root and this stays empty: no allocation per stream).
-    parents: BTreeMap<u32, u32>,
-    streams: BTreeMap<u32, Rc<RefCell<StreamContext>>>,
+    parents: IdMap<u32>,
+    streams: IdMap<Rc<RefCell<StreamContext>>>,
+}
+
+/// A map from context id to `V`: a vector sorted by id. Envoy numbers contexts in creation
+/// order, so an insertion is usually an append, and the few streams a VM holds at once make
+/// a removal's move cheap. (A `BTreeMap` here was about 14 KB of the wasm module.)
+struct IdMap<V>(Vec<(u32, V)>);
+
+impl<V> IdMap<V> {
+    fn find(&self, id: u32) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&id, |(k, _)| *k)
+    }
+
+    fn get(&self, id: u32) -> Option<&V> {
+        self.0.get(self.find(id).ok()?).map(|(_, v)| v)
+    }
+
+    fn insert(&mut self, id: u32, value: V) {
+        match self.find(id) {
+            Ok(i) => {
+                if let Some(slot) = self.0.get_mut(i) {
+                    slot.1 = value;
+                }
+            }
+            Err(i) if i >= self.0.len() => self.0.push((id, value)),
+            Err(i) => self.0.insert(i, (id, value)),
+        }
+    }
+
+    fn remove(&mut self, id: u32) -> Option<V> {
+        let i = self.find(id).ok()?;
+        (i < self.0.len()).then(|| self.0.remove(i).1)
+    }
 }
 
 thread_local! {
     static CONTEXTS: RefCell<Contexts> = const {
         RefCell::new(Contexts {
             roots: Vec::new(),
-            parents: BTreeMap::new(),
-            streams: BTreeMap::new(),
+            parents: IdMap(Vec::new()),
+            streams: IdMap(Vec::new()),
         })
     };
 }
@@ -66,7 +97,7 @@ fn on_stream(
     otherwise: Action,
     f: impl FnOnce(&mut Stream, &Root, &AbiHost<'_>) -> Action,
 ) -> Action {
-    let Some(context) = with_contexts(|c| c.streams.get(&id).cloned()).flatten() else {
+    let Some(context) = with_contexts(|c| c.streams.get(id).cloned()).flatten() else {
         return otherwise;
     };
     let Ok(mut context) = context.try_borrow_mut() else {
@@ -111,7 +142,7 @@ pub(crate) fn on_tick(root_id: u32) {
 pub(crate) fn on_request_headers(id: u32, end_of_stream: bool) -> Action {
     // The stream's root: the one recorded at creation, else the first.
     let root = with_contexts(|c| {
-        let parent = match c.parents.remove(&id) {
+        let parent = match c.parents.remove(id) {
             Some(p) => p,
             None => c.roots.first()?.0,
         };
@@ -180,7 +211,7 @@ pub(crate) fn on_http_call_response(root_id: u32, token: u32, body_size: usize) 
     else {
         return;
     };
-    let Some(context) = with_contexts(|c| c.streams.get(&stream_id).cloned()).flatten() else {
+    let Some(context) = with_contexts(|c| c.streams.get(stream_id).cloned()).flatten() else {
         return;
     };
     let Ok(mut context) = context.try_borrow_mut() else {
@@ -198,8 +229,8 @@ pub(crate) fn on_http_call_response(root_id: u32, token: u32, body_size: usize) 
 
 pub(crate) fn on_delete(id: u32) {
     let removed = with_contexts(|c| {
-        let stream = c.streams.remove(&id);
-        if stream.is_none() && c.parents.remove(&id).is_none() {
+        let stream = c.streams.remove(id);
+        if stream.is_none() && c.parents.remove(id).is_none() {
             c.roots.retain(|(r, _)| *r != id);
         }
         stream
