@@ -129,3 +129,20 @@ fn every_member_and_dependency_builds_with_the_workspace_rust_version() {
         "dependencies newer than the workspace's rust-version {declared}: {too_new:?}"
     );
 }
+
+/// The release module stays within its size budget (256 KiB): every request's VM holds it,
+/// and Envoy loads it once per worker. `just test` builds it before the tests run.
+#[test]
+fn the_release_module_fits_its_size_budget() {
+    const BUDGET: u64 = 256 * 1024;
+    let path = retry_guard::paths::release_wasm("retry_guard");
+    let bytes = std::fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (build it: just build)", path.display()))
+        .len();
+    assert!(
+        bytes <= BUDGET,
+        "{} is {bytes} bytes, over the {BUDGET}-byte budget: find what grew with \
+         `just profile-sim` (names kept) before adding code",
+        path.display()
+    );
+}
