@@ -36,6 +36,8 @@ pub const DECISION_MEMBERS: &[&str] = &[
     "token_reason",
     "approver",
     "confirmation_error",
+    "credential_holder",
+    "credential_shared_with",
     "mode",
     "would_block",
 ];
@@ -69,6 +71,13 @@ pub fn decision_line(route: &Route, facts: &Facts<'_>, d: &Decision) -> String {
         .opt_word("token_reason", d.token_reason.map(|r| r.name()))
         .opt_str("approver", d.approver.as_deref())
         .opt_word("confirmation_error", d.confirmation_error.map(|e| e.name()))
+        // Both workload identities that presented the credential (never the credential),
+        // when they differ.
+        .opt_str(
+            "credential_holder",
+            facts.credential_shared_with.and(facts.credential_holder),
+        )
+        .opt_str("credential_shared_with", facts.credential_shared_with)
         .word("mode", d.mode.name())
         .bool("would_block", d.would_block);
     m.finish()

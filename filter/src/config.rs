@@ -107,6 +107,16 @@ pub enum Anonymous {
     Reject,
 }
 
+/// What a route does when a bearer credential comes from a second workload identity
+/// (`shared_credential`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharedCredential {
+    /// Count it (`retry_guard.credential.shared`) and audit both identities; decide as usual.
+    Record,
+    /// Also answer 403 `credential-shared`.
+    Deny,
+}
+
 /// What a request gets when the ledger cannot answer in time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnUnavailable {
@@ -224,6 +234,8 @@ pub struct Route {
     pub policies: PolicyTable,
     /// What a request gets when the ledger cannot answer in time.
     pub on_ledger_unavailable: OnUnavailable,
+    /// What a bearer credential presented by a second workload identity gets.
+    pub shared_credential: SharedCredential,
 }
 
 impl Route {
@@ -348,6 +360,7 @@ pub const SCHEMA: &[FieldDoc] = &[
     FieldDoc { path: "routes[].mode", kind: "\"enforce\" | \"shadow\", default: the global mode", doc: "per-route mode" },
     FieldDoc { path: "routes[].on", kind: "object outcome -> policy", doc: "overrides the class default for an outcome" },
     FieldDoc { path: "routes[].on_ledger_unavailable", kind: "\"fail_closed\" | \"fail_open\", default: ledger.on_unavailable, else by class", doc: "this route's fail policy when the ledger cannot answer in time" },
+    FieldDoc { path: "routes[].shared_credential", kind: "\"record\" | \"deny\", default \"record\"", doc: "a bearer credential presented by a second mTLS workload identity within the window is counted and audited; deny also answers 403 credential-shared" },
     FieldDoc { path: "routes[].anonymous", kind: "\"allow\" | \"reject\", default \"allow\"", doc: "reject answers 401 when no principal source names the caller" },
     FieldDoc { path: "routes[].natural_key", kind: "object, optional", doc: "the route's own natural_key settings" },
     FieldDoc { path: "routes[].natural_key.query", kind: "\"ignore\" | \"sorted\", default: the global natural_key.query", doc: "what the natural key takes of the query string on this route" },
@@ -393,6 +406,7 @@ const ROUTE_FIELDS: &[&str] = &[
     "on_ledger_unavailable",
     "anonymous",
     "natural_key",
+    "shared_credential",
 ];
 const MATCH_FIELDS: &[&str] = &[
     "route_name",
@@ -963,6 +977,13 @@ fn parse_routes(
                 "\"allow\" (guard anonymous requests together under the principal \"anonymous\") or \"reject\" (answer them 401)",
             )?
             .unwrap_or(Anonymous::Allow);
+        let shared_credential = r
+            .choice(
+                "shared_credential",
+                &[("record", SharedCredential::Record), ("deny", SharedCredential::Deny)],
+                "\"record\" (count and audit a credential presented by two workload identities) or \"deny\" (also answer 403)",
+            )?
+            .unwrap_or(SharedCredential::Record);
         let query = parse_natural_key(&r, "natural_key")?.unwrap_or(global_query);
         let mut policies = PolicyTable::for_class(class);
         match r.get("on") {
@@ -1019,6 +1040,7 @@ fn parse_routes(
             query,
             policies,
             on_ledger_unavailable,
+            shared_credential,
         });
     }
     Ok(routes)

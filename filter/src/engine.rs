@@ -4,7 +4,9 @@
 //! nothing here touches the host.
 
 use crate::b64;
-use crate::config::{Anonymous, Config, Mode, OnUnavailable, Route, StaleTokenAction};
+use crate::config::{
+    Anonymous, Config, Mode, OnUnavailable, Route, SharedCredential, StaleTokenAction,
+};
 use crate::confirm::{self, Challenge, ChallengeState, ConfirmationError};
 use crate::fingerprint::{BodyDigest, Fingerprint, KeyCheck};
 use crate::json::push_u64;
@@ -40,6 +42,9 @@ named_enum! {
         StaleToken => "stale_token",
         /// 503: the ledger could not answer in time and the route fails closed.
         Unavailable => "ledger_unavailable",
+        /// 403: the bearer credential was presented by another workload identity first, and
+        /// the route sets `shared_credential: deny`.
+        CredentialShared => "credential_shared",
     }
 }
 
@@ -97,6 +102,10 @@ pub struct Facts<'a> {
     pub stale: Option<StaleReason>,
     /// The confirmation header value, if any.
     pub confirmation: Option<&'a [u8]>,
+    /// The mTLS workload identity presenting the bearer credential, on a tracked route.
+    pub credential_holder: Option<&'a str>,
+    /// Another workload identity that presented the same credential first, within the window.
+    pub credential_shared_with: Option<&'a str>,
 }
 
 /// A decision and everything needed to apply, answer and audit it.
@@ -190,6 +199,7 @@ impl Decision {
             Verdict::TooLarge => ProblemType::BodyTooLarge,
             Verdict::StaleToken => ProblemType::StaleToken,
             Verdict::Unavailable => ProblemType::LedgerUnavailable,
+            Verdict::CredentialShared => ProblemType::CredentialShared,
         })
     }
 
@@ -334,6 +344,9 @@ impl Decision {
                 s.push_str(self.token_reason.map_or("stale", StaleReason::name));
                 s.push_str("); obtain a fresh token before retrying. ");
             }
+            Verdict::CredentialShared => s.push_str(
+                "This bearer credential was presented by another workload within the retry window; one credential used by two workloads is refused on this route. Use this workload's own credential. ",
+            ),
             Verdict::Unavailable if self.reason == LEDGER_FULL => {
                 s.push_str("retry-guard's ledger has no room to remember this ");
                 s.push_str(class);
@@ -516,6 +529,11 @@ fn decide_enforced(
     );
     d.token_reason = facts.stale;
 
+    if facts.credential_shared_with.is_some() && route.shared_credential == SharedCredential::Deny {
+        d.verdict = Verdict::CredentialShared;
+        d.reason = "credential_shared".into();
+        return d;
+    }
     if let Some(reason) = facts.stale {
         if config.stale_token_action == StaleTokenAction::Reject {
             d.verdict = Verdict::StaleToken;
@@ -666,33 +684,74 @@ pub fn token_record_id(credential_secret: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The token record to write when a token is seen at `now`: a new record, or a refresh of the
-/// existing one's window once a quarter of it has passed; `None` when nothing needs writing.
+/// The credential record to write when a credential is seen at `now` (presented by the
+/// workload `holder`, when the request came over mTLS): a new record, or a refresh of the
+/// existing one's window once a quarter of it has passed, or the first holder added to a
+/// record that has none; `None` when nothing needs writing. The first holder is never
+/// replaced.
 pub fn token_seen_update(
     existing: Option<&Entry>,
     id: [u8; 32],
     now: u64,
     window_seconds: u64,
+    holder: Option<&str>,
 ) -> Option<Entry> {
     match existing {
-        Some(e) if now.saturating_sub(e.last_attempt) < window_seconds / 4 => None,
         Some(e) => {
+            let refresh = now.saturating_sub(e.last_attempt) >= window_seconds / 4;
+            let add_holder = e.holder().is_none() && holder.is_some();
+            if !refresh && !add_holder {
+                return None;
+            }
             let mut u = e.clone();
-            u.last_attempt = now;
+            if refresh {
+                u.last_attempt = now;
+            }
+            if let (true, Some(h)) = (add_holder, holder) {
+                u.set_holder(h);
+            }
             Some(u)
         }
-        None => Some(Entry {
-            id,
-            first_seen: now,
-            last_attempt: now,
-            attempts: 0,
-            outcome: Outcome::Succeeded,
-            status: 0,
-            body_digest: [0; 32],
-            challenge: None,
-            consumed: None,
-            sensitive: false,
-        }),
+        None => {
+            let mut e = Entry {
+                id,
+                first_seen: now,
+                last_attempt: now,
+                attempts: 0,
+                outcome: Outcome::Succeeded,
+                status: 0,
+                body_digest: [0; 32],
+                challenge: None,
+                consumed: None,
+                sensitive: false,
+            };
+            if let Some(h) = holder {
+                e.set_holder(h);
+            }
+            Some(e)
+        }
+    }
+}
+
+/// What a request presenting a credential learns from its record ([`token_seen_update`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CredentialSeen {
+    /// When the ledger first saw the credential (`now` when this is the first sighting).
+    pub first_seen: u64,
+    /// The workload identity that presented the credential first, when it is not this
+    /// request's `holder`: one credential used by two workloads.
+    pub shared_with: Option<String>,
+}
+
+/// [`CredentialSeen`] from the live record (if any) at `now` for a request of `holder`.
+pub fn credential_seen(existing: Option<&Entry>, now: u64, holder: Option<&str>) -> CredentialSeen {
+    let shared_with = match (existing, holder) {
+        (Some(e), Some(h)) => e.holder().filter(|_| !e.holder_is(h)),
+        _ => None,
+    };
+    CredentialSeen {
+        first_seen: existing.map_or(now, |e| e.first_seen),
+        shared_with,
     }
 }
 
@@ -808,15 +867,22 @@ pub fn first_seen_with_ledger<L: Ledger>(
     now: u64,
     window_seconds: u64,
 ) -> Result<u64, LedgerError> {
-    first_seen_by_id(ledger, token_record_id(secret), false, now, window_seconds)
-        .map(|s| s.first_seen)
+    first_seen_by_id(
+        ledger,
+        token_record_id(secret),
+        false,
+        now,
+        window_seconds,
+        None,
+    )
+    .map(|s| s.seen.first_seen)
 }
 
-/// What recording a token sighting did ([`first_seen_by_id`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What recording a credential sighting did ([`first_seen_by_id`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenSighting {
-    /// When the ledger first saw the credential (`now` if this sighting is the first).
-    pub first_seen: u64,
+    /// What the request learns of the credential.
+    pub seen: CredentialSeen,
     /// Recording it evicted another live entry.
     pub evicted: bool,
     /// The ledger had no room for a new record ([`Commit::Full`]): the request gets the
@@ -824,35 +890,37 @@ pub struct TokenSighting {
     pub refused: bool,
 }
 
-/// [`first_seen_with_ledger`] for a credential's record id ([`token_record_id`]) seen on a
-/// route that is `sensitive` or not (a live record of a sensitive route is never evicted).
+/// Records a sighting of the credential whose record id is `id` ([`token_record_id`]), on a
+/// route that is `sensitive` or not (a live record of a sensitive route is never evicted),
+/// presented by the workload `holder` if the request came over mTLS.
 pub fn first_seen_by_id<L: Ledger>(
     ledger: &L,
     id: [u8; 32],
     sensitive: bool,
     now: u64,
     window_seconds: u64,
+    holder: Option<&str>,
 ) -> Result<TokenSighting, LedgerError> {
     for _ in 0..MAX_LEDGER_ROUNDS {
         let snapshot = ledger.load(&id, now)?;
         let existing = L::entry(&snapshot);
-        let mut seen = TokenSighting {
-            first_seen: existing.map_or(now, |e| e.first_seen),
+        let mut sighting = TokenSighting {
+            seen: credential_seen(existing, now, holder),
             evicted: false,
             refused: false,
         };
-        match token_seen_update(existing, id, now, window_seconds) {
-            None => return Ok(seen),
+        match token_seen_update(existing, id, now, window_seconds, holder) {
+            None => return Ok(sighting),
             Some(mut update) => {
                 update.sensitive |= sensitive;
                 match ledger.commit(&snapshot, &update, now)? {
                     Commit::Stored { evicted } => {
-                        seen.evicted = evicted;
-                        return Ok(seen);
+                        sighting.evicted = evicted;
+                        return Ok(sighting);
                     }
                     Commit::Full => {
-                        seen.refused = true;
-                        return Ok(seen);
+                        sighting.refused = true;
+                        return Ok(sighting);
                     }
                     Commit::Conflict => {}
                 }

@@ -150,6 +150,9 @@ pub struct Entry {
     pub sensitive: bool,
 }
 
+/// The most bytes of a workload identity a credential record keeps ([`Entry::set_holder`]).
+pub const HOLDER_BYTES: usize = 64;
+
 /// Encoded size of one entry.
 pub const ENTRY_BYTES: usize = 32 + 8 + 8 + 4 + 1 + 2 + 32 + 1 + 16 + 16;
 const SET_HEADER: usize = 2;
@@ -164,6 +167,52 @@ impl Entry {
     /// Is the entry still within its window at `now`?
     pub fn is_live(&self, now: u64, window_seconds: u64) -> bool {
         now < self.expires_at(window_seconds)
+    }
+
+    /// The workload identity a credential record names as the credential's first holder
+    /// ([`Entry::set_holder`]); `None` when none is recorded.
+    pub fn holder(&self) -> Option<String> {
+        let len = usize::from(self.status & 0x7f);
+        if len == 0 || len > HOLDER_BYTES {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(HOLDER_BYTES);
+        bytes.extend_from_slice(&self.body_digest);
+        bytes.extend_from_slice(&self.challenge.unwrap_or_default());
+        bytes.extend_from_slice(&self.consumed.unwrap_or_default());
+        bytes.truncate(len);
+        let mut text = String::from_utf8(bytes).ok()?;
+        if self.status & 0x80 != 0 {
+            text.push('…');
+        }
+        Some(text)
+    }
+
+    /// Does the recorded holder stand for `identity` (compared as recorded: cut to
+    /// [`HOLDER_BYTES`])?
+    pub fn holder_is(&self, identity: &str) -> bool {
+        let mut probe = self.clone();
+        probe.set_holder(identity);
+        probe.holder() == self.holder()
+    }
+
+    /// Records `identity` as the credential's first holder in a credential record (whose
+    /// digest and challenge fields are otherwise unused): its first [`HOLDER_BYTES`] bytes
+    /// (cut at a character boundary), marked when cut.
+    pub fn set_holder(&mut self, identity: &str) {
+        let mut end = identity.len().min(HOLDER_BYTES);
+        while !identity.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut packed = [0u8; HOLDER_BYTES];
+        for (slot, b) in packed.iter_mut().zip(identity.as_bytes().iter().take(end)) {
+            *slot = *b;
+        }
+        let [digest, challenge, consumed] = [&packed[..32], &packed[32..48], &packed[48..]];
+        self.body_digest.copy_from_slice(digest);
+        self.challenge = challenge.try_into().ok();
+        self.consumed = consumed.try_into().ok();
+        self.status = end as u16 | if end < identity.len() { 0x80 } else { 0 };
     }
 
     /// The entry's bytes as one record (the cluster ledger's value; a shared-data set holds
@@ -649,6 +698,29 @@ pub(crate) mod tests {
         assert_eq!(Set::decode(&bytes[..bytes.len() - 1]), None);
         assert_eq!(Set::decode(&[9, 0]), None);
         assert_eq!(Set::decode(&[1, 200]), None);
+    }
+
+    #[test]
+    fn a_credential_record_keeps_its_first_holder() {
+        let mut e = entry(1, 100);
+        assert_eq!(e.holder(), None, "status 0: no holder");
+        e.set_holder("spiffe://cluster.local/ns/ci/sa/deployer");
+        assert_eq!(
+            Entry::from_bytes(&e.to_bytes())
+                .and_then(|e| e.holder())
+                .as_deref(),
+            Some("spiffe://cluster.local/ns/ci/sa/deployer")
+        );
+        let long = format!("spiffe://cluster.local/ns/{}/sa/é", "n".repeat(40));
+        e.set_holder(&long);
+        let kept = e.holder().unwrap();
+        assert!(
+            kept.ends_with('…') && long.starts_with(kept.trim_end_matches('…')),
+            "{kept}"
+        );
+        // A cut inside a two-byte character backs up to its start.
+        e.set_holder(&format!("{}é", "x".repeat(63)));
+        assert_eq!(e.holder().unwrap(), format!("{}…", "x".repeat(63)));
     }
 
     #[test]

@@ -19,6 +19,8 @@ named_enum! {
         TokenRejected => "retry_guard.token.rejected",
         /// A confirmation was sent and refused.
         ConfirmationInvalid => "retry_guard.confirmation.invalid",
+        /// A bearer credential was presented by a second workload identity within the window.
+        CredentialShared => "retry_guard.credential.shared",
         /// A live ledger entry was evicted to make room.
         LedgerEvicted => "retry_guard.ledger.evicted",
         /// The in-process ledger refused a new record: its set held only live entries of

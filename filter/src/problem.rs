@@ -30,11 +30,14 @@ pub enum ProblemType {
     PrincipalAmbiguous,
     /// 401: no principal source names the caller on a route with `anonymous: reject`.
     PrincipalRequired,
+    /// 403: the bearer credential was presented by another workload identity within the
+    /// window, and the route sets `shared_credential: deny`.
+    CredentialShared,
 }
 
 impl ProblemType {
     /// Every problem type.
-    pub const ALL: [ProblemType; 12] = [
+    pub const ALL: [ProblemType; 13] = [
         ProblemType::IdempotencyKeyMissing,
         ProblemType::IdempotencyKeyInvalid,
         ProblemType::StaleToken,
@@ -47,6 +50,7 @@ impl ProblemType {
         ProblemType::PathInvalid,
         ProblemType::PrincipalAmbiguous,
         ProblemType::PrincipalRequired,
+        ProblemType::CredentialShared,
     ];
 
     /// The `type` URI.
@@ -66,6 +70,7 @@ impl ProblemType {
             ProblemType::PathInvalid => "urn:retry-guard:problem:path-invalid",
             ProblemType::PrincipalAmbiguous => "urn:retry-guard:problem:principal-ambiguous",
             ProblemType::PrincipalRequired => "urn:retry-guard:problem:principal-required",
+            ProblemType::CredentialShared => "urn:retry-guard:problem:credential-shared",
         }
     }
 
@@ -77,7 +82,7 @@ impl ProblemType {
             | ProblemType::PathInvalid
             | ProblemType::PrincipalAmbiguous => 400,
             ProblemType::StaleToken | ProblemType::PrincipalRequired => 401,
-            ProblemType::DoNotRetry => 403,
+            ProblemType::DoNotRetry | ProblemType::CredentialShared => 403,
             ProblemType::RequestInFlight => 409,
             ProblemType::BodyTooLarge => 413,
             ProblemType::IdempotencyKeyMismatch => 422,
@@ -101,6 +106,7 @@ impl ProblemType {
             ProblemType::PathInvalid => "Request path not accepted",
             ProblemType::PrincipalAmbiguous => "Caller named more than once",
             ProblemType::PrincipalRequired => "Caller identity required",
+            ProblemType::CredentialShared => "Credential used by another workload",
         }
     }
 }

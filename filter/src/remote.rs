@@ -235,9 +235,10 @@ impl Recording {
     }
 }
 
-/// When an opaque bearer credential was first seen, asked of the remote ledger (its age for
-/// `token_max_age_seconds`, the same on every replica): an insert-if-absent of a sighting
-/// record, whose failure branch reads the record that exists.
+/// What the remote ledger remembers of a bearer credential: when it was first seen (its age
+/// for `token_max_age_seconds`, the same on every replica) and which workload presented it
+/// first: an insert-if-absent of a credential record, whose failure branch reads the record
+/// that exists.
 #[derive(Clone, Debug)]
 pub struct Sighting {
     key: String,
@@ -245,54 +246,67 @@ pub struct Sighting {
     id: [u8; 32],
     now: u64,
     window_seconds: u64,
+    holder: Option<String>,
     rounds: usize,
-    first_seen: u64,
+    seen: engine::CredentialSeen,
 }
 
 impl Sighting {
-    /// Starts: asks to record the credential as first seen `now` unless a record exists.
+    /// Starts: asks to record the credential as first seen `now` (by `holder`) unless a
+    /// record exists.
     pub fn start(
         key: String,
         lease: i64,
         id: [u8; 32],
         now: u64,
         window_seconds: u64,
-    ) -> (Sighting, Next<u64>) {
+        holder: Option<String>,
+    ) -> (Sighting, Next<engine::CredentialSeen>) {
         let mut s = Sighting {
             key,
             lease,
             id,
             now,
             window_seconds,
+            holder,
             rounds: 0,
-            first_seen: now,
+            seen: engine::CredentialSeen {
+                first_seen: now,
+                shared_with: None,
+            },
         };
         let next = s.propose(&Current::default());
         (s, next)
     }
 
-    /// Continues with the answer: `Done(first_seen)`.
-    pub fn on_result(&mut self, result: OpResult) -> Next<u64> {
+    /// Continues with the answer: `Done(what the record says)`.
+    pub fn on_result(&mut self, result: OpResult) -> Next<engine::CredentialSeen> {
         match result {
-            OpResult::Written { .. } => Next::Done(self.first_seen),
+            OpResult::Written { .. } => Next::Done(self.seen.clone()),
             OpResult::Current(current) => {
                 self.rounds += 1;
                 if self.rounds > MAX_LEDGER_ROUNDS {
-                    return Next::Done(self.first_seen);
+                    return Next::Done(self.seen.clone());
                 }
                 self.propose(&current)
             }
         }
     }
 
-    fn propose(&mut self, current: &Current) -> Next<u64> {
+    fn propose(&mut self, current: &Current) -> Next<engine::CredentialSeen> {
         let live = current
             .entry
             .as_ref()
             .filter(|e| e.id == self.id && e.is_live(self.now, self.window_seconds));
-        self.first_seen = live.map_or(self.now, |e| e.first_seen);
-        match engine::token_seen_update(live, self.id, self.now, self.window_seconds) {
-            None => Next::Done(self.first_seen),
+        self.seen = engine::credential_seen(live, self.now, self.holder.as_deref());
+        match engine::token_seen_update(
+            live,
+            self.id,
+            self.now,
+            self.window_seconds,
+            self.holder.as_deref(),
+        ) {
+            None => Next::Done(self.seen.clone()),
             Some(entry) => Next::Ask(LedgerOp::Put {
                 key: self.key.clone(),
                 expect: current.expect(),
@@ -348,6 +362,8 @@ mod tests {
                 body_digest: [1; 32],
                 stale: None,
                 confirmation: None,
+                credential_holder: None,
+                credential_shared_with: None,
             }
         }
     }
@@ -498,29 +514,52 @@ mod tests {
 
     #[test]
     fn a_credential_is_first_seen_once_across_replicas() {
-        // Nobody saw it: recorded now.
-        let (mut s, next) = Sighting::start("t".into(), 7, [8; 32], 1000, 900);
+        let seen_at = |first_seen| engine::CredentialSeen {
+            first_seen,
+            shared_with: None,
+        };
+        // Nobody saw it: recorded now, with the workload that presented it.
+        let wl = |s: &str| Some(format!("spiffe://test/{s}"));
+        let (mut s, next) = Sighting::start("t".into(), 7, [8; 32], 1000, 900, wl("a"));
         let Next::Ask(LedgerOp::Put { expect, entry, .. }) = next else {
             panic!("{next:?}")
         };
         assert_eq!((expect, entry.first_seen), (Expect::Absent, 1000));
+        assert_eq!(entry.holder(), wl("a"));
         assert_eq!(
             s.on_result(OpResult::Written { revision: 2 }),
-            Next::Done(1000)
+            Next::Done(seen_at(1000))
         );
         // Another replica saw it at 400: that is its first sighting, nothing to write (a
         // refresh only once a quarter of the window has passed since).
-        let (mut s, _) = Sighting::start("t".into(), 7, [8; 32], 500, 900);
+        let current = |seen: &Entry| {
+            OpResult::Current(Current {
+                entry: Some(seen.clone()),
+                revision: Some(3),
+            })
+        };
         let mut seen = entry.clone();
         seen.first_seen = 400;
         seen.last_attempt = 450;
+        let (mut s, _) = Sighting::start("t".into(), 7, [8; 32], 500, 900, wl("a"));
+        assert_eq!(s.on_result(current(&seen)), Next::Done(seen_at(400)));
+        // Another workload presents it: it learns who did first; the record keeps them.
+        let (mut s, _) = Sighting::start("t".into(), 7, [8; 32], 500, 900, wl("b"));
         assert_eq!(
-            s.on_result(OpResult::Current(Current {
-                entry: Some(seen),
-                revision: Some(3)
-            })),
-            Next::Done(400)
+            s.on_result(current(&seen)),
+            Next::Done(engine::CredentialSeen {
+                first_seen: 400,
+                shared_with: wl("a"),
+            })
         );
+        // A record without a holder (written over plain HTTP) gets this one's.
+        let mut bare = seen.clone();
+        bare.status = 0;
+        let (mut s, _) = Sighting::start("t".into(), 7, [8; 32], 500, 900, wl("c"));
+        let Next::Ask(LedgerOp::Put { entry, .. }) = s.on_result(current(&bare)) else {
+            panic!("the holder is added")
+        };
+        assert_eq!(entry.holder(), wl("c"));
     }
 
     #[test]

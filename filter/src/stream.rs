@@ -311,6 +311,8 @@ impl Stream {
             body_digest,
             stale: pending.stale,
             confirmation: pending.confirmation.as_deref(),
+            credential_holder: pending.holder.as_deref(),
+            credential_shared_with: pending.shared_with.as_deref(),
         };
         let mut challenge = fresh_challenge(host, &fingerprint);
         let decided = if pending.ledger_full {
@@ -378,6 +380,9 @@ impl Stream {
         }
         if d.confirmation_error.is_some() {
             host.count(Counter::Event(Event::ConfirmationInvalid));
+        }
+        if facts.credential_shared_with.is_some() {
+            host.count(Counter::Event(Event::CredentialShared));
         }
         host.log(LogLevel::Info, &audit::decision_line(route, facts, d));
         host.set_property(DECISION_PROPERTY, d.verdict.name().as_bytes());

@@ -83,6 +83,8 @@ impl Req {
             body_digest: self.body,
             stale: self.stale,
             confirmation: self.confirmation.as_deref().map(str::as_bytes),
+            credential_holder: None,
+            credential_shared_with: None,
         }
     }
 }

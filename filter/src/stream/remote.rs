@@ -43,8 +43,8 @@ pub(super) struct Asking {
 impl Asking {
     /// The token's first sighting came back: assess the token again, and when it turned out
     /// stale (it names no one then) compute the fingerprint with the principal that is left.
-    fn seen(&mut self, route: &crate::config::Route, first_seen: Option<u64>) {
-        if self.pending.seen(first_seen) {
+    fn seen(&mut self, route: &crate::config::Route, seen: Option<engine::CredentialSeen>) {
+        if self.pending.seen(seen) {
             let p = &self.pending;
             self.fingerprint = Fingerprint::compute(
                 &route.name,
@@ -70,6 +70,8 @@ impl Asking {
             body_digest: self.body_digest,
             stale: self.pending.stale,
             confirmation: self.pending.confirmation.as_deref(),
+            credential_holder: self.pending.holder.as_deref(),
+            credential_shared_with: self.pending.shared_with.as_deref(),
         }
     }
 }
@@ -236,10 +238,16 @@ impl Stream {
             return Action::Continue;
         };
         let lease = remote.plan.lease_id(remote.plan.bucket(pending.now));
-        if let Some(id) = pending.sighting.as_ref().map(|d| d.id) {
+        if let Some((id, holder)) = pending.sighting.as_ref().map(|d| (d.id, d.holder.clone())) {
             let key = etcd::key(&remote.etcd.key_prefix, KeyKind::TokenSeen, &id);
-            let (sighting, next) =
-                Sighting::start(key, lease, id, pending.now, plugin.config.window_seconds);
+            let (sighting, next) = Sighting::start(
+                key,
+                lease,
+                id,
+                pending.now,
+                plugin.config.window_seconds,
+                holder,
+            );
             match next {
                 Next::Done(first_seen) => {
                     let mut asking = Asking {

@@ -109,6 +109,10 @@ pub(super) struct Pending {
     /// The token table had no room for this request's sighting: the route's fail policy
     /// decides ([`engine::ledger_full`]).
     pub(super) ledger_full: bool,
+    /// The mTLS workload identity presenting the credential, on a tracked route.
+    pub(super) holder: Option<String>,
+    /// Another workload identity presented the same credential first, within the window.
+    pub(super) shared_with: Option<String>,
 }
 
 /// A token age check waiting for the cluster ledger's record of the credential.
@@ -117,6 +121,8 @@ pub(super) struct Deferred {
     pub(super) id: [u8; 32],
     pub(super) token: BearerToken,
     pub(super) rules: TokenRules,
+    /// The mTLS workload identity presenting the credential (recorded as its first holder).
+    pub(super) holder: Option<String>,
     /// The principal if the credential turns out stale (then it names no one).
     pub(super) principal_if_stale: Result<String, Ambiguous>,
 }
@@ -151,6 +157,8 @@ impl Pending {
             body_digest: [0; 32],
             stale: self.stale,
             confirmation: None,
+            credential_holder: None,
+            credential_shared_with: None,
         }
     }
 
@@ -190,8 +198,20 @@ impl Pending {
         // An opaque token's first sighting is recorded only when the request is decided (on
         // etcd, asked of etcd then): a request answered before its decision (400, 413) writes
         // nothing to the ledger, so such requests cannot be used to fill it.
+        // On tracked routes the credential's record also remembers which mTLS workload
+        // presented it first (one credential used by two workloads is counted and audited).
+        let holder_check = route.needs_ledger() && credential.is_some();
+        let peer_identity =
+            if holder_check || config.principal.contains(&PrincipalSource::PeerIdentity) {
+                property_text(host, b"connection\0uri_san_peer_certificate")
+            } else {
+                None
+            };
+        let holder = peer_identity.clone().filter(|_| holder_check);
         let sighting = match credential {
-            Some(c) if rules.needs_first_seen(&token) => Some(engine::token_record_id(c.secret())),
+            Some(c) if rules.needs_first_seen(&token) || holder.is_some() => {
+                Some(engine::token_record_id(c.secret()))
+            }
             _ => None,
         };
         let stale = rules.assess(&token, now, None);
@@ -200,11 +220,6 @@ impl Pending {
         let (forwarded, claims) = match stale {
             Some(_) => (None, None),
             None => (credential, claims),
-        };
-        let peer_identity = if config.principal.contains(&PrincipalSource::PeerIdentity) {
-            property_text(host, b"connection\0uri_san_peer_certificate")
-        } else {
-            None
         };
         let inputs = PrincipalInputs {
             peer_identity: peer_identity.as_deref(),
@@ -217,6 +232,7 @@ impl Pending {
             id,
             token,
             rules,
+            holder: holder.clone(),
             principal_if_stale: principal::derive(
                 &config.principal,
                 &PrincipalInputs {
@@ -258,32 +274,38 @@ impl Pending {
             body_seen: 0,
             sighting,
             ledger_full: false,
+            holder,
+            shared_with: None,
         }
     }
 
     /// Records the token's first sighting in the in-process ledger and assesses the token with
     /// it (see [`Pending::seen`]); a store failure leaves the age unknown, logged.
     pub(super) fn sight_locally<L: Ledger, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H) {
-        let Some((id, sensitive)) = self.sighting.as_ref().map(|d| (d.id, d.rules.sensitive))
+        let Some((id, sensitive, holder)) = self
+            .sighting
+            .as_ref()
+            .map(|d| (d.id, d.rules.sensitive, d.holder.clone()))
         else {
             return;
         };
-        let first_seen = match engine::first_seen_by_id(
+        let seen = match engine::first_seen_by_id(
             &plugin.tokens,
             id,
             sensitive,
             self.now,
             plugin.config.window_seconds,
+            holder.as_deref(),
         ) {
-            Ok(seen) => {
-                if seen.evicted {
+            Ok(sighting) => {
+                if sighting.evicted {
                     host.count(Counter::Event(Event::LedgerEvicted));
                 }
-                if seen.refused {
+                if sighting.refused {
                     host.count(Counter::Event(Event::LedgerFull));
                     self.ledger_full = true;
                 }
-                Some(seen.first_seen)
+                Some(sighting.seen)
             }
             Err(e) => {
                 host.log(
@@ -293,16 +315,19 @@ impl Pending {
                 None
             }
         };
-        self.seen(first_seen);
+        self.seen(seen);
     }
 
-    /// The token's first sighting came back from the cluster ledger: assess it again; a
-    /// credential that turns out stale names no one (the principal changes with it). Returns
-    /// whether the principal changed (the fingerprint must be computed again).
-    pub(super) fn seen(&mut self, first_seen: Option<u64>) -> bool {
+    /// The credential's record came back (from either ledger; `None`: unknown): assess the
+    /// token again with its age, and note a second workload presenting it. A credential that
+    /// turns out stale names no one (the principal changes with it). Returns whether the
+    /// principal changed (the fingerprint must be computed again).
+    pub(super) fn seen(&mut self, seen: Option<engine::CredentialSeen>) -> bool {
         let Some(d) = self.sighting.take() else {
             return false;
         };
+        let first_seen = seen.as_ref().map(|s| s.first_seen);
+        self.shared_with = seen.and_then(|s| s.shared_with);
         self.stale = d.rules.assess(&d.token, self.now, first_seen);
         if self.stale.is_some() && d.principal_if_stale != self.principal {
             self.principal = d.principal_if_stale;

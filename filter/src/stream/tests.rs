@@ -655,6 +655,94 @@ fn a_response_the_client_never_got_in_full_is_undelivered() {
     assert_eq!(host.outcomes().len(), 1);
 }
 
+/// A token call from the mTLS workload `workload`, with `credential`, and this body.
+fn workload_call(workload: &str, credential: &str, body: &str) -> FakeHost {
+    let auth = format!("Bearer {credential}");
+    let host = FakeHost::request(
+        "token",
+        "POST",
+        "/oauth/token",
+        &[("x-client-id", "ci-bot"), ("authorization", auth.as_str())],
+    )
+    .with_body(body);
+    host.set_property_value(
+        "connection.uri_san_peer_certificate",
+        format!("spiffe://test/{workload}").as_bytes(),
+    );
+    host
+}
+
+#[test]
+fn a_credential_presented_by_a_second_workload_is_counted_audited_or_denied() {
+    for (setting, denied) in [("record", false), ("deny", true)] {
+        let mut cfg = config(json!({}));
+        cfg.routes[0].shared_credential = if denied {
+            crate::config::SharedCredential::Deny
+        } else {
+            crate::config::SharedCredential::Record
+        };
+        let table = |t| {
+            let l = SlotLedger::new(
+                MemoryStore::default(),
+                t,
+                cfg.max_entries,
+                cfg.window_seconds,
+                IndexKey::new([7; 16]),
+            );
+            l.ensure_slots().unwrap();
+            l
+        };
+        let plugin = Plugin::new(cfg.clone(), table(Table::Attempts), table(Table::Tokens));
+        // Workload a presents the credential: nothing to say.
+        let a = workload_call("a", "opaque-shared", "n=1");
+        send(&plugin, &a, 1);
+        assert!(a.replies().is_empty());
+        assert_eq!(count_of(&a, Event::CredentialShared), 0);
+        assert_eq!(a.audit()[0]["credential_shared_with"], Value::Null);
+        // The same workload again (another call): still nothing.
+        let a2 = workload_call("a", "opaque-shared", "n=2");
+        send(&plugin, &a2, 2);
+        assert_eq!(count_of(&a2, Event::CredentialShared), 0, "{setting}");
+        // Workload b presents it: counted, both identities audited; denied if configured.
+        let b = workload_call("b", "opaque-shared", "n=3");
+        send(&plugin, &b, 3);
+        assert_eq!(count_of(&b, Event::CredentialShared), 1, "{setting}");
+        let line = &b.audit()[0];
+        assert_eq!(line["credential_holder"], "spiffe://test/b", "{line}");
+        assert_eq!(line["credential_shared_with"], "spiffe://test/a", "{line}");
+        if denied {
+            let reply = b.replies().remove(0);
+            assert_eq!(reply.status, 403);
+            assert_eq!(
+                problem_type(&reply),
+                "urn:retry-guard:problem:credential-shared"
+            );
+            assert!(
+                !reply.body.contains("spiffe://"),
+                "the other workload is not named to the caller: {}",
+                reply.body
+            );
+            assert_eq!(line["decision"], "credential_shared");
+        } else {
+            assert!(b.replies().is_empty(), "{setting}: decided as usual");
+        }
+        // Another credential from b is b's own.
+        let b2 = workload_call("b", "opaque-b", "n=4");
+        send(&plugin, &b2, 4);
+        assert_eq!(count_of(&b2, Event::CredentialShared), 0);
+        // Without mTLS nothing is compared.
+        let plain = FakeHost::request(
+            "token",
+            "POST",
+            "/oauth/token",
+            &[("authorization", "Bearer opaque-shared")],
+        )
+        .with_body("n=5");
+        send(&plugin, &plain, 5);
+        assert_eq!(count_of(&plain, Event::CredentialShared), 0);
+    }
+}
+
 #[test]
 fn body_over_max_body_bytes_is_answered_413() {
     let big = "x".repeat(65);
@@ -1463,6 +1551,7 @@ fn on_etcd_an_opaque_tokens_age_comes_from_the_shared_sighting() {
         crate::engine::token_record_id("opaque-abc"),
         NOW - 400,
         900,
+        None,
     )
     .unwrap();
     let answer = format!(
