@@ -526,37 +526,7 @@ impl Certs {
                  keyUsage=critical,digitalSignature\n",
             ),
         ] {
-            let (k, csr, crt, extfile) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.crt"),
-                format!("{name}.ext"),
-            );
-            std::fs::write(dir.join(&extfile), ext)?;
-            let mut req = vec!["req"];
-            req.extend_from_slice(&key);
-            req.extend_from_slice(&["-keyout", &k, "-out", &csr, "-subj", cn]);
-            openssl(dir, &req)?;
-            openssl(
-                dir,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &csr,
-                    "-CA",
-                    "ca.crt",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-out",
-                    &crt,
-                    "-days",
-                    "1",
-                    "-extfile",
-                    &extfile,
-                ],
-            )?;
+            Certs::issue(dir, name, cn, ext)?;
         }
         Ok(Certs {
             dir: dir.to_path_buf(),
@@ -566,6 +536,59 @@ impl Certs {
             client_cert: dir.join("client.crt"),
             client_key: dir.join("client.key"),
         })
+    }
+}
+
+impl Certs {
+    /// Issues `<name>.crt` / `<name>.key` in `dir`, signed by the CA that [`Certs::make`] made
+    /// there: subject `subject`, extensions `ext` (an openssl extension file's lines). For
+    /// example a workload's client certificate with `subjectAltName=URI:spiffe://...`.
+    pub fn issue(dir: &Path, name: &str, subject: &str, ext: &str) -> Result<(PathBuf, PathBuf)> {
+        let (k, csr, crt, extfile) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        std::fs::write(dir.join(&extfile), ext)?;
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &k,
+                "-out",
+                &csr,
+                "-subj",
+                subject,
+            ],
+        )?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "1",
+                "-extfile",
+                &extfile,
+            ],
+        )?;
+        Ok((dir.join(crt), dir.join(k)))
     }
 }
 
