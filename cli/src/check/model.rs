@@ -1188,7 +1188,8 @@ mod tests {
             f.http_filter_name.as_deref(),
             Some("envoy.filters.http.wasm")
         );
-        assert_eq!(f.fail_open, Some(false));
+        assert_eq!(f.fail_open, None);
+        assert_eq!(f.failure_policy.as_deref(), Some("FAIL_RELOAD"));
         assert_eq!(f.allow_on_headers_stop_iteration, Some(true));
         let names: Vec<&str> = d.routes.iter().filter_map(|r| r.name.as_deref()).collect();
         assert_eq!(

@@ -153,6 +153,8 @@ pub(crate) fn on_request_headers(id: u32, end_of_stream: bool) -> Action {
     let Some(root) = root else {
         return Action::Continue;
     };
+    #[cfg(feature = "test-trap")]
+    test_trap(&root.host(id));
     let mut stream = Stream::new(id);
     let action = stream.on_request_headers(&root.plugin, &root.host(id), end_of_stream);
     // Keep state only if something is left to do (which only a matched route leaves): the
@@ -242,5 +244,15 @@ pub(crate) fn on_delete(id: u32) {
             root.plugin.release(id);
             stream.on_delete(&root.plugin);
         }
+    }
+}
+
+/// Test builds only (cargo feature `test-trap`, never in the release module: a test checks):
+/// a request carrying `x-retry-guard-test-trap` makes the VM trap, so the tests can watch what
+/// Envoy's `failure_policy` does with a failed VM.
+#[cfg(feature = "test-trap")]
+fn test_trap(host: &impl crate::host::StreamHost) {
+    if host.request_header("x-retry-guard-test-trap").is_some() {
+        core::arch::wasm32::unreachable();
     }
 }
