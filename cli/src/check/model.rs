@@ -168,6 +168,11 @@ pub struct FilterSettings {
     /// Envoy `allow_on_headers_stop_iteration` (a bool or a `BoolValue`); `Some(false)` also
     /// for a value that is not a boolean.
     pub allow_on_headers_stop_iteration: Option<bool>,
+    /// Where the filter chain before it is visible (an Envoy connection manager's
+    /// `http_filters`): the `payload_in_metadata` keys that `jwt_authn` filters before it write
+    /// under `envoy.filters.http.jwt_authn`. `None` when the chain is not visible (WasmPlugin,
+    /// EnvoyFilter patches).
+    pub jwt_payloads_before: Option<Vec<String>>,
 }
 
 impl FilterSettings {
@@ -552,6 +557,9 @@ impl Loader {
                 self.virtual_service(file, base, doc);
                 return Ok(true);
             }
+            // The verifier of `metadata:` principal sources (Istio's jwt_authn): nothing in it
+            // for `check` to hold against the plugin configuration yet.
+            Some("RequestAuthentication") => return Ok(true),
             Some("ServiceEntry") | Some("DestinationRule") => {
                 self.mesh_host(file, base, doc);
                 return Ok(true);
@@ -614,7 +622,7 @@ impl Loader {
                     return true;
                 }
                 if is_wasm(v) {
-                    self.wasm_filter(v, path, ctx, parent_name, Scope::Detached, false);
+                    self.wasm_filter(v, path, ctx, parent_name, Scope::Detached, false, None);
                     return true;
                 }
                 if m.get("virtual_hosts").is_some_and(Value::is_array) {
@@ -658,6 +666,7 @@ impl Loader {
             self.dep.hcms.push(hcm);
         }
         let filters_path = key(path, "http_filters");
+        let mut jwt_payloads: Vec<String> = Vec::new();
         for (k, f) in m
             .get("http_filters")
             .and_then(Value::as_array)
@@ -675,7 +684,23 @@ impl Loader {
                     str_at(f, "name"),
                     scope,
                     disabled,
+                    Some(jwt_payloads.clone()),
                 );
+            }
+            if let Some(tc) = f.get("typed_config").filter(|tc| {
+                type_ends(
+                    tc,
+                    "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                )
+            }) {
+                for p in tc
+                    .get("providers")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flat_map(|p| p.values())
+                {
+                    jwt_payloads.extend(str_at(p, "payload_in_metadata").map(str::to_string));
+                }
             }
         }
         if let Some(rc) = route_config {
@@ -691,6 +716,7 @@ impl Loader {
         filter_name: Option<&str>,
         scope: Scope,
         disabled_by_default: bool,
+        jwt_payloads_before: Option<Vec<String>>,
     ) {
         let null = Value::Null;
         let config = tc.get("config").unwrap_or(&null);
@@ -755,6 +781,7 @@ impl Loader {
                 allow_on_headers_stop_iteration: bool_value(
                     config.get("allow_on_headers_stop_iteration"),
                 ),
+                jwt_payloads_before,
             }),
             scope: if ctx.detached { Scope::Detached } else { scope },
         });
@@ -859,6 +886,7 @@ impl Loader {
                 fail_open: None,
                 failure_policy: str_at(spec, "failStrategy").map(str::to_string),
                 allow_on_headers_stop_iteration: None,
+                jwt_payloads_before: None,
             }),
             scope: Scope::Detached,
         });
