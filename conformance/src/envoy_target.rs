@@ -43,8 +43,7 @@ use serde_json::{Map, Value};
 use retry_guard_e2e::backend::{Backend, Gate, Reply, CASE_HEADER};
 use retry_guard_e2e::client::{self, Response};
 use retry_guard_e2e::envoy::{
-    Bootstrap, Cluster, Envoy, HttpFilter, PathMatch, RetryPolicy, Route, BACKEND_CLUSTER,
-    UNSENT_RETRY_ON,
+    Bootstrap, Cluster, Envoy, PathMatch, RetryPolicy, Route, BACKEND_CLUSTER, UNSENT_RETRY_ON,
 };
 use retry_guard_e2e::etcd::{envoy_cluster, Etcd};
 use retry_guard_e2e::gateway::UPSTREAM_HEADER;
@@ -131,15 +130,17 @@ pub fn metadata_header(md: &Map<String, Value>) -> Result<String, String> {
                     leaves(prefix, x, out)?;
                     prefix.pop();
                 }
-                Ok(())
             }
-            Value::String(s) => Ok(out.push((prefix.clone(), 's', s.clone()))),
-            Value::Number(n) => Ok(out.push((prefix.clone(), 'n', n.to_string()))),
-            Value::Bool(b) => Ok(out.push((prefix.clone(), 'b', b.to_string()))),
-            other => Err(format!(
-                "dynamic metadata the Envoy target cannot set (lists, nulls, empty objects): {other}"
-            )),
+            Value::String(s) => out.push((prefix.clone(), 's', s.clone())),
+            Value::Number(n) => out.push((prefix.clone(), 'n', n.to_string())),
+            Value::Bool(b) => out.push((prefix.clone(), 'b', b.to_string())),
+            other => {
+                return Err(format!(
+                    "dynamic metadata the Envoy target cannot set (lists, nulls, empty objects): {other}"
+                ))
+            }
         }
+        Ok(())
     }
     let mut entries = Vec::new();
     for (ns, fields) in md {
@@ -155,6 +156,28 @@ pub fn metadata_header(md: &Map<String, Value>) -> Result<String, String> {
         }
     }
     Ok(entries.join(","))
+}
+
+/// Puts the Lua filter of [`METADATA_LUA`] first in the bootstrap's HTTP filters (in front of
+/// retry-guard, as jwt_authn would be).
+fn add_metadata_filter(bootstrap: &mut Value) -> Result<(), String> {
+    let filters = bootstrap
+        .pointer_mut(
+            "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters",
+        )
+        .and_then(Value::as_array_mut)
+        .ok_or("the bootstrap has no http_filters")?;
+    filters.insert(
+        0,
+        serde_json::json!({
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": { "inline_string": METADATA_LUA },
+            },
+        }),
+    );
+    Ok(())
 }
 
 /// Options of the Envoy target.
@@ -507,19 +530,6 @@ pub fn run_scenario(sc: &Scenario, opts: &EnvoyOptions) -> ScenarioReport {
             return report;
         }
     };
-    if j.to_string().contains("\"dynamic_metadata\"") {
-        // In front of retry-guard, as jwt_authn would be.
-        b.http_filters.insert(
-            0,
-            HttpFilter::Raw(serde_json::json!({
-                "name": "envoy.filters.http.lua",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                    "default_source_code": { "inline_string": METADATA_LUA },
-                },
-            })),
-        );
-    }
     // A scenario on the cluster ledger gets its own etcd, reached through the cluster its
     // plugin configuration names; it lives until the scenario ends.
     let _etcd = match host_sim::scenario::etcd_cluster(sc) {
@@ -536,7 +546,14 @@ pub fn run_scenario(sc: &Scenario, opts: &EnvoyOptions) -> ScenarioReport {
         },
     };
     let want_start_error = j.get("expect_start_error").and_then(Value::as_str);
-    let host = match Host::start(&name, b.to_json(), opts.wasm.clone(), backend) {
+    let mut bootstrap_json = b.to_json();
+    if j.to_string().contains("\"dynamic_metadata\"") {
+        if let Err(e) = add_metadata_filter(&mut bootstrap_json) {
+            report.error = Some(e);
+            return report;
+        }
+    }
+    let host = match Host::start(&name, bootstrap_json, opts.wasm.clone(), backend) {
         Ok(h) => h,
         Err(e) => {
             match want_start_error {

@@ -341,8 +341,6 @@ pub enum HttpFilter {
     /// Envoy's buffer filter: each request is read whole (up to `max_request_bytes`) before
     /// the route acts on it.
     Buffer { max_request_bytes: u32 },
-    /// Any other filter, as its JSON (`name` and `typed_config`).
-    Raw(serde_json::Value),
 }
 
 impl HttpFilter {
@@ -385,7 +383,6 @@ impl HttpFilter {
                     "max_request_bytes": max_request_bytes,
                 },
             }),
-            HttpFilter::Raw(v) => v.clone(),
         }
     }
 }

@@ -622,7 +622,7 @@ impl Loader {
                     return true;
                 }
                 if is_wasm(v) {
-                    self.wasm_filter(v, path, ctx, parent_name, Scope::Detached, false, None);
+                    self.wasm_filter(v, path, ctx, parent_name, Scope::Detached, false);
                     return true;
                 }
                 if m.get("virtual_hosts").is_some_and(Value::is_array) {
@@ -677,6 +677,7 @@ impl Loader {
             let fpath = idx(&filters_path, k);
             if let Some(tc) = f.get("typed_config").filter(|tc| is_wasm(tc)) {
                 let disabled = f.get("disabled").and_then(Value::as_bool).unwrap_or(false);
+                let before = self.dep.configs.len();
                 self.wasm_filter(
                     tc,
                     &key(&fpath, "typed_config"),
@@ -684,8 +685,18 @@ impl Loader {
                     str_at(f, "name"),
                     scope,
                     disabled,
-                    Some(jwt_payloads.clone()),
                 );
+                // The chain before it is visible here.
+                if let Some(fs) = self
+                    .dep
+                    .configs
+                    .get_mut(before..)
+                    .into_iter()
+                    .flatten()
+                    .find_map(|c| c.filter.as_mut())
+                {
+                    fs.jwt_payloads_before = Some(jwt_payloads.clone());
+                }
             }
             if let Some(tc) = f.get("typed_config").filter(|tc| {
                 type_ends(
@@ -716,7 +727,6 @@ impl Loader {
         filter_name: Option<&str>,
         scope: Scope,
         disabled_by_default: bool,
-        jwt_payloads_before: Option<Vec<String>>,
     ) {
         let null = Value::Null;
         let config = tc.get("config").unwrap_or(&null);
@@ -781,7 +791,7 @@ impl Loader {
                 allow_on_headers_stop_iteration: bool_value(
                     config.get("allow_on_headers_stop_iteration"),
                 ),
-                jwt_payloads_before,
+                jwt_payloads_before: None,
             }),
             scope: if ctx.detached { Scope::Detached } else { scope },
         });
