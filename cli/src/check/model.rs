@@ -1220,11 +1220,16 @@ mod tests {
         assert!(c.parsed.is_ok());
         assert!(c
             .path
-            .ends_with("http_filters[0].typed_config.config.configuration.value"));
+            .ends_with("http_filters[1].typed_config.config.configuration.value"));
         let f = c.filter.as_ref().expect("filter settings");
         assert_eq!(
             f.http_filter_name.as_deref(),
             Some("envoy.filters.http.wasm")
+        );
+        // jwt_authn, before it, writes the verified payload under jwt_payload.
+        assert_eq!(
+            f.jwt_payloads_before.as_deref(),
+            Some(&["jwt_payload".to_string()][..])
         );
         assert_eq!(f.fail_open, Some(false));
         assert_eq!(f.allow_on_headers_stop_iteration, Some(true));
