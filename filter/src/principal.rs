@@ -176,8 +176,8 @@ fn hashed(parts: &[&str], secret: &[u8]) -> String {
 pub const MAX_METADATA_LEN: usize = 64 * 1024;
 
 /// The principal text at `source` in `metadata` (a serialized `envoy.config.core.v3.Metadata`):
-/// a non-empty string as it is, a finite number as decimal text (integers without a fraction),
-/// `None` for anything else (absent, null, bool, struct, list, or bytes that do not parse).
+/// a non-empty string as it is, an integral number as decimal text, `None` for anything else
+/// (absent, null, bool, a fraction, struct, list, or bytes that do not parse).
 pub fn metadata_value(metadata: &[u8], source: &MetadataSource) -> Option<String> {
     if metadata.len() > MAX_METADATA_LEN {
         return None;
@@ -250,19 +250,18 @@ fn scalar_text(value: &[u8]) -> Option<String> {
     out.filter(|s| !s.is_empty())
 }
 
-/// A JSON number as text: an integer (`12345`, `-7`) when it is one that a double holds
-/// exactly, else Rust's shortest round-trip form (`1.5`, `1e300`); never NaN or infinity.
+/// A JSON number as principal text: an integer that a double holds exactly (`12345`, `-7`);
+/// `None` for fractions, NaN, infinities and integers beyond 2^53 (no caller id is one, and
+/// float formatting would add tens of KB to the module).
 fn number_text(n: f64) -> Option<String> {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
-    if !n.is_finite() {
+    if !n.is_finite() || n.fract() != 0.0 || n.abs() > EXACT {
         return None;
     }
-    if n.fract() == 0.0 && n.abs() <= EXACT {
-        // In range and integral: the cast is exact.
-        #[allow(clippy::cast_possible_truncation)]
-        return Some((n as i64).to_string());
-    }
-    Some(format!("{n:?}"))
+    // In range and integral: the cast is exact.
+    #[allow(clippy::cast_possible_truncation)]
+    let i = n as i64;
+    Some(i.to_string())
 }
 
 /// The value of the last map entry of field `field` in `message` whose key (entry field 1)
@@ -509,8 +508,8 @@ mod tests {
         assert_eq!(v("jwt_payload.sub").as_deref(), Some("alice"));
         assert_eq!(v("jwt_payload.uid").as_deref(), Some("12345"));
         assert_eq!(v("jwt_payload.neg").as_deref(), Some("-7"));
-        assert_eq!(v("jwt_payload.n").as_deref(), Some("1.5"));
-        assert_eq!(v("jwt_payload.big").as_deref(), Some("1e300"));
+        assert_eq!(v("jwt_payload.n"), None, "a fraction names no one");
+        assert_eq!(v("jwt_payload.big"), None, "beyond 2^53");
         assert_eq!(v("jwt_payload.u").as_deref(), Some("ünï"));
         assert_eq!(v("jwt_payload.o.k").as_deref(), Some("v"));
         assert_eq!(v("jwt_payload.o.d.e").as_deref(), Some("deep"));
