@@ -24,6 +24,12 @@
 //! (host-call-level interleaving), forced `route_name`, `peer_identity` (mTLS), request
 //! trailers, and scenarios whose Envoy config differs (`allow_on_headers_stop_iteration: false`).
 //! The `worker` field is ignored: Envoy picks the worker of each connection itself.
+//!
+//! A request's `dynamic_metadata` (what filters before retry-guard wrote, e.g. `jwt_authn`'s
+//! verified payload) is set by a Lua filter in front of retry-guard, from the header
+//! [`METADATA_HEADER`] this target sends (see [`metadata_header`]); on Envoy 1.40 the wasm
+//! filter then reads the very bytes a real `jwt_authn` leaves (strings, numbers and structs; a
+//! scenario with lists or nulls there is refused).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -71,6 +77,108 @@ const MAX_REAL_DELAY_MS: u64 = 5_000;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on waiting for log and access-log lines (flushed every 100 ms).
 const LOG_WAIT: Duration = Duration::from_secs(3);
+
+/// The request header that carries a request's `dynamic_metadata` to the Lua filter.
+pub const METADATA_HEADER: &str = "x-e2e-dynamic-metadata";
+
+/// The Lua filter that sets dynamic metadata from [`METADATA_HEADER`] (and removes it):
+/// entries `hex(namespace)/hex(key).hex(key).../kind/hex(value)` separated by `,`, kind `s`
+/// (string), `n` (number) or `b` (bool); nested keys become nested tables (structs).
+const METADATA_LUA: &str = r#"
+local function unhex(s) return (s:gsub("..", function(h) return string.char(tonumber(h, 16)) end)) end
+function envoy_on_request(h)
+  local v = h:headers():get("x-e2e-dynamic-metadata")
+  if v == nil then return end
+  h:headers():remove("x-e2e-dynamic-metadata")
+  local md = {}
+  for ns, path, kind, val in string.gmatch(v, "(%x*)/([%x.]*)/(%a)/(%x*)") do
+    ns = unhex(ns)
+    local t = md[ns] or {}
+    md[ns] = t
+    local keys = {}
+    for k in string.gmatch(path, "[^.]+") do keys[#keys + 1] = unhex(k) end
+    for i = 1, #keys - 1 do
+      t[keys[i]] = t[keys[i]] or {}
+      t = t[keys[i]]
+    end
+    local x = unhex(val)
+    if kind == "n" then x = tonumber(x) elseif kind == "b" then x = (x == "true") end
+    t[keys[#keys]] = x
+  end
+  for ns, fields in pairs(md) do
+    for k, x in pairs(fields) do h:streamInfo():dynamicMetadata():set(ns, k, x) end
+  end
+end
+"#;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A request's `dynamic_metadata` as the value of [`METADATA_HEADER`]; `Err` for what the Lua
+/// filter cannot set (lists, nulls, empty objects).
+pub fn metadata_header(md: &Map<String, Value>) -> Result<String, String> {
+    fn leaves(
+        prefix: &mut Vec<String>,
+        v: &Value,
+        out: &mut Vec<(Vec<String>, char, String)>,
+    ) -> Result<(), String> {
+        match v {
+            Value::Object(o) if !o.is_empty() => {
+                for (k, x) in o {
+                    prefix.push(hex(k.as_bytes()));
+                    leaves(prefix, x, out)?;
+                    prefix.pop();
+                }
+            }
+            Value::String(s) => out.push((prefix.clone(), 's', s.clone())),
+            Value::Number(n) => out.push((prefix.clone(), 'n', n.to_string())),
+            Value::Bool(b) => out.push((prefix.clone(), 'b', b.to_string())),
+            other => {
+                return Err(format!(
+                    "dynamic metadata the Envoy target cannot set (lists, nulls, empty objects): {other}"
+                ))
+            }
+        }
+        Ok(())
+    }
+    let mut entries = Vec::new();
+    for (ns, fields) in md {
+        let mut out = Vec::new();
+        leaves(&mut Vec::new(), fields, &mut out)?;
+        for (path, kind, value) in out {
+            entries.push(format!(
+                "{}/{}/{kind}/{}",
+                hex(ns.as_bytes()),
+                path.join("."),
+                hex(value.as_bytes())
+            ));
+        }
+    }
+    Ok(entries.join(","))
+}
+
+/// Puts the Lua filter of [`METADATA_LUA`] first in the bootstrap's HTTP filters (in front of
+/// retry-guard, as jwt_authn would be).
+fn add_metadata_filter(bootstrap: &mut Value) -> Result<(), String> {
+    let filters = bootstrap
+        .pointer_mut(
+            "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters",
+        )
+        .and_then(Value::as_array_mut)
+        .ok_or("the bootstrap has no http_filters")?;
+    filters.insert(
+        0,
+        serde_json::json!({
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": { "inline_string": METADATA_LUA },
+            },
+        }),
+    );
+    Ok(())
+}
 
 /// Options of the Envoy target.
 #[derive(Clone, Debug, Default)]
@@ -438,7 +546,14 @@ pub fn run_scenario(sc: &Scenario, opts: &EnvoyOptions) -> ScenarioReport {
         },
     };
     let want_start_error = j.get("expect_start_error").and_then(Value::as_str);
-    let host = match Host::start(&name, b.to_json(), opts.wasm.clone(), backend) {
+    let mut bootstrap_json = b.to_json();
+    if j.to_string().contains("\"dynamic_metadata\"") {
+        if let Err(e) = add_metadata_filter(&mut bootstrap_json) {
+            report.error = Some(e);
+            return report;
+        }
+    }
+    let host = match Host::start(&name, bootstrap_json, opts.wasm.clone(), backend) {
         Ok(h) => h,
         Err(e) => {
             match want_start_error {
@@ -649,6 +764,9 @@ impl Runner {
             headers.push((k.clone(), String::from_utf8_lossy(v).into_owned()));
         }
         headers.push((CASE_HEADER.into(), case.clone()));
+        if let Some(md) = &req.dynamic_metadata {
+            headers.push((METADATA_HEADER.into(), metadata_header(md)?));
+        }
         // Without a client request id Envoy generates a random one; send the case instead so
         // that the audit lines of requests in flight together can be told apart.
         let request_id = match headers

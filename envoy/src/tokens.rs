@@ -52,6 +52,48 @@ pub fn test_confirmation(chl: &str, fp: &str, sub: &str, ttl_seconds: i64) -> Co
     }
 }
 
+/// Issuer, audience and key id of the TEST JWT issuer that the bundled gateway's `jwt_authn`
+/// trusts (`envoy/envoy.yaml`, `testdata/keys/jwt-issuer-test.*`).
+pub const TEST_ISSUER: &str = "https://issuer.retry-guard.test";
+/// See [`TEST_ISSUER`].
+pub const TEST_AUDIENCE: &str = "retry-guard";
+/// See [`TEST_ISSUER`].
+pub const TEST_ISSUER_KID: &str = "issuer-test";
+
+/// The TEST JWT issuer's key (`testdata/keys/jwt-issuer-test.key`, standard base64 seed).
+pub fn test_issuer_key() -> Result<SigningKey> {
+    let rel = "keys/jwt-issuer-test.key";
+    retry_guard::confirm::sign::signing_key_from_b64(&read_testdata(rel)?)
+        .map_err(|e| Error(format!("testdata/{rel}: {e}")))
+}
+
+/// An EdDSA (Ed25519) JWT over `claims`, signed with `key` (kid [`TEST_ISSUER_KID`]): what
+/// Envoy's `jwt_authn` verifies against a JWKS with the key's public half.
+pub fn eddsa_jwt(key: &SigningKey, claims: &serde_json::Value) -> String {
+    use ed25519_dalek::Signer as _;
+    let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": TEST_ISSUER_KID});
+    let mut jwt = URL_SAFE_NO_PAD.encode(header.to_string());
+    jwt.push('.');
+    jwt.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = key.sign(jwt.as_bytes());
+    jwt.push('.');
+    jwt.push_str(&URL_SAFE_NO_PAD.encode(signature.to_bytes()));
+    jwt
+}
+
+/// A JWT of the TEST issuer for `sub`: issued now, valid for 10 minutes, audience
+/// [`TEST_AUDIENCE`], a unique `jti` (two calls give two different tokens).
+pub fn issuer_jwt(sub: &str) -> Result<String> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = now_unix();
+    let claims = serde_json::json!({
+        "iss": TEST_ISSUER, "aud": TEST_AUDIENCE, "sub": sub,
+        "iat": now, "exp": now + 600, "jti": format!("{sub}-{now}-{n}"),
+    });
+    Ok(eddsa_jwt(&test_issuer_key()?, &claims))
+}
+
 /// An unsigned JWT with these claims ([`retry_guard::jwt::unsigned`]): the filter decodes
 /// bearer JWTs without verifying them.
 pub fn unsigned_jwt(claims: &serde_json::Value) -> String {

@@ -228,9 +228,14 @@ fn envoy_yaml_wasm_filter_and_logging() -> Result<()> {
         .iter()
         .filter_map(|f| f["name"].as_str())
         .collect();
+    // jwt_authn first: it writes the verified payload retry-guard's principal reads.
     assert_eq!(
         filters,
-        ["envoy.filters.http.wasm", "envoy.filters.http.router"]
+        [
+            "envoy.filters.http.jwt_authn",
+            "envoy.filters.http.wasm",
+            "envoy.filters.http.router"
+        ]
     );
     let format = hcm["access_log"][0]["typed_config"]["log_format"]["json_format"].to_string();
     assert!(
@@ -363,6 +368,14 @@ fn istio_manifests_agree() -> Result<()> {
 }
 
 /// Starts the bundled gateway with its wasm filter's `typed_config` replaced.
+/// Where the wasm filter is among `filters` (after jwt_authn in the bundled gateway).
+fn wasm_index(filters: &[Value]) -> usize {
+    filters
+        .iter()
+        .position(|f| f["name"] == "envoy.filters.http.wasm")
+        .expect("a wasm filter")
+}
+
 fn gateway_with_wasm_config(name: &str, backend: &Backend, typed_config: Value) -> Result<Envoy> {
     let mut bootstrap = TestGateway::new()
         .twins(false)
@@ -373,7 +386,8 @@ fn gateway_with_wasm_config(name: &str, backend: &Backend, typed_config: Value) 
         )
         .and_then(Value::as_array_mut)
         .expect("http_filters");
-    filters[0]["typed_config"] = typed_config;
+    let wasm = wasm_index(filters);
+    filters[wasm]["typed_config"] = typed_config;
     Envoy::builder(name, backend.addr())
         .bootstrap(bootstrap)
         .concurrency(1)
@@ -461,10 +475,11 @@ fn envoy_rejects_per_route_wasm_configuration() -> Result<()> {
         .twins(false)
         .build(&envoy_yaml()?, backend.addr())?;
     let hcm = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config";
-    let wasm = bootstrap
-        .pointer(&format!("{hcm}/http_filters/0/typed_config"))
-        .cloned()
-        .expect("wasm filter");
+    let filters = bootstrap
+        .pointer(&format!("{hcm}/http_filters"))
+        .and_then(Value::as_array)
+        .expect("http_filters");
+    let wasm = filters[wasm_index(filters)]["typed_config"].clone();
     bootstrap
         .pointer_mut(&format!("{hcm}/route_config/virtual_hosts/0/routes/0"))
         .expect("first route")["typed_per_filter_config"] =

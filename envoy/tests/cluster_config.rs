@@ -116,7 +116,8 @@ fn envoy_cluster_yaml_is_envoy_yaml_with_the_ledger_on_etcd() -> Result<()> {
         .expect("clusters");
     clusters.retain(|c| c["name"] != ETCD_CLUSTER);
     cluster["node"] = single["node"].clone();
-    let value = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters/0/typed_config/config/configuration/value";
+    // http_filters[1]: the wasm filter, after jwt_authn.
+    let value = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters/1/typed_config/config/configuration/value";
     *cluster.pointer_mut(value).expect("configuration") =
         single.pointer(value).expect("configuration").clone();
     assert_eq!(

@@ -154,8 +154,9 @@ fn envoyfilter_cluster_wasm_config_runs_through_an_istio_named_cluster() -> Resu
     let mut bootstrap = TestGateway::new()
         .twins(false)
         .build(&envoy_yaml()?, backend.addr())?;
+    // http_filters[1]: the wasm filter, after jwt_authn.
     bootstrap
-        .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters/0/typed_config")
+        .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters/1/typed_config")
         .map(|tc| *tc = wasm)
         .expect("the wasm filter");
     bootstrap["static_resources"]["clusters"]

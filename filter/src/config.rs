@@ -65,12 +65,112 @@ pub enum PrincipalSource {
     Token,
     /// SHA-256 of the value of a cookie (its name; case-sensitive), e.g. a session cookie.
     Cookie(String),
+    /// A value another Envoy filter verified and wrote into the stream's dynamic metadata
+    /// (`metadata:<namespace>:<path>`), e.g. the `sub` of the JWT payload `jwt_authn` writes.
+    Metadata(MetadataSource),
+}
+
+/// Where in Envoy's dynamic metadata a [`PrincipalSource::Metadata`] reads: the filter
+/// namespace, then the keys down the payload (`jwt_payload`, `sub`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataSource {
+    /// The filter namespace (`envoy.filters.http.jwt_authn`).
+    pub namespace: String,
+    /// The keys from the namespace's struct down to the value (at least one); a key that is a
+    /// decimal number also indexes a list.
+    pub path: Vec<String>,
+}
+
+impl MetadataSource {
+    /// Parses the text after `metadata:`: `<namespace>:<path>`, the path's keys separated by
+    /// dots, a key with dots (an issuer URL) written in square brackets:
+    /// `envoy.filters.http.jwt_authn:jwt_payload.sub`,
+    /// `envoy.filters.http.jwt_authn:[https://issuer.example].sub`.
+    pub fn parse(text: &str) -> Result<MetadataSource, String> {
+        const EXAMPLE: &str = "e.g. metadata:envoy.filters.http.jwt_authn:jwt_payload.sub";
+        let Some((namespace, path)) = text.split_once(':') else {
+            return Err(format!(
+                "metadata: needs a filter namespace and a path, {EXAMPLE}"
+            ));
+        };
+        if namespace.is_empty()
+            || namespace
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "{} is not a filter namespace, {EXAMPLE}",
+                q(namespace)
+            ));
+        }
+        let mut keys = Vec::new();
+        let mut rest = path;
+        loop {
+            let (key, after) = if let Some(inner) = rest.strip_prefix('[') {
+                let Some(end) = inner.find(']') else {
+                    return Err(format!("{} has a [ without its ]", q(path)));
+                };
+                (
+                    inner.get(..end).unwrap_or(""),
+                    inner.get(end + 1..).unwrap_or(""),
+                )
+            } else {
+                match rest.find('.') {
+                    Some(at) => (rest.get(..at).unwrap_or(""), rest.get(at..).unwrap_or("")),
+                    None => (rest, ""),
+                }
+            };
+            if key.is_empty() || key.chars().any(char::is_control) {
+                return Err(format!(
+                    "{} is not a metadata path (keys separated by dots, none empty; a key with dots in [brackets]), {EXAMPLE}",
+                    q(path)
+                ));
+            }
+            keys.push(key.to_string());
+            if after.is_empty() {
+                break;
+            }
+            rest = match after.strip_prefix('.') {
+                Some(r) => r,
+                None => {
+                    return Err(format!(
+                        "{} is not a metadata path: a key in [brackets] must end the path or be followed by a dot",
+                        q(path)
+                    ))
+                }
+            };
+        }
+        if keys.len() > 16 {
+            return Err(format!("{} is deeper than 16 keys", q(path)));
+        }
+        Ok(MetadataSource {
+            namespace: namespace.to_string(),
+            path: keys,
+        })
+    }
+}
+
+impl fmt::Display for MetadataSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "metadata:{}:", self.namespace)?;
+        for (i, k) in self.path.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            if k.contains('.') {
+                write!(f, "[{k}]")?;
+            } else {
+                f.write_str(k)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl PrincipalSource {
     /// Can the caller choose this source's value freely, so that each retry may name a new
     /// principal? True for `header:<name>` and `jwt:<claim>` (read from a JWT nobody verified
-    /// here); `retry-guard check` warns about them.
+    /// here); `retry-guard check` warns about them. Not `metadata:`: another filter verified it.
     pub fn caller_chosen(&self) -> bool {
         matches!(
             self,
@@ -115,6 +215,27 @@ pub enum SharedCredential {
     Record,
     /// Also answer 403 `credential-shared`.
     Deny,
+}
+
+/// What a request gets when a `metadata:` (verified) principal source has no value, that is,
+/// the request was not authenticated by the filter that writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnMissingVerified {
+    /// Try the next source.
+    Next,
+    /// Stop there: the request is anonymous, and every route refuses anonymous requests (401
+    /// `principal-required`).
+    Reject,
+}
+
+impl OnMissingVerified {
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnMissingVerified::Next => "next",
+            OnMissingVerified::Reject => "reject",
+        }
+    }
 }
 
 /// What a request gets when the ledger cannot answer in time.
@@ -269,6 +390,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Principal sources, tried in order.
     pub principal: Vec<PrincipalSource>,
+    /// What an absent `metadata:` source does: fall through to the next source, or refuse.
+    pub on_missing_verified_principal: OnMissingVerified,
     /// Response header by which an upstream proves a 5xx changed nothing (lower-case).
     pub unchanged_state_header: String,
     /// What to do with stale bearer tokens.
@@ -326,7 +449,8 @@ pub const SCHEMA: &[FieldDoc] = &[
     FieldDoc { path: "idempotency_key_header", kind: "header name, default \"idempotency-key\"", doc: "where clients put the idempotency key" },
     FieldDoc { path: "max_key_length", kind: "integer 1..=8192, default 255", doc: "longer keys are answered 400" },
     FieldDoc { path: "max_body_bytes", kind: "integer 0..=16777216, default 65536", doc: "largest body buffered on a guarded non-read_only route; larger is 413" },
-    FieldDoc { path: "principal", kind: "list of sources, default [\"peer_identity\", \"token\"]", doc: "peer_identity, token, cookie:<name>, header:<name>, jwt:<claim>; the first that yields a value wins, none gives \"anonymous\"; header: and jwt: are caller-chosen" },
+    FieldDoc { path: "principal", kind: "list of sources, default [\"peer_identity\", \"token\"]", doc: "peer_identity, token, cookie:<name>, header:<name>, jwt:<claim>, metadata:<namespace>:<path>; the first that yields a value wins, none gives \"anonymous\"; header: and jwt: are caller-chosen, metadata: is verified by the Envoy filter that writes it (see Who the caller is)" },
+    FieldDoc { path: "on_missing_verified_principal", kind: "\"next\" | \"reject\", default \"next\"", doc: "what a request gets when a metadata: source has no value (not authenticated): next tries the next source; reject stops there and answers 401 principal-required on every route (no route may then set anonymous: allow)" },
     FieldDoc { path: "unchanged_state_header", kind: "header name, default \"retry-guard-state\"", doc: "a 5xx with this header set to \"unchanged\" is outcome unchanged" },
     FieldDoc { path: "stale_token_action", kind: "\"strip\" | \"reject\", default \"strip\"", doc: "strip removes authorization before the upstream; reject answers 401" },
     FieldDoc { path: "natural_key", kind: "object, optional", doc: "what the natural key takes of the request" },
@@ -375,6 +499,7 @@ const TOP_FIELDS: &[&str] = &[
     "max_key_length",
     "max_body_bytes",
     "principal",
+    "on_missing_verified_principal",
     "unchanged_state_header",
     "stale_token_action",
     "confirmation",
@@ -665,6 +790,26 @@ impl Config {
         let max_key_length = top.int("max_key_length", 1, 8192)?.unwrap_or(255);
         let max_body_bytes = top.int("max_body_bytes", 0, 1 << 24)?.unwrap_or(65_536);
         let principal = parse_principal(&top)?;
+        let on_missing_verified_principal = top
+            .choice(
+                "on_missing_verified_principal",
+                &[
+                    ("next", OnMissingVerified::Next),
+                    ("reject", OnMissingVerified::Reject),
+                ],
+                "\"next\" (try the next principal source) or \"reject\" (answer 401 principal-required)",
+            )?
+            .unwrap_or(OnMissingVerified::Next);
+        if on_missing_verified_principal == OnMissingVerified::Reject
+            && !principal
+                .iter()
+                .any(|p| matches!(p, PrincipalSource::Metadata(_)))
+        {
+            return Err(err(
+                "on_missing_verified_principal",
+                "\"reject\" needs a metadata:<namespace>:<path> source in principal (only such a source can be missing)",
+            ));
+        }
         let unchanged_state_header =
             top.header_name("unchanged_state_header", "retry-guard-state")?;
         let stale_token_action = match top.string("stale_token_action")? {
@@ -689,7 +834,13 @@ impl Config {
             Some(v) => parse_ledger(v)?,
         };
         let query = parse_natural_key(&top, "natural_key")?.unwrap_or(QueryKey::Ignore);
-        let routes = parse_routes(&top, mode, ledger.on_unavailable, query)?;
+        let routes = parse_routes(
+            &top,
+            mode,
+            ledger.on_unavailable,
+            query,
+            on_missing_verified_principal,
+        )?;
         Ok(Config {
             mode,
             window_seconds,
@@ -699,6 +850,7 @@ impl Config {
             max_key_length: usize::try_from(max_key_length).unwrap_or(8192),
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(1 << 24),
             principal,
+            on_missing_verified_principal,
             unchanged_state_header,
             stale_token_action,
             confirmation_header,
@@ -751,6 +903,8 @@ fn parse_principal(top: &Obj<'_>) -> Result<Vec<PrincipalSource>, ConfigError> {
                 return Err(err(path, "jwt: needs a claim name, e.g. jwt:sub"));
             }
             PrincipalSource::JwtClaim(c.to_string())
+        } else if let Some(m) = s.strip_prefix("metadata:") {
+            PrincipalSource::Metadata(MetadataSource::parse(m).map_err(|m| err(&path, m))?)
         } else if let Some(c) = s.strip_prefix("cookie:") {
             if c.is_empty() || !c.bytes().all(is_tchar) {
                 return Err(err(
@@ -766,7 +920,7 @@ fn parse_principal(top: &Obj<'_>) -> Result<Vec<PrincipalSource>, ConfigError> {
             return Err(err(
                 path,
                 format!(
-                    "unknown principal source {}; expected peer_identity, token, cookie:<name>, header:<name> or jwt:<claim>",
+                    "unknown principal source {}; expected peer_identity, token, cookie:<name>, header:<name>, jwt:<claim> or metadata:<namespace>:<path>",
                     q(s)
                 ),
             ));
@@ -912,6 +1066,7 @@ fn parse_routes(
     global_mode: Mode,
     global_on_unavailable: Option<OnUnavailable>,
     global_query: QueryKey,
+    on_missing_verified: OnMissingVerified,
 ) -> Result<Vec<Route>, ConfigError> {
     let items = match top.get("routes") {
         None => {
@@ -976,7 +1131,16 @@ fn parse_routes(
                 &[("allow", Anonymous::Allow), ("reject", Anonymous::Reject)],
                 "\"allow\" (guard anonymous requests together under the principal \"anonymous\") or \"reject\" (answer them 401)",
             )?
-            .unwrap_or(Anonymous::Allow);
+            .unwrap_or(match on_missing_verified {
+                OnMissingVerified::Next => Anonymous::Allow,
+                OnMissingVerified::Reject => Anonymous::Reject,
+            });
+        if on_missing_verified == OnMissingVerified::Reject && anonymous == Anonymous::Allow {
+            return Err(err(
+                r.field("anonymous"),
+                "on_missing_verified_principal is \"reject\", which refuses unauthenticated requests on every route; remove \"anonymous\": \"allow\" here, or set on_missing_verified_principal to \"next\"",
+            ));
+        }
         let shared_credential = r
             .choice(
                 "shared_credential",
@@ -1326,6 +1490,55 @@ mod tests {
             QueryKey::Sorted,
             "the global one"
         );
+    }
+
+    #[test]
+    fn verified_principal_sources_and_what_their_absence_does() {
+        let mut text = route("");
+        text.insert_str(
+            1,
+            r#""principal":["metadata:envoy.filters.http.jwt_authn:jwt_payload.sub","token"],"#,
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.principal[0],
+            PrincipalSource::Metadata(MetadataSource {
+                namespace: "envoy.filters.http.jwt_authn".into(),
+                path: vec!["jwt_payload".into(), "sub".into()],
+            })
+        );
+        assert!(!c.principal[0].caller_chosen());
+        assert_eq!(c.on_missing_verified_principal, OnMissingVerified::Next);
+        assert_eq!(c.routes[0].anonymous, Anonymous::Allow);
+        // reject: every route refuses anonymous requests, by default ...
+        let rejecting = text.replacen('{', r#"{"on_missing_verified_principal":"reject","#, 1);
+        let c = parse(&rejecting).unwrap();
+        assert_eq!(c.on_missing_verified_principal, OnMissingVerified::Reject);
+        assert_eq!(c.routes[0].anonymous, Anonymous::Reject);
+        // ... and a route cannot say otherwise.
+        let mut allow = route(r#","anonymous":"allow""#);
+        allow.insert_str(
+            1,
+            r#""principal":["metadata:ns:sub"],"on_missing_verified_principal":"reject","#,
+        );
+        assert!(error_of(&allow)
+            .starts_with("routes[0].anonymous: on_missing_verified_principal is \"reject\""));
+        let mut no_source = route("");
+        no_source.insert_str(1, r#""on_missing_verified_principal":"reject","#);
+        assert!(error_of(&no_source)
+            .starts_with("on_missing_verified_principal: \"reject\" needs a metadata:"));
+        let mut bad = route("");
+        bad.insert_str(1, r#""on_missing_verified_principal":"fallthrough","#);
+        assert!(error_of(&bad).starts_with("on_missing_verified_principal: unknown value"));
+        let mut bad = route("");
+        bad.insert_str(
+            1,
+            r#""principal":["metadata:envoy.filters.http.jwt_authn"],"#,
+        );
+        assert!(error_of(&bad).starts_with("principal[0]: metadata: needs a filter namespace"));
+        let mut bad = route("");
+        bad.insert_str(1, r#""principal":["metadata:ns:a..b"],"#);
+        assert!(error_of(&bad).starts_with("principal[0]: \"a..b\" is not a metadata path"));
     }
 
     #[test]

@@ -1,6 +1,13 @@
 //! Properties (`proxy_get_property`) with Envoy's encodings: strings are raw bytes, integers
 //! are 8 bytes little-endian, booleans 1 byte, timestamps and durations int64 nanoseconds, maps
 //! the pairs wire format. Unknown paths are `NotFound`, as in Envoy.
+//!
+//! Dynamic metadata (`metadata`) as Envoy 1.40 returns it (checked with `jwt_authn` in front of
+//! a proxy-wasm filter): `metadata` alone is the serialized protobuf
+//! `envoy.config.core.v3.Metadata`; `metadata.filter_metadata.<namespace>.<key>...` walks into
+//! it (a list by index) and gives a string's raw bytes, a number as an 8-byte little-endian
+//! double, a bool as 1 byte, a struct or list in the pairs format (a list's elements as keys
+//! with empty values), a null as `SerializationFailure`.
 
 use crate::abi::{encode_pairs, status};
 use crate::headers::HeaderMap;
@@ -142,6 +149,10 @@ pub fn get(
         return Err(status::NOT_FOUND);
     };
     let top = String::from_utf8_lossy(first).into_owned();
+    if top == "metadata" {
+        let st = stream.ok_or(status::NOT_FOUND)?;
+        return metadata::get(st.facts.dynamic_metadata.as_ref(), rest);
+    }
     let field = rest
         .first()
         .map(|f| String::from_utf8_lossy(f).into_owned());
@@ -173,6 +184,173 @@ pub fn get(
             .map(|(_, v)| v)
             .ok_or(status::NOT_FOUND),
         _ => Err(status::NOT_FOUND),
+    }
+}
+
+/// The `metadata` property (dynamic metadata).
+mod metadata {
+    use serde_json::{Map, Value as J};
+
+    use crate::abi::{encode_pairs, status};
+
+    pub(super) fn get(md: Option<&Map<String, J>>, rest: &[&[u8]]) -> Result<Vec<u8>, i32> {
+        let empty = Map::new();
+        match rest {
+            [] => match md {
+                Some(m) if !m.is_empty() => Ok(metadata_message(m)),
+                _ => Err(status::NOT_FOUND),
+            },
+            [field, keys @ ..] if *field == b"filter_metadata" => {
+                let m = md.unwrap_or(&empty);
+                let mut v = match keys.split_first() {
+                    None => return Ok(pairs_of_object(m)),
+                    Some((ns, _)) => m
+                        .get(std::str::from_utf8(ns).map_err(|_| status::NOT_FOUND)?)
+                        .ok_or(status::NOT_FOUND)?,
+                };
+                for k in keys.iter().skip(1) {
+                    let k = std::str::from_utf8(k).map_err(|_| status::NOT_FOUND)?;
+                    v = match v {
+                        J::Object(o) => o.get(k),
+                        J::Array(a) => k.parse::<usize>().ok().and_then(|i| a.get(i)),
+                        _ => None,
+                    }
+                    .ok_or(status::NOT_FOUND)?;
+                }
+                leaf(v)
+            }
+            _ => Err(status::NOT_FOUND),
+        }
+    }
+
+    /// A value as Envoy serializes a metadata leaf.
+    fn leaf(v: &J) -> Result<Vec<u8>, i32> {
+        Ok(match v {
+            J::Null => return Err(status::SERIALIZATION_FAILURE),
+            J::Bool(b) => vec![u8::from(*b)],
+            J::Number(n) => n.as_f64().unwrap_or(0.0).to_le_bytes().to_vec(),
+            J::String(s) => s.as_bytes().to_vec(),
+            J::Object(o) => pairs_of_object(o),
+            J::Array(a) => {
+                let pairs: Result<Vec<_>, i32> =
+                    a.iter().map(|e| Ok((leaf(e)?, Vec::new()))).collect();
+                encode_pairs(&pairs?)
+            }
+        })
+    }
+
+    fn pairs_of_object(o: &Map<String, J>) -> Vec<u8> {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = o
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_bytes().to_vec(), leaf(v).ok()?)))
+            .collect();
+        encode_pairs(&pairs)
+    }
+
+    fn len_field(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+        out.push(field << 3 | 2);
+        let mut n = bytes.len();
+        while n >= 0x80 {
+            out.push((n & 0x7f) as u8 | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out.extend_from_slice(bytes);
+    }
+
+    /// `google.protobuf.Value`: null 1, number 2 (double), string 3, bool 4, struct 5, list 6.
+    fn value(v: &J) -> Vec<u8> {
+        let mut out = Vec::new();
+        match v {
+            J::Null => out.extend_from_slice(&[0x08, 0]),
+            J::Bool(b) => out.extend_from_slice(&[0x20, u8::from(*b)]),
+            J::Number(n) => {
+                out.push(0x11);
+                out.extend_from_slice(&n.as_f64().unwrap_or(0.0).to_le_bytes());
+            }
+            J::String(s) => len_field(&mut out, 3, s.as_bytes()),
+            J::Object(o) => len_field(&mut out, 5, &structure(o)),
+            J::Array(a) => {
+                let mut list = Vec::new();
+                for e in a {
+                    len_field(&mut list, 1, &value(e));
+                }
+                len_field(&mut out, 6, &list);
+            }
+        }
+        out
+    }
+
+    /// `google.protobuf.Struct`: map<string, Value> fields = 1.
+    fn structure(o: &Map<String, J>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, v) in o {
+            let mut entry = Vec::new();
+            len_field(&mut entry, 1, k.as_bytes());
+            len_field(&mut entry, 2, &value(v));
+            len_field(&mut out, 1, &entry);
+        }
+        out
+    }
+
+    /// `envoy.config.core.v3.Metadata`: map<string, Struct> filter_metadata = 1.
+    fn metadata_message(m: &Map<String, J>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (ns, fields) in m {
+            let mut entry = Vec::new();
+            len_field(&mut entry, 1, ns.as_bytes());
+            let empty = Map::new();
+            len_field(
+                &mut entry,
+                2,
+                &structure(fields.as_object().unwrap_or(&empty)),
+            );
+            len_field(&mut out, 1, &entry);
+        }
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn bytes_envoy_1_40_returned() {
+            // Lua set jwt_payload {uid=12345, n=1.5, sub="carol", o={k="v"}} on Envoy 1.40; the
+            // `metadata` property returned exactly these bytes (field order as Envoy's map).
+            let md: Map<String, J> = serde_json::from_str(
+                r#"{"envoy.filters.http.jwt_authn":{"jwt_payload":{"uid":12345,"n":1.5,"sub":"carol","o":{"k":"v"}}}}"#,
+            )
+            .unwrap();
+            let hex = "0a780a1c656e766f792e66696c746572732e687474702e6a77745f617574686e12580a560a0b6a77745f7061796c6f616412472a450a100a0375696412091100000000801cc8400a0e0a016e120911000000000000f83f0a0e0a0373756212071a056361726f6c0a110a016f120c2a0a0a080a016b12031a0176";
+            let got: String = get(Some(&md), &[])
+                .unwrap()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(got, hex);
+            let p = |path: &[&[u8]]| get(Some(&md), path);
+            let ns: &[u8] = b"envoy.filters.http.jwt_authn";
+            assert_eq!(
+                p(&[b"filter_metadata", ns, b"jwt_payload", b"sub"]),
+                Ok(b"carol".to_vec())
+            );
+            assert_eq!(
+                p(&[b"filter_metadata", ns, b"jwt_payload", b"uid"]),
+                Ok(12345f64.to_le_bytes().to_vec())
+            );
+            assert_eq!(
+                p(&[b"filter_metadata", ns, b"jwt_payload", b"o", b"k"]),
+                Ok(b"v".to_vec())
+            );
+            assert_eq!(
+                p(&[b"filter_metadata", ns, b"jwt_payload", b"x"]),
+                Err(status::NOT_FOUND)
+            );
+            assert_eq!(p(&[ns, b"jwt_payload"]), Err(status::NOT_FOUND));
+            assert_eq!(get(None, &[]), Err(status::NOT_FOUND));
+            assert_eq!(get(None, &[b"filter_metadata"]), Ok(vec![0, 0, 0, 0]));
+        }
     }
 }
 

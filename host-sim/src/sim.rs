@@ -178,6 +178,9 @@ pub struct Request {
     pub route_name: Option<String>,
     /// mTLS peer URI SAN (`connection.uri_san_peer_certificate`).
     pub peer_identity: Option<String>,
+    /// Dynamic metadata filters before the plugin wrote (namespace -> JSON object), e.g.
+    /// `jwt_authn`'s verified payload; the `metadata` property.
+    pub dynamic_metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// The client goes away before the whole response reached it (`None`: it reads it all).
     pub disconnect: Option<Disconnect>,
 }
@@ -210,6 +213,7 @@ impl Request {
             route_name: None,
             peer_identity: None,
             disconnect: None,
+            dynamic_metadata: None,
         }
     }
 
@@ -682,6 +686,7 @@ impl Sim {
                 destination_address: "127.0.0.1:10000".into(),
                 destination_port: 10_000,
                 peer_uri_san: req.peer_identity.clone(),
+                dynamic_metadata: req.dynamic_metadata.clone(),
                 connection_id: seq,
                 request_time_ns: started_ns,
                 protocol: "HTTP/1.1".into(),

@@ -22,6 +22,9 @@ pub struct StreamFacts {
     pub destination_port: u64,
     /// `connection.uri_san_peer_certificate` (mTLS peer identity), if any.
     pub peer_uri_san: Option<String>,
+    /// Dynamic metadata other filters wrote before the plugin (`metadata`): namespace -> JSON
+    /// object, as Envoy's `jwt_authn` writes the verified JWT payload (`None`: none).
+    pub dynamic_metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// `connection.id`.
     pub connection_id: u64,
     /// `request.time`, nanoseconds since the epoch.

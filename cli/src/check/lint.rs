@@ -82,6 +82,7 @@ pub fn lint(dep: &Deployment) -> Vec<Finding> {
     out.extend(sensitive_unguarded(dep, &guards));
     out.extend(filter_on_unguarded(dep, &guards));
     out.extend(caller_chosen_principals(dep));
+    out.extend(unwritten_verified_principals(dep));
     out.extend(ledger_cluster(dep));
     out.sort_by_key(|f| (dep.files.iter().position(|n| *n == f.file), f.severity));
     out
@@ -682,6 +683,66 @@ pub fn caller_chosen_principals(dep: &Deployment) -> Vec<Finding> {
     out
 }
 
+/// The namespace Envoy's `jwt_authn` writes its verified payloads under.
+const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
+
+/// `metadata:envoy.filters.http.jwt_authn:<key>...` sources where the Envoy filter chain is
+/// visible and no `jwt_authn` filter before retry-guard writes `<key>` (`payload_in_metadata`):
+/// the source never has a value. Other namespaces are not checked (any filter may write them).
+pub fn unwritten_verified_principals(dep: &Deployment) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for cfg in &dep.configs {
+        let Ok(config) = &cfg.parsed else { continue };
+        let Some(written) = cfg
+            .filter
+            .as_ref()
+            .and_then(|f| f.jwt_payloads_before.as_ref())
+        else {
+            continue;
+        };
+        for (i, source) in config.principal.iter().enumerate() {
+            let PrincipalSource::Metadata(m) = source else {
+                continue;
+            };
+            let Some(key) = m.path.first() else { continue };
+            if m.namespace != JWT_AUTHN_NAMESPACE || written.contains(key) {
+                continue;
+            }
+            let what = if written.is_empty() {
+                "there is no jwt_authn filter before retry-guard in this filter chain".to_string()
+            } else {
+                format!(
+                    "the jwt_authn filter before retry-guard writes payload_in_metadata {}, not {key:?}",
+                    written
+                        .iter()
+                        .map(|w| format!("{w:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            let then = match config.on_missing_verified_principal {
+                retry_guard::config::OnMissingVerified::Next => {
+                    "every request falls through to the next principal source"
+                }
+                retry_guard::config::OnMissingVerified::Reject => {
+                    "every request is refused 401 principal-required"
+                }
+            };
+            out.push(finding(
+                dep,
+                Severity::Warning,
+                cfg.file,
+                join(&cfg.path, &format!("principal[{i}]")),
+                format!(
+                    "\"{m}\" never has a value: {what}, so {then}; put a jwt_authn filter with \
+                     payload_in_metadata: {key} before retry-guard in http_filters"
+                ),
+            ));
+        }
+    }
+    out
+}
+
 /// A route whose path looks sensitive (see [`super::matching::SENSITIVE_WORDS`]) that no plugin
 /// route guards.
 pub fn sensitive_unguarded(dep: &Deployment, guards: &[Vec<Guard<'_>>]) -> Vec<Finding> {
@@ -1006,6 +1067,61 @@ mod tests {
             .starts_with("\"header:x-client-id\" is caller-chosen"));
         assert_eq!((s[1].0, s[1].1), (Severity::Warning, "principal[3]"));
         assert!(s[1].2.starts_with("\"jwt:sub\" is caller-chosen"));
+    }
+
+    #[test]
+    fn verified_principal_sources_need_jwt_authn_before_retry_guard() {
+        let bundled = include_str!("../../../envoy/envoy.yaml");
+        let warnings = |yaml: &str| -> Vec<String> {
+            lint(&deployment(&[("envoy.yaml", yaml)]))
+                .into_iter()
+                .filter(|f| f.message.contains("never has a value"))
+                .map(|f| format!("{}: {}", f.path, f.message))
+                .collect()
+        };
+        assert_eq!(warnings(bundled), Vec::<String>::new());
+        // The same plugin configuration without the jwt_authn filter in front.
+        let start = bundled
+            .find("          - name: envoy.filters.http.jwt_authn")
+            .unwrap();
+        let end = bundled
+            .find("          - name: envoy.filters.http.wasm")
+            .unwrap();
+        let without = format!("{}{}", &bundled[..start], &bundled[end..]);
+        let w = warnings(&without);
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(
+            w[0].contains("principal[0]: \"metadata:envoy.filters.http.jwt_authn:jwt_payload.sub\" never has a value: there is no jwt_authn filter before retry-guard"),
+            "{}",
+            w[0]
+        );
+        assert!(w[0].contains("falls through to the next principal source"));
+        // A jwt_authn that writes another key.
+        let other = bundled.replace(
+            "payload_in_metadata: jwt_payload",
+            "payload_in_metadata: claims",
+        );
+        let w = warnings(&other);
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(w[0].contains("writes payload_in_metadata \"claims\", not \"jwt_payload\""));
+        // The filter after retry-guard writes too late.
+        let wasm_end = bundled
+            .find("          - name: envoy.filters.http.router")
+            .unwrap();
+        let after = format!(
+            "{}{}{}",
+            &bundled[..start],
+            &bundled[end..wasm_end],
+            &bundled[start..end]
+        ) + &bundled[wasm_end..];
+        assert_eq!(warnings(&after).len(), 1);
+        // A plugin configuration alone shows no filter chain: nothing to say.
+        let plugin = PLUGIN.replacen(
+            "{\"routes\"",
+            r#"{"principal":["metadata:envoy.filters.http.jwt_authn:jwt_payload.sub"],"routes""#,
+            1,
+        );
+        assert_eq!(lint(&deployment(&[("p.json", &plugin)])), vec![]);
     }
 
     #[test]

@@ -168,6 +168,11 @@ pub struct FilterSettings {
     /// Envoy `allow_on_headers_stop_iteration` (a bool or a `BoolValue`); `Some(false)` also
     /// for a value that is not a boolean.
     pub allow_on_headers_stop_iteration: Option<bool>,
+    /// Where the filter chain before it is visible (an Envoy connection manager's
+    /// `http_filters`): the `payload_in_metadata` keys that `jwt_authn` filters before it write
+    /// under `envoy.filters.http.jwt_authn`. `None` when the chain is not visible (WasmPlugin,
+    /// EnvoyFilter patches).
+    pub jwt_payloads_before: Option<Vec<String>>,
 }
 
 impl FilterSettings {
@@ -552,6 +557,9 @@ impl Loader {
                 self.virtual_service(file, base, doc);
                 return Ok(true);
             }
+            // The verifier of `metadata:` principal sources (Istio's jwt_authn): nothing in it
+            // for `check` to hold against the plugin configuration yet.
+            Some("RequestAuthentication") => return Ok(true),
             Some("ServiceEntry") | Some("DestinationRule") => {
                 self.mesh_host(file, base, doc);
                 return Ok(true);
@@ -658,6 +666,7 @@ impl Loader {
             self.dep.hcms.push(hcm);
         }
         let filters_path = key(path, "http_filters");
+        let mut jwt_payloads: Vec<String> = Vec::new();
         for (k, f) in m
             .get("http_filters")
             .and_then(Value::as_array)
@@ -668,6 +677,7 @@ impl Loader {
             let fpath = idx(&filters_path, k);
             if let Some(tc) = f.get("typed_config").filter(|tc| is_wasm(tc)) {
                 let disabled = f.get("disabled").and_then(Value::as_bool).unwrap_or(false);
+                let before = self.dep.configs.len();
                 self.wasm_filter(
                     tc,
                     &key(&fpath, "typed_config"),
@@ -676,6 +686,32 @@ impl Loader {
                     scope,
                     disabled,
                 );
+                // The chain before it is visible here.
+                if let Some(fs) = self
+                    .dep
+                    .configs
+                    .get_mut(before..)
+                    .into_iter()
+                    .flatten()
+                    .find_map(|c| c.filter.as_mut())
+                {
+                    fs.jwt_payloads_before = Some(jwt_payloads.clone());
+                }
+            }
+            if let Some(tc) = f.get("typed_config").filter(|tc| {
+                type_ends(
+                    tc,
+                    "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                )
+            }) {
+                for p in tc
+                    .get("providers")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flat_map(|p| p.values())
+                {
+                    jwt_payloads.extend(str_at(p, "payload_in_metadata").map(str::to_string));
+                }
             }
         }
         if let Some(rc) = route_config {
@@ -755,6 +791,7 @@ impl Loader {
                 allow_on_headers_stop_iteration: bool_value(
                     config.get("allow_on_headers_stop_iteration"),
                 ),
+                jwt_payloads_before: None,
             }),
             scope: if ctx.detached { Scope::Detached } else { scope },
         });
@@ -859,6 +896,7 @@ impl Loader {
                 fail_open: None,
                 failure_policy: str_at(spec, "failStrategy").map(str::to_string),
                 allow_on_headers_stop_iteration: None,
+                jwt_payloads_before: None,
             }),
             scope: Scope::Detached,
         });
@@ -1182,11 +1220,16 @@ mod tests {
         assert!(c.parsed.is_ok());
         assert!(c
             .path
-            .ends_with("http_filters[0].typed_config.config.configuration.value"));
+            .ends_with("http_filters[1].typed_config.config.configuration.value"));
         let f = c.filter.as_ref().expect("filter settings");
         assert_eq!(
             f.http_filter_name.as_deref(),
             Some("envoy.filters.http.wasm")
+        );
+        // jwt_authn, before it, writes the verified payload under jwt_payload.
+        assert_eq!(
+            f.jwt_payloads_before.as_deref(),
+            Some(&["jwt_payload".to_string()][..])
         );
         assert_eq!(f.fail_open, None);
         assert_eq!(f.failure_policy.as_deref(), Some("FAIL_RELOAD"));

@@ -221,13 +221,26 @@ impl Pending {
             Some(_) => (None, None),
             None => (credential, claims),
         };
+        // Read once, only when a `metadata:` source is configured (see principal::metadata_value
+        // for what Envoy returns here).
+        let metadata = if config
+            .principal
+            .iter()
+            .any(|p| matches!(p, PrincipalSource::Metadata(_)))
+        {
+            host.property(b"metadata")
+        } else {
+            None
+        };
         let inputs = PrincipalInputs {
             peer_identity: peer_identity.as_deref(),
             credential: forwarded,
             claims: claims.as_ref(),
             headers: &headers,
+            metadata: metadata.as_deref(),
         };
-        let principal = principal::derive(&config.principal, &inputs);
+        let on_missing = config.on_missing_verified_principal;
+        let principal = principal::derive(&config.principal, on_missing, &inputs);
         let sighting = sighting.map(|id| Deferred {
             id,
             token,
@@ -235,6 +248,7 @@ impl Pending {
             holder: holder.clone(),
             principal_if_stale: principal::derive(
                 &config.principal,
+                on_missing,
                 &PrincipalInputs {
                     credential: None,
                     claims: None,

@@ -170,6 +170,16 @@ impl Validator {
                 "{at}.disconnect: \"before_response\" or \"during_response_body\""
             ));
         }
+        if let Some(m) = r.get("dynamic_metadata") {
+            if !m
+                .as_object()
+                .is_some_and(|m| m.values().all(Value::is_object))
+            {
+                self.out.push(format!(
+                    "{at}.dynamic_metadata: an object of filter namespace: {{key: value}}"
+                ));
+            }
+        }
         if r.get("worker").is_some_and(|w| !w.is_u64()) {
             self.out
                 .push(format!("{at}.worker: a worker index (0, 1, ...)"));

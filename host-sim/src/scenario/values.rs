@@ -249,6 +249,7 @@ pub const REQUEST_FIELDS: &[&str] = &[
     "route_name",
     "peer_identity",
     "disconnect",
+    "dynamic_metadata",
     "upstream",
     "same_as",
 ];
@@ -322,6 +323,17 @@ pub fn request(spec: &Map<String, Value>, ctx: &Ctx<'_>, at: &str) -> Result<Req
             )
         })?),
     };
+    if let Some(m) = spec.get("dynamic_metadata") {
+        let m = m.as_object().ok_or_else(|| {
+            format!("{at}.dynamic_metadata: an object of filter namespace: {{key: value}}")
+        })?;
+        if let Some((ns, _)) = m.iter().find(|(_, v)| !v.is_object()) {
+            return Err(format!(
+                "{at}.dynamic_metadata.{ns}: an object of key: value"
+            ));
+        }
+        req.dynamic_metadata = Some(m.clone());
+    }
     Ok(req)
 }
 
