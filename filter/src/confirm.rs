@@ -129,6 +129,18 @@ pub struct ChallengeState<'a> {
     pub consumed: Option<Challenge>,
 }
 
+/// Compares two byte strings in time that depends on their lengths only, not on where they
+/// differ (the signature check before it is ed25519-dalek's; this is for the values the token
+/// binds: fingerprint and challenge).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Keep the optimizer from turning the fold into an early exit.
+    core::hint::black_box(diff) == 0
+}
+
 /// Verifies a confirmation token.
 pub fn verify(
     token: &[u8],
@@ -169,7 +181,7 @@ pub fn verify(
     if !verify_strict(key, signed.as_bytes(), &Signature::from_bytes(&sig_arr)) {
         return Err(BadSignature);
     }
-    if payload.fp != state.fingerprint {
+    if !ct_eq(payload.fp.as_bytes(), state.fingerprint.as_bytes()) {
         return Err(WrongFingerprint);
     }
     let now = i64::try_from(now).unwrap_or(i64::MAX);
@@ -180,10 +192,10 @@ pub fn verify(
     {
         return Err(Expired);
     }
-    if state.consumed == Some(challenge) {
+    if state.consumed.is_some_and(|c| ct_eq(&c, &challenge)) {
         return Err(AlreadyUsed);
     }
-    if state.outstanding != Some(challenge) {
+    if !state.outstanding.is_some_and(|c| ct_eq(&c, &challenge)) {
         return Err(WrongChallenge);
     }
     Ok(Approval {
@@ -199,6 +211,15 @@ pub(crate) mod tests {
     use ed25519_dalek::SigningKey;
 
     pub const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn ct_eq_is_equality() {
+        assert!(ct_eq(b"", b""));
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"bbc"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+    }
 
     pub fn signing_key() -> SigningKey {
         SigningKey::from_bytes(&[7u8; 32])

@@ -322,7 +322,7 @@ impl Decision {
                     s.push_str("), and the upstream may take either; send it once. ");
                 }
                 Some(ProblemType::PrincipalRequired) => s.push_str(
-                    "This route does not accept anonymous requests: send a credential the upstream verifies (the sources in the principal setting: an mTLS client certificate, a bearer token, a session cookie). ",
+                    "This route does not accept anonymous requests: send a credential the upstream verifies (the sources in the principal setting: a JWT a proxy filter verified, an mTLS client certificate, a bearer token, a session cookie). ",
                 ),
                 _ => {
                     s.push_str("The ");

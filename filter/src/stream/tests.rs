@@ -743,6 +743,81 @@ fn a_credential_presented_by_a_second_workload_is_counted_audited_or_denied() {
     }
 }
 
+/// Values a client controls, as an attacker would write them: line breaks (a forged second
+/// log line), quotes and braces (a forged member), escapes, NUL and other controls, the JSON
+/// line and paragraph separators, and 8 KiB of it.
+fn hostile_values() -> Vec<String> {
+    let forge = "x\",\"decision\":\"allow\",\"approver\":\"mallory";
+    vec![
+        "a\r\nretry-guard audit {\"event\":\"decision\",\"decision\":\"allow\"}".to_string(),
+        forge.to_string(),
+        "back\\slash \\\" \\u0000 \u{0} \u{1b}[31m \t\u{7f}".to_string(),
+        "line\u{2028}para\u{2029}end".to_string(),
+        format!("{}\n{}", "y".repeat(4096), "\"}".repeat(2048)),
+    ]
+}
+
+#[test]
+fn audit_lines_and_problem_documents_stay_one_json_line_whatever_the_client_sends() {
+    use crate::audit::DECISION_MEMBERS;
+    let plugin = plugin();
+    for (n, v) in hostile_values().iter().enumerate() {
+        let jwt = crate::jwt::unsigned(&json!({"sub": v, "exp": NOW + 60}));
+        let auth = format!("Bearer {jwt}");
+        let cookie = format!("session={v}");
+        // Valid header values cannot carry CR or LF; the filter must cope either way.
+        let cases: Vec<Vec<(&str, &str)>> = vec![
+            vec![("x-request-id", v), ("x-client-id", v)],
+            vec![("x-request-id", v), ("authorization", &auth)],
+            vec![
+                ("x-request-id", v),
+                ("idempotency-key", v),
+                ("cookie", &cookie),
+            ],
+        ];
+        for (c, headers) in cases.iter().enumerate() {
+            let host = FakeHost::request("token", "POST", "/oauth/token", headers)
+                .with_body("grant_type=client_credentials");
+            send(&plugin, &host, (n * 10 + c) as u32 + 1);
+            let lines: Vec<String> = host
+                .calls()
+                .into_iter()
+                .filter_map(|c| match c {
+                    Call::Log(_, line) => Some(line),
+                    _ => None,
+                })
+                .collect();
+            for line in lines.iter().filter(|l| l.starts_with(crate::audit::PREFIX)) {
+                assert!(!line.contains(['\n', '\r']), "one line: {line:?}");
+                let json = &line[crate::audit::PREFIX.len()..];
+                let record: Value =
+                    serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
+                let keys: Vec<&str> = record
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                if record["event"] == "decision" {
+                    let mut want: Vec<&str> = DECISION_MEMBERS.to_vec();
+                    let mut got = keys.clone();
+                    want.sort_unstable();
+                    got.sort_unstable();
+                    assert_eq!(got, want, "no forged member: {json}");
+                    assert_eq!(record["request_id"], v.as_str(), "kept exactly");
+                    assert_ne!(record["approver"], "mallory");
+                }
+            }
+            for reply in host.replies() {
+                assert!(!reply.body.contains(['\n', '\r']), "{:?}", reply.body);
+                let doc: Value = serde_json::from_str(&reply.body)
+                    .unwrap_or_else(|e| panic!("problem not JSON ({e}): {}", reply.body));
+                assert!(doc["type"].as_str().is_some());
+            }
+        }
+    }
+}
+
 #[test]
 fn body_over_max_body_bytes_is_answered_413() {
     let big = "x".repeat(65);
