@@ -157,3 +157,28 @@ fn the_envoy_target_refuses_non_runnable_scenarios_with_their_why() {
     assert_eq!(r.refused.as_deref(), Some(why));
     assert!(r.render().contains(why));
 }
+
+/// Scenarios on the cluster ledger that Envoy cannot run (they need mTLS identities, for
+/// instance) still run on host-sim, each with its own real etcd: host-sim's own scenario test
+/// skips every etcd scenario, and the agreement test above runs only the runnable ones.
+#[test]
+fn etcd_scenarios_envoy_cannot_run_pass_on_host_sim() {
+    let wasm = retry_guard::paths::filter_wasm();
+    let rt = Runtime::from_file(&wasm).expect("the release filter (run `just build`)");
+    let dir = root().join("testdata/scenarios");
+    let files = scenario_files(&[dir.display().to_string()]).expect("scenario files");
+    let mut ran = Vec::new();
+    for f in &files {
+        let sc = load(f).expect("scenario loads");
+        if sc.json["envoy"]["runnable"] == true || host_sim::scenario::etcd_cluster(&sc).is_none() {
+            continue;
+        }
+        let report = envoy::run_on_sim(&rt, &sc, &RunOptions::default());
+        assert!(report.passed, "{}", report.render());
+        ran.push(sc.name.clone());
+    }
+    assert!(
+        ran.iter().any(|n| n == "credential-shared-etcd"),
+        "ran {ran:?}"
+    );
+}
