@@ -789,7 +789,8 @@ pub fn decide_with_ledger<L: Ledger>(
     facts: &Facts<'_>,
     new_challenge: &mut dyn FnMut() -> Challenge,
 ) -> Result<Settled, LedgerError> {
-    let Some(fp) = facts.fingerprint else {
+    // Nothing to load or commit without a fingerprint, or on an untracked route.
+    let Some(fp) = facts.fingerprint.filter(|_| route.needs_ledger()) else {
         return Ok(Settled::new(decide(
             config,
             route,
@@ -798,15 +799,6 @@ pub fn decide_with_ledger<L: Ledger>(
             new_challenge,
         )));
     };
-    if !route.needs_ledger() {
-        return Ok(Settled::new(decide(
-            config,
-            route,
-            facts,
-            None,
-            new_challenge,
-        )));
-    }
     for _ in 0..MAX_LEDGER_ROUNDS {
         let snapshot = ledger.load(&fp.0, facts.now)?;
         let decision = decide(config, route, facts, L::entry(&snapshot), new_challenge);

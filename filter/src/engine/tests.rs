@@ -104,6 +104,17 @@ fn entry_after(outcome: Outcome, status: u16, req: &Req, route: &Route) -> Entry
     }
 }
 
+/// The attempt table of 64 entries over `store`, with a fixed index key.
+fn attempts(store: &MemoryStore, window_seconds: u64) -> SlotLedger<&MemoryStore> {
+    SlotLedger::new(
+        store,
+        Table::Attempts,
+        64,
+        window_seconds,
+        IndexKey::new([7; 16]),
+    )
+}
+
 fn fixed_challenge() -> Challenge {
     [42; 16]
 }
@@ -175,13 +186,7 @@ fn read_only_routes_are_untracked_unless_something_can_block() {
     let route = &cfg.routes[0];
     assert!(!route.needs_ledger());
     let store = MemoryStore::default();
-    let ledger = SlotLedger::new(
-        &store,
-        Table::Attempts,
-        64,
-        cfg.window_seconds,
-        IndexKey::new([7; 16]),
-    );
+    let ledger = attempts(&store, cfg.window_seconds);
     ledger.ensure_slots().unwrap();
     let req = Req {
         stale: Some(StaleReason::Expired),
@@ -732,13 +737,7 @@ fn concurrent_identical_requests_exactly_one_wins() {
         let cfg = class_config(class);
         let route = &cfg.routes[0];
         let store = MemoryStore::default();
-        let ledger = SlotLedger::new(
-            &store,
-            Table::Attempts,
-            64,
-            cfg.window_seconds,
-            IndexKey::new([7; 16]),
-        );
+        let ledger = attempts(&store, cfg.window_seconds);
         ledger.ensure_slots().unwrap();
         let req = Req::default();
         let facts = req.facts(route);
@@ -784,13 +783,7 @@ fn concurrent_identical_requests_exactly_one_wins() {
 fn threads_racing_on_the_store_allow_exactly_one() {
     let cfg = class_config(RouteClass::PrivilegeChanging);
     let store = MemoryStore::default();
-    let ledger = SlotLedger::new(
-        &store,
-        Table::Attempts,
-        64,
-        cfg.window_seconds,
-        IndexKey::new([7; 16]),
-    );
+    let ledger = attempts(&store, cfg.window_seconds);
     ledger.ensure_slots().unwrap();
     let allowed = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -820,13 +813,7 @@ fn full_flow_through_the_ledger() {
     let cfg = config();
     let route = &cfg.routes[0];
     let store = MemoryStore::default();
-    let ledger = SlotLedger::new(
-        &store,
-        Table::Attempts,
-        64,
-        cfg.window_seconds,
-        IndexKey::new([7; 16]),
-    );
+    let ledger = attempts(&store, cfg.window_seconds);
     ledger.ensure_slots().unwrap();
     let req = Req::default();
     let facts = req.facts(route);
