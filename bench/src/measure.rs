@@ -24,7 +24,15 @@ impl CpuMark {
         })
     }
 
-    /// The Envoy's CPU time since this mark, in µs.
+    /// Reads the CPU time of the process `pid` now (etcd's, say).
+    pub fn of_pid(pid: u32) -> Result<CpuMark> {
+        Ok(CpuMark {
+            pid,
+            ticks: cpu_ticks(pid)?,
+        })
+    }
+
+    /// The process's CPU time since this mark, in µs.
     pub fn elapsed_us(&self) -> Result<f64> {
         let ticks = cpu_ticks(self.pid)?.saturating_sub(self.ticks);
         Ok(ticks as f64 / clock_ticks_per_second() * 1e6)
