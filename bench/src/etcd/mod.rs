@@ -40,7 +40,7 @@ use crate::args::Options;
 use crate::cases::{Case, ETCD_CASES, TOKEN_ETCD};
 use crate::configs::Proxies;
 use crate::load::{oha_paced, oha_unloaded, wrk, Pace, Run, LOAD_CPU};
-use crate::measure::{median, CpuMark};
+use crate::measure::{median, pid_of, runtime_ns, CpuMark};
 use metrics::Handled;
 use table::{EtcdReport, Mode, Split};
 
@@ -51,7 +51,7 @@ const RTT_SAMPLES: usize = 2000;
 const SPLIT_REQUESTS: usize = 50;
 
 /// How long the Envoys' CPU time is read with no load.
-const IDLE: Duration = Duration::from_secs(5);
+const IDLE: Duration = Duration::from_secs(10);
 
 /// retry-guard's counter of requests the ledger could not answer in time.
 const UNAVAILABLE: &str = "retry_guard.ledger.unavailable";
@@ -324,13 +324,15 @@ fn send_token_request_to(listener: std::net::SocketAddr, tag: &str) -> Result<u1
     Ok(resp.status)
 }
 
-/// Each Envoy's CPU time per second over `span` without requests, µs/s (read side by side).
+/// Each Envoy's CPU time per second over `span` without requests, µs/s (read side by side,
+/// in nanoseconds: a clock tick of `/proc/<pid>/stat` is 10 ms, the whole of such a span's).
 fn idle_cpu(envoys: &[Envoy], span: Duration) -> Result<Vec<f64>> {
-    let marks: Vec<CpuMark> = envoys.iter().map(CpuMark::now).collect::<Result<_>>()?;
+    let pids: Vec<u32> = envoys.iter().map(pid_of).collect::<Result<_>>()?;
+    let before: Vec<u64> = pids.iter().map(|p| runtime_ns(*p)).collect::<Result<_>>()?;
     thread::sleep(span);
-    marks
-        .iter()
-        .map(|m| Ok(m.elapsed_us()? / span.as_secs_f64()))
+    pids.iter()
+        .zip(before)
+        .map(|(p, b)| Ok(runtime_ns(*p)?.saturating_sub(b) as f64 / 1e3 / span.as_secs_f64()))
         .collect()
 }
 
