@@ -92,11 +92,13 @@ test: lint build envoy-install etcd-install
 test-core:
     cargo test -p retry-guard-filter
 
-# Benchmarks on the real Envoy (not part of `just test`); writes target/bench/report.{md,json}.
+# Benchmarks on the real Envoy (not part of `just test`); writes target/bench/report.{md,json},
+# then the etcd ledger next to the shared-data one (one etcd member; etcd.{md,json}, bench/README.md).
 # Options: --rounds N --seconds S --connections C --flood N --cases 1,2,.. --direct --update-readme;
+# --etcd runs only the etcd comparison (a few minutes), --no-etcd (or --cases) leaves it out;
 # --host-costs prices each host call on the real Envoy instead (target/bench/host-costs.{md,json});
 # --pacing checks in Envoy's access log how evenly the paced runs' requests arrive (pacing.md).
-bench *ARGS: build envoy-install
+bench *ARGS: build envoy-install etcd-install
     @command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; if [ "$(id -u)" = 0 ]; then apt-get install -y wrk; else sudo apt-get install -y wrk; fi; }
     @command -v taskset >/dev/null || { echo "taskset (util-linux) is required"; exit 1; }
     @oha --version 2>/dev/null | grep -qx 'oha 1.16.0' || { echo "installing oha 1.16.0 (paced runs; its --db-url records are read)"; cargo install oha --locked --version 1.16.0; }

@@ -9,7 +9,18 @@ use crate::cases::CASES;
 use crate::configs::Backend;
 
 /// What `--help` prints.
-const USAGE: &str = "usage: retry-guard-bench [--cases 1,2,.. (all)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--direct (every route a direct_response, no upstream)] [--host-costs (price each host call retry-guard makes; writes host-costs.md)] [--pacing (how evenly the paced runs' requests arrive; writes pacing.md)] [--update-readme]";
+const USAGE: &str = "usage: retry-guard-bench [--cases 1,2,.. (all)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--direct (every route a direct_response, no upstream)] [--host-costs (price each host call retry-guard makes; writes host-costs.md)] [--pacing (how evenly the paced runs' requests arrive; writes pacing.md)] [--etcd (only the etcd ledger's comparison with the shared-data one; writes etcd.md; the default run ends with it)] [--no-etcd (leave it out; so does --cases)] [--update-readme]";
+
+/// Whether a run includes the etcd ledger's comparison ([`crate::etcd`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EtcdRun {
+    /// After the main benchmark (the default run).
+    After,
+    /// Alone (`--etcd`).
+    Only,
+    /// Not at all (`--no-etcd`, or configurations chosen with `--cases`).
+    Skip,
+}
 
 /// The options of a run.
 pub struct Options {
@@ -39,6 +50,8 @@ pub struct Options {
     pub host_costs: bool,
     /// Check how evenly the paced runs' requests arrive instead (see [`crate::pacing`]).
     pub pacing: bool,
+    /// Whether the etcd ledger's comparison runs, and how.
+    pub etcd: EtcdRun,
 }
 
 /// Reads the options from the process's arguments; `-h` prints the usage and exits.
@@ -67,7 +80,9 @@ fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
         backend: Backend::Upstream,
         host_costs: false,
         pacing: false,
+        etcd: EtcdRun::After,
     };
+    let (mut etcd_only, mut no_etcd, mut cases_chosen) = (false, false, false);
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
         let mut value = |what: &str| {
@@ -88,7 +103,12 @@ fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
             "--direct" => o.backend = Backend::Direct,
             "--host-costs" => o.host_costs = true,
             "--pacing" => o.pacing = true,
-            "--cases" => o.cases = case_list(&value("a list like 1,2,3")?)?,
+            "--etcd" => etcd_only = true,
+            "--no-etcd" => no_etcd = true,
+            "--cases" => {
+                o.cases = case_list(&value("a list like 1,2,3")?)?;
+                cases_chosen = true;
+            }
             "--envoy-log-level" => o.log_level = value("a level")?,
             "--wasm" => o.wasm = Some(PathBuf::from(value("a file")?)),
             "--plugin-config" => {
@@ -100,6 +120,12 @@ fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
             other => return Err(Error(format!("unknown argument {other:?}; see --help"))),
         }
     }
+    o.etcd = match (etcd_only, no_etcd || cases_chosen) {
+        (true, _) if no_etcd => return Err(Error::new("--etcd and --no-etcd contradict")),
+        (true, _) => EtcdRun::Only,
+        (false, true) => EtcdRun::Skip,
+        (false, false) => EtcdRun::After,
+    };
     Ok(Some(o))
 }
 
@@ -143,5 +169,17 @@ mod tests {
         let err = parse(&["--rounds"]).err().unwrap();
         assert!(err.0.contains("--rounds needs a number"), "{err}");
         assert!(parse(&["--bogus"]).is_err());
+    }
+
+    #[test]
+    fn the_default_run_ends_with_the_etcd_comparison() {
+        let etcd = |args: &[&str]| parse(args).unwrap().unwrap().etcd;
+        assert_eq!(etcd(&[]), EtcdRun::After);
+        assert_eq!(etcd(&["--update-readme"]), EtcdRun::After);
+        assert_eq!(etcd(&["--etcd", "--rounds", "3"]), EtcdRun::Only);
+        assert_eq!(etcd(&["--no-etcd"]), EtcdRun::Skip);
+        assert_eq!(etcd(&["--cases", "5,8"]), EtcdRun::Skip);
+        assert_eq!(etcd(&["--cases", "5", "--etcd"]), EtcdRun::Only);
+        assert!(parse(&["--etcd", "--no-etcd"]).is_err());
     }
 }

@@ -11,6 +11,9 @@ pub enum Filter {
     Noop,
     /// retry-guard.
     Guard,
+    /// retry-guard with the cluster ledger on etcd (`"ledger": {"backend": "etcd"}`, the
+    /// benchmark's etcd member reached through an Envoy cluster); see [`crate::etcd`].
+    GuardEtcd,
     /// The host-call probe (`bench/hostcost`) with this plugin configuration.
     Probe(&'static str),
 }
@@ -88,6 +91,20 @@ pub const TOKEN_ALLOW: Case = Case {
     expect_status: 200,
 };
 
+/// Configuration 10: case 5's request and configuration with the ledger on etcd (one member on
+/// loopback) instead of Envoy's shared data. Not one of the nine: `just bench --etcd` (and the
+/// default run, after them) compares it with 5 and 8 ([`ETCD_CASES`]).
+pub const TOKEN_ETCD: Case = Case {
+    id: 10,
+    name: "retry-guard, token_issuing allow, ledger on etcd (unique key, fresh JWT)",
+    filter: Filter::GuardEtcd,
+    ..TOKEN_ALLOW
+};
+
+/// The etcd comparison's configurations, in the order they run each round: no filter on the
+/// token request (8), the shared-data ledger (5), the etcd ledger (10).
+pub const ETCD_CASES: [Case; 3] = [CASES[7], TOKEN_ALLOW, TOKEN_ETCD];
+
 /// The nine configurations, in the order of their ids (`CASES[i].id == i + 1`).
 pub const CASES: [Case; 9] = [
     Case {
@@ -164,5 +181,22 @@ mod tests {
             assert_eq!(c.id, i + 1, "{}", c.name);
         }
         assert_eq!(case(5).name, TOKEN_ALLOW.name);
+    }
+
+    #[test]
+    fn the_etcd_comparison_sends_case_5s_request_to_all_three() {
+        let ids: Vec<usize> = ETCD_CASES.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [8, 5, 10]);
+        for c in &ETCD_CASES {
+            assert_eq!(
+                (c.method, c.path, c.body, c.expect_status),
+                (TOKEN_ALLOW.method, TOKEN_ALLOW.path, TOKEN_ALLOW.body, 200),
+                "{}",
+                c.name
+            );
+        }
+        assert_eq!(TOKEN_ETCD.load, Load::Unique);
+        assert_eq!(case(8).load, Load::Shape);
+        assert!(CASES.iter().all(|c| c.filter != Filter::GuardEtcd));
     }
 }

@@ -9,6 +9,10 @@
 //! body-carrying request itself without retry-guard (7, and 8 in direct mode) carries Envoy's
 //! buffer filter: without it Envoy answers before the body arrives and closes the connection
 //! after every answer, which would measure connection setup instead (see [`BUFFER`]).
+//!
+//! Configuration 10 (`--etcd`) is retry-guard with its ledger on etcd: the same plugin
+//! configuration with a `ledger` section naming the Envoy cluster [`ETCD_CLUSTER`], which
+//! reaches the benchmark's etcd member ([`EtcdLedger`]).
 
 use std::fs;
 use std::net::SocketAddr;
@@ -19,7 +23,9 @@ use retry_guard_e2e::envoy::{
     check_wasm, release_wasm_path, wasm_path, Bootstrap, Cluster, Envoy, EnvoyBuilder, HttpFilter,
     PathMatch, Route, WASM_FILTER,
 };
-use retry_guard_e2e::{bail, Result};
+use retry_guard_e2e::etcd::envoy_cluster;
+use retry_guard_e2e::{bail, Error, Result};
+use serde_json::{json, Value};
 
 use crate::args::Options;
 use crate::cases::{Case, Filter};
@@ -46,6 +52,53 @@ const UPSTREAM: &str = "upstream";
 
 /// The name of the wasm plugin and VM in every configuration.
 const PLUGIN_NAME: &str = "bench";
+
+/// The proxy's cluster of etcd (configuration 10).
+pub const ETCD_CLUSTER: &str = "retry-guard-etcd";
+
+/// The etcd ledger's key prefix in the benchmark.
+pub const ETCD_KEY_PREFIX: &str = "retry-guard-bench/";
+
+/// The etcd ledger's `timeout_ms` in the benchmark: long enough that a slow answer under load
+/// is measured as latency rather than turned into the fail policy's 503 (which would refuse
+/// the run), as in a deployment sized for its load.
+pub const ETCD_TIMEOUT_MS: u64 = 1000;
+
+/// Where configuration 10 finds etcd, and its plugin configuration.
+#[derive(Clone, Debug)]
+pub struct EtcdLedger {
+    /// The etcd member's client address (its JSON gateway).
+    pub client: SocketAddr,
+    /// retry-guard's plugin configuration with the `ledger` section for etcd.
+    pub plugin_config: String,
+}
+
+impl EtcdLedger {
+    /// The etcd ledger at `client`: `guard_config` (a JSON object) with its `ledger` set to
+    /// etcd through [`ETCD_CLUSTER`], under [`ETCD_KEY_PREFIX`], timing out after
+    /// [`ETCD_TIMEOUT_MS`].
+    pub fn new(client: SocketAddr, guard_config: &str) -> Result<EtcdLedger> {
+        let mut config: Value = serde_json::from_str(guard_config)
+            .map_err(|e| Error(format!("retry-guard's plugin configuration: {e}")))?;
+        let Some(object) = config.as_object_mut() else {
+            bail!("retry-guard's plugin configuration is not a JSON object");
+        };
+        object.insert(
+            "ledger".into(),
+            json!({
+                "backend": "etcd",
+                "cluster": ETCD_CLUSTER,
+                "authority": "etcd",
+                "key_prefix": ETCD_KEY_PREFIX,
+                "timeout_ms": ETCD_TIMEOUT_MS,
+            }),
+        );
+        Ok(EtcdLedger {
+            client,
+            plugin_config: config.to_string(),
+        })
+    }
+}
 
 /// Envoy's buffer filter: the request is read whole before the route answers. A
 /// `direct_response` to a request whose body has not arrived makes Envoy close the connection
@@ -106,6 +159,31 @@ fn answers(token_status: u16) -> [Answer; 3] {
     ]
 }
 
+/// retry-guard's plugin configuration in the benchmark: host-sim's benchmark configuration
+/// (which it measures per request path), with the token route's natural key taking the query
+/// string (`natural_key.query: "sorted"`).
+///
+/// oha can vary only the URL from request to request (a random query string, see
+/// `oha_command` in [`crate::load`]), and since fingerprint v2 a route ignores the query by
+/// default: every paced request after the first was then a replay answered 428, and the run
+/// was refused. With an Idempotency-Key (wrk) the query takes no part in the fingerprint.
+pub fn bench_plugin_config() -> String {
+    let text = host_sim::bench::plugin_config(65_536);
+    let mut config: Value = match serde_json::from_slice(&text) {
+        Ok(v) => v,
+        Err(_) => return String::from_utf8_lossy(&text).into_owned(),
+    };
+    if let Some(routes) = config["routes"].as_array_mut() {
+        for route in routes
+            .iter_mut()
+            .filter(|r| r["match"]["route_name"] == "token")
+        {
+            route["natural_key"] = json!({"query": "sorted"});
+        }
+    }
+    config.to_string()
+}
+
 /// The upstream Envoy: the answers of configurations 1 to 5, each request read whole.
 pub fn upstream_bootstrap() -> Bootstrap {
     answers(200)
@@ -114,13 +192,17 @@ pub fn upstream_bootstrap() -> Bootstrap {
         .http_filter(BUFFER)
 }
 
-/// The proxy Envoy of `case`: its wasm filter (retry-guard with `guard_config`), its routes
+/// The proxy Envoy of `case`: its wasm filter (retry-guard with `guard_config`, or with
+/// `etcd`'s configuration and a cluster to its member for [`Filter::GuardEtcd`]), its routes
 /// forwarded to `upstream` or (in direct mode, and Envoy's own 428) answered in the proxy.
+/// ([`Proxies::start`] refuses [`Filter::GuardEtcd`] without `etcd`; given none, this
+/// configures plain retry-guard.)
 pub fn proxy_bootstrap(
     case: &Case,
     backend: Backend,
     upstream: Option<SocketAddr>,
     guard_config: &str,
+    etcd: Option<&EtcdLedger>,
 ) -> Bootstrap {
     // Routes answered here: all in direct mode, and Envoy's own 428 (configuration 7).
     let local = |status: u16| backend == Backend::Direct || status == 428;
@@ -129,6 +211,7 @@ pub fn proxy_bootstrap(
         Filter::None => None,
         Filter::Noop => Some(""),
         Filter::Guard => Some(guard_config),
+        Filter::GuardEtcd => Some(etcd.map_or(guard_config, |e| e.plugin_config.as_str())),
         Filter::Probe(config) => Some(config),
     };
     if let Some(config) = plugin_config {
@@ -157,6 +240,9 @@ pub fn proxy_bootstrap(
                 .connect_timeout(Duration::from_secs(1))
                 .circuit_breaker_limit(100_000),
         );
+    }
+    if let (Filter::GuardEtcd, Some(etcd)) = (case.filter, etcd) {
+        b = b.raw_cluster(envoy_cluster(ETCD_CLUSTER, &[etcd.client]));
     }
     b
 }
@@ -209,7 +295,7 @@ impl Modules {
         match filter {
             Filter::None => None,
             Filter::Noop => Some(&self.noop),
-            Filter::Guard => Some(&self.guard),
+            Filter::Guard | Filter::GuardEtcd => Some(&self.guard),
             Filter::Probe(_) => Some(&self.probe),
         }
     }
@@ -257,6 +343,8 @@ pub struct Proxies {
     /// retry-guard's plugin configuration.
     guard_config: String,
     upstream: Option<Envoy>,
+    /// The etcd ledger of configuration 10, once set ([`Proxies::use_etcd`]).
+    etcd: Option<EtcdLedger>,
 }
 
 impl Proxies {
@@ -264,10 +352,7 @@ impl Proxies {
     /// generator's CPU: the proxy keeps its own). Run files go to `dir`.
     pub fn new(o: &Options, dir: &Path) -> Result<Proxies> {
         let modules = Modules::find(o)?;
-        let guard_config = o.plugin_config.clone().unwrap_or_else(|| {
-            // host-sim's benchmark measures the same configuration per request path.
-            String::from_utf8_lossy(&host_sim::bench::plugin_config(65_536)).into_owned()
-        });
+        let guard_config = o.plugin_config.clone().unwrap_or_else(bench_plugin_config);
         let upstream = match o.backend {
             Backend::Upstream => Some(
                 pinned_envoy(
@@ -289,7 +374,14 @@ impl Proxies {
             modules,
             guard_config,
             upstream,
+            etcd: None,
         })
+    }
+
+    /// Points configuration 10 (retry-guard's ledger on etcd) at the etcd member `client`.
+    pub fn use_etcd(&mut self, client: SocketAddr) -> Result<()> {
+        self.etcd = Some(EtcdLedger::new(client, &self.guard_config)?);
+        Ok(())
     }
 
     /// The wasm modules.
@@ -300,15 +392,48 @@ impl Proxies {
     /// The Envoy configuration of `case` in this run.
     fn bootstrap(&self, case: &Case) -> Bootstrap {
         let upstream = self.upstream.as_ref().map(Envoy::listener_addr);
-        proxy_bootstrap(case, self.backend, upstream, &self.guard_config)
+        proxy_bootstrap(
+            case,
+            self.backend,
+            upstream,
+            &self.guard_config,
+            self.etcd.as_ref(),
+        )
     }
 
     /// Starts the proxy Envoy of `case` on [`PROXY_CPU`].
     pub fn start(&self, case: &Case) -> Result<Envoy> {
+        if case.filter == Filter::GuardEtcd && self.etcd.is_none() {
+            bail!("configuration {} needs etcd (Proxies::use_etcd)", case.id);
+        }
         pinned_envoy(
             &self.dir,
             &case.id.to_string(),
             &self.bootstrap(case),
+            PROXY_CPU,
+            &self.log_level,
+            self.modules.of(case.filter),
+        )
+        .start()
+    }
+
+    /// Starts a proxy Envoy of `case` named `name` on [`PROXY_CPU`], its routes forwarded to
+    /// `upstream` whatever the run's mode.
+    pub fn start_named(&self, case: &Case, name: &str, upstream: SocketAddr) -> Result<Envoy> {
+        if case.filter == Filter::GuardEtcd && self.etcd.is_none() {
+            bail!("configuration {} needs etcd (Proxies::use_etcd)", case.id);
+        }
+        let bootstrap = proxy_bootstrap(
+            case,
+            Backend::Upstream,
+            Some(upstream),
+            &self.guard_config,
+            self.etcd.as_ref(),
+        );
+        pinned_envoy(
+            &self.dir,
+            name,
+            &bootstrap,
             PROXY_CPU,
             &self.log_level,
             self.modules.of(case.filter),
@@ -362,7 +487,7 @@ pub fn remove_envoy_logs(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cases::CASES;
+    use crate::cases::{CASES, TOKEN_ALLOW, TOKEN_ETCD};
     use retry_guard_e2e::envoy::RouteAction;
 
     const MODES: [Backend; 2] = [Backend::Upstream, Backend::Direct];
@@ -373,7 +498,7 @@ mod tests {
 
     fn bootstrap_of(case: &Case, backend: Backend) -> Bootstrap {
         let upstream = (backend == Backend::Upstream).then(upstream_addr);
-        proxy_bootstrap(case, backend, upstream, "GUARD-CONFIG")
+        proxy_bootstrap(case, backend, upstream, "GUARD-CONFIG", None)
     }
 
     #[test]
@@ -400,7 +525,7 @@ mod tests {
                 let expected: &[&str] = match case.filter {
                     Filter::None => &[],
                     Filter::Noop => &[""],
-                    Filter::Guard => &["GUARD-CONFIG"],
+                    Filter::Guard | Filter::GuardEtcd => &["GUARD-CONFIG"],
                     Filter::Probe(c) => &[c],
                 };
                 assert_eq!(wasm, expected, "{what}");
@@ -493,8 +618,7 @@ mod tests {
     #[test]
     fn each_configuration_passes_envoy_validation() -> Result<()> {
         let dir = std::env::temp_dir().join(format!("rg-bench-validate-{}", std::process::id()));
-        let guard_config =
-            String::from_utf8_lossy(&host_sim::bench::plugin_config(65_536)).into_owned();
+        let guard_config = bench_plugin_config();
         let guard = wasm_path()?;
         let noop = release_wasm_path("noop_filter.wasm");
         let validate = |name: &str, b: &Bootstrap, wasm: Option<&Path>| -> Result<()> {
@@ -515,17 +639,91 @@ mod tests {
                     continue;
                 }
                 Filter::Noop => Some(noop.as_path()),
-                Filter::Guard => Some(guard.as_path()),
+                Filter::Guard | Filter::GuardEtcd => Some(guard.as_path()),
                 Filter::None => None,
                 Filter::Probe(_) => unreachable!("the nine cases have no probe"),
             };
             for backend in MODES {
                 let upstream = (backend == Backend::Upstream).then(upstream_addr);
-                let b = proxy_bootstrap(case, backend, upstream, &guard_config);
+                let b = proxy_bootstrap(case, backend, upstream, &guard_config, None);
                 validate(&format!("{}-{backend:?}", case.id), &b, wasm)?;
             }
         }
+        // Configuration 10: the ledger on etcd (validation does not reach etcd).
+        let etcd = EtcdLedger::new(SocketAddr::from(([127, 0, 0, 1], 2379)), &guard_config)?;
+        for backend in MODES {
+            let upstream = (backend == Backend::Upstream).then(upstream_addr);
+            let b = proxy_bootstrap(&TOKEN_ETCD, backend, upstream, &guard_config, Some(&etcd));
+            validate(&format!("10-{backend:?}"), &b, Some(guard.as_path()))?;
+        }
         Ok(())
+    }
+
+    #[test]
+    fn the_token_routes_natural_key_takes_the_query_string() {
+        let config: Value = serde_json::from_str(&bench_plugin_config()).unwrap();
+        let routes = config["routes"].as_array().unwrap();
+        let token: Vec<&Value> = routes
+            .iter()
+            .filter(|r| r["match"]["route_name"] == "token")
+            .collect();
+        assert_eq!(token.len(), 1, "{config}");
+        assert_eq!(token[0]["natural_key"]["query"], "sorted");
+        assert!(routes
+            .iter()
+            .filter(|r| r["match"]["route_name"] != "token")
+            .all(|r| r.get("natural_key").is_none()));
+        // The filter's own parser accepts it.
+        assert!(
+            retry_guard::config::Config::parse(bench_plugin_config().as_bytes()).is_ok(),
+            "{config}"
+        );
+    }
+
+    #[test]
+    fn configuration_10_puts_the_ledger_on_etcd_through_its_cluster() {
+        let client = SocketAddr::from(([127, 0, 0, 1], 2379));
+        let etcd = EtcdLedger::new(client, r#"{"window_seconds":60,"routes":[]}"#).unwrap();
+        let config: Value = serde_json::from_str(&etcd.plugin_config).unwrap();
+        assert_eq!(config["window_seconds"], 60, "the rest is kept");
+        assert_eq!(config["ledger"]["backend"], "etcd");
+        assert_eq!(config["ledger"]["cluster"], ETCD_CLUSTER);
+        assert_eq!(config["ledger"]["timeout_ms"], ETCD_TIMEOUT_MS);
+        let b = proxy_bootstrap(
+            &TOKEN_ETCD,
+            Backend::Upstream,
+            Some(upstream_addr()),
+            "GUARD-CONFIG",
+            Some(&etcd),
+        );
+        let wasm: Vec<&str> = b
+            .http_filters
+            .iter()
+            .filter_map(|f| match f {
+                HttpFilter::Wasm { plugin_config, .. } => Some(plugin_config.as_str()),
+                HttpFilter::Buffer { .. } => None,
+            })
+            .collect();
+        assert_eq!(wasm, [etcd.plugin_config.as_str()]);
+        assert_eq!(b.raw_clusters.len(), 1);
+        assert_eq!(b.raw_clusters[0]["name"], ETCD_CLUSTER);
+        let port = &b.raw_clusters[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+            ["endpoint"]["address"]["socket_address"]["port_value"];
+        assert_eq!(port, 2379);
+        // The shared-data configurations have no etcd cluster, even when etcd is set.
+        let five = proxy_bootstrap(
+            &TOKEN_ALLOW,
+            Backend::Upstream,
+            Some(upstream_addr()),
+            "GUARD-CONFIG",
+            Some(&etcd),
+        );
+        assert!(five.raw_clusters.is_empty());
+        assert!(EtcdLedger::new(client, "[1]").is_err());
+        // The benchmark's configuration with the etcd ledger is one the filter accepts.
+        let bench = EtcdLedger::new(client, &bench_plugin_config()).unwrap();
+        let parsed = retry_guard::config::Config::parse(bench.plugin_config.as_bytes());
+        assert!(parsed.is_ok(), "{}", bench.plugin_config);
     }
 
     #[test]

@@ -22,6 +22,9 @@
 //! with `max_entries` 65536 ([`benchmark`]). Writes `target/bench/report.md` and `report.json`;
 //! `--update-readme` replaces the README's table of that mode ([`report`]).
 //!
+//! The default run ends with [`etcd`]: the token path with the cluster ledger on etcd next to
+//! the shared-data ledger (`--etcd` runs only that, `--no-etcd` or `--cases` leave it out).
+//!
 //! `--host-costs` runs [`host_costs`] instead: the price of each host call retry-guard makes,
 //! and the token path's added cost taken apart. `--pacing` runs [`pacing`] instead: how evenly
 //! the paced runs' requests arrive.
@@ -30,6 +33,7 @@ mod args;
 mod benchmark;
 mod cases;
 mod configs;
+mod etcd;
 mod host_costs;
 mod load;
 mod measure;
@@ -39,6 +43,7 @@ mod report;
 use std::fs;
 use std::path::Path;
 
+use args::EtcdRun;
 use retry_guard_e2e::{repo_root, Error, Result};
 
 fn main() {
@@ -58,7 +63,13 @@ fn run(dir: &Path) -> Result<()> {
         pacing::run(&o, dir)
     } else if o.host_costs {
         host_costs::run(&o, dir)
+    } else if o.etcd == EtcdRun::Only {
+        etcd::run(&o, dir)
     } else {
-        benchmark::run(&o, dir)
+        benchmark::run(&o, dir)?;
+        match o.etcd {
+            EtcdRun::After => etcd::run(&o, dir),
+            _ => Ok(()),
+        }
     }
 }

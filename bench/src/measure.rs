@@ -24,7 +24,15 @@ impl CpuMark {
         })
     }
 
-    /// The Envoy's CPU time since this mark, in µs.
+    /// Reads the CPU time of the process `pid` now (etcd's, say).
+    pub fn of_pid(pid: u32) -> Result<CpuMark> {
+        Ok(CpuMark {
+            pid,
+            ticks: cpu_ticks(pid)?,
+        })
+    }
+
+    /// The process's CPU time since this mark, in µs.
     pub fn elapsed_us(&self) -> Result<f64> {
         let ticks = cpu_ticks(self.pid)?.saturating_sub(self.ticks);
         Ok(ticks as f64 / clock_ticks_per_second() * 1e6)
@@ -53,6 +61,33 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
             .ok_or_else(|| Error(format!("bad {path} field {}: {stat:?}", i + 3)))
     };
     Ok(num(11)? + num(12)?) // utime, stime (fields 14 and 15 of the full line)
+}
+
+/// The CPU time a process's threads have run so far, ns: the sum over `/proc/<pid>/task/*/`
+/// of `schedstat`'s first field (nanoseconds, where `stat`'s utime and stime count whole clock
+/// ticks). Threads that have exited are not counted: for a span in which none exit.
+pub fn runtime_ns(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = fs::read_dir(&dir).map_err(|e| Error(format!("{dir}: {e}")))?;
+    let mut ns = 0;
+    for task in tasks.flatten() {
+        let path = task.path().join("schedstat");
+        // A thread that has just exited has no file any more.
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        ns += text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| Error(format!("bad {}: {text:?}", path.display())))?;
+    }
+    Ok(ns)
+}
+
+/// The process id of `envoy` while it runs.
+pub fn pid_of(envoy: &Envoy) -> Result<u32> {
+    running_pid(envoy)
 }
 
 /// `envoy`'s resident memory (VmRSS of `/proc/<pid>/status`), KiB.
@@ -169,6 +204,13 @@ mod tests {
 
     #[test]
     fn this_process_has_cpu_ticks() {
+        let before = runtime_ns(std::process::id()).unwrap();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1);
+        assert!(runtime_ns(std::process::id()).unwrap() > before);
         assert!(cpu_ticks(std::process::id()).is_ok());
         assert!(clock_ticks_per_second() > 0.0);
     }

@@ -1,5 +1,6 @@
 //! The main benchmark's report (`target/bench/report.{md,json}`), what every report says of
-//! where and when it was measured, and the README sections the reports replace.
+//! where and when it was measured, and the README sections the reports replace (in the
+//! top-level [`README`] or in [`BENCH_README`]).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -14,6 +15,12 @@ use crate::cases::CASES;
 use crate::configs::Backend;
 use crate::load::{Pacing, Run, PACED_CONNECTIONS_EACH, PACED_PROCESSES};
 use crate::measure::{median, Spread};
+
+/// The top-level README (relative to the repository's root).
+pub const README: &str = "README.md";
+
+/// The benchmark's own README, `bench/README.md` (the etcd comparison's table).
+pub const BENCH_README: &str = "bench/README.md";
 
 /// When, at which commit and on what machine a report was measured.
 pub struct Provenance {
@@ -62,7 +69,7 @@ fn today() -> String {
 }
 
 /// The commit measured (`git rev-parse --short HEAD`, `-dirty` with uncommitted changes
-/// other than the README).
+/// other than the READMEs the reports rewrite).
 fn commit() -> String {
     let git = |args: &[&str]| {
         Command::new("git")
@@ -77,10 +84,12 @@ fn commit() -> String {
     // and trimming the first one made README.md read as "EADME.md", i.e. "-dirty".)
     match git(&["rev-parse", "--short", "HEAD"]) {
         Some(head) => {
-            // README.md is what `--update-readme` rewrites; any other change is measured too.
+            // The READMEs are what `--update-readme` rewrites; any other change is measured too.
             let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| {
-                s.lines()
-                    .any(|l| l.get(3..).is_some_and(|path| path != "README.md"))
+                s.lines().any(|l| {
+                    l.get(3..)
+                        .is_some_and(|path| path != README && path != BENCH_README)
+                })
             });
             format!("{head}{}", if dirty { "-dirty" } else { "" })
         }
@@ -88,28 +97,48 @@ fn commit() -> String {
     }
 }
 
-/// `text` with what stands between its `<!-- {section}:start -->` and
-/// `<!-- {section}:end -->` markers replaced by `table`.
-pub fn replace_section(text: &str, section: &str, table: &str) -> Result<String> {
-    let (start, end) = (
-        format!("<!-- {section}:start -->"),
-        format!("<!-- {section}:end -->"),
-    );
-    let (Some(a), Some(b)) = (text.find(&start), text.find(&end)) else {
-        return Err(Error(format!("README.md has no {start} / {end} markers")));
-    };
-    Ok(format!("{}{start}\n{table}\n{}", &text[..a], &text[b..]))
+/// A section of a Markdown file that a report's table replaces: what stands between its
+/// `<!-- {name}:start -->` and `<!-- {name}:end -->` markers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Section<'a> {
+    /// The file, relative to the repository's root ([`README`], [`BENCH_README`]).
+    pub file: &'a str,
+    /// The markers' name (`bench`, `bench-etcd`, …).
+    pub name: &'a str,
 }
 
-/// Replaces the README's `section` (see [`replace_section`]) with `table`.
-pub fn update_readme(section: &str, table: &str) -> Result<()> {
-    let readme = repo_root().join("README.md");
-    let text =
-        fs::read_to_string(&readme).map_err(|e| Error(format!("{}: {e}", readme.display())))?;
-    fs::write(&readme, replace_section(&text, section, table)?)
-        .map_err(|e| Error(format!("{}: {e}", readme.display())))?;
-    eprintln!("updated the {section} table of README.md");
-    Ok(())
+impl Section<'_> {
+    /// `text`, the file's content, with what stands between the section's markers replaced
+    /// by `table`; an error naming the file when it has no such markers.
+    pub fn replace_in(&self, text: &str, table: &str) -> Result<String> {
+        let (start, end) = (
+            format!("<!-- {}:start -->", self.name),
+            format!("<!-- {}:end -->", self.name),
+        );
+        let (Some(a), Some(b)) = (text.find(&start), text.find(&end)) else {
+            return Err(Error(format!(
+                "{} has no {start} / {end} markers",
+                self.file
+            )));
+        };
+        Ok(format!("{}{start}\n{table}\n{}", &text[..a], &text[b..]))
+    }
+
+    /// Replaces the section in its file (see [`Section::replace_in`]) with `table`.
+    pub fn update(&self, table: &str) -> Result<()> {
+        let path = repo_root().join(self.file);
+        let text =
+            fs::read_to_string(&path).map_err(|e| Error(format!("{}: {e}", path.display())))?;
+        fs::write(&path, self.replace_in(&text, table)?)
+            .map_err(|e| Error(format!("{}: {e}", path.display())))?;
+        eprintln!("updated the {} table of {}", self.name, self.file);
+        Ok(())
+    }
+}
+
+/// The section `name` of the top-level README.
+pub fn readme(name: &str) -> Section<'_> {
+    Section { file: README, name }
 }
 
 /// Writes `text` to `path`, naming the file in an error.
@@ -126,12 +155,12 @@ pub struct Publication<'a> {
     /// Also written as `<stem>.json`.
     pub json: Option<Value>,
     /// The README section the table replaces (`--update-readme`), if any.
-    pub readme_section: Option<&'a str>,
+    pub readme_section: Option<Section<'a>>,
 }
 
 impl Publication<'_> {
     /// Prints `table`, writes it to `<dir>/<stem>.md` under its title (and the JSON to
-    /// `<dir>/<stem>.json`), and replaces the README section with it.
+    /// `<dir>/<stem>.json`), and replaces the README section (in its file) with it.
     pub fn publish(&self, dir: &Path, table: &str) -> Result<()> {
         println!("{table}");
         let stem = self.stem;
@@ -155,7 +184,7 @@ impl Publication<'_> {
             None => eprintln!("wrote {}/{stem}.md", dir.display()),
         }
         match self.readme_section {
-            Some(section) => update_readme(section, table),
+            Some(section) => section.update(table),
             None => Ok(()),
         }
     }
@@ -428,7 +457,7 @@ impl Report<'_> {
             stem: "report",
             title: "retry-guard benchmark",
             json: Some(self.json()),
-            readme_section: self.opts.update_readme.then_some(readme_section),
+            readme_section: self.opts.update_readme.then(|| readme(readme_section)),
         }
         .publish(dir, &self.table())
     }
@@ -441,12 +470,41 @@ mod tests {
     #[test]
     fn a_readme_section_is_replaced_between_its_own_markers_only() {
         let text = "a\n<!-- bench:start -->\nold\n<!-- bench:end -->\nb\n<!-- bench-direct:start -->\nkeep\n<!-- bench-direct:end -->\n";
-        let out = replace_section(text, "bench", "new").unwrap();
+        let out = readme("bench").replace_in(text, "new").unwrap();
         assert_eq!(
             out,
             "a\n<!-- bench:start -->\nnew\n<!-- bench:end -->\nb\n<!-- bench-direct:start -->\nkeep\n<!-- bench-direct:end -->\n"
         );
-        let err = replace_section(text, "bench-host-costs", "x").unwrap_err();
+        let err = readme("bench-host-costs")
+            .replace_in(text, "x")
+            .unwrap_err();
         assert!(err.0.contains("<!-- bench-host-costs:start -->"), "{err}");
+        assert!(err.0.starts_with("README.md has no"), "{err}");
+        let etcd = Section {
+            file: BENCH_README,
+            name: "bench-etcd",
+        };
+        let err = etcd.replace_in(text, "x").unwrap_err();
+        assert!(err.0.starts_with("bench/README.md has no"), "{err}");
+        let out = etcd
+            .replace_in(
+                "# x\n<!-- bench-etcd:start -->\n<!-- bench-etcd:end -->\n",
+                "t",
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "# x\n<!-- bench-etcd:start -->\nt\n<!-- bench-etcd:end -->\n"
+        );
+    }
+
+    #[test]
+    fn the_bench_readme_has_the_etcd_sections_markers() {
+        let text = fs::read_to_string(repo_root().join(BENCH_README)).unwrap();
+        let etcd = Section {
+            file: BENCH_README,
+            name: "bench-etcd",
+        };
+        assert!(etcd.replace_in(&text, "t").is_ok());
     }
 }

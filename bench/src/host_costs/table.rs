@@ -14,7 +14,7 @@ use crate::args::Options;
 use crate::cases::Case;
 use crate::load::Run;
 use crate::measure::Spread;
-use crate::report::{Provenance, Publication};
+use crate::report::{readme, Provenance, Publication};
 
 /// What `--host-costs` measured. Spreads are over rounds, µs of Envoy CPU.
 pub struct HostCosts<'a> {
@@ -185,7 +185,7 @@ impl HostCosts<'_> {
             stem: "host-costs",
             title: "retry-guard host-call costs",
             json: Some(j),
-            readme_section: self.opts.update_readme.then_some("bench-host-costs"),
+            readme_section: self.opts.update_readme.then(|| readme("bench-host-costs")),
         }
         .publish(dir, &self.table())
     }
