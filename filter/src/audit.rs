@@ -38,6 +38,7 @@ pub const DECISION_MEMBERS: &[&str] = &[
     "confirmation_error",
     "credential_holder",
     "credential_shared_with",
+    "upstream_attempt",
     "mode",
     "would_block",
 ];
@@ -78,6 +79,7 @@ pub fn decision_line(route: &Route, facts: &Facts<'_>, d: &Decision) -> String {
             facts.credential_shared_with.and(facts.credential_holder),
         )
         .opt_str("credential_shared_with", facts.credential_shared_with)
+        .opt_num("upstream_attempt", facts.client_attempt.map(u64::from))
         .word("mode", d.mode.name())
         .bool("would_block", d.would_block);
     m.finish()

@@ -238,6 +238,17 @@ impl OnMissingVerified {
     }
 }
 
+/// Which requests on untracked routes (a `read_only` route by default) write an audit line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditUntracked {
+    /// Only those where something happened: a token stripped or rejected, a shadow-mode
+    /// would-block, or a request that says it is a retry (`x-envoy-attempt-count` > 1). A
+    /// plain allow is counted and writes nothing.
+    Events,
+    /// Every request.
+    All,
+}
+
 /// What a request gets when the ledger cannot answer in time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnUnavailable {
@@ -405,6 +416,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// Guarded routes, first match wins.
     pub routes: Vec<Route>,
+    /// Which allowed requests on untracked routes get an audit line (`audit.untracked`).
+    pub audit_untracked: AuditUntracked,
     /// What the natural key takes of the query string, unless a route says otherwise.
     pub query: QueryKey,
 }
@@ -453,6 +466,8 @@ pub const SCHEMA: &[FieldDoc] = &[
     FieldDoc { path: "on_missing_verified_principal", kind: "\"next\" | \"reject\", default \"next\"", doc: "what a request gets when a metadata: source has no value (not authenticated): next tries the next source; reject stops there and answers 401 principal-required on every route (no route may then set anonymous: allow)" },
     FieldDoc { path: "unchanged_state_header", kind: "header name, default \"retry-guard-state\"", doc: "a 5xx with this header set to \"unchanged\" is outcome unchanged" },
     FieldDoc { path: "stale_token_action", kind: "\"strip\" | \"reject\", default \"strip\"", doc: "strip removes authorization before the upstream; reject answers 401" },
+    FieldDoc { path: "audit", kind: "object, optional", doc: "what the audit log records" },
+    FieldDoc { path: "audit.untracked", kind: "\"events\" | \"all\", default \"events\"", doc: "on untracked routes (read_only by default) a plain allow is counted but writes no audit line and sets no filter state; events: a line only for a token stripped or rejected, a shadow would-block, or a request that says it is a retry (x-envoy-attempt-count > 1); all: a line for every request" },
     FieldDoc { path: "natural_key", kind: "object, optional", doc: "what the natural key takes of the request" },
     FieldDoc { path: "natural_key.query", kind: "\"ignore\" | \"sorted\", default \"ignore\"", doc: "ignore: the query string is no part of the operation; sorted: its parameters, decoded and sorted" },
     FieldDoc { path: "confirmation", kind: "object, optional", doc: "absent: no confirmation can be accepted" },
@@ -506,7 +521,9 @@ const TOP_FIELDS: &[&str] = &[
     "ledger",
     "routes",
     "natural_key",
+    "audit",
 ];
+const AUDIT_FIELDS: &[&str] = &["untracked"];
 const LEDGER_FIELDS: &[&str] = &[
     "backend",
     "cluster",
@@ -834,6 +851,16 @@ impl Config {
             Some(v) => parse_ledger(v)?,
         };
         let query = parse_natural_key(&top, "natural_key")?.unwrap_or(QueryKey::Ignore);
+        let audit_untracked = match top.get("audit") {
+            None => AuditUntracked::Events,
+            Some(v) => Obj::new(top.field("audit"), v, AUDIT_FIELDS)?
+                .choice(
+                    "untracked",
+                    &[("events", AuditUntracked::Events), ("all", AuditUntracked::All)],
+                    "\"events\" (a line only when something happened) or \"all\" (a line for every request)",
+                )?
+                .unwrap_or(AuditUntracked::Events),
+        };
         let routes = parse_routes(
             &top,
             mode,
@@ -858,6 +885,7 @@ impl Config {
             ledger,
             routes,
             query,
+            audit_untracked,
         })
     }
 

@@ -106,6 +106,9 @@ pub struct Facts<'a> {
     pub credential_holder: Option<&'a str>,
     /// Another workload identity that presented the same credential first, within the window.
     pub credential_shared_with: Option<&'a str>,
+    /// `x-envoy-attempt-count` as the request carries it (a mesh sidecar retrying on the
+    /// caller's side sets it: more than 1 says the request is a retry).
+    pub client_attempt: Option<u32>,
 }
 
 /// A decision and everything needed to apply, answer and audit it.

@@ -364,6 +364,7 @@ mod tests {
                 confirmation: None,
                 credential_holder: None,
                 credential_shared_with: None,
+                client_attempt: None,
             }
         }
     }

@@ -26,9 +26,9 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::{self, OutcomeRecord};
 use crate::canonical::{canonical_path, BodyForm};
-use crate::config::{Mode, Route};
+use crate::config::{AuditUntracked, Mode, Route};
 use crate::confirm::Challenge;
-use crate::engine::{self, Decision, Facts, Verdict};
+use crate::engine::{self, Decision, Facts, TokenAction, Verdict};
 use crate::fingerprint::{BodyDigester, Fingerprint, NaturalKey};
 use crate::host::{Action, LogLevel, StreamHost};
 use crate::ledger::Ledger;
@@ -313,6 +313,7 @@ impl Stream {
             confirmation: pending.confirmation.as_deref(),
             credential_holder: pending.holder.as_deref(),
             credential_shared_with: pending.shared_with.as_deref(),
+            client_attempt: pending.client_attempt,
         };
         let mut challenge = fresh_challenge(host, &fingerprint);
         let decided = if pending.ledger_full {
@@ -384,8 +385,18 @@ impl Stream {
         if facts.credential_shared_with.is_some() {
             host.count(Counter::Event(Event::CredentialShared));
         }
-        host.log(LogLevel::Info, &audit::decision_line(route, facts, d));
-        host.set_property(DECISION_PROPERTY, d.verdict.name().as_bytes());
+        // On an untracked route a plain allow is counted and nothing more (`audit.untracked`):
+        // a line only when something happened there.
+        let quiet = plugin.config.audit_untracked == AuditUntracked::Events
+            && !route.needs_ledger()
+            && d.verdict == Verdict::Allow
+            && d.token_action == TokenAction::None
+            && !d.would_block
+            && facts.client_attempt.is_none_or(|n| n <= 1);
+        if !quiet {
+            host.log(LogLevel::Info, &audit::decision_line(route, facts, d));
+            host.set_property(DECISION_PROPERTY, d.verdict.name().as_bytes());
+        }
         if let Some(reply) = d.reply(&plugin.config, route, facts) {
             if d.verdict == Verdict::StaleToken {
                 host.count(Counter::Event(Event::TokenRejected));

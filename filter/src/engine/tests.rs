@@ -85,6 +85,7 @@ impl Req {
             confirmation: self.confirmation.as_deref().map(str::as_bytes),
             credential_holder: None,
             credential_shared_with: None,
+            client_attempt: None,
         }
     }
 }

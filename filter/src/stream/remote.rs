@@ -72,6 +72,7 @@ impl Asking {
             confirmation: self.pending.confirmation.as_deref(),
             credential_holder: self.pending.holder.as_deref(),
             credential_shared_with: self.pending.shared_with.as_deref(),
+            client_attempt: self.pending.client_attempt,
         }
     }
 }

@@ -113,6 +113,8 @@ pub(super) struct Pending {
     pub(super) holder: Option<String>,
     /// Another workload identity presented the same credential first, within the window.
     pub(super) shared_with: Option<String>,
+    /// `x-envoy-attempt-count`, when the request carries it.
+    pub(super) client_attempt: Option<u32>,
 }
 
 /// A token age check waiting for the cluster ledger's record of the credential.
@@ -159,6 +161,7 @@ impl Pending {
             confirmation: None,
             credential_holder: None,
             credential_shared_with: None,
+            client_attempt: self.client_attempt,
         }
     }
 
@@ -290,6 +293,9 @@ impl Pending {
             ledger_full: false,
             holder,
             shared_with: None,
+            client_attempt: headers
+                .text("x-envoy-attempt-count")
+                .and_then(|v| v.trim().parse().ok()),
         }
     }
 

@@ -447,6 +447,43 @@ fn guarded_request_with_a_body_is_held_at_headers_and_decided_at_end_of_body() {
 }
 
 #[test]
+fn untracked_routes_write_a_line_only_when_something_happened() {
+    let send_profile = |plugin: &Plugin<SlotLedger<MemoryStore>>, headers: &[(&str, &str)]| {
+        let host = FakeHost::request("profile", "GET", "/profile", headers);
+        send(plugin, &host, 1);
+        host
+    };
+    let plugin = plugin();
+    // A plain allow: quiet.
+    assert_eq!(send_profile(&plugin, &[]).audit().len(), 0);
+    // A retry by the caller's sidecar: a line, correlated by request id.
+    let host = send_profile(
+        &plugin,
+        &[("x-envoy-attempt-count", "2"), ("x-request-id", "r-2")],
+    );
+    let lines = host.audit();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["upstream_attempt"], 2);
+    assert_eq!(lines[0]["request_id"], "r-2");
+    assert_eq!(
+        send_profile(&plugin, &[("x-envoy-attempt-count", "1")])
+            .audit()
+            .len(),
+        0
+    );
+    // A stale token stripped: a line.
+    let expired = crate::jwt::unsigned(&json!({"sub": "a", "exp": NOW - 3600}));
+    let auth = format!("Bearer {expired}");
+    let host = send_profile(&plugin, &[("authorization", auth.as_str())]);
+    assert_eq!(host.audit()[0]["token_action"], "strip");
+    // audit.untracked "all": every request.
+    let all = plugin_with(json!({"audit": {"untracked": "all"}}));
+    let host = send_profile(&all, &[]);
+    assert_eq!(host.decisions(), ["allow"]);
+    assert_eq!(host.audit()[0]["upstream_attempt"], Value::Null);
+}
+
+#[test]
 fn read_only_and_untracked_routes_do_not_pause() {
     let plugin = plugin();
     let host = FakeHost::request("profile", "POST", "/profile/search", &[]).with_body("q=x");
@@ -456,7 +493,13 @@ fn read_only_and_untracked_routes_do_not_pause() {
         Action::Continue,
         "a read_only route is decided at headers, its body never held"
     );
-    assert_eq!(host.decisions(), ["allow"]);
+    // Quiet (audit.untracked "events"): counted, no audit line, no filter state.
+    assert_eq!(host.decisions(), Vec::<String>::new());
+    assert_eq!(host.counted(), [Counter::Decision(Verdict::Allow)]);
+    assert!(!host
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::SetProperty(..))));
     assert!(!host
         .calls()
         .iter()
