@@ -227,8 +227,26 @@ pub fn fail_open(dep: &Deployment) -> Vec<Finding> {
                         s.field("fail_open"),
                         "fail_open: true lets every request pass unguarded when the filter fails \
                          (VM crash, module not loaded, invalid plugin configuration): the \
-                         boundary opens exactly when it is broken; set fail_open: false (Envoy \
-                         then answers 503)"
+                         boundary opens exactly when it is broken; remove it and set \
+                         failure_policy: FAIL_RELOAD (Envoy answers 503 and restarts the VM), or \
+                         at least set fail_open: false (503 until Envoy restarts)"
+                            .to_string(),
+                    ));
+                }
+                if !open
+                    && s.fail_open != Some(true)
+                    && s.failure_policy.as_deref() != Some("FAIL_RELOAD")
+                {
+                    out.push(finding(
+                        dep,
+                        Severity::Warning,
+                        cfg.file,
+                        s.field("failure_policy"),
+                        "without failure_policy: FAIL_RELOAD a VM that traps answers 503 to every \
+                         request on its worker until Envoy restarts (FAIL_CLOSED, the default, \
+                         and fail_open: false do that); FAIL_RELOAD fails closed as well and \
+                         restarts the VM after its backoff, the ledger intact (README, \"When \
+                         the filter fails\"; measured by envoy/tests/vm_failure.rs)"
                             .to_string(),
                     ));
                 }
@@ -971,6 +989,12 @@ mod tests {
         {"name":"reads","match":{"route_name":"reads"},"class":"read_only","owner":"o","escalation":"e"}]}"#;
 
     fn bootstrap(filter_extra: &str, routes: &str, vh_extra: &str) -> String {
+        // The bundled choice unless the test sets its own.
+        let policy = if filter_extra.contains("failure_policy") {
+            ""
+        } else {
+            "                failure_policy: FAIL_RELOAD\n"
+        };
         let config = PLUGIN.replace('\n', " ");
         format!(
             r#"static_resources:
@@ -994,7 +1018,7 @@ mod tests {
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
               config:
-{filter_extra}
+{policy}{filter_extra}
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: '{config}'
@@ -1294,6 +1318,28 @@ spec:
         assert_eq!(d.routes[0].names, vec!["token.post".to_string()]);
         let f = lint(&d);
         assert!(f[0].message.starts_with("\"token\" names no route: no VirtualService http route given is named so (the names there: token.post, reads, grants, rest)"), "{f:#?}");
+    }
+
+    #[test]
+    fn a_filter_that_does_not_reload_its_vm_is_warned_about() {
+        for extra in [
+            "                failure_policy: FAIL_CLOSED",
+            "                failure_policy: FAIL_UNSPECIFIED",
+        ] {
+            let f = fail_open(&deployment(&[(
+                "e.yaml",
+                &bootstrap(extra, GOOD_ROUTES, ""),
+            )]));
+            assert_eq!(f.len(), 1, "{extra}: {f:?}");
+            assert_eq!(f[0].severity, Severity::Warning);
+            assert!(f[0].path.ends_with(".failure_policy"), "{}", f[0].path);
+            assert!(f[0].message.contains("FAIL_RELOAD"), "{}", f[0].message);
+        }
+        assert_eq!(
+            fail_open(&deployment(&[("e.yaml", &bootstrap("", GOOD_ROUTES, ""))])),
+            Vec::<Finding>::new(),
+            "FAIL_RELOAD: nothing to say"
+        );
     }
 
     #[test]
