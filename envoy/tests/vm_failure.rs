@@ -55,7 +55,7 @@ fn start(name: &str, policy: Option<&str>) -> Result<Gateway> {
     Ok(Gateway { envoy, backend })
 }
 
-/// What the replay of a token call gets, every 250 ms for 2.5 s after a request trapped the
+/// What the replay of a token call gets, every 250 ms for 4 s after a request trapped the
 /// (only) VM, and how often the backend executed the call.
 fn after_a_trap(policy: Option<&str>) -> (Vec<u16>, usize) {
     let gw = start("vm-failure", policy).unwrap_or_else(|e| panic!("{e}"));
@@ -65,7 +65,7 @@ fn after_a_trap(policy: Option<&str>) -> (Vec<u16>, usize) {
     let resp = gw.send(&trap).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(resp.status, 503, "{policy:?}: the trapping request");
     let mut statuses = Vec::new();
-    for i in 0..10 {
+    for i in 0..16 {
         let replay = req.again(&format!("after{i}"));
         statuses.push(gw.send(&replay).map(|r| r.status).unwrap_or(0));
         std::thread::sleep(Duration::from_millis(250));
