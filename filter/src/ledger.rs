@@ -176,12 +176,8 @@ impl Entry {
         if len == 0 || len > HOLDER_BYTES {
             return None;
         }
-        let mut bytes = Vec::with_capacity(HOLDER_BYTES);
-        bytes.extend_from_slice(&self.body_digest);
-        bytes.extend_from_slice(&self.challenge.unwrap_or_default());
-        bytes.extend_from_slice(&self.consumed.unwrap_or_default());
-        bytes.truncate(len);
-        let mut text = String::from_utf8(bytes).ok()?;
+        let packed = self.packed_holder();
+        let mut text = String::from_utf8(packed.get(..len)?.to_vec()).ok()?;
         if self.status & 0x80 != 0 {
             text.push('…');
         }
@@ -191,28 +187,30 @@ impl Entry {
     /// Does the recorded holder stand for `identity` (compared as recorded: cut to
     /// [`HOLDER_BYTES`])?
     pub fn holder_is(&self, identity: &str) -> bool {
-        let mut probe = self.clone();
-        probe.set_holder(identity);
-        probe.holder() == self.holder()
+        let (packed, status) = pack_holder(identity);
+        let len = usize::from(status & 0x7f);
+        status == self.status && packed.get(..len) == self.packed_holder().get(..len)
     }
 
     /// Records `identity` as the credential's first holder in a credential record (whose
     /// digest and challenge fields are otherwise unused): its first [`HOLDER_BYTES`] bytes
     /// (cut at a character boundary), marked when cut.
     pub fn set_holder(&mut self, identity: &str) {
-        let mut end = identity.len().min(HOLDER_BYTES);
-        while !identity.is_char_boundary(end) {
-            end -= 1;
-        }
-        let mut packed = [0u8; HOLDER_BYTES];
-        for (slot, b) in packed.iter_mut().zip(identity.as_bytes().iter().take(end)) {
-            *slot = *b;
-        }
+        let (packed, status) = pack_holder(identity);
         let [digest, challenge, consumed] = [&packed[..32], &packed[32..48], &packed[48..]];
         self.body_digest.copy_from_slice(digest);
         self.challenge = challenge.try_into().ok();
         self.consumed = consumed.try_into().ok();
-        self.status = end as u16 | if end < identity.len() { 0x80 } else { 0 };
+        self.status = status;
+    }
+
+    /// The bytes a credential record keeps its holder in (see [`Entry::set_holder`]).
+    fn packed_holder(&self) -> [u8; HOLDER_BYTES] {
+        let mut packed = [0u8; HOLDER_BYTES];
+        packed[..32].copy_from_slice(&self.body_digest);
+        packed[32..48].copy_from_slice(&self.challenge.unwrap_or_default());
+        packed[48..].copy_from_slice(&self.consumed.unwrap_or_default());
+        packed
     }
 
     /// The entry's bytes as one record (the cluster ledger's value; a shared-data set holds
@@ -272,6 +270,23 @@ impl Entry {
             sensitive: flags & 4 != 0,
         })
     }
+}
+
+/// `identity` as a credential record keeps it: its first [`HOLDER_BYTES`] bytes, cut at a
+/// character boundary, and the status that says how many (bit 7: it was cut).
+fn pack_holder(identity: &str) -> ([u8; HOLDER_BYTES], u16) {
+    let mut end = identity.len().min(HOLDER_BYTES);
+    while !identity.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut packed = [0u8; HOLDER_BYTES];
+    for (slot, b) in packed.iter_mut().zip(identity.as_bytes().iter().take(end)) {
+        *slot = *b;
+    }
+    (
+        packed,
+        end as u16 | if end < identity.len() { 0x80 } else { 0 },
+    )
 }
 
 struct Reader<'a>(&'a [u8]);
