@@ -113,6 +113,15 @@ pub fn wasm_plugin_config(bootstrap: &Value) -> Result<&Value> {
     )
 }
 
+/// [`wasm_plugin_config`], to change (a test's failure policy, say).
+pub fn wasm_plugin_config_mut(bootstrap: &mut Value) -> Result<&mut Value> {
+    let i = wasm_filter_index(bootstrap)?;
+    at_mut(
+        bootstrap,
+        &format!("{HCM}/http_filters/{i}/typed_config/config"),
+    )
+}
+
 /// The plugin configuration text (`configuration.value`) of the wasm filter.
 pub fn plugin_config_text(bootstrap: &Value) -> Result<String> {
     wasm_plugin_config(bootstrap)?["configuration"]["value"]

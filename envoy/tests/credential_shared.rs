@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use common::*;
-use retry_guard_e2e::backend::{Backend, CASE_HEADER};
+use retry_guard_e2e::backend::Backend;
 use retry_guard_e2e::client::Response;
 use retry_guard_e2e::envoy::Envoy;
 use retry_guard_e2e::etcd::Certs;
@@ -155,13 +155,7 @@ fn start() -> Result<Mesh> {
 
 /// Sends `req` as the workload listening at `via`.
 fn send_as(via: SocketAddr, req: &Req) -> Response {
-    let mut headers: Vec<(&str, &str)> = vec![
-        (CASE_HEADER, req.case.as_str()),
-        ("x-request-id", req.request_id.as_str()),
-    ];
-    for (k, v) in &req.headers {
-        headers.push((k.as_str(), v.as_str()));
-    }
+    let headers = headers_of(req);
     retry_guard_e2e::client::send(via, &req.method, &req.path, &headers, req.body.as_bytes())
         .unwrap_or_else(|e| panic!("{}: {e}", req.request_id))
 }

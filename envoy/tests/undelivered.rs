@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use retry_guard::policy::flags::DOWNSTREAM_CONNECTION_TERMINATION;
-use retry_guard_e2e::backend::{Reply, CASE_HEADER};
+use retry_guard_e2e::backend::Reply;
 use retry_guard_e2e::client::request_head;
 use serde_json::Value;
 
@@ -19,14 +19,7 @@ const CONFIRMATION_REQUIRED: &str = "urn:retry-guard:problem:confirmation-requir
 
 /// Sends `req` on a raw connection and returns it, without reading the answer.
 fn open(gw: &Gateway, req: &Req) -> TcpStream {
-    let mut headers: Vec<(&str, &str)> = vec![
-        (CASE_HEADER, req.case.as_str()),
-        ("x-request-id", req.request_id.as_str()),
-    ];
-    for (k, v) in &req.headers {
-        headers.push((k.as_str(), v.as_str()));
-    }
-    let head = request_head(&req.method, &req.path, &headers, req.body.len());
+    let head = request_head(&req.method, &req.path, &headers_of(req), req.body.len());
     let mut conn = TcpStream::connect(gw.envoy.listener_addr()).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
     conn.write_all(head.as_bytes()).expect("write head");

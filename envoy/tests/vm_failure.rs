@@ -11,16 +11,14 @@ use std::time::Duration;
 use common::*;
 use retry_guard_e2e::backend::Backend;
 use retry_guard_e2e::envoy::Envoy;
-use retry_guard_e2e::gateway::{envoy_yaml, TestGateway};
+use retry_guard_e2e::gateway::{envoy_yaml, wasm_plugin_config_mut, TestGateway};
 use retry_guard_e2e::Result;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The trapping module (never the release one).
 fn trap_module() -> PathBuf {
     retry_guard::paths::repo_root().join("target/trap/wasm32-wasip1/release/retry_guard.wasm")
 }
-
-const HCM: &str = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config";
 
 /// The bundled gateway on the trapping module, its wasm filter's failure handling replaced
 /// by `policy`: a `failure_policy` value, or `fail_open` for the older `fail_open: false`
@@ -28,15 +26,7 @@ const HCM: &str = "/static_resources/listeners/0/filter_chains/0/filters/0/typed
 fn start(name: &str, policy: Option<&str>) -> Result<Gateway> {
     let backend = Backend::start()?;
     let mut b = TestGateway::new().build(&envoy_yaml()?, backend.addr())?;
-    let filters = b
-        .pointer_mut(&format!("{HCM}/http_filters"))
-        .and_then(Value::as_array_mut)
-        .ok_or_else(|| retry_guard_e2e::Error::new("no http_filters"))?;
-    let wasm = filters
-        .iter_mut()
-        .find(|f| f["name"].as_str().is_some_and(|n| n.contains("wasm")))
-        .ok_or_else(|| retry_guard_e2e::Error::new("no wasm filter"))?;
-    let config = &mut wasm["typed_config"]["config"];
+    let config = wasm_plugin_config_mut(&mut b)?;
     if let Some(p) = policy {
         if let Some(c) = config.as_object_mut() {
             c.remove("fail_open");

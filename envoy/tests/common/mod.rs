@@ -388,6 +388,17 @@ pub fn h<T>(r: Result<T>) -> std::result::Result<T, String> {
 /// Sends `req` to `envoy` (its case header and `x-request-id` set from `req`): for tests that
 /// run several Envoys (replicas) in front of one backend.
 pub fn send_to(envoy: &Envoy, req: &Req) -> Result<Response> {
+    envoy.send(
+        &req.method,
+        &req.path,
+        &headers_of(req),
+        req.body.as_bytes(),
+    )
+}
+
+/// The headers `req` is sent with: its case and request id, the upstream directive if any,
+/// then its own.
+pub fn headers_of(req: &Req) -> Vec<(&str, &str)> {
     let mut headers: Vec<(&str, &str)> = vec![
         (CASE_HEADER, req.case.as_str()),
         ("x-request-id", req.request_id.as_str()),
@@ -398,7 +409,7 @@ pub fn send_to(envoy: &Envoy, req: &Req) -> Result<Response> {
     for (k, v) in &req.headers {
         headers.push((k.as_str(), v.as_str()));
     }
-    envoy.send(&req.method, &req.path, &headers, req.body.as_bytes())
+    headers
 }
 
 /// Waits (bounded, 5 s) until `pred` holds for an audit record of `request_id` in `envoy`'s
