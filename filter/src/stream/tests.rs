@@ -324,7 +324,11 @@ fn config(top_extra: Value) -> Config {
 }
 
 fn plugin_with(top_extra: Value) -> Plugin<SlotLedger<MemoryStore>> {
-    let config = config(top_extra);
+    plugin_of(config(top_extra))
+}
+
+/// A plugin of `config` over in-memory tables.
+fn plugin_of(config: Config) -> Plugin<SlotLedger<MemoryStore>> {
     let table = |t| {
         let l = SlotLedger::new(
             MemoryStore::default(),
@@ -724,18 +728,7 @@ fn a_credential_presented_by_a_second_workload_is_counted_audited_or_denied() {
         } else {
             crate::config::SharedCredential::Record
         };
-        let table = |t| {
-            let l = SlotLedger::new(
-                MemoryStore::default(),
-                t,
-                cfg.max_entries,
-                cfg.window_seconds,
-                IndexKey::new([7; 16]),
-            );
-            l.ensure_slots().unwrap();
-            l
-        };
-        let plugin = Plugin::new(cfg.clone(), table(Table::Attempts), table(Table::Tokens));
+        let plugin = plugin_of(cfg);
         // Workload a presents the credential: nothing to say.
         let a = workload_call("a", "opaque-shared", "n=1");
         send(&plugin, &a, 1);
