@@ -21,9 +21,12 @@
 //! - **JSON** ([`canonical_json`], `application/json` and `+json` media types): RFC 8785 (JCS):
 //!   no insignificant whitespace, object members sorted by their names' UTF-16 code units,
 //!   strings with the minimal escapes, numbers as ECMAScript writes the IEEE-754 double.
-//!   Invalid JSON (or nesting deeper than serde_json's 128 levels) is `None`. Of duplicate
-//!   member names the last counts (RFC 8785 forbids them; most parsers keep the last).
+//!   Invalid JSON (or more than [`MAX_JSON_DEPTH`] + 1 nested lists and objects) is `None`.
+//!   Of duplicate member names the last counts (RFC 8785 forbids them; most parsers keep the
+//!   last). The text is read by the filter's one JSON reader ([`crate::json::value`], keeping
+//!   numbers exact) and written out.
 
+use crate::json::{Number, Value};
 use std::borrow::Cow;
 
 /// The canonical form of a request's `:path`.
@@ -327,7 +330,7 @@ pub(crate) fn sorted_indices(n: usize, less: &dyn Fn(usize, usize) -> bool) -> V
 }
 
 /// How deep JSON may nest before [`canonical_json`] gives up (the body is then digested as
-/// sent).
+/// sent): at most this many lists and objects inside the outermost one.
 pub const MAX_JSON_DEPTH: usize = 64;
 
 /// The RFC 8785 canonical form of a JSON text; `None` when it is not JSON (RFC 8259, UTF-8),
@@ -341,275 +344,122 @@ pub const MAX_JSON_DEPTH: usize = 64;
 /// RFC 8785 would round it to a double (`333333333.33333329`, not `333333333.3333333`): two
 /// spellings of one decimal value still agree, and integers beyond 2^53 stay apart.
 pub fn canonical_json(text: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(text).ok()?;
-    let mut p = JsonParser {
-        s: text.as_bytes(),
-        at: 0,
-    };
+    let value = crate::json::value::parse_exact(text, MAX_JSON_DEPTH + 1)?;
     let mut out = String::with_capacity(text.len());
-    p.value(0, &mut out)?;
-    p.ws();
-    (p.at == p.s.len()).then_some(out)
+    write_canonical(&value, &mut out)?;
+    Some(out)
 }
 
-struct JsonParser<'a> {
-    s: &'a [u8],
-    at: usize,
+/// Writes a tree read by [`parse_exact`](crate::json::value::parse_exact) in RFC 8785's form:
+/// object members sorted by their names' UTF-16 code units (the tree's names are unique: of
+/// equal names the last was kept), strings with the minimal escapes, numbers as their exact
+/// text. `None` for a number that is not exact text (not such a tree).
+fn write_canonical(v: &Value, out: &mut String) -> Option<()> {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(Number::Exact(text)) => out.push_str(text),
+        Value::Number(_) => return None,
+        Value::String(s) => crate::json::quote_canonical(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out)?;
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let members: Vec<&(String, Value)> = map.iter().collect();
+            let name = |i: usize| members.get(i).map_or("", |m| m.0.as_str());
+            out.push('{');
+            let order = sorted_indices(members.len(), &|a, b| utf16_less(name(a), name(b)));
+            for (n, i) in order.into_iter().enumerate() {
+                let (k, v) = members.get(i)?;
+                if n > 0 {
+                    out.push(',');
+                }
+                crate::json::quote_canonical(out, k);
+                out.push(':');
+                write_canonical(v, out)?;
+            }
+            out.push('}');
+        }
+    }
+    Some(())
 }
 
-impl<'a> JsonParser<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.at).copied()
-    }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.at += 1;
+/// The JSON number in `s` at `*at`, rewritten from its exact decimal value (see
+/// [`canonical_json`]); `*at` moves past it. `None` when no number starts there, or its
+/// exponent is beyond ±100000.
+pub(crate) fn read_decimal(s: &[u8], at: &mut usize) -> Option<String> {
+    let digits_at = |at: &mut usize| -> &[u8] {
+        let start = *at;
+        while s.get(*at).is_some_and(u8::is_ascii_digit) {
+            *at += 1;
         }
+        s.get(start..*at).unwrap_or(&[])
+    };
+    let eat = |at: &mut usize, b: u8| -> bool {
+        let hit = s.get(*at) == Some(&b);
+        if hit {
+            *at += 1;
+        }
+        hit
+    };
+    let negative = eat(at, b'-');
+    let int = digits_at(at);
+    if int.is_empty() || (int.len() > 1 && int.first() == Some(&b'0')) {
+        return None;
     }
-
-    fn eat(&mut self, b: u8) -> Option<()> {
-        (self.peek()? == b).then(|| self.at += 1)
-    }
-
-    fn literal(&mut self, word: &'static str, out: &mut String) -> Option<()> {
-        let end = self.at.checked_add(word.len())?;
-        (self.s.get(self.at..end)? == word.as_bytes()).then(|| {
-            self.at = end;
-            out.push_str(word);
-        })
-    }
-
-    /// Writes the canonical text of the value here to `out`. Array items go straight to
-    /// `out`; an object's member values are written apart first, to be sorted by name.
-    fn value(&mut self, depth: usize, out: &mut String) -> Option<()> {
-        if depth > MAX_JSON_DEPTH {
+    let frac = if eat(at, b'.') {
+        let f = digits_at(at);
+        if f.is_empty() {
             return None;
         }
-        self.ws();
-        match self.peek()? {
-            b'{' => {
-                self.at += 1;
-                let mut members: Vec<(String, String)> = Vec::new();
-                self.ws();
-                if self.eat(b'}').is_none() {
-                    loop {
-                        self.ws();
-                        let name = self.string()?;
-                        self.ws();
-                        self.eat(b':')?;
-                        let mut value = String::new();
-                        self.value(depth + 1, &mut value)?;
-                        members.push((name, value));
-                        self.ws();
-                        match self.peek()? {
-                            b',' => self.at += 1,
-                            b'}' => {
-                                self.at += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-                // RFC 8785 §3.2.3: by the names' UTF-16 code units; of equal names the last
-                // counts (the sort is stable: the last of a run is the one sent last).
-                let name = |i: usize| members.get(i).map_or("", |m| m.0.as_str());
-                let order = sorted_indices(members.len(), &|a, b| utf16_less(name(a), name(b)));
-                out.push('{');
-                let mut first = true;
-                let mut iter = order.iter().peekable();
-                while let Some(&i) = iter.next() {
-                    if iter.peek().is_some_and(|&&j| name(j) == name(i)) {
-                        continue;
-                    }
-                    let Some((n, v)) = members.get(i) else {
-                        continue;
-                    };
-                    if !first {
-                        out.push(',');
-                    }
-                    first = false;
-                    crate::json::quote_canonical(out, n);
-                    out.push(':');
-                    out.push_str(v);
-                }
-                out.push('}');
-            }
-            b'[' => {
-                self.at += 1;
-                out.push('[');
-                self.ws();
-                if self.eat(b']').is_none() {
-                    loop {
-                        self.value(depth + 1, out)?;
-                        self.ws();
-                        match self.peek()? {
-                            b',' => {
-                                self.at += 1;
-                                out.push(',');
-                            }
-                            b']' => {
-                                self.at += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-                out.push(']');
-            }
-            b'"' => crate::json::quote_canonical(out, &self.string()?),
-            b't' => self.literal("true", out)?,
-            b'f' => self.literal("false", out)?,
-            b'n' => self.literal("null", out)?,
-            _ => self.number(out)?,
+        f
+    } else {
+        &[]
+    };
+    let mut exponent: i64 = 0;
+    if eat(at, b'e') || eat(at, b'E') {
+        let minus = eat(at, b'-');
+        if !minus {
+            eat(at, b'+');
         }
-        Some(())
-    }
-
-    fn hex4(&mut self) -> Option<u16> {
-        let end = self.at.checked_add(4)?;
-        let digits = self.s.get(self.at..end)?;
-        self.at = end;
-        digits
-            .iter()
-            .try_fold(0u16, |acc, &d| Some(acc << 4 | u16::from(hex_value(d)?)))
-    }
-
-    /// A string (at its opening quote), decoded.
-    fn string(&mut self) -> Option<String> {
-        self.eat(b'"')?;
-        let mut out = String::new();
-        loop {
-            // Copy the run up to the next quote, escape or control character whole.
-            let run = self
-                .s
-                .get(self.at..)?
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-            let end = self.at + run;
-            // The input is UTF-8 and the run ends at an ASCII byte: a char boundary.
-            out.push_str(std::str::from_utf8(self.s.get(self.at..end)?).ok()?);
-            self.at = end;
-            match self.peek()? {
-                b'"' => {
-                    self.at += 1;
-                    return Some(out);
-                }
-                b'\\' => {
-                    self.at += 1;
-                    let e = self.peek()?;
-                    self.at += 1;
-                    let c = match e {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let hi = self.hex4()?;
-                            let code = if (0xd800..0xdc00).contains(&hi) {
-                                // A high surrogate must be followed by an escaped low one.
-                                self.eat(b'\\')?;
-                                self.eat(b'u')?;
-                                let lo = self.hex4()?;
-                                if !(0xdc00..0xe000).contains(&lo) {
-                                    return None;
-                                }
-                                0x10000
-                                    + ((u32::from(hi) - 0xd800) << 10)
-                                    + (u32::from(lo) - 0xdc00)
-                            } else {
-                                u32::from(hi)
-                            };
-                            // A lone low surrogate is no character: not I-JSON.
-                            char::from_u32(code)?
-                        }
-                        _ => return None,
-                    };
-                    out.push(c);
-                }
-                // A raw control character.
-                _ => return None,
-            }
-        }
-    }
-
-    /// A number, rewritten from its exact decimal value (see [`canonical_json`]).
-    /// The run of digits here (maybe none).
-    fn digits(&mut self) -> &'a [u8] {
-        let start = self.at;
-        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-            self.at += 1;
-        }
-        self.s.get(start..self.at).unwrap_or(&[])
-    }
-
-    /// A number, rewritten from its exact decimal value (see [`canonical_json`]).
-    fn number(&mut self, out: &mut String) -> Option<()> {
-        let negative = self.eat(b'-').is_some();
-        let int = self.digits();
-        if int.is_empty() || (int.len() > 1 && int.first() == Some(&b'0')) {
+        let e = digits_at(at);
+        if e.is_empty() {
             return None;
         }
-        let frac = if self.eat(b'.').is_some() {
-            let f = self.digits();
-            if f.is_empty() {
+        for &d in e {
+            exponent = exponent * 10 + i64::from(d - b'0');
+            if exponent > 100_000 {
                 return None;
             }
-            f
-        } else {
-            &[]
-        };
-        let mut exponent: i64 = 0;
-        if matches!(self.peek(), Some(b'e' | b'E')) {
-            self.at += 1;
-            let minus = match self.peek() {
-                Some(b'-') => {
-                    self.at += 1;
-                    true
-                }
-                Some(b'+') => {
-                    self.at += 1;
-                    false
-                }
-                _ => false,
-            };
-            let e = self.digits();
-            if e.is_empty() {
-                return None;
-            }
-            for &d in e {
-                exponent = exponent * 10 + i64::from(d - b'0');
-                if exponent > 100_000 {
-                    return None;
-                }
-            }
-            if minus {
-                exponent = -exponent;
-            }
         }
-        // All significant digits, and where the decimal point sits among them.
-        let leading = int.iter().chain(frac).take_while(|&&d| d == b'0').count();
-        let mut digits: Vec<u8> = int.iter().chain(frac).skip(leading).copied().collect();
-        let point = i64::try_from(int.len()).ok()? + exponent - i64::try_from(leading).ok()?;
-        while digits.last() == Some(&b'0') {
-            digits.pop();
+        if minus {
+            exponent = -exponent;
         }
-        if digits.is_empty() {
-            out.push('0');
-            return Some(());
-        }
-        if negative {
-            out.push('-');
-        }
-        push_es_layout(out, &digits, point);
-        Some(())
     }
+    let mut out = String::new();
+    // All significant digits, and where the decimal point sits among them.
+    let leading = int.iter().chain(frac).take_while(|&&d| d == b'0').count();
+    let mut digits: Vec<u8> = int.iter().chain(frac).skip(leading).copied().collect();
+    let point = i64::try_from(int.len()).ok()? + exponent - i64::try_from(leading).ok()?;
+    while digits.last() == Some(&b'0') {
+        digits.pop();
+    }
+    if digits.is_empty() {
+        out.push('0');
+        return Some(out);
+    }
+    if negative {
+        out.push('-');
+    }
+    push_es_layout(&mut out, &digits, point);
+    Some(out)
 }
 
 /// Lays out significant ASCII `digits` (no leading or trailing zeros) with the decimal point

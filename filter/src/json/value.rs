@@ -30,8 +30,8 @@ pub enum Value {
     Object(Map),
 }
 
-/// A JSON number, as serde_json keeps it.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// A JSON number, as serde_json keeps it (or, read by [`parse_exact`], as its exact text).
+#[derive(Clone, Debug, PartialEq)]
 pub enum Number {
     /// A non-negative integer.
     PosInt(u64),
@@ -39,6 +39,9 @@ pub enum Number {
     NegInt(i64),
     /// Any other number.
     Float(f64),
+    /// The number's exact decimal value in RFC 8785's layout
+    /// ([`crate::canonical::read_decimal`]); only in a tree read by [`parse_exact`].
+    Exact(String),
 }
 
 impl Number {
@@ -55,16 +58,17 @@ impl Number {
         match *self {
             Number::PosInt(n) => i64::try_from(n).ok(),
             Number::NegInt(n) => Some(n),
-            Number::Float(_) => None,
+            Number::Float(_) | Number::Exact(_) => None,
         }
     }
 
-    /// The number as an `f64`.
+    /// The number as an `f64` (`None` for an [`Number::Exact`] text).
     pub fn as_f64(&self) -> Option<f64> {
         Some(match *self {
             Number::PosInt(n) => n as f64,
             Number::NegInt(n) => n as f64,
             Number::Float(f) => f,
+            Number::Exact(_) => return None,
         })
     }
 }
@@ -234,7 +238,30 @@ type Parsed<T> = Result<T, &'static str>;
 
 /// Reads `bytes` as one JSON value (whitespace around it allowed).
 pub fn parse(bytes: &[u8]) -> Result<Value, Error> {
-    let mut p = Parser { s: bytes, at: 0 };
+    read(Parser {
+        s: bytes,
+        at: 0,
+        max_depth: MAX_DEPTH,
+        exact: false,
+    })
+}
+
+/// Reads `bytes` as [`parse`] does, but keeps every number as its exact decimal value
+/// ([`Number::Exact`]: no rounding to a double, no range limit but an exponent within
+/// ±100000) and accepts at most `max_depth` nested lists and objects: the tree
+/// [`crate::canonical::canonical_json`] writes out.
+pub fn parse_exact(bytes: &[u8], max_depth: usize) -> Option<Value> {
+    read(Parser {
+        s: bytes,
+        at: 0,
+        max_depth,
+        exact: true,
+    })
+    .ok()
+}
+
+fn read(mut p: Parser<'_>) -> Result<Value, Error> {
+    let bytes = p.s;
     let result = p.value(0).and_then(|v| {
         p.ws();
         match p.peek() {
@@ -260,6 +287,10 @@ pub fn parse(bytes: &[u8]) -> Result<Value, Error> {
 struct Parser<'a> {
     s: &'a [u8],
     at: usize,
+    /// How many lists and objects may nest.
+    max_depth: usize,
+    /// Numbers as their exact text ([`parse_exact`]).
+    exact: bool,
 }
 
 impl Parser<'_> {
@@ -297,13 +328,18 @@ impl Parser<'_> {
             b't' => self.ident(b"rue", Value::Bool(true))?,
             b'f' => self.ident(b"alse", Value::Bool(false))?,
             b'"' => Value::String(self.string()?),
+            b'-' | b'0'..=b'9' if self.exact => {
+                self.at -= 1;
+                let text = crate::canonical::read_decimal(self.s, &mut self.at);
+                Value::Number(Number::Exact(text.ok_or(INVALID_NUMBER)?))
+            }
             b'-' => Value::Number(self.number(false)?),
             b'0'..=b'9' => {
                 self.at -= 1;
                 Value::Number(self.number(true)?)
             }
             b'[' | b'{' => {
-                if depth >= MAX_DEPTH {
+                if depth >= self.max_depth {
                     return Err("recursion limit exceeded");
                 }
                 if b == b'[' {
