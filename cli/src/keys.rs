@@ -91,6 +91,10 @@ pub fn approve(mut args: Vec<String>) -> Result<i32, String> {
             std::io::stdin()
                 .read_to_string(&mut text)
                 .map_err(|e| format!("cannot read the 428 on stdin: {e}"))?;
+            // What is being approved, for the approver's eyes (stderr: stdout is the token).
+            if let Some(summary) = summary_of(&text) {
+                eprintln!("{summary}");
+            }
             challenge_of(&text)?
         }
         _ => {
@@ -132,9 +136,61 @@ pub fn challenge_of(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// What a 428 asks the approver to confirm, in one line: route, class, owner, attempt, the
+/// earlier attempt's outcome and how long ago it was. `None` when `text` holds no problem
+/// document.
+pub fn summary_of(text: &str) -> Option<String> {
+    let doc: Value = serde_json::from_str(text.get(text.find('{')?..)?.trim()).ok()?;
+    let s = |k: &str| match &doc[k] {
+        Value::String(v) => v.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    };
+    let mut line = format!(
+        "approving route {} ({}, owner {}, escalation {}): attempt {} after {} (status {})",
+        s("route"),
+        s("class"),
+        s("owner"),
+        s("escalation"),
+        s("attempt"),
+        s("previous_outcome"),
+        s("previous_status"),
+    );
+    if let Some(ms) = doc["since_previous_ms"].as_u64() {
+        line.push_str(&format!("; the earlier call was {} ago", human_ms(ms)));
+    }
+    if let Some(end) = doc["window_ends"].as_str() {
+        line.push_str(&format!("; window ends {end}"));
+    }
+    Some(line)
+}
+
+/// A duration for people: `850 ms`, `3.2 s`, `4 min 10 s`, `2 h 5 min`.
+pub fn human_ms(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1_000..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..=3_599_999 => format!("{} min {} s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{} h {} min", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_says_how_long_ago_the_earlier_call_was() {
+        let body = r#"{"status":428,"route":"token","class":"token_issuing","owner":"team-iam","escalation":"pd:iam","attempt":2,"previous_outcome":"succeeded","previous_status":200,"since_previous_ms":3200,"window_ends":"2026-12-07T06:15:00Z"}"#;
+        assert_eq!(
+            summary_of(body).unwrap(),
+            "approving route token (token_issuing, owner team-iam, escalation pd:iam): attempt 2 after succeeded (status 200); the earlier call was 3.2 s ago; window ends 2026-12-07T06:15:00Z"
+        );
+        assert_eq!(human_ms(850), "850 ms");
+        assert_eq!(human_ms(250_000), "4 min 10 s");
+        assert_eq!(human_ms(7_500_000), "2 h 5 min");
+        assert_eq!(summary_of("no document"), None);
+    }
 
     #[test]
     fn challenge_from_body_or_curl_i_output() {

@@ -31,6 +31,17 @@ fn ledger_config(prefix: &str, timeout_ms: u64) -> Value {
     config
 }
 
+/// Gives every route of `config` the window `seconds` (the leases follow the longest window of
+/// any route).
+fn one_window(config: &mut Value, seconds: u64) {
+    config["window_seconds"] = json!(seconds);
+    for route in config["routes"].as_array_mut().into_iter().flatten() {
+        if let Some(r) = route.as_object_mut() {
+            r.remove("window_seconds");
+        }
+    }
+}
+
 /// One replica of the bundled gateway, its plugin on the cluster ledger, in front of `backend`.
 fn replica(name: &str, backend: &Backend, etcd: &Etcd, config: &Value) -> Result<Envoy> {
     replica_at(name, backend, &etcd.clients(), config)
@@ -230,7 +241,7 @@ fn an_entry_disappears_with_its_lease_after_the_window() -> Result<()> {
     let backend = Backend::start()?;
     let mut config = ledger_config("rg-expiry/", 1000);
     // A 10 s window: leases per 5 s bucket, so an entry lives 10 to 15 s after its attempt.
-    config["window_seconds"] = json!(10);
+    one_window(&mut config, 10);
     let a = replica("expiry-a", &backend, &etcd, &config)?;
     let req = TOKEN.request("expiry");
     assert_eq!(send(&a, &req)?.status, 200);
@@ -402,7 +413,7 @@ fn storage_after_many_unique_calls_and_after_the_window() -> Result<()> {
     let etcd = Etcd::start("storage", 1)?;
     let backend = Backend::start()?;
     let mut config = ledger_config("rg-storage/", 1000);
-    config["window_seconds"] = json!(120);
+    one_window(&mut config, 120);
     let a = replica("storage-a", &backend, &etcd, &config)?;
     let calls: usize = std::env::var("RG_STORAGE_CALLS")
         .ok()

@@ -30,7 +30,8 @@ const CLIENT_ID: &str = "ci-bot";
 const CONFIRMATION_HEADER: &str = "retry-guard-confirmation";
 const CHALLENGE_HEADER: &str = "retry-guard-challenge";
 const APPROVER: &str = "alice@example.com";
-const WINDOW_SECONDS: i64 = 900;
+/// The token route's window in testdata/configs/smoke.json (its `window_seconds`).
+const WINDOW_SECONDS: i64 = 300;
 
 /// Members every audit decision line carries (issue 2, "Audit and stats"), defined once in the core.
 const AUDIT_MEMBERS: &[&str] = retry_guard::audit::DECISION_MEMBERS;

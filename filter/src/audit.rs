@@ -29,6 +29,7 @@ pub const DECISION_MEMBERS: &[&str] = &[
     "attempt",
     "previous_outcome",
     "previous_status",
+    "since_previous_ms",
     "decision",
     "policy",
     "reason",
@@ -39,6 +40,7 @@ pub const DECISION_MEMBERS: &[&str] = &[
     "credential_holder",
     "credential_shared_with",
     "upstream_attempt",
+    "key_regenerated_ms",
     "mode",
     "would_block",
 ];
@@ -58,13 +60,14 @@ fn start(event: &str, now: u64, request_id: Option<&str>, route: &Route) -> Obj 
 /// The audit line of a decision: [`PREFIX`], then a JSON object of the
 /// [`DECISION_MEMBERS`].
 pub fn decision_line(route: &Route, facts: &Facts<'_>, d: &Decision) -> String {
-    let mut m = start("decision", facts.now, facts.request_id, route);
+    let mut m = start("decision", facts.now(), facts.request_id, route);
     m.str("principal", facts.principal)
         .opt_b64url("fingerprint", facts.fingerprint.as_ref().map(|f| &f.0[..]))
         .bool("key_present", facts.key.key().is_some())
         .num("attempt", u64::from(d.attempt))
         .opt_word("previous_outcome", d.previous.map(|(o, _)| o.name()))
         .opt_num("previous_status", d.previous.map(|(_, s)| u64::from(s)))
+        .opt_num("since_previous_ms", d.since_previous_ms)
         .word("decision", d.verdict.name())
         .opt_word("policy", d.policy.map(|p| p.name()))
         .str("reason", &d.reason)
@@ -80,6 +83,7 @@ pub fn decision_line(route: &Route, facts: &Facts<'_>, d: &Decision) -> String {
         )
         .opt_str("credential_shared_with", facts.credential_shared_with)
         .opt_num("upstream_attempt", facts.client_attempt.map(u64::from))
+        .opt_num("key_regenerated_ms", facts.key_regenerated_ms)
         .word("mode", d.mode.name())
         .bool("would_block", d.would_block);
     m.finish()

@@ -368,6 +368,9 @@ pub struct Route {
     pub on_ledger_unavailable: OnUnavailable,
     /// What a bearer credential presented by a second workload identity gets.
     pub shared_credential: SharedCredential,
+    /// How long this route's ledger entries live after their latest attempt (the route's
+    /// `window_seconds`, else the global one).
+    pub window_seconds: u64,
 }
 
 impl Route {
@@ -500,6 +503,7 @@ pub const SCHEMA: &[FieldDoc] = &[
     FieldDoc { path: "routes[].on", kind: "object outcome -> policy", doc: "overrides the class default for an outcome" },
     FieldDoc { path: "routes[].on_ledger_unavailable", kind: "\"fail_closed\" | \"fail_open\", default: ledger.on_unavailable, else by class", doc: "this route's fail policy when the ledger cannot answer in time" },
     FieldDoc { path: "routes[].shared_credential", kind: "\"record\" | \"deny\", default \"record\"", doc: "a bearer credential presented by a second mTLS workload identity within the window is counted and audited; deny also answers 403 credential-shared" },
+    FieldDoc { path: "routes[].window_seconds", kind: "integer 1..=2592000, default: the global window_seconds", doc: "how long this route's ledger entries live after their latest attempt: a repeat within it is a retry, after it a new call (see Rolling out)" },
     FieldDoc { path: "routes[].anonymous", kind: "\"allow\" | \"reject\", default \"allow\"", doc: "reject answers 401 when no principal source names the caller" },
     FieldDoc { path: "routes[].natural_key", kind: "object, optional", doc: "the route's own natural_key settings" },
     FieldDoc { path: "routes[].natural_key.query", kind: "\"ignore\" | \"sorted\", default: the global natural_key.query", doc: "what the natural key takes of the query string on this route" },
@@ -549,6 +553,7 @@ const ROUTE_FIELDS: &[&str] = &[
     "anonymous",
     "natural_key",
     "shared_credential",
+    "window_seconds",
 ];
 const MATCH_FIELDS: &[&str] = &[
     "route_name",
@@ -788,6 +793,15 @@ impl Config {
         Config::from_json(&value)
     }
 
+    /// The longest window of any route (or the global one): how long the cluster ledger's
+    /// leases keep an entry's key after its latest attempt.
+    pub fn longest_window_seconds(&self) -> u64 {
+        self.routes
+            .iter()
+            .map(|r| r.window_seconds)
+            .fold(self.window_seconds, u64::max)
+    }
+
     /// Validates a document built with `serde_json` (for tests and tools): its text, read as
     /// [`Config::parse`] reads it.
     #[cfg(not(target_arch = "wasm32"))]
@@ -864,6 +878,7 @@ impl Config {
         let routes = parse_routes(
             &top,
             mode,
+            window_seconds,
             ledger.on_unavailable,
             query,
             on_missing_verified_principal,
@@ -1092,6 +1107,7 @@ fn parse_natural_key(obj: &Obj<'_>, field: &str) -> Result<Option<QueryKey>, Con
 fn parse_routes(
     top: &Obj<'_>,
     global_mode: Mode,
+    global_window: u64,
     global_on_unavailable: Option<OnUnavailable>,
     global_query: QueryKey,
     on_missing_verified: OnMissingVerified,
@@ -1138,7 +1154,7 @@ fn parse_routes(
                 format!(
                     "unknown class {}; expected one of {}",
                     q(class_name),
-                    RouteClass::ALL.map(RouteClass::name).join(", ")
+                    RouteClass::names()
                 ),
             )
         })?;
@@ -1150,6 +1166,9 @@ fn parse_routes(
             .int("max_attempts", 1, 1_000_000)?
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
         let mode = r.mode("mode")?.unwrap_or(global_mode);
+        let window_seconds = r
+            .int("window_seconds", 1, MAX_WINDOW)?
+            .unwrap_or(global_window);
         let on_ledger_unavailable = on_unavailable(&r, "on_ledger_unavailable")?
             .or(global_on_unavailable)
             .unwrap_or_else(|| OnUnavailable::default_for(class));
@@ -1186,10 +1205,7 @@ fn parse_routes(
                     let o = Outcome::parse(outcome).ok_or_else(|| {
                         err(
                             &path,
-                            format!(
-                                "unknown outcome; expected one of {}",
-                                Outcome::ALL.map(Outcome::name).join(", ")
-                            ),
+                            format!("unknown outcome; expected one of {}", Outcome::names()),
                         )
                     })?;
                     let p = match policy {
@@ -1233,6 +1249,7 @@ fn parse_routes(
             policies,
             on_ledger_unavailable,
             shared_credential,
+            window_seconds,
         });
     }
     Ok(routes)

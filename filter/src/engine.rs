@@ -86,8 +86,8 @@ impl TokenAction {
 /// The facts of one request on a matched route.
 #[derive(Clone, Debug)]
 pub struct Facts<'a> {
-    /// Now, Unix seconds.
-    pub now: u64,
+    /// Now, Unix milliseconds (the ledger's clock; [`Facts::now`] for seconds).
+    pub now_ms: u64,
     /// `x-request-id`, if any.
     pub request_id: Option<&'a str>,
     /// The principal.
@@ -109,6 +109,17 @@ pub struct Facts<'a> {
     /// `x-envoy-attempt-count` as the request carries it (a mesh sidecar retrying on the
     /// caller's side sets it: more than 1 says the request is a retry).
     pub client_attempt: Option<u32>,
+    /// Milliseconds since an attempt with this request's natural key under another
+    /// idempotency key, within [`KEY_REGENERATION_SECONDS`] ([`note_keyed_attempt`]): the
+    /// client made a new key for what looks like a retry.
+    pub key_regenerated_ms: Option<u64>,
+}
+
+impl Facts<'_> {
+    /// Now, Unix seconds (token and confirmation times).
+    pub fn now(&self) -> u64 {
+        self.now_ms / 1000
+    }
 }
 
 /// A decision and everything needed to apply, answer and audit it.
@@ -138,6 +149,9 @@ pub struct Decision {
     pub token_action: TokenAction,
     /// Why the token is stale.
     pub token_reason: Option<StaleReason>,
+    /// Milliseconds since the latest earlier attempt of the same fingerprint, when the
+    /// ledger had a live entry: how far apart a retry and its original are.
+    pub since_previous_ms: Option<u64>,
     /// The approver of an accepted confirmation.
     pub approver: Option<String>,
     /// The challenge of a 428.
@@ -159,6 +173,7 @@ impl Decision {
             previous: None,
             first_seen: None,
             window_ends: None,
+            since_previous_ms: None,
             mode: route.mode,
             would_block: false,
             write: None,
@@ -224,6 +239,9 @@ impl Decision {
         if let Some((outcome, status)) = self.previous {
             m.word("previous_outcome", outcome.name())
                 .num("previous_status", u64::from(status));
+        }
+        if let Some(ms) = self.since_previous_ms {
+            m.num("since_previous_ms", ms);
         }
         if let Some(reason) = self.token_reason {
             m.word("token_reason", reason.name());
@@ -407,7 +425,7 @@ fn fail_policy(route: &Route, facts: &Facts<'_>, reason: &str) -> Decision {
         OnUnavailable::FailOpen => Verdict::Allow,
     };
     let mut d = Decision::new(verdict, route, reason);
-    d.first_seen = Some(facts.now);
+    d.first_seen = Some(facts.now());
     if route.mode == Mode::Shadow && verdict.blocks() {
         d.verdict = Verdict::Allow;
         d.would_block = true;
@@ -496,7 +514,7 @@ pub fn decide(
             d.challenge = None;
             d.write = facts
                 .fingerprint
-                .map(|fp| attempt_entry(fp, entry, facts, None));
+                .map(|fp| attempt_entry(fp, route, entry, facts, None));
         }
         d.token_action = match d.token_action {
             TokenAction::Strip => TokenAction::WouldStrip,
@@ -524,12 +542,14 @@ fn decide_enforced(
     let mut d = Decision::new(Verdict::Allow, route, "first_attempt");
     d.attempt = entry.map_or(1, |e| e.attempts.saturating_add(1));
     d.previous = entry.map(|e| (e.outcome, e.status));
-    d.first_seen = Some(entry.map_or(facts.now, |e| e.first_seen));
+    d.first_seen = Some(entry.map_or(facts.now_ms, |e| e.first_seen_ms) / 1000);
     d.window_ends = Some(
         entry
-            .map_or(facts.now, |e| e.last_attempt)
-            .saturating_add(config.window_seconds),
+            .map_or(facts.now_ms, |e| e.last_attempt_ms)
+            .saturating_add(route.window_seconds.saturating_mul(1000))
+            / 1000,
     );
+    d.since_previous_ms = entry.map(|e| facts.now_ms.saturating_sub(e.last_attempt_ms));
     d.token_reason = facts.stale;
 
     if facts.credential_shared_with.is_some() && route.shared_credential == SharedCredential::Deny {
@@ -549,11 +569,11 @@ fn decide_enforced(
         if !route.needs_ledger() {
             // Untracked route: every retry is safe, nothing to remember.
             d.reason = "untracked".into();
-            let mut d = allow(d, fp, None, facts, None);
+            let mut d = allow(d, route, fp, None, facts, None);
             d.write = None;
             return d;
         }
-        return allow(d, fp, entry, facts, None);
+        return allow(d, route, fp, entry, facts, None);
     };
     if facts.key.key().is_some() && e.body_digest != facts.body_digest {
         d.verdict = Verdict::Mismatch;
@@ -568,7 +588,7 @@ fn decide_enforced(
     }
     d.policy = Some(policy);
     match policy {
-        Policy::RetrySafe => allow(d, fp, entry, facts, None),
+        Policy::RetrySafe => allow(d, route, fp, entry, facts, None),
         Policy::DoNotRetry => {
             d.verdict = if e.outcome == Outcome::InFlight {
                 Verdict::Conflict
@@ -590,13 +610,13 @@ fn decide_enforced(
                     config.confirmation.as_ref(),
                     state,
                     config.clock_skew_seconds,
-                    facts.now,
+                    facts.now(),
                 ) {
                     Ok(approval) => {
                         d.verdict = Verdict::Confirmed;
                         d.reason = "confirmation_accepted".into();
                         d.approver = Some(approval.approver);
-                        return allow(d, fp, entry, facts, Some(approval.challenge));
+                        return allow(d, route, fp, entry, facts, Some(approval.challenge));
                     }
                     Err(err) => d.confirmation_error = Some(err),
                 }
@@ -619,6 +639,7 @@ fn decide_enforced(
 
 fn allow(
     mut d: Decision,
+    route: &Route,
     fp: Fingerprint,
     entry: Option<&Entry>,
     facts: &Facts<'_>,
@@ -630,21 +651,24 @@ fn allow(
     if facts.stale.is_some() {
         d.token_action = TokenAction::Strip;
     }
-    d.write = Some(attempt_entry(fp, entry, facts, consumed));
+    d.write = Some(attempt_entry(fp, route, entry, facts, consumed));
     d
 }
 
-/// The ledger entry for a new attempt of `fp` (in flight), after the live `entry` if any.
+/// The ledger entry for a new attempt of `fp` (in flight) on `route`, after the live `entry`
+/// if any.
 fn attempt_entry(
     fp: Fingerprint,
+    route: &Route,
     entry: Option<&Entry>,
     facts: &Facts<'_>,
     consumed: Option<Challenge>,
 ) -> Entry {
     Entry {
         id: fp.0,
-        first_seen: entry.map_or(facts.now, |e| e.first_seen),
-        last_attempt: facts.now,
+        first_seen_ms: entry.map_or(facts.now_ms, |e| e.first_seen_ms),
+        last_attempt_ms: facts.now_ms,
+        window_seconds: window_u32(route.window_seconds),
         attempts: entry.map_or(1, |e| e.attempts.saturating_add(1)),
         outcome: Outcome::InFlight,
         status: 0,
@@ -653,6 +677,11 @@ fn attempt_entry(
         consumed: consumed.or(entry.and_then(|e| e.consumed)),
         sensitive: false,
     }
+}
+
+/// A window as an entry keeps it (the configuration bounds it far below `u32::MAX`).
+fn window_u32(seconds: u64) -> u32 {
+    u32::try_from(seconds).unwrap_or(u32::MAX)
 }
 
 /// The entry after recording the outcome of attempt `attempt`; `None` when the entry belongs
@@ -687,7 +716,7 @@ pub fn token_record_id(credential_secret: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The credential record to write when a credential is seen at `now` (presented by the
+/// The credential record to write when a credential is seen at `now_ms` (presented by the
 /// workload `holder`, when the request came over mTLS): a new record, or a refresh of the
 /// existing one's window once a quarter of it has passed, or the first holder added to a
 /// record that has none; `None` when nothing needs writing. The first holder is never
@@ -695,20 +724,22 @@ pub fn token_record_id(credential_secret: &str) -> [u8; 32] {
 pub fn token_seen_update(
     existing: Option<&Entry>,
     id: [u8; 32],
-    now: u64,
+    now_ms: u64,
     window_seconds: u64,
     holder: Option<&str>,
 ) -> Option<Entry> {
     match existing {
         Some(e) => {
-            let refresh = now.saturating_sub(e.last_attempt) >= window_seconds / 4;
+            let refresh =
+                now_ms.saturating_sub(e.last_attempt_ms) >= window_seconds.saturating_mul(250);
             let add_holder = e.holder().is_none() && holder.is_some();
             if !refresh && !add_holder {
                 return None;
             }
             let mut u = e.clone();
             if refresh {
-                u.last_attempt = now;
+                u.last_attempt_ms = now_ms;
+                u.window_seconds = window_u32(window_seconds);
             }
             if let (true, Some(h)) = (add_holder, holder) {
                 u.set_holder(h);
@@ -718,8 +749,9 @@ pub fn token_seen_update(
         None => {
             let mut e = Entry {
                 id,
-                first_seen: now,
-                last_attempt: now,
+                first_seen_ms: now_ms,
+                last_attempt_ms: now_ms,
+                window_seconds: window_u32(window_seconds),
                 attempts: 0,
                 outcome: Outcome::Succeeded,
                 status: 0,
@@ -739,23 +771,66 @@ pub fn token_seen_update(
 /// What a request presenting a credential learns from its record ([`token_seen_update`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CredentialSeen {
-    /// When the ledger first saw the credential (`now` when this is the first sighting).
+    /// When the ledger first saw the credential, Unix seconds (now when this is the first
+    /// sighting).
     pub first_seen: u64,
     /// The workload identity that presented the credential first, when it is not this
     /// request's `holder`: one credential used by two workloads.
     pub shared_with: Option<String>,
 }
 
-/// [`CredentialSeen`] from the live record (if any) at `now` for a request of `holder`.
-pub fn credential_seen(existing: Option<&Entry>, now: u64, holder: Option<&str>) -> CredentialSeen {
+/// [`CredentialSeen`] from the live record (if any) at `now_ms` for a request of `holder`.
+pub fn credential_seen(
+    existing: Option<&Entry>,
+    now_ms: u64,
+    holder: Option<&str>,
+) -> CredentialSeen {
     let shared_with = match (existing, holder) {
         (Some(e), Some(h)) => e.holder().filter(|_| !e.holder_is(h)),
         _ => None,
     };
     CredentialSeen {
-        first_seen: existing.map_or(now, |e| e.first_seen),
+        first_seen: existing.map_or(now_ms, |e| e.first_seen_ms) / 1000,
         shared_with,
     }
+}
+
+/// How long after a keyed attempt the same natural key under another idempotency key counts
+/// as a regenerated key ([`note_keyed_attempt`]): retries come within a minute.
+pub const KEY_REGENERATION_SECONDS: u32 = 60;
+
+/// Notes a keyed attempt in the same-body table ([`crate::ledger::Table::SameBody`]): the
+/// record of its `natural` fingerprint (the one it would have without its key) keeps the
+/// latest `keyed` fingerprint for [`KEY_REGENERATION_SECONDS`]. Returns the milliseconds
+/// since the latest attempt under another key, when there was one within that time. Evidence
+/// only: it decides nothing, and one load and one conditional write are all it spends.
+pub fn note_keyed_attempt<L: Ledger>(
+    ledger: &L,
+    natural: &Fingerprint,
+    keyed: &Fingerprint,
+    now_ms: u64,
+) -> Result<Option<u64>, LedgerError> {
+    let record = Entry {
+        id: natural.0,
+        first_seen_ms: now_ms,
+        last_attempt_ms: now_ms,
+        window_seconds: KEY_REGENERATION_SECONDS,
+        attempts: 0,
+        outcome: Outcome::Succeeded,
+        status: 0,
+        body_digest: keyed.0,
+        challenge: None,
+        consumed: None,
+        sensitive: false,
+    };
+    let snapshot = ledger.load(&natural.0, now_ms)?;
+    let regenerated = L::entry(&snapshot)
+        .filter(|e| e.body_digest != keyed.0)
+        .map(|e| now_ms.saturating_sub(e.last_attempt_ms));
+    // A write lost to another worker's at the same moment is let go: the record then names
+    // that worker's key, as good a latest key as this one.
+    ledger.commit(&snapshot, &record, now_ms)?;
+    Ok(regenerated)
 }
 
 /// How many times a decision is retried when another worker wrote the same ledger set first.
@@ -803,12 +878,12 @@ pub fn decide_with_ledger<L: Ledger>(
         )));
     };
     for _ in 0..MAX_LEDGER_ROUNDS {
-        let snapshot = ledger.load(&fp.0, facts.now)?;
+        let snapshot = ledger.load(&fp.0, facts.now_ms)?;
         let decision = decide(config, route, facts, L::entry(&snapshot), new_challenge);
         let Some(write) = &decision.write else {
             return Ok(Settled::new(decision));
         };
-        match ledger.commit(&snapshot, write, facts.now)? {
+        match ledger.commit(&snapshot, write, facts.now_ms)? {
             Commit::Stored { evicted } => {
                 return Ok(Settled {
                     decision,
@@ -836,14 +911,14 @@ pub fn record_with_ledger<L: Ledger>(
     fp: &Fingerprint,
     attempt: u32,
     response: ResponseFacts,
-    now: u64,
+    now_ms: u64,
 ) -> Result<Option<Outcome>, LedgerError> {
     for _ in 0..MAX_LEDGER_ROUNDS {
-        let snapshot = ledger.load(&fp.0, now)?;
+        let snapshot = ledger.load(&fp.0, now_ms)?;
         let Some((entry, outcome)) = record_outcome(L::entry(&snapshot), attempt, response) else {
             return Ok(None);
         };
-        match ledger.commit(&snapshot, &entry, now)? {
+        match ledger.commit(&snapshot, &entry, now_ms)? {
             Commit::Stored { .. } => return Ok(Some(outcome)),
             // The entry is in its set (it was just loaded), so rewriting it always has room.
             Commit::Full => return Ok(None),
@@ -855,18 +930,19 @@ pub fn record_with_ledger<L: Ledger>(
     })
 }
 
-/// When the ledger first saw the credential `secret` (recording it now if it never did).
+/// When the ledger first saw the credential `secret`, Unix seconds (recording it at `now_ms`
+/// if it never did).
 pub fn first_seen_with_ledger<L: Ledger>(
     ledger: &L,
     secret: &str,
-    now: u64,
+    now_ms: u64,
     window_seconds: u64,
 ) -> Result<u64, LedgerError> {
     first_seen_by_id(
         ledger,
         token_record_id(secret),
         false,
-        now,
+        now_ms,
         window_seconds,
         None,
     )
@@ -892,23 +968,23 @@ pub fn first_seen_by_id<L: Ledger>(
     ledger: &L,
     id: [u8; 32],
     sensitive: bool,
-    now: u64,
+    now_ms: u64,
     window_seconds: u64,
     holder: Option<&str>,
 ) -> Result<TokenSighting, LedgerError> {
     for _ in 0..MAX_LEDGER_ROUNDS {
-        let snapshot = ledger.load(&id, now)?;
+        let snapshot = ledger.load(&id, now_ms)?;
         let existing = L::entry(&snapshot);
         let mut sighting = TokenSighting {
-            seen: credential_seen(existing, now, holder),
+            seen: credential_seen(existing, now_ms, holder),
             evicted: false,
             refused: false,
         };
-        match token_seen_update(existing, id, now, window_seconds, holder) {
+        match token_seen_update(existing, id, now_ms, window_seconds, holder) {
             None => return Ok(sighting),
             Some(mut update) => {
                 update.sensitive |= sensitive;
-                match ledger.commit(&snapshot, &update, now)? {
+                match ledger.commit(&snapshot, &update, now_ms)? {
                     Commit::Stored { evicted } => {
                         sighting.evicted = evicted;
                         return Ok(sighting);

@@ -389,8 +389,9 @@ mod tests {
     fn entry() -> Entry {
         Entry {
             id: [3; 32],
-            first_seen: 100,
-            last_attempt: 100,
+            first_seen_ms: 100_000,
+            last_attempt_ms: 100_000,
+            window_seconds: 900,
             attempts: 1,
             outcome: Outcome::InFlight,
             status: 0,

@@ -38,6 +38,9 @@ pub const KEY_PREFIX: &str = "retry-guard/v2/a/";
 /// Prefix of the shared-data keys of the opaque-token table.
 pub const TOKEN_KEY_PREFIX: &str = "retry-guard/v2/t/";
 
+/// Prefix of the shared-data keys of the same-body table.
+pub const SAME_BODY_KEY_PREFIX: &str = "retry-guard/v2/b/";
+
 /// The shared-data key that holds the set-index secret ([`IndexKey`]).
 pub const INDEX_KEY_KEY: &str = "retry-guard/v2/index-key";
 
@@ -48,6 +51,10 @@ pub enum Table {
     Attempts,
     /// When each opaque bearer token was first seen.
     Tokens,
+    /// The latest idempotency key each natural key was sent with, for a minute
+    /// ([`crate::engine::note_keyed_attempt`]): evidence of clients that make a new key for a
+    /// retry. Always in process, whatever the ledger backend.
+    SameBody,
 }
 
 impl Table {
@@ -56,6 +63,7 @@ impl Table {
         match self {
             Table::Attempts => KEY_PREFIX,
             Table::Tokens => TOKEN_KEY_PREFIX,
+            Table::SameBody => SAME_BODY_KEY_PREFIX,
         }
     }
 }
@@ -130,10 +138,14 @@ impl IndexKey {
 pub struct Entry {
     /// Fingerprint digest (or token-record id).
     pub id: [u8; 32],
-    /// First attempt of the current window.
-    pub first_seen: u64,
-    /// Latest attempt; the entry lives `window_seconds` after it.
-    pub last_attempt: u64,
+    /// First attempt of the current window, Unix milliseconds.
+    pub first_seen_ms: u64,
+    /// Latest attempt, Unix milliseconds; the entry lives [`Entry::window_seconds`] after it.
+    pub last_attempt_ms: u64,
+    /// How long the entry lives after its latest attempt: its route's window when it was
+    /// written. 0 for an entry of ledger format 1 (before per-route windows), which lives the
+    /// ledger's global window ([`Entry::is_live`]).
+    pub window_seconds: u32,
     /// Attempts that reached the upstream path so far.
     pub attempts: u32,
     /// Outcome of the latest attempt.
@@ -153,20 +165,30 @@ pub struct Entry {
 /// The most bytes of a workload identity a credential record keeps ([`Entry::set_holder`]).
 pub const HOLDER_BYTES: usize = 64;
 
-/// Encoded size of one entry.
-pub const ENTRY_BYTES: usize = 32 + 8 + 8 + 4 + 1 + 2 + 32 + 1 + 16 + 16;
+/// Encoded size of one entry (ledger format 2).
+pub const ENTRY_BYTES: usize = 32 + 8 + 8 + 4 + 4 + 1 + 2 + 32 + 1 + 16 + 16;
+/// Encoded size of an entry of ledger format 1: times in seconds, no window.
+const ENTRY_BYTES_V1: usize = ENTRY_BYTES - 4;
 const SET_HEADER: usize = 2;
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+const FORMAT_V1: u8 = 1;
 
 impl Entry {
-    /// When the entry stops counting.
-    pub fn expires_at(&self, window_seconds: u64) -> u64 {
-        self.last_attempt.saturating_add(window_seconds)
+    /// When the entry stops counting, Unix milliseconds; `global_window_seconds` is the window
+    /// of an entry that has none of its own (ledger format 1).
+    pub fn expires_at_ms(&self, global_window_seconds: u64) -> u64 {
+        let window = match self.window_seconds {
+            0 => global_window_seconds,
+            w => u64::from(w),
+        };
+        self.last_attempt_ms
+            .saturating_add(window.saturating_mul(1000))
     }
 
-    /// Is the entry still within its window at `now`?
-    pub fn is_live(&self, now: u64, window_seconds: u64) -> bool {
-        now < self.expires_at(window_seconds)
+    /// Is the entry still within its window at `now_ms` (Unix milliseconds)? See
+    /// [`Entry::expires_at_ms`].
+    pub fn is_live(&self, now_ms: u64, global_window_seconds: u64) -> bool {
+        now_ms < self.expires_at_ms(global_window_seconds)
     }
 
     /// The workload identity a credential record names as the credential's first holder
@@ -221,18 +243,21 @@ impl Entry {
         out
     }
 
-    /// An entry from [`Entry::to_bytes`]; `None` for bytes of another format or length.
+    /// An entry from [`Entry::to_bytes`] (or the bytes of ledger format 1); `None` for bytes
+    /// of another length.
     pub fn from_bytes(bytes: &[u8]) -> Option<Entry> {
-        if bytes.len() != ENTRY_BYTES {
-            return None;
+        match bytes.len() {
+            ENTRY_BYTES => Entry::decode(bytes, FORMAT),
+            ENTRY_BYTES_V1 => Entry::decode(bytes, FORMAT_V1),
+            _ => None,
         }
-        Entry::decode(bytes)
     }
 
     fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id);
-        out.extend_from_slice(&self.first_seen.to_le_bytes());
-        out.extend_from_slice(&self.last_attempt.to_le_bytes());
+        out.extend_from_slice(&self.first_seen_ms.to_le_bytes());
+        out.extend_from_slice(&self.last_attempt_ms.to_le_bytes());
+        out.extend_from_slice(&self.window_seconds.to_le_bytes());
         out.extend_from_slice(&self.attempts.to_le_bytes());
         out.push(self.outcome.code());
         out.extend_from_slice(&self.status.to_le_bytes());
@@ -245,11 +270,19 @@ impl Entry {
         out.extend_from_slice(&self.consumed.unwrap_or_default());
     }
 
-    fn decode(b: &[u8]) -> Option<Entry> {
+    /// One entry of ledger format `format` (format 1: times in seconds, no window).
+    fn decode(b: &[u8], format: u8) -> Option<Entry> {
         let mut r = Reader(b);
         let id = r.array::<32>()?;
-        let first_seen = u64::from_le_bytes(r.array()?);
-        let last_attempt = u64::from_le_bytes(r.array()?);
+        let mut first_seen_ms = u64::from_le_bytes(r.array()?);
+        let mut last_attempt_ms = u64::from_le_bytes(r.array()?);
+        let mut window_seconds = 0;
+        if format == FORMAT_V1 {
+            first_seen_ms = first_seen_ms.saturating_mul(1000);
+            last_attempt_ms = last_attempt_ms.saturating_mul(1000);
+        } else {
+            window_seconds = u32::from_le_bytes(r.array()?);
+        }
         let attempts = u32::from_le_bytes(r.array()?);
         let outcome = Outcome::from_code(r.array::<1>()?[0])?;
         let status = u16::from_le_bytes(r.array()?);
@@ -259,8 +292,9 @@ impl Entry {
         let consumed = r.array::<16>()?;
         Some(Entry {
             id,
-            first_seen,
-            last_attempt,
+            first_seen_ms,
+            last_attempt_ms,
+            window_seconds,
             attempts,
             outcome,
             status,
@@ -315,32 +349,44 @@ impl Set {
         out
     }
 
-    /// Decodes a set; an empty value is an empty set. `None` if the bytes are not a set of
-    /// this format (the caller treats that as empty and overwrites it).
+    /// Decodes a set (of this format or of format 1, whose entries live the global window);
+    /// an empty value is an empty set. `None` if the bytes are not a set of either format (the
+    /// caller treats that as empty and overwrites it).
     pub fn decode(bytes: &[u8]) -> Option<Set> {
         if bytes.is_empty() {
             return Some(Set::default());
         }
         let (&[format, count], rest) = bytes.split_first_chunk::<SET_HEADER>()?;
         let count = usize::from(count);
-        if format != FORMAT || count > WAYS || rest.len() != count * ENTRY_BYTES {
+        let size = match format {
+            FORMAT => ENTRY_BYTES,
+            FORMAT_V1 => ENTRY_BYTES_V1,
+            _ => return None,
+        };
+        if count > WAYS || rest.len() != count * size {
             return None;
         }
-        rest.chunks_exact(ENTRY_BYTES)
-            .map(Entry::decode)
+        rest.chunks_exact(size)
+            .map(|b| Entry::decode(b, format))
             .collect::<Option<Vec<_>>>()
             .map(Set)
     }
 
-    /// The set after writing `entry` at `now`: expired entries and the old record of the same
+    /// The set after writing `entry` at `now_ms`: expired entries and the old record of the same
     /// id dropped, and if the set is still full, its oldest live entry that is not
     /// [`Entry::sensitive`] evicted. Returns whether a live entry was evicted, or `None` when
     /// every entry is live and sensitive (nothing may make room: the write is refused).
-    pub fn with(&self, entry: &Entry, now: u64, window_seconds: u64) -> Option<(Set, bool)> {
+    /// `global_window_seconds` is the window of format-1 entries ([`Entry::is_live`]).
+    pub fn with(
+        &self,
+        entry: &Entry,
+        now_ms: u64,
+        global_window_seconds: u64,
+    ) -> Option<(Set, bool)> {
         let mut kept: Vec<Entry> = self
             .0
             .iter()
-            .filter(|e| e.id != entry.id && e.is_live(now, window_seconds))
+            .filter(|e| e.id != entry.id && e.is_live(now_ms, global_window_seconds))
             .cloned()
             .collect();
         let mut evicted = false;
@@ -349,7 +395,7 @@ impl Set {
                 .iter()
                 .enumerate()
                 .filter(|(_, e)| !e.sensitive)
-                .min_by_key(|(_, e)| e.last_attempt)
+                .min_by_key(|(_, e)| e.last_attempt_ms)
                 .map(|(i, _)| i)?;
             kept.remove(oldest);
             evicted = true;
@@ -470,16 +516,16 @@ pub enum Commit {
 pub trait Ledger {
     /// What a load returns and a commit is conditional on.
     type Snapshot;
-    /// Loads the live entry for `id` at `now`.
-    fn load(&self, id: &[u8; 32], now: u64) -> Result<Self::Snapshot, LedgerError>;
+    /// Loads the live entry for `id` at `now_ms` (Unix milliseconds).
+    fn load(&self, id: &[u8; 32], now_ms: u64) -> Result<Self::Snapshot, LedgerError>;
     /// The live entry in a snapshot.
     fn entry(snapshot: &Self::Snapshot) -> Option<&Entry>;
-    /// Writes `entry` if nothing changed since `snapshot`.
+    /// Writes `entry` at `now_ms` if nothing changed since `snapshot`.
     fn commit(
         &self,
         snapshot: &Self::Snapshot,
         entry: &Entry,
-        now: u64,
+        now_ms: u64,
     ) -> Result<Commit, LedgerError>;
 }
 
@@ -488,6 +534,7 @@ pub struct SlotLedger<S> {
     store: S,
     table: Table,
     sets: u32,
+    /// The global window: how long an entry of ledger format 1 lives.
     window_seconds: u64,
     index_key: IndexKey,
 }
@@ -503,7 +550,8 @@ pub struct SlotSnapshot {
 
 impl<S: SharedStore> SlotLedger<S> {
     /// The `table` of `max_entries` entries (rounded up to whole sets), its sets chosen with
-    /// `index_key`.
+    /// `index_key`; entries written before per-route windows (ledger format 1) live
+    /// `window_seconds`.
     pub fn new(
         store: S,
         table: Table,
@@ -572,7 +620,7 @@ impl<S: SharedStore> SlotLedger<S> {
 impl<S: SharedStore> Ledger for SlotLedger<S> {
     type Snapshot = SlotSnapshot;
 
-    fn load(&self, id: &[u8; 32], now: u64) -> Result<SlotSnapshot, LedgerError> {
+    fn load(&self, id: &[u8; 32], now_ms: u64) -> Result<SlotSnapshot, LedgerError> {
         let key = Self::key(self.table, self.set_of(id));
         let (set, cas) = match self.store.get(&key)? {
             Some((bytes, cas)) => (Set::decode(&bytes).unwrap_or_default(), cas),
@@ -581,7 +629,7 @@ impl<S: SharedStore> Ledger for SlotLedger<S> {
         let live = set
             .0
             .iter()
-            .find(|e| e.id == *id && e.is_live(now, self.window_seconds))
+            .find(|e| e.id == *id && e.is_live(now_ms, self.window_seconds))
             .cloned();
         Ok(SlotSnapshot {
             key,
@@ -595,8 +643,13 @@ impl<S: SharedStore> Ledger for SlotLedger<S> {
         snapshot.live.as_ref()
     }
 
-    fn commit(&self, snap: &SlotSnapshot, entry: &Entry, now: u64) -> Result<Commit, LedgerError> {
-        let Some((set, evicted)) = snap.set.with(entry, now, self.window_seconds) else {
+    fn commit(
+        &self,
+        snap: &SlotSnapshot,
+        entry: &Entry,
+        now_ms: u64,
+    ) -> Result<Commit, LedgerError> {
+        let Some((set, evicted)) = snap.set.with(entry, now_ms, self.window_seconds) else {
             return Ok(Commit::Full);
         };
         match self.store.set(&snap.key, &set.encode(), snap.cas) {
@@ -680,8 +733,9 @@ pub(crate) mod tests {
     fn entry(id: u8, last: u64) -> Entry {
         Entry {
             id: [id; 32],
-            first_seen: last,
-            last_attempt: last,
+            first_seen_ms: last * 1000,
+            last_attempt_ms: last * 1000,
+            window_seconds: 900,
             attempts: 1,
             outcome: Outcome::InFlight,
             status: 0,
@@ -701,6 +755,45 @@ pub(crate) mod tests {
             900,
             IndexKey::new([7; 16]),
         )
+    }
+
+    #[test]
+    fn entries_of_ledger_format_1_are_read_and_live_the_global_window() {
+        // Format 1 (before per-route windows): times in Unix seconds, no window.
+        let mut v1 = vec![FORMAT_V1, 1];
+        v1.extend_from_slice(&[1; 32]);
+        v1.extend_from_slice(&100u64.to_le_bytes());
+        v1.extend_from_slice(&160u64.to_le_bytes());
+        v1.extend_from_slice(&2u32.to_le_bytes());
+        v1.push(Outcome::Succeeded.code());
+        v1.extend_from_slice(&200u16.to_le_bytes());
+        v1.extend_from_slice(&[3; 32]);
+        v1.push(4); // sensitive
+        v1.extend_from_slice(&[0; 32]);
+        assert_eq!(v1.len(), 2 + ENTRY_BYTES_V1);
+        let set = Set::decode(&v1).unwrap();
+        let e = &set.0[0];
+        assert_eq!(
+            (
+                e.first_seen_ms,
+                e.last_attempt_ms,
+                e.window_seconds,
+                e.attempts
+            ),
+            (100_000, 160_000, 0, 2)
+        );
+        assert!(e.sensitive && e.outcome == Outcome::Succeeded && e.status == 200);
+        assert_eq!(Entry::from_bytes(&v1[2..]).as_ref(), Some(e));
+        // It lives the ledger's global window after its latest attempt.
+        assert!(e.is_live(160_000 + 899_999, 900));
+        assert!(!e.is_live(160_000 + 900_000, 900));
+        // Rewritten, it is format 2 with its own window.
+        let mut again = e.clone();
+        again.window_seconds = 30;
+        assert_eq!(
+            Set::decode(&Set(vec![again.clone()]).encode()).unwrap().0,
+            [again]
+        );
     }
 
     #[test]
@@ -741,16 +834,16 @@ pub(crate) mod tests {
     #[test]
     fn full_set_evicts_its_oldest_entry() {
         let s = Set((1..=4).map(|i| entry(i, 100 + u64::from(i))).collect());
-        let (s2, evicted) = s.with(&entry(9, 200), 200, 900).unwrap();
+        let (s2, evicted) = s.with(&entry(9, 200), 200 * 1000, 900).unwrap();
         assert!(evicted);
         assert_eq!(s2.0.len(), WAYS);
         assert!(!s2.0.iter().any(|e| e.id == [1; 32]), "oldest went");
         // Expired entries make room without counting as evictions.
-        let (s3, evicted) = s.with(&entry(9, 2000), 2000, 900).unwrap();
+        let (s3, evicted) = s.with(&entry(9, 2000), 2000 * 1000, 900).unwrap();
         assert!(!evicted);
         assert_eq!(s3.0.len(), 1);
         // Rewriting an id replaces it.
-        let (s4, evicted) = s.with(&entry(2, 300), 300, 900).unwrap();
+        let (s4, evicted) = s.with(&entry(2, 300), 300 * 1000, 900).unwrap();
         assert!(!evicted);
         assert_eq!(s4.0.len(), 4);
     }
@@ -782,21 +875,21 @@ pub(crate) mod tests {
         assert_eq!(l.ensure_slots().unwrap(), 4);
         assert_eq!(l.ensure_slots().unwrap(), 0, "idempotent");
         let e = entry(1, 100);
-        let a = l.load(&e.id, 100).unwrap();
-        let b = l.load(&e.id, 100).unwrap();
+        let a = l.load(&e.id, 100_000).unwrap();
+        let b = l.load(&e.id, 100_000).unwrap();
         assert!(SlotLedger::<&MemoryStore>::entry(&a).is_none());
         assert_eq!(
-            l.commit(&a, &e, 100).unwrap(),
+            l.commit(&a, &e, 100_000).unwrap(),
             Commit::Stored { evicted: false }
         );
         assert_eq!(
-            l.commit(&b, &e, 100).unwrap(),
+            l.commit(&b, &e, 100_000).unwrap(),
             Commit::Conflict,
             "second writer loses"
         );
-        let c = l.load(&e.id, 100).unwrap();
+        let c = l.load(&e.id, 100_000).unwrap();
         assert_eq!(SlotLedger::<&MemoryStore>::entry(&c), Some(&e));
-        let expired = l.load(&e.id, 100 + 900).unwrap();
+        let expired = l.load(&e.id, (100 + 900) * 1000).unwrap();
         assert!(SlotLedger::<&MemoryStore>::entry(&expired).is_none());
         // A flood of unique ids never creates keys beyond the table.
         let mut evictions = 0;
@@ -806,8 +899,8 @@ pub(crate) mod tests {
             id[4] = 1;
             let mut e = entry(0, 200);
             e.id = id;
-            let s = l.load(&id, 200).unwrap();
-            if let Commit::Stored { evicted: true } = l.commit(&s, &e, 200).unwrap() {
+            let s = l.load(&id, 200_000).unwrap();
+            if let Commit::Stored { evicted: true } = l.commit(&s, &e, 200_000).unwrap() {
                 evictions += 1;
             }
         }
@@ -822,18 +915,18 @@ pub(crate) mod tests {
             ..entry(id, last)
         };
         let s = Set((1..=4).map(|i| sensitive(i, 100 + u64::from(i))).collect());
-        assert_eq!(s.with(&entry(9, 200), 200, 900), None, "refused");
-        assert_eq!(s.with(&sensitive(9, 200), 200, 900), None, "refused");
+        assert_eq!(s.with(&entry(9, 200), 200 * 1000, 900), None, "refused");
+        assert_eq!(s.with(&sensitive(9, 200), 200 * 1000, 900), None, "refused");
         // The same id still updates in place; an expired sensitive entry makes room.
-        assert!(s.with(&sensitive(2, 300), 300, 900).is_some());
+        assert!(s.with(&sensitive(2, 300), 300 * 1000, 900).is_some());
         assert_eq!(
-            s.with(&entry(9, 1002), 1002, 900).map(|(_, ev)| ev),
+            s.with(&entry(9, 1002), 1002 * 1000, 900).map(|(_, ev)| ev),
             Some(false)
         );
         // With one entry that is not sensitive, that one goes, however young it is.
         let mut mixed = s.clone();
         mixed.0[3].sensitive = false;
-        let (after, evicted) = mixed.with(&sensitive(9, 200), 200, 900).unwrap();
+        let (after, evicted) = mixed.with(&sensitive(9, 200), 200 * 1000, 900).unwrap();
         assert!(evicted);
         assert!(!after.0.iter().any(|e| e.id == [4; 32]));
         assert!(after.0.iter().all(|e| e.sensitive));
@@ -852,8 +945,8 @@ pub(crate) mod tests {
             let mut e = entry(0, 100);
             e.id[..4].copy_from_slice(&i.to_le_bytes());
             e.sensitive = true;
-            let snap = l.load(&e.id, 100).unwrap();
-            match l.commit(&snap, &e, 100).unwrap() {
+            let snap = l.load(&e.id, 100_000).unwrap();
+            match l.commit(&snap, &e, 100_000).unwrap() {
                 Commit::Stored { evicted } => {
                     assert!(!evicted, "a live sensitive entry was evicted");
                     stored.push(e.id);
@@ -865,7 +958,7 @@ pub(crate) mod tests {
         assert_eq!(stored.len(), 16, "the table fills up");
         assert_eq!(refused, 200 - 16);
         for id in &stored {
-            assert!(SlotLedger::<&MemoryStore>::entry(&l.load(id, 100).unwrap()).is_some());
+            assert!(SlotLedger::<&MemoryStore>::entry(&l.load(id, 100_000).unwrap()).is_some());
         }
     }
 
@@ -881,8 +974,8 @@ pub(crate) mod tests {
             let mut e = entry(0, 100);
             e.id[..4].copy_from_slice(&i.to_le_bytes());
             e.sensitive = true;
-            let snap = l.load(&e.id, 100).unwrap();
-            if l.commit(&snap, &e, 100).unwrap() == Commit::Full {
+            let snap = l.load(&e.id, 100_000).unwrap();
+            if l.commit(&snap, &e, 100_000).unwrap() == Commit::Full {
                 refused += 1;
                 first_refusal.get_or_insert(i);
             }
@@ -916,10 +1009,10 @@ pub(crate) mod tests {
         a.ensure_slots().unwrap();
         assert_eq!(store.len(), 2 * 1024);
         let e = entry(3, 100);
-        let snap = t.load(&e.id, 100).unwrap();
-        t.commit(&snap, &e, 100).unwrap();
-        assert!(SlotLedger::<&MemoryStore>::entry(&a.load(&e.id, 100).unwrap()).is_none());
-        assert!(SlotLedger::<&MemoryStore>::entry(&t.load(&e.id, 100).unwrap()).is_some());
+        let snap = t.load(&e.id, 100_000).unwrap();
+        t.commit(&snap, &e, 100_000).unwrap();
+        assert!(SlotLedger::<&MemoryStore>::entry(&a.load(&e.id, 100_000).unwrap()).is_none());
+        assert!(SlotLedger::<&MemoryStore>::entry(&t.load(&e.id, 100_000).unwrap()).is_some());
     }
 
     #[test]
@@ -989,9 +1082,14 @@ pub(crate) mod tests {
             e.to_string(),
             "reading ledger key retry-guard/v2/a/0 in Envoy shared data failed: host status 10"
         );
-        assert!(matches!(l.load(&[0; 32], 1), Err(LedgerError::Get { .. })));
-        let snap = slots(MemoryStore::default(), 4).load(&[0; 32], 1).unwrap();
-        let e = l.commit(&snap, &entry(0, 1), 1).unwrap_err();
+        assert!(matches!(
+            l.load(&[0; 32], 1_000),
+            Err(LedgerError::Get { .. })
+        ));
+        let snap = slots(MemoryStore::default(), 4)
+            .load(&[0; 32], 1_000)
+            .unwrap();
+        let e = l.commit(&snap, &entry(0, 1_000), 1).unwrap_err();
         assert!(
             e.to_string().starts_with(
                 "writing ledger key retry-guard/v2/a/0 in Envoy shared data failed: host status 10"
@@ -1016,10 +1114,10 @@ pub(crate) mod tests {
             )
             .unwrap();
         let l = slots(&store, 4);
-        let s = l.load(&[0; 32], 1).unwrap();
+        let s = l.load(&[0; 32], 1_000).unwrap();
         assert!(SlotLedger::<&MemoryStore>::entry(&s).is_none());
         assert_eq!(
-            l.commit(&s, &entry(0, 1), 1).unwrap(),
+            l.commit(&s, &entry(0, 1_000), 1).unwrap(),
             Commit::Stored { evicted: false }
         );
     }

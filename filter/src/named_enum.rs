@@ -47,6 +47,14 @@ macro_rules! named_enum {
                 }
             }
 
+            /// Every name, in declaration order, separated by `", "` (for messages that list
+            /// what is accepted).
+            #[allow(dead_code)] // Not every enum lists its names in a message.
+            pub fn names() -> &'static str {
+                const JOINED: &str = concat!($($name, ", "),+);
+                JOINED.get(..JOINED.len() - 2).unwrap_or(JOINED)
+            }
+
             /// Position in [`ALL`](Self::ALL).
             pub fn index(self) -> usize {
                 // A fieldless enum without explicit discriminants numbers its variants from
@@ -81,6 +89,7 @@ mod tests {
     #[test]
     fn all_name_index_and_display_come_from_the_one_table() {
         assert_eq!(Colour::ALL, [Colour::Red, Colour::Green, Colour::Blue]);
+        assert_eq!(Colour::names(), "red, green, blue");
         for (i, c) in Colour::ALL.into_iter().enumerate() {
             assert_eq!(c.index(), i);
         }

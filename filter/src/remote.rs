@@ -118,7 +118,7 @@ impl Deciding {
         let live = current
             .entry
             .as_ref()
-            .filter(|e| e.is_live(facts.now, config.window_seconds))
+            .filter(|e| e.is_live(facts.now_ms, config.window_seconds))
             .filter(|e| facts.fingerprint.is_some_and(|fp| fp.0 == e.id));
         let decision = engine::decide(config, route, facts, live, new_challenge);
         match decision.write.clone() {
@@ -244,7 +244,8 @@ pub struct Sighting {
     key: String,
     lease: i64,
     id: [u8; 32],
-    now: u64,
+    /// Unix milliseconds.
+    now_ms: u64,
     window_seconds: u64,
     holder: Option<String>,
     rounds: usize,
@@ -252,13 +253,13 @@ pub struct Sighting {
 }
 
 impl Sighting {
-    /// Starts: asks to record the credential as first seen `now` (by `holder`) unless a
+    /// Starts: asks to record the credential as first seen `now_ms` (by `holder`) unless a
     /// record exists.
     pub fn start(
         key: String,
         lease: i64,
         id: [u8; 32],
-        now: u64,
+        now_ms: u64,
         window_seconds: u64,
         holder: Option<String>,
     ) -> (Sighting, Next<engine::CredentialSeen>) {
@@ -266,12 +267,12 @@ impl Sighting {
             key,
             lease,
             id,
-            now,
+            now_ms,
             window_seconds,
             holder,
             rounds: 0,
             seen: engine::CredentialSeen {
-                first_seen: now,
+                first_seen: now_ms / 1000,
                 shared_with: None,
             },
         };
@@ -297,12 +298,12 @@ impl Sighting {
         let live = current
             .entry
             .as_ref()
-            .filter(|e| e.id == self.id && e.is_live(self.now, self.window_seconds));
-        self.seen = engine::credential_seen(live, self.now, self.holder.as_deref());
+            .filter(|e| e.id == self.id && e.is_live(self.now_ms, self.window_seconds));
+        self.seen = engine::credential_seen(live, self.now_ms, self.holder.as_deref());
         match engine::token_seen_update(
             live,
             self.id,
-            self.now,
+            self.now_ms,
             self.window_seconds,
             self.holder.as_deref(),
         ) {
@@ -354,7 +355,7 @@ mod tests {
         }
         fn facts(&self, now: u64) -> Facts<'_> {
             Facts {
-                now,
+                now_ms: now * 1000,
                 request_id: Some("r"),
                 principal: "p",
                 key: &self.key,
@@ -365,6 +366,7 @@ mod tests {
                 credential_holder: None,
                 credential_shared_with: None,
                 client_attempt: None,
+                key_regenerated_ms: None,
             }
         }
     }
@@ -521,11 +523,11 @@ mod tests {
         };
         // Nobody saw it: recorded now, with the workload that presented it.
         let wl = |s: &str| Some(format!("spiffe://test/{s}"));
-        let (mut s, next) = Sighting::start("t".into(), 7, [8; 32], 1000, 900, wl("a"));
+        let (mut s, next) = Sighting::start("t".into(), 7, [8; 32], 1_000_000, 900, wl("a"));
         let Next::Ask(LedgerOp::Put { expect, entry, .. }) = next else {
             panic!("{next:?}")
         };
-        assert_eq!((expect, entry.first_seen), (Expect::Absent, 1000));
+        assert_eq!((expect, entry.first_seen_ms), (Expect::Absent, 1_000_000));
         assert_eq!(entry.holder(), wl("a"));
         assert_eq!(
             s.on_result(OpResult::Written { revision: 2 }),
@@ -540,12 +542,12 @@ mod tests {
             })
         };
         let mut seen = entry.clone();
-        seen.first_seen = 400;
-        seen.last_attempt = 450;
-        let (mut s, _) = Sighting::start("t".into(), 7, [8; 32], 500, 900, wl("a"));
+        seen.first_seen_ms = 400_000;
+        seen.last_attempt_ms = 450_000;
+        let (mut s, _) = Sighting::start("t".into(), 7, [8; 32], 500_000, 900, wl("a"));
         assert_eq!(s.on_result(current(&seen)), Next::Done(seen_at(400)));
         // Another workload presents it: it learns who did first; the record keeps them.
-        let (mut s, _) = Sighting::start("t".into(), 7, [8; 32], 500, 900, wl("b"));
+        let (mut s, _) = Sighting::start("t".into(), 7, [8; 32], 500_000, 900, wl("b"));
         assert_eq!(
             s.on_result(current(&seen)),
             Next::Done(engine::CredentialSeen {
@@ -556,7 +558,7 @@ mod tests {
         // A record without a holder (written over plain HTTP) gets this one's.
         let mut bare = seen.clone();
         bare.status = 0;
-        let (mut s, _) = Sighting::start("t".into(), 7, [8; 32], 500, 900, wl("c"));
+        let (mut s, _) = Sighting::start("t".into(), 7, [8; 32], 500_000, 900, wl("c"));
         let Next::Ask(LedgerOp::Put { entry, .. }) = s.on_result(current(&bare)) else {
             panic!("the holder is added")
         };

@@ -33,12 +33,12 @@ use crate::fingerprint::{BodyDigester, Fingerprint, NaturalKey};
 use crate::host::{Action, LogLevel, StreamHost};
 use crate::ledger::Ledger;
 use crate::matcher::{Fact, LazyFacts};
-use crate::metrics::{Counter, Event};
+use crate::metrics::{Counter, Event, RouteCounter};
 use crate::policy::{ResponseFacts, RouteClass};
 
 pub use plugin::{Plugin, HELD_WARN_EVERY_SECONDS, HELD_WARN_SECONDS};
 use remote::{RemoteAttempt, Waiting};
-use request::{now_seconds, Fetcher, Pending};
+use request::{now_millis, Fetcher, Pending};
 
 /// The property the decision is written to; Envoy keeps it as filter state, readable as
 /// `%FILTER_STATE(wasm.retry_guard.decision:PLAIN)%`.
@@ -160,7 +160,7 @@ impl Stream {
         }
         if reads_body {
             // Withhold the headers until the body is complete and the decision made.
-            plugin.hold(self.id, pending.now);
+            plugin.hold(self.id, pending.now_ms / 1000);
             self.pending = Some(pending);
             Action::Pause
         } else {
@@ -299,11 +299,12 @@ impl Stream {
                 body: &body_digest,
             },
         );
+        pending.note_key(plugin, host, route, &fingerprint, &body_digest);
         if plugin.remote.is_some() && (route.needs_ledger() || pending.sighting.is_some()) {
             return self.decide_remote(plugin, host, pending, fingerprint, body_digest);
         }
         let facts = Facts {
-            now: pending.now,
+            now_ms: pending.now_ms,
             request_id: pending.request_id.as_deref(),
             principal: pending.principal_text(),
             key: &pending.key,
@@ -314,6 +315,7 @@ impl Stream {
             credential_holder: pending.holder.as_deref(),
             credential_shared_with: pending.shared_with.as_deref(),
             client_attempt: pending.client_attempt,
+            key_regenerated_ms: pending.key_regenerated_ms,
         };
         let mut challenge = fresh_challenge(host, &fingerprint);
         let decided = if pending.ledger_full {
@@ -384,6 +386,13 @@ impl Stream {
         }
         if facts.credential_shared_with.is_some() {
             host.count(Counter::Event(Event::CredentialShared));
+        }
+        // The evidence that tells retries from new calls on this route (shadow mode too).
+        if let Some(ms) = d.since_previous_ms {
+            host.count(Counter::Route(self.route, RouteCounter::gap(ms)));
+        }
+        if facts.key_regenerated_ms.is_some() {
+            host.count(Counter::Route(self.route, RouteCounter::KeyRegenerated));
         }
         // On an untracked route a plain allow is counted and nothing more (`audit.untracked`):
         // a line only when something happened there.
@@ -477,20 +486,20 @@ impl Stream {
             );
             return;
         }
-        let now = now_seconds(host);
+        let now_ms = now_millis(host);
         match engine::record_with_ledger(
             &plugin.ledger,
             &tracked.fingerprint,
             tracked.attempt,
             response,
-            now,
+            now_ms,
         ) {
             Ok(Some(outcome)) => host.log(
                 LogLevel::Info,
                 &audit::outcome_line(
                     route,
                     &OutcomeRecord {
-                        now,
+                        now: now_ms / 1000,
                         request_id: tracked.request_id.as_deref(),
                         fingerprint: &tracked.fingerprint,
                         attempt: tracked.attempt,

@@ -45,6 +45,19 @@ fn every_counter_is_documented() {
 }
 
 #[test]
+fn every_route_counter_is_documented() {
+    let readme = readme();
+    for c in retry_guard::metrics::RouteCounter::ALL {
+        assert!(
+            readme.contains(&format!("`{}`", c.name())),
+            "README lacks {}",
+            c.name()
+        );
+    }
+    assert!(readme.contains("`<counter>.route.<route name>`"));
+}
+
+#[test]
 fn the_memory_gauge_is_documented() {
     assert!(readme().contains(&format!("`{}`", retry_guard::metrics::MEMORY_GAUGE)));
 }

@@ -9,7 +9,8 @@
 //! Warnings: a route that looks sensitive by its path but is not guarded, the filter running on
 //! a route it does not guard, a caller-chosen principal source (`header:`, `jwt:`), Istio
 //! resources with no path normalization in the inputs, an etcd ledger whose Envoy cluster the
-//! deployment does not have.
+//! deployment does not have, a sensitive route without a required idempotency key whose window
+//! is longer than [`LONG_WINDOW_SECONDS`].
 
 use retry_guard::config::LedgerBackend;
 use retry_guard::policy::RouteClass;
@@ -84,6 +85,7 @@ pub fn lint(dep: &Deployment) -> Vec<Finding> {
     out.extend(caller_chosen_principals(dep));
     out.extend(unwritten_verified_principals(dep));
     out.extend(ledger_cluster(dep));
+    out.extend(long_windows(dep));
     out.sort_by_key(|f| (dep.files.iter().position(|n| *n == f.file), f.severity));
     out
 }
@@ -701,6 +703,54 @@ pub fn caller_chosen_principals(dep: &Deployment) -> Vec<Finding> {
     out
 }
 
+/// The longest window [`long_windows`] lets a sensitive route without a required idempotency
+/// key have quietly: retries come seconds to a minute apart, so ten minutes is generous.
+pub const LONG_WINDOW_SECONDS: u64 = 600;
+
+/// Sensitive routes that do not require an idempotency key and keep attempts longer than
+/// [`LONG_WINDOW_SECONDS`]: their fingerprint is the natural key (method, path, principal,
+/// body), so two legitimate calls with the same body inside the window (two runs of a CI job
+/// asking for a token) are one operation, and the second is answered 428.
+pub fn long_windows(dep: &Deployment) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for cfg in &dep.configs {
+        let Ok(config) = &cfg.parsed else { continue };
+        for (i, r) in config.routes.iter().enumerate() {
+            if !r.class.is_sensitive()
+                || r.require_idempotency_key
+                || r.window_seconds <= LONG_WINDOW_SECONDS
+            {
+                continue;
+            }
+            let (path, from) = if r.window_seconds == config.window_seconds {
+                (format!("routes[{i}]"), "the global window_seconds")
+            } else {
+                (format!("routes[{i}].window_seconds"), "its window_seconds")
+            };
+            out.push(finding(
+                dep,
+                Severity::Warning,
+                cfg.file,
+                join(&cfg.path, &path),
+                format!(
+                    "route \"{}\" ({}) keeps attempts {} s ({from}) and does not require an \
+                     idempotency key, so two calls with the same body and principal within {} s \
+                     are one operation: the second is answered 428 and a person is asked to \
+                     confirm a legitimate new call. Retries come seconds to a minute apart; set \
+                     routes[{i}].window_seconds to the gap that separates them (run in shadow \
+                     mode and read the retry_guard.gap.* counters, see \"Rolling out\"), or \
+                     set require_idempotency_key: true",
+                    r.name,
+                    r.class.name(),
+                    r.window_seconds,
+                    r.window_seconds
+                ),
+            ));
+        }
+    }
+    out
+}
+
 /// The namespace Envoy's `jwt_authn` writes its verified payloads under.
 const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 
@@ -985,7 +1035,7 @@ mod tests {
     }
 
     const PLUGIN: &str = r#"{"routes":[
-        {"name":"oauth-token","match":{"route_name":"token","methods":["POST"]},"class":"token_issuing","owner":"o","escalation":"e"},
+        {"name":"oauth-token","match":{"route_name":"token","methods":["POST"]},"class":"token_issuing","window_seconds":300,"owner":"o","escalation":"e"},
         {"name":"reads","match":{"route_name":"reads"},"class":"read_only","owner":"o","escalation":"e"}]}"#;
 
     fn bootstrap(filter_extra: &str, routes: &str, vh_extra: &str) -> String {
@@ -1072,6 +1122,38 @@ mod tests {
         let yaml =
             bootstrap(ALLOW, GOOD_ROUTES, "").replace("REJECT_REQUEST", "UNESCAPE_AND_FORWARD");
         assert_eq!(lint(&deployment(&[("e.yaml", &yaml)])), vec![]);
+    }
+
+    #[test]
+    fn long_windows_on_sensitive_routes_without_a_required_key_are_warned_about() {
+        let warnings = |plugin: &str| -> Vec<(String, String)> {
+            lint(&deployment(&[("p.json", plugin)]))
+                .into_iter()
+                .filter(|f| f.severity == Severity::Warning)
+                .map(|f| (f.path, f.message))
+                .collect()
+        };
+        assert_eq!(warnings(PLUGIN), []);
+        // The global 900 s window, inherited.
+        let inherited = PLUGIN.replace(r#""window_seconds":300,"#, "");
+        let w = warnings(&inherited);
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert_eq!(w[0].0, "routes[0]");
+        assert!(
+            w[0].1.starts_with("route \"oauth-token\" (token_issuing) keeps attempts 900 s (the global window_seconds) and does not require an idempotency key"),
+            "{}",
+            w[0].1
+        );
+        assert!(w[0].1.contains("set routes[0].window_seconds to the gap"));
+        // The route's own window.
+        let own = PLUGIN.replace(r#""window_seconds":300"#, r#""window_seconds":3600"#);
+        assert_eq!(warnings(&own)[0].0, "routes[0].window_seconds");
+        // A required key tells retries from new calls: no warning.
+        let keyed = inherited.replace(
+            r#""class":"token_issuing","#,
+            r#""class":"token_issuing","require_idempotency_key":true,"#,
+        );
+        assert_eq!(warnings(&keyed), []);
     }
 
     #[test]
@@ -1246,7 +1328,7 @@ mod tests {
 
     #[test]
     fn path_matched_plugin_routes_guard_the_first_route_that_takes_them() {
-        let plugin = r#"{"routes":[{"name":"t","match":{"methods":["POST"],"path":"/oauth/token"},"class":"token_issuing","owner":"o","escalation":"e"}]}"#;
+        let plugin = r#"{"routes":[{"name":"t","match":{"methods":["POST"],"path":"/oauth/token"},"class":"token_issuing","window_seconds":60,"owner":"o","escalation":"e"}]}"#;
         let yaml = bootstrap(ALLOW, GOOD_ROUTES, "").replace(&PLUGIN.replace('\n', " "), plugin);
         let d = deployment(&[("e.yaml", &yaml)]);
         let g = guards(&d);
@@ -1351,7 +1433,7 @@ spec:
   failStrategy: FAIL_OPEN
   pluginConfig:
     routes:
-    - { name: t, match: { path: /oauth/token }, class: token_issuing, owner: o, escalation: e }
+    - { name: t, match: { path: /oauth/token }, class: token_issuing, window_seconds: 60, owner: o, escalation: e }
 "#;
         let d = deployment(&[("wp.yaml", wp)]);
         let s = lint(&d);

@@ -65,7 +65,7 @@ impl Default for Req {
 impl Req {
     fn facts(&self, route: &Route) -> Facts<'_> {
         Facts {
-            now: self.now,
+            now_ms: self.now * 1000,
             request_id: Some("req-1"),
             principal: "ci-bot",
             key: &self.key,
@@ -86,6 +86,7 @@ impl Req {
             credential_holder: None,
             credential_shared_with: None,
             client_attempt: None,
+            key_regenerated_ms: None,
         }
     }
 }
@@ -93,8 +94,9 @@ impl Req {
 fn entry_after(outcome: Outcome, status: u16, req: &Req, route: &Route) -> Entry {
     Entry {
         id: req.facts(route).fingerprint.unwrap().0,
-        first_seen: NOW - 60,
-        last_attempt: NOW - 30,
+        first_seen_ms: (NOW - 60) * 1000,
+        last_attempt_ms: (NOW - 30) * 1000,
+        window_seconds: 900,
         attempts: 1,
         outcome,
         status,
@@ -175,8 +177,8 @@ fn first_attempt_is_always_allowed_and_recorded_in_flight() {
         assert_eq!(d.reason, "first_attempt");
         let w = d.write.unwrap();
         assert_eq!(
-            (w.attempts, w.outcome, w.first_seen, w.last_attempt),
-            (1, Outcome::InFlight, NOW, NOW)
+            (w.attempts, w.outcome, w.first_seen_ms, w.last_attempt_ms),
+            (1, Outcome::InFlight, NOW * 1000, NOW * 1000)
         );
     }
 }
@@ -215,7 +217,7 @@ fn read_only_routes_are_untracked_unless_something_can_block() {
         );
     }
     let snap = ledger
-        .load(&req.facts(route).fingerprint.unwrap().0, NOW)
+        .load(&req.facts(route).fingerprint.unwrap().0, NOW * 1000)
         .unwrap();
     assert!(
         SlotLedger::<&MemoryStore>::entry(&snap).is_none(),
@@ -441,8 +443,8 @@ fn confirmation_required_then_accepted_once() {
     let stored = d.write.unwrap();
     assert_eq!(stored.attempts, 1, "a 428 is not an attempt");
     assert_eq!(
-        stored.last_attempt,
-        NOW - 30,
+        stored.last_attempt_ms,
+        (NOW - 30) * 1000,
         "a 428 does not extend the window"
     );
     let again = run(&cfg, &req, Some(&stored));
@@ -744,7 +746,11 @@ fn concurrent_identical_requests_exactly_one_wins() {
         let facts = req.facts(route);
         // Eight workers load before anyone commits, then commit in turn.
         let snaps: Vec<_> = (0..8)
-            .map(|_| ledger.load(&facts.fingerprint.unwrap().0, NOW).unwrap())
+            .map(|_| {
+                ledger
+                    .load(&facts.fingerprint.unwrap().0, NOW * 1000)
+                    .unwrap()
+            })
             .collect();
         let mut verdicts = Vec::new();
         for snap in &snaps {
@@ -756,7 +762,7 @@ fn concurrent_identical_requests_exactly_one_wins() {
                 &mut fixed_challenge,
             );
             let w = d.write.clone().unwrap();
-            match ledger.commit(snap, &w, NOW).unwrap() {
+            match ledger.commit(snap, &w, NOW * 1000).unwrap() {
                 Commit::Stored { .. } => verdicts.push(d.verdict),
                 Commit::Conflict => {
                     let settled =
@@ -832,7 +838,7 @@ fn full_flow_through_the_ledger() {
             flags,
             unchanged_state: false,
         },
-        NOW,
+        NOW * 1000,
     )
     .unwrap();
     assert_eq!(rec, Some(Outcome::NotSent));
@@ -851,7 +857,7 @@ fn full_flow_through_the_ledger() {
             flags: 0,
             unchanged_state: false,
         },
-        NOW,
+        NOW * 1000,
     )
     .unwrap();
     let third = decide_with_ledger(&ledger, &cfg, route, &facts, &mut fixed_challenge).unwrap();
@@ -882,24 +888,24 @@ fn opaque_token_age_comes_from_the_first_sighting() {
     let ledger = SlotLedger::new(&store, Table::Attempts, 64, 900, IndexKey::new([7; 16]));
     ledger.ensure_slots().unwrap();
     assert_eq!(
-        first_seen_with_ledger(&ledger, "opaque-1", NOW, 900).unwrap(),
+        first_seen_with_ledger(&ledger, "opaque-1", (NOW) * 1000, 900).unwrap(),
         NOW
     );
     assert_eq!(
-        first_seen_with_ledger(&ledger, "opaque-1", NOW + 100, 900).unwrap(),
+        first_seen_with_ledger(&ledger, "opaque-1", (NOW + 100) * 1000, 900).unwrap(),
         NOW
     );
     assert_eq!(
-        first_seen_with_ledger(&ledger, "opaque-1", NOW + 800, 900).unwrap(),
+        first_seen_with_ledger(&ledger, "opaque-1", (NOW + 800) * 1000, 900).unwrap(),
         NOW,
         "refreshed, not reset"
     );
     assert_eq!(
-        first_seen_with_ledger(&ledger, "opaque-1", NOW + 1500, 900).unwrap(),
+        first_seen_with_ledger(&ledger, "opaque-1", (NOW + 1500) * 1000, 900).unwrap(),
         NOW
     );
     assert_eq!(
-        first_seen_with_ledger(&ledger, "opaque-2", NOW + 1500, 900).unwrap(),
+        first_seen_with_ledger(&ledger, "opaque-2", (NOW + 1500) * 1000, 900).unwrap(),
         NOW + 1500
     );
 }

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use crate::abi::{self, BufferType, LogLevel, MetricType};
 use crate::config::Config;
 use crate::ledger::{IndexKey, SlotLedger, Table};
-use crate::metrics::Counter;
+use crate::metrics::{route_counter_name, Counter, RouteCounter};
 use crate::stream::Plugin;
 
 use super::host::{AbiHost, HostStore};
@@ -15,7 +15,8 @@ use super::host::{AbiHost, HostStore};
 pub(crate) struct Root {
     /// What the streams decide with.
     pub(crate) plugin: Plugin<SlotLedger<HostStore>>,
-    /// The counters' metric ids, indexed by [`Counter::index`].
+    /// The counters' metric ids, indexed by [`Counter::index`] (the plugin's, then each
+    /// route's).
     metrics: Vec<u32>,
     /// The memory gauge's metric id, if the host defined it.
     memory_gauge: Option<u32>,
@@ -55,6 +56,23 @@ impl Root {
     }
 }
 
+/// Defines the counter `name`; `None` (with a critical log line) if the host refuses.
+fn define_counter(name: &str) -> Option<u32> {
+    match abi::define_metric(MetricType::Counter, name) {
+        Ok(id) => Some(id),
+        Err(status) => {
+            abi::log(
+                LogLevel::Critical,
+                &format!(
+                    "retry-guard: cannot define metric {name}: status {}",
+                    status.0
+                ),
+            );
+            None
+        }
+    }
+}
+
 /// Reads, checks and applies the plugin configuration: `None` (with a critical log line that
 /// says what to change) if the plugin cannot work with it.
 pub(crate) fn configure(root_id: u32) -> Option<Rc<Root>> {
@@ -74,19 +92,11 @@ pub(crate) fn configure(root_id: u32) -> Option<Rc<Root>> {
     };
     let mut metrics = Vec::with_capacity(Counter::ALL.len());
     for c in Counter::ALL {
-        match abi::define_metric(MetricType::Counter, &c.name()) {
-            Ok(id) => metrics.push(id),
-            Err(status) => {
-                abi::log(
-                    LogLevel::Critical,
-                    &format!(
-                        "retry-guard: cannot define metric {}: status {}",
-                        c.name(),
-                        status.0
-                    ),
-                );
-                return None;
-            }
+        metrics.push(define_counter(&c.name())?);
+    }
+    for r in &config.routes {
+        for c in RouteCounter::ALL {
+            metrics.push(define_counter(&route_counter_name(c, &r.name))?);
         }
     }
     let memory_gauge = abi::define_metric(MetricType::Gauge, crate::metrics::MEMORY_GAUGE).ok();
@@ -110,16 +120,25 @@ pub(crate) fn configure(root_id: u32) -> Option<Rc<Root>> {
             return None;
         }
     };
-    let table = |t| SlotLedger::new(HostStore, t, entries, config.window_seconds, index_key);
-    let (ledger, tokens) = (table(Table::Attempts), table(Table::Tokens));
-    match ledger.ensure_slots().and_then(|a| Ok(a + tokens.ensure_slots()?)) {
+    let table = |t, n| SlotLedger::new(HostStore, t, n, config.window_seconds, index_key);
+    let (ledger, tokens) = (
+        table(Table::Attempts, entries),
+        table(Table::Tokens, entries),
+    );
+    // Same-body records live a minute: a quarter of the attempt table's size, on either backend.
+    let bodies = table(Table::SameBody, (config.max_entries / 4).max(64));
+    let created = [&ledger, &tokens, &bodies].iter().try_fold(0, |n, t| {
+        Ok::<u32, crate::ledger::LedgerError>(n + t.ensure_slots()?)
+    });
+    match created {
         Ok(created) => abi::log(
             LogLevel::Info,
             &format!(
-                "retry-guard: configured {} route(s); ledger 2 tables x {} sets x {} entries ({} keys created by this VM; set-index secret {})",
+                "retry-guard: configured {} route(s); ledger 2 tables x {} sets x {} entries, same-body table {} sets ({} keys created by this VM; set-index secret {})",
                 config.routes.len(),
                 ledger.sets(),
                 crate::ledger::WAYS,
+                bodies.sets(),
                 created,
                 if made { "made by this VM" } else { "read from shared data" }
             ),
@@ -133,7 +152,7 @@ pub(crate) fn configure(root_id: u32) -> Option<Rc<Root>> {
         }
     }
     let root = Rc::new(Root {
-        plugin: Plugin::new(config, ledger, tokens),
+        plugin: Plugin::new(config, ledger, tokens, bodies),
         metrics,
         memory_gauge,
         root_id,

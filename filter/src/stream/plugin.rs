@@ -27,6 +27,9 @@ pub struct Plugin<L> {
     /// The in-process table of opaque-token sightings (apart from the attempts: a flood of
     /// new tokens cannot push attempts out).
     pub tokens: L,
+    /// The in-process same-body table: which idempotency key each natural key was last sent
+    /// with ([`crate::engine::note_keyed_attempt`]).
+    pub bodies: L,
     /// Streams whose headers are held waiting for the body: (context id, since).
     held: RefCell<Vec<(u32, u64)>>,
     /// When the held-stream warning was last logged.
@@ -66,13 +69,13 @@ impl Remote {
 }
 
 impl<L> Plugin<L> {
-    /// A plugin with no stream held, deciding against the attempt table `ledger` and the
-    /// token table `tokens`.
-    pub fn new(config: Config, ledger: L, tokens: L) -> Plugin<L> {
+    /// A plugin with no stream held, deciding against the attempt table `ledger`, the token
+    /// table `tokens` and the same-body table `bodies`.
+    pub fn new(config: Config, ledger: L, tokens: L, bodies: L) -> Plugin<L> {
         let remote = match &config.ledger.backend {
             LedgerBackend::SharedData => None,
             LedgerBackend::Etcd(etcd) => Some(Remote {
-                plan: LeasePlan::new(&etcd.key_prefix, config.window_seconds),
+                plan: LeasePlan::new(&etcd.key_prefix, config.longest_window_seconds()),
                 etcd: etcd.clone(),
                 granted: RefCell::new(Vec::new()),
                 granting: RefCell::new(Vec::new()),
@@ -82,6 +85,7 @@ impl<L> Plugin<L> {
             config,
             ledger,
             tokens,
+            bodies,
             held: RefCell::new(Vec::new()),
             warned_at: Cell::new(0),
             remote,

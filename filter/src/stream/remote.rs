@@ -18,7 +18,7 @@ use crate::ledger::{Entry, Ledger};
 use crate::metrics::{Counter, Event};
 use crate::remote::{Deciding, Next, Recording, RemoteSettled, Sighting, ABANDONED};
 
-use super::request::{now_seconds, Pending};
+use super::request::{now_millis, Pending};
 use super::{fresh_challenge, Plugin, Stream, Tracked};
 
 /// What the answer to a call to the cluster ledger is for.
@@ -62,7 +62,7 @@ impl Asking {
 
     fn facts(&self) -> Facts<'_> {
         Facts {
-            now: self.pending.now,
+            now_ms: self.pending.now_ms,
             request_id: self.pending.request_id.as_deref(),
             principal: self.pending.principal_text(),
             key: &self.pending.key,
@@ -73,6 +73,7 @@ impl Asking {
             credential_holder: self.pending.holder.as_deref(),
             credential_shared_with: self.pending.shared_with.as_deref(),
             client_attempt: self.pending.client_attempt,
+            key_regenerated_ms: self.pending.key_regenerated_ms,
         }
     }
 }
@@ -120,7 +121,8 @@ pub(crate) struct RecordJob {
     fingerprint: Fingerprint,
     request_id: Option<String>,
     upstream_attempts: Option<u64>,
-    now: u64,
+    /// When the stream ended, Unix milliseconds.
+    now_ms: u64,
 }
 
 impl RecordJob {
@@ -155,7 +157,7 @@ impl RecordJob {
                     &audit::outcome_line(
                         route,
                         &OutcomeRecord {
-                            now: self.now,
+                            now: self.now_ms / 1000,
                             request_id: self.request_id.as_deref(),
                             fingerprint: &self.fingerprint,
                             attempt: self.recording.attempt(),
@@ -218,7 +220,7 @@ impl<L> Plugin<L> {
             fingerprint: job.waiting.asking.fingerprint,
             request_id: job.waiting.asking.pending.request_id.clone(),
             upstream_attempts: None,
-            now: now_seconds(host),
+            now_ms: now_millis(host),
         };
         record.step(self, host, next);
     }
@@ -238,14 +240,16 @@ impl Stream {
         let Some(remote) = &plugin.remote else {
             return Action::Continue;
         };
-        let lease = remote.plan.lease_id(remote.plan.bucket(pending.now));
+        let lease = remote
+            .plan
+            .lease_id(remote.plan.bucket(pending.now_ms / 1000));
         if let Some((id, holder)) = pending.sighting.as_ref().map(|d| (d.id, d.holder.clone())) {
             let key = etcd::key(&remote.etcd.key_prefix, KeyKind::TokenSeen, &id);
             let (sighting, next) = Sighting::start(
                 key,
                 lease,
                 id,
-                pending.now,
+                pending.now_ms,
                 plugin.config.window_seconds,
                 holder,
             );
@@ -312,7 +316,9 @@ impl Stream {
             KeyKind::Attempt,
             &asking.fingerprint.0,
         );
-        let lease = remote.plan.lease_id(remote.plan.bucket(asking.pending.now));
+        let lease = remote
+            .plan
+            .lease_id(remote.plan.bucket(asking.pending.now_ms / 1000));
         let (deciding, next) = Deciding::start(
             &plugin.config,
             route,
@@ -346,7 +352,7 @@ impl Stream {
         mut waiting: Waiting,
     ) -> Action {
         if let Some(remote) = &plugin.remote {
-            if !remote.is_granted(remote.plan.bucket(waiting.asking.pending.now)) {
+            if !remote.is_granted(remote.plan.bucket(waiting.asking.pending.now_ms / 1000)) {
                 waiting.granting = true;
                 waiting.regranted = true;
             }
@@ -366,8 +372,8 @@ impl Stream {
         let (path, body) = if waiting.granting {
             match &plugin.remote {
                 Some(r) => r.plan.grant(
-                    r.plan.bucket(waiting.asking.pending.now),
-                    waiting.asking.pending.now,
+                    r.plan.bucket(waiting.asking.pending.now_ms / 1000),
+                    waiting.asking.pending.now_ms / 1000,
                 ),
                 None => return Action::Continue,
             }
@@ -413,7 +419,7 @@ impl Stream {
             return match etcd::parse_grant(status, body) {
                 Ok(()) => {
                     if let Some(r) = &plugin.remote {
-                        r.mark_granted(r.plan.bucket(waiting.asking.pending.now));
+                        r.mark_granted(r.plan.bucket(waiting.asking.pending.now_ms / 1000));
                     }
                     self.send(plugin, host, waiting)
                 }
@@ -598,7 +604,7 @@ impl Stream {
             fingerprint: tracked.fingerprint,
             request_id: tracked.request_id.clone(),
             upstream_attempts,
-            now: now_seconds(host),
+            now_ms: now_millis(host),
         };
         job.step(plugin, host, next);
     }

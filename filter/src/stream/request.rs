@@ -4,7 +4,7 @@
 use crate::canonical::{canonical_form, BodyForm, CanonicalPath};
 use crate::config::{Config, PrincipalSource, QueryKey, Route};
 use crate::engine::{self, EarlyFacts, Facts};
-use crate::fingerprint::{parse_idempotency_key, BodyDigester, KeyCheck};
+use crate::fingerprint::{parse_idempotency_key, BodyDigester, Fingerprint, KeyCheck, NaturalKey};
 use crate::headers::HeaderPairs;
 use crate::host::{LogLevel, StreamHost};
 use crate::jwt::Credential;
@@ -16,9 +16,9 @@ use crate::token::{BearerToken, StaleReason, TokenRules};
 
 use super::Plugin;
 
-/// The host's clock in Unix seconds (0 if it has none).
-pub(super) fn now_seconds(host: &impl StreamHost) -> u64 {
-    host.now_nanos().map_or(0, |n| n / 1_000_000_000)
+/// The host's clock in Unix milliseconds (0 if it has none).
+pub(super) fn now_millis(host: &impl StreamHost) -> u64 {
+    host.now_nanos().map_or(0, |n| n / 1_000_000)
 }
 
 /// A property's value as text.
@@ -86,7 +86,8 @@ const AMBIGUOUS_PRINCIPAL: &str = "ambiguous";
 
 /// Facts of a matched request gathered at request headers, waiting for the body.
 pub(super) struct Pending {
-    pub(super) now: u64,
+    /// When the request's headers arrived, Unix milliseconds.
+    pub(super) now_ms: u64,
     pub(super) method: String,
     /// The canonical path.
     pub(super) path: String,
@@ -115,6 +116,9 @@ pub(super) struct Pending {
     pub(super) shared_with: Option<String>,
     /// `x-envoy-attempt-count`, when the request carries it.
     pub(super) client_attempt: Option<u32>,
+    /// A regenerated idempotency key: ms since the same natural key's attempt under another
+    /// key ([`Pending::note_key`]).
+    pub(super) key_regenerated_ms: Option<u64>,
 }
 
 /// A token age check waiting for the cluster ledger's record of the credential.
@@ -151,7 +155,7 @@ impl Pending {
     /// yet.
     pub(super) fn early_facts(&self) -> Facts<'_> {
         Facts {
-            now: self.now,
+            now_ms: self.now_ms,
             request_id: self.request_id.as_deref(),
             principal: self.principal_text(),
             key: &self.key,
@@ -162,6 +166,7 @@ impl Pending {
             credential_holder: None,
             credential_shared_with: None,
             client_attempt: self.client_attempt,
+            key_regenerated_ms: None,
         }
     }
 
@@ -176,7 +181,7 @@ impl Pending {
         blob: Vec<u8>,
     ) -> Pending {
         let config = &plugin.config;
-        let now = now_seconds(host);
+        let now_ms = now_millis(host);
         let headers = HeaderPairs::parse(&blob).unwrap_or_default();
         let request_id = headers.text("x-request-id").map(str::to_string);
         // Two key fields: the upstream may take either (or both), so the request has no one key.
@@ -217,7 +222,7 @@ impl Pending {
             }
             _ => None,
         };
-        let stale = rules.assess(&token, now, None);
+        let stale = rules.assess(&token, now_ms / 1000, None);
         // The principal comes from what goes upstream: a stale credential is stripped or
         // rejected, so it names no one (a forged JWT without `exp` cannot make a new caller).
         let (forwarded, claims) = match stale {
@@ -276,7 +281,7 @@ impl Pending {
             host.remove_request_header(&config.confirmation_header);
         }
         Pending {
-            now,
+            now_ms,
             method,
             path: path.path,
             encoded_slash: path.encoded_slash,
@@ -296,6 +301,42 @@ impl Pending {
             client_attempt: headers
                 .text("x-envoy-attempt-count")
                 .and_then(|v| v.trim().parse().ok()),
+            key_regenerated_ms: None,
+        }
+    }
+
+    /// On a tracked route, notes a keyed request (fingerprint `keyed`, body `body`) in the
+    /// same-body table and keeps what it says ([`engine::note_keyed_attempt`]): was the same
+    /// natural key sent under another key within a minute? A store failure is logged and
+    /// leaves it unknown.
+    pub(super) fn note_key<L: Ledger, H: StreamHost>(
+        &mut self,
+        plugin: &Plugin<L>,
+        host: &H,
+        route: &Route,
+        keyed: &Fingerprint,
+        body: &[u8; 32],
+    ) {
+        if !route.needs_ledger() || self.key.key().is_none() {
+            return;
+        }
+        let natural = Fingerprint::compute(
+            &route.name,
+            self.principal_text(),
+            None,
+            &NaturalKey {
+                method: &self.method,
+                path: &self.path,
+                query: &self.query,
+                body,
+            },
+        );
+        match engine::note_keyed_attempt(&plugin.bodies, &natural, keyed, self.now_ms) {
+            Ok(gap) => self.key_regenerated_ms = gap,
+            Err(e) => host.log(
+                LogLevel::Warn,
+                &format!("retry-guard: same-body record not kept: {e}"),
+            ),
         }
     }
 
@@ -313,7 +354,7 @@ impl Pending {
             &plugin.tokens,
             id,
             sensitive,
-            self.now,
+            self.now_ms,
             plugin.config.window_seconds,
             holder.as_deref(),
         ) {
@@ -348,7 +389,7 @@ impl Pending {
         };
         let first_seen = seen.as_ref().map(|s| s.first_seen);
         self.shared_with = seen.and_then(|s| s.shared_with);
-        self.stale = d.rules.assess(&d.token, self.now, first_seen);
+        self.stale = d.rules.assess(&d.token, self.now_ms / 1000, first_seen);
         if self.stale.is_some() && d.principal_if_stale != self.principal {
             self.principal = d.principal_if_stale;
             return true;

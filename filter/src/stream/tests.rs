@@ -53,6 +53,7 @@ impl Reply {
 /// writes to its request headers (what the upstream would get), and records every call.
 #[derive(Default)]
 struct FakeHost {
+    /// The clock, Unix milliseconds.
     now: Cell<u64>,
     properties: RefCell<Vec<(String, Vec<u8>)>>,
     request: RefCell<Vec<(String, String)>>,
@@ -65,7 +66,7 @@ impl FakeHost {
     /// A request on Envoy route `route_name` (the `xds.route_name` property).
     fn request(route_name: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> FakeHost {
         let host = FakeHost::default();
-        host.now.set(NOW);
+        host.now.set(NOW * 1000);
         host.set_property_value("xds.route_name", route_name.as_bytes());
         let mut request = vec![
             (":method".to_string(), method.to_string()),
@@ -168,7 +169,7 @@ impl FakeHost {
 impl StreamHost for FakeHost {
     fn now_nanos(&self) -> Option<u64> {
         self.call(Call::NowNanos);
-        Some(self.now.get() * 1_000_000_000)
+        Some(self.now.get() * 1_000_000)
     }
 
     fn log(&self, level: LogLevel, message: &str) {
@@ -341,7 +342,8 @@ fn plugin_of(config: Config) -> Plugin<SlotLedger<MemoryStore>> {
         l
     };
     let (ledger, tokens) = (table(Table::Attempts), table(Table::Tokens));
-    Plugin::new(config, ledger, tokens)
+    let bodies = table(Table::SameBody);
+    Plugin::new(config, ledger, tokens, bodies)
 }
 
 fn plugin() -> Plugin<SlotLedger<MemoryStore>> {
@@ -1018,8 +1020,12 @@ fn ledger_failure_lets_the_request_through_and_logs_what_failed() {
             IndexKey::new([7; 16]),
         )
     };
-    let (ledger, tokens) = (table(Table::Attempts), table(Table::Tokens));
-    let plugin = Plugin::new(config, ledger, tokens);
+    let (ledger, tokens, bodies) = (
+        table(Table::Attempts),
+        table(Table::Tokens),
+        table(Table::SameBody),
+    );
+    let plugin = Plugin::new(config, ledger, tokens, bodies);
     let host = token_request();
     let (stream, actions) = send(&plugin, &host, 1);
     assert_eq!(actions, [Action::Pause, Action::Continue], "fails open");
@@ -1471,7 +1477,7 @@ fn etcd_plugin(extra: Value) -> Plugin<SlotLedger<MemoryStore>> {
 impl FakeHost {
     fn default_at(now: u64) -> FakeHost {
         let host = FakeHost::default();
-        host.now.set(now);
+        host.now.set(now * 1000);
         host
     }
 
@@ -1660,7 +1666,7 @@ fn on_etcd_an_opaque_tokens_age_comes_from_the_shared_sighting() {
     let seen = crate::engine::token_seen_update(
         None,
         crate::engine::token_record_id("opaque-abc"),
-        NOW - 400,
+        (NOW - 400) * 1000,
         900,
         None,
     )
@@ -1816,4 +1822,119 @@ fn evictions_are_counted_and_token_sightings_have_their_own_table() {
     assert_eq!(count_of(&host, Event::LedgerEvicted), 2);
     assert_eq!(count_of(&host, Event::LedgerFull), 0);
     assert!(host.replies().is_empty());
+}
+
+/// The token request again, `ms` milliseconds after [`NOW`].
+fn token_request_after(ms: u64) -> FakeHost {
+    let host = token_request();
+    host.now.set(NOW * 1000 + ms);
+    host
+}
+
+#[test]
+fn a_repeat_says_how_long_after_the_earlier_attempt_it_came_and_is_counted_by_gap() {
+    let plugin = plugin();
+    let first = token_request();
+    let (mut s1, _) = send(&plugin, &first, 1);
+    first.respond(&[(":status", "200")]);
+    s1.on_response_headers(&plugin, &first);
+    assert!(
+        !first
+            .counted()
+            .iter()
+            .any(|c| matches!(c, Counter::Route(..))),
+        "a first attempt has no gap"
+    );
+    assert!(first.audit()[0]["since_previous_ms"].is_null());
+
+    let replay = token_request_after(3_200);
+    send(&plugin, &replay, 2);
+    let doc: Value = serde_json::from_str(&replay.replies()[0].body).unwrap();
+    assert_eq!(
+        (doc["status"].as_u64(), doc["since_previous_ms"].as_u64()),
+        (Some(428), Some(3_200))
+    );
+    assert_eq!(replay.audit()[0]["since_previous_ms"], 3_200);
+    assert!(replay
+        .counted()
+        .contains(&Counter::Route(0, RouteCounter::GapLe10s)));
+
+    // Shadow mode counts the gap too (the evidence an operator tunes the window with).
+    let shadow = plugin_with(json!({"mode": "shadow"}));
+    let first = token_request();
+    let (mut s1, _) = send(&shadow, &first, 1);
+    first.respond(&[(":status", "200")]);
+    s1.on_response_headers(&shadow, &first);
+    let replay = token_request_after(45_000);
+    send(&shadow, &replay, 2);
+    assert_eq!(replay.decisions(), ["confirm"]);
+    assert!(replay.replies().is_empty(), "shadow blocks nothing");
+    assert!(replay
+        .counted()
+        .contains(&Counter::Route(0, RouteCounter::GapLe60s)));
+}
+
+#[test]
+fn a_route_window_decides_when_a_repeat_is_a_new_call() {
+    let mut cfg = config(json!({}));
+    cfg.routes[0].window_seconds = 30;
+    let plugin = plugin_of(cfg);
+    let first = token_request();
+    let (mut s1, _) = send(&plugin, &first, 1);
+    first.respond(&[(":status", "200")]);
+    s1.on_response_headers(&plugin, &first);
+    assert_eq!(only_entry(&plugin).window_seconds, 30);
+
+    let within = token_request_after(29_000);
+    send(&plugin, &within, 2);
+    assert_eq!(within.decisions(), ["confirm"]);
+    let doc: Value = serde_json::from_str(&within.replies()[0].body).unwrap();
+    assert_eq!(doc["window_ends"], crate::time::rfc3339(NOW + 30));
+
+    // The global window is 900 s; this route's 30 s have passed: a new call.
+    let after = token_request_after(31_000);
+    send(&plugin, &after, 3);
+    assert_eq!(after.decisions(), ["allow"]);
+    assert_eq!(after.audit()[0]["reason"], "first_attempt");
+    assert!(after.audit()[0]["since_previous_ms"].is_null());
+}
+
+#[test]
+fn a_client_that_makes_a_new_key_for_the_same_body_is_counted_and_audited() {
+    let plugin = plugin();
+    let keyed = |ms: u64, key: &str| {
+        let host = token_request_after(ms);
+        host.request
+            .borrow_mut()
+            .push(("idempotency-key".into(), key.into()));
+        host
+    };
+    let first = keyed(0, "k-1");
+    let (mut s1, _) = send(&plugin, &first, 1);
+    first.respond(&[(":status", "500")]);
+    s1.on_response_headers(&plugin, &first);
+    assert!(first.audit()[0]["key_regenerated_ms"].is_null());
+
+    // The same key again is a retry the ledger sees (no regeneration).
+    let same = keyed(1_000, "k-1");
+    send(&plugin, &same, 2);
+    assert_eq!(same.decisions(), ["confirm"]);
+    assert!(same.audit()[0]["key_regenerated_ms"].is_null());
+
+    // A new key for the same body 2 s later: a first attempt for the ledger, but counted.
+    let regenerated = keyed(3_000, "k-2");
+    send(&plugin, &regenerated, 3);
+    assert_eq!(regenerated.decisions(), ["allow"]);
+    assert_eq!(regenerated.audit()[0]["key_regenerated_ms"], 2_000);
+    assert!(regenerated
+        .counted()
+        .contains(&Counter::Route(0, RouteCounter::KeyRegenerated)));
+
+    // More than a minute later a new key is a new call.
+    let later = keyed(64_000, "k-3");
+    send(&plugin, &later, 4);
+    assert!(later.audit()[0]["key_regenerated_ms"].is_null());
+    assert!(!later
+        .counted()
+        .contains(&Counter::Route(0, RouteCounter::KeyRegenerated)));
 }

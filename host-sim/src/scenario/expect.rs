@@ -23,9 +23,26 @@ pub fn audit_records(ex: &Exchange) -> Vec<Value> {
 }
 
 /// Does `actual` contain `want` (objects: every member of `want` matches; `null` means the
-/// member is absent; `{"present": true}` any value)?
+/// member is absent; `{"present": true}` any value; `{"min": a, "max": b}`, either bound alone,
+/// a number in that range)?
 pub fn subset(want: &Value, actual: Option<&Value>) -> Result<(), String> {
     match (want, actual) {
+        (Value::Object(w), a) if !w.is_empty() && w.keys().all(|k| k == "min" || k == "max") => {
+            let bound = |k: &str| w.get(k).and_then(Value::as_f64);
+            match a.and_then(Value::as_f64) {
+                Some(v)
+                    if bound("min").is_none_or(|min| v >= min)
+                        && bound("max").is_none_or(|max| v <= max) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "expected a number in {}, got {}",
+                    Value::Object(w.clone()),
+                    a.map_or("nothing".to_string(), Value::to_string)
+                )),
+            }
+        }
         (Value::Null, None | Some(Value::Null)) => Ok(()),
         (Value::Null, Some(a)) => Err(format!("expected absent, got {a}")),
         (Value::Object(w), a) if w.len() == 1 && w.contains_key("present") => {

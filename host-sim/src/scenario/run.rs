@@ -836,6 +836,7 @@ impl Runner<'_> {
                     "owner",
                     "escalation",
                     "previous_outcome",
+                    "since_previous_ms",
                     "confirmation_error",
                     "challenge",
                 ] {
