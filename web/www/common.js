@@ -16,7 +16,7 @@ export function h(tag, attrs, ...children) {
     if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else el.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -33,7 +33,7 @@ export function facts(pairs) {
 /** Replaces the children of the element with id `id`. */
 export function show(id, ...children) {
   const el = document.getElementById(id);
-  el.replaceChildren(...children.flat().filter((c) => c));
+  el.replaceChildren(...children.flat(Infinity).filter((c) => c));
   return el;
 }
 

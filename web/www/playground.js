@@ -107,21 +107,18 @@ function renderCalls() {
 }
 
 // ---- the results ----
-const OUTCOME_SHORT = {
-  in_flight: "in flight", succeeded: "succeeded", unauthenticated: "unauth.", rate_limited: "rate lim.",
-  rejected: "rejected", not_sent: "not sent", unchanged: "unchanged", failed_unknown: "failed unknown", undelivered: "undelivered",
-};
-
 function policyTable(t) {
-  const id = `t${Math.random().toString(36).slice(2, 8)}`;
-  return h("div", { class: "table-wrap" }, h("table", { class: "policy", "aria-describedby": id },
-    h("caption", { id, class: "hint" }, `Retry-policy table of ${t.route}, class ${t.class}: the earlier attempt's outcome → the policy (* the route overrides the class default)`),
-    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "class"), t.cells.map((c) => h("th", { scope: "col" }, OUTCOME_SHORT[c.outcome] || c.outcome)))),
-    h("tbody", {}, h("tr", {}, h("th", { scope: "row" }, t.class),
-      t.cells.map((c) => h("td", {
-        class: [c.policy, c.decided ? "decided" : "", c.overridden ? "overridden" : ""].join(" ").trim(),
-        "aria-label": `${c.outcome}: ${c.policy}${c.decided ? " (decided this call)" : ""}`,
-      }, c.policy.replaceAll("_", " ")))))));
+  const cells = t.cells.map((c) => h("td", {
+    class: [c.policy, c.decided ? "decided" : "", c.overridden ? "overridden" : ""].join(" ").trim(),
+    "data-outcome": c.outcome,
+  }, h("span", { class: "o" }, `after ${c.outcome.replaceAll("_", " ")}`),
+  h("span", { class: "p" }, c.policy.replaceAll("_", " ")),
+  c.decided ? h("span", { class: "sr" }, "(this cell decided the call)") : null));
+  const rows = [];
+  for (let i = 0; i < cells.length; i += 3) rows.push(h("tr", {}, cells.slice(i, i + 3)));
+  return h("table", { class: "policy" },
+    h("caption", { class: "hint" }, `Retry-policy table of route ${t.route} (class ${t.class}): the earlier attempt's outcome → the policy for a retry${t.cells.some((c) => c.overridden) ? " (* the route's override)" : ""}`),
+    h("tbody", {}, rows));
 }
 
 function message(m) {
@@ -155,7 +152,8 @@ function stepCard(s) {
     s.note && h("p", { class: "hint" }, s.note),
     s.warning && h("div", { class: "status warn" }, s.warning),
     h("p", { class: "why" }, explain(s)),
-    s.table && policyTable(s.table),
+    s.table && (s.table.cells.some((c) => c.decided) ? policyTable(s.table)
+      : h("details", {}, h("summary", {}, "Retry-policy table (no earlier attempt: no cell decided)"), policyTable(s.table))),
     h("p", { class: "hint" }, `The client got ${s.answer.status ?? "nothing"}, ${who}.`),
     h("details", { open: s.answer.by === "retry-guard" ? true : null }, h("summary", {}, "The client's answer"), message(s.answer)),
     s.audit && h("details", {}, h("summary", {}, "Audit line"), h("pre", {}, `retry-guard audit ${JSON.stringify(s.audit)}`)),
@@ -199,7 +197,8 @@ function run() {
     return;
   }
   renderConfigStatus(r.config);
-  show("timing", r.config.ok ? `${r.steps.length} call(s) decided in ${ms.toFixed(1)} ms by the filter's code in this page.` : "");
+  const took = ms < 0.1 ? "under 0.1 ms" : `${ms.toFixed(1)} ms`;
+  show("timing", r.config.ok ? `${r.steps.length} call(s) decided in ${took} by the filter's code in this page.` : "");
   show("steps",
     r.etcd_note && h("div", { class: "status warn" }, "This configuration uses the cluster ledger (etcd); the playground decides on the in-process ledger, which gives the same decisions for one caller at a time."),
     r.config.ok ? r.steps.map(stepCard) : h("p", { class: "hint" }, "Fix the configuration to see the calls decided."));
