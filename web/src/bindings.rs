@@ -11,7 +11,7 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String, JsError> {
 }
 
 fn seconds(n: f64, what: &str) -> Result<u64, JsError> {
-    if n.is_finite() && n >= 0.0 && n < 1e15 {
+    if (0.0..1e15).contains(&n) {
         Ok(n as u64)
     } else {
         Err(JsError::new(&format!(

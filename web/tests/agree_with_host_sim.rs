@@ -8,6 +8,7 @@
 //! scenarios that need what the playground does not model (floods, dynamic metadata, client
 //! disconnects, chunked bodies, trailers, the etcd ledger, a filter that may not hold headers)
 //! are listed as skipped, and at least [`MIN_SCENARIOS`] must be compared.
+#![cfg(not(target_arch = "wasm32"))]
 
 mod common;
 

@@ -8,6 +8,7 @@
 //!
 //! The WebDriver client is a few lines of HTTP/1.1 and JSON over `std::net`. Every wait is
 //! bounded; the server and chromedriver are started here and stopped by their PIDs.
+#![cfg(not(target_arch = "wasm32"))]
 
 mod common;
 
@@ -411,8 +412,10 @@ fn approve_in_the_console_and_play_in_the_playground() {
         "document.querySelector('#verdict[data-accepted]')",
         "verify mode to accept the token",
     );
+    d.size(1280, 1900);
     d.js("window.scrollTo(0, 0);", json!([]));
     d.screenshot(&shots.join("approve.png"));
+    d.size(1280, 1300);
 
     // The filter on host-sim accepts the page's token once, and refuses it the second time.
     let confirmed = Call {
@@ -559,6 +562,13 @@ fn approve_in_the_console_and_play_in_the_playground() {
     assert!(d
         .text("#config-error")
         .contains("retry-guard: invalid plugin configuration: routes[0].class"));
+    d.click("#show-path");
+    let selected = d.js(
+        "const t = document.getElementById('config'); return t.value.slice(t.selectionStart, t.selectionEnd);",
+        json!([]),
+    );
+    let selected = selected.as_str().unwrap_or_default().to_string();
+    assert!(selected.contains("token_issueing"), "{selected}");
     d.js("window.scrollTo(0, 0);", json!([]));
     d.screenshot(&shots.join("playground-error.png"));
     assert_own_files(&d.loaded_urls(), &origin, "playground.html");

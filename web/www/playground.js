@@ -128,6 +128,14 @@ function message(m) {
   return h("pre", {}, `${head}${body ? `\n\n${body}` : ""}`);
 }
 
+function problemLine(a) {
+  if (a.by !== "retry-guard") return null;
+  try {
+    const p = JSON.parse(a.body);
+    return [" ", h("b", {}, p.title), `: ${p.detail}`];
+  } catch (_) { return null; }
+}
+
 function explain(s) {
   const a = s.audit;
   if (!a) return `No guarded route matched (listener route ${s.listener_route}): the filter let it through untouched.`;
@@ -141,21 +149,50 @@ function explain(s) {
   return text;
 }
 
+/** Selects, in the editor, the line of the field a configuration error names. */
+function showInEditor(path) {
+  const ta = $("config");
+  const text = ta.value;
+  const segs = path.split(".").flatMap((p) => p.split(/\[(\d+)\]/)).filter(Boolean);
+  let at = 0;
+  for (let i = 0; i < segs.length; i++) {
+    if (/^\d+$/.test(segs[i])) continue;
+    // After `[n]`, the key of the n-th element: its (n+1)-th occurrence from the list.
+    const n = i > 0 && /^\d+$/.test(segs[i - 1]) ? Number(segs[i - 1]) : 0;
+    const key = segs[i].replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    const re = new RegExp(`["']?${key}["']?\\s*:`, "g");
+    re.lastIndex = at;
+    let m = null;
+    for (let k = 0; k <= n; k++) { m = re.exec(text); if (!m) break; }
+    if (!m) break;
+    at = m.index;
+  }
+  const start = text.lastIndexOf("\n", at) + 1;
+  const endNl = text.indexOf("\n", at);
+  const end = endNl < 0 ? text.length : endNl;
+  ta.focus();
+  ta.setSelectionRange(start, end);
+  const line = text.slice(0, start).split("\n").length - 1;
+  const lh = parseFloat(getComputedStyle(ta).lineHeight) || 18;
+  ta.scrollTop = Math.max(0, (line - 2) * lh);
+}
+
+let firstNow = 0;
 function stepCard(s) {
   const d = s.decision || "none";
   const who = s.answer.by === "retry-guard" ? "answered by retry-guard" : s.answer.by === "envoy" ? "answered by Envoy's router" : "answered by the upstream";
   const method = s.request.headers.find(([k]) => k === ":method")[1];
   const path = s.request.headers.find(([k]) => k === ":path")[1];
   return h("article", { class: `step ${d}`, "data-decision": d, "data-status": s.answer.status ?? "", "aria-labelledby": `step${s.index}` },
-    h("h3", { id: `step${s.index}` }, `Call ${s.index + 1} · ${s.at} · ${method} ${path} → ${s.answer.status ?? "no answer"} `,
+    h("h3", { id: `step${s.index}`, title: s.at }, `Call ${s.index + 1} · t+${s.now - firstNow} s · ${method} ${path} → ${s.answer.status ?? "no answer"} `,
       h("span", { class: `badge ${d}` }, d)),
     s.note && h("p", { class: "hint" }, s.note),
     s.warning && h("div", { class: "status warn" }, s.warning),
     h("p", { class: "why" }, explain(s)),
     s.table && (s.table.cells.some((c) => c.decided) ? policyTable(s.table)
       : h("details", {}, h("summary", {}, "Retry-policy table (no earlier attempt: no cell decided)"), policyTable(s.table))),
-    h("p", { class: "hint" }, `The client got ${s.answer.status ?? "nothing"}, ${who}.`),
-    h("details", { open: s.answer.by === "retry-guard" ? true : null }, h("summary", {}, "The client's answer"), message(s.answer)),
+    h("p", { class: "hint" }, `The client got ${s.answer.status ?? "nothing"}, ${who}.`, problemLine(s.answer)),
+    h("details", {}, h("summary", {}, "The client's answer"), message(s.answer)),
     s.audit && h("details", {}, h("summary", {}, "Audit line"), h("pre", {}, `retry-guard audit ${JSON.stringify(s.audit)}`)),
     s.outcome && h("details", {}, h("summary", {}, `Outcome recorded: ${s.outcome.outcome}`), h("pre", {}, `retry-guard audit ${JSON.stringify(s.outcome)}`)),
     s.ledger && h("details", {}, h("summary", {}, `Ledger entry: ${s.ledger.attempts} attempt(s), ${s.ledger.outcome}`), facts([
@@ -182,7 +219,8 @@ function renderConfigStatus(c) {
     ta.setAttribute("aria-invalid", "true");
     const p = c.problem;
     show("config-status", h("div", { class: "status bad", id: "config-error", role: "alert" },
-      h("div", {}, "The filter refuses this configuration at ", h("span", { class: "path", id: "config-path" }, p.document_path || "(the document)"), ":"),
+      h("div", {}, "The filter refuses this configuration at ", h("span", { class: "path", id: "config-path" }, p.document_path || "(the document)"), ":",
+        p.path ? h("button", { type: "button", class: "small secondary", id: "show-path", onclick: () => showInEditor(p.document_path) }, "Show in the editor") : null),
       h("div", {}, p.message),
       h("pre", {}, p.log_line)));
   }
@@ -197,6 +235,7 @@ function run() {
     return;
   }
   renderConfigStatus(r.config);
+  firstNow = r.steps.length ? r.steps[0].now - state.calls[0].wait : 0;
   const took = ms < 0.1 ? "under 0.1 ms" : `${ms.toFixed(1)} ms`;
   show("timing", r.config.ok ? `${r.steps.length} call(s) decided in ${took} by the filter's code in this page.` : "");
   show("steps",
