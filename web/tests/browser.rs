@@ -452,6 +452,12 @@ fn approve_in_the_console_and_play_in_the_playground() {
     d.click("#verify");
     let refusal = d.wait("document.querySelector('#verdict[data-refusal]') && document.querySelector('#verdict').dataset.refusal", "a refusal");
     assert_eq!(refusal, json!("bad_signature"));
+    d.size(1280, 900);
+    d.js(
+        "document.getElementById('h-verify').scrollIntoView();",
+        json!([]),
+    );
+    d.screenshot(&shots.join("approve-verify.png"));
     assert_own_files(&d.loaded_urls(), &origin, "approve.html");
 
     // Readable at 320 px: nothing wider than the window.
