@@ -78,15 +78,40 @@ profile-perf path="token_issuing_allow":
     RG_PERFMAP=1 perf record -q -F 20000 -e cpu-clock -o target/bench/perf-{{path}}.data -- target/release/retry-guard bench --paths --only {{path}} --requests 30000 --wasm target/wasm32-wasip1/profiling/retry_guard.wasm >/dev/null
     perf report -i target/bench/perf-{{path}}.data --no-children --sort dso,sym 2>/dev/null | grep -F '[JIT]' | awk '{p=$1; sub(/%/,"",p); $1="";$2="";$3="";$4=""; a[$0]+=p; t+=p} END {for (k in a) printf "%6.2f%% %s\n", a[k]*100/t, k; printf "(guest code: %.1f%% of all samples; the rest is host-sim itself)\n", t}' | sort -rn | head -40
 
-# Formatting and lints (native and wasm).
-lint:
+# Formatting and lints (native, the filter's wasm, the web pages' wasm).
+lint: web-setup
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy --release --target wasm32-wasip1 -p retry-guard-filter -p retry-guard-noop -p retry-guard-hostcost -- -D warnings
+    cargo clippy --target wasm32-unknown-unknown -p retry-guard-web --all-targets -- -D warnings
 
-# Every test: lints, native unit tests of the policy core, real-Envoy end-to-end tests.
-test: lint build envoy-install etcd-install
+# Every test: lints, native unit tests of the policy core, real-Envoy end-to-end tests, the web
+# pages in headless Chromium (their bindings, and end to end).
+test: lint build envoy-install etcd-install web-build
     cargo test --workspace
+    just web-test-wasm
+
+# The approver's console and the policy playground (web/), built and served on 127.0.0.1 (Ctrl-C stops it).
+web port="8018": web-build
+    @echo "approver console:  http://127.0.0.1:{{port}}/approve.html"
+    @echo "policy playground: http://127.0.0.1:{{port}}/playground.html"
+    python3 -m http.server --bind 127.0.0.1 --directory web/www {{port}}
+
+# Install what web/ needs when missing: wasm32-unknown-unknown, pinned wasm-bindgen-cli, chromium(-driver).
+web-setup:
+    @bash web/setup.sh --browser
+
+# Build the web pages' wasm and ES module into web/www/pkg; prints the wasm's size.
+web-build: web-setup
+    @bash web/build.sh
+
+# The bindings' wasm-bindgen tests in headless Chromium (wasm-bindgen-test-runner).
+web-test-wasm: web-setup
+    CHROMEDRIVER="$(command -v chromedriver)" CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner cargo test -p retry-guard-web --target wasm32-unknown-unknown --test bindings
+
+# The web pages' native tests: the playground against host-sim, and end to end in Chromium.
+web-test: build web-build
+    cargo test -p retry-guard-web
 
 # Only the policy core's unit tests (milliseconds, no Envoy).
 test-core:

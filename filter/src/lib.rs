@@ -11,7 +11,8 @@
 //!   matches, holds, decides, answers, resumes and records — written against two traits: the
 //!   host a stream talks to ([`host::StreamHost`]) and the ledger ([`ledger::Ledger`], over
 //!   [`ledger::SharedStore`] for Envoy shared data). Its native tests use a fake host;
-//! * the **proxy-wasm shell** (`shell`, built only for `wasm32`): the adapter. It implements
+//! * the **proxy-wasm shell** (`shell`, built only for `wasm32-wasip1`; the browser build for
+//!   `wasm32-unknown-unknown` in `web/` leaves it out): the adapter. It implements
 //!   those traits over `abi` (the proxy-wasm ABI 0.2.1 imports and exports written out with
 //!   wrappers that never panic), reads the plugin configuration, keeps the VM's contexts, and
 //!   hands each exported callback to the root or to the stream's state machine.
@@ -57,8 +58,10 @@ pub mod stream;
 pub mod time;
 pub mod token;
 
-#[cfg(target_arch = "wasm32")]
+// The proxy-wasm shell is the filter module's (wasm32-wasip1, what Envoy loads); the browser
+// build of the policy core (`web/`, wasm32-unknown-unknown) must not carry its ABI exports.
+#[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 #[allow(unsafe_code)] // The ABI boundary: raw host imports and exports, nothing else.
 mod abi;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod shell;
