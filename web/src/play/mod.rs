@@ -289,8 +289,9 @@ impl Session {
             )
         };
         let (ledger, tokens) = (table(Table::Attempts), table(Table::Tokens));
+        let bodies = table(Table::SameBody);
         Ok(Session {
-            plugin: Plugin::new(config, ledger, tokens),
+            plugin: Plugin::new(config, ledger, tokens, bodies),
             store,
             now_ms: Cell::new(start.saturating_mul(1000)),
             rng: Cell::new(1),
@@ -684,22 +685,22 @@ impl Session {
     fn ledger_entry(&self, fingerprint: &str) -> Option<LedgerView> {
         let id: [u8; 32] = b64::decode_url(fingerprint)?.try_into().ok()?;
         let window = self.plugin.config.window_seconds;
-        let now = self.now();
+        let now_ms = self.now_ms.get();
         let entry = self
             .store
             .with_prefix(KEY_PREFIX)
             .into_iter()
             .filter_map(|(_, v)| Set::decode(&v))
             .flat_map(|s| s.0)
-            .find(|e| e.id == id && e.is_live(now, window))?;
+            .find(|e| e.id == id && e.is_live(now_ms, window))?;
         Some(LedgerView {
             fingerprint: fingerprint.to_string(),
             attempts: entry.attempts,
             outcome: entry.outcome.name().to_string(),
             status: entry.status,
-            first_seen: retry_guard::time::rfc3339(entry.first_seen),
-            last_attempt: retry_guard::time::rfc3339(entry.last_attempt),
-            expires: retry_guard::time::rfc3339(entry.expires_at(window)),
+            first_seen: retry_guard::time::rfc3339(entry.first_seen_ms / 1000),
+            last_attempt: retry_guard::time::rfc3339(entry.last_attempt_ms / 1000),
+            expires: retry_guard::time::rfc3339(entry.expires_at_ms(window) / 1000),
             challenge: entry.challenge.map(|c| b64::url(&c)),
             consumed: entry.consumed.map(|c| b64::url(&c)),
             holder: entry.holder(),
