@@ -19,6 +19,7 @@ pub mod abi;
 pub mod bench;
 pub mod error;
 pub mod explore;
+pub mod fuzz;
 pub mod headers;
 mod host;
 pub mod properties;
