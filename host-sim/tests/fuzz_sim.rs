@@ -17,7 +17,10 @@ fn runtime() -> &'static Runtime {
 }
 
 /// Seeds that once failed, replayed on every run.
-const REGRESSIONS: &[u64] = &[];
+/// - 17604131991246295193: an attempt outlived its window; its 200 was recorded on the next
+///   attempt's fresh entry (also attempt 1), so a confirmed retry passed while that attempt
+///   was in flight (see `a_stale_attempts_outcome_is_not_recorded_on_a_newer_attempt`).
+const REGRESSIONS: &[u64] = &[17_604_131_991_246_295_193];
 
 #[test]
 fn regression_seeds_pass() {
@@ -46,4 +49,58 @@ fn random_sequences_keep_every_invariant() {
         }
         Err(f) => panic!("{f}"),
     }
+}
+
+/// An attempt in flight longer than the window: its entry expires, the same call is allowed
+/// again (a new entry, attempt 1 again), and then the first attempt's response arrives. Its
+/// outcome must not be written on the new attempt's entry: the new attempt is still in flight,
+/// so a replay is 409 (not a 428 that a confirmation could then pass).
+#[test]
+fn a_stale_attempts_outcome_is_not_recorded_on_a_newer_attempt() {
+    use host_sim::{Request, Sim, SimConfig, Upstream};
+    let config = br#"{
+      "window_seconds": 60,
+      "principal": ["header:x-client-id"],
+      "routes": [{ "name": "oauth-token", "match": { "path": "/oauth/token" },
+                   "class": "token_issuing", "owner": "team-iam", "escalation": "pagerduty:iam" }]
+    }"#;
+    let sim = Sim::new(
+        runtime(),
+        SimConfig {
+            plugin_config: config.to_vec(),
+            ..SimConfig::default()
+        },
+    )
+    .expect("starts");
+    let req = Request::new("POST", "/oauth/token")
+        .header("x-client-id", "ci-bot")
+        .body("grant_type=client_credentials");
+    let first = sim.begin(&req, None).expect("first");
+    assert!(first.forwarded());
+    sim.advance_ms(61_000);
+    let second = sim.begin(&req.clone().on_worker(1), None).expect("second");
+    assert!(
+        second.forwarded(),
+        "the first attempt's entry expired: a new attempt"
+    );
+    let first = sim
+        .complete(first, &Upstream::ok())
+        .expect("first completes");
+    assert_eq!(first.status, 200);
+    let replay = sim.request(&req, &Upstream::ok()).expect("replay");
+    assert_eq!(
+        replay.status,
+        409,
+        "the second attempt is still in flight: {}",
+        String::from_utf8_lossy(&replay.body)
+    );
+    let second = sim
+        .complete(second, &Upstream::ok())
+        .expect("second completes");
+    assert_eq!(second.status, 200);
+    let after = sim.request(&req, &Upstream::ok()).expect("after");
+    assert_eq!(
+        after.status, 428,
+        "the second attempt's own outcome is recorded"
+    );
 }

@@ -827,6 +827,7 @@ fn full_flow_through_the_ledger() {
         &ledger,
         &fp,
         1,
+        NOW,
         ResponseFacts {
             status: 503,
             flags,
@@ -846,6 +847,7 @@ fn full_flow_through_the_ledger() {
         &ledger,
         &fp,
         2,
+        NOW,
         ResponseFacts {
             status: 503,
             flags: 0,

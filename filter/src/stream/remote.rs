@@ -517,6 +517,10 @@ impl Stream {
             self.tracked = Some(Tracked {
                 fingerprint: fp,
                 attempt,
+                started: decision
+                    .write
+                    .as_ref()
+                    .map_or(facts.now, |w| w.last_attempt),
                 request_id: facts.request_id.map(str::to_string),
                 recorded: None,
                 remote,
