@@ -10,8 +10,9 @@
 //!
 //! 1. no VM trapped (in a stream, a tick or a queue callback);
 //! 2. every finished stream was answered or forwarded (not stalled), with no host misuse;
-//! 3. no fingerprint of a sensitive route is allowed while an earlier allowed attempt of it is
-//!    still in flight (within its window);
+//! 3. no fingerprint of a tracked route is allowed while an earlier allowed attempt of it is
+//!    still in flight (within its window; on a non-sensitive route, unless an entry was
+//!    evicted since, which the ledger may do to make room);
 //! 4. no confirmation challenge is accepted twice;
 //! 5. shared data stays within its bound: no key beyond those made at start (the set tables
 //!    and the index key), no value beyond a full set, every set decodes and holds at most
@@ -153,8 +154,19 @@ struct Open {
     name: String,
     request: Request,
     pending: Pending,
-    /// The fingerprint of an allowed attempt on a sensitive route, with when it was allowed.
-    allowed: Option<(String, u64)>,
+    /// The attempt this stream's request was allowed as, on a tracked route.
+    allowed: Option<Allowed>,
+}
+
+/// An allowed attempt in flight.
+struct Allowed {
+    fingerprint: String,
+    /// When (Unix seconds).
+    at: u64,
+    /// On a sensitive route (its live entry is never evicted).
+    sensitive: bool,
+    /// `retry_guard.ledger.evicted` then.
+    evictions: u64,
 }
 
 /// A 428 seen, to build confirmations from.
@@ -356,28 +368,40 @@ impl Sequence {
         let mut allowed = None;
         if let Some(d) = &decision {
             let verdict = d["decision"].as_str().unwrap_or("");
-            let sensitive = !matches!(
-                d["class"].as_str().unwrap_or(""),
-                "read_only" | "idempotent_write"
-            );
+            // Tracked routes: sensitive ones always; an idempotent write's in-flight entry may
+            // be evicted to make room, so its check holds while nothing was evicted since.
+            let class = d["class"].as_str().unwrap_or("");
+            let tracked = class != "read_only";
+            let sensitive = tracked && class != "idempotent_write";
+            let evictions = self.evictions();
             let fp = d["fingerprint"].as_str().map(str::to_string);
+            // A request the ledger could not record (full set, contention) and the route's
+            // fail_open policy let through has no entry to be in flight in.
+            let recorded = !d["reason"].as_str().unwrap_or("").starts_with("ledger_");
             if let (true, true, Some(fp)) = (
-                pending.forwarded() && sensitive,
+                pending.forwarded() && tracked && recorded,
                 matches!(verdict, "allow" | "confirmed"),
                 fp,
             ) {
                 let now = self.sim.now_unix();
                 if let Some(o) = self.open.iter().find(|o| {
-                    o.allowed
-                        .as_ref()
-                        .is_some_and(|(f, at)| *f == fp && now < at + self.window)
+                    o.allowed.as_ref().is_some_and(|a| {
+                        a.fingerprint == fp
+                            && now < a.at + self.window
+                            && (a.sensitive || a.evictions == evictions)
+                    })
                 }) {
                     return Err(format!(
                         "{name} was allowed ({verdict}) while {} of the same fingerprint is in flight",
                         o.name
                     ));
                 }
-                allowed = Some((fp, now));
+                allowed = Some(Allowed {
+                    fingerprint: fp,
+                    at: now,
+                    sensitive,
+                    evictions,
+                });
             }
             if verdict == "confirmed" {
                 let token = req
@@ -403,6 +427,15 @@ impl Sequence {
             allowed,
         });
         Ok(())
+    }
+
+    /// Live entries evicted so far.
+    fn evictions(&self) -> u64 {
+        self.sim
+            .metrics()
+            .get("retry_guard.ledger.evicted")
+            .copied()
+            .unwrap_or(0)
     }
 
     /// This request's decision audit record, from the log lines since `start`.
