@@ -32,10 +32,16 @@ impl Gen {
         self.below(100) < percent
     }
 
-    /// One of `items` (`items` must not be empty; the first when it is).
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+    /// One of `items`; `None` when there are none.
+    pub fn choose<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
         let i = self.below(items.len());
-        &items[i.min(items.len().saturating_sub(1))]
+        items.get(i)
+    }
+
+    /// One of `items`, a non-empty array (checked at compile time).
+    fn pick<'a, T, const N: usize>(&mut self, items: &'a [T; N]) -> &'a T {
+        const { assert!(N > 0) };
+        &items[self.below(N) % N]
     }
 
     /// Random bytes.

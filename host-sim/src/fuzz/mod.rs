@@ -285,8 +285,11 @@ impl Sequence {
             let now = self.sim.now_unix();
             let req = self.gen.request(self.sim.workers(), now);
             self.begin(req, "new")
-        } else if roll < 52 && !self.sent.is_empty() {
-            let mut req = self.gen.pick(&self.sent).clone();
+        } else if let Some(req) = (roll < 52)
+            .then(|| self.gen.choose(&self.sent).cloned())
+            .flatten()
+        {
+            let mut req = req;
             req.worker = self.gen.below(self.sim.workers());
             self.begin(req, "replay")
         } else if roll < 62 && !self.challenges.is_empty() {
@@ -305,8 +308,10 @@ impl Sequence {
     /// A retry carrying a confirmation: valid for an earlier 428, reused, or tampered.
     fn confirmation(&mut self) -> Result<(), String> {
         let pick = self.gen.below(10);
-        if pick < 3 && !self.issued.is_empty() {
-            let (mut req, _) = self.gen.pick(&self.issued).clone();
+        if let Some((mut req, _)) = (pick < 3)
+            .then(|| self.gen.choose(&self.issued).cloned())
+            .flatten()
+        {
             req.worker = self.gen.below(self.sim.workers());
             return self.begin(req, "reused confirmation");
         }
