@@ -20,7 +20,8 @@ fn runtime() -> &'static Runtime {
 }
 
 /// A small ledger (one 4-way set per table with `max_entries: 4`) and two routes: the
-/// sensitive token route and a non-sensitive idempotent write.
+/// sensitive token route (which records when an opaque bearer token is first seen) and a
+/// non-sensitive idempotent write.
 fn config(max_entries: u32) -> Vec<u8> {
     format!(
         r#"{{
@@ -34,7 +35,8 @@ fn config(max_entries: u32) -> Vec<u8> {
   }},
   "routes": [
     {{ "name": "oauth-token", "match": {{ "route_name": "token", "methods": ["POST"], "path": "/oauth/token" }},
-       "class": "token_issuing", "owner": "team-iam", "escalation": "pagerduty:iam-primary" }},
+       "class": "token_issuing", "owner": "team-iam", "escalation": "pagerduty:iam-primary",
+       "token_max_age_seconds": 300 }},
     {{ "name": "orders", "match": {{ "methods": ["POST"], "path_prefix": "/v1/orders" }},
        "class": "idempotent_write", "owner": "team-shop", "escalation": "pagerduty:shop" }}
   ]
@@ -459,4 +461,38 @@ fn eviction_in_a_full_set_never_evicts_or_loses_a_live_entry() {
         ),
         Options::default(),
     );
+}
+
+/// Two workers send the same new token request with the same opaque bearer token: both
+/// record the token's first sighting (the token table) and race for the attempt (the
+/// attempts table). Exactly one is allowed, and the token table holds one record.
+#[test]
+fn same_request_with_a_new_opaque_token_one_allowed_one_token_record() {
+    let req = token(GRANT).header("authorization", "Bearer opaque-token-1");
+    let case = Case {
+        name: "2 workers, same new request with a new opaque token".into(),
+        plugin_config: config(16),
+        seed: 23,
+        setup: Vec::new(),
+        workers: vec![
+            vec![Action::exchange("r0", req.clone(), Upstream::ok())],
+            vec![Action::exchange("r1", req, Upstream::ok())],
+        ],
+        check: Arc::new(|o| {
+            let names = ["r0", "r1"];
+            let fwd = forwarded(o, &names);
+            if fwd.len() != 1 {
+                return Err(format!("{} allowed ({})", fwd.len(), statuses(o, &names)));
+            }
+            none_in_flight(o)?;
+            if o.ledger.tokens.len() != 1 {
+                return Err(format!(
+                    "{} token records, expected one",
+                    o.ledger.tokens.len()
+                ));
+            }
+            Ok(())
+        }),
+    };
+    explore_case(&case, Options::default());
 }
