@@ -78,14 +78,15 @@ profile-perf path="token_issuing_allow":
     RG_PERFMAP=1 perf record -q -F 20000 -e cpu-clock -o target/bench/perf-{{path}}.data -- target/release/retry-guard bench --paths --only {{path}} --requests 30000 --wasm target/wasm32-wasip1/profiling/retry_guard.wasm >/dev/null
     perf report -i target/bench/perf-{{path}}.data --no-children --sort dso,sym 2>/dev/null | grep -F '[JIT]' | awk '{p=$1; sub(/%/,"",p); $1="";$2="";$3="";$4=""; a[$0]+=p; t+=p} END {for (k in a) printf "%6.2f%% %s\n", a[k]*100/t, k; printf "(guest code: %.1f%% of all samples; the rest is host-sim itself)\n", t}' | sort -rn | head -40
 
-# The whole-filter fuzzer on host-sim for SECONDS (default 600): random request sequences into
-# the release module, invariants after every step; prints sequences and steps run, and the seed
-# that replays a failure (host-sim/tests/fuzz_sim.rs keeps such seeds). A short run is in `just test`.
+# Random request sequences into the release module, invariants after every step; prints the
+# sequences and steps run, and the seed that replays a failure (host-sim/tests/fuzz_sim.rs keeps
+# such seeds). A 15 s run is part of `just test`.
+# The whole-filter fuzzer on host-sim for SECONDS (default 600), from SEED (default: the time).
 fuzz-sim seconds="600" seed="": build
     cargo run -q --release -p retry-guard-host-sim --example fuzz-sim -- {{seconds}} {{seed}}
 
-# Every interleaving of the ledger protocol (host-sim/tests/interleavings.rs), with the count
-# each case explored. Part of `just test`.
+# host-sim/tests/interleavings.rs, part of `just test`.
+# Every interleaving of the ledger protocol, with the count each case explored.
 interleavings: build
     cargo test -p retry-guard-host-sim --test interleavings -- --nocapture --test-threads 1
 
