@@ -1,7 +1,8 @@
 //! The whole-filter fuzzer on host-sim (issue 17 part 2): seeded random sequences of requests,
 //! upstream answers, disconnects, clock steps and confirmations over several workers, into the
 //! real release module, with the filter's invariants checked after every step
-//! (`host_sim::fuzz`). A short run here; `just fuzz-sim [seconds]` runs long.
+//! (`host_sim::fuzz`). A short run here; `just fuzz-sim [seconds]` runs long. Failing seeds
+//! found so far: `REGRESSIONS` (fixed) and one known limit (ignored test, below).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -31,18 +32,21 @@ fn regression_seeds_pass() {
     }
 }
 
-/// A short run with a fixed base seed (`RG_FUZZ_SEED` and `RG_FUZZ_SECONDS` change it).
+/// A short run: the first 250 sequences of a fixed base seed, so every run checks the same
+/// ones (about 10 s on an idle machine in a debug build; cut at 40 s on a busy one).
+/// `RG_FUZZ_SEED`, `RG_FUZZ_SEQUENCES` and `RG_FUZZ_SECONDS` change it.
 #[test]
 fn random_sequences_keep_every_invariant() {
-    let seed = std::env::var("RG_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5EED_2026);
-    let secs = std::env::var("RG_FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(15);
-    match fuzz::run_for(runtime(), seed, Duration::from_secs(secs), u64::MAX) {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let seed = env("RG_FUZZ_SEED", 0x5EED_2026);
+    let sequences = env("RG_FUZZ_SEQUENCES", 250);
+    let secs = env("RG_FUZZ_SECONDS", 40);
+    match fuzz::run_for(runtime(), seed, Duration::from_secs(secs), sequences) {
         Ok(s) => {
             println!("fuzz-sim, base seed {seed}: {s}");
             assert!(s.sequences > 0);
@@ -103,4 +107,71 @@ fn a_stale_attempts_outcome_is_not_recorded_on_a_newer_attempt() {
         after.status, 428,
         "the second attempt's own outcome is recorded"
     );
+}
+
+/// Known limit (found by the fuzzer, seed 11516547646832116931; not fixed, see
+/// `host-sim/README.md`): an idempotent write's in-flight entry is evicted to make room, the
+/// same request is let through again in the same second (a fresh entry identical to the
+/// evicted one: attempt 1, same times), and then the first attempt's response is written on
+/// the new attempt's entry. The new attempt, still in flight, reads as succeeded and a third
+/// identical request passes (retry-safe), where it should get 409. Telling the two entries
+/// apart needs a per-attempt nonce in the ledger entry (a format change), or not evicting
+/// entries in flight. `cargo test -p retry-guard-host-sim --test fuzz_sim -- --ignored`.
+#[test]
+#[ignore = "known limit: an evicted in-flight entry's outcome lands on its same-second successor"]
+fn an_evicted_attempts_outcome_is_not_recorded_on_its_successor() {
+    use host_sim::{Request, Sim, SimConfig, Upstream};
+    let config = br#"{
+      "max_entries": 4,
+      "principal": ["header:x-client-id"],
+      "routes": [
+        { "name": "oauth-token", "match": { "path": "/oauth/token" },
+          "class": "token_issuing", "owner": "team-iam", "escalation": "pagerduty:iam" },
+        { "name": "orders", "match": { "path_prefix": "/v1/orders" },
+          "class": "idempotent_write", "owner": "team-shop", "escalation": "pagerduty:shop" }
+      ]
+    }"#;
+    let sim = Sim::new(
+        runtime(),
+        SimConfig {
+            plugin_config: config.to_vec(),
+            ..SimConfig::default()
+        },
+    )
+    .expect("starts");
+    let token = |n: u32| {
+        Request::new("POST", "/oauth/token")
+            .header("x-client-id", "ci-bot")
+            .body(format!("grant_type=client_credentials&n={n}"))
+    };
+    let order = |n: u32| {
+        Request::new("POST", "/v1/orders")
+            .header("x-client-id", "shop")
+            .body(format!("{{\"order\":{n}}}"))
+    };
+    // One 4-way set: three sensitive token calls and order A, all in flight.
+    let mut open = Vec::new();
+    for n in 0..3 {
+        open.push(sim.begin(&token(n), None).expect("token"));
+    }
+    let a = sim.begin(&order(1), None).expect("order A");
+    assert!(a.forwarded());
+    // Order B needs room: A (the only non-sensitive entry) is evicted.
+    let b = sim.begin(&order(2), None).expect("order B");
+    assert!(b.forwarded());
+    // A again: its entry is gone, so a new attempt 1 (evicting B).
+    let a2 = sim
+        .begin(&order(1).on_worker(1), None)
+        .expect("order A again");
+    assert!(a2.forwarded());
+    // The first A's response arrives.
+    assert_eq!(sim.complete(a, &Upstream::ok()).expect("A").status, 200);
+    // A2 is in flight: a third A must wait.
+    let a3 = sim
+        .request(&order(1), &Upstream::ok())
+        .expect("order A third");
+    assert_eq!(a3.status, 409, "A2 is still in flight");
+    for p in open.into_iter().chain([b, a2]) {
+        sim.complete(p, &Upstream::ok()).expect("completes");
+    }
 }
