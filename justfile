@@ -7,10 +7,12 @@ wasm := "target/wasm32-wasip1/release/retry_guard.wasm"
 default:
     @just --list
 
-# Build the release filter (wasm32-wasip1) and report its size.
+# Build the release filter (wasm32-wasip1), shrink it with wasm-opt -Os (Binaryen, installed
+# when missing) and report its size.
 build:
     @rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
     cargo build --release --target wasm32-wasip1 -p retry-guard-filter
+    @bash filter/wasm-opt.sh {{wasm}}
     @echo "retry_guard.wasm: $(stat -c %s {{wasm}}) bytes ({{wasm}})"
     # A test-only module that traps on demand (envoy/tests/vm_failure.rs), apart from the
     # release one: its own target directory.
@@ -77,6 +79,18 @@ profile-perf path="token_issuing_allow":
     mkdir -p target/bench
     RG_PERFMAP=1 perf record -q -F 20000 -e cpu-clock -o target/bench/perf-{{path}}.data -- target/release/retry-guard bench --paths --only {{path}} --requests 30000 --wasm target/wasm32-wasip1/profiling/retry_guard.wasm >/dev/null
     perf report -i target/bench/perf-{{path}}.data --no-children --sort dso,sym 2>/dev/null | grep -F '[JIT]' | awk '{p=$1; sub(/%/,"",p); $1="";$2="";$3="";$4=""; a[$0]+=p; t+=p} END {for (k in a) printf "%6.2f%% %s\n", a[k]*100/t, k; printf "(guest code: %.1f%% of all samples; the rest is host-sim itself)\n", t}' | sort -rn | head -40
+
+# Random request sequences into the release module, invariants after every step; prints the
+# sequences and steps run, and the seed that replays a failure (host-sim/tests/fuzz_sim.rs keeps
+# such seeds). A 15 s run is part of `just test`.
+# The whole-filter fuzzer on host-sim for SECONDS (default 600), from SEED (default: the time).
+fuzz-sim seconds="600" seed="": build
+    cargo run -q --release -p retry-guard-host-sim --example fuzz-sim -- {{seconds}} {{seed}}
+
+# host-sim/tests/interleavings.rs, part of `just test`.
+# Every interleaving of the ledger protocol, with the count each case explored.
+interleavings: build
+    cargo test -p retry-guard-host-sim --test interleavings -- --nocapture --test-threads 1
 
 # Formatting and lints (native, the filter's wasm, the web pages' wasm).
 lint: web-setup

@@ -141,8 +141,8 @@ fn the_release_module_fits_its_size_budget() {
         .len();
     assert!(
         bytes <= BUDGET,
-        "{} is {bytes} bytes, over the {BUDGET}-byte budget: find what grew with \
-         `just profile-sim` (names kept) before adding code",
+        "{} is {bytes} bytes, over the {BUDGET}-byte budget (after wasm-opt: build it with \
+         `just build`): find what grew with `just profile-sim` (names kept) before adding code",
         path.display()
     );
     // The test-only trap (cargo feature `test-trap`) is never in the release module.

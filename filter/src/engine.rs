@@ -904,18 +904,23 @@ pub fn decide_with_ledger<L: Ledger>(
     Ok(Settled::new(contention(route)))
 }
 
-/// Records the outcome of attempt `attempt` of `fp`; returns the outcome if it was written
-/// (`None` when a later attempt owns the entry or the entry is gone).
+/// Records the outcome of attempt `attempt` of `fp`, let through at `started` (its entry's
+/// `last_attempt`); returns the outcome if it was written (`None` when a later attempt owns
+/// the entry or the entry is gone). `started` matters when an attempt outlives the window:
+/// its entry expires, the same request starts a new entry whose count is 1 again, and the
+/// old attempt's response must not be written on it.
 pub fn record_with_ledger<L: Ledger>(
     ledger: &L,
     fp: &Fingerprint,
     attempt: u32,
+    started: u64,
     response: ResponseFacts,
     now_ms: u64,
 ) -> Result<Option<Outcome>, LedgerError> {
     for _ in 0..MAX_LEDGER_ROUNDS {
         let snapshot = ledger.load(&fp.0, now_ms)?;
-        let Some((entry, outcome)) = record_outcome(L::entry(&snapshot), attempt, response) else {
+        let entry = L::entry(&snapshot).filter(|e| e.last_attempt_ms == started);
+        let Some((entry, outcome)) = record_outcome(entry, attempt, response) else {
             return Ok(None);
         };
         match ledger.commit(&snapshot, &entry, now_ms)? {

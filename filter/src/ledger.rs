@@ -373,9 +373,11 @@ impl Set {
     }
 
     /// The set after writing `entry` at `now_ms`: expired entries and the old record of the same
-    /// id dropped, and if the set is still full, its oldest live entry that is not
-    /// [`Entry::sensitive`] evicted. Returns whether a live entry was evicted, or `None` when
-    /// every entry is live and sensitive (nothing may make room: the write is refused).
+    /// id dropped, and if the set is still full, its oldest live entry that is neither
+    /// [`Entry::sensitive`] nor in flight evicted. Returns whether a live entry was evicted, or
+    /// `None` when every entry is live and sensitive or in flight (nothing may make room: the
+    /// write is refused). An attempt in flight is never forgotten: its outcome could otherwise
+    /// land on a successor's identical entry.
     /// `global_window_seconds` is the window of format-1 entries ([`Entry::is_live`]).
     pub fn with(
         &self,
@@ -394,7 +396,7 @@ impl Set {
             let oldest = kept
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| !e.sensitive)
+                .filter(|(_, e)| !e.sensitive && e.outcome != Outcome::InFlight)
                 .min_by_key(|(_, e)| e.last_attempt_ms)
                 .map(|(i, _)| i)?;
             kept.remove(oldest);
@@ -737,8 +739,8 @@ pub(crate) mod tests {
             last_attempt_ms: last * 1000,
             window_seconds: 900,
             attempts: 1,
-            outcome: Outcome::InFlight,
-            status: 0,
+            outcome: Outcome::Succeeded,
+            status: 200,
             body_digest: [3; 32],
             challenge: Some([5; 16]),
             consumed: None,
@@ -755,6 +757,36 @@ pub(crate) mod tests {
             900,
             IndexKey::new([7; 16]),
         )
+    }
+
+    #[test]
+    fn an_attempt_in_flight_is_never_evicted() {
+        let in_flight = |id, last| Entry {
+            outcome: Outcome::InFlight,
+            status: 0,
+            ..entry(id, last)
+        };
+        let s = Set(vec![
+            in_flight(1, 100),
+            entry(2, 110),
+            in_flight(3, 90),
+            in_flight(4, 120),
+        ]);
+        // The oldest entry is in flight: the oldest answered one makes room instead.
+        let (after, evicted) = s.with(&entry(9, 200), 200_000, 900).unwrap();
+        assert!(evicted);
+        let ids: Vec<u8> = after.0.iter().map(|e| e.id[0]).collect();
+        assert_eq!(ids, [1, 3, 4, 9]);
+        // A set of attempts in flight refuses a new record (the route's fail policy decides).
+        let full = Set(vec![
+            in_flight(1, 100),
+            in_flight(2, 110),
+            in_flight(3, 90),
+            in_flight(4, 120),
+        ]);
+        assert_eq!(full.with(&entry(9, 200), 200_000, 900), None);
+        // Once expired, an entry in flight no longer holds its place.
+        assert!(full.with(&entry(9, 2000), 2_000_000, 900).is_some());
     }
 
     #[test]

@@ -75,6 +75,9 @@ fn response_status(host: &impl StreamHost) -> u16 {
 struct Tracked {
     fingerprint: Fingerprint,
     attempt: u32,
+    /// When the attempt was let through (its entry's `last_attempt_ms`): with `attempt`, what
+    /// tells this attempt's entry from a later one's after the window restarted the count.
+    started: u64,
     request_id: Option<String>,
     /// The response recorded so far (status, unchanged-state header), once it is.
     recorded: Option<(u16, bool)>,
@@ -360,6 +363,10 @@ impl Stream {
             self.tracked = Some(Tracked {
                 fingerprint,
                 attempt,
+                started: decision
+                    .write
+                    .as_ref()
+                    .map_or(facts.now_ms, |w| w.last_attempt_ms),
                 request_id: pending.request_id.clone(),
                 recorded: None,
                 remote: None,
@@ -491,6 +498,7 @@ impl Stream {
             &plugin.ledger,
             &tracked.fingerprint,
             tracked.attempt,
+            tracked.started,
             response,
             now_ms,
         ) {

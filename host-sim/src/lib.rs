@@ -18,10 +18,13 @@
 pub mod abi;
 pub mod bench;
 pub mod error;
+pub mod explore;
+pub mod fuzz;
 pub mod headers;
 mod host;
 pub mod properties;
 pub mod scenario;
+pub mod sched;
 pub mod shared;
 pub mod sim;
 pub mod stream;

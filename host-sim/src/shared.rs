@@ -66,6 +66,13 @@ impl SharedData {
         status::OK
     }
 
+    /// Every key with its value and CAS, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], u32)> {
+        self.map
+            .iter()
+            .map(|(k, (v, cas))| (k.as_slice(), v.as_slice(), *cas))
+    }
+
     /// Number of keys ever created.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -355,6 +355,8 @@ pub struct Sim {
     shared: Arc<Shared>,
     workers: Vec<RefCell<Vm>>,
     main: Option<RefCell<Vm>>,
+    /// Index of the first worker ([`Sim::with_shared`]; 0 for [`Sim::new`]).
+    first_worker: usize,
     seq: std::cell::Cell<u64>,
     /// Traps in ticks and queue callbacks, in order.
     pub background_traps: RefCell<Vec<TrapInfo>>,
@@ -369,14 +371,38 @@ const STOP_ALL_MSG: &str = "on_http_request_headers returned Pause and \
 impl Sim {
     /// Starts the VMs (main first, then the workers) and configures the plugin in each.
     pub fn new(rt: &Runtime, cfg: SimConfig) -> Result<Sim> {
+        let mut shared = Shared::new(&cfg.vm_id, cfg.start_unix * 1_000_000_000, cfg.seed);
+        shared.echo_level = cfg.echo_log;
+        Sim::start(rt, cfg, Arc::new(shared), 0)
+    }
+
+    /// More workers of an Envoy whose shared state (shared data, metrics, log, clock, random
+    /// source) already exists, e.g. [`Sim::shared_arc`] of another simulation: its VMs are
+    /// labelled `w<first_worker>`, `w<first_worker + 1>`, …, and start (and configure) like
+    /// Envoy's later workers, over the shared data the earlier VMs wrote. Each such simulation
+    /// is driven on its own (it may live on another thread: the interleaving explorer runs one
+    /// per thread). `cfg.seed`, `cfg.start_unix` and `cfg.echo_log` are the shared state's
+    /// already; shared queues notify only VMs of the simulation that registered the queue.
+    pub fn with_shared(
+        rt: &Runtime,
+        cfg: SimConfig,
+        shared: Arc<Shared>,
+        first_worker: usize,
+    ) -> Result<Sim> {
+        Sim::start(rt, cfg, shared, first_worker)
+    }
+
+    fn start(
+        rt: &Runtime,
+        cfg: SimConfig,
+        shared: Arc<Shared>,
+        first_worker: usize,
+    ) -> Result<Sim> {
         if cfg.workers == 0 {
             return Err(SimError::Usage(
                 "a simulation needs at least one worker".into(),
             ));
         }
-        let mut shared = Shared::new(&cfg.vm_id, cfg.start_unix * 1_000_000_000, cfg.seed);
-        shared.echo_level = cfg.echo_log;
-        let shared = Arc::new(shared);
         let clusters = Arc::new(cfg.clusters_take());
         let settings = |label: String, vm_index: usize| VmSettings {
             label,
@@ -396,13 +422,13 @@ impl Sim {
             Some(RefCell::new(Vm::start(
                 rt,
                 shared.clone(),
-                settings("main".into(), cfg.workers),
+                settings("main".into(), first_worker + cfg.workers),
             )?))
         } else {
             None
         };
         let mut workers = Vec::with_capacity(cfg.workers);
-        for w in 0..cfg.workers {
+        for w in first_worker..first_worker + cfg.workers {
             workers.push(RefCell::new(Vm::start(
                 rt,
                 shared.clone(),
@@ -414,7 +440,9 @@ impl Sim {
             shared,
             workers,
             main,
-            seq: std::cell::Cell::new(0),
+            first_worker,
+            // Connection ids apart from other simulations over the same shared state.
+            seq: std::cell::Cell::new(first_worker as u64 * 1_000_000),
             background_traps: RefCell::new(Vec::new()),
         };
         sim.deliver_queue_ready();
@@ -429,6 +457,32 @@ impl Sim {
     /// Shared state (shared data, metrics, log, clock).
     pub fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// The shared state, to start more workers over it ([`Sim::with_shared`]).
+    pub fn shared_arc(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Installs (or, with `None`, removes) a scheduler in worker `w`'s VM: it is called before
+    /// every host call the VM makes and may block until the call may proceed (see
+    /// [`crate::sched`]). An error if the worker does not exist or is inside a callback.
+    pub fn set_scheduler(
+        &self,
+        w: usize,
+        scheduler: Option<crate::sched::Scheduler>,
+    ) -> Result<()> {
+        let vm = self
+            .workers
+            .get(w)
+            .ok_or_else(|| SimError::Usage(format!("worker {w} does not exist")))?;
+        let mut vm = vm.try_borrow_mut().map_err(|_| {
+            SimError::Usage(format!(
+                "worker {w} is inside a callback: no scheduler change"
+            ))
+        })?;
+        vm.store.data_mut().scheduler = scheduler;
+        Ok(())
     }
 
     /// Number of workers.
@@ -560,10 +614,14 @@ impl Sim {
                 return;
             }
             for (vm_index, ctx, token) in ready {
-                let vm = if vm_index == self.workers.len() {
+                // Indices of another simulation over the same shared state match nothing.
+                let Some(i) = vm_index.checked_sub(self.first_worker) else {
+                    continue;
+                };
+                let vm = if i == self.workers.len() {
                     self.main.as_ref()
                 } else {
-                    self.workers.get(vm_index)
+                    self.workers.get(i)
                 };
                 if let Some(vm) = vm {
                     let Ok(mut v) = vm.try_borrow_mut() else {
@@ -1142,7 +1200,7 @@ impl Sim {
     fn finish_exchange(&self, ex: &mut Exchange, log_start: usize) {
         self.deliver_queue_ready();
         ex.finished_ns = self.shared.now().realtime_ns;
-        let label = format!("w{}", ex.worker);
+        let label = format!("w{}", self.first_worker + ex.worker);
         let root_id = self.workers[ex.worker]
             .try_borrow()
             .map_or(0, |vm| vm.store.data().root_id);

@@ -276,6 +276,8 @@ pub struct HostState {
     pub hook: Option<Hook>,
     /// Error from a hook, reported by the caller.
     pub hook_error: Option<String>,
+    /// Called before every host call (see [`crate::sched`]); `None`: run freely.
+    pub scheduler: Option<crate::sched::Scheduler>,
     /// Count of host calls (for the benchmark's curiosity).
     pub host_calls: u64,
     /// Host calls per import name, when the runtime profiles (`None` otherwise).
@@ -482,6 +484,7 @@ impl Vm {
             alloc: None,
             hook: None,
             hook_error: None,
+            scheduler: None,
             host_calls: 0,
             call_counts: rt.profile.then(Default::default),
             samples: rt.profile.then(Default::default),

@@ -833,6 +833,7 @@ fn full_flow_through_the_ledger() {
         &ledger,
         &fp,
         1,
+        NOW * 1000,
         ResponseFacts {
             status: 503,
             flags,
@@ -852,6 +853,7 @@ fn full_flow_through_the_ledger() {
         &ledger,
         &fp,
         2,
+        NOW * 1000,
         ResponseFacts {
             status: 503,
             flags: 0,

@@ -523,6 +523,10 @@ impl Stream {
             self.tracked = Some(Tracked {
                 fingerprint: fp,
                 attempt,
+                started: decision
+                    .write
+                    .as_ref()
+                    .map_or(facts.now_ms, |w| w.last_attempt_ms),
                 request_id: facts.request_id.map(str::to_string),
                 recorded: None,
                 remote,

@@ -1806,13 +1806,19 @@ fn evictions_are_counted_and_token_sightings_have_their_own_table() {
         }
         FakeHost::request("orders", "POST", "/orders", &headers).with_body(&format!("n={n}"))
     };
+    // Answered calls (an attempt in flight is never evicted).
+    let answered = |host: &FakeHost, id: u32| {
+        let (mut stream, _) = send(&plugin, host, id);
+        host.respond(&[(":status", "200")]);
+        stream.on_response_headers(&plugin, host);
+    };
     for n in 0..4 {
-        send(&plugin, &call(n, None), n + 1);
+        answered(&call(n, None), n + 1);
     }
     // Four new opaque tokens: their sightings fill the token table and push no attempt out.
     for n in 4..8 {
         let host = call(n, Some(&format!("opaque-{n}")));
-        send(&plugin, &host, n + 1);
+        answered(&host, n + 1);
         assert_eq!(count_of(&host, Event::LedgerEvicted), 1, "the attempt's");
     }
     assert_eq!(table_entries(&plugin.tokens).len(), 4);

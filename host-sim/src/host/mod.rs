@@ -23,9 +23,16 @@ pub fn add_to_linker(
 }
 
 /// Counts one call of the host function `name` when the VM profiles (see
-/// [`crate::vm::Runtime::profiling`]); a no-op otherwise.
+/// [`crate::vm::Runtime::profiling`]), and hands it to the VM's scheduler, if any, before it
+/// runs (the shared-data and metric functions do that themselves, with their key or name).
 #[inline]
 pub(crate) fn count_call(c: &mut wasmtime::Caller<'_, HostState>, name: &'static str) {
+    if c.data().scheduler.is_some() && !crate::sched::Access::reported_by_function(name) {
+        crate::sched::at(c, || crate::sched::HostCall {
+            function: name,
+            access: crate::sched::Access::of_function(name),
+        });
+    }
     if let Some(counts) = c.data_mut().call_counts.as_mut() {
         *counts.entry(name).or_insert(0) += 1;
     }

@@ -7,6 +7,7 @@ use super::mem::{copy_out, read, write_u32, write_u64};
 use super::tri;
 use crate::abi::{decode_pairs, encode_pairs, split_path, status, BufferType, MapType, MetricType};
 use crate::headers::HeaderMap;
+use crate::sched::{Access, HostCall, MetricOp};
 use crate::shared::{lock, Metric};
 use crate::stream::LocalReply;
 use crate::vm::{HostState, HttpCall};
@@ -29,6 +30,32 @@ fn fire_hook(c: &mut C<'_>, function: &str) {
                 c.data_mut().hook_error = Some(e);
             }
         }
+    }
+}
+
+/// Hands a shared-data call to the VM's scheduler (see [`crate::sched`]).
+fn shared_data_point(c: &mut C<'_>, function: &'static str, key: &[u8], write: bool) {
+    if c.data().scheduler.is_some() {
+        crate::sched::at(c, || HostCall {
+            function,
+            access: Access::SharedData {
+                key: key.to_vec(),
+                write,
+            },
+        });
+    }
+}
+
+/// Hands a metric call to the VM's scheduler (see [`crate::sched`]).
+fn metric_point(c: &mut C<'_>, function: &'static str, name: &str, op: MetricOp) {
+    if c.data().scheduler.is_some() {
+        crate::sched::at(c, || HostCall {
+            function,
+            access: Access::Metric {
+                name: name.to_string(),
+                op,
+            },
+        });
     }
 }
 
@@ -430,6 +457,7 @@ pub fn add(
      -> R {
         fire_hook(&mut c, "proxy_get_shared_data");
         let key = tri!(read(&c, kp, ks));
+        shared_data_point(&mut c, "proxy_get_shared_data", &key, false);
         let entry = lock(&c.data().shared.data).get(&key);
         let (value, cas) = tri!(entry.ok_or(status::NOT_FOUND));
         let s = copy_out(&mut c, &value, ptr_ptr, size_ptr)?;
@@ -448,6 +476,7 @@ pub fn add(
      -> R {
         fire_hook(&mut c, "proxy_set_shared_data");
         let (key, value) = (tri!(read(&c, kp, ks)), tri!(read(&c, vp, vs)));
+        shared_data_point(&mut c, "proxy_set_shared_data", &key, true);
         let s = lock(&c.data().shared.data).set(&key, &value, cas as u32);
         Ok(s)
     });
@@ -724,6 +753,7 @@ pub fn add(
             _ => return Ok(status::BAD_ARGUMENT),
         };
         let name = String::from_utf8_lossy(&tri!(read(&c, np, ns))).into_owned();
+        metric_point(&mut c, "proxy_define_metric", &name, MetricOp::Set);
         let id = {
             let st = c.data_mut();
             st.last_metric_id[t as usize] += 4;
@@ -756,6 +786,7 @@ pub fn add(
             .get(&id)
             .map(|m| m.1.clone())
             .ok_or(status::NOT_FOUND));
+        metric_point(&mut c, "proxy_increment_metric", &name, MetricOp::Add);
         let mut metrics = lock(&c.data().shared.metrics);
         let m = tri!(metrics.get_mut(&name).ok_or(status::NOT_FOUND));
         match kind {
@@ -779,6 +810,12 @@ pub fn add(
             .get(&id)
             .map(|m| m.1.clone())
             .ok_or(status::NOT_FOUND));
+        // A counter's record adds; a gauge's sets; a histogram's appends a sample.
+        let op = match metric_type_of(id) {
+            Some(MetricType::Counter) => MetricOp::Add,
+            _ => MetricOp::Set,
+        };
+        metric_point(&mut c, "proxy_record_metric", &name, op);
         let mut metrics = lock(&c.data().shared.metrics);
         let m = tri!(metrics.get_mut(&name).ok_or(status::NOT_FOUND));
         match metric_type_of(id) {
@@ -801,6 +838,7 @@ pub fn add(
             .get(&id)
             .map(|m| m.1.clone())
             .ok_or(status::NOT_FOUND));
+        metric_point(&mut c, "proxy_get_metric", &name, MetricOp::Read);
         let value = lock(&c.data().shared.metrics).get(&name).map(|m| m.value);
         let value = tri!(value.ok_or(status::NOT_FOUND));
         tri!(write_u64(&mut c, ret, value));
