@@ -84,9 +84,18 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy --release --target wasm32-wasip1 -p retry-guard-filter -p retry-guard-noop -p retry-guard-hostcost -- -D warnings
 
-# Every test: lints, native unit tests of the policy core, real-Envoy end-to-end tests.
+# Every test: lints, native unit tests of the policy core, real-Envoy end-to-end tests, 3 s of each fuzz target.
 test: lint build envoy-install etcd-install
     cargo test --workspace
+    bash fuzz/fuzz.sh smoke 3
+
+# Fuzz every target, or one (`just fuzz json 600`), for `seconds` each (cargo-fuzz on nightly; fuzz/README.md).
+fuzz target="all" seconds="60":
+    bash fuzz/fuzz.sh run {{target}} {{seconds}}
+
+# Each fuzz target (or those named) once, to 10M executions or 30 min; writes the table in fuzz/README.md.
+fuzz-campaign *TARGETS:
+    bash fuzz/fuzz.sh campaign {{TARGETS}}
 
 # Only the policy core's unit tests (milliseconds, no Envoy).
 test-core:
