@@ -18,7 +18,8 @@ if [ "$status" = 0 ]; then
 else
     artifact=$(grep -oE 'Test unit written to [^ ]+' "$log" | tail -1 | sed 's/.* //' || true)
     why=$(grep -m1 -E "panicked at|ERROR: (libFuzzer|AddressSanitizer)" -A1 "$log" | tr '\n\t' '  ' | cut -c1-160 || true)
-    findings="exit $status: ${artifact:-no artifact} ${why}"
+    why=$(sed -E "s/thread '[^']*' \([0-9]+\) //; s/ +/ /g" <<<"$why")
+    findings="crash (exit $status): ${why} input: ${artifact#*/fuzz/}"
 fi
 printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "${execs:-?}" "${rate:-?}" \
     "$(field cov)" "$(field ft)" "${corp%%/*}" "${corp#*/}" "$secs" "$findings" \
