@@ -100,10 +100,11 @@ lint: web-setup
     cargo clippy --target wasm32-unknown-unknown -p retry-guard-web --all-targets -- -D warnings
 
 # Every test: lints, native unit tests of the policy core, real-Envoy end-to-end tests, the web
-# pages in headless Chromium (their bindings, and end to end).
+# pages in headless Chromium (their bindings, and end to end), 3 s of each fuzz target.
 test: lint build envoy-install etcd-install web-build
     cargo test --workspace
     just web-test-wasm
+    bash fuzz/fuzz.sh smoke 3
 
 # The approver's console and the policy playground (web/), built and served on 127.0.0.1 (Ctrl-C stops it).
 web port="8018": web-build
@@ -126,6 +127,14 @@ web-test-wasm: web-setup
 # The web pages' native tests: the playground against host-sim, and end to end in Chromium.
 web-test: build web-build
     cargo test -p retry-guard-web
+
+# Fuzz every target, or one (`just fuzz json 600`), for `seconds` each (cargo-fuzz on nightly; fuzz/README.md).
+fuzz target="all" seconds="60":
+    bash fuzz/fuzz.sh run {{target}} {{seconds}}
+
+# Each fuzz target (or those named) once, to 10M executions or 30 min; writes the table in fuzz/README.md.
+fuzz-campaign *TARGETS:
+    bash fuzz/fuzz.sh campaign {{TARGETS}}
 
 # Only the policy core's unit tests (milliseconds, no Envoy).
 test-core:

@@ -334,7 +334,8 @@ pub(crate) fn sorted_indices(n: usize, less: &dyn Fn(usize, usize) -> bool) -> V
 pub const MAX_JSON_DEPTH: usize = 64;
 
 /// The RFC 8785 canonical form of a JSON text; `None` when it is not JSON (RFC 8259, UTF-8),
-/// nests deeper than [`MAX_JSON_DEPTH`], or has a number with an exponent beyond ±100000.
+/// nests deeper than [`MAX_JSON_DEPTH`], or has a number beyond 10^±100000 (its exponent as
+/// `d.ddde±x`, however it is written).
 ///
 /// Numbers are rewritten from their text, without floating point: the exact decimal value
 /// with leading and trailing zeros dropped, laid out as ECMAScript lays out a number (plain up
@@ -392,8 +393,8 @@ fn write_canonical(v: &Value, out: &mut String) -> Option<()> {
 }
 
 /// The JSON number in `s` at `*at`, rewritten from its exact decimal value (see
-/// [`canonical_json`]); `*at` moves past it. `None` when no number starts there, or its
-/// exponent is beyond ±100000.
+/// [`canonical_json`]); `*at` moves past it. `None` when no number starts there, or it is
+/// beyond 10^±100000.
 pub(crate) fn read_decimal(s: &[u8], at: &mut usize) -> Option<String> {
     let digits_at = |at: &mut usize| -> &[u8] {
         let start = *at;
@@ -434,10 +435,9 @@ pub(crate) fn read_decimal(s: &[u8], at: &mut usize) -> Option<String> {
             return None;
         }
         for &d in e {
-            exponent = exponent * 10 + i64::from(d - b'0');
-            if exponent > 100_000 {
-                return None;
-            }
+            // Saturated far past any exponent the digits of a text this size could bring
+            // back within the limit (checked below, on the number's own exponent).
+            exponent = (exponent * 10 + i64::from(d - b'0')).min(1 << 40);
         }
         if minus {
             exponent = -exponent;
@@ -454,6 +454,12 @@ pub(crate) fn read_decimal(s: &[u8], at: &mut usize) -> Option<String> {
     if digits.is_empty() {
         out.push('0');
         return Some(out);
+    }
+    // The limit is on the exponent of the canonical `d.ddde±x` (`point - 1`), not on the one
+    // written: every spelling of a number is refused or accepted alike, and the canonical
+    // text reads back as itself.
+    if !(-100_000..=100_000).contains(&(point - 1)) {
+        return None;
     }
     if negative {
         out.push('-');
@@ -866,5 +872,33 @@ mod tests {
         ));
         assert_eq!(BodyForm::Json.canonical(b"{"), None);
         assert_eq!(BodyForm::Raw.canonical(b"a"), None);
+    }
+
+    /// Found by the `canonical` fuzz target: the exponent limit was on the exponent as
+    /// written, so `3000000e100000` canonicalized to `3e+100006`, which was then refused: not
+    /// a fixed point, and two spellings of one number digested differently (one canonical,
+    /// one raw). The limit is now on the number's own exponent, however it is spelled.
+    #[test]
+    fn the_exponent_limit_is_the_numbers_not_the_spellings() {
+        for (text, want) in [
+            ("3000000e100000", None),
+            ("3e100006", None),
+            ("0.0000003e-99994", None),
+            ("3e-100007", None),
+            ("1e100000", Some("1e+100000")),
+            ("0.1e100001", Some("1e+100000")),
+            ("10e99999", Some("1e+100000")),
+            ("1e-100000", Some("1e-100000")),
+            ("0.001e-99997", Some("1e-100000")),
+            ("1000e-100003", Some("1e-100000")),
+            ("0e100001", Some("0")),
+            ("[1e99999999999999999999999]", None),
+        ] {
+            let got = canonical_json(text.as_bytes());
+            assert_eq!(got.as_deref(), want, "{text}");
+            if let Some(c) = got {
+                assert_eq!(canonical_json(c.as_bytes()).as_deref(), Some(c.as_str()));
+            }
+        }
     }
 }

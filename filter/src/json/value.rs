@@ -241,6 +241,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, Error> {
     read(Parser {
         s: bytes,
         at: 0,
+        back: 0,
         max_depth: MAX_DEPTH,
         exact: false,
     })
@@ -254,6 +255,7 @@ pub fn parse_exact(bytes: &[u8], max_depth: usize) -> Option<Value> {
     read(Parser {
         s: bytes,
         at: 0,
+        back: 0,
         max_depth,
         exact: true,
     })
@@ -279,7 +281,7 @@ fn read(mut p: Parser<'_>) -> Result<Value, Error> {
         Error {
             what,
             line: 1 + read.iter().filter(|&&b| b == b'\n').count(),
-            column: read.len() - line_start,
+            column: (read.len() - line_start).saturating_sub(p.back),
         }
     })
 }
@@ -287,6 +289,8 @@ fn read(mut p: Parser<'_>) -> Result<Value, Error> {
 struct Parser<'a> {
     s: &'a [u8],
     at: usize,
+    /// How far before `at` the error is (invalid UTF-8, found at a string's end).
+    back: usize,
     /// How many lists and objects may nest.
     max_depth: usize,
     /// Numbers as their exact text ([`parse_exact`]).
@@ -406,7 +410,13 @@ impl Parser<'_> {
             self.ws();
             match self.next(EOF)? {
                 b'}' => return Ok(Map::from_members(members)),
-                b',' => self.ws(),
+                b',' => {
+                    self.ws();
+                    // serde_json expects a member here: its end-of-text error says "value".
+                    if self.peek().is_none() {
+                        return Err(EOF_VALUE);
+                    }
+                }
                 _ => return Err("expected `,` or `}`"),
             }
         }
@@ -427,10 +437,13 @@ impl Parser<'_> {
         Ok(n)
     }
 
-    /// A string, after its opening quote, decoded.
+    /// A string, after its opening quote, decoded. As serde_json does, the decoded bytes are
+    /// checked for UTF-8 once the closing quote is read (a bad escape, a control character or
+    /// the end of the text before it is the error instead), and invalid UTF-8 is placed back
+    /// from there by the decoded bytes from the first invalid one.
     fn string(&mut self) -> Parsed<String> {
         const EOF: &str = EOF_STRING;
-        let mut out = String::new();
+        let mut out: Vec<u8> = Vec::new();
         loop {
             // Copy the run up to the next quote, escape or control character whole.
             let rest = self.s.get(self.at..).unwrap_or(&[]);
@@ -441,11 +454,16 @@ impl Parser<'_> {
                 self.at = self.s.len();
                 return Err(EOF);
             };
-            let text = rest.get(..run).unwrap_or(&[]);
-            out.push_str(std::str::from_utf8(text).map_err(|_| "invalid unicode code point")?);
+            out.extend_from_slice(rest.get(..run).unwrap_or(&[]));
             self.at += run;
             match self.next(EOF)? {
-                b'"' => return Ok(out),
+                b'"' => {
+                    return String::from_utf8(out).map_err(|e| {
+                        let valid = e.utf8_error().valid_up_to();
+                        self.back = e.as_bytes().len().saturating_sub(valid);
+                        "invalid unicode code point"
+                    })
+                }
                 b'\\' => {}
                 _ => {
                     return Err("control character (\\u0000-\\u001F) found while parsing a string")
@@ -481,7 +499,7 @@ impl Parser<'_> {
                 }
                 _ => return Err(INVALID_ESCAPE),
             };
-            out.push(c);
+            out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
         }
     }
 
@@ -921,6 +939,53 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert_eq!(ours, theirs, "{c:?}");
+        }
+    }
+
+    /// Found by the `json` fuzz target: the end of the text after an object's comma was
+    /// "EOF while parsing an object"; serde_json expects a member there ("a value").
+    #[test]
+    fn end_of_text_after_an_object_comma_is_reported_as_serde_json_does() {
+        for c in [
+            "{\"a\":1,",
+            "{\"a\":1, \n",
+            "{",
+            "{\"a\":1",
+            "{\"a\"",
+            "{\"a\":",
+            "[1,",
+        ] {
+            let ours = parse(c.as_bytes()).unwrap_err().to_string();
+            let theirs = serde_json::from_str::<serde_json::Value>(c)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(ours, theirs, "{c:?}");
+        }
+    }
+
+    /// Found by the `json` fuzz target: invalid UTF-8 in a string was reported where its run
+    /// began, and before a bad escape, control character or end of text after it. serde_json
+    /// reads the whole string first, then points back from its closing quote to the first
+    /// invalid byte of the decoded text.
+    #[test]
+    fn invalid_utf8_is_reported_where_serde_json_reports_it() {
+        let cases: &[&[u8]] = &[
+            b"\"ab\xffcd\"",
+            b"[\"a\xc3\", 1]",
+            b"{\"\xff\":1}",
+            b"\"\\u00e9\\n\xff\\txy\"",
+            b"\"\xff\\q\"",
+            b"\"\xff\x01\"",
+            b"\"\xff",
+            b"\"\xe2\x80",
+            b"[1,\n \"\xf0\x9f\x98\"]",
+        ];
+        for c in cases {
+            let ours = parse(c).unwrap_err().to_string();
+            let theirs = serde_json::from_slice::<serde_json::Value>(c)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(c));
         }
     }
 }
