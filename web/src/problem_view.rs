@@ -27,6 +27,8 @@ pub struct ProblemView {
     pub previous_outcome: Option<String>,
     /// The status the earlier attempt got.
     pub previous_status: Option<u64>,
+    /// Milliseconds between the earlier attempt and this repeat.
+    pub since_previous_ms: Option<u64>,
     /// Which attempt this request is.
     pub attempt: Option<u64>,
     /// First attempt of the window (RFC 3339).
@@ -106,6 +108,7 @@ pub fn read(pasted: &str, now: u64) -> Result<ProblemView, String> {
         escalation: text(&doc, "escalation").unwrap_or_default(),
         previous_outcome: text(&doc, "previous_outcome"),
         previous_status: doc.get("previous_status").and_then(Value::as_u64),
+        since_previous_ms: doc.get("since_previous_ms").and_then(Value::as_u64),
         attempt: doc.get("attempt").and_then(Value::as_u64),
         first_seen: text(&doc, "first_seen"),
         window_ends,
@@ -120,6 +123,15 @@ pub fn read(pasted: &str, now: u64) -> Result<ProblemView, String> {
     };
     v.sentences = sentences(&v);
     Ok(v)
+}
+
+/// A gap between two calls for people: `850 ms`, `3.2 s`, else [`crate::duration_words`].
+fn gap_words(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1_000..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        _ => crate::duration_words(ms / 1000),
+    }
 }
 
 fn sentences(v: &ProblemView) -> Vec<String> {
@@ -142,6 +154,12 @@ fn sentences(v: &ProblemView) -> Vec<String> {
             "The earlier attempt ended {}{st}: {}",
             o.replace('_', " "),
             outcome_meaning(o)
+        ));
+    }
+    if let Some(ms) = v.since_previous_ms {
+        s.push(format!(
+            "The earlier call was {} before this one.",
+            gap_words(ms)
         ));
     }
     s.push(format!(
@@ -197,7 +215,7 @@ pub fn outcome_meaning(outcome: &str) -> &'static str {
 mod tests {
     use super::*;
 
-    const DOC: &str = r#"{"type":"urn:retry-guard:problem:confirmation-required","title":"Human confirmation required","status":428,"detail":"This token_issuing request repeats attempt 1 of the same operation.","route":"oauth-token","class":"token_issuing","owner":"team-iam","escalation":"pagerduty:iam-primary","fingerprint":"FP","attempt":2,"request_id":"r1","previous_outcome":"succeeded","previous_status":200,"challenge":"CHL","first_seen":"2026-01-01T00:00:00Z","window_ends":"2026-01-01T00:15:00Z","confirmation_header":"retry-guard-confirmation"}"#;
+    const DOC: &str = r#"{"type":"urn:retry-guard:problem:confirmation-required","title":"Human confirmation required","status":428,"detail":"This token_issuing request repeats attempt 1 of the same operation.","route":"oauth-token","class":"token_issuing","owner":"team-iam","escalation":"pagerduty:iam-primary","fingerprint":"FP","attempt":2,"request_id":"r1","previous_outcome":"succeeded","previous_status":200,"since_previous_ms":3200,"challenge":"CHL","first_seen":"2026-01-01T00:00:00Z","window_ends":"2026-01-01T00:15:00Z","confirmation_header":"retry-guard-confirmation"}"#;
 
     #[test]
     fn a_body_or_curl_i_output_reads_the_same() {
@@ -219,6 +237,14 @@ mod tests {
             a.sentences
         );
         assert!(a.sentences.iter().any(|s| s.contains("team-iam")));
+        assert_eq!(a.since_previous_ms, Some(3200));
+        assert!(
+            a.sentences
+                .iter()
+                .any(|s| s == "The earlier call was 3.2 s before this one."),
+            "{:?}",
+            a.sentences
+        );
     }
 
     #[test]

@@ -28,6 +28,8 @@ function readProblem() {
     facts([
       ["Route", v.route], ["Class", v.class], ["Owner", v.owner], ["Escalation", v.escalation],
       ["Earlier attempt", v.previous_outcome && `${v.previous_outcome} (status ${v.previous_status})`],
+      ["Earlier call", v.since_previous_ms !== null && v.since_previous_ms !== undefined
+        ? `${(v.since_previous_ms / 1000).toFixed(1)} s before this one` : null],
       ["Attempt", v.attempt], ["First seen", v.first_seen],
       ["Window ends", v.window_ends && `${v.window_ends}${left ? ` (${left})` : ""}`],
       ["Refused confirmation", v.confirmation_error],
