@@ -143,6 +143,18 @@ pub fn send_chunked(
     send_raw_on(stream, method, path, &bytes, DEFAULT_TIMEOUT)
 }
 
+/// Writes the rest of a request already begun on `stream` (e.g. the tail of a body whose
+/// head and first part were written by hand) and reads the whole response.
+pub fn finish_on(
+    stream: TcpStream,
+    method: &str,
+    path: &str,
+    rest: &[u8],
+    timeout: Duration,
+) -> Result<Response> {
+    send_raw_on(stream, method, path, rest, timeout)
+}
+
 /// Writes raw request bytes and reads the response. A write that fails because the server
 /// already answered and closed (e.g. a 413 before the whole body was read) still returns the
 /// answer when one can be read.

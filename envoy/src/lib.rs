@@ -5,7 +5,7 @@
 //! - [`backend`]: a scripted HTTP/1.1 upstream on loopback that records every request.
 //! - [`envoy`]: finds the pinned Envoy binary, renders a bootstrap (optionally with the wasm
 //!   filter), starts Envoy with its own base id and ports, and stops it by PID on drop.
-//! - [`client`]: a tiny HTTP/1.1 client for the tests.
+//! - [`client`]: a tiny HTTP/1.1 client for the tests; [`h2`]: a minimal HTTP/2 (h2c) client.
 //! - [`tokens`]: confirmation tokens signed with the test key, unsigned JWTs.
 //! - [`rfc3339`]: parses the timestamps of the problem documents.
 //! - [`gateway`]: the bundled `envoy/envoy.yaml` and Istio manifests as data; the bundled gateway
@@ -24,6 +24,7 @@ pub mod envoy;
 pub mod etcd;
 pub mod fixture;
 pub mod gateway;
+pub mod h2;
 pub mod rfc3339;
 pub mod tokens;
 
