@@ -75,7 +75,7 @@ run)
     target=${1:-all}
     secs=${2:-60}
     build
-    [ -d seeds ] || seed
+    [ -f seeds/json.dict ] || seed
     for t in $(select_targets "$target"); do
         echo "== $t: ${secs}s"
         log=$(mktemp)
@@ -94,7 +94,9 @@ smoke)
     secs=${1:-3}
     start=$(date +%s)
     build
-    echo "fuzz targets built in $(($(date +%s) - start)) s"
+    # The seeds are written from testdata (not committed): a fresh clone has none.
+    seed
+    echo "fuzz targets built and seeded in $(($(date +%s) - start)) s"
     scratch=$(mktemp -d)
     trap 'rm -rf "$scratch"' EXIT
     for t in $(targets); do
