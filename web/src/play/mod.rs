@@ -537,7 +537,7 @@ impl Session {
             self.forward(host, &mut stream, up)
         };
         stream.on_log(plugin, host);
-        stream.on_delete(plugin);
+        stream.on_delete(plugin, host);
         (answer, upstream)
     }
 
