@@ -30,13 +30,10 @@ fn open(gw: &Gateway, req: &Req) -> TcpStream {
 /// The outcome line of `request_id` that says `outcome`, waiting (bounded).
 fn outcome_line(gw: &Gateway, request_id: &str, outcome: &str) -> Value {
     let recs = gw
-        .audit_for(request_id, |r| {
-            r.iter()
-                .any(|x| x["event"] == "outcome" && x["outcome"] == outcome)
-        })
+        .audit_for(request_id, |r| r.iter().any(|x| x["outcome"] == outcome))
         .unwrap_or_else(|e| panic!("{e}"));
     recs.into_iter()
-        .find(|x| x["event"] == "outcome" && x["outcome"] == outcome)
+        .find(|x| x["outcome"] == outcome)
         .unwrap_or_default()
 }
 
