@@ -281,7 +281,7 @@ impl Stream {
                 }
             }
         }
-        self.write_audit(host, true);
+        self.write_audit(plugin, host, true);
     }
 }
 
@@ -292,13 +292,15 @@ impl Stream {
     /// as Envoy does).
     pub fn on_delete<L, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H) {
         self.abandon(plugin);
-        self.write_audit(host, false);
+        self.write_audit(plugin, host, false);
     }
 
     /// Writes the request's audit line, if it has one not written yet, with how the stream
     /// ended: what is not known yet is read from the stream's properties when `read` (at
-    /// `on_log`; a deleted stream's properties are gone).
-    fn write_audit<H: StreamHost>(&mut self, host: &H, read: bool) {
+    /// `on_log`; a deleted stream's properties are gone). On the cluster ledger, an outcome
+    /// still on its way to etcd takes the line with it: it is written once the outcome is in
+    /// etcd, so the line says what etcd holds.
+    fn write_audit<L, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H, read: bool) {
         let Some(record) = self.audit.take() else {
             return;
         };
@@ -317,7 +319,15 @@ impl Stream {
         end.duration_ms = host
             .now_nanos()
             .map(|n| (n / 1_000_000).saturating_sub(self.started_ms));
-        host.log(LogLevel::Info, &record.line(&end));
+        let line = record.line(&end);
+        let line = match self.tracked.as_ref().and_then(|t| t.remote.as_ref()) {
+            Some(_) => match plugin.give_line(self.id, line) {
+                Ok(()) => return,
+                Err(line) => line,
+            },
+            None => line,
+        };
+        host.log(LogLevel::Info, &line);
     }
 
     /// Decides with the complete body digest and applies the decision.
@@ -535,9 +545,9 @@ impl Stream {
             unchanged_state,
         };
         if let Some(attempt) = &tracked.remote {
-            if let Some(outcome) =
-                Stream::record_remote(plugin, host, self.route, tracked, attempt, response)
-            {
+            if let Some(outcome) = Stream::record_remote(
+                plugin, host, self.id, self.route, tracked, attempt, response,
+            ) {
                 self.ending.outcome = Some(outcome);
             }
             return;

@@ -122,10 +122,16 @@ pub(crate) struct RecordJob {
     /// The record of a request whose stream ended before its decision (it wrote no audit
     /// line): its outcome is logged when written.
     abandoned: bool,
+    /// The context id of the stream whose attempt this records (0: abandoned).
+    pub(super) stream: u32,
+    /// The stream's audit line, given to the record when the stream ended before the outcome
+    /// was in etcd: written once it is (or could not be), so the line says what etcd holds.
+    pub(super) line: Option<String>,
 }
 
 impl RecordJob {
-    /// Sends the next request; for an abandoned request, logs the outcome written.
+    /// Sends the next request; once done, writes the audit line the stream gave it, or for an
+    /// abandoned request logs the outcome written.
     pub(super) fn step<L, H: StreamHost>(
         mut self,
         plugin: &Plugin<L>,
@@ -136,7 +142,9 @@ impl RecordJob {
             Next::Ask(op) => {
                 let (path, body) = op.request();
                 self.op = op;
-                if let Err(status) = plugin.call(host, path, &body, Call::Record(Box::new(self))) {
+                if let Err((status, call)) =
+                    plugin.call(host, path, &body, Call::Record(Box::new(self)))
+                {
                     host.log(
                         LogLevel::Warn,
                         &format!(
@@ -144,8 +152,12 @@ impl RecordJob {
                             status.0
                         ),
                     );
+                    if let Call::Record(mut job) = call {
+                        job.write_line(host);
+                    }
                 }
             }
+            Next::Done(_) if self.line.is_some() => self.write_line(host),
             Next::Done(Some(outcome)) if self.abandoned => {
                 let route = plugin.config.routes.get(self.route);
                 host.log(
@@ -160,6 +172,13 @@ impl RecordJob {
                 );
             }
             Next::Done(_) => {}
+        }
+    }
+
+    /// Writes the audit line it was given, if any.
+    pub(super) fn write_line<H: StreamHost>(&mut self, host: &H) {
+        if let Some(line) = self.line.take() {
+            host.log(LogLevel::Info, &line);
         }
     }
 }
@@ -209,6 +228,8 @@ impl<L> Plugin<L> {
             route: job.route,
             request_id: job.waiting.asking.pending.request_id.clone(),
             abandoned: true,
+            stream: 0,
+            line: None,
         };
         record.step(self, host, next);
     }
@@ -374,7 +395,7 @@ impl Stream {
                 self.waiting = Some(Box::new(waiting));
                 Action::Pause
             }
-            Err(status) => self.unavailable(
+            Err((status, _)) => self.unavailable(
                 plugin,
                 host,
                 waiting,
@@ -573,6 +594,7 @@ impl Stream {
     pub(super) fn record_remote<L, H: StreamHost>(
         plugin: &Plugin<L>,
         host: &H,
+        stream: u32,
         route: usize,
         tracked: &Tracked,
         attempt: &RemoteAttempt,
@@ -594,6 +616,8 @@ impl Stream {
             route,
             request_id: tracked.request_id.clone(),
             abandoned: false,
+            stream,
+            line: None,
         };
         let outcome = match &next {
             Next::Done(outcome) => *outcome,

@@ -1567,11 +1567,12 @@ fn on_etcd_a_first_attempt_waits_for_one_insert_and_its_outcome_follows_the_resp
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].1["compare"][0]["target"], "MOD");
     assert_eq!(calls[0].1["compare"][0]["mod_revision"], "7");
-    // The stream ends before etcd answers: its line names the outcome it is recording.
+    // The stream ends before etcd answers: its line waits for the outcome to be in etcd.
     stream.on_log(&plugin, &host);
-    let outcomes = host.outcomes();
-    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
-    assert_eq!(outcomes[0]["outcome"], "succeeded");
+    assert!(
+        host.audit().is_empty(),
+        "written once the outcome is in etcd"
+    );
     // The stream may be gone by now: the plugin finishes the record on its own.
     drop(stream);
     assert_eq!(plugin.calls_in_flight(), 1);
@@ -1584,7 +1585,36 @@ fn on_etcd_a_first_attempt_waits_for_one_insert_and_its_outcome_follows_the_resp
         }
     }
     assert_eq!(plugin.calls_in_flight(), 0);
-    assert_eq!(host.audit().len(), 1, "one line per request");
+    let lines = host.audit();
+    assert_eq!(lines.len(), 1, "one line per request: {lines:?}");
+    assert_eq!(lines[0]["outcome"], "succeeded");
+    assert_eq!(lines[0]["decision"], "allow");
+}
+
+#[test]
+fn on_etcd_an_outcome_that_cannot_be_written_still_gets_its_line() {
+    let plugin = etcd_plugin(json!({}));
+    let host = token_request();
+    let (mut stream, _) = send(&plugin, &host, 1);
+    let token = plugin.calls_in_flight() as u32;
+    plugin.on_call_answer(&host, token, Some(200), WRITTEN);
+    stream.on_ledger_answer(&plugin, &host, Some(200), WRITTEN);
+    host.respond(&[(":status", "200")]);
+    stream.on_response_headers(&plugin, &host);
+    stream.on_log(&plugin, &host);
+    assert!(host.audit().is_empty());
+    // etcd fails the outcome write: a warning says so, and the line is written all the same.
+    for t in 1..=10 {
+        plugin.on_call_answer(&host, t, Some(503), b"etcdserver: no leader");
+    }
+    assert_eq!(plugin.calls_in_flight(), 0);
+    assert!(host.calls().iter().any(|c| matches!(
+        c,
+        Call::Log(LogLevel::Warn, m) if m.contains("outcome not recorded in the cluster ledger")
+    )));
+    let lines = host.audit();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["decision"], "allow");
 }
 
 #[test]
