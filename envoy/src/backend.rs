@@ -542,17 +542,20 @@ fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             }
         };
         let keep_alive = parsed.keep_alive;
-        let (seq, req) = {
+        // The reply is taken from the script before the request is seen as arrived: a test
+        // that waits for this request and then sends another must not find the second one
+        // taking the reply (a gated one, say) queued for this one.
+        let (req, reply) = {
             let mut reqs = lock(&shared.requests);
             let seq = reqs.len() as u64 + 1;
             let mut req = parsed.request;
             req.seq = seq;
+            let reply = lock(&shared.script).next(&req, seq);
             reqs.push(req.clone());
             shared.arrived.notify_all();
-            (seq, req)
+            (req, reply)
         };
         let method = req.method.clone();
-        let reply = lock(&shared.script).next(&req, seq);
         if let Some(gate) = &reply.gate {
             gate.wait(&shared.stop, GATE_LIMIT);
             if shared.stop.load(Ordering::SeqCst) {
