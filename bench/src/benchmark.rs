@@ -6,13 +6,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use retry_guard_e2e::envoy::Envoy;
-use retry_guard_e2e::{Error, Result};
+use retry_guard_e2e::{bail, client, Error, Result};
 
 use crate::args::Options;
-use crate::cases::{case, Case, CASES, TOKEN_ALLOW};
+use crate::cases::{case, position, Case, CASES, TOKEN_ALLOW};
 use crate::configs::Proxies;
+use crate::jwt_authn::tampered;
 use crate::load::{
-    oha_paced, oha_unloaded, wrk, Pace, Run, PACED_CONNECTIONS_EACH, PACED_PROCESSES,
+    check_statuses, oha_paced, oha_unloaded, wrk, Pace, Run, PACED_CONNECTIONS_EACH,
+    PACED_PROCESSES,
 };
 use crate::measure::{median, rss_kib};
 use crate::report::{Provenance, Report};
@@ -41,11 +43,15 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
         selected.len()
     );
     let envoys = proxies.start_warmed(selected.iter().copied())?;
+    for (case, envoy) in selected.iter().zip(&envoys) {
+        check_jwt_authn(case, envoy)?;
+    }
 
     let mut saturated: Vec<Vec<Run>> = vec![Vec::new(); CASES.len()];
     for round in 0..o.rounds {
         for (case, envoy) in selected.iter().zip(&envoys) {
             let r = wrk(envoy, case, o.seconds, o.connections)?;
+            check_statuses(case, &r)?;
             eprintln!(
                 "round {} case {}: {:>8.0} req/s  {:>6.2} µs CPU/req  non-2xx {}  socket errors {}",
                 round + 1,
@@ -55,7 +61,7 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
                 r.non2xx,
                 r.socket_errors
             );
-            saturated[case.id - 1].push(r);
+            saturated[slot(case)].push(r);
         }
     }
     let slowest = saturated
@@ -84,7 +90,7 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
                     r.p50_us,
                     r.p99_us
                 );
-                runs[case.id - 1].push(r);
+                runs[slot(case)].push(r);
             }
         }
         Ok(runs)
@@ -117,6 +123,50 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
         wasm_memory: memory.wasm_memory,
     };
     report.write(dir)
+}
+
+/// Where `case`'s runs are kept in the report: its position in [`CASES`].
+fn slot(case: &Case) -> usize {
+    position(case.id).unwrap_or_else(|| panic!("configuration {} is not in CASES", case.id))
+}
+
+/// Before a `jwt_authn` configuration is measured: its request with the signed JWT is
+/// answered 200 (verified), and the same with the signature changed 401 (so the filter does
+/// verify it). Nothing for the other configurations.
+fn check_jwt_authn(case: &Case, envoy: &Envoy) -> Result<()> {
+    let Some(jwt) = case.signed_jwt()? else {
+        return Ok(());
+    };
+    let status = |jwt: &str| -> Result<u16> {
+        let authorization = format!("Bearer {jwt}");
+        let resp = client::send_with_timeout(
+            envoy.listener_addr(),
+            case.method,
+            case.path,
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("x-client-id", "bench-bot"),
+                ("authorization", &authorization),
+                ("idempotency-key", "jwt-authn-check-100000"),
+            ],
+            case.body.as_bytes(),
+            Duration::from_secs(10),
+        )?;
+        Ok(resp.status)
+    };
+    let (signed, bad) = (status(jwt)?, status(&tampered(jwt))?);
+    eprintln!(
+        "case {}: jwt_authn answers {signed} with the signed JWT, {bad} with its signature changed",
+        case.id
+    );
+    if signed != case.expect_status || bad != 401 {
+        bail!(
+            "case {}: expected {} with the signed JWT and 401 with its signature changed, got {signed} and {bad}",
+            case.id,
+            case.expect_status
+        );
+    }
+    Ok(())
 }
 
 /// A retry-guard metric of `envoy`, if it can be read.
