@@ -56,10 +56,11 @@ probe: build envoy-install
     cargo test -p retry-guard-conformance --test probe_vs_envoy -- --nocapture
 
 # 10,000 demo-config requests on the simulator, then the per-path micro-benchmark (host calls,
-# wasm fuel, µs per request; writes target/bench/host-sim.{json,md}).
-bench-sim: build
+# wasm fuel, µs per request; writes target/bench/host-sim.{json,md}); `just bench-sim
+# --update-readme` also replaces the host-sim-paths table of bench/README.md.
+bench-sim *ARGS: build
     cargo run -q --release -p retry-guard-cli -- bench
-    cargo run -q --release -p retry-guard-cli -- bench --paths
+    cargo run -q --release -p retry-guard-cli -- bench --paths {{ARGS}}
 
 # Where the filter's guest time goes per request path, by function (host-sim stack samples on
 # the release code built with its names kept: cargo profile `profiling`), and the guest
