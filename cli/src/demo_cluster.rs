@@ -186,13 +186,14 @@ impl Replica2 {
             })
     }
 
-    /// Waits for the outcome line of `rid`: written to etcd just after the response.
+    /// Waits for the audit line of `rid` that names its outcome (written when the stream
+    /// ends; the outcome goes to etcd as the response passes).
     fn outcome(&self, rid: &str) -> Result<Value> {
-        self.audit(rid, "outcome", |r| r["event"] == "outcome")
+        self.audit(rid, "outcome", |r| !r["outcome"].is_null())
     }
 
     fn decision(&self, rid: &str) -> Result<Value> {
-        self.audit(rid, "decision", |r| r["event"] != "outcome")
+        self.audit(rid, "decision", |r| r.get("decision").is_some())
     }
 
     /// Admin `/clusters`: the health flags of each etcd member (`healthy`, or the reasons it
@@ -212,34 +213,29 @@ impl Replica2 {
     }
 }
 
-/// One audit record in a line: request id, event, decision or outcome, and the telling rest.
+/// One audit record in a line: request id, decision, outcome, and the telling rest.
 fn short(r: &Value) -> String {
     let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
-    if r["event"] == "outcome" {
-        format!(
-            "{} outcome {} (status {}, route {})",
-            s("request_id"),
-            s("outcome"),
-            r["status"],
-            s("route")
-        )
-    } else {
-        let mut line = format!(
-            "{} decision {} (route {}, attempt {}, reason {}",
-            s("request_id"),
-            s("decision"),
-            s("route"),
-            r["attempt"],
-            s("reason")
-        );
-        for k in ["previous_outcome", "approver", "confirmation_error"] {
-            if let Some(v) = r[k].as_str() {
-                line.push_str(&format!(", {k} {v}"));
-            }
+    let mut line = format!(
+        "{} decision {} (route {}, attempt {}, reason {}",
+        s("request_id"),
+        s("decision"),
+        s("route"),
+        r["attempt"],
+        s("reason")
+    );
+    for k in [
+        "previous_outcome",
+        "approver",
+        "confirmation_error",
+        "outcome",
+    ] {
+        if let Some(v) = r[k].as_str() {
+            line.push_str(&format!(", {k} {v}"));
         }
-        line.push(')');
-        line
     }
+    line.push_str(&format!(", status {})", r["status"]));
+    line
 }
 
 fn body(n: &str) -> String {
@@ -298,7 +294,7 @@ fn allowed_call(replica: &Replica2, rid: &str, op: &str) -> Result<(String, Stri
         match resp.status {
             200 => {
                 if replica
-                    .wait_audit(&rid, Duration::from_secs(3), |r| r["event"] == "outcome")
+                    .wait_audit(&rid, Duration::from_secs(3), |r| !r["outcome"].is_null())
                     .is_some()
                 {
                     return Ok((rid, op));

@@ -207,16 +207,6 @@ fn compact_audit(r: &Value) -> String {
         Value::String(v) => v.clone(),
         other => other.to_string(),
     };
-    if r["event"] == "outcome" {
-        return format!(
-            "outcome={} status={} route={} attempt={} flags={}",
-            s("outcome"),
-            s("status"),
-            s("route"),
-            s("attempt"),
-            s("response_flags")
-        );
-    }
     let mut line = format!(
         "decision={} route={} attempt={} previous={} policy={} reason={} principal={}",
         s("decision"),
@@ -234,6 +224,14 @@ fn compact_audit(r: &Value) -> String {
     }
     if r["mode"] == "shadow" {
         line.push_str(&format!(" mode=shadow would_block={}", s("would_block")));
+    }
+    // How the stream ended (the same line, written then).
+    if !r["outcome"].is_null() {
+        line.push_str(&format!(" outcome={}", s("outcome")));
+    }
+    line.push_str(&format!(" status={}", s("status")));
+    if !r["response_flags"].is_null() {
+        line.push_str(&format!(" flags={}", s("response_flags")));
     }
     line
 }

@@ -902,11 +902,12 @@ impl Runner {
         let guarded = ex.filter_state.contains_key("wasm.retry_guard.decision");
         // Log lines the expectation needs (Envoy's log is flushed every 100 ms, on its own).
         let mut needles: Vec<String> = Vec::new();
+        // One audit line per request, written when its stream ends; it names the outcome.
         if guarded {
-            needles.push("retry-guard audit {\"event\":\"decision\"".into());
+            needles.push("retry-guard audit {".into());
         }
         if expect.get("outcome").is_some_and(|o| !o.is_null()) {
-            needles.push("retry-guard audit {\"event\":\"outcome\"".into());
+            needles.push(",\"outcome\":\"".into());
         }
         if let Some(Value::Array(c)) = expect.get("logs").and_then(|l| l.get("contains")) {
             needles.extend(c.iter().filter_map(Value::as_str).map(str::to_string));

@@ -169,14 +169,16 @@ fn run_row(
             // In flight: the retry comes while attempt 1 waits at the backend.
             Some(handle) => {
                 let retry_resp = h(gw.send(&retry))?;
-                check_retry(gw, route, &retry, &retry_resp, want, outcome, 0, &case)?;
+                let fp = check_retry(gw, route, &retry, &retry_resp, want, outcome, 0, &case)?;
                 if let Some(g) = &gate {
                     g.open();
                 }
-                handle
+                let first = handle
                     .join()
                     .map_err(|_| "attempt 1 panicked".to_string())?
-                    .map_err(|e| e.0)?
+                    .map_err(|e| e.0)?;
+                same_fingerprint(gw, &case, fp)?;
+                first
             }
             None => {
                 let up = matches!(first, First::Closed).then_some("closed");
@@ -219,7 +221,7 @@ fn run_row(
     // The backend answers the retry 200 (the standing script of the case is cleared).
     gw.backend.on_case(&case, None);
     let retry_resp = h(gw.send(&retry))?;
-    check_retry(
+    let fp = check_retry(
         gw,
         route,
         &retry,
@@ -229,6 +231,7 @@ fn run_row(
         first_status,
         &case,
     )?;
+    same_fingerprint(gw, &case, fp)?;
     let after = gw.upstream(&case).len();
     let reached = after > before;
     if reached != (want == Expect::Allow) {
@@ -250,9 +253,9 @@ fn check_retry(
     outcome: &str,
     previous_status: u16,
     case: &str,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<Option<String>, String> {
     let rid = retry.request_id.as_str();
-    let first_decision = h(gw.decision(&format!("{case}-1")))?;
+    let mut fingerprint = None;
     match want {
         Expect::Allow => {
             if resp.status != 200 {
@@ -273,13 +276,7 @@ fn check_retry(
                 _ => (428, "urn:retry-guard:problem:confirmation-required"),
             };
             let doc = check_problem(resp, status, ty, route, rid)?;
-            let fp = check_fingerprint(&doc)?;
-            if first_decision["fingerprint"] != fp.as_str() {
-                return Err(format!(
-                    "the retry's fingerprint {fp} differs from attempt 1's {}",
-                    first_decision["fingerprint"]
-                ));
-            }
+            fingerprint = Some(check_fingerprint(&doc)?);
             if doc["attempt"] != 2 {
                 return Err(format!("attempt is {} not 2: {doc}", doc["attempt"]));
             }
@@ -317,6 +314,26 @@ fn check_retry(
     let entry = h(gw.access_entry(rid))?;
     if entry["retry_guard_decision"] != name {
         return Err(format!("access log: expected decision {name}: {entry}"));
+    }
+    Ok(fingerprint)
+}
+
+/// The retry's fingerprint (from its problem document) is attempt 1's, read from attempt 1's
+/// audit line: written when attempt 1's stream ended.
+fn same_fingerprint(
+    gw: &Gateway,
+    case: &str,
+    fp: Option<String>,
+) -> std::result::Result<(), String> {
+    let Some(fp) = fp else {
+        return Ok(());
+    };
+    let first = h(gw.decision(&format!("{case}-1")))?;
+    if first["fingerprint"] != fp.as_str() {
+        return Err(format!(
+            "the retry's fingerprint {fp} differs from attempt 1's {}",
+            first["fingerprint"]
+        ));
     }
     Ok(())
 }

@@ -70,7 +70,7 @@ fn a_5xx_retry_policy_no_longer_executes_a_guarded_post_twice() -> Result<()> {
     );
     let outcome = gw.outcome(&req.request_id)?;
     assert_eq!(outcome["outcome"], "failed_unknown", "{outcome}");
-    assert_eq!(outcome["upstream_attempts"], 1, "{outcome}");
+    assert_eq!(outcome["router_attempts"], 1, "{outcome}");
     assert_eq!(gw.counter("retry_guard.router.retried"), 0);
 
     // A client that sends its own retry budget cannot undo it.
@@ -124,7 +124,7 @@ fn in_shadow_mode_the_router_retry_is_counted_audited_and_named() -> Result<()> 
     // Shadow mode changes nothing: the misconfigured router re-sends.
     assert_eq!(gw.upstream(&req.case).len(), 3);
     let outcome = gw.outcome(&req.request_id)?;
-    assert_eq!(outcome["upstream_attempts"], 3, "{outcome}");
+    assert_eq!(outcome["router_attempts"], 3, "{outcome}");
     assert_eq!(gw.counter("retry_guard.router.retried"), 1);
     gw.envoy.wait_for_log(Duration::from_secs(5), |l| {
         l.contains("route oauth-token: Envoy's router sent this request upstream 3 times")

@@ -245,7 +245,7 @@ fn shadow_mode_lets_everything_through() {
     assert_eq!(d["would_block"], true, "{d}");
     assert_eq!(d["mode"], "shadow", "{d}");
     assert_eq!(
-        recs.iter().filter(|x| x["event"] == "decision").count(),
+        recs.iter().filter(|x| x.get("decision").is_some()).count(),
         1,
         "one decision per request: {recs:?}"
     );

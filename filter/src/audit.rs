@@ -1,22 +1,24 @@
-//! Audit lines: one `retry-guard audit <json>` info line per decision on a matched route, and
-//! one per recorded outcome (`"event": "outcome"`).
+//! The audit line: one `retry-guard audit <json>` info line per request on a matched route
+//! (on untracked routes only when something happened, see `audit.untracked`), written when the
+//! stream ends. Its decision members are written when the request is decided ([`record`]); the
+//! stream's end adds how it ended ([`Record::line`]): the outcome the attempt recorded, the
+//! status and response flags, and how long it took.
 
 use crate::config::Route;
 use crate::engine::{Decision, Facts};
-use crate::fingerprint::Fingerprint;
 use crate::json::Obj;
 use crate::policy::Outcome;
 
 /// Prefix of every audit line.
 pub const PREFIX: &str = "retry-guard audit ";
 
-/// The members of a decision line ([`decision_line`]), in the order it writes them. Every
-/// line carries every member: one without a value (no `x-request-id`, no earlier attempt, no
-/// policy applied, no stale token, no approver, no refused confirmation, no fingerprint before
-/// the body is known) is `null`. A test checks the writer against this list, so tools and
-/// tests that read audit lines can rely on it.
-pub const DECISION_MEMBERS: &[&str] = &[
-    "event",
+/// The members of an audit line, in the order it writes them. Every line carries every
+/// member: one without a value (no `x-request-id`, no earlier attempt, no policy applied, no
+/// stale token, no approver, no refused confirmation, no fingerprint before the body is
+/// known, no outcome for a request that did not go upstream as a tracked attempt) is `null`.
+/// Tests check the writer, and the README's table of them, against this list, so tools that
+/// read audit lines can rely on it.
+pub const MEMBERS: &[&str] = &[
     "ts",
     "request_id",
     "route",
@@ -43,25 +45,46 @@ pub const DECISION_MEMBERS: &[&str] = &[
     "key_regenerated_ms",
     "mode",
     "would_block",
+    "outcome",
+    "status",
+    "response_flags",
+    "router_attempts",
+    "duration_ms",
 ];
 
-fn start(event: &str, now: u64, request_id: Option<&str>, route: &Route) -> Obj {
+/// A request's audit line in the making: the decision's members, waiting for the stream's end.
+#[derive(Debug)]
+pub struct Record(Obj);
+
+/// How a stream ended: the members [`Record::line`] adds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ending {
+    /// The outcome the request's attempt recorded in the ledger (or, on the cluster ledger, is
+    /// recording): `None` for a request that was not a tracked attempt let through, or whose
+    /// outcome a later attempt made moot.
+    pub outcome: Option<Outcome>,
+    /// The response status the client got: the filter's own answer, the upstream's, or
+    /// Envoy's (`None`: no response).
+    pub status: Option<u16>,
+    /// Envoy's response flags (`response.flags`), when Envoy says.
+    pub response_flags: Option<u64>,
+    /// How many times Envoy's router sent the request upstream
+    /// (`upstream.request_attempt_count`; more than 1: the router retried it), when Envoy says.
+    pub router_attempts: Option<u64>,
+    /// Milliseconds from the request's headers to the stream's end.
+    pub duration_ms: Option<u64>,
+}
+
+/// The decision members of the audit line of `d`, made on `route` with `facts`.
+pub fn record(route: &Route, facts: &Facts<'_>, d: &Decision) -> Record {
     let mut m = Obj::after(PREFIX);
-    m.word("event", event)
-        .time("ts", now)
-        .opt_str("request_id", request_id)
+    m.time("ts", facts.now())
+        .opt_str("request_id", facts.request_id)
         .str("route", &route.name)
         .word("class", route.class.name())
         .str("owner", &route.owner)
-        .str("escalation", &route.escalation);
-    m
-}
-
-/// The audit line of a decision: [`PREFIX`], then a JSON object of the
-/// [`DECISION_MEMBERS`].
-pub fn decision_line(route: &Route, facts: &Facts<'_>, d: &Decision) -> String {
-    let mut m = start("decision", facts.now(), facts.request_id, route);
-    m.str("principal", facts.principal)
+        .str("escalation", &route.escalation)
+        .str("principal", facts.principal)
         .opt_b64url("fingerprint", facts.fingerprint.as_ref().map(|f| &f.0[..]))
         .bool("key_present", facts.key.key().is_some())
         .num("attempt", u64::from(d.attempt))
@@ -86,38 +109,23 @@ pub fn decision_line(route: &Route, facts: &Facts<'_>, d: &Decision) -> String {
         .opt_num("key_regenerated_ms", facts.key_regenerated_ms)
         .word("mode", d.mode.name())
         .bool("would_block", d.would_block);
-    m.finish()
+    Record(m)
 }
 
-/// What the outcome line reports.
-pub struct OutcomeRecord<'a> {
-    /// Now, Unix seconds.
-    pub now: u64,
-    /// `x-request-id`.
-    pub request_id: Option<&'a str>,
-    /// The attempt's fingerprint.
-    pub fingerprint: &'a Fingerprint,
-    /// Attempt number.
-    pub attempt: u32,
-    /// The recorded outcome.
-    pub outcome: Outcome,
-    /// Response status (0: none).
-    pub status: u16,
-    /// Envoy response flags.
-    pub response_flags: u64,
-    /// How many times Envoy's router sent the request upstream (`upstream.request_attempt_count`;
-    /// more than 1 means the router retried it), when Envoy says.
-    pub upstream_attempts: Option<u64>,
+impl Record {
+    /// The finished line: [`PREFIX`], then a JSON object of the [`MEMBERS`].
+    pub fn line(mut self, end: &Ending) -> String {
+        self.0
+            .opt_word("outcome", end.outcome.map(Outcome::name))
+            .opt_num("status", end.status.map(u64::from))
+            .opt_num("response_flags", end.response_flags)
+            .opt_num("router_attempts", end.router_attempts)
+            .opt_num("duration_ms", end.duration_ms);
+        self.0.finish()
+    }
 }
 
-/// The audit line of a recorded outcome.
-pub fn outcome_line(route: &Route, r: &OutcomeRecord<'_>) -> String {
-    let mut m = start("outcome", r.now, r.request_id, route);
-    m.opt_b64url("fingerprint", Some(&r.fingerprint.0))
-        .num("attempt", u64::from(r.attempt))
-        .word("outcome", r.outcome.name())
-        .num("status", u64::from(r.status))
-        .num("response_flags", r.response_flags)
-        .opt_num("upstream_attempts", r.upstream_attempts);
-    m.finish()
+/// The whole audit line of `d` with the stream's `end`: [`record`] then [`Record::line`].
+pub fn line(route: &Route, facts: &Facts<'_>, d: &Decision, end: &Ending) -> String {
+    record(route, facts, d).line(end)
 }

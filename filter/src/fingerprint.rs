@@ -105,11 +105,19 @@ pub fn empty_body_digest() -> BodyDigest {
     EMPTY_BODY_DIGEST
 }
 
-/// The version byte that starts every fingerprint's hashed encoding. Version 2 (canonical
-/// paths, query and bodies; varint length prefixes) replaced version 1 (the raw `:path` and
-/// body bytes, 8-byte length prefixes): fingerprints of the two never match, so ledger entries
-/// and confirmations made before an upgrade are not found after it.
-pub const FINGERPRINT_VERSION: u8 = 2;
+/// The version byte that starts every fingerprint's hashed encoding. Version 3 writes the
+/// empty body as one byte instead of its 32-byte digest (a request without a body, every
+/// `read_only` one, then often fits one SHA-256 block instead of two); version 2 (canonical
+/// paths, query and bodies; LEB128 length prefixes) replaced version 1 (the raw `:path` and
+/// body bytes, 8-byte length prefixes). Fingerprints of two versions never match (the first
+/// byte hashed differs), so ledger entries and confirmations made before an upgrade are not
+/// found after it.
+pub const FINGERPRINT_VERSION: u8 = 3;
+
+/// Natural key tag: the body is empty ([`EMPTY_BODY_DIGEST`]); no digest follows.
+const BODY_EMPTY: u8 = 0;
+/// Natural key tag: the 32-byte body digest follows.
+const BODY_DIGEST: u8 = 1;
 
 /// The natural key of a request without an idempotency key: what makes two requests the same
 /// operation.
@@ -131,10 +139,68 @@ pub struct NaturalKey<'a> {
 /// The encoding (version [`FINGERPRINT_VERSION`]): the version byte; the route name and the
 /// principal, each as a LEB128 length and its bytes; then either `k` and the key (length and
 /// bytes), or `n`, the method, the canonical path and the canonical query (each length and
-/// bytes) and the 32-byte body digest. Every variable field carries its length, so no two
-/// requests share an encoding.
+/// bytes), then the body: the byte 0 for the empty body, or the byte 1 and the 32-byte body
+/// digest. Every variable field carries its length and every choice a tag, so the encoding
+/// can be read back into its parts: no two requests share one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Fingerprint(pub [u8; 32]);
+
+/// Where an encoding goes: the hash, or (in tests) a buffer.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+
+    /// A variable field: its length (LEB128), then its bytes.
+    fn field(&mut self, bytes: &[u8]) {
+        let mut len = [0u8; 10];
+        let n = leb128(bytes.len() as u64, &mut len);
+        self.put(len.get(..n).unwrap_or(&[]));
+        self.put(bytes);
+    }
+}
+
+impl Sink for Sha256 {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+#[cfg(test)]
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Writes the fingerprint's encoding (see [`Fingerprint`]) into `out`.
+fn encode(
+    out: &mut impl Sink,
+    route: &str,
+    principal: &str,
+    key: Option<&str>,
+    natural: &NaturalKey<'_>,
+) {
+    out.put(&[FINGERPRINT_VERSION]);
+    out.field(route.as_bytes());
+    out.field(principal.as_bytes());
+    match key {
+        Some(k) => {
+            out.put(b"k");
+            out.field(k.as_bytes());
+        }
+        None => {
+            out.put(b"n");
+            out.field(natural.method.as_bytes());
+            out.field(natural.path.as_bytes());
+            out.field(natural.query.as_bytes());
+            if *natural.body == EMPTY_BODY_DIGEST {
+                out.put(&[BODY_EMPTY]);
+            } else {
+                out.put(&[BODY_DIGEST]);
+                out.put(natural.body);
+            }
+        }
+    }
+}
 
 impl Fingerprint {
     /// Computes the fingerprint.
@@ -145,28 +211,7 @@ impl Fingerprint {
         natural: &NaturalKey<'_>,
     ) -> Fingerprint {
         let mut h = Sha256::new();
-        h.update([FINGERPRINT_VERSION]);
-        let field = |h: &mut Sha256, bytes: &[u8]| {
-            let mut len = [0u8; 10];
-            let n = leb128(bytes.len() as u64, &mut len);
-            h.update(len.get(..n).unwrap_or(&[]));
-            h.update(bytes);
-        };
-        field(&mut h, route.as_bytes());
-        field(&mut h, principal.as_bytes());
-        match key {
-            Some(k) => {
-                h.update(b"k");
-                field(&mut h, k.as_bytes());
-            }
-            None => {
-                h.update(b"n");
-                field(&mut h, natural.method.as_bytes());
-                field(&mut h, natural.path.as_bytes());
-                field(&mut h, natural.query.as_bytes());
-                h.update(natural.body);
-            }
-        }
+        encode(&mut h, route, principal, key, natural);
         Fingerprint(h.finalize().into())
     }
 
@@ -412,30 +457,235 @@ mod tests {
 
     #[test]
     fn the_encoding_is_versioned_and_short() {
-        // The hashed encoding of a typical read: version, route, principal, natural key.
+        // The hashed encoding of a typical read: version, route, principal, natural key, the
+        // empty body as one byte.
         let d = empty_body_digest();
         let mut enc = vec![FINGERPRINT_VERSION];
-        for f in ["reads", "token:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        for f in ["reads", "bench-bot"] {
             enc.push(f.len() as u8);
             enc.extend_from_slice(f.as_bytes());
         }
         enc.push(b'n');
-        for f in ["GET", "/v1/items/42", ""] {
+        for f in ["GET", "/v1/items", ""] {
             enc.push(f.len() as u8);
             enc.extend_from_slice(f.as_bytes());
         }
-        enc.extend_from_slice(&d);
+        enc.push(BODY_EMPTY);
         let want: [u8; 32] = Sha256::digest(&enc).into();
-        let got = Fingerprint::compute(
-            "reads",
-            "token:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-            None,
-            &natural("GET", "/v1/items/42", &d),
-        );
+        let read = natural("GET", "/v1/items", &d);
+        let got = Fingerprint::compute("reads", "bench-bot", None, &read);
         assert_eq!(got.0, want);
-        // 108 bytes: two SHA-256 blocks (a message of up to 119 bytes fits), where version 1
-        // took three (8-byte length prefixes: 146 bytes for a shorter principal).
-        assert_eq!(enc.len(), 108);
+        // 34 bytes: one SHA-256 block (a message of up to 55 bytes fits), where version 2
+        // wrote the empty body's 32-byte digest: 65 bytes, two blocks.
+        assert_eq!(enc.len(), 34);
+        // A body's digest follows its tag.
+        let one = [1; 32];
+        let mut with_body = encoding(
+            "reads",
+            "bench-bot",
+            None,
+            &natural("GET", "/v1/items", &one),
+        );
+        assert_eq!(with_body.len(), 34 + 32);
+        assert_eq!(with_body.split_off(34), one);
+        assert_eq!(with_body.last(), Some(&BODY_DIGEST));
+        // Pinned: a change to the encoding changes every fingerprint, and must come with a
+        // new version.
+        assert_eq!(got.text(), PINNED_READ);
+    }
+
+    /// The fingerprint of the read in [`the_encoding_is_versioned_and_short`], version 3.
+    const PINNED_READ: &str = "0YAgtdML4lPUm_Euv-9zZPCVKX-5AN27t6_vbMiGnNk";
+
+    fn encoding(route: &str, principal: &str, key: Option<&str>, n: &NaturalKey<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(&mut out, route, principal, key, n);
+        out
+    }
+
+    /// An encoding's parts, read back: route, principal, then the key or the natural key
+    /// (method, path, query, body digest).
+    type Parts = (Vec<u8>, Vec<u8>, Result<Vec<u8>, [Vec<u8>; 4]>);
+
+    /// Reads an encoding back into its parts; `None` unless it is exactly one encoding.
+    fn decode(enc: &[u8]) -> Option<Parts> {
+        fn byte(rest: &mut &[u8]) -> Option<u8> {
+            let (&b, tail) = rest.split_first()?;
+            *rest = tail;
+            Some(b)
+        }
+        fn bytes(rest: &mut &[u8], n: usize) -> Option<Vec<u8>> {
+            let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
+            *rest = tail;
+            Some(head.to_vec())
+        }
+        fn field(rest: &mut &[u8]) -> Option<Vec<u8>> {
+            let mut len = 0usize;
+            for shift in (0..64).step_by(7) {
+                let b = byte(rest)?;
+                len |= usize::from(b & 0x7f) << shift;
+                if b & 0x80 == 0 {
+                    return bytes(rest, len);
+                }
+            }
+            None
+        }
+        let mut rest = enc;
+        if byte(&mut rest)? != FINGERPRINT_VERSION {
+            return None;
+        }
+        let route = field(&mut rest)?;
+        let principal = field(&mut rest)?;
+        let tail = match byte(&mut rest)? {
+            b'k' => Ok(field(&mut rest)?),
+            b'n' => {
+                let (m, p, q) = (field(&mut rest)?, field(&mut rest)?, field(&mut rest)?);
+                let body = match byte(&mut rest)? {
+                    BODY_EMPTY => EMPTY_BODY_DIGEST.to_vec(),
+                    BODY_DIGEST => bytes(&mut rest, 32)?,
+                    _ => return None,
+                };
+                Err([m, p, q, body])
+            }
+            _ => return None,
+        };
+        rest.is_empty().then_some((route, principal, tail))
+    }
+
+    /// Tricky field values: empty, bytes that read like tags and lengths, lengths around the
+    /// one-byte LEB128 limit.
+    fn tricky(next: &mut impl FnMut() -> u64) -> String {
+        const PIECES: &[&str] = &["", "k", "n", "\u{0}", "\u{1}", "\u{7f}", "a", "/", "é"];
+        match next() % 4 {
+            0 => "x".repeat(120 + (next() % 20) as usize),
+            _ => (0..next() % 5)
+                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn every_encoding_reads_back_into_its_parts() {
+        // An encoding that can be read back into the request's parts is one no other request
+        // has: the fingerprint hashes an injective encoding.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..20_000 {
+            let (route, principal) = (tricky(&mut next), tricky(&mut next));
+            let (method, path, query) = (tricky(&mut next), tricky(&mut next), tricky(&mut next));
+            let body = match next() % 3 {
+                0 => EMPTY_BODY_DIGEST,
+                1 => [(next() % 3) as u8; 32],
+                _ => [BODY_EMPTY; 32],
+            };
+            let key = (next() % 3 == 0).then(|| tricky(&mut next));
+            let n = NaturalKey {
+                method: &method,
+                path: &path,
+                query: &query,
+                body: &body,
+            };
+            let enc = encoding(&route, &principal, key.as_deref(), &n);
+            let parts = decode(&enc).expect("an encoding reads back");
+            let want: Parts = (
+                route.clone().into_bytes(),
+                principal.clone().into_bytes(),
+                match &key {
+                    Some(k) => Ok(k.clone().into_bytes()),
+                    None => Err([
+                        method.clone().into_bytes(),
+                        path.clone().into_bytes(),
+                        query.clone().into_bytes(),
+                        body.to_vec(),
+                    ]),
+                },
+            );
+            assert_eq!(parts, want);
+            let fp = Fingerprint::compute(&route, &principal, key.as_deref(), &n);
+            assert_eq!(fp.0, <[u8; 32]>::from(Sha256::digest(&enc)));
+            // Equal fingerprints only for equal parts.
+            if let Some(earlier) = seen.insert(fp, want.clone()) {
+                assert_eq!(earlier, want);
+            }
+        }
+    }
+
+    /// A request's (route, principal, key, method, path, query, body).
+    type Request<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a BodyDigest,
+    );
+
+    #[test]
+    fn field_boundaries_cannot_be_moved() {
+        let d = &EMPTY_BODY_DIGEST;
+        let one = &[1; 32];
+        // The same bytes cut into fields at other places, and tags that look like field
+        // bytes: each pair is two requests with two encodings.
+        let pairs: [(Request<'_>, Request<'_>); 8] = [
+            (
+                ("ab", "c", None, "GET", "/", "", d),
+                ("a", "bc", None, "GET", "/", "", d),
+            ),
+            (
+                ("r", "", Some("k"), "GET", "/", "", d),
+                ("r", "k", None, "GET", "/", "", d),
+            ),
+            (
+                ("r", "p", None, "GET", "/x", "", d),
+                ("r", "p", None, "GET", "/", "x", d),
+            ),
+            (
+                ("r", "p", None, "GE", "T/", "", d),
+                ("r", "p", None, "GET", "/", "", d),
+            ),
+            (
+                ("r", "p", Some("n"), "", "", "", d),
+                ("r", "p", None, "", "", "", d),
+            ),
+            (
+                ("r", "p", None, "GET", "/", "", d),
+                ("r", "p", None, "GET", "/", "", one),
+            ),
+            (
+                ("r", "p", None, "GET", "/", "\u{0}", d),
+                ("r", "p", None, "GET", "/", "", d),
+            ),
+            (
+                ("", "", Some(""), "", "", "", d),
+                ("", "", None, "", "", "", d),
+            ),
+        ];
+        let both = |(r, p, k, method, path, query, body): Request<'_>| {
+            let n = NaturalKey {
+                method,
+                path,
+                query,
+                body,
+            };
+            (encoding(r, p, k, &n), Fingerprint::compute(r, p, k, &n))
+        };
+        for (a, b) in pairs {
+            let ((enc_a, fp_a), (enc_b, fp_b)) = (both(a), both(b));
+            assert_ne!(enc_a, enc_b, "{a:?} {b:?}");
+            assert_ne!(fp_a, fp_b, "{a:?} {b:?}");
+        }
+        // A 128-byte field takes a two-byte length: still one reading.
+        let long = "x".repeat(128);
+        let (enc, _) = both((&long, "p", None, "GET", "/", "", d));
+        assert_eq!(enc.get(1..3), Some(&[0x80, 0x01][..]));
+        assert!(decode(&enc).is_some());
     }
 
     #[test]

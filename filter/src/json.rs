@@ -8,7 +8,7 @@
 
 pub mod value;
 
-pub use value::{parse, Map, Number, Value};
+pub use value::{parse, scan_object, Map, Number, Scalar, Span, Value};
 
 /// A JSON object being written.
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 //! staleness. Anything that is not a well-formed JWT is an opaque token. Inputs are bounded so
 //! a hostile header cannot make the filter allocate or work without limit.
 
-use crate::json::{Map, Value};
+use crate::json::{self, Scalar, Span};
 
 use crate::b64;
 
@@ -133,8 +133,16 @@ impl TokenShape {
 }
 
 /// Claims of a JWT payload, decoded without verification.
+///
+/// The payload is read in one pass ([`json::scan_object`]) without building a JSON tree: the
+/// decoded payload is kept with where each top-level member's name and value are, and a claim
+/// is looked up among them when asked for (the last of equal names counts, as in a parsed
+/// object). What is accepted, and each claim's value, are exactly those of the JSON parser.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Claims(Map);
+pub struct Claims {
+    payload: Vec<u8>,
+    members: Vec<(Span, Scalar)>,
+}
 
 impl Claims {
     /// Decodes the payload of `header.payload.signature` (base64url segments, JSON object
@@ -149,28 +157,38 @@ impl Claims {
         if parts.next().is_some() || header.is_empty() || payload.is_empty() {
             return None;
         }
-        let bytes = b64::decode_url(payload)?;
-        match crate::json::parse(&bytes).ok()? {
-            Value::Object(map) => Some(Claims(map)),
-            _ => None,
-        }
+        let payload = b64::decode_url(payload)?;
+        let members = json::scan_object(&payload)?;
+        Some(Claims { payload, members })
+    }
+
+    /// The value of claim `name` (the last member of that name).
+    fn get(&self, name: &str) -> Option<&Scalar> {
+        self.members
+            .iter()
+            .rev()
+            .find(|(n, _)| n.is(&self.payload, name))
+            .map(|(_, v)| v)
     }
 
     /// A numeric claim as seconds; strings, booleans and non-finite values count as absent.
     pub fn seconds(&self, name: &str) -> Option<f64> {
-        self.0.get(name)?.as_f64().filter(|f| f.is_finite())
+        match self.get(name)? {
+            Scalar::Number(n) => n.as_f64().filter(|f| f.is_finite()),
+            _ => None,
+        }
     }
 
     /// A claim as principal text: strings as they are, integers formatted; others absent.
     pub fn text(&self, name: &str) -> Option<String> {
-        match self.0.get(name)? {
-            Value::String(s) if !s.is_empty() => Some(s.clone()),
-            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+        match self.get(name)? {
+            Scalar::Str(at) => at.text(&self.payload).filter(|s| !s.is_empty()),
+            Scalar::Number(n) => match (n.as_u64(), n.as_i64()) {
                 (Some(u), _) => Some(u.to_string()),
                 (None, Some(i)) => Some(i.to_string()),
                 _ => None,
             },
-            _ => None,
+            Scalar::Other => None,
         }
     }
 
@@ -298,6 +316,232 @@ mod tests {
         assert_eq!(TokenShape::of("h.p.s."), TokenShape::Malformed);
         assert_eq!(TokenShape::of("a.b.c.d.e"), TokenShape::Jwe);
         assert_eq!(TokenShape::of("a.b.c.d.e.f"), TokenShape::Malformed);
+    }
+
+    /// The claims as they were read before the one-pass scan, from the whole JSON tree: the
+    /// oracle [`Claims`] must agree with.
+    struct TreeClaims(crate::json::Map);
+
+    impl TreeClaims {
+        fn decode(token: &str) -> Option<TreeClaims> {
+            if token.len() > MAX_JWT_LEN {
+                return None;
+            }
+            let mut parts = token.split('.');
+            let (header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+            if parts.next().is_some() || header.is_empty() || payload.is_empty() {
+                return None;
+            }
+            let bytes = b64::decode_url(payload)?;
+            match crate::json::parse(&bytes).ok()? {
+                crate::json::Value::Object(map) => Some(TreeClaims(map)),
+                _ => None,
+            }
+        }
+
+        fn seconds(&self, name: &str) -> Option<f64> {
+            self.0.get(name)?.as_f64().filter(|f| f.is_finite())
+        }
+
+        fn text(&self, name: &str) -> Option<String> {
+            use crate::json::Value;
+            match self.0.get(name)? {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                    (Some(u), _) => Some(u.to_string()),
+                    (None, Some(i)) => Some(i.to_string()),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+    }
+
+    /// Claim names the comparison asks for: the time claims, principal claims, names that
+    /// appear only escaped or only nested in the payloads, and none at all.
+    const ASKED: &[&str] = &[
+        "exp",
+        "nbf",
+        "iat",
+        "sub",
+        "client_id",
+        "é",
+        "a\"b",
+        "",
+        "nested",
+        "x",
+    ];
+
+    /// Asserts that the scan and the tree read `payload` alike; the claims, if it is a JWT's.
+    fn agree(payload: &[u8]) -> Option<Claims> {
+        let token = format!("e30.{}.c2ln", b64::url(payload));
+        let (scan, tree) = (Claims::decode(&token), TreeClaims::decode(&token));
+        let shown = String::from_utf8_lossy(payload);
+        assert_eq!(scan.is_some(), tree.is_some(), "{shown}");
+        let (Some(scan), Some(tree)) = (scan, tree) else {
+            return None;
+        };
+        let bits = |f: Option<f64>| f.map(f64::to_bits);
+        for name in ASKED {
+            assert_eq!(scan.text(name), tree.text(name), "{name} in {shown}");
+            assert_eq!(
+                bits(scan.seconds(name)),
+                bits(tree.seconds(name)),
+                "{name} in {shown}"
+            );
+        }
+        let times = scan.times();
+        assert_eq!(bits(times.exp), bits(tree.seconds("exp")), "{shown}");
+        assert_eq!(bits(times.nbf), bits(tree.seconds("nbf")), "{shown}");
+        assert_eq!(bits(times.iat), bits(tree.seconds("iat")), "{shown}");
+        Some(scan)
+    }
+
+    #[test]
+    fn the_scan_reads_claims_as_the_json_tree_does() {
+        for payload in [
+            r#"{"exp":1,"exp":"soon"}"#,
+            r#"{"exp":"soon","exp":2}"#,
+            r#"{"sub":"a","sub":{"x":1}}"#,
+            r#"{"\u0065xp":5,"s\u0075b":"esc\"aped","exp":6}"#,
+            r#"{"exp":7,"\u0065xp":null}"#,
+            r#"{"nested":{"exp":1,"sub":"inner"},"list":[{"iat":2}]}"#,
+            r#"{"exp":-0,"nbf":-1.5e3,"iat":1e308,"sub":-9223372036854775808}"#,
+            r#"{"exp":18446744073709551616,"sub":18446744073709551615}"#,
+            r#"{"exp":1e400}"#,
+            r#"{"exp":1e-400,"sub":""}"#,
+            r#"{"sub":"\ud83d\ude00","é":"\u00e9","a\"b":1}"#,
+            r#"{"sub":"\ud83d"}"#,
+            r#"{"sub":"a"} x"#,
+            r#" {"sub":"a"} "#,
+            r#"["sub"]"#,
+            r#""sub""#,
+            "{}",
+            "",
+        ] {
+            agree(payload.as_bytes());
+        }
+        agree(b"{\"sub\":\"\xff\"}");
+        agree(b"{\"\xc3\xa9\":\"x\",\"sub\":\"ok\"}");
+        agree(b"{\"sub\":\"a\x01\"}");
+        let deep = |n: usize| format!(r#"{{"sub":{}1{}}}"#, "[".repeat(n), "]".repeat(n));
+        for n in [124, 125, 126, 127] {
+            agree(deep(n).as_bytes());
+        }
+    }
+
+    #[test]
+    fn generated_payloads_read_as_the_json_tree_reads_them() {
+        let mut state = 0x853c_49e6_748f_ea9bu64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        const NAMES: &[&str] = &[
+            "exp",
+            "nbf",
+            "iat",
+            "sub",
+            "client_id",
+            r"\u0065xp",
+            r"s\u0075b",
+            r"\u0069at",
+            "é",
+            r#"a\"b"#,
+            "",
+            "nested",
+            "x",
+            r"\ud83d\ude00",
+            r"\ud800",
+        ];
+        const VALUES: &[&str] = &[
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "1700000000",
+            "1700000000.5",
+            "1.7e9",
+            "17E+8",
+            "1e300",
+            "1e400",
+            "-1e400",
+            "1e-400",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "0.1",
+            "-0.0",
+            "01",
+            "1.",
+            ".5",
+            "123456789012345678901234567890",
+            r#""bob""#,
+            r#""""#,
+            r#""b\u00f6b""#,
+            r#""\ud83d\ude00""#,
+            r#""\ud83d""#,
+            r#""a\"b\\c\/""#,
+            r#""tab	raw""#,
+            "null",
+            "true",
+            "false",
+            "[]",
+            r#"[1,{"exp":5}]"#,
+            r#"{"exp":1,"sub":"in"}"#,
+            "{}",
+            "[",
+            r#""open"#,
+            "nul",
+        ];
+        const WS: &[&str] = &["", " ", "\n", "\t\r "];
+        fn pick(list: &[&'static str], next: &mut dyn FnMut() -> u64) -> &'static str {
+            list[(next() % list.len() as u64) as usize]
+        }
+        let (mut claims, mut exp, mut sub) = (0, 0, 0);
+        for _ in 0..60_000 {
+            let mut text = String::from(pick(WS, &mut next));
+            text.push('{');
+            for i in 0..next() % 6 {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(pick(WS, &mut next));
+                text.push('"');
+                text.push_str(pick(NAMES, &mut next));
+                text.push('"');
+                text.push_str(pick(WS, &mut next));
+                text.push(':');
+                text.push_str(pick(WS, &mut next));
+                text.push_str(pick(VALUES, &mut next));
+            }
+            text.push('}');
+            text.push_str(pick(WS, &mut next));
+            let mut bytes = text.into_bytes();
+            // Now and then a damaged text: cut, a byte changed, junk after it.
+            match next() % 8 {
+                0 if !bytes.is_empty() => bytes.truncate((next() % bytes.len() as u64) as usize),
+                1 if !bytes.is_empty() => {
+                    let at = (next() % bytes.len() as u64) as usize;
+                    bytes[at] = [b'"', b'\\', b'}', b',', 0xff, 0x01, b':'][(next() % 7) as usize];
+                }
+                2 => bytes.extend_from_slice(b"x"),
+                _ => {}
+            }
+            if let Some(c) = agree(&bytes) {
+                claims += 1;
+                exp += usize::from(c.times().exp.is_some());
+                sub += usize::from(c.text("sub").is_some());
+            }
+        }
+        // The texts reach the claims: many are JWT payloads, with times and principals.
+        assert!(
+            claims > 15_000 && exp > 1_000 && sub > 500,
+            "{claims} {exp} {sub}"
+        );
     }
 
     #[test]

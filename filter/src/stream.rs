@@ -24,7 +24,7 @@ mod request;
 
 use sha2::{Digest, Sha256};
 
-use crate::audit::{self, OutcomeRecord};
+use crate::audit::{self, Ending};
 use crate::canonical::{canonical_path, BodyForm};
 use crate::config::{AuditUntracked, Mode, Route};
 use crate::confirm::Challenge;
@@ -96,6 +96,12 @@ pub struct Stream {
     replied: bool,
     /// A decision waiting for the cluster ledger.
     waiting: Option<Box<Waiting>>,
+    /// The request's audit line, written when the stream ends.
+    audit: Option<audit::Record>,
+    /// What the audit line will say of the stream's end, gathered as it goes.
+    ending: Ending,
+    /// When the decided request's headers arrived, Unix milliseconds.
+    started_ms: u64,
 }
 
 /// The stream callbacks. Each has one call site, in the shell's dispatch, and is marked
@@ -111,14 +117,21 @@ impl Stream {
             tracked: None,
             replied: false,
             waiting: None,
+            audit: None,
+            ending: Ending::default(),
+            started_ms: 0,
         }
     }
 
     /// Does the stream have anything left to do after its request headers (wait for its body,
-    /// record its outcome, or stay answered)? Only a request on a matched route does; a stream
-    /// without, its state can be dropped at once.
+    /// record its outcome, stay answered, or write its audit line)? Only a request on a
+    /// matched route does; a stream without, its state can be dropped at once.
     pub fn needs_state(&self) -> bool {
-        self.pending.is_some() || self.tracked.is_some() || self.replied || self.waiting.is_some()
+        self.pending.is_some()
+            || self.tracked.is_some()
+            || self.replied
+            || self.waiting.is_some()
+            || self.audit.is_some()
     }
 
     /// Request headers: match the route (reading no more than matching needs), gather the
@@ -241,40 +254,80 @@ impl Stream {
     }
 
     /// The stream ended: record the outcome of an attempt that got no response headers, or
-    /// mark one whose response did not reach the client `undelivered`.
+    /// mark one whose response did not reach the client `undelivered`; then write the
+    /// request's audit line.
     #[inline]
     pub fn on_log<L: Ledger, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H) {
         plugin.release(self.id);
         self.abandon(plugin);
-        if self.replied {
-            return;
-        }
-        match self.tracked.as_ref().map(|t| t.recorded) {
-            None => {}
-            Some(None) => {
-                // No response headers passed this filter: the stream ended without a response.
-                let status = property_u64(host, b"response\0code")
-                    .and_then(|c| u16::try_from(c).ok())
-                    .unwrap_or(0);
-                self.record(plugin, host, status, false);
-            }
-            Some(Some((status, unchanged))) => {
-                // The response headers passed; did the whole response reach the client?
-                let flags = property_u64(host, b"response\0flags").unwrap_or(0);
-                if flags & crate::policy::flags::DOWNSTREAM_GONE != 0 {
-                    self.record(plugin, host, status, unchanged);
+        if !self.replied {
+            match self.tracked.as_ref().map(|t| t.recorded) {
+                None => {}
+                Some(None) => {
+                    // No response headers passed this filter: the stream ended without a
+                    // response.
+                    let status = property_u64(host, b"response\0code")
+                        .and_then(|c| u16::try_from(c).ok())
+                        .unwrap_or(0);
+                    self.record(plugin, host, status, false);
+                }
+                Some(Some((status, unchanged))) => {
+                    // The response headers passed; did the whole response reach the client?
+                    let flags = property_u64(host, b"response\0flags").unwrap_or(0);
+                    self.ending.response_flags = Some(flags);
+                    if flags & crate::policy::flags::DOWNSTREAM_GONE != 0 {
+                        self.record(plugin, host, status, unchanged);
+                    }
                 }
             }
         }
+        self.write_audit(plugin, host, true);
     }
 }
 
 impl Stream {
     /// The stream's state is dropped (the host deleted its context): a decision still waiting
-    /// for the cluster ledger becomes the plugin's ([`Stream::on_log`] does the same when the
-    /// host calls it first).
-    pub fn on_delete<L>(&mut self, plugin: &Plugin<L>) {
+    /// for the cluster ledger becomes the plugin's, and an audit line not written yet is
+    /// written with what is known ([`Stream::on_log`] does both when the host calls it first,
+    /// as Envoy does).
+    pub fn on_delete<L, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H) {
         self.abandon(plugin);
+        self.write_audit(plugin, host, false);
+    }
+
+    /// Writes the request's audit line, if it has one not written yet, with how the stream
+    /// ended: what is not known yet is read from the stream's properties when `read` (at
+    /// `on_log`; a deleted stream's properties are gone). On the cluster ledger, an outcome
+    /// still on its way to etcd takes the line with it: it is written once the outcome is in
+    /// etcd, so the line says what etcd holds.
+    fn write_audit<L, H: StreamHost>(&mut self, plugin: &Plugin<L>, host: &H, read: bool) {
+        let Some(record) = self.audit.take() else {
+            return;
+        };
+        let mut end = self.ending;
+        if read {
+            if end.status.is_none() {
+                end.status = property_u64(host, b"response\0code")
+                    .and_then(|c| u16::try_from(c).ok())
+                    .filter(|&c| c != 0);
+            }
+            // A local reply's flags say only that it was one.
+            if end.response_flags.is_none() && !self.replied {
+                end.response_flags = property_u64(host, b"response\0flags");
+            }
+        }
+        end.duration_ms = host
+            .now_nanos()
+            .map(|n| (n / 1_000_000).saturating_sub(self.started_ms));
+        let line = record.line(&end);
+        let line = match self.tracked.as_ref().and_then(|t| t.remote.as_ref()) {
+            Some(_) => match plugin.give_line(self.id, line) {
+                Ok(()) => return,
+                Err(line) => line,
+            },
+            None => line,
+        };
+        host.log(LogLevel::Info, &line);
     }
 
     /// Decides with the complete body digest and applies the decision.
@@ -410,7 +463,9 @@ impl Stream {
             && !d.would_block
             && facts.client_attempt.is_none_or(|n| n <= 1);
         if !quiet {
-            host.log(LogLevel::Info, &audit::decision_line(route, facts, d));
+            // Written when the stream ends, with its outcome.
+            self.audit = Some(audit::record(route, facts, d));
+            self.started_ms = facts.now_ms;
             host.set_property(DECISION_PROPERTY, d.verdict.name().as_bytes());
         }
         if let Some(reply) = d.reply(&plugin.config, route, facts) {
@@ -423,7 +478,10 @@ impl Stream {
                 .map(|(n, v)| (*n, v.as_str()))
                 .collect();
             match host.send_local_reply(reply.status, &headers, reply.body.as_bytes()) {
-                Ok(()) => self.replied = true,
+                Ok(()) => {
+                    self.replied = true;
+                    self.ending.status = Some(reply.status);
+                }
                 Err(status) => host.log(
                     LogLevel::Error,
                     &format!("retry-guard: local reply failed: status {}", status.0),
@@ -462,6 +520,11 @@ impl Stream {
         };
         let flags = property_u64(host, b"response\0flags").unwrap_or(0);
         let upstream_attempts = property_u64(host, b"upstream\0request_attempt_count");
+        self.ending.status = Some(status).filter(|&s| s != 0);
+        self.ending.response_flags = Some(flags);
+        if first {
+            self.ending.router_attempts = upstream_attempts;
+        }
         if first && upstream_attempts.is_some_and(|n| n > 1) {
             host.count(Counter::Event(Event::RouterRetried));
             host.log(
@@ -482,42 +545,22 @@ impl Stream {
             unchanged_state,
         };
         if let Some(attempt) = &tracked.remote {
-            Stream::record_remote(
-                plugin,
-                host,
-                self.route,
-                tracked,
-                attempt,
-                response,
-                upstream_attempts,
-            );
+            if let Some(outcome) = Stream::record_remote(
+                plugin, host, self.id, self.route, tracked, attempt, response,
+            ) {
+                self.ending.outcome = Some(outcome);
+            }
             return;
         }
-        let now_ms = now_millis(host);
         match engine::record_with_ledger(
             &plugin.ledger,
             &tracked.fingerprint,
             tracked.attempt,
             tracked.started,
             response,
-            now_ms,
+            now_millis(host),
         ) {
-            Ok(Some(outcome)) => host.log(
-                LogLevel::Info,
-                &audit::outcome_line(
-                    route,
-                    &OutcomeRecord {
-                        now: now_ms / 1000,
-                        request_id: tracked.request_id.as_deref(),
-                        fingerprint: &tracked.fingerprint,
-                        attempt: tracked.attempt,
-                        outcome,
-                        status,
-                        response_flags: flags,
-                        upstream_attempts,
-                    },
-                ),
-            ),
+            Ok(Some(outcome)) => self.ending.outcome = Some(outcome),
             Ok(None) => {}
             Err(e) => host.log(LogLevel::Warn, &format!("retry-guard: {e}")),
         }

@@ -137,3 +137,27 @@ fn every_outcome_is_documented() {
         assert!(readme.contains(&row), "README's outcome table lacks {row}");
     }
 }
+
+#[test]
+fn the_audit_member_table_is_the_writers_member_list() {
+    let readme = readme();
+    let start = readme
+        .find("<!-- audit-members:start -->")
+        .expect("README has the audit member table");
+    let end = readme[start..]
+        .find("<!-- audit-members:end -->")
+        .expect("the table's end marker")
+        + start;
+    // Each row's first cell names one or more members, each in backticks.
+    let documented: Vec<String> = readme[start..end]
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .flat_map(|l| {
+            let cell = l.split('|').nth(1).unwrap_or("");
+            cell.split(',')
+                .map(|m| m.trim().trim_matches('`').to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(documented, retry_guard::audit::MEMBERS);
+}

@@ -1,14 +1,11 @@
-//! Differential: every audit line (`audit::decision_line`, `audit::outcome_line`) is the
-//! prefix and one line of JSON that serde_json reads, with exactly the documented members
-//! (`audit::DECISION_MEMBERS` for a decision), each once, in order, carrying exactly the
-//! values it was written from: nothing a client sends (request id, principal, key, approver,
+//! Differential: every audit line (`audit::record` finished by `Record::line`) is the prefix
+//! and one line of JSON that serde_json reads, with exactly the documented members
+//! (`audit::MEMBERS`), each once, in order, carrying exactly the values it was written from: nothing a client sends (request id, principal, key, approver,
 //! workload identities) nor a route's strings can add, drop or forge a member.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use retry_guard::audit::{decision_line, outcome_line, OutcomeRecord, DECISION_MEMBERS, PREFIX};
-use retry_guard::fingerprint::Fingerprint;
-use retry_guard::policy::Outcome;
+use retry_guard::audit::{line, Ending, MEMBERS, PREFIX};
 use retry_guard_fuzz::{
     assert_members, b64url_oracle, opt_num, opt_str, rfc3339_oracle, DocInput, Expected,
 };
@@ -19,21 +16,25 @@ fuzz_target!(|data: &[u8]| {
     let facts = input.facts();
     let d = &input.decision;
     let route = &input.route;
-    let head = |event: &str| -> Expected {
-        vec![
-            ("event", json!(event)),
-            ("ts", json!(rfc3339_oracle(input.now))),
-            ("request_id", opt_str(input.request_id.as_deref())),
-            ("route", json!(route.name)),
-            ("class", json!(route.class.name())),
-            ("owner", json!(route.owner)),
-            ("escalation", json!(route.escalation)),
-        ]
+    // How the stream ended, from the same input: some members absent, some present.
+    let end = Ending {
+        outcome: d.previous.map(|(o, _)| o),
+        status: d.previous.map(|(_, s)| s),
+        response_flags: input.client_attempt.map(|_| input.now.rotate_left(17)),
+        router_attempts: input.client_attempt.map(|a| u64::from(a) << 20),
+        duration_ms: input.key_regenerated_ms.map(|ms| ms ^ input.now),
     };
-    let line = decision_line(route, &facts, d);
-    let body = line.strip_prefix(PREFIX).expect("the audit prefix");
+    let mut want: Expected = vec![
+        ("ts", json!(rfc3339_oracle(input.now))),
+        ("request_id", opt_str(input.request_id.as_deref())),
+        ("route", json!(route.name)),
+        ("class", json!(route.class.name())),
+        ("owner", json!(route.owner)),
+        ("escalation", json!(route.escalation)),
+    ];
+    let text = line(route, &facts, d, &end);
+    let body = text.strip_prefix(PREFIX).expect("the audit prefix");
     let shared = input.shared_with.as_deref();
-    let mut want = head("decision");
     want.extend([
         ("principal", json!(input.principal)),
         (
@@ -75,32 +76,13 @@ fuzz_target!(|data: &[u8]| {
         ("key_regenerated_ms", opt_num(input.key_regenerated_ms)),
         ("mode", json!(d.mode.name())),
         ("would_block", json!(d.would_block)),
+        ("outcome", opt_str(end.outcome.map(|o| o.name()))),
+        ("status", opt_num(end.status.map(u64::from))),
+        ("response_flags", opt_num(end.response_flags)),
+        ("router_attempts", opt_num(end.router_attempts)),
+        ("duration_ms", opt_num(end.duration_ms)),
     ]);
     let names: Vec<&str> = want.iter().map(|(k, _)| *k).collect();
-    assert_eq!(names, DECISION_MEMBERS);
-    assert_members(body, &want);
-
-    let fingerprint = Fingerprint(input.fingerprint.unwrap_or([7; 32]));
-    let record = OutcomeRecord {
-        now: input.now,
-        request_id: input.request_id.as_deref(),
-        fingerprint: &fingerprint,
-        attempt: d.attempt,
-        outcome: d.previous.map_or(Outcome::InFlight, |(o, _)| o),
-        status: d.previous.map_or(0, |(_, s)| s),
-        response_flags: input.now.rotate_left(17),
-        upstream_attempts: input.client_attempt.map(|a| u64::from(a) << 20),
-    };
-    let line = outcome_line(route, &record);
-    let body = line.strip_prefix(PREFIX).expect("the audit prefix");
-    let mut want = head("outcome");
-    want.extend([
-        ("fingerprint", json!(b64url_oracle(&fingerprint.0))),
-        ("attempt", json!(record.attempt)),
-        ("outcome", json!(record.outcome.name())),
-        ("status", json!(record.status)),
-        ("response_flags", json!(record.response_flags)),
-        ("upstream_attempts", opt_num(record.upstream_attempts)),
-    ]);
+    assert_eq!(names, MEMBERS);
     assert_members(body, &want);
 });

@@ -194,7 +194,7 @@ function stepCard(s) {
     h("p", { class: "hint" }, `The client got ${s.answer.status ?? "nothing"}, ${who}.`, problemLine(s.answer)),
     h("details", {}, h("summary", {}, "The client's answer"), message(s.answer)),
     s.audit && h("details", {}, h("summary", {}, "Audit line"), h("pre", {}, `retry-guard audit ${JSON.stringify(s.audit)}`)),
-    s.outcome && h("details", {}, h("summary", {}, `Outcome recorded: ${s.outcome.outcome}`), h("pre", {}, `retry-guard audit ${JSON.stringify(s.outcome)}`)),
+    s.outcome && h("p", { class: "hint" }, `Outcome recorded: ${s.outcome.outcome} (status ${s.outcome.status}${s.outcome.response_flags ? `, response flags ${s.outcome.response_flags}` : ""}).`),
     s.ledger && h("details", {}, h("summary", {}, `Ledger entry: ${s.ledger.attempts} attempt(s), ${s.ledger.outcome}`), facts([
       ["Fingerprint", s.ledger.fingerprint], ["Attempts", s.ledger.attempts], ["Outcome", `${s.ledger.outcome} (status ${s.ledger.status})`],
       ["First seen", s.ledger.first_seen], ["Latest attempt", s.ledger.last_attempt], ["Expires", s.ledger.expires],

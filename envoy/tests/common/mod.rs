@@ -75,7 +75,7 @@ impl Gateway {
         }
     }
 
-    /// The one decision line of this request id.
+    /// The one audit line of this request id.
     pub fn decision(&self, request_id: &str) -> Result<Value> {
         let recs = self.audit_for(request_id, |r| r.iter().any(is_decision))?;
         let decisions: Vec<&Value> = recs.iter().filter(|r| is_decision(r)).collect();
@@ -85,11 +85,11 @@ impl Gateway {
         Ok(decisions[0].clone())
     }
 
-    /// The outcome line of this request id.
+    /// This request id's audit line, once it names an outcome.
     pub fn outcome(&self, request_id: &str) -> Result<Value> {
-        let recs = self.audit_for(request_id, |r| r.iter().any(|x| x["event"] == "outcome"))?;
+        let recs = self.audit_for(request_id, |r| r.iter().any(|x| !x["outcome"].is_null()))?;
         recs.into_iter()
-            .find(|r| r["event"] == "outcome")
+            .find(|r| !r["outcome"].is_null())
             .ok_or_else(|| Error::new("no outcome line"))
     }
 
@@ -127,7 +127,7 @@ impl Gateway {
 }
 
 pub fn is_decision(r: &Value) -> bool {
-    r["event"] != "outcome"
+    r.get("decision").is_some()
 }
 
 /// A request of a test case.

@@ -587,7 +587,12 @@ fn shadow_mode_blocks_and_strips_nothing_but_decides() {
         (d.verdict, d.token_action, d.would_block),
         (Verdict::StaleToken, TokenAction::WouldReject, true)
     );
-    let line = crate::audit::decision_line(&reject.routes[0], &req.facts(&reject.routes[0]), &d);
+    let line = crate::audit::line(
+        &reject.routes[0],
+        &req.facts(&reject.routes[0]),
+        &d,
+        &Default::default(),
+    );
     assert!(line.contains(r#""mode":"shadow""#) && line.contains(r#""would_block":true"#));
 }
 
@@ -643,10 +648,10 @@ fn audit_line_has_every_field() {
         &req,
         Some(&entry_after(Outcome::FailedUnknown, 503, &req, route)),
     );
-    let line = crate::audit::decision_line(route, &req.facts(route), &d);
+    let line = crate::audit::line(route, &req.facts(route), &d, &Default::default());
     let json = line.strip_prefix("retry-guard audit ").unwrap();
     let v: Value = serde_json::from_str(json).unwrap();
-    for f in crate::audit::DECISION_MEMBERS {
+    for f in crate::audit::MEMBERS {
         assert!(v.get(f).is_some(), "{f}");
     }
     assert_eq!(v["decision"], "confirm");
@@ -685,7 +690,7 @@ fn member_names(json: &str) -> Vec<String> {
 }
 
 #[test]
-fn decision_lines_write_exactly_the_decision_members_in_order() {
+fn audit_lines_write_exactly_the_members_in_order() {
     let cfg = config();
     let route = &cfg.routes[0];
     let req = Req::default();
@@ -704,9 +709,18 @@ fn decision_lines_write_exactly_the_decision_members_in_order() {
         (req.facts(route), &replay),
         (early_facts, &early),
     ] {
-        let line = crate::audit::decision_line(route, &facts, d);
-        let json = line.strip_prefix(crate::audit::PREFIX).unwrap();
-        assert_eq!(member_names(json), crate::audit::DECISION_MEMBERS, "{line}");
+        let ended = crate::audit::Ending {
+            outcome: Some(Outcome::Succeeded),
+            status: Some(200),
+            response_flags: Some(0),
+            router_attempts: Some(1),
+            duration_ms: Some(7),
+        };
+        for end in [Default::default(), ended] {
+            let line = crate::audit::line(route, &facts, d, &end);
+            let json = line.strip_prefix(crate::audit::PREFIX).unwrap();
+            assert_eq!(member_names(json), crate::audit::MEMBERS, "{line}");
+        }
     }
 }
 

@@ -10,6 +10,9 @@
 //! fractions, exponents, integers beyond 64 bits), computed as serde_json computes it without
 //! its `float_roundtrip` feature: the first 19 or 20 significant digits times a power of ten.
 //! A number beyond the `f64` range is an error.
+//!
+//! [`scan_object`] reads an object's members without building the tree: what a caller that
+//! needs a few members (a JWT's claims) looks at, with the same texts accepted and refused.
 
 use std::fmt;
 
@@ -238,13 +241,7 @@ type Parsed<T> = Result<T, &'static str>;
 
 /// Reads `bytes` as one JSON value (whitespace around it allowed).
 pub fn parse(bytes: &[u8]) -> Result<Value, Error> {
-    read(Parser {
-        s: bytes,
-        at: 0,
-        back: 0,
-        max_depth: MAX_DEPTH,
-        exact: false,
-    })
+    read(&mut Parser::new(bytes, MAX_DEPTH, false, false))
 }
 
 /// Reads `bytes` as [`parse`] does, but keeps every number as its exact decimal value
@@ -252,17 +249,62 @@ pub fn parse(bytes: &[u8]) -> Result<Value, Error> {
 /// ±100000) and accepts at most `max_depth` nested lists and objects: the tree
 /// [`crate::canonical::canonical_json`] writes out.
 pub fn parse_exact(bytes: &[u8], max_depth: usize) -> Option<Value> {
-    read(Parser {
-        s: bytes,
-        at: 0,
-        back: 0,
-        max_depth,
-        exact: true,
-    })
-    .ok()
+    read(&mut Parser::new(bytes, max_depth, true, false)).ok()
 }
 
-fn read(mut p: Parser<'_>) -> Result<Value, Error> {
+/// Where a string is in the text [`scan_object`] read: the bytes between its quotes, as
+/// written (escapes not decoded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    start: usize,
+    /// The closing quote.
+    end: usize,
+    /// It has an escape, so its text differs from its bytes.
+    escaped: bool,
+}
+
+impl Span {
+    /// The string's text in `text` (the text [`scan_object`] read to find the span).
+    pub fn text(self, text: &[u8]) -> Option<String> {
+        // Read again with its closing quote (the scan checked it), decoding any escapes.
+        let mut p = Parser::new(text.get(self.start..=self.end)?, MAX_DEPTH, false, false);
+        p.string().ok()
+    }
+
+    /// Is the string's text `s`? Compared without decoding when the string has no escape.
+    pub fn is(self, text: &[u8], s: &str) -> bool {
+        match self.escaped {
+            false => text.get(self.start..self.end) == Some(s.as_bytes()),
+            true => self.text(text).is_some_and(|t| t == s),
+        }
+    }
+}
+
+/// An object member's value as [`scan_object`] reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scalar {
+    /// A string, where it is.
+    Str(Span),
+    /// A number, as [`parse`] gives it.
+    Number(Number),
+    /// `null`, `true`, `false`, a list or an object.
+    Other,
+}
+
+/// Reads `bytes` as [`parse`] does and, if they are one JSON object, returns each member's
+/// name and value in document order (equal names as often as they occur: the last is the one
+/// [`parse`] keeps). Builds no tree: strings are reported where they are, lists and objects
+/// inside are checked and skipped. `None` when the text is not JSON (exactly when [`parse`]
+/// fails) or not an object.
+pub fn scan_object(bytes: &[u8]) -> Option<Vec<(Span, Scalar)>> {
+    let mut p = Parser::new(bytes, MAX_DEPTH, false, true);
+    match read(&mut p) {
+        Ok(Value::Object(_)) => Some(p.members),
+        _ => None,
+    }
+}
+
+fn read(p: &mut Parser<'_>) -> Result<Value, Error> {
     let bytes = p.s;
     let result = p.value(0).and_then(|v| {
         p.ws();
@@ -295,9 +337,26 @@ struct Parser<'a> {
     max_depth: usize,
     /// Numbers as their exact text ([`parse_exact`]).
     exact: bool,
+    /// Check the text without building values ([`scan_object`]): strings are read as `null`,
+    /// lists and objects as empty ones.
+    skip: bool,
+    /// When skipping, the outermost object's members.
+    members: Vec<(Span, Scalar)>,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
+    fn new(s: &'a [u8], max_depth: usize, exact: bool, skip: bool) -> Parser<'a> {
+        Parser {
+            s,
+            at: 0,
+            back: 0,
+            max_depth,
+            exact,
+            skip,
+            members: Vec::new(),
+        }
+    }
+
     fn peek(&self) -> Option<u8> {
         self.s.get(self.at).copied()
     }
@@ -331,6 +390,10 @@ impl Parser<'_> {
             b'n' => self.ident(b"ull", Value::Null)?,
             b't' => self.ident(b"rue", Value::Bool(true))?,
             b'f' => self.ident(b"alse", Value::Bool(false))?,
+            b'"' if self.skip => {
+                self.span()?;
+                Value::Null
+            }
             b'"' => Value::String(self.string()?),
             b'-' | b'0'..=b'9' if self.exact => {
                 self.at -= 1;
@@ -370,7 +433,10 @@ impl Parser<'_> {
             _ => {}
         }
         loop {
-            items.push(self.value(depth)?);
+            let item = self.value(depth)?;
+            if !self.skip {
+                items.push(item);
+            }
             self.ws();
             match self.next(EOF)? {
                 b']' => return Ok(items),
@@ -386,7 +452,8 @@ impl Parser<'_> {
         }
     }
 
-    /// The members of an object, after its `{`.
+    /// The members of an object, after its `{`. When skipping, the members of the outermost
+    /// object (`depth` 1) are recorded in `self.members` instead.
     fn object(&mut self, depth: usize) -> Parsed<Map> {
         const EOF: &str = "EOF while parsing an object";
         let mut members = Vec::new();
@@ -401,12 +468,27 @@ impl Parser<'_> {
                 b'}' => return Err("trailing comma"),
                 _ => return Err("key must be a string"),
             }
-            let name = self.string()?;
-            self.ws();
-            if self.next(EOF)? != b':' {
-                return Err("expected `:`");
+            if self.skip {
+                let name = self.span()?;
+                self.colon(EOF)?;
+                self.ws();
+                let value = if self.peek() == Some(b'"') {
+                    self.at += 1;
+                    Scalar::Str(self.span()?)
+                } else {
+                    match self.value(depth)? {
+                        Value::Number(n) => Scalar::Number(n),
+                        _ => Scalar::Other,
+                    }
+                };
+                if depth == 1 {
+                    self.members.push((name, value));
+                }
+            } else {
+                let name = self.string()?;
+                self.colon(EOF)?;
+                members.push((name, self.value(depth)?));
             }
-            members.push((name, self.value(depth)?));
             self.ws();
             match self.next(EOF)? {
                 b'}' => return Ok(Map::from_members(members)),
@@ -419,6 +501,15 @@ impl Parser<'_> {
                 }
                 _ => return Err("expected `,` or `}`"),
             }
+        }
+    }
+
+    /// The `:` after a member name.
+    fn colon(&mut self, eof: &'static str) -> Parsed<()> {
+        self.ws();
+        match self.next(eof)? {
+            b':' => Ok(()),
+            _ => Err("expected `:`"),
         }
     }
 
@@ -442,8 +533,35 @@ impl Parser<'_> {
     /// the end of the text before it is the error instead), and invalid UTF-8 is placed back
     /// from there by the decoded bytes from the first invalid one.
     fn string(&mut self) -> Parsed<String> {
-        const EOF: &str = EOF_STRING;
         let mut out: Vec<u8> = Vec::new();
+        self.string_to(Some(&mut out))?;
+        String::from_utf8(out).map_err(|e| {
+            let valid = e.utf8_error().valid_up_to();
+            self.back = e.as_bytes().len().saturating_sub(valid);
+            "invalid unicode code point"
+        })
+    }
+
+    /// A string, after its opening quote, checked but not decoded: where it is. The same
+    /// strings pass as for [`Parser::string`] (each run between escapes is checked for UTF-8
+    /// on its own, which is the same check: an escape decodes to whole characters); a
+    /// failure may be reported elsewhere.
+    fn span(&mut self) -> Parsed<Span> {
+        let start = self.at;
+        let escaped = self.string_to(None)?;
+        Ok(Span {
+            start,
+            end: self.at.saturating_sub(1),
+            escaped,
+        })
+    }
+
+    /// A string, after its opening quote, up to and including its closing quote: decoded
+    /// into `out`, or without `out` only checked (runs between escapes as UTF-8 too). Whether
+    /// it had an escape.
+    fn string_to(&mut self, mut out: Option<&mut Vec<u8>>) -> Parsed<bool> {
+        const EOF: &str = EOF_STRING;
+        let mut escaped = false;
         loop {
             // Copy the run up to the next quote, escape or control character whole.
             let rest = self.s.get(self.at..).unwrap_or(&[]);
@@ -454,17 +572,18 @@ impl Parser<'_> {
                 self.at = self.s.len();
                 return Err(EOF);
             };
-            out.extend_from_slice(rest.get(..run).unwrap_or(&[]));
+            let bytes = rest.get(..run).unwrap_or(&[]);
+            match out.as_deref_mut() {
+                Some(out) => out.extend_from_slice(bytes),
+                None if std::str::from_utf8(bytes).is_err() => {
+                    return Err("invalid unicode code point")
+                }
+                None => {}
+            }
             self.at += run;
             match self.next(EOF)? {
-                b'"' => {
-                    return String::from_utf8(out).map_err(|e| {
-                        let valid = e.utf8_error().valid_up_to();
-                        self.back = e.as_bytes().len().saturating_sub(valid);
-                        "invalid unicode code point"
-                    })
-                }
-                b'\\' => {}
+                b'"' => return Ok(escaped),
+                b'\\' => escaped = true,
                 _ => {
                     return Err("control character (\\u0000-\\u001F) found while parsing a string")
                 }
@@ -499,7 +618,9 @@ impl Parser<'_> {
                 }
                 _ => return Err(INVALID_ESCAPE),
             };
-            out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+            if let Some(out) = out.as_deref_mut() {
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+            }
         }
     }
 
@@ -859,6 +980,110 @@ mod tests {
             }
             same(text.as_bytes());
         }
+    }
+
+    /// What [`scan_object`] reports of `text`, as the tree [`parse`] reads: the members by name
+    /// (the last of equal names), or `None`.
+    fn scanned(text: &[u8]) -> Option<Vec<(String, Value)>> {
+        let mut out: Vec<(String, Value)> = Vec::new();
+        for (name, value) in scan_object(text)? {
+            let value = match value {
+                Scalar::Str(at) => Value::String(at.text(text).unwrap()),
+                Scalar::Number(n) => Value::Number(n),
+                Scalar::Other => Value::Null,
+            };
+            let name = name.text(text).unwrap();
+            assert!(name.is_empty() || name.len() < text.len());
+            out.retain(|(n, _)| *n != name);
+            out.push((name, value));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(out)
+    }
+
+    /// The same of the tree, lists, objects, booleans and null as `null`.
+    fn tree_members(text: &[u8]) -> Option<Vec<(String, Value)>> {
+        let Ok(Value::Object(m)) = parse(text) else {
+            return None;
+        };
+        Some(
+            m.iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::String(_) | Value::Number(_) => v.clone(),
+                        _ => Value::Null,
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_scan_accepts_what_parse_accepts() {
+        let mut state = 0x6a09_e667_f3bc_c909u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        const PIECES: &[&str] = &[
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            "\"a\"",
+            "\"b\"",
+            "\"\\u0061\"",
+            "\"\\ud800\"",
+            "1",
+            "-",
+            "0",
+            ".",
+            "e",
+            "1e400",
+            " ",
+            "true",
+            "null",
+            "\"",
+            "\\",
+            "x",
+            "\"\u{e9}\"",
+            "{\"a\":",
+            "\"a\":1",
+            ",\"b\":\"s\"",
+        ];
+        let mut objects = 0;
+        for _ in 0..200_000 {
+            let mut text = String::from("{");
+            for _ in 0..(next() % 10) {
+                text.push_str(PIECES.get((next() % PIECES.len() as u64) as usize).unwrap());
+            }
+            if next() % 2 == 0 {
+                text.push('}');
+            }
+            let bytes = text.as_bytes();
+            let scan = scanned(bytes);
+            objects += usize::from(scan.as_ref().is_some_and(|m| !m.is_empty()));
+            assert_eq!(
+                format!("{scan:?}"),
+                format!("{:?}", tree_members(bytes)),
+                "{text:?}"
+            );
+        }
+        assert!(objects > 300, "{objects} objects with members");
+        for text in [
+            &b"{\"a\":\"\xff\"}"[..],
+            b"{\"\xff\":1}",
+            b"{\"a\":\"x\x01\"}",
+            b" {} ",
+        ] {
+            assert_eq!(scanned(text), tree_members(text));
+        }
+        assert_eq!(scanned(b"[1]"), None, "not an object");
     }
 
     #[test]

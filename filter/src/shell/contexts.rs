@@ -242,7 +242,7 @@ pub(crate) fn on_delete(id: u32) {
         if let Ok(mut context) = context.try_borrow_mut() {
             let StreamContext { root, stream } = &mut *context;
             root.plugin.release(id);
-            stream.on_delete(&root.plugin);
+            stream.on_delete(&root.plugin, &root.host(id));
         }
     }
 }

@@ -93,28 +93,52 @@ impl<L> Plugin<L> {
         }
     }
 
-    /// Sends a request to the cluster ledger and registers what its answer is for.
+    /// Sends a request to the cluster ledger and registers what its answer is for; when it
+    /// cannot be sent, the host's status and the call are handed back.
     pub(super) fn call<H: StreamHost>(
         &self,
         host: &H,
         path: &str,
         body: &str,
         call: Call,
-    ) -> Result<u32, Status> {
+    ) -> Result<u32, (Status, Call)> {
         let Some(remote) = &self.remote else {
-            return Err(Status(1));
+            return Err((Status(1), call));
         };
-        let token = host.http_call(
+        let token = match host.http_call(
             &remote.etcd.cluster,
             &remote.etcd.authority,
             path,
             body.as_bytes(),
             remote.etcd.timeout_ms,
-        )?;
+        ) {
+            Ok(token) => token,
+            Err(status) => return Err((status, call)),
+        };
         if let Ok(mut calls) = self.calls.try_borrow_mut() {
             calls.push((token, call));
         }
         Ok(token)
+    }
+
+    /// Gives stream `stream`'s audit line to its outcome record still in flight, which writes
+    /// it once the outcome is in etcd (or could not be written); hands the line back when the
+    /// stream has no record in flight.
+    pub(super) fn give_line(&self, stream: u32, line: String) -> Result<(), String> {
+        let Ok(mut calls) = self.calls.try_borrow_mut() else {
+            return Err(line);
+        };
+        let job = calls.iter_mut().rev().find_map(|(_, c)| match c {
+            Call::Record(job) if job.stream == stream => Some(job),
+            _ => None,
+        });
+        match job {
+            Some(job) => {
+                job.line = Some(line);
+                Ok(())
+            }
+            None => Err(line),
+        }
     }
 
     /// Calls to the cluster ledger in flight (for tests and the shell's bookkeeping).
@@ -146,7 +170,7 @@ impl<L> Plugin<L> {
                         g.push(bucket);
                     }
                 }
-                Err(status) => host.log(
+                Err((status, _)) => host.log(
                     LogLevel::Warn,
                     &format!(
                         "retry-guard: cannot reach the cluster ledger (cluster {}): dispatch_http_call status {}",
@@ -224,6 +248,7 @@ impl<L> Plugin<L> {
                         self.config.routes.get(job.route).map_or("?", |r| r.name.as_str())
                     ),
                     );
+                    job.write_line(host);
                     return;
                 }
             };

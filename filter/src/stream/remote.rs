@@ -4,12 +4,12 @@
 //! conversation asks for goes out through [`StreamHost::http_call`] (owned by the root
 //! context), the answer comes back through [`Plugin::on_call_answer`], and the stream decides
 //! and resumes. An outcome is written after the response, by a [`RecordJob`] the plugin owns,
-//! so neither the client nor the stream waits for it. When the stream ends while its decision
+//! so neither the client nor the stream waits for it (the request's audit line names the
+//! outcome it records; a write that fails is logged). When the stream ends while its decision
 //! is in flight (the client went away), the call becomes an [`AbandonedJob`]: if the attempt
 //! was written it is recorded `not_sent` — it never reached the upstream — so the next
 //! retry is not refused as "in flight" for the whole window.
 
-use crate::audit::{self, OutcomeRecord};
 use crate::engine::{self, Facts};
 use crate::etcd::{self, EtcdError, KeyKind, LedgerOp};
 use crate::fingerprint::Fingerprint;
@@ -18,7 +18,7 @@ use crate::ledger::{Entry, Ledger};
 use crate::metrics::{Counter, Event};
 use crate::remote::{Deciding, Next, Recording, RemoteSettled, Sighting, ABANDONED};
 
-use super::request::{now_millis, Pending};
+use super::request::Pending;
 use super::{fresh_challenge, Plugin, Stream, Tracked};
 
 /// What the answer to a call to the cluster ledger is for.
@@ -118,15 +118,20 @@ pub(crate) struct RecordJob {
     pub(super) recording: Recording,
     pub(super) op: LedgerOp,
     pub(super) route: usize,
-    fingerprint: Fingerprint,
     request_id: Option<String>,
-    upstream_attempts: Option<u64>,
-    /// When the stream ended, Unix milliseconds.
-    now_ms: u64,
+    /// The record of a request whose stream ended before its decision (it wrote no audit
+    /// line): its outcome is logged when written.
+    abandoned: bool,
+    /// The context id of the stream whose attempt this records (0: abandoned).
+    pub(super) stream: u32,
+    /// The stream's audit line, given to the record when the stream ended before the outcome
+    /// was in etcd: written once it is (or could not be), so the line says what etcd holds.
+    pub(super) line: Option<String>,
 }
 
 impl RecordJob {
-    /// Sends the next request, or logs the outcome's audit line when the record is done.
+    /// Sends the next request; once done, writes the audit line the stream gave it, or for an
+    /// abandoned request logs the outcome written.
     pub(super) fn step<L, H: StreamHost>(
         mut self,
         plugin: &Plugin<L>,
@@ -137,7 +142,9 @@ impl RecordJob {
             Next::Ask(op) => {
                 let (path, body) = op.request();
                 self.op = op;
-                if let Err(status) = plugin.call(host, path, &body, Call::Record(Box::new(self))) {
+                if let Err((status, call)) =
+                    plugin.call(host, path, &body, Call::Record(Box::new(self)))
+                {
                     host.log(
                         LogLevel::Warn,
                         &format!(
@@ -145,31 +152,33 @@ impl RecordJob {
                             status.0
                         ),
                     );
+                    if let Call::Record(mut job) = call {
+                        job.write_line(host);
+                    }
                 }
             }
-            Next::Done(Some(outcome)) => {
-                let Some(route) = plugin.config.routes.get(self.route) else {
-                    return;
-                };
-                let response = self.recording.response();
+            Next::Done(_) if self.line.is_some() => self.write_line(host),
+            Next::Done(Some(outcome)) if self.abandoned => {
+                let route = plugin.config.routes.get(self.route);
                 host.log(
                     LogLevel::Info,
-                    &audit::outcome_line(
-                        route,
-                        &OutcomeRecord {
-                            now: self.now_ms / 1000,
-                            request_id: self.request_id.as_deref(),
-                            fingerprint: &self.fingerprint,
-                            attempt: self.recording.attempt(),
-                            outcome,
-                            status: response.status,
-                            response_flags: response.flags,
-                            upstream_attempts: self.upstream_attempts,
-                        },
+                    &format!(
+                        "retry-guard: route {}: request {} ended before its decision; its \
+                         attempt is recorded {} in the cluster ledger",
+                        route.map_or("?", |r| r.name.as_str()),
+                        self.request_id.as_deref().unwrap_or("-"),
+                        outcome.name(),
                     ),
                 );
             }
-            Next::Done(None) => {}
+            Next::Done(_) => {}
+        }
+    }
+
+    /// Writes the audit line it was given, if any.
+    pub(super) fn write_line<H: StreamHost>(&mut self, host: &H) {
+        if let Some(line) = self.line.take() {
+            host.log(LogLevel::Info, &line);
         }
     }
 }
@@ -217,10 +226,10 @@ impl<L> Plugin<L> {
             recording,
             op: job.waiting.op.clone(),
             route: job.route,
-            fingerprint: job.waiting.asking.fingerprint,
             request_id: job.waiting.asking.pending.request_id.clone(),
-            upstream_attempts: None,
-            now_ms: now_millis(host),
+            abandoned: true,
+            stream: 0,
+            line: None,
         };
         record.step(self, host, next);
     }
@@ -386,7 +395,7 @@ impl Stream {
                 self.waiting = Some(Box::new(waiting));
                 Action::Pause
             }
-            Err(status) => self.unavailable(
+            Err((status, _)) => self.unavailable(
                 plugin,
                 host,
                 waiting,
@@ -581,16 +590,16 @@ impl Stream {
     }
 
     /// Starts the outcome record of an attempt written to the cluster ledger (after the
-    /// response: nothing waits for it).
+    /// response: nothing waits for it); returns the outcome it records, if any.
     pub(super) fn record_remote<L, H: StreamHost>(
         plugin: &Plugin<L>,
         host: &H,
+        stream: u32,
         route: usize,
         tracked: &Tracked,
         attempt: &RemoteAttempt,
         response: crate::policy::ResponseFacts,
-        upstream_attempts: Option<u64>,
-    ) {
+    ) -> Option<crate::policy::Outcome> {
         let (recording, next) = Recording::start(
             attempt.key.clone(),
             attempt.lease,
@@ -605,11 +614,16 @@ impl Stream {
                 key: attempt.key.clone(),
             },
             route,
-            fingerprint: tracked.fingerprint,
             request_id: tracked.request_id.clone(),
-            upstream_attempts,
-            now_ms: now_millis(host),
+            abandoned: false,
+            stream,
+            line: None,
+        };
+        let outcome = match &next {
+            Next::Done(outcome) => *outcome,
+            Next::Ask(_) => job.recording.outcome(),
         };
         job.step(plugin, host, next);
+        outcome
     }
 }

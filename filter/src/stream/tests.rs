@@ -137,7 +137,7 @@ impl FakeHost {
             .collect()
     }
 
-    /// The audit records logged (decision and outcome lines), as JSON.
+    /// The audit records logged (one per request, when its stream ends), as JSON.
     fn audit(&self) -> Vec<Value> {
         self.calls()
             .into_iter()
@@ -150,18 +150,23 @@ impl FakeHost {
             .collect()
     }
 
+    /// The decisions made, as written to the filter state when each is made (the audit line
+    /// comes only when the stream ends).
     fn decisions(&self) -> Vec<String> {
-        self.audit()
-            .iter()
-            .filter(|r| r["event"] == "decision")
-            .map(|r| r["decision"].as_str().unwrap().to_string())
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::SetProperty(p, v) if p == DECISION_PROPERTY => Some(v),
+                _ => None,
+            })
             .collect()
     }
 
+    /// The audit records that name an outcome.
     fn outcomes(&self) -> Vec<Value> {
         self.audit()
             .into_iter()
-            .filter(|r| r["event"] == "outcome")
+            .filter(|r| !r["outcome"].is_null())
             .collect()
     }
 }
@@ -372,6 +377,13 @@ fn send<L: Ledger>(plugin: &Plugin<L>, host: &FakeHost, id: u32) -> (Stream, Vec
     (stream, actions)
 }
 
+/// Sends the request and ends its stream (`on_log`): the request's audit line is written.
+fn exchange<L: Ledger>(plugin: &Plugin<L>, host: &FakeHost, id: u32) -> Vec<Action> {
+    let (mut stream, actions) = send(plugin, host, id);
+    stream.on_log(plugin, host);
+    actions
+}
+
 /// Every entry in the ledger.
 fn ledger_entries(plugin: &Plugin<SlotLedger<MemoryStore>>) -> Vec<crate::ledger::Entry> {
     table_entries(&plugin.ledger)
@@ -456,7 +468,7 @@ fn guarded_request_with_a_body_is_held_at_headers_and_decided_at_end_of_body() {
 fn untracked_routes_write_a_line_only_when_something_happened() {
     let send_profile = |plugin: &Plugin<SlotLedger<MemoryStore>>, headers: &[(&str, &str)]| {
         let host = FakeHost::request("profile", "GET", "/profile", headers);
-        send(plugin, &host, 1);
+        exchange(plugin, &host, 1);
         host
     };
     let plugin = plugin();
@@ -599,12 +611,24 @@ fn blocked_request_gets_exactly_one_local_reply_and_is_never_resumed() {
     assert_eq!(s2.on_request_trailers(&plugin, &replay), Action::Pause);
     replay.respond(&[(":status", "428")]);
     assert_eq!(s2.on_response_headers(&plugin, &replay), Action::Continue);
-    s2.on_log(&plugin, &replay);
     assert_eq!(
         replay.calls(),
         [],
-        "an answered stream makes no more host calls"
+        "an answered stream makes no more host calls until it ends"
     );
+    // Its end writes its one audit line: the decision and the answer, no outcome.
+    s2.on_log(&plugin, &replay);
+    let lines = replay.audit();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(
+        (
+            &lines[0]["decision"],
+            &lines[0]["status"],
+            &lines[0]["outcome"]
+        ),
+        (&json!("confirm"), &json!(428), &Value::Null)
+    );
+    assert!(lines[0]["response_flags"].is_null(), "a local reply");
     assert_eq!(only_entry(&plugin).outcome, Outcome::Succeeded);
 }
 
@@ -617,17 +641,24 @@ fn allowed_request_records_its_outcome_when_response_headers_arrive() {
 
     host.respond(&[(":status", "503"), ("retry-guard-state", "unchanged")]);
     assert_eq!(stream.on_response_headers(&plugin, &host), Action::Continue);
-    let outcomes = host.outcomes();
-    assert_eq!(outcomes.len(), 1);
-    assert_eq!(outcomes[0]["outcome"], "unchanged");
-    assert_eq!(outcomes[0]["status"], 503);
-    assert_eq!(outcomes[0]["attempt"], 1);
     let entry = only_entry(&plugin);
     assert_eq!((entry.outcome, entry.status), (Outcome::Unchanged, 503));
+    assert!(
+        host.audit().is_empty(),
+        "the line waits for the stream's end"
+    );
 
-    // The stream's end records nothing more.
+    // The stream's end records nothing more and writes the one line: decision and outcome.
+    host.now.set(NOW * 1000 + 42);
     stream.on_log(&plugin, &host);
-    assert_eq!(host.outcomes().len(), 1);
+    let lines = host.audit();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["decision"], "allow");
+    assert_eq!(lines[0]["outcome"], "unchanged");
+    assert_eq!(lines[0]["status"], 503);
+    assert_eq!(lines[0]["attempt"], 1);
+    assert_eq!(lines[0]["duration_ms"], 42);
+    assert_eq!(only_entry(&plugin).outcome, Outcome::Unchanged);
 }
 
 #[test]
@@ -667,13 +698,17 @@ fn a_response_the_client_never_got_in_full_is_undelivered() {
     );
     stream.on_log(&plugin, &host);
     let outcomes = host.outcomes();
-    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
-    assert_eq!(outcomes[1]["outcome"], "undelivered");
-    assert_eq!(outcomes[1]["status"], 200);
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes[0]["outcome"], "undelivered");
+    assert_eq!(outcomes[0]["status"], 200);
+    assert_eq!(
+        outcomes[0]["response_flags"],
+        DOWNSTREAM_CONNECTION_TERMINATION
+    );
     let entry = only_entry(&plugin);
     assert_eq!((entry.outcome, entry.status), (Outcome::Undelivered, 200));
     let replay = token_request();
-    send(&plugin, &replay, 2);
+    exchange(&plugin, &replay, 2);
     let reply = replay.replies().remove(0);
     assert_eq!(reply.status, 428);
     let doc: Value = serde_json::from_str(&reply.body).unwrap();
@@ -733,17 +768,17 @@ fn a_credential_presented_by_a_second_workload_is_counted_audited_or_denied() {
         let plugin = plugin_of(cfg);
         // Workload a presents the credential: nothing to say.
         let a = workload_call("a", "opaque-shared", "n=1");
-        send(&plugin, &a, 1);
+        exchange(&plugin, &a, 1);
         assert!(a.replies().is_empty());
         assert_eq!(count_of(&a, Event::CredentialShared), 0);
         assert_eq!(a.audit()[0]["credential_shared_with"], Value::Null);
         // The same workload again (another call): still nothing.
         let a2 = workload_call("a", "opaque-shared", "n=2");
-        send(&plugin, &a2, 2);
+        exchange(&plugin, &a2, 2);
         assert_eq!(count_of(&a2, Event::CredentialShared), 0, "{setting}");
         // Workload b presents it: counted, both identities audited; denied if configured.
         let b = workload_call("b", "opaque-shared", "n=3");
-        send(&plugin, &b, 3);
+        exchange(&plugin, &b, 3);
         assert_eq!(count_of(&b, Event::CredentialShared), 1, "{setting}");
         let line = &b.audit()[0];
         assert_eq!(line["credential_holder"], "spiffe://test/b", "{line}");
@@ -766,7 +801,7 @@ fn a_credential_presented_by_a_second_workload_is_counted_audited_or_denied() {
         }
         // Another credential from b is b's own.
         let b2 = workload_call("b", "opaque-b", "n=4");
-        send(&plugin, &b2, 4);
+        exchange(&plugin, &b2, 4);
         assert_eq!(count_of(&b2, Event::CredentialShared), 0);
         // Without mTLS nothing is compared.
         let plain = FakeHost::request(
@@ -776,7 +811,7 @@ fn a_credential_presented_by_a_second_workload_is_counted_audited_or_denied() {
             &[("authorization", "Bearer opaque-shared")],
         )
         .with_body("n=5");
-        send(&plugin, &plain, 5);
+        exchange(&plugin, &plain, 5);
         assert_eq!(count_of(&plain, Event::CredentialShared), 0);
     }
 }
@@ -787,7 +822,7 @@ fn a_credential_presented_by_a_second_workload_is_counted_audited_or_denied() {
 fn hostile_values() -> Vec<String> {
     let forge = "x\",\"decision\":\"allow\",\"approver\":\"mallory";
     vec![
-        "a\r\nretry-guard audit {\"event\":\"decision\",\"decision\":\"allow\"}".to_string(),
+        "a\r\nretry-guard audit {\"decision\":\"allow\"}".to_string(),
         forge.to_string(),
         "back\\slash \\\" \\u0000 \u{0} \u{1b}[31m \t\u{7f}".to_string(),
         "line\u{2028}para\u{2029}end".to_string(),
@@ -797,7 +832,7 @@ fn hostile_values() -> Vec<String> {
 
 #[test]
 fn audit_lines_and_problem_documents_stay_one_json_line_whatever_the_client_sends() {
-    use crate::audit::DECISION_MEMBERS;
+    use crate::audit::MEMBERS;
     let plugin = plugin();
     for (n, v) in hostile_values().iter().enumerate() {
         let jwt = crate::jwt::unsigned(&json!({"sub": v, "exp": NOW + 60}));
@@ -816,7 +851,7 @@ fn audit_lines_and_problem_documents_stay_one_json_line_whatever_the_client_send
         for (c, headers) in cases.iter().enumerate() {
             let host = FakeHost::request("token", "POST", "/oauth/token", headers)
                 .with_body("grant_type=client_credentials");
-            send(&plugin, &host, (n * 10 + c) as u32 + 1);
+            exchange(&plugin, &host, (n * 10 + c) as u32 + 1);
             let lines: Vec<String> = host
                 .calls()
                 .into_iter()
@@ -836,8 +871,8 @@ fn audit_lines_and_problem_documents_stay_one_json_line_whatever_the_client_send
                     .keys()
                     .map(String::as_str)
                     .collect();
-                if record["event"] == "decision" {
-                    let mut want: Vec<&str> = DECISION_MEMBERS.to_vec();
+                {
+                    let mut want: Vec<&str> = MEMBERS.to_vec();
                     let mut got = keys.clone();
                     want.sort_unstable();
                     got.sort_unstable();
@@ -953,7 +988,7 @@ fn stale_token_is_stripped_and_the_request_marked() {
         &[("authorization", &bearer)],
     )
     .with_body("grant_type=client_credentials");
-    let (_, actions) = send(&plugin, &host, 1);
+    let actions = exchange(&plugin, &host, 1);
     assert_eq!(
         actions,
         [Action::Pause, Action::Continue],
@@ -1077,7 +1112,7 @@ fn a_tracked_request_let_through_in_enforce_mode_gets_no_router_retries() {
     // Enforce: the router's retry budget is set to 0 before the request goes on.
     let plugin = plugin();
     let host = token_request();
-    send(&plugin, &host, 1);
+    exchange(&plugin, &host, 1);
     assert_eq!(
         host.upstream_header("x-envoy-max-retries").as_deref(),
         Some("0")
@@ -1091,7 +1126,7 @@ fn a_tracked_request_let_through_in_enforce_mode_gets_no_router_retries() {
         &[("x-client-id", "other"), ("x-envoy-max-retries", "5")],
     )
     .with_body("grant_type=client_credentials");
-    send(&plugin, &host, 2);
+    exchange(&plugin, &host, 2);
     let budgets: Vec<String> = host
         .request
         .borrow()
@@ -1103,19 +1138,19 @@ fn a_tracked_request_let_through_in_enforce_mode_gets_no_router_retries() {
 
     // read_only (untracked): reads keep the route's retries.
     let host = FakeHost::request("profile", "GET", "/profile", &[]);
-    send(&plugin, &host, 3);
+    exchange(&plugin, &host, 3);
     assert_eq!(host.upstream_header("x-envoy-max-retries"), None);
 
     // A blocked replay never goes upstream, so it gets nothing either.
     let host = token_request();
-    send(&plugin, &host, 4);
+    exchange(&plugin, &host, 4);
     assert_eq!(host.replies().len(), 1);
     assert_eq!(host.upstream_header("x-envoy-max-retries"), None);
 
     // Shadow mode changes nothing on the request.
     let plugin = plugin_with(json!({"mode": "shadow"}));
     let host = token_request();
-    send(&plugin, &host, 5);
+    exchange(&plugin, &host, 5);
     assert_eq!(host.upstream_header("x-envoy-max-retries"), None);
 }
 
@@ -1127,8 +1162,9 @@ fn an_outcome_the_router_sent_several_times_is_counted_and_named() {
     host.set_property_value("upstream.request_attempt_count", &3u64.to_le_bytes());
     host.respond(&[(":status", "503")]);
     stream.on_response_headers(&plugin, &host);
+    stream.on_log(&plugin, &host);
     let outcomes = host.outcomes();
-    assert_eq!(outcomes[0]["upstream_attempts"], 3, "{outcomes:?}");
+    assert_eq!(outcomes[0]["router_attempts"], 3, "{outcomes:?}");
     assert!(host
         .counted()
         .contains(&Counter::Event(Event::RouterRetried)));
@@ -1144,7 +1180,8 @@ fn an_outcome_the_router_sent_several_times_is_counted_and_named() {
     host.set_property_value("upstream.request_attempt_count", &1u64.to_le_bytes());
     host.respond(&[(":status", "200")]);
     stream.on_response_headers(&plugin, &host);
-    assert_eq!(host.outcomes()[0]["upstream_attempts"], 1);
+    stream.on_log(&plugin, &host);
+    assert_eq!(host.outcomes()[0]["router_attempts"], 1);
     assert!(!host
         .counted()
         .contains(&Counter::Event(Event::RouterRetried)));
@@ -1152,12 +1189,8 @@ fn an_outcome_the_router_sent_several_times_is_counted_and_named() {
 
 /// The audit fingerprint of the one request on `host`, sent through `plugin`.
 fn fingerprint_of(plugin: &Plugin<SlotLedger<MemoryStore>>, host: &FakeHost) -> String {
-    send(plugin, host, 1);
-    let decision = host
-        .audit()
-        .into_iter()
-        .find(|r| r["event"] == "decision")
-        .expect("a decision");
+    exchange(plugin, host, 1);
+    let decision = host.audit().into_iter().next().expect("a decision");
     decision["fingerprint"]
         .as_str()
         .unwrap_or_else(|| panic!("no fingerprint: {decision}"))
@@ -1301,6 +1334,7 @@ fn refused(plugin: &Plugin<SlotLedger<MemoryStore>>, host: &FakeHost) -> Reply {
     );
     let replies = host.replies();
     assert_eq!(replies.len(), 1, "{replies:?}");
+    stream.on_log(plugin, host);
     replies.into_iter().next().unwrap()
 }
 
@@ -1378,7 +1412,7 @@ fn anonymous_callers_are_refused_where_the_route_says_so() {
     // ambiguous.
     let host =
         FakeHost::request("r", "POST", "/grant", &[("cookie", "session=abc")]).with_body("x");
-    send(&plugin, &host, 1);
+    exchange(&plugin, &host, 1);
     assert_eq!(host.decisions(), ["allow"]);
     assert!(host.audit()[0]["principal"]
         .as_str()
@@ -1429,7 +1463,7 @@ fn malformed_credentials_are_stripped_and_name_no_one() {
             &[("authorization", &value)],
         )
         .with_body(&format!("grant_type=client_credentials&n={n}"));
-        send(&plugin, &host, 1);
+        exchange(&plugin, &host, 1);
         assert_eq!(host.upstream_header("authorization"), None, "{value:?}");
         assert_eq!(
             host.upstream_header(TOKEN_MARK_HEADER),
@@ -1446,7 +1480,7 @@ fn malformed_credentials_are_stripped_and_name_no_one() {
         &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
     )
     .with_body("grant_type=client_credentials");
-    send(&plugin, &host, 1);
+    exchange(&plugin, &host, 1);
     assert_eq!(host.upstream_header("authorization"), None);
     assert_eq!(host.audit()[0]["token_reason"], "malformed");
 }
@@ -1533,7 +1567,12 @@ fn on_etcd_a_first_attempt_waits_for_one_insert_and_its_outcome_follows_the_resp
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].1["compare"][0]["target"], "MOD");
     assert_eq!(calls[0].1["compare"][0]["mod_revision"], "7");
-    assert!(host.outcomes().is_empty(), "logged once written");
+    // The stream ends before etcd answers: its line waits for the outcome to be in etcd.
+    stream.on_log(&plugin, &host);
+    assert!(
+        host.audit().is_empty(),
+        "written once the outcome is in etcd"
+    );
     // The stream may be gone by now: the plugin finishes the record on its own.
     drop(stream);
     assert_eq!(plugin.calls_in_flight(), 1);
@@ -1546,9 +1585,36 @@ fn on_etcd_a_first_attempt_waits_for_one_insert_and_its_outcome_follows_the_resp
         }
     }
     assert_eq!(plugin.calls_in_flight(), 0);
-    let outcomes = host.outcomes();
-    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
-    assert_eq!(outcomes[0]["outcome"], "succeeded");
+    let lines = host.audit();
+    assert_eq!(lines.len(), 1, "one line per request: {lines:?}");
+    assert_eq!(lines[0]["outcome"], "succeeded");
+    assert_eq!(lines[0]["decision"], "allow");
+}
+
+#[test]
+fn on_etcd_an_outcome_that_cannot_be_written_still_gets_its_line() {
+    let plugin = etcd_plugin(json!({}));
+    let host = token_request();
+    let (mut stream, _) = send(&plugin, &host, 1);
+    let token = plugin.calls_in_flight() as u32;
+    plugin.on_call_answer(&host, token, Some(200), WRITTEN);
+    stream.on_ledger_answer(&plugin, &host, Some(200), WRITTEN);
+    host.respond(&[(":status", "200")]);
+    stream.on_response_headers(&plugin, &host);
+    stream.on_log(&plugin, &host);
+    assert!(host.audit().is_empty());
+    // etcd fails the outcome write: a warning says so, and the line is written all the same.
+    for t in 1..=10 {
+        plugin.on_call_answer(&host, t, Some(503), b"etcdserver: no leader");
+    }
+    assert_eq!(plugin.calls_in_flight(), 0);
+    assert!(host.calls().iter().any(|c| matches!(
+        c,
+        Call::Log(LogLevel::Warn, m) if m.contains("outcome not recorded in the cluster ledger")
+    )));
+    let lines = host.audit();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["decision"], "allow");
 }
 
 #[test]
@@ -1583,6 +1649,7 @@ fn on_etcd_no_answer_applies_the_routes_fail_policy() {
         Action::Continue
     );
     assert!(host.replies().is_empty());
+    stream.on_log(&plugin, &host);
     let audit = host.audit();
     assert_eq!(audit[0]["decision"], "allow");
     assert_eq!(audit[0]["reason"], "ledger_unavailable");
@@ -1720,7 +1787,7 @@ fn a_request_answered_before_its_decision_writes_nothing_to_the_ledger() {
         ],
     )
     .with_body("grant_type=client_credentials");
-    send(&plugin, &host, 1);
+    exchange(&plugin, &host, 1);
     assert_eq!(host.replies()[0].status, 400);
     assert_eq!(ledger_entries(&plugin), []);
     assert_eq!(table_entries(&plugin.tokens), []);
@@ -1733,7 +1800,7 @@ fn a_request_answered_before_its_decision_writes_nothing_to_the_ledger() {
         &[("authorization", "Bearer opaque-xyz")],
     )
     .with_body("grant_type=client_credentials");
-    send(&plugin, &host, 2);
+    exchange(&plugin, &host, 2);
     assert_eq!(ledger_entries(&plugin).len(), 1, "the attempt");
     assert_eq!(table_entries(&plugin.tokens).len(), 1, "the sighting");
 }
@@ -1759,10 +1826,10 @@ fn a_set_full_of_live_sensitive_attempts_refuses_by_the_fail_policy() {
                 .with_body(&format!("n={n}"))
         };
         for n in 0..4 {
-            send(&plugin, &call(n), n + 1);
+            exchange(&plugin, &call(n), n + 1);
         }
         let host = call(9);
-        send(&plugin, &host, 9);
+        exchange(&plugin, &host, 9);
         assert_eq!(host.replies().first().map(|r| r.status), status, "{fail}");
         if let Some(reply) = host.replies().first() {
             assert_eq!(
@@ -1777,7 +1844,7 @@ fn a_set_full_of_live_sensitive_attempts_refuses_by_the_fail_policy() {
         // Nothing was forgotten: each earlier call's replay is still held back.
         for n in 0..4 {
             let replay = call(n);
-            send(&plugin, &replay, 20 + n);
+            exchange(&plugin, &replay, 20 + n);
             assert_eq!(replay.replies().len(), 1, "{fail}: replay {n} passed");
         }
     }
@@ -1824,7 +1891,7 @@ fn evictions_are_counted_and_token_sightings_have_their_own_table() {
     assert_eq!(table_entries(&plugin.tokens).len(), 4);
     // One more token: one eviction in each table, both counted.
     let host = call(9, Some("opaque-9"));
-    send(&plugin, &host, 9);
+    exchange(&plugin, &host, 9);
     assert_eq!(count_of(&host, Event::LedgerEvicted), 2);
     assert_eq!(count_of(&host, Event::LedgerFull), 0);
     assert!(host.replies().is_empty());
@@ -1844,6 +1911,7 @@ fn a_repeat_says_how_long_after_the_earlier_attempt_it_came_and_is_counted_by_ga
     let (mut s1, _) = send(&plugin, &first, 1);
     first.respond(&[(":status", "200")]);
     s1.on_response_headers(&plugin, &first);
+    s1.on_log(&plugin, &first);
     assert!(
         !first
             .counted()
@@ -1854,7 +1922,7 @@ fn a_repeat_says_how_long_after_the_earlier_attempt_it_came_and_is_counted_by_ga
     assert!(first.audit()[0]["since_previous_ms"].is_null());
 
     let replay = token_request_after(3_200);
-    send(&plugin, &replay, 2);
+    exchange(&plugin, &replay, 2);
     let doc: Value = serde_json::from_str(&replay.replies()[0].body).unwrap();
     assert_eq!(
         (doc["status"].as_u64(), doc["since_previous_ms"].as_u64()),
@@ -1872,7 +1940,7 @@ fn a_repeat_says_how_long_after_the_earlier_attempt_it_came_and_is_counted_by_ga
     first.respond(&[(":status", "200")]);
     s1.on_response_headers(&shadow, &first);
     let replay = token_request_after(45_000);
-    send(&shadow, &replay, 2);
+    exchange(&shadow, &replay, 2);
     assert_eq!(replay.decisions(), ["confirm"]);
     assert!(replay.replies().is_empty(), "shadow blocks nothing");
     assert!(replay
@@ -1892,14 +1960,14 @@ fn a_route_window_decides_when_a_repeat_is_a_new_call() {
     assert_eq!(only_entry(&plugin).window_seconds, 30);
 
     let within = token_request_after(29_000);
-    send(&plugin, &within, 2);
+    exchange(&plugin, &within, 2);
     assert_eq!(within.decisions(), ["confirm"]);
     let doc: Value = serde_json::from_str(&within.replies()[0].body).unwrap();
     assert_eq!(doc["window_ends"], crate::time::rfc3339(NOW + 30));
 
     // The global window is 900 s; this route's 30 s have passed: a new call.
     let after = token_request_after(31_000);
-    send(&plugin, &after, 3);
+    exchange(&plugin, &after, 3);
     assert_eq!(after.decisions(), ["allow"]);
     assert_eq!(after.audit()[0]["reason"], "first_attempt");
     assert!(after.audit()[0]["since_previous_ms"].is_null());
@@ -1919,17 +1987,18 @@ fn a_client_that_makes_a_new_key_for_the_same_body_is_counted_and_audited() {
     let (mut s1, _) = send(&plugin, &first, 1);
     first.respond(&[(":status", "500")]);
     s1.on_response_headers(&plugin, &first);
+    s1.on_log(&plugin, &first);
     assert!(first.audit()[0]["key_regenerated_ms"].is_null());
 
     // The same key again is a retry the ledger sees (no regeneration).
     let same = keyed(1_000, "k-1");
-    send(&plugin, &same, 2);
+    exchange(&plugin, &same, 2);
     assert_eq!(same.decisions(), ["confirm"]);
     assert!(same.audit()[0]["key_regenerated_ms"].is_null());
 
     // A new key for the same body 2 s later: a first attempt for the ledger, but counted.
     let regenerated = keyed(3_000, "k-2");
-    send(&plugin, &regenerated, 3);
+    exchange(&plugin, &regenerated, 3);
     assert_eq!(regenerated.decisions(), ["allow"]);
     assert_eq!(regenerated.audit()[0]["key_regenerated_ms"], 2_000);
     assert!(regenerated
@@ -1938,9 +2007,39 @@ fn a_client_that_makes_a_new_key_for_the_same_body_is_counted_and_audited() {
 
     // More than a minute later a new key is a new call.
     let later = keyed(64_000, "k-3");
-    send(&plugin, &later, 4);
+    exchange(&plugin, &later, 4);
     assert!(later.audit()[0]["key_regenerated_ms"].is_null());
     assert!(!later
         .counted()
         .contains(&Counter::Route(0, RouteCounter::KeyRegenerated)));
+}
+
+#[test]
+fn a_stream_deleted_without_its_end_still_writes_its_one_line() {
+    // Envoy calls on_log before deleting a stream; a host that does not loses no line.
+    let plugin = plugin();
+    let host = token_request();
+    let (mut stream, _) = send(&plugin, &host, 1);
+    host.respond(&[(":status", "201")]);
+    stream.on_response_headers(&plugin, &host);
+    assert!(host.audit().is_empty());
+    host.forget_calls();
+    stream.on_delete(&plugin, &host);
+    let lines = host.audit();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(
+        (
+            &lines[0]["decision"],
+            &lines[0]["outcome"],
+            &lines[0]["status"]
+        ),
+        (&json!("allow"), &json!("succeeded"), &json!(201))
+    );
+    assert!(
+        !host.calls().iter().any(|c| matches!(c, Call::Property(..))),
+        "a deleted stream's properties are not read"
+    );
+    // Written once: a later end writes nothing more.
+    stream.on_log(&plugin, &host);
+    assert_eq!(host.audit().len(), 1);
 }

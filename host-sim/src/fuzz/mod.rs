@@ -153,18 +153,19 @@ struct Open {
     name: String,
     request: Request,
     pending: Pending,
-    /// The attempt this stream's request was allowed as, on a tracked route.
-    allowed: Option<Allowed>,
+    /// When the request began: its place in the sequence's events and Unix seconds.
+    began: (u64, u64),
 }
 
-/// An allowed attempt in flight.
+/// An attempt a tracked route let through, once its stream ended (its audit line, written
+/// then, says so).
 struct Allowed {
+    name: String,
     fingerprint: String,
-    /// When (Unix seconds).
-    at: u64,
-    /// An older allowed attempt of the fingerprint was still in flight when this one was
-    /// allowed: the invariant failed already, for that pair; this one is not checked again.
-    shadowed: bool,
+    /// When it began: its place in the sequence's events and Unix seconds.
+    began: (u64, u64),
+    /// When its stream ended: its place in the sequence's events.
+    ended: u64,
 }
 
 /// A 428 seen, to build confirmations from.
@@ -191,6 +192,10 @@ struct Sequence {
     trace: Vec<String>,
     summary: Summary,
     next_id: u64,
+    /// The sequence's events so far (begins and ends), to order streams by.
+    events: u64,
+    /// Every attempt let through on a tracked route whose stream ended.
+    allowed: Vec<Allowed>,
 }
 
 /// Runs the sequence of `seed`.
@@ -234,6 +239,8 @@ pub fn run_sequence(rt: &Runtime, seed: u64) -> Result<Summary, Failure> {
         )],
         summary: Summary::default(),
         next_id: 0,
+        events: 0,
+        allowed: Vec::new(),
     };
     for step in 0..steps {
         s.step().map_err(|m| s.failure(step, m))?;
@@ -359,87 +366,20 @@ impl Sequence {
             req.headers.len(),
             req.disconnect
         ));
-        let log_start = crate::shared::lock(&self.sim.shared().log).len();
         let pending = self.sim.begin(&req, None).map_err(|e| e.to_string())?;
         // Replays come from requests that went through, and some that did not.
         if pending.forwarded() || self.gen.chance(30) {
             self.sent.push(req.clone());
         }
-        let decision = self.decision_since(log_start, &name);
-        let mut allowed = None;
-        if let Some(d) = &decision {
-            let verdict = d["decision"].as_str().unwrap_or("");
-            // Tracked routes: an attempt in flight is never evicted, so no second allow while it
-            // is in flight, on any tracked route.
-            let class = d["class"].as_str().unwrap_or("");
-            let tracked = class != "read_only";
-            let fp = d["fingerprint"].as_str().map(str::to_string);
-            // A request the ledger could not record (full set, contention) and the route's
-            // fail_open policy let through has no entry to be in flight in.
-            let recorded = !d["reason"].as_str().unwrap_or("").starts_with("ledger_");
-            if let (true, true, Some(fp)) = (
-                pending.forwarded() && tracked && recorded,
-                matches!(verdict, "allow" | "confirmed"),
-                fp,
-            ) {
-                let now = self.sim.now_unix();
-                let overlaps = |a: &Allowed| a.fingerprint == fp && now < a.at + self.window;
-                if let Some(o) = self.open.iter().find(|o| {
-                    o.allowed
-                        .as_ref()
-                        .is_some_and(|a| overlaps(a) && !a.shadowed)
-                }) {
-                    return Err(format!(
-                        "{name} was allowed ({verdict}) while {} of the same fingerprint is in \
-                         flight; its decision: {d}",
-                        o.name
-                    ));
-                }
-                let shadowed = self
-                    .open
-                    .iter()
-                    .any(|o| o.allowed.as_ref().is_some_and(overlaps));
-                allowed = Some(Allowed {
-                    fingerprint: fp,
-                    at: now,
-                    shadowed,
-                });
-            }
-            if verdict == "confirmed" {
-                let token = req
-                    .headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("retry-guard-confirmation"))
-                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default();
-                let chl = self.tokens.get(&token).cloned().unwrap_or(token);
-                if !self.consumed.insert(chl.clone()) {
-                    return Err(format!(
-                        "{name}: confirmation for challenge {chl} accepted a second time"
-                    ));
-                }
-            }
-            self.trace
-                .push(format!("{name}: decision {verdict} ({})", d["reason"]));
-        }
+        self.events += 1;
+        let began = (self.events, self.sim.now_unix());
         self.open.push(Open {
             name,
             request: req,
             pending,
-            allowed,
+            began,
         });
         Ok(())
-    }
-
-    /// This request's decision audit record, from the log lines since `start`.
-    fn decision_since(&self, start: usize, request_id: &str) -> Option<serde_json::Value> {
-        const MARK: &str = "retry-guard audit ";
-        let log = crate::shared::lock(&self.sim.shared().log);
-        log.get(start..)?.iter().find_map(|l| {
-            let at = l.message.find(MARK)?;
-            let v: serde_json::Value = serde_json::from_str(&l.message[at + MARK.len()..]).ok()?;
-            (v["event"] == "decision" && v["request_id"] == request_id).then_some(v)
-        })
     }
 
     fn complete(&mut self, i: usize) -> Result<(), String> {
@@ -455,7 +395,77 @@ impl Sequence {
             ex.status,
             if ex.local_reply { " (local reply)" } else { "" }
         ));
-        self.finished(&open.name, &open.request, &ex)
+        self.finished(&open.name, &open.request, &ex)?;
+        self.events += 1;
+        self.decided(&open.name, &open.request, open.began, &ex, self.events)
+    }
+
+    /// Checks a request's decision once its stream ended (its audit line is written then):
+    /// on a tracked route no two attempts of a fingerprint are let through while both are in
+    /// flight within the window, and a confirmation is accepted once.
+    fn decided(
+        &mut self,
+        name: &str,
+        request: &Request,
+        began: (u64, u64),
+        ex: &Exchange,
+        ended: u64,
+    ) -> Result<(), String> {
+        let records = audit_records(ex);
+        let Some(d) = records.first() else {
+            return Ok(());
+        };
+        let verdict = d["decision"].as_str().unwrap_or("");
+        // Tracked routes: an attempt in flight is never evicted, so no second allow while it
+        // is in flight, on any tracked route.
+        let tracked = d["class"].as_str().unwrap_or("") != "read_only";
+        // A request the ledger could not record (full set, contention) and the route's
+        // fail_open policy let through has no entry to be in flight in.
+        let recorded = !d["reason"].as_str().unwrap_or("").starts_with("ledger_");
+        if let (true, true, Some(fp)) = (
+            ex.upstream.is_some() && tracked && recorded,
+            matches!(verdict, "allow" | "confirmed"),
+            d["fingerprint"].as_str(),
+        ) {
+            let this = Allowed {
+                name: name.to_string(),
+                fingerprint: fp.to_string(),
+                began,
+                ended,
+            };
+            for other in self.allowed.iter().filter(|a| a.fingerprint == fp) {
+                let (first, second) = if other.began.0 < this.began.0 {
+                    (other, &this)
+                } else {
+                    (&this, other)
+                };
+                if second.began.0 < first.ended && second.began.1 < first.began.1 + self.window {
+                    return Err(format!(
+                        "{} was allowed while {} of the same fingerprint was in flight; \
+                         {name}'s audit line: {d}",
+                        second.name, first.name
+                    ));
+                }
+            }
+            self.allowed.push(this);
+        }
+        if verdict == "confirmed" {
+            let token = request
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("retry-guard-confirmation"))
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            let chl = self.tokens.get(&token).cloned().unwrap_or(token);
+            if !self.consumed.insert(chl.clone()) {
+                return Err(format!(
+                    "{name}: confirmation for challenge {chl} accepted a second time"
+                ));
+            }
+        }
+        self.trace
+            .push(format!("{name}: decision {verdict} ({})", d["reason"]));
+        Ok(())
     }
 
     fn finished(&mut self, name: &str, request: &Request, ex: &Exchange) -> Result<(), String> {
@@ -476,8 +486,7 @@ impl Sequence {
         *self.summary.statuses.entry(ex.status).or_insert(0) += 1;
         let records = audit_records(ex);
         let decision = records
-            .iter()
-            .find(|r| r["event"] == "decision")
+            .first()
             .and_then(|r| r["decision"].as_str())
             .unwrap_or("none")
             .to_string();

@@ -225,9 +225,9 @@ pub struct Step {
     pub listener_route: String,
     /// The filter's decision (`wasm.retry_guard.decision`), if it made one.
     pub decision: Option<String>,
-    /// The decision's audit line, as JSON.
+    /// The request's audit line (its decision and how it ended), as JSON.
     pub audit: Option<Value>,
-    /// The outcome line, as JSON.
+    /// The audit line again when it names the outcome the attempt recorded, as JSON.
     pub outcome: Option<Value>,
     /// The client's answer.
     pub answer: Message,
@@ -444,14 +444,12 @@ impl Session {
             .filter(|(l, _)| *l == "info")
             .filter_map(|(_, line)| json_line(line))
             .collect();
-        let event = |e: &str| {
-            lines
-                .iter()
-                .find(|v| v.get("event").and_then(Value::as_str) == Some(e))
-                .cloned()
-        };
-        let audit = event("decision");
-        let outcome = event("outcome");
+        // The request's one audit line (written when its stream ended); `outcome` is the same
+        // line when it names what became of the attempt.
+        let audit = lines.first().cloned();
+        let outcome = audit
+            .clone()
+            .filter(|a| a.get("outcome").is_some_and(|o| !o.is_null()));
         let decision = host
             .properties
             .borrow()
@@ -537,7 +535,7 @@ impl Session {
             self.forward(host, &mut stream, up)
         };
         stream.on_log(plugin, host);
-        stream.on_delete(plugin);
+        stream.on_delete(plugin, host);
         (answer, upstream)
     }
 

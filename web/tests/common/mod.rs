@@ -56,11 +56,12 @@ fn pick(v: &Value, members: &[&str]) -> Value {
     )
 }
 
-fn lines<'a>(messages: impl Iterator<Item = &'a str>, event: &str) -> Option<Value> {
+/// The request's one audit line; with `outcome`, only when it names an outcome.
+fn lines<'a>(messages: impl Iterator<Item = &'a str>, outcome: bool) -> Option<Value> {
     messages
         .filter_map(|m| m.strip_prefix(retry_guard::audit::PREFIX))
         .filter_map(|j| serde_json::from_str::<Value>(j).ok())
-        .find(|v| v.get("event").and_then(Value::as_str) == Some(event))
+        .find(|v| !outcome || v.get("outcome").is_some_and(|o| !o.is_null()))
 }
 
 /// What host-sim's exchange came to.
@@ -73,8 +74,8 @@ pub fn decided_on_sim(ex: &Exchange) -> Decided {
             .iter()
             .find(|(k, _)| k.ends_with("retry_guard.decision"))
             .map(|(_, v)| v.clone()),
-        audit: lines(messages(), "decision").map(|v| pick(&v, AUDIT_MEMBERS)),
-        outcome: lines(messages(), "outcome").map(|v| pick(&v, &["outcome", "status", "attempt"])),
+        audit: lines(messages(), false).map(|v| pick(&v, AUDIT_MEMBERS)),
+        outcome: lines(messages(), true).map(|v| pick(&v, &["outcome", "status", "attempt"])),
         upstream: ex.upstream.is_some(),
     }
 }
