@@ -59,6 +59,15 @@ pub const SECTIONS: [Section<'static>; 7] = [
     },
 ];
 
+/// Marked sections of those files that no bench tool writes: the README's audit member
+/// table, which `filter/tests/docs.rs` checks against `audit::MEMBERS`. The tests know them,
+/// and check that replacing a bench section leaves them as they were; [`Section::update`]
+/// refuses them, as every section not in [`SECTIONS`].
+pub const NOT_WRITTEN_HERE: [Section<'static>; 1] = [Section {
+    file: README,
+    name: "audit-members",
+}];
+
 /// When, at which commit and on what machine a report was measured.
 pub struct Provenance {
     /// The day, UTC (`YYYY-MM-DD`).
@@ -189,6 +198,12 @@ impl Section<'_> {
 
     /// Replaces the section in its file (see [`Section::replace_in`]) with `table`.
     pub fn update(&self, table: &str) -> Result<()> {
+        if NOT_WRITTEN_HERE.contains(self) {
+            return Err(Error(format!(
+                "{} of {} is checked against the code by filter/tests/docs.rs, never written by the bench",
+                self.name, self.file
+            )));
+        }
         if !SECTIONS.contains(self) {
             return Err(Error(format!(
                 "{} is not a known section of {} (report::SECTIONS)",
@@ -754,6 +769,14 @@ pub(crate) mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), SECTIONS.len(), "section names repeat");
+        // The sections checked elsewhere are never written by the bench (`update` refuses
+        // them before it reads the file), and each stands once in its file too.
+        for s in &NOT_WRITTEN_HERE {
+            assert!(!SECTIONS.contains(s), "{} is written and not", s.name);
+            assert!(s.update("t").is_err(), "{} would be written", s.name);
+            let text = fs::read_to_string(repo_root().join(s.file)).unwrap();
+            assert!(s.replace_in(&text, "t").is_ok(), "{}: {}", s.file, s.name);
+        }
         for s in &SECTIONS {
             let text = fs::read_to_string(repo_root().join(s.file)).unwrap();
             assert!(
@@ -766,6 +789,7 @@ pub(crate) mod tests {
             let replaced = s.replace_in(&text, "REPLACED").unwrap();
             for other in SECTIONS
                 .iter()
+                .chain(&NOT_WRITTEN_HERE)
                 .filter(|o| o.file == s.file && o.name != s.name)
             {
                 let between = |t: &str| {
@@ -790,7 +814,7 @@ pub(crate) mod tests {
                 .lines()
                 .filter(|l| l.starts_with("<!-- ") && l.ends_with(" -->"))
             {
-                let known = SECTIONS.iter().any(|s| {
+                let known = SECTIONS.iter().chain(&NOT_WRITTEN_HERE).any(|s| {
                     let (a, b) = s.markers();
                     s.file == file && (line == a || line == b)
                 });
