@@ -63,6 +63,10 @@ pub struct PathFigures {
     pub unpriced: Vec<String>,
 }
 
+/// A figure stated against its goal: the figure, the goal's text, its per-round values, the
+/// decimals shown, and whether the median meets the goal (`None`: a reference row).
+struct GoalRow(String, &'static str, Vec<f64>, usize, Option<bool>);
+
 /// `a − b`, element by element.
 fn minus(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(x, y)| x - y).collect()
@@ -182,14 +186,14 @@ impl HostCosts<'_> {
     }
 
     /// The figures against their goals: (figure, goal, per-round values, decimals, met).
-    fn goals(&self) -> Vec<(String, &'static str, Vec<f64>, usize, Option<bool>)> {
+    fn goals(&self) -> Vec<GoalRow> {
         let prices = self.prices();
         let mut rows = Vec::new();
         for p in guarded_paths() {
             let f = self.path(&p, &prices);
             let share: Vec<f64> = f.share.iter().map(|s| s * 100.0).collect();
             let met = Spread::of(&share).median <= GOAL_ABOVE_LIMIT * 100.0;
-            rows.push((
+            rows.push(GoalRow(
                 format!("{}: added above the priced limit, % of the limit", p.name),
                 "≤ 25%",
                 share,
@@ -200,7 +204,7 @@ impl HostCosts<'_> {
         let ratio = |a: usize, b: usize, name: &str, goal_text: &'static str, goal: f64| {
             let v = self.tput(at(a), at(b));
             let met = Spread::of(&v).median >= goal;
-            (name.to_string(), goal_text, v, 3, Some(met))
+            GoalRow(name.to_string(), goal_text, v, 3, Some(met))
         };
         rows.push(ratio(
             4,
@@ -225,14 +229,14 @@ impl HostCosts<'_> {
         ));
         let es = self.token_over_jwt(12);
         let es_met = Spread::of(&es).median < 1.0;
-        rows.push((
+        rows.push(GoalRow(
             "token path's added CPU ÷ jwt_authn ES256's added CPU: (5 − 8) ÷ (12 − 8)".into(),
             "< 1 (lower)",
             es,
             3,
             Some(es_met),
         ));
-        rows.push((
+        rows.push(GoalRow(
             "(for reference) the same against jwt_authn RS256: (5 − 8) ÷ (11 − 8)".into(),
             "",
             self.token_over_jwt(11),
@@ -372,7 +376,7 @@ impl HostCosts<'_> {
 
         // The goals.
         s.push_str("\nThe goals of issue 15, measured in these rounds:\n\n| figure | goal | measured (median) | min–max over rounds | |\n|---|---|---|---|---|\n");
-        for (name, goal, v, d, met) in self.goals() {
+        for GoalRow(name, goal, v, d, met) in self.goals() {
             let sp = Spread::of(&v);
             let _ = writeln!(
                 s,
@@ -504,7 +508,7 @@ impl HostCosts<'_> {
             "wasm_bytes": self.wasm_bytes,
             "prices_us_per_call": prices.iter().map(|(k, v)| (k.to_string(), spread(v))).collect::<serde_json::Map<_, _>>(),
             "paths": paths,
-            "goals": self.goals().iter().map(|(name, goal, v, _, met)| json!({"figure": name, "goal": goal, "values": spread(v), "met": met})).collect::<Vec<_>>(),
+            "goals": self.goals().iter().map(|GoalRow(name, goal, v, _, met)| json!({"figure": name, "goal": goal, "values": spread(v), "met": met})).collect::<Vec<_>>(),
             "runs": self.cases.iter().zip(self.runs).map(|(c, runs)| json!({
                 "configuration": c.name, "id": c.id,
                 "cpu_us_per_request": runs.iter().map(|r| r.cpu_us_per_req).collect::<Vec<_>>(),
