@@ -228,12 +228,18 @@ fn now() -> u64 {
     u64::try_from(retry_guard_e2e::tokens::now_unix()).unwrap_or(0)
 }
 
-/// `jwt` with its signature's last character changed: a token `jwt_authn` must refuse.
+/// `jwt` with its signature's first character changed: a token `jwt_authn` must refuse. (Not
+/// the last: the last base64url character of a 256- or 64-byte signature carries padding bits,
+/// which a decoder may ignore, so changing it can leave the signature's bytes as they were.)
 pub fn tampered(jwt: &str) -> String {
-    let mut t = jwt.to_string();
-    let last = t.pop().unwrap_or('A');
-    t.push(if last == 'A' { 'B' } else { 'A' });
-    t
+    let Some(dot) = jwt.rfind('.') else {
+        return format!("{jwt}A");
+    };
+    let (signed, sig) = jwt.split_at(dot + 1);
+    let mut chars = sig.chars();
+    let first = chars.next().unwrap_or('A');
+    let swapped = if first == 'A' { 'B' } else { 'A' };
+    format!("{signed}{swapped}{}", chars.as_str())
 }
 
 #[cfg(test)]
@@ -294,7 +300,19 @@ mod tests {
                 exp > now + VALID_FOR - 3600 && exp <= now + VALID_FOR,
                 "{run}"
             );
-            assert_ne!(tampered(&jwt), jwt);
+            // The tampered JWT's signature decodes to other bytes, of the same length.
+            let bad = tampered(&jwt);
+            let sig_of = |t: &str| {
+                URL_SAFE_NO_PAD
+                    .decode(t.rsplit('.').next().unwrap())
+                    .unwrap()
+            };
+            assert_eq!(bad.len(), jwt.len());
+            assert_eq!(
+                bad.rsplit_once('.').unwrap().0,
+                jwt.rsplit_once('.').unwrap().0
+            );
+            assert_ne!(sig_of(&bad), sig_of(&jwt), "{alg:?}");
         }
     }
 
