@@ -10,7 +10,7 @@ use retry_guard_e2e::{bail, client, Error, Result};
 
 use crate::args::Options;
 use crate::cases::{case, position, Case, CASES, TOKEN_ALLOW};
-use crate::configs::Proxies;
+use crate::configs::{token_ledger_text, Proxies};
 use crate::jwt_authn::tampered;
 use crate::load::{
     check_statuses, oha_paced, oha_unloaded, wrk, Pace, Run, PACED_CONNECTIONS_EACH,
@@ -121,6 +121,7 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
         evicted: memory.evicted,
         evicted_during_bench,
         wasm_memory: memory.wasm_memory,
+        flood_ledger: memory.ledger,
     };
     report.write(dir)
 }
@@ -180,16 +181,19 @@ struct Memory {
     rss: Vec<(u64, u64)>,
     evicted: u64,
     wasm_memory: u64,
+    /// The flooded Envoy's ledger ([`crate::configs::token_ledger_text`]).
+    ledger: String,
 }
 
-/// The memory run: `o.flood` unique keys on the token route (`max_entries` 65536), Envoy's
+/// The memory run: `o.flood` unique keys on the token route (case 5's configuration), Envoy's
 /// RSS after each 10 s of them.
 fn memory_run(o: &Options, proxies: &Proxies) -> Result<Memory> {
+    let flood_case = case(TOKEN_ALLOW.id);
+    let ledger = token_ledger_text(proxies.guard_config(flood_case));
     eprintln!(
-        "memory run: {} unique keys on the token route, max_entries 65536",
+        "memory run: {} unique keys on the token route, {ledger}",
         o.flood
     );
-    let flood_case = case(TOKEN_ALLOW.id);
     let envoy = proxies.start(flood_case)?;
     wrk(&envoy, flood_case, 1, 4)?;
     let mut sent = 0u64;
@@ -210,5 +214,6 @@ fn memory_run(o: &Options, proxies: &Proxies) -> Result<Memory> {
         rss,
         evicted: metric(&envoy, EVICTED).unwrap_or(0),
         wasm_memory: metric(&envoy, VM_MEMORY).unwrap_or(0),
+        ledger,
     })
 }

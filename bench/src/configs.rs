@@ -30,7 +30,7 @@ use retry_guard_e2e::{bail, Error, Result};
 use serde_json::{json, Value};
 
 use crate::args::Options;
-use crate::cases::{Case, Filter};
+use crate::cases::{Case, Filter, Load};
 use crate::jwt_authn::Issuer;
 use crate::load::{wrk, LOAD_CPU};
 
@@ -185,6 +185,70 @@ pub fn bench_plugin_config() -> String {
         }
     }
     config.to_string()
+}
+
+/// The token route's window (`routes[].window_seconds`) in case 5's configuration, whose every
+/// request is a first attempt ([`first_attempts_config`]).
+pub const FIRST_ATTEMPTS_WINDOW_SECONDS: u32 = 1;
+
+/// The ledger's capacity (`max_entries`) in case 5's configuration ([`first_attempts_config`]).
+pub const FIRST_ATTEMPTS_MAX_ENTRIES: u32 = 524_288;
+
+/// retry-guard's plugin configuration for case 5, whose every request is a first attempt on
+/// the token route (and for the memory run, which floods that route): `config` with the token
+/// route's window at [`FIRST_ATTEMPTS_WINDOW_SECONDS`] and `max_entries` at
+/// [`FIRST_ATTEMPTS_MAX_ENTRIES`].
+///
+/// The ledger never evicts a live entry of a sensitive route: a set whose four entries are all
+/// live refuses the new attempt (503, `ledger_full`). With the benchmark's day-long window and
+/// 65,536 entries, saturating first attempts fill the table within seconds, and refusals begin
+/// long before, as sets fill at random (1% of the answers with the table a third full, seen
+/// in a one-second run): case 5 would measure refusals. An entry is live for the window after
+/// its attempt, so the live entries are the rate times the window; one second at 30,000
+/// requests a second keeps them near 6% of 524,288 entries, where a new attempt finds its set
+/// full about once in 10,000 (the rare refusals a run allows, [`crate::load::UNEXPECTED_ALLOWED`],
+/// counted in the report). Every other configuration keeps the day-long window: case 6's
+/// replays must still find their first attempt after the other configurations' runs.
+pub fn first_attempts_config(config: &str) -> String {
+    let Ok(mut config) = serde_json::from_str::<Value>(config) else {
+        return config.to_string();
+    };
+    config["max_entries"] = json!(FIRST_ATTEMPTS_MAX_ENTRIES);
+    if let Some(routes) = config["routes"].as_array_mut() {
+        for route in routes
+            .iter_mut()
+            .filter(|r| r["match"]["route_name"] == "token")
+        {
+            route["window_seconds"] = json!(FIRST_ATTEMPTS_WINDOW_SECONDS);
+        }
+    }
+    config.to_string()
+}
+
+/// What the report says of a plugin configuration's ledger on the token route: its capacity
+/// and the route's window.
+pub fn token_ledger_text(config: &str) -> String {
+    let Ok(config) = serde_json::from_str::<Value>(config) else {
+        return "the given plugin configuration".into();
+    };
+    let max_entries = config["max_entries"].as_u64().unwrap_or(65_536);
+    let window = config["routes"]
+        .as_array()
+        .and_then(|routes| {
+            routes
+                .iter()
+                .find(|r| r["match"]["route_name"] == "token")
+                .and_then(|r| r["window_seconds"].as_u64())
+        })
+        .or_else(|| config["window_seconds"].as_u64())
+        .unwrap_or(900);
+    format!("`max_entries` {max_entries}, the token route's window {window} s")
+}
+
+/// Whether `case` runs with [`first_attempts_config`]: retry-guard on the shared-data ledger,
+/// every request a first attempt (case 5).
+pub fn runs_first_attempts(case: &Case) -> bool {
+    case.filter == Filter::Guard && case.load == Load::Unique
 }
 
 /// The upstream Envoy: the answers of configurations 1 to 5, each request read whole.
@@ -372,6 +436,9 @@ pub struct Proxies {
     modules: Modules,
     /// retry-guard's plugin configuration.
     guard_config: String,
+    /// Case 5's: [`first_attempts_config`] of the benchmark's, or the one given with
+    /// `--plugin-config` as it is.
+    first_attempts_config: String,
     upstream: Option<Envoy>,
     /// The etcd ledger of configuration 10, once set ([`Proxies::use_etcd`]).
     etcd: Option<EtcdLedger>,
@@ -383,6 +450,10 @@ impl Proxies {
     pub fn new(o: &Options, dir: &Path) -> Result<Proxies> {
         let modules = Modules::find(o)?;
         let guard_config = o.plugin_config.clone().unwrap_or_else(bench_plugin_config);
+        let first_attempts_config = match &o.plugin_config {
+            Some(given) => given.clone(),
+            None => first_attempts_config(&guard_config),
+        };
         let upstream = match o.backend {
             Backend::Upstream => Some(
                 pinned_envoy(
@@ -403,6 +474,7 @@ impl Proxies {
             log_level: o.log_level.clone(),
             modules,
             guard_config,
+            first_attempts_config,
             upstream,
             etcd: None,
         })
@@ -419,6 +491,15 @@ impl Proxies {
         &self.modules
     }
 
+    /// retry-guard's plugin configuration for `case` ([`runs_first_attempts`]).
+    pub fn guard_config(&self, case: &Case) -> &str {
+        if runs_first_attempts(case) {
+            &self.first_attempts_config
+        } else {
+            &self.guard_config
+        }
+    }
+
     /// The Envoy configuration of `case` in this run.
     fn config(&self, case: &Case) -> Result<Value> {
         let upstream = self.upstream.as_ref().map(Envoy::listener_addr);
@@ -426,7 +507,7 @@ impl Proxies {
             case,
             self.backend,
             upstream,
-            &self.guard_config,
+            self.guard_config(case),
             self.etcd.as_ref(),
         )
     }
@@ -457,7 +538,7 @@ impl Proxies {
             case,
             Backend::Upstream,
             Some(upstream),
-            &self.guard_config,
+            self.guard_config(case),
             self.etcd.as_ref(),
         )?;
         pinned_envoy(
@@ -724,9 +805,14 @@ mod tests {
                 Filter::None | Filter::JwtAuthn(_) => None,
                 Filter::Probe(_) => unreachable!("the benchmark's cases have no probe"),
             };
+            let config = if runs_first_attempts(case) {
+                first_attempts_config(&guard_config)
+            } else {
+                guard_config.clone()
+            };
             for backend in MODES {
                 let upstream = (backend == Backend::Upstream).then(upstream_addr);
-                let b = proxy_config(case, backend, upstream, &guard_config, None)?;
+                let b = proxy_config(case, backend, upstream, &config, None)?;
                 validate(&format!("{}-{backend:?}", case.id), b, wasm)?;
             }
         }
@@ -759,6 +845,56 @@ mod tests {
             retry_guard::config::Config::parse(bench_plugin_config().as_bytes()).is_ok(),
             "{config}"
         );
+    }
+
+    #[test]
+    fn case_5_alone_runs_with_a_short_token_window_and_a_larger_ledger() {
+        let ids: Vec<usize> = CASES
+            .iter()
+            .filter(|c| runs_first_attempts(c))
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(
+            ids,
+            [5],
+            "every request a first attempt on the shared-data ledger"
+        );
+        assert!(!runs_first_attempts(&TOKEN_ETCD));
+        let base: Value = serde_json::from_str(&bench_plugin_config()).unwrap();
+        let text = first_attempts_config(&bench_plugin_config());
+        let config: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(config["max_entries"], FIRST_ATTEMPTS_MAX_ENTRIES);
+        for (route, was) in config["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(base["routes"].as_array().unwrap())
+        {
+            if route["match"]["route_name"] == "token" {
+                assert_eq!(route["window_seconds"], FIRST_ATTEMPTS_WINDOW_SECONDS);
+                let mut rest = route.clone();
+                rest.as_object_mut().unwrap().remove("window_seconds");
+                assert_eq!(&rest, was, "only the window changes");
+            } else {
+                assert_eq!(route, was);
+            }
+        }
+        assert_eq!(config["window_seconds"], base["window_seconds"]);
+        assert!(
+            retry_guard::config::Config::parse(text.as_bytes()).is_ok(),
+            "{config}"
+        );
+        assert_eq!(
+            token_ledger_text(&text),
+            "`max_entries` 524288, the token route's window 1 s"
+        );
+        assert_eq!(
+            token_ledger_text(&bench_plugin_config()),
+            "`max_entries` 65536, the token route's window 86400 s"
+        );
+        // Live entries at 30,000 first attempts a second stay near 6% of the table.
+        let live = 30_000.0 * f64::from(FIRST_ATTEMPTS_WINDOW_SECONDS);
+        assert!(live / f64::from(FIRST_ATTEMPTS_MAX_ENTRIES) < 0.06);
     }
 
     #[test]

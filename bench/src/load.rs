@@ -147,9 +147,9 @@ pub fn wrk(envoy: &Envoy, case: &Case, seconds: u64, connections: usize) -> Resu
     })
 }
 
-/// The share of a saturated run's answers that may differ from the configuration's before the
-/// run is refused: rare refusals of the guard itself (a ledger set full of live entries under
-/// a saturating load answers 503) are counted and reported, not hidden.
+/// The share of a run's answers that may differ from the configuration's before the run is
+/// refused: rare refusals of the guard itself (a ledger set full of live entries answers 503,
+/// see [`crate::configs::first_attempts_config`]) are counted and reported, not hidden.
 pub const UNEXPECTED_ALLOWED: f64 = 0.001;
 
 /// How many of a saturated run's answers were not the configuration's: wrk counts the answers
@@ -238,8 +238,9 @@ struct OhaResult {
     p99_us: f64,
 }
 
-/// Reads oha's JSON result. Every answer must be the case's expected status, or the run is
-/// refused as a measurement of something else.
+/// Reads oha's JSON result. Every answer must be the case's expected status but for the rare
+/// refusals a run allows ([`UNEXPECTED_ALLOWED`], counted in the report), and no request may
+/// fail, or the run is refused as a measurement of something else.
 fn oha_result(out: &Output, case: &Case) -> Result<OhaResult> {
     let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
         Error(format!(
@@ -267,13 +268,19 @@ fn oha_result(out: &Output, case: &Case) -> Result<OhaResult> {
             .sum()
     });
     let expected = case.expect_status.to_string();
-    let unexpected = count(&|k| k != expected) + errors;
-    if unexpected > 0 {
+    let unexpected = count(&|k| k != expected);
+    if errors > 0 || unexpected as f64 > UNEXPECTED_ALLOWED * requests as f64 {
         bail!(
-            "oha run of case {} got {unexpected} of {requests} answers other than {expected}: {} {}",
+            "oha run of case {} got {unexpected} of {requests} answers other than {expected} and {errors} errors: {} {}",
             case.id,
             v["statusCodeDistribution"],
             v["errorDistribution"]
+        );
+    }
+    if unexpected > 0 {
+        eprintln!(
+            "case {}: {unexpected} of {requests} answers were not {expected} (counted in the report): {}",
+            case.id, v["statusCodeDistribution"]
         );
     }
     let us = |k: &str| v["latencyPercentiles"][k].as_f64().unwrap_or(0.0) * 1e6;

@@ -20,8 +20,8 @@
 //! `/proc/<pid>/stat`), p50/p99 latency at a fixed rate below saturation (`oha -q` from
 //! [`load::PACED_PROCESSES`] processes, each request timed from when it was sent, with how late
 //! oha sent it beside) and unloaded (oha closed loop, one connection); see [`load`] and
-//! [`measure`]. Then a memory run: Envoy RSS while 1,000,000 unique keys flood a guarded route
-//! with `max_entries` 65536 ([`benchmark`]). Writes `target/bench/report.md` and `report.json`;
+//! [`measure`]. Then a memory run: Envoy RSS while 1,000,000 unique keys flood the token route
+//! in case 5's configuration ([`configs::first_attempts_config`], [`benchmark`]). Writes `target/bench/report.md` and `report.json`;
 //! `--update-readme` replaces bench/README.md's table of that mode ([`report`]).
 //!
 //! The default run ends with [`etcd`]: the token path with the cluster ledger on etcd next to
