@@ -56,10 +56,11 @@ probe: build envoy-install
     cargo test -p retry-guard-conformance --test probe_vs_envoy -- --nocapture
 
 # 10,000 demo-config requests on the simulator, then the per-path micro-benchmark (host calls,
-# wasm fuel, µs per request; writes target/bench/host-sim.{json,md}).
-bench-sim: build
+# wasm fuel, µs per request; writes target/bench/host-sim.{json,md}); `just bench-sim
+# --update-readme` also replaces the host-sim-paths table of bench/README.md.
+bench-sim *ARGS: build
     cargo run -q --release -p retry-guard-cli -- bench
-    cargo run -q --release -p retry-guard-cli -- bench --paths
+    cargo run -q --release -p retry-guard-cli -- bench --paths {{ARGS}}
 
 # Where the filter's guest time goes per request path, by function (host-sim stack samples on
 # the release code built with its names kept: cargo profile `profiling`), and the guest
@@ -141,11 +142,14 @@ test-core:
     cargo test -p retry-guard-filter
 
 # Benchmarks on the real Envoy (not part of `just test`); writes target/bench/report.{md,json},
-# then the etcd ledger next to the shared-data one (one etcd member; etcd.{md,json}, bench/README.md).
-# Options: --rounds N --seconds S --connections C --flood N --cases 1,2,.. --direct --update-readme;
+# then the etcd ledger next to the shared-data one (one etcd member; etcd.{md,json}).
+# Options: --rounds N --seconds S --connections C --flood N --cases 1,2,..,12 --direct;
+# --update-readme writes the run's tables into bench/README.md (between their markers);
 # --etcd runs only the etcd comparison (a few minutes), --no-etcd (or --cases) leaves it out;
-# --host-costs prices each host call on the real Envoy instead (target/bench/host-costs.{md,json});
-# --pacing checks in Envoy's access log how evenly the paced runs' requests arrive (pacing.md).
+# --host-costs prices each host call and sets each guarded path's cost beside its limit
+# (target/bench/host-costs.{md,json}, summary.md; with --update-readme also the README's
+# Performance table); --pacing checks in Envoy's access log how evenly the paced runs'
+# requests arrive (pacing.md). See bench/README.md for the commands and their durations.
 bench *ARGS: build envoy-install etcd-install
     @command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; if [ "$(id -u)" = 0 ]; then apt-get install -y wrk; else sudo apt-get install -y wrk; fi; }
     @command -v taskset >/dev/null || { echo "taskset (util-linux) is required"; exit 1; }

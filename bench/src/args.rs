@@ -9,7 +9,7 @@ use crate::cases::CASES;
 use crate::configs::Backend;
 
 /// What `--help` prints.
-const USAGE: &str = "usage: retry-guard-bench [--cases 1,2,.. (all)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--direct (every route a direct_response, no upstream)] [--host-costs (price each host call retry-guard makes; writes host-costs.md)] [--pacing (how evenly the paced runs' requests arrive; writes pacing.md)] [--etcd (only the etcd ledger's comparison with the shared-data one; writes etcd.md; the default run ends with it)] [--no-etcd (leave it out; so does --cases)] [--update-readme]";
+const USAGE: &str = "usage: retry-guard-bench [--cases 1,2,.. (all: 1 to 9, 11 and 12 jwt_authn)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--direct (every route a direct_response, no upstream)] [--host-costs (price each host call retry-guard makes; writes host-costs.md)] [--pacing (how evenly the paced runs' requests arrive; writes pacing.md)] [--etcd (only the etcd ledger's comparison with the shared-data one; writes etcd.md; the default run ends with it)] [--no-etcd (leave it out; so does --cases)] [--update-readme]";
 
 /// Whether a run includes the etcd ledger's comparison ([`crate::etcd`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -26,7 +26,7 @@ pub enum EtcdRun {
 pub struct Options {
     /// retry-guard's wasm instead of the release build (`--wasm`).
     pub wasm: Option<PathBuf>,
-    /// The configurations to run (`--cases`, ids 1 to 9; default all).
+    /// The configurations to run (`--cases`, ids of [`CASES`]; default all).
     pub cases: Vec<usize>,
     /// retry-guard's plugin configuration instead of host-sim's benchmark one
     /// (`--plugin-config`, the file's text).
@@ -66,10 +66,10 @@ pub fn parse() -> Result<Options> {
 }
 
 /// The options given by `args`; `None` when they ask for the usage.
-fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Option<Options>> {
+pub(crate) fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Option<Options>> {
     let mut o = Options {
         wasm: None,
-        cases: (1..=CASES.len()).collect(),
+        cases: CASES.iter().map(|c| c.id).collect(),
         plugin_config: None,
         rounds: 5,
         seconds: 5,
@@ -129,20 +129,21 @@ fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
     Ok(Some(o))
 }
 
-/// The ids of `--cases`, each from 1 to 9.
+/// The ids of `--cases`, each one of [`CASES`].
 fn case_list(list: &str) -> Result<Vec<usize>> {
     list.split(',')
         .map(|c| {
             c.trim()
                 .parse::<usize>()
                 .ok()
-                .filter(|n| (1..=CASES.len()).contains(n))
+                .filter(|n| CASES.iter().any(|c| c.id == *n))
         })
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| {
+            let ids: Vec<String> = CASES.iter().map(|c| c.id.to_string()).collect();
             Error(format!(
-                "--cases {list:?}: expected numbers from 1 to {}",
-                CASES.len()
+                "--cases {list:?}: expected configuration numbers among {}",
+                ids.join(", ")
             ))
         })
 }
@@ -165,7 +166,18 @@ mod tests {
         assert!(o.backend == Backend::Direct);
         assert!(parse(&["--help"]).unwrap().is_none());
         let err = parse(&["--cases", "0,10"]).err().unwrap();
-        assert!(err.0.contains("from 1 to 9"), "{err}");
+        assert!(
+            err.0.contains("among 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12"),
+            "{err}"
+        );
+        assert!(
+            parse(&["--cases", "10"]).is_err(),
+            "10 is the etcd comparison's"
+        );
+        let o = parse(&["--cases", "8,11,12"]).unwrap().unwrap();
+        assert_eq!(o.cases, [8, 11, 12]);
+        let all = parse(&[]).unwrap().unwrap().cases;
+        assert_eq!(all, [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12]);
         let err = parse(&["--rounds"]).err().unwrap();
         assert!(err.0.contains("--rounds needs a number"), "{err}");
         assert!(parse(&["--bogus"]).is_err());

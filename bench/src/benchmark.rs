@@ -6,13 +6,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use retry_guard_e2e::envoy::Envoy;
-use retry_guard_e2e::{Error, Result};
+use retry_guard_e2e::{bail, client, Error, Result};
 
 use crate::args::Options;
-use crate::cases::{case, Case, CASES, TOKEN_ALLOW};
-use crate::configs::Proxies;
+use crate::cases::{case, position, Case, CASES, TOKEN_ALLOW};
+use crate::configs::{token_ledger_text, Proxies};
+use crate::jwt_authn::tampered;
 use crate::load::{
-    oha_paced, oha_unloaded, wrk, Pace, Run, PACED_CONNECTIONS_EACH, PACED_PROCESSES,
+    check_statuses, oha_paced, oha_unloaded, wrk, Pace, Run, PACED_CONNECTIONS_EACH,
+    PACED_PROCESSES,
 };
 use crate::measure::{median, rss_kib};
 use crate::report::{Provenance, Report};
@@ -41,11 +43,15 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
         selected.len()
     );
     let envoys = proxies.start_warmed(selected.iter().copied())?;
+    for (case, envoy) in selected.iter().zip(&envoys) {
+        check_jwt_authn(case, envoy)?;
+    }
 
     let mut saturated: Vec<Vec<Run>> = vec![Vec::new(); CASES.len()];
     for round in 0..o.rounds {
         for (case, envoy) in selected.iter().zip(&envoys) {
             let r = wrk(envoy, case, o.seconds, o.connections)?;
+            check_statuses(case, &r)?;
             eprintln!(
                 "round {} case {}: {:>8.0} req/s  {:>6.2} µs CPU/req  non-2xx {}  socket errors {}",
                 round + 1,
@@ -55,7 +61,7 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
                 r.non2xx,
                 r.socket_errors
             );
-            saturated[case.id - 1].push(r);
+            saturated[slot(case)].push(r);
         }
     }
     let slowest = saturated
@@ -84,7 +90,7 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
                     r.p50_us,
                     r.p99_us
                 );
-                runs[case.id - 1].push(r);
+                runs[slot(case)].push(r);
             }
         }
         Ok(runs)
@@ -115,8 +121,53 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
         evicted: memory.evicted,
         evicted_during_bench,
         wasm_memory: memory.wasm_memory,
+        flood_ledger: memory.ledger,
     };
     report.write(dir)
+}
+
+/// Where `case`'s runs are kept in the report: its position in [`CASES`].
+fn slot(case: &Case) -> usize {
+    position(case.id).unwrap_or_else(|| panic!("configuration {} is not in CASES", case.id))
+}
+
+/// Before a `jwt_authn` configuration is measured: its request with the signed JWT is
+/// answered 200 (verified), and the same with the signature changed 401 (so the filter does
+/// verify it). Nothing for the other configurations.
+fn check_jwt_authn(case: &Case, envoy: &Envoy) -> Result<()> {
+    let Some(jwt) = case.signed_jwt()? else {
+        return Ok(());
+    };
+    let status = |jwt: &str| -> Result<u16> {
+        let authorization = format!("Bearer {jwt}");
+        let resp = client::send_with_timeout(
+            envoy.listener_addr(),
+            case.method,
+            case.path,
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("x-client-id", "bench-bot"),
+                ("authorization", &authorization),
+                ("idempotency-key", "jwt-authn-check-100000"),
+            ],
+            case.body.as_bytes(),
+            Duration::from_secs(10),
+        )?;
+        Ok(resp.status)
+    };
+    let (signed, bad) = (status(jwt)?, status(&tampered(jwt))?);
+    eprintln!(
+        "case {}: jwt_authn answers {signed} with the signed JWT, {bad} with its signature changed",
+        case.id
+    );
+    if signed != case.expect_status || bad != 401 {
+        bail!(
+            "case {}: expected {} with the signed JWT and 401 with its signature changed, got {signed} and {bad}",
+            case.id,
+            case.expect_status
+        );
+    }
+    Ok(())
 }
 
 /// A retry-guard metric of `envoy`, if it can be read.
@@ -130,16 +181,19 @@ struct Memory {
     rss: Vec<(u64, u64)>,
     evicted: u64,
     wasm_memory: u64,
+    /// The flooded Envoy's ledger ([`crate::configs::token_ledger_text`]).
+    ledger: String,
 }
 
-/// The memory run: `o.flood` unique keys on the token route (`max_entries` 65536), Envoy's
+/// The memory run: `o.flood` unique keys on the token route (case 5's configuration), Envoy's
 /// RSS after each 10 s of them.
 fn memory_run(o: &Options, proxies: &Proxies) -> Result<Memory> {
+    let flood_case = case(TOKEN_ALLOW.id);
+    let ledger = token_ledger_text(proxies.guard_config(flood_case));
     eprintln!(
-        "memory run: {} unique keys on the token route, max_entries 65536",
+        "memory run: {} unique keys on the token route, {ledger}",
         o.flood
     );
-    let flood_case = case(TOKEN_ALLOW.id);
     let envoy = proxies.start(flood_case)?;
     wrk(&envoy, flood_case, 1, 4)?;
     let mut sent = 0u64;
@@ -160,5 +214,6 @@ fn memory_run(o: &Options, proxies: &Proxies) -> Result<Memory> {
         rss,
         evicted: metric(&envoy, EVICTED).unwrap_or(0),
         wasm_memory: metric(&envoy, VM_MEMORY).unwrap_or(0),
+        ledger,
     })
 }

@@ -1,6 +1,11 @@
-//! The nine configurations the benchmark compares: what sits in Envoy's filter chain, the
-//! request sent, and the answer every request must get. Their Envoy bootstraps are built in
+//! The configurations the benchmark compares (1 to 9, and Envoy's own `jwt_authn` as 11 and
+//! 12; 10 is the etcd ledger's, [`TOKEN_ETCD`]): what sits in Envoy's filter chain, the request
+//! sent, and the answer every request must get. Their Envoy bootstraps are built in
 //! [`crate::configs`].
+
+use retry_guard_e2e::Result;
+
+use crate::jwt_authn::{self, Alg};
 
 /// What sits in Envoy's HTTP filter chain.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -16,6 +21,25 @@ pub enum Filter {
     GuardEtcd,
     /// The host-call probe (`bench/hostcost`) with this plugin configuration.
     Probe(&'static str),
+    /// No wasm filter: Envoy's own `jwt_authn` verifying the request's JWT, signed with this
+    /// algorithm ([`crate::jwt_authn`]).
+    JwtAuthn(Alg),
+}
+
+impl Filter {
+    /// Whether the filter holds the request until its body is in (retry-guard fingerprints
+    /// it; the probe's `pause_for_body` and `reply_428` wait for it). Where Envoy answers a
+    /// body-carrying request itself, a chain without such a filter gets Envoy's buffer filter
+    /// (see `BUFFER` in [`crate::configs`]).
+    pub fn reads_body(self) -> bool {
+        match self {
+            Filter::Guard | Filter::GuardEtcd => true,
+            Filter::Probe(config) => {
+                config.starts_with("pause_for_body") || config.starts_with("reply_428")
+            }
+            Filter::None | Filter::Noop | Filter::JwtAuthn(_) => false,
+        }
+    }
 }
 
 /// What varies from request to request.
@@ -35,7 +59,7 @@ pub enum Load {
 /// One benchmark configuration: an Envoy set up one way and the request it is sent.
 #[derive(Clone, Copy, Debug)]
 pub struct Case {
-    /// Its number in the report (1 to 9; the host-cost probes count from 100).
+    /// Its number in the report (1 to 12; the host-cost probes count from 100).
     pub id: usize,
     /// What the report calls it.
     pub name: &'static str,
@@ -57,6 +81,17 @@ pub struct Case {
     pub off_on_other: bool,
     /// The status every request of this configuration gets.
     pub expect_status: u16,
+}
+
+impl Case {
+    /// The JWT its requests carry in `Authorization: Bearer` in place of the unsigned one of
+    /// case 5 (`bench/wrk/load.lua`): the signed one of a `jwt_authn` configuration.
+    pub fn signed_jwt(&self) -> Result<Option<&'static str>> {
+        match self.filter {
+            Filter::JwtAuthn(alg) => jwt_authn::token(alg).map(Some),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// The body of the token request, the same as host-sim's benchmark sends.
@@ -92,7 +127,7 @@ pub const TOKEN_ALLOW: Case = Case {
 };
 
 /// Configuration 10: case 5's request and configuration with the ledger on etcd (one member on
-/// loopback) instead of Envoy's shared data. Not one of the nine: `just bench --etcd` (and the
+/// loopback) instead of Envoy's shared data. Not one of [`CASES`]: `just bench --etcd` (and the
 /// default run, after them) compares it with 5 and 8 ([`ETCD_CASES`]).
 pub const TOKEN_ETCD: Case = Case {
     id: 10,
@@ -105,8 +140,28 @@ pub const TOKEN_ETCD: Case = Case {
 /// token request (8), the shared-data ledger (5), the etcd ledger (10).
 pub const ETCD_CASES: [Case; 3] = [CASES[7], TOKEN_ALLOW, TOKEN_ETCD];
 
-/// The nine configurations, in the order of their ids (`CASES[i].id == i + 1`).
-pub const CASES: [Case; 9] = [
+/// Configuration 11: case 8's request (the token request without retry-guard) with its JWT
+/// signed RS256, verified by Envoy's own `jwt_authn` against a local JWKS. 11 − 8 is what
+/// verifying the token costs Envoy, the reference beside retry-guard's 5 − 8.
+pub const JWT_RS256: Case = Case {
+    id: 11,
+    name: "no wasm filter, Envoy's jwt_authn verifying case 8's JWT, RS256 (local JWKS)",
+    filter: Filter::JwtAuthn(Alg::Rs256),
+    load: Load::Shape,
+    ..TOKEN_ALLOW
+};
+
+/// Configuration 12: as 11, the JWT signed ES256.
+pub const JWT_ES256: Case = Case {
+    id: 12,
+    name: "no wasm filter, Envoy's jwt_authn verifying case 8's JWT, ES256 (local JWKS)",
+    filter: Filter::JwtAuthn(Alg::Es256),
+    ..JWT_RS256
+};
+
+/// The configurations of the default run, in the order of their ids: 1 to 9, then 11 and 12
+/// (10 is the etcd comparison's, [`TOKEN_ETCD`]).
+pub const CASES: [Case; 11] = [
     Case {
         id: 1,
         name: "no wasm filter",
@@ -164,11 +219,22 @@ pub const CASES: [Case; 9] = [
         off_on_other: true,
         ..UNMATCHED
     },
+    JWT_RS256,
+    JWT_ES256,
 ];
 
-/// The configuration numbered `id` (1 to 9).
+/// The configuration numbered `id`, one of [`CASES`]; panics on another number (the callers
+/// name constants, and `--cases` is checked against [`CASES`] when it is read).
 pub fn case(id: usize) -> &'static Case {
-    &CASES[id - 1]
+    match CASES.iter().find(|c| c.id == id) {
+        Some(c) => c,
+        None => panic!("no configuration {id} in CASES"),
+    }
+}
+
+/// The position of configuration `id` in [`CASES`] (where its runs are kept in a report).
+pub fn position(id: usize) -> Option<usize> {
+    CASES.iter().position(|c| c.id == id)
 }
 
 #[cfg(test)]
@@ -177,10 +243,43 @@ mod tests {
 
     #[test]
     fn the_cases_stand_in_the_order_of_their_ids() {
+        let ids: Vec<usize> = CASES.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12]);
         for (i, c) in CASES.iter().enumerate() {
-            assert_eq!(c.id, i + 1, "{}", c.name);
+            assert_eq!(position(c.id), Some(i), "{}", c.name);
+            assert_eq!(case(c.id).name, c.name);
         }
         assert_eq!(case(5).name, TOKEN_ALLOW.name);
+        assert_eq!(position(TOKEN_ETCD.id), None);
+    }
+
+    #[test]
+    fn the_jwt_authn_references_send_case_8s_request_with_a_signed_jwt() {
+        let eight = case(8);
+        for c in [case(11), case(12)] {
+            assert_eq!(
+                (
+                    c.method,
+                    c.path,
+                    c.body,
+                    c.load,
+                    c.token_status,
+                    c.expect_status
+                ),
+                (eight.method, eight.path, eight.body, Load::Shape, 200, 200),
+                "{}",
+                c.name
+            );
+            assert!(!c.filter.reads_body());
+            let jwt = c.signed_jwt().unwrap().unwrap();
+            assert_eq!(jwt.split('.').count(), 3);
+        }
+        assert_eq!(case(11).filter, Filter::JwtAuthn(Alg::Rs256));
+        assert_eq!(case(12).filter, Filter::JwtAuthn(Alg::Es256));
+        assert!(CASES
+            .iter()
+            .filter(|c| c.id != 11 && c.id != 12)
+            .all(|c| c.signed_jwt().unwrap().is_none()));
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!
 //! Configuration 10 (`--etcd`) is retry-guard with its ledger on etcd: the same plugin
 //! configuration with a `ledger` section naming the Envoy cluster [`ETCD_CLUSTER`], which
-//! reaches the benchmark's etcd member ([`EtcdLedger`]).
+//! reaches the benchmark's etcd member ([`EtcdLedger`]). Configurations 11 and 12 have no wasm
+//! filter but Envoy's own `jwt_authn` ([`crate::jwt_authn`]), first in the chain: the harness's
+//! [`Bootstrap`] does not describe it, so [`proxy_config`] adds it to the bootstrap's JSON.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -28,7 +30,8 @@ use retry_guard_e2e::{bail, Error, Result};
 use serde_json::{json, Value};
 
 use crate::args::Options;
-use crate::cases::{Case, Filter};
+use crate::cases::{Case, Filter, Load};
+use crate::jwt_authn::Issuer;
 use crate::load::{wrk, LOAD_CPU};
 
 /// The CPU of the proxy Envoy (`--concurrency 1`); the load generator and the upstream share
@@ -184,6 +187,70 @@ pub fn bench_plugin_config() -> String {
     config.to_string()
 }
 
+/// The token route's window (`routes[].window_seconds`) in case 5's configuration, whose every
+/// request is a first attempt ([`first_attempts_config`]).
+pub const FIRST_ATTEMPTS_WINDOW_SECONDS: u32 = 1;
+
+/// The ledger's capacity (`max_entries`) in case 5's configuration ([`first_attempts_config`]).
+pub const FIRST_ATTEMPTS_MAX_ENTRIES: u32 = 524_288;
+
+/// retry-guard's plugin configuration for case 5, whose every request is a first attempt on
+/// the token route (and for the memory run, which floods that route): `config` with the token
+/// route's window at [`FIRST_ATTEMPTS_WINDOW_SECONDS`] and `max_entries` at
+/// [`FIRST_ATTEMPTS_MAX_ENTRIES`].
+///
+/// The ledger never evicts a live entry of a sensitive route: a set whose four entries are all
+/// live refuses the new attempt (503, `ledger_full`). With the benchmark's day-long window and
+/// 65,536 entries, saturating first attempts fill the table within seconds, and refusals begin
+/// long before, as sets fill at random (1% of the answers with the table a third full, seen
+/// in a one-second run): case 5 would measure refusals. An entry is live for the window after
+/// its attempt, so the live entries are the rate times the window; one second at 30,000
+/// requests a second keeps them near 6% of 524,288 entries, where a new attempt finds its set
+/// full about once in 10,000 (the rare refusals a run allows, [`crate::load::UNEXPECTED_ALLOWED`],
+/// counted in the report). Every other configuration keeps the day-long window: case 6's
+/// replays must still find their first attempt after the other configurations' runs.
+pub fn first_attempts_config(config: &str) -> String {
+    let Ok(mut config) = serde_json::from_str::<Value>(config) else {
+        return config.to_string();
+    };
+    config["max_entries"] = json!(FIRST_ATTEMPTS_MAX_ENTRIES);
+    if let Some(routes) = config["routes"].as_array_mut() {
+        for route in routes
+            .iter_mut()
+            .filter(|r| r["match"]["route_name"] == "token")
+        {
+            route["window_seconds"] = json!(FIRST_ATTEMPTS_WINDOW_SECONDS);
+        }
+    }
+    config.to_string()
+}
+
+/// What the report says of a plugin configuration's ledger on the token route: its capacity
+/// and the route's window.
+pub fn token_ledger_text(config: &str) -> String {
+    let Ok(config) = serde_json::from_str::<Value>(config) else {
+        return "the given plugin configuration".into();
+    };
+    let max_entries = config["max_entries"].as_u64().unwrap_or(65_536);
+    let window = config["routes"]
+        .as_array()
+        .and_then(|routes| {
+            routes
+                .iter()
+                .find(|r| r["match"]["route_name"] == "token")
+                .and_then(|r| r["window_seconds"].as_u64())
+        })
+        .or_else(|| config["window_seconds"].as_u64())
+        .unwrap_or(900);
+    format!("`max_entries` {max_entries}, the token route's window {window} s")
+}
+
+/// Whether `case` runs with [`first_attempts_config`]: retry-guard on the shared-data ledger,
+/// every request a first attempt (case 5).
+pub fn runs_first_attempts(case: &Case) -> bool {
+    case.filter == Filter::Guard && case.load == Load::Unique
+}
+
 /// The upstream Envoy: the answers of configurations 1 to 5, each request read whole.
 pub fn upstream_bootstrap() -> Bootstrap {
     answers(200)
@@ -196,7 +263,8 @@ pub fn upstream_bootstrap() -> Bootstrap {
 /// `etcd`'s configuration and a cluster to its member for [`Filter::GuardEtcd`]), its routes
 /// forwarded to `upstream` or (in direct mode, and Envoy's own 428) answered in the proxy.
 /// ([`Proxies::start`] refuses [`Filter::GuardEtcd`] without `etcd`; given none, this
-/// configures plain retry-guard.)
+/// configures plain retry-guard.) The `jwt_authn` filter of [`Filter::JwtAuthn`] is not here:
+/// [`proxy_config`] adds it.
 pub fn proxy_bootstrap(
     case: &Case,
     backend: Backend,
@@ -213,6 +281,7 @@ pub fn proxy_bootstrap(
         Filter::Guard => Some(guard_config),
         Filter::GuardEtcd => Some(etcd.map_or(guard_config, |e| e.plugin_config.as_str())),
         Filter::Probe(config) => Some(config),
+        Filter::JwtAuthn(_) => None,
     };
     if let Some(config) = plugin_config {
         b = b.http_filter(HttpFilter::Wasm {
@@ -231,7 +300,7 @@ pub fn proxy_bootstrap(
         }
         b = b.route(route);
     }
-    if case.filter == Filter::None && !case.body.is_empty() && local(case.token_status) {
+    if !case.filter.reads_body() && !case.body.is_empty() && local(case.token_status) {
         b = b.http_filter(BUFFER);
     }
     if let (Backend::Upstream, Some(addr)) = (backend, upstream) {
@@ -245,6 +314,30 @@ pub fn proxy_bootstrap(
         b = b.raw_cluster(envoy_cluster(ETCD_CLUSTER, &[etcd.client]));
     }
     b
+}
+
+/// The proxy Envoy of `case` as Envoy's JSON: [`proxy_bootstrap`], with Envoy's `jwt_authn`
+/// filter first in the chain for [`Filter::JwtAuthn`] (before the buffer filter of direct
+/// mode, as it would stand before any other filter of case 8's chain).
+pub fn proxy_config(
+    case: &Case,
+    backend: Backend,
+    upstream: Option<SocketAddr>,
+    guard_config: &str,
+    etcd: Option<&EtcdLedger>,
+) -> Result<Value> {
+    let mut json = proxy_bootstrap(case, backend, upstream, guard_config, etcd).to_json();
+    if let Filter::JwtAuthn(alg) = case.filter {
+        let filter = Issuer::load(alg)?.filter();
+        let Some(chain) = json["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"]["http_filters"]
+            .as_array_mut()
+        else {
+            bail!("the bootstrap has no HTTP filter chain to put jwt_authn in");
+        };
+        chain.insert(0, filter);
+    }
+    Ok(json)
 }
 
 /// An Envoy answering every request itself with 200 and logging each request's start time
@@ -293,7 +386,7 @@ impl Modules {
     /// The module `filter` loads, if any.
     pub fn of(&self, filter: Filter) -> Option<&Path> {
         match filter {
-            Filter::None => None,
+            Filter::None | Filter::JwtAuthn(_) => None,
             Filter::Noop => Some(&self.noop),
             Filter::Guard | Filter::GuardEtcd => Some(&self.guard),
             Filter::Probe(_) => Some(&self.probe),
@@ -309,12 +402,13 @@ fn built(path: PathBuf, hint: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// An Envoy of `bootstrap` pinned to `cpu` (`--concurrency 1`, `-l log_level`), loading `wasm`
-/// if its bootstrap has a wasm filter; its run files go to `<dir>/envoy-<name>/`.
+/// An Envoy of `bootstrap` (Envoy's JSON, e.g. a [`Bootstrap::to_json`] or a
+/// [`proxy_config`]) pinned to `cpu` (`--concurrency 1`, `-l log_level`), loading `wasm` if its
+/// bootstrap has a wasm filter; its run files go to `<dir>/envoy-<name>/`.
 pub fn pinned_envoy(
     dir: &Path,
     name: &str,
-    bootstrap: &Bootstrap,
+    bootstrap: Value,
     cpu: &str,
     log_level: &str,
     wasm: Option<&Path>,
@@ -322,7 +416,7 @@ pub fn pinned_envoy(
     // Any address: a custom bootstrap names its own upstreams.
     let unused = SocketAddr::from(([127, 0, 0, 1], 0));
     let builder = Envoy::builder(&format!("bench-{name}"), unused)
-        .bootstrap(bootstrap.to_json())
+        .bootstrap(bootstrap)
         .concurrency(1)
         .wrapper(["taskset", "-c", cpu])
         .log_level(log_level)
@@ -342,6 +436,9 @@ pub struct Proxies {
     modules: Modules,
     /// retry-guard's plugin configuration.
     guard_config: String,
+    /// Case 5's: [`first_attempts_config`] of the benchmark's, or the one given with
+    /// `--plugin-config` as it is.
+    first_attempts_config: String,
     upstream: Option<Envoy>,
     /// The etcd ledger of configuration 10, once set ([`Proxies::use_etcd`]).
     etcd: Option<EtcdLedger>,
@@ -353,12 +450,16 @@ impl Proxies {
     pub fn new(o: &Options, dir: &Path) -> Result<Proxies> {
         let modules = Modules::find(o)?;
         let guard_config = o.plugin_config.clone().unwrap_or_else(bench_plugin_config);
+        let first_attempts_config = match &o.plugin_config {
+            Some(given) => given.clone(),
+            None => first_attempts_config(&guard_config),
+        };
         let upstream = match o.backend {
             Backend::Upstream => Some(
                 pinned_envoy(
                     dir,
                     "upstream",
-                    &upstream_bootstrap(),
+                    upstream_bootstrap().to_json(),
                     LOAD_CPU,
                     "warning",
                     None,
@@ -373,6 +474,7 @@ impl Proxies {
             log_level: o.log_level.clone(),
             modules,
             guard_config,
+            first_attempts_config,
             upstream,
             etcd: None,
         })
@@ -389,14 +491,23 @@ impl Proxies {
         &self.modules
     }
 
+    /// retry-guard's plugin configuration for `case` ([`runs_first_attempts`]).
+    pub fn guard_config(&self, case: &Case) -> &str {
+        if runs_first_attempts(case) {
+            &self.first_attempts_config
+        } else {
+            &self.guard_config
+        }
+    }
+
     /// The Envoy configuration of `case` in this run.
-    fn bootstrap(&self, case: &Case) -> Bootstrap {
+    fn config(&self, case: &Case) -> Result<Value> {
         let upstream = self.upstream.as_ref().map(Envoy::listener_addr);
-        proxy_bootstrap(
+        proxy_config(
             case,
             self.backend,
             upstream,
-            &self.guard_config,
+            self.guard_config(case),
             self.etcd.as_ref(),
         )
     }
@@ -409,7 +520,7 @@ impl Proxies {
         pinned_envoy(
             &self.dir,
             &case.id.to_string(),
-            &self.bootstrap(case),
+            self.config(case)?,
             PROXY_CPU,
             &self.log_level,
             self.modules.of(case.filter),
@@ -423,17 +534,17 @@ impl Proxies {
         if case.filter == Filter::GuardEtcd && self.etcd.is_none() {
             bail!("configuration {} needs etcd (Proxies::use_etcd)", case.id);
         }
-        let bootstrap = proxy_bootstrap(
+        let config = proxy_config(
             case,
             Backend::Upstream,
             Some(upstream),
-            &self.guard_config,
+            self.guard_config(case),
             self.etcd.as_ref(),
-        );
+        )?;
         pinned_envoy(
             &self.dir,
             name,
-            &bootstrap,
+            config,
             PROXY_CPU,
             &self.log_level,
             self.modules.of(case.filter),
@@ -523,7 +634,7 @@ mod tests {
                     })
                     .collect();
                 let expected: &[&str] = match case.filter {
-                    Filter::None => &[],
+                    Filter::None | Filter::JwtAuthn(_) => &[],
                     Filter::Noop => &[""],
                     Filter::Guard | Filter::GuardEtcd => &["GUARD-CONFIG"],
                     Filter::Probe(c) => &[c],
@@ -562,7 +673,7 @@ mod tests {
                 assert_eq!(off, expected, "{what}");
                 // The buffer filter where Envoy answers a body-carrying request itself.
                 let buffered = b.http_filters.contains(&BUFFER);
-                let answers_body_itself = case.filter == Filter::None
+                let answers_body_itself = !case.filter.reads_body()
                     && !case.body.is_empty()
                     && (backend == Backend::Direct || case.token_status == 428);
                 assert_eq!(buffered, answers_body_itself, "{what}");
@@ -581,10 +692,61 @@ mod tests {
             }
         }
         // Buffered: 7 in both modes, 8 in direct mode.
-        let buffered =
-            |id: usize, backend| bootstrap_of(&CASES[id - 1], backend).http_filters == [BUFFER];
+        let buffered = |id: usize, backend| {
+            bootstrap_of(crate::cases::case(id), backend).http_filters == [BUFFER]
+        };
         assert!(buffered(7, Backend::Upstream) && buffered(7, Backend::Direct));
         assert!(!buffered(8, Backend::Upstream) && buffered(8, Backend::Direct));
+        for id in [11, 12] {
+            assert!(!buffered(id, Backend::Upstream) && buffered(id, Backend::Direct));
+        }
+    }
+
+    /// The HTTP filters' names of `case`'s Envoy configuration, in order.
+    fn chain(case: &Case, backend: Backend) -> Vec<String> {
+        let upstream = (backend == Backend::Upstream).then(upstream_addr);
+        let json = proxy_config(case, backend, upstream, "GUARD-CONFIG", None).unwrap();
+        json["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_jwt_authn_configurations_put_envoys_filter_first_and_no_wasm() {
+        let router = "envoy.filters.http.router";
+        let buffer = "envoy.filters.http.buffer";
+        for c in &CASES {
+            let jwt = matches!(c.filter, Filter::JwtAuthn(_));
+            for backend in MODES {
+                let names = chain(c, backend);
+                assert_eq!(names.last().map(String::as_str), Some(router));
+                assert_eq!(
+                    names.first().map(String::as_str) == Some(crate::jwt_authn::JWT_AUTHN_FILTER),
+                    jwt,
+                    "case {}: {names:?}",
+                    c.id
+                );
+                if jwt {
+                    assert!(!names.iter().any(|n| n == WASM_FILTER), "{names:?}");
+                    let expected: &[&str] = match backend {
+                        Backend::Upstream => &[crate::jwt_authn::JWT_AUTHN_FILTER, router],
+                        Backend::Direct => &[crate::jwt_authn::JWT_AUTHN_FILTER, buffer, router],
+                    };
+                    assert_eq!(names, expected, "case {} {backend:?}", c.id);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn envoys_own_428_answers_the_probes_reply_body() {
+        // `--host-costs` prices retry-guard's own answer against Envoy's (configuration 7)
+        // with the probe's `reply_428`: the same body.
+        assert_eq!(answers(428)[0].body, hostcost_filter::reply_body());
     }
 
     #[test]
@@ -621,13 +783,13 @@ mod tests {
         let guard_config = bench_plugin_config();
         let guard = wasm_path()?;
         let noop = release_wasm_path("noop_filter.wasm");
-        let validate = |name: &str, b: &Bootstrap, wasm: Option<&Path>| -> Result<()> {
+        let validate = |name: &str, b: Value, wasm: Option<&Path>| -> Result<()> {
             let out = pinned_envoy(&dir, name, b, PROXY_CPU, "info", wasm).validate()?;
             assert!(out.contains("OK"), "{name}: {out}");
             Ok(())
         };
-        validate("upstream", &upstream_bootstrap(), None)?;
-        validate("pacing", &start_time_logging_bootstrap(), None)?;
+        validate("upstream", upstream_bootstrap().to_json(), None)?;
+        validate("pacing", start_time_logging_bootstrap().to_json(), None)?;
         for case in &CASES {
             let wasm = match case.filter {
                 Filter::Noop if !noop.is_file() => {
@@ -640,21 +802,26 @@ mod tests {
                 }
                 Filter::Noop => Some(noop.as_path()),
                 Filter::Guard | Filter::GuardEtcd => Some(guard.as_path()),
-                Filter::None => None,
-                Filter::Probe(_) => unreachable!("the nine cases have no probe"),
+                Filter::None | Filter::JwtAuthn(_) => None,
+                Filter::Probe(_) => unreachable!("the benchmark's cases have no probe"),
+            };
+            let config = if runs_first_attempts(case) {
+                first_attempts_config(&guard_config)
+            } else {
+                guard_config.clone()
             };
             for backend in MODES {
                 let upstream = (backend == Backend::Upstream).then(upstream_addr);
-                let b = proxy_bootstrap(case, backend, upstream, &guard_config, None);
-                validate(&format!("{}-{backend:?}", case.id), &b, wasm)?;
+                let b = proxy_config(case, backend, upstream, &config, None)?;
+                validate(&format!("{}-{backend:?}", case.id), b, wasm)?;
             }
         }
         // Configuration 10: the ledger on etcd (validation does not reach etcd).
         let etcd = EtcdLedger::new(SocketAddr::from(([127, 0, 0, 1], 2379)), &guard_config)?;
         for backend in MODES {
             let upstream = (backend == Backend::Upstream).then(upstream_addr);
-            let b = proxy_bootstrap(&TOKEN_ETCD, backend, upstream, &guard_config, Some(&etcd));
-            validate(&format!("10-{backend:?}"), &b, Some(guard.as_path()))?;
+            let b = proxy_config(&TOKEN_ETCD, backend, upstream, &guard_config, Some(&etcd))?;
+            validate(&format!("10-{backend:?}"), b, Some(guard.as_path()))?;
         }
         Ok(())
     }
@@ -678,6 +845,56 @@ mod tests {
             retry_guard::config::Config::parse(bench_plugin_config().as_bytes()).is_ok(),
             "{config}"
         );
+    }
+
+    #[test]
+    fn case_5_alone_runs_with_a_short_token_window_and_a_larger_ledger() {
+        let ids: Vec<usize> = CASES
+            .iter()
+            .filter(|c| runs_first_attempts(c))
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(
+            ids,
+            [5],
+            "every request a first attempt on the shared-data ledger"
+        );
+        assert!(!runs_first_attempts(&TOKEN_ETCD));
+        let base: Value = serde_json::from_str(&bench_plugin_config()).unwrap();
+        let text = first_attempts_config(&bench_plugin_config());
+        let config: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(config["max_entries"], FIRST_ATTEMPTS_MAX_ENTRIES);
+        for (route, was) in config["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(base["routes"].as_array().unwrap())
+        {
+            if route["match"]["route_name"] == "token" {
+                assert_eq!(route["window_seconds"], FIRST_ATTEMPTS_WINDOW_SECONDS);
+                let mut rest = route.clone();
+                rest.as_object_mut().unwrap().remove("window_seconds");
+                assert_eq!(&rest, was, "only the window changes");
+            } else {
+                assert_eq!(route, was);
+            }
+        }
+        assert_eq!(config["window_seconds"], base["window_seconds"]);
+        assert!(
+            retry_guard::config::Config::parse(text.as_bytes()).is_ok(),
+            "{config}"
+        );
+        assert_eq!(
+            token_ledger_text(&text),
+            "`max_entries` 524288, the token route's window 1 s"
+        );
+        assert_eq!(
+            token_ledger_text(&bench_plugin_config()),
+            "`max_entries` 65536, the token route's window 86400 s"
+        );
+        // Live entries at 30,000 first attempts a second stay near 6% of the table.
+        let live = 30_000.0 * f64::from(FIRST_ATTEMPTS_WINDOW_SECONDS);
+        assert!(live / f64::from(FIRST_ATTEMPTS_MAX_ENTRIES) < 0.06);
     }
 
     #[test]

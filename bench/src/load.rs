@@ -100,6 +100,7 @@ fn pinned(program: &str) -> Command {
 /// A saturated run: wrk (`bench/wrk/load.lua`), 1 thread × `connections`, for `seconds`.
 pub fn wrk(envoy: &Envoy, case: &Case, seconds: u64, connections: usize) -> Result<Run> {
     let script = repo_root().join("bench/wrk/load.lua");
+    let jwt = case.signed_jwt()?.unwrap_or("");
     let cpu = CpuMark::now(envoy)?;
     let out = pinned("wrk")
         .arg("-t1")
@@ -119,6 +120,8 @@ pub fn wrk(envoy: &Envoy, case: &Case, seconds: u64, connections: usize) -> Resu
                 Load::Shape => "shape",
             },
         )
+        // The JWT of a `jwt_authn` configuration, signed (empty: the script mints its own).
+        .env("RG_JWT", jwt)
         .output()
         .map_err(|e| Error(format!("cannot run wrk (apt-get install wrk): {e}")))?;
     let cpu_us = cpu.elapsed_us()?;
@@ -144,6 +147,43 @@ pub fn wrk(envoy: &Envoy, case: &Case, seconds: u64, connections: usize) -> Resu
     })
 }
 
+/// The share of a run's answers that may differ from the configuration's before the run is
+/// refused: rare refusals of the guard itself (a ledger set full of live entries answers 503,
+/// see [`crate::configs::first_attempts_config`]) are counted and reported, not hidden.
+pub const UNEXPECTED_ALLOWED: f64 = 0.001;
+
+/// How many of a saturated run's answers were not the configuration's: wrk counts the answers
+/// of status 400 and above, which must be none where a 2xx is expected and all of them where
+/// the configuration answers 428.
+pub fn unexpected(case: &Case, r: &Run) -> u64 {
+    if case.expect_status < 400 {
+        r.non2xx
+    } else {
+        r.requests.saturating_sub(r.non2xx)
+    }
+}
+
+/// Refuses a saturated run in which more than [`UNEXPECTED_ALLOWED`] of the answers were not
+/// the configuration's ([`unexpected`]); a smaller number is printed, and the reports count it.
+pub fn check_statuses(case: &Case, r: &Run) -> Result<()> {
+    let n = unexpected(case, r);
+    if n as f64 > UNEXPECTED_ALLOWED * r.requests as f64 {
+        bail!(
+            "case {}: {n} of {} answers in the saturated run were not {}: the run is not valid",
+            case.id,
+            r.requests,
+            case.expect_status
+        );
+    }
+    if n > 0 {
+        eprintln!(
+            "case {}: {n} of {} answers were not {} (counted in the report)",
+            case.id, r.requests, case.expect_status
+        );
+    }
+    Ok(())
+}
+
 /// oha's command line for a run of `case` against `envoy` for `seconds`, without the load
 /// shape (`-q`, `-c`): the method, body and headers, and for a unique case a random query
 /// string and a JWT minted now.
@@ -153,8 +193,9 @@ pub fn wrk(envoy: &Envoy, case: &Case, seconds: u64, connections: usize) -> Resu
 /// query string (`--rand-regex-url`, 24 random characters) without an Idempotency-Key: the
 /// fingerprint covers the path and query, so every request is a first attempt with the same
 /// work as a unique key (fingerprint, ledger write, audit line). Its JWT is minted when the
-/// run starts (fresh: `iat` now, `exp` in 600 s).
-fn oha_command(envoy: &Envoy, case: &Case, seconds: u64) -> Command {
+/// run starts (fresh: `iat` now, `exp` in 600 s); a `jwt_authn` configuration's is its signed
+/// one ([`Case::signed_jwt`]).
+fn oha_command(envoy: &Envoy, case: &Case, seconds: u64) -> Result<Command> {
     let mut url = format!("http://{}{}", envoy.listener_addr(), case.path);
     let mut cmd = pinned("oha");
     cmd.args(["--no-tui", "--output-format", "json"])
@@ -171,17 +212,20 @@ fn oha_command(envoy: &Envoy, case: &Case, seconds: u64) -> Command {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let jwt = retry_guard_e2e::tokens::unsigned_jwt(&json!({
-            "sub": "bench-bot", "iat": now, "exp": now + 600,
-            "jti": format!("{now}-{}", std::process::id()),
-        }));
+        let jwt = match case.signed_jwt()? {
+            Some(signed) => signed.to_string(),
+            None => retry_guard_e2e::tokens::unsigned_jwt(&json!({
+                "sub": "bench-bot", "iat": now, "exp": now + 600,
+                "jti": format!("{now}-{}", std::process::id()),
+            })),
+        };
         cmd.args(["-H", &format!("authorization: Bearer {jwt}")])
             .arg("--rand-regex-url");
         // A regex: `?` escaped, then the random part.
         url = format!("{url}\\?n=[a-z0-9]{{24}}");
     }
     cmd.arg(url);
-    cmd
+    Ok(cmd)
 }
 
 /// What one oha process reports: its answers and latency percentiles.
@@ -194,8 +238,9 @@ struct OhaResult {
     p99_us: f64,
 }
 
-/// Reads oha's JSON result. Every answer must be the case's expected status, or the run is
-/// refused as a measurement of something else.
+/// Reads oha's JSON result. Every answer must be the case's expected status but for the rare
+/// refusals a run allows ([`UNEXPECTED_ALLOWED`], counted in the report), and no request may
+/// fail, or the run is refused as a measurement of something else.
 fn oha_result(out: &Output, case: &Case) -> Result<OhaResult> {
     let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
         Error(format!(
@@ -223,13 +268,19 @@ fn oha_result(out: &Output, case: &Case) -> Result<OhaResult> {
             .sum()
     });
     let expected = case.expect_status.to_string();
-    let unexpected = count(&|k| k != expected) + errors;
-    if unexpected > 0 {
+    let unexpected = count(&|k| k != expected);
+    if errors > 0 || unexpected as f64 > UNEXPECTED_ALLOWED * requests as f64 {
         bail!(
-            "oha run of case {} got {unexpected} of {requests} answers other than {expected}: {} {}",
+            "oha run of case {} got {unexpected} of {requests} answers other than {expected} and {errors} errors: {} {}",
             case.id,
             v["statusCodeDistribution"],
             v["errorDistribution"]
+        );
+    }
+    if unexpected > 0 {
+        eprintln!(
+            "case {}: {unexpected} of {requests} answers were not {expected} (counted in the report): {}",
+            case.id, v["statusCodeDistribution"]
         );
     }
     let us = |k: &str| v["latencyPercentiles"][k].as_f64().unwrap_or(0.0) * 1e6;
@@ -251,7 +302,7 @@ fn cannot_run_oha(e: std::io::Error) -> Error {
 /// An unloaded run: oha closed loop on one connection (each request sent when the previous
 /// answer arrived), the latency of a request that never queues.
 pub fn oha_unloaded(envoy: &Envoy, case: &Case, seconds: u64) -> Result<Run> {
-    let mut cmd = oha_command(envoy, case, seconds);
+    let mut cmd = oha_command(envoy, case, seconds)?;
     cmd.args(["-c", "1"]);
     let cpu = CpuMark::now(envoy)?;
     let out = cmd.output().map_err(cannot_run_oha)?;
@@ -289,10 +340,19 @@ pub fn oha_paced(envoy: &Envoy, case: &Case, seconds: u64, pace: Pace, dir: &Pat
         .map(|i| dir.join(format!("paced-{}-{i}.db", case.id)))
         .collect();
     let cpu = CpuMark::now(envoy)?;
-    let mut children = Vec::new();
+    let mut children: Vec<std::process::Child> = Vec::new();
     for db in &dbs {
         let _ = fs::remove_file(db);
-        let mut cmd = oha_command(envoy, case, seconds);
+        let mut cmd = match oha_command(envoy, case, seconds) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                for mut c in children {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return Err(e);
+            }
+        };
         // `--latency-correction` makes oha record when its timer released each request, which
         // orders the requests by their place in the schedule (see `read_oha_db`).
         cmd.arg("-q")

@@ -1,15 +1,17 @@
 //! `just bench`: what retry-guard costs a real Envoy, side by side with the floor.
 //!
-//! Runs the pinned Envoy (`--concurrency 1`, pinned to CPU 0) in nine configurations and
+//! Runs the pinned Envoy (`--concurrency 1`, pinned to CPU 0) in eleven configurations and
 //! drives each with an existing load generator pinned to CPU 1, interleaved round by round
-//! (1 2 3 … 9, 1 2 3 … 9, …) so machine drift cancels:
+//! (1 2 3 … 12, 1 2 3 … 12, …) so machine drift cancels:
 //!
 //! 1. no wasm filter; 2. the no-op proxy-wasm filter (the floor); 3. retry-guard, request on an
 //!    unmatched route; 4. retry-guard, `read_only` route; 5. retry-guard, `token_issuing` route
 //!    with a unique idempotency key and a fresh JWT on every request (all allowed); 6. retry-guard
 //!    answering 428 (every request a replay); 7. Envoy's own `direct_response` 428; 8. no wasm
 //!    filter sent case 5's request (the same bytes), the baseline of 5 ÷ 1; 9. as 3, with the
-//!    filter switched off on that route by Envoy's per-route `FilterConfig { disabled: true }`.
+//!    filter switched off on that route by Envoy's per-route `FilterConfig { disabled: true }`;
+//!    11 and 12. no wasm filter, Envoy's own `jwt_authn` verifying case 8's JWT signed RS256 and
+//!    ES256 against a local JWKS ([`jwt_authn`]), the reference beside 5 − 8.
 //!
 //! The configurations are in [`cases`], their Envoy bootstraps (upstream or `--direct` mode)
 //! in [`configs`], built and started with the `retry-guard-e2e` harness.
@@ -18,15 +20,16 @@
 //! `/proc/<pid>/stat`), p50/p99 latency at a fixed rate below saturation (`oha -q` from
 //! [`load::PACED_PROCESSES`] processes, each request timed from when it was sent, with how late
 //! oha sent it beside) and unloaded (oha closed loop, one connection); see [`load`] and
-//! [`measure`]. Then a memory run: Envoy RSS while 1,000,000 unique keys flood a guarded route
-//! with `max_entries` 65536 ([`benchmark`]). Writes `target/bench/report.md` and `report.json`;
-//! `--update-readme` replaces the README's table of that mode ([`report`]).
+//! [`measure`]. Then a memory run: Envoy RSS while 1,000,000 unique keys flood the token route
+//! in case 5's configuration ([`configs::first_attempts_config`], [`benchmark`]). Writes `target/bench/report.md` and `report.json`;
+//! `--update-readme` replaces bench/README.md's table of that mode ([`report`]).
 //!
 //! The default run ends with [`etcd`]: the token path with the cluster ledger on etcd next to
 //! the shared-data ledger (`--etcd` runs only that, `--no-etcd` or `--cases` leave it out).
 //!
 //! `--host-costs` runs [`host_costs`] instead: the price of each host call retry-guard makes,
-//! and the token path's added cost taken apart. `--pacing` runs [`pacing`] instead: how evenly
+//! and each guarded path's added cost beside its limit (with `--update-readme`, also the
+//! top-level README's Performance table). `--pacing` runs [`pacing`] instead: how evenly
 //! the paced runs' requests arrive.
 
 mod args;
@@ -35,6 +38,7 @@ mod cases;
 mod configs;
 mod etcd;
 mod host_costs;
+mod jwt_authn;
 mod load;
 mod measure;
 mod pacing;

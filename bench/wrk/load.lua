@@ -5,6 +5,8 @@
 --   RG_UNIQUE=shape -> the same headers, of the same lengths, built once and sent every time:
 --                   the baseline without a filter sees the bytes a unique request has, without
 --                   this script's per-request cost on the load generator's core.
+--   RG_JWT          -> (optional) a signed JWT to send in Authorization instead of the minted
+--                   one: the jwt_authn configurations' (bench/src/jwt_authn.rs).
 -- (Paced, below-saturation runs use oha instead: see bench/src/load.rs.)
 -- done() prints one line "RGJSON {...}" with the counts and latency percentiles (microseconds).
 
@@ -13,6 +15,7 @@ local path = os.getenv("RG_PATH") or "/"
 local body = os.getenv("RG_BODY") or ""
 local unique = os.getenv("RG_UNIQUE") == "1"
 local shape = os.getenv("RG_UNIQUE") == "shape"
+local signed_jwt = os.getenv("RG_JWT") or ""
 local fixed = nil
 
 local counter = 0
@@ -62,7 +65,11 @@ function request()
     counter = shape and 100000 or counter + 1
     local now = os.time()
     local payload = string.format('{"sub":"bench-bot","iat":%d,"exp":%d,"jti":"%s-%d"}', now, now + 600, thread_tag, counter)
-    headers["Authorization"] = "Bearer " .. jwt_header .. "." .. b64url(payload) .. ".c2ln"
+    if signed_jwt ~= "" then
+      headers["Authorization"] = "Bearer " .. signed_jwt
+    else
+      headers["Authorization"] = "Bearer " .. jwt_header .. "." .. b64url(payload) .. ".c2ln"
+    end
     headers["Idempotency-Key"] = thread_tag .. "-" .. counter
   end
   local req = wrk.format(method, path, headers, body)

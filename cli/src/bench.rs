@@ -68,6 +68,7 @@ fn bench_paths(mut args: Vec<String>) -> Result<i32, String> {
     let json = take_flag(&mut args, "--json");
     let functions = take_flag(&mut args, "--functions");
     let segments = take_flag(&mut args, "--segments");
+    let update_readme = take_flag(&mut args, "--update-readme");
     let floor = match take_opt(&mut args, "--floor")? {
         Some(f) => Some(PathBuf::from(f)),
         // The no-op floor filter, when `just build` or `just bench` has built it.
@@ -122,6 +123,16 @@ fn bench_paths(mut args: Vec<String>) -> Result<i32, String> {
         .map_err(|e| format!("target/bench/host-sim.json: {e}"))?;
     std::fs::write(dir.join("host-sim.md"), &md)
         .map_err(|e| format!("target/bench/host-sim.md: {e}"))?;
+    if update_readme {
+        if only.is_some() || functions || segments {
+            return Err(
+                "bench --paths --update-readme: the README's table is every path with the floor, without --only, --functions or --segments"
+                    .into(),
+            );
+        }
+        let table = host_sim::bench::markdown(&results, &wasm_text, build);
+        update_bench_readme(&table, n)?;
+    }
     if json {
         println!("{pretty}");
         return Ok(0);
@@ -135,4 +146,108 @@ fn bench_paths(mut args: Vec<String>) -> Result<i32, String> {
     }
     println!("\nwritten: target/bench/host-sim.json, target/bench/host-sim.md");
     Ok(0)
+}
+
+/// The benchmarks' README, whose `host-sim-paths` section `--update-readme` replaces.
+const BENCH_README: &str = "bench/README.md";
+
+/// The section's name: its markers are `<!-- host-sim-paths:start -->` and `:end -->`.
+const PATHS_SECTION: &str = "host-sim-paths";
+
+/// Replaces the `host-sim-paths` section of bench/README.md with `table` under a line naming
+/// the date, the commit and the command.
+fn update_bench_readme(table: &str, n: u64) -> Result<(), String> {
+    let path = retry_guard::paths::repo_root().join(BENCH_README);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{BENCH_README}: {e}"))?;
+    let section = format!(
+        "Measured {} at commit {} with `just bench-sim --update-readme` ({n} requests per path).\n\n{table}",
+        git_or_date(&["date", "-u", "+%Y-%m-%d"], "unknown date"),
+        commit()
+    );
+    let out = replace_section(&text, PATHS_SECTION, &section)
+        .map_err(|e| format!("{BENCH_README}: {e}"))?;
+    std::fs::write(&path, out).map_err(|e| format!("{BENCH_README}: {e}"))?;
+    eprintln!("updated the {PATHS_SECTION} table of {BENCH_README}");
+    Ok(())
+}
+
+/// The output of `cmd` (run in the repository's root), trimmed, or `otherwise`.
+fn git_or_date(cmd: &[&str], otherwise: &str) -> String {
+    std::process::Command::new(cmd[0])
+        .args(&cmd[1..])
+        .current_dir(retry_guard::paths::repo_root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| otherwise.to_string())
+}
+
+/// The short commit checked out, `-dirty` with changes to files other than the READMEs.
+fn commit() -> String {
+    let head = git_or_date(&["git", "rev-parse", "--short", "HEAD"], "unknown commit");
+    let status = git_or_date(
+        &["git", "status", "--porcelain", "--untracked-files=no"],
+        "",
+    );
+    let dirty = status.lines().any(|l| {
+        l.get(3..)
+            .is_some_and(|p| p != "README.md" && p != BENCH_README)
+    });
+    format!("{head}{}", if dirty { "-dirty" } else { "" })
+}
+
+/// `text` with what stands between `<!-- {name}:start -->` and `<!-- {name}:end -->`
+/// replaced by `table`. Refused unless each marker stands exactly once, on a line of its own,
+/// the start first, and `table` carries no marker: a replacement never reaches another table.
+fn replace_section(text: &str, name: &str, table: &str) -> Result<String, String> {
+    let (start, end) = (
+        format!("<!-- {name}:start -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let once =
+        |m: &str| text.matches(m).count() == 1 && text.lines().filter(|l| *l == m).count() == 1;
+    let (Some(a), Some(b)) = (text.find(&start), text.find(&end)) else {
+        return Err(format!("no {start} / {end} markers"));
+    };
+    if !once(&start) || !once(&end) || b < a {
+        return Err(format!(
+            "{start} and {end} must each stand once, on lines of their own, in that order"
+        ));
+    }
+    if table.contains(":start -->") || table.contains(":end -->") {
+        return Err(format!("the table for {start} holds a section marker"));
+    }
+    let table = table.trim_end_matches('\n');
+    Ok(format!("{}{start}\n{table}\n\n{}", &text[..a], &text[b..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_paths_section_is_replaced_between_its_own_markers_only() {
+        let text = "a\n<!-- host-sim-paths:start -->\nold\n<!-- host-sim-paths:end -->\n<!-- bench-upstream:start -->\nkeep\n<!-- bench-upstream:end -->\n";
+        let out = replace_section(text, PATHS_SECTION, "new\n").unwrap();
+        assert_eq!(
+            out,
+            "a\n<!-- host-sim-paths:start -->\nnew\n\n<!-- host-sim-paths:end -->\n<!-- bench-upstream:start -->\nkeep\n<!-- bench-upstream:end -->\n"
+        );
+        assert_eq!(replace_section(&out, PATHS_SECTION, "new").unwrap(), out);
+        assert!(replace_section("x", PATHS_SECTION, "t").is_err());
+        let twice = format!("{text}{text}");
+        assert!(replace_section(&twice, PATHS_SECTION, "t").is_err());
+        let reversed = "<!-- host-sim-paths:end -->\n<!-- host-sim-paths:start -->\n";
+        assert!(replace_section(reversed, PATHS_SECTION, "t").is_err());
+        assert!(replace_section(text, PATHS_SECTION, "<!-- x:start -->").is_err());
+    }
+
+    #[test]
+    fn the_bench_readme_has_the_paths_section_once() {
+        let path = retry_guard::paths::repo_root().join(BENCH_README);
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(replace_section(&text, PATHS_SECTION, "t").is_ok());
+    }
 }

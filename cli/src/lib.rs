@@ -75,7 +75,7 @@ USAGE:
   retry-guard bench [--wasm <path>] [--requests <n>]
       Time n (default 10000) requests of the demo configuration on the simulator (build with
       --release for a meaningful figure).
-  retry-guard bench --paths [--functions] [--segments] [--only <path>] [--json] [--wasm <path>] [--floor <path>] [--requests <n>]
+  retry-guard bench --paths [--functions] [--segments] [--only <path>] [--json] [--wasm <path>] [--floor <path>] [--requests <n>] [--update-readme]
       Per request path (unmatched, read_only, token_issuing allow, 428 replay): host calls by
       import name, guest instructions (wasmtime fuel), wall time; first the no-op floor filter on
       the unmatched request (--floor, default target/wasm32-wasip1/release/noop_filter.wasm
@@ -85,7 +85,8 @@ USAGE:
       function (needs a module with its name section: `just profile-sim` builds one).
       --segments also lists, for one more request of each path, the fuel the guest used
       between each host call (or callback entry or return) and the next: counted, where the
-      function samples are estimates. --only <path> measures that path alone.";
+      function samples are estimates. --only <path> measures that path alone.
+      --update-readme also replaces the host-sim-paths table of bench/README.md.";
 
 /// A default path: relative to the current directory if it exists there, else to the
 /// repository root.

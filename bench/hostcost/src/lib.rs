@@ -7,7 +7,9 @@
 //! The plugin configuration is `"<call> <count>"`, a call from [`CALLS`]. The calls are the
 //! ones retry-guard makes on a guarded request, with values of the sizes it uses.
 //! `pause_for_body` makes no call: it holds the request headers until the whole body has
-//! arrived, as retry-guard does to fingerprint a body.
+//! arrived, as retry-guard does to fingerprint a body. `reply_428` does the same and then
+//! answers the request itself (`proxy_send_local_response`) with a 428 problem document of the
+//! size of retry-guard's, as retry-guard answers a replay.
 
 /// What the probe does per call, as its configuration names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,12 +34,18 @@ pub enum Call {
     SetProperty,
     /// `proxy_log` of an audit-line-sized info line.
     Log,
+    /// `proxy_replace_header_map_value` of a request header (`x-envoy-max-retries: 0`, as
+    /// retry-guard sets it on a guarded route).
+    ReplaceHeaderMapValue,
     /// No call: hold the request headers until the whole body is in.
     PauseForBody,
+    /// Hold the request until the whole body is in, then answer it with a 428 of
+    /// [`REPLY_BODY_BYTES`] (`proxy_send_local_response`, once whatever the count).
+    Reply428,
 }
 
 /// Every call with the name the configuration uses for it.
-pub const CALLS: [(&str, Call); 11] = [
+pub const CALLS: [(&str, Call); 13] = [
     ("none", Call::None),
     ("get_current_time", Call::GetCurrentTime),
     ("increment_metric", Call::IncrementMetric),
@@ -48,7 +56,9 @@ pub const CALLS: [(&str, Call); 11] = [
     ("set_shared_data", Call::SetSharedData),
     ("set_property", Call::SetProperty),
     ("log", Call::Log),
+    ("replace_header_map_value", Call::ReplaceHeaderMapValue),
     ("pause_for_body", Call::PauseForBody),
+    ("reply_428", Call::Reply428),
 ];
 
 /// Parses `"<call> <count>"`: the call (a name from [`CALLS`]) and the count, or a message
@@ -73,6 +83,21 @@ pub fn parse(config: &str) -> Result<(Call, u32), String> {
         .parse()
         .map_err(|_| format!("count {count:?} is not a whole number"))?;
     Ok((call, count))
+}
+
+/// The length of `reply_428`'s body: about retry-guard's 428 problem document (its `detail`,
+/// challenge and links), and the body of the benchmark's own `direct_response` 428.
+pub const REPLY_BODY_BYTES: usize = 819;
+
+/// `reply_428`'s body: a problem document of [`REPLY_BODY_BYTES`].
+pub fn reply_body() -> String {
+    let head = r#"{"type":"urn:retry-guard:problem:confirmation-required","title":"Human confirmation required","status":428,"detail":""#;
+    let mut body = String::from(head);
+    while body.len() < REPLY_BODY_BYTES - 2 {
+        body.push('x');
+    }
+    body.push_str("\"}");
+    body
 }
 
 /// A value of the size of a retry-guard ledger entry (126 bytes with its key).
@@ -107,6 +132,7 @@ mod filter {
         count: u32,
         metric: u32,
         line: String,
+        reply: String,
     }
 
     struct Root {
@@ -136,6 +162,7 @@ mod filter {
                 count,
                 metric,
                 line: super::audit_sized_line(),
+                reply: super::reply_body(),
             }));
             true
         }
@@ -157,7 +184,7 @@ mod filter {
 
     impl Stream {
         fn pauses_for_body(&self) -> bool {
-            self.probe.count > 0 && self.probe.call == Call::PauseForBody
+            self.probe.count > 0 && matches!(self.probe.call, Call::PauseForBody | Call::Reply428)
         }
     }
 
@@ -189,16 +216,38 @@ mod filter {
 
     impl HttpContext for Stream {
         fn on_http_request_body(&mut self, _size: usize, eos: bool) -> Action {
-            if self.pauses_for_body() && !eos {
-                Action::Pause
-            } else {
-                Action::Continue
+            if !self.pauses_for_body() {
+                return Action::Continue;
             }
+            if !eos {
+                return Action::Pause;
+            }
+            if self.probe.call == Call::Reply428 {
+                self.send_http_response(
+                    428,
+                    vec![("content-type", "application/problem+json")],
+                    Some(self.probe.reply.as_bytes()),
+                );
+                return Action::Pause;
+            }
+            Action::Continue
         }
 
         fn on_http_request_headers(&mut self, _headers: usize, eos: bool) -> Action {
             if self.pauses_for_body() {
-                return if eos { Action::Continue } else { Action::Pause };
+                if !eos {
+                    return Action::Pause;
+                }
+                if self.probe.call == Call::Reply428 {
+                    // No body at all: answer now.
+                    self.send_http_response(
+                        428,
+                        vec![("content-type", "application/problem+json")],
+                        Some(self.probe.reply.as_bytes()),
+                    );
+                    return Action::Pause;
+                }
+                return Action::Continue;
             }
             let p = &*self.probe;
             for i in 0..p.count {
@@ -241,7 +290,14 @@ mod filter {
                     Call::Log => {
                         let _ = hostcalls::log(LogLevel::Info, &p.line);
                     }
-                    Call::None | Call::PauseForBody => {}
+                    Call::ReplaceHeaderMapValue => {
+                        let _ = hostcalls::set_map_value(
+                            MapType::HttpRequestHeaders,
+                            "x-envoy-max-retries",
+                            Some("0"),
+                        );
+                    }
+                    Call::None | Call::PauseForBody | Call::Reply428 => {}
                 }
             }
             Action::Continue
@@ -265,6 +321,7 @@ mod tests {
             .unwrap_err()
             .contains("not a whole number"));
         assert!(parse("log 4 5").is_err());
+        assert_eq!(parse("reply_428 1"), Ok((Call::Reply428, 1)));
     }
 
     #[test]
@@ -272,5 +329,8 @@ mod tests {
         let line = audit_sized_line();
         assert!((560..570).contains(&line.len()), "{}", line.len());
         assert_eq!(SHARED_VALUE.len(), 96);
+        let reply = reply_body();
+        assert_eq!(reply.len(), REPLY_BODY_BYTES);
+        assert!(reply.ends_with("x\"}") && reply.contains("\"status\":428"));
     }
 }

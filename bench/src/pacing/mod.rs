@@ -27,7 +27,7 @@ use crate::cases::case;
 use crate::configs::{pinned_envoy, start_time_logging_bootstrap, PROXY_CPU};
 use crate::load::{oha_paced, Pace, Run, PACED_CONNECTIONS_EACH, PACED_PROCESSES};
 use crate::measure::median;
-use crate::report::{readme, Provenance, Publication};
+use crate::report::{bench_readme, Provenance, Publication};
 use arrivals::{arrivals, start_times, Arrivals, TOGETHER_US};
 
 /// The rate of the check, about direct mode's paced rate on the 2-core reference machine.
@@ -65,7 +65,7 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
             let envoy = pinned_envoy(
                 dir,
                 "pacing",
-                &start_time_logging_bootstrap(),
+                start_time_logging_bootstrap().to_json(),
                 PROXY_CPU,
                 "warning",
                 None,
@@ -128,7 +128,7 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
         stem: "pacing",
         title: "How the paced requests arrive",
         json: None,
-        readme_section: o.update_readme.then(|| readme("bench-pacing")),
+        readme_section: o.update_readme.then(|| bench_readme("bench-pacing")),
     }
     .publish(dir, &s)
 }
