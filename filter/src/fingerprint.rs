@@ -568,13 +568,7 @@ mod tests {
     fn every_encoding_reads_back_into_its_parts() {
         // An encoding that can be read back into the request's parts is one no other request
         // has: the fingerprint hashes an injective encoding.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::testing::xorshift(0x2545_f491_4f6c_dd1du64);
         let mut seen = std::collections::HashMap::new();
         for _ in 0..20_000 {
             let (route, principal) = (tricky(&mut next), tricky(&mut next));
@@ -584,7 +578,7 @@ mod tests {
                 1 => [(next() % 3) as u8; 32],
                 _ => [BODY_EMPTY; 32],
             };
-            let key = (next() % 3 == 0).then(|| tricky(&mut next));
+            let key = next().is_multiple_of(3).then(|| tricky(&mut next));
             let n = NaturalKey {
                 method: &method,
                 path: &path,

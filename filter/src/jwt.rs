@@ -144,20 +144,26 @@ pub struct Claims {
     members: Vec<(Span, Scalar)>,
 }
 
+/// The payload segment of `header.payload.signature`: `None` when the token is longer than
+/// [`MAX_JWT_LEN`], has not exactly three segments, or its header or payload is empty. The
+/// signature may be empty (an unsecured JWT, `alg: none`).
+fn payload_segment(token: &str) -> Option<&str> {
+    if token.len() > MAX_JWT_LEN {
+        return None;
+    }
+    let mut parts = token.split('.');
+    let (header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || header.is_empty() || payload.is_empty() {
+        return None;
+    }
+    Some(payload)
+}
+
 impl Claims {
     /// Decodes the payload of `header.payload.signature` (base64url segments, JSON object
     /// payload). `None` when the token is not such a JWT.
     pub fn decode(token: &str) -> Option<Claims> {
-        if token.len() > MAX_JWT_LEN {
-            return None;
-        }
-        let mut parts = token.split('.');
-        // The signature may be empty (an unsecured JWT, `alg: none`).
-        let (header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || header.is_empty() || payload.is_empty() {
-            return None;
-        }
-        let payload = b64::decode_url(payload)?;
+        let payload = b64::decode_url(payload_segment(token)?)?;
         let members = json::scan_object(&payload)?;
         Some(Claims { payload, members })
     }
@@ -324,15 +330,7 @@ mod tests {
 
     impl TreeClaims {
         fn decode(token: &str) -> Option<TreeClaims> {
-            if token.len() > MAX_JWT_LEN {
-                return None;
-            }
-            let mut parts = token.split('.');
-            let (header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
-            if parts.next().is_some() || header.is_empty() || payload.is_empty() {
-                return None;
-            }
-            let bytes = b64::decode_url(payload)?;
+            let bytes = b64::decode_url(payload_segment(token)?)?;
             match crate::json::parse(&bytes).ok()? {
                 crate::json::Value::Object(map) => Some(TreeClaims(map)),
                 _ => None,
@@ -432,13 +430,7 @@ mod tests {
 
     #[test]
     fn generated_payloads_read_as_the_json_tree_reads_them() {
-        let mut state = 0x853c_49e6_748f_ea9bu64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::testing::xorshift(0x853c_49e6_748f_ea9bu64);
         const NAMES: &[&str] = &[
             "exp",
             "nbf",

@@ -55,6 +55,8 @@ pub mod principal;
 pub mod problem;
 pub mod remote;
 pub mod stream;
+#[cfg(test)]
+mod testing;
 pub mod time;
 pub mod token;
 

@@ -934,13 +934,7 @@ mod tests {
 
     #[test]
     fn random_texts_read_as_serde_json_reads_them() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15u64);
         const PIECES: &[&str] = &[
             "{",
             "}",
@@ -1021,13 +1015,7 @@ mod tests {
 
     #[test]
     fn the_scan_accepts_what_parse_accepts() {
-        let mut state = 0x6a09_e667_f3bc_c909u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::testing::xorshift(0x6a09_e667_f3bc_c909u64);
         const PIECES: &[&str] = &[
             "{",
             "}",
@@ -1062,7 +1050,7 @@ mod tests {
             for _ in 0..(next() % 10) {
                 text.push_str(PIECES.get((next() % PIECES.len() as u64) as usize).unwrap());
             }
-            if next() % 2 == 0 {
+            if next().is_multiple_of(2) {
                 text.push('}');
             }
             let bytes = text.as_bytes();
