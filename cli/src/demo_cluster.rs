@@ -150,6 +150,15 @@ impl Replica2 {
         self.send("POST", "/oauth/token", rid, body, extra)
     }
 
+    /// How many times this replica's log says an outcome was not recorded in the cluster
+    /// ledger (the filter's warning).
+    fn outcome_write_failures(&self) -> usize {
+        self.envoy
+            .log_text()
+            .matches("outcome not recorded")
+            .count()
+    }
+
     /// Waits up to `timeout` for the audit line of `rid` that `pred` accepts; prints it.
     fn wait_audit(
         &self,
@@ -289,13 +298,18 @@ fn allowed_call(replica: &Replica2, rid: &str, op: &str) -> Result<(String, Stri
         } else {
             (format!("{rid}.{n}"), format!("{op}.{n}"))
         };
+        let failed_writes = replica.outcome_write_failures();
         let resp = replica.token(&rid, &body(&op), &[])?;
         show(&resp);
         match resp.status {
             200 => {
+                // The line comes once the outcome is in etcd, or after the warning that it
+                // could not be written (the calls here go one at a time, so a new warning is
+                // this call's).
                 if replica
                     .wait_audit(&rid, Duration::from_secs(3), |r| !r["outcome"].is_null())
                     .is_some()
+                    && replica.outcome_write_failures() == failed_writes
                 {
                     return Ok((rid, op));
                 }
