@@ -559,7 +559,7 @@ mod tests {
         match next() % 4 {
             0 => "x".repeat(120 + (next() % 20) as usize),
             _ => (0..next() % 5)
-                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .map(|_| crate::testing::pick(next, PIECES))
                 .collect(),
         }
     }

@@ -490,28 +490,25 @@ mod tests {
             "nul",
         ];
         const WS: &[&str] = &["", " ", "\n", "\t\r "];
-        fn pick(list: &[&'static str], next: &mut dyn FnMut() -> u64) -> &'static str {
-            list[(next() % list.len() as u64) as usize]
-        }
         let (mut claims, mut exp, mut sub) = (0, 0, 0);
         for _ in 0..60_000 {
-            let mut text = String::from(pick(WS, &mut next));
+            let mut text = String::from(crate::testing::pick(&mut next, WS));
             text.push('{');
             for i in 0..next() % 6 {
                 if i > 0 {
                     text.push(',');
                 }
-                text.push_str(pick(WS, &mut next));
+                text.push_str(crate::testing::pick(&mut next, WS));
                 text.push('"');
-                text.push_str(pick(NAMES, &mut next));
+                text.push_str(crate::testing::pick(&mut next, NAMES));
                 text.push('"');
-                text.push_str(pick(WS, &mut next));
+                text.push_str(crate::testing::pick(&mut next, WS));
                 text.push(':');
-                text.push_str(pick(WS, &mut next));
-                text.push_str(pick(VALUES, &mut next));
+                text.push_str(crate::testing::pick(&mut next, WS));
+                text.push_str(crate::testing::pick(&mut next, VALUES));
             }
             text.push('}');
-            text.push_str(pick(WS, &mut next));
+            text.push_str(crate::testing::pick(&mut next, WS));
             let mut bytes = text.into_bytes();
             // Now and then a damaged text: cut, a byte changed, junk after it.
             match next() % 8 {

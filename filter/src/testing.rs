@@ -11,3 +11,8 @@ pub(crate) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
         state
     }
 }
+
+/// One of `items` (non-empty), chosen by `next`.
+pub(crate) fn pick<'a>(next: &mut impl FnMut() -> u64, items: &[&'a str]) -> &'a str {
+    items[(next() % items.len() as u64) as usize]
+}
