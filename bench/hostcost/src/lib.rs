@@ -186,6 +186,15 @@ mod filter {
         fn pauses_for_body(&self) -> bool {
             self.probe.count > 0 && matches!(self.probe.call, Call::PauseForBody | Call::Reply428)
         }
+
+        /// Answers the request 428 with the probe's problem document, as retry-guard does.
+        fn reply_428(&self) {
+            self.send_http_response(
+                428,
+                vec![("content-type", "application/problem+json")],
+                Some(self.probe.reply.as_bytes()),
+            );
+        }
     }
 
     impl Context for Stream {}
@@ -223,11 +232,7 @@ mod filter {
                 return Action::Pause;
             }
             if self.probe.call == Call::Reply428 {
-                self.send_http_response(
-                    428,
-                    vec![("content-type", "application/problem+json")],
-                    Some(self.probe.reply.as_bytes()),
-                );
+                self.reply_428();
                 return Action::Pause;
             }
             Action::Continue
@@ -240,11 +245,7 @@ mod filter {
                 }
                 if self.probe.call == Call::Reply428 {
                     // No body at all: answer now.
-                    self.send_http_response(
-                        428,
-                        vec![("content-type", "application/problem+json")],
-                        Some(self.probe.reply.as_bytes()),
-                    );
+                    self.reply_428();
                     return Action::Pause;
                 }
                 return Action::Continue;
