@@ -9,6 +9,7 @@ use crate::host::{LogLevel, Status, StreamHost};
 use crate::metrics::{Counter, Event};
 
 use super::remote::{Call, RecordJob};
+use crate::remote::Next;
 
 /// How long a stream may wait for its first body callback after the filter held its headers
 /// before the VM logs the likely cause (a missing `allow_on_headers_stop_iteration`).
@@ -228,7 +229,10 @@ impl<L> Plugin<L> {
         }
     }
 
-    /// Sends the next request of an outcome record, or logs its audit line when done.
+    /// Sends the next request of an outcome record, or logs its audit line when done. A
+    /// request etcd did not answer usably is sent once more (it compares the attempt's
+    /// revision, so a first copy that went through after all makes the second a no-op);
+    /// past that the outcome is given up, with a warning.
     pub(super) fn continue_record<H: StreamHost>(
         &self,
         host: &H,
@@ -236,22 +240,42 @@ impl<L> Plugin<L> {
         status: Option<u16>,
         body: &[u8],
     ) {
-        let next =
-            match crate::etcd::parse_answer(&job.op, status, body) {
-                Ok(result) => job.recording.on_result(result),
-                Err(e) => {
-                    host.count(Counter::Event(Event::LedgerUnavailable));
-                    host.log(
-                        LogLevel::Warn,
-                        &format!(
-                        "retry-guard: route {}: outcome not recorded in the cluster ledger: {e}",
-                        self.config.routes.get(job.route).map_or("?", |r| r.name.as_str())
+        let route = || {
+            self.config
+                .routes
+                .get(job.route)
+                .map_or("?", |r| r.name.as_str())
+                .to_owned()
+        };
+        let next = match crate::etcd::parse_answer(&job.op, status, body) {
+            Ok(result) => job.recording.on_result(result),
+            // The same lease again cannot help; anything else may be passing (an election,
+            // a dropped connection, a timeout).
+            Err(e) if !job.resent && e != crate::etcd::EtcdError::LeaseNotFound => {
+                host.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "retry-guard: route {}: outcome write to the cluster ledger failed \
+                         ({e}); sending it once more",
+                        route()
                     ),
-                    );
-                    job.write_line(host);
-                    return;
-                }
-            };
+                );
+                job.resent = true;
+                Next::Ask(job.op.clone())
+            }
+            Err(e) => {
+                host.count(Counter::Event(Event::LedgerUnavailable));
+                host.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "retry-guard: route {}: outcome not recorded in the cluster ledger: {e}",
+                        route()
+                    ),
+                );
+                job.write_line(host);
+                return;
+            }
+        };
         job.step(self, host, next);
     }
 }

@@ -127,6 +127,8 @@ pub(crate) struct RecordJob {
     /// The stream's audit line, given to the record when the stream ended before the outcome
     /// was in etcd: written once it is (or could not be), so the line says what etcd holds.
     pub(super) line: Option<String>,
+    /// The request in flight is the second copy of one etcd did not answer usably.
+    pub(super) resent: bool,
 }
 
 impl RecordJob {
@@ -230,6 +232,7 @@ impl<L> Plugin<L> {
             abandoned: true,
             stream: 0,
             line: None,
+            resent: false,
         };
         record.step(self, host, next);
     }
@@ -618,6 +621,7 @@ impl Stream {
             abandoned: false,
             stream,
             line: None,
+            resent: false,
         };
         let outcome = match &next {
             Next::Done(outcome) => *outcome,

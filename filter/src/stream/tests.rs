@@ -60,6 +60,8 @@ struct FakeHost {
     body: RefCell<Vec<u8>>,
     response: RefCell<Vec<(String, String)>>,
     calls: RefCell<Vec<Call>>,
+    /// The token of the last call dispatched (Envoy's tokens never repeat on a worker).
+    token: Cell<u32>,
 }
 
 impl FakeHost {
@@ -280,11 +282,8 @@ impl StreamHost for FakeHost {
             path.to_string(),
             String::from_utf8_lossy(body).into_owned(),
         ));
-        Ok(self
-            .calls()
-            .iter()
-            .filter(|c| matches!(c, Call::Dispatch(..)))
-            .count() as u32)
+        self.token.set(self.token.get() + 1);
+        Ok(self.token.get())
     }
 
     fn resume_request(&self) {
@@ -1603,11 +1602,24 @@ fn on_etcd_an_outcome_that_cannot_be_written_still_gets_its_line() {
     stream.on_response_headers(&plugin, &host);
     stream.on_log(&plugin, &host);
     assert!(host.audit().is_empty());
-    // etcd fails the outcome write: a warning says so, and the line is written all the same.
+    // etcd fails the outcome write twice (it is sent once more): a warning says so, and the
+    // line is written all the same.
+    host.forget_calls();
     for t in 1..=10 {
         plugin.on_call_answer(&host, t, Some(503), b"etcdserver: no leader");
     }
     assert_eq!(plugin.calls_in_flight(), 0);
+    let resent = host.dispatched();
+    assert_eq!(resent.len(), 1, "one more copy, not a loop: {resent:?}");
+    assert_eq!(resent[0].1["compare"][0]["target"], "MOD");
+    assert_eq!(
+        host.counted()
+            .iter()
+            .filter(|c| **c == Counter::Event(Event::LedgerUnavailable))
+            .count(),
+        1,
+        "counted once, when given up"
+    );
     assert!(host.calls().iter().any(|c| matches!(
         c,
         Call::Log(LogLevel::Warn, m) if m.contains("outcome not recorded in the cluster ledger")
@@ -1615,6 +1627,51 @@ fn on_etcd_an_outcome_that_cannot_be_written_still_gets_its_line() {
     let lines = host.audit();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["decision"], "allow");
+}
+
+#[test]
+fn on_etcd_an_outcome_write_that_fails_once_is_sent_again() {
+    let plugin = etcd_plugin(json!({}));
+    let host = token_request();
+    let (mut stream, _) = send(&plugin, &host, 1);
+    plugin.on_call_answer(&host, host.token.get(), Some(200), WRITTEN);
+    stream.on_ledger_answer(&plugin, &host, Some(200), WRITTEN);
+    host.respond(&[(":status", "200")]);
+    stream.on_response_headers(&plugin, &host);
+    stream.on_log(&plugin, &host);
+    let first = host.dispatched().pop().map(|c| c.1);
+    host.forget_calls();
+    // The put times out (no answer); the same put goes out again and is written.
+    plugin.on_call_answer(&host, host.token.get(), None, b"");
+    assert_eq!(plugin.calls_in_flight(), 1, "sent once more");
+    assert!(
+        host.audit().is_empty(),
+        "the line waits for the second copy"
+    );
+    plugin.on_call_answer(&host, host.token.get(), Some(200), WRITTEN);
+    assert_eq!(plugin.calls_in_flight(), 0);
+    let resent = host.dispatched();
+    assert_eq!(resent.len(), 1, "{resent:?}");
+    assert_eq!(
+        Some(&resent[0].1),
+        first.as_ref(),
+        "the same conditional put"
+    );
+    let calls = host.calls();
+    assert!(calls.iter().any(|c| matches!(
+        c,
+        Call::Log(LogLevel::Warn, m) if m.contains("sending it once more")
+    )));
+    assert!(!calls.iter().any(|c| matches!(
+        c,
+        Call::Log(LogLevel::Warn, m) if m.contains("outcome not recorded")
+    )));
+    assert!(!host
+        .counted()
+        .contains(&Counter::Event(Event::LedgerUnavailable)));
+    let lines = host.audit();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["outcome"], "succeeded");
 }
 
 #[test]
