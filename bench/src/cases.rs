@@ -35,9 +35,21 @@ impl Filter {
         match self {
             Filter::Guard | Filter::GuardEtcd => true,
             Filter::Probe(config) => {
-                config.starts_with("pause_for_body") || config.starts_with("reply_428")
+                config.starts_with("pause_for_body")
+                    || config.starts_with("reply_428")
+                    || config.starts_with("etcd_txn")
             }
             Filter::None | Filter::Noop | Filter::JwtAuthn(_) => false,
+        }
+    }
+
+    /// Whether the filter calls etcd (the Envoy needs the cluster of the benchmark's etcd
+    /// member): retry-guard on the etcd ledger, and the probe's `etcd_txn`.
+    pub fn calls_etcd(self) -> bool {
+        match self {
+            Filter::GuardEtcd => true,
+            Filter::Probe(config) => config.starts_with("etcd_txn"),
+            _ => false,
         }
     }
 }
@@ -136,9 +148,38 @@ pub const TOKEN_ETCD: Case = Case {
     ..TOKEN_ALLOW
 };
 
+/// The host-call probe holding case 8's request until its body is in, as retry-guard does: the
+/// baseline of [`PROBE_ETCD_TXN`].
+pub const PROBE_HOLD: Case = Case {
+    id: 310,
+    name: "host-call probe `pause_for_body 1`, case 8's request",
+    filter: Filter::Probe("pause_for_body 1"),
+    load: Load::Shape,
+    ..TOKEN_ALLOW
+};
+
+/// The host-call probe holding case 8's request until its body is in, then sending one etcd
+/// transaction (the ledger's insert-if-absent, through the same Envoy cluster as
+/// configuration 10) and letting the request go on with the answer: 311 − 310 is what one
+/// cluster-ledger round trip costs Envoy, with no retry-guard code.
+pub const PROBE_ETCD_TXN: Case = Case {
+    id: 311,
+    name:
+        "host-call probe `etcd_txn 1` (one etcd transaction per request, then on), case 8's request",
+    filter: Filter::Probe("etcd_txn 1"),
+    ..PROBE_HOLD
+};
+
 /// The etcd comparison's configurations, in the order they run each round: no filter on the
-/// token request (8), the shared-data ledger (5), the etcd ledger (10).
-pub const ETCD_CASES: [Case; 3] = [CASES[7], TOKEN_ALLOW, TOKEN_ETCD];
+/// token request (8), the shared-data ledger (5), the etcd ledger (10), and the probe's price
+/// of one etcd round trip (310, 311).
+pub const ETCD_CASES: [Case; 5] = [
+    CASES[7],
+    TOKEN_ALLOW,
+    TOKEN_ETCD,
+    PROBE_HOLD,
+    PROBE_ETCD_TXN,
+];
 
 /// Configuration 11: case 8's request (the token request without retry-guard) with its JWT
 /// signed RS256, verified by Envoy's own `jwt_authn` against a local JWKS. 11 − 8 is what
@@ -285,7 +326,10 @@ mod tests {
     #[test]
     fn the_etcd_comparison_sends_case_5s_request_to_all_three() {
         let ids: Vec<usize> = ETCD_CASES.iter().map(|c| c.id).collect();
-        assert_eq!(ids, [8, 5, 10]);
+        assert_eq!(ids, [8, 5, 10, 310, 311]);
+        assert!(TOKEN_ETCD.filter.calls_etcd() && PROBE_ETCD_TXN.filter.calls_etcd());
+        assert!(!PROBE_HOLD.filter.calls_etcd() && !TOKEN_ALLOW.filter.calls_etcd());
+        assert!(PROBE_HOLD.filter.reads_body() && PROBE_ETCD_TXN.filter.reads_body());
         for c in &ETCD_CASES {
             assert_eq!(
                 (c.method, c.path, c.body, c.expect_status),

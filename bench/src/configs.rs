@@ -310,7 +310,7 @@ pub fn proxy_bootstrap(
                 .circuit_breaker_limit(100_000),
         );
     }
-    if let (Filter::GuardEtcd, Some(etcd)) = (case.filter, etcd) {
+    if let (true, Some(etcd)) = (case.filter.calls_etcd(), etcd) {
         b = b.raw_cluster(envoy_cluster(ETCD_CLUSTER, &[etcd.client]));
     }
     b
@@ -514,7 +514,7 @@ impl Proxies {
 
     /// Starts the proxy Envoy of `case` on [`PROXY_CPU`].
     pub fn start(&self, case: &Case) -> Result<Envoy> {
-        if case.filter == Filter::GuardEtcd && self.etcd.is_none() {
+        if case.filter.calls_etcd() && self.etcd.is_none() {
             bail!("configuration {} needs etcd (Proxies::use_etcd)", case.id);
         }
         pinned_envoy(
@@ -531,7 +531,7 @@ impl Proxies {
     /// Starts a proxy Envoy of `case` named `name` on [`PROXY_CPU`], its routes forwarded to
     /// `upstream` whatever the run's mode.
     pub fn start_named(&self, case: &Case, name: &str, upstream: SocketAddr) -> Result<Envoy> {
-        if case.filter == Filter::GuardEtcd && self.etcd.is_none() {
+        if case.filter.calls_etcd() && self.etcd.is_none() {
             bail!("configuration {} needs etcd (Proxies::use_etcd)", case.id);
         }
         let config = proxy_config(
@@ -895,6 +895,45 @@ mod tests {
         // Live entries at 30,000 first attempts a second stay near 6% of the table.
         let live = 30_000.0 * f64::from(FIRST_ATTEMPTS_WINDOW_SECONDS);
         assert!(live / f64::from(FIRST_ATTEMPTS_MAX_ENTRIES) < 0.06);
+    }
+
+    #[test]
+    fn the_etcd_probe_calls_configuration_10s_cluster() {
+        assert_eq!(ETCD_CLUSTER, hostcost_filter::ETCD_CLUSTER);
+        assert_eq!(
+            hostcost_filter::ENTRY_BYTES,
+            retry_guard::ledger::ENTRY_BYTES
+        );
+        for case in [crate::cases::PROBE_HOLD, crate::cases::PROBE_ETCD_TXN] {
+            let Filter::Probe(config) = case.filter else {
+                panic!("{} is a probe", case.id);
+            };
+            hostcost_filter::parse(config).unwrap();
+        }
+        let etcd = EtcdLedger::new(
+            SocketAddr::from(([127, 0, 0, 1], 2379)),
+            r#"{"window_seconds":60,"routes":[]}"#,
+        )
+        .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let with = proxy_config(
+            &crate::cases::PROBE_ETCD_TXN,
+            Backend::Upstream,
+            Some(addr),
+            "",
+            Some(&etcd),
+        )
+        .unwrap();
+        assert!(with.to_string().contains(ETCD_CLUSTER));
+        let without = proxy_config(
+            &crate::cases::PROBE_HOLD,
+            Backend::Upstream,
+            Some(addr),
+            "",
+            Some(&etcd),
+        )
+        .unwrap();
+        assert!(!without.to_string().contains(ETCD_CLUSTER));
     }
 
     #[test]

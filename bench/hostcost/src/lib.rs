@@ -9,7 +9,12 @@
 //! `pause_for_body` makes no call: it holds the request headers until the whole body has
 //! arrived, as retry-guard does to fingerprint a body. `reply_428` does the same and then
 //! answers the request itself (`proxy_send_local_response`) with a 428 problem document of the
-//! size of retry-guard's, as retry-guard answers a replay.
+//! size of retry-guard's, as retry-guard answers a replay. `etcd_txn` holds the request until
+//! its body is in, as retry-guard does, then sends the count's etcd transactions one after
+//! the other through the Envoy cluster [`ETCD_CLUSTER`] (each the ledger's insert-if-absent
+//! of a new key, with a value of an entry's size), reading each answer's status and body as
+//! retry-guard does, and lets the request go on after the last: the Envoy-side price of a
+//! cluster-ledger round trip.
 
 /// What the probe does per call, as its configuration names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,10 +47,55 @@ pub enum Call {
     /// Hold the request until the whole body is in, then answer it with a 428 of
     /// [`REPLY_BODY_BYTES`] (`proxy_send_local_response`, once whatever the count).
     Reply428,
+    /// Hold the request until the whole body is in, then send `count` etcd transactions one
+    /// after the other (`proxy_http_call` to [`ETCD_CLUSTER`]) and resume after the last answer.
+    EtcdTxn,
+}
+
+/// The Envoy cluster `etcd_txn` calls (the benchmark's cluster of its etcd member).
+pub const ETCD_CLUSTER: &str = "retry-guard-etcd";
+
+/// The etcd JSON gateway's transaction path.
+pub const TXN_PATH: &str = "/v3/kv/txn";
+
+/// The insert-if-absent transaction `etcd_txn` sends for key `key`: retry-guard's shape (compare
+/// the key's `create_revision` with 0, put a value of [`ENTRY_BYTES`] on success, read the key
+/// on failure), with no lease.
+pub fn txn_body(key: &str) -> String {
+    let k = base64(key.as_bytes());
+    let v = base64(&[b'e'; ENTRY_BYTES]);
+    format!(
+        "{{\"compare\":[{{\"key\":\"{k}\",\"target\":\"CREATE\",\"result\":\"EQUAL\",\"create_revision\":\"0\"}}],\"success\":[{{\"request_put\":{{\"key\":\"{k}\",\"value\":\"{v}\",\"lease\":\"0\"}}}}],\"failure\":[{{\"request_range\":{{\"key\":\"{k}\"}}}}]}}"
+    )
+}
+
+/// The size of a retry-guard ledger entry as the etcd ledger stores it.
+pub const ENTRY_BYTES: usize = 124;
+
+/// Standard base64 with padding (etcd's JSON gateway encodes bytes so).
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Every call with the name the configuration uses for it.
-pub const CALLS: [(&str, Call); 13] = [
+pub const CALLS: [(&str, Call); 14] = [
     ("none", Call::None),
     ("get_current_time", Call::GetCurrentTime),
     ("increment_metric", Call::IncrementMetric),
@@ -59,6 +109,7 @@ pub const CALLS: [(&str, Call); 13] = [
     ("replace_header_map_value", Call::ReplaceHeaderMapValue),
     ("pause_for_body", Call::PauseForBody),
     ("reply_428", Call::Reply428),
+    ("etcd_txn", Call::EtcdTxn),
 ];
 
 /// Parses `"<call> <count>"`: the call (a name from [`CALLS`]) and the count, or a message
@@ -168,8 +219,11 @@ mod filter {
         }
 
         fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+            let probe = self.probe.clone()?;
             Some(Box::new(Stream {
-                probe: self.probe.clone()?,
+                txns_left: probe.count,
+                probe,
+                id: _id,
             }))
         }
 
@@ -180,11 +234,49 @@ mod filter {
 
     struct Stream {
         probe: Rc<Probe>,
+        /// `etcd_txn`: the transactions still to send.
+        txns_left: u32,
+        /// `etcd_txn`: this stream's keys are `<prefix><context id>-<n>`.
+        id: u32,
     }
 
     impl Stream {
         fn pauses_for_body(&self) -> bool {
-            self.probe.count > 0 && matches!(self.probe.call, Call::PauseForBody | Call::Reply428)
+            self.probe.count > 0
+                && matches!(
+                    self.probe.call,
+                    Call::PauseForBody | Call::Reply428 | Call::EtcdTxn
+                )
+        }
+
+        /// Sends the next etcd transaction; `false` when none is left or it could not be sent.
+        fn send_txn(&mut self) -> bool {
+            if self.txns_left == 0 {
+                return false;
+            }
+            self.txns_left -= 1;
+            let nanos = self
+                .get_current_time()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let key = format!(
+                "retry-guard-bench-probe/{nanos}-{}-{}",
+                self.id, self.txns_left
+            );
+            let body = super::txn_body(&key);
+            self.dispatch_http_call(
+                super::ETCD_CLUSTER,
+                vec![
+                    (":method", "POST"),
+                    (":path", super::TXN_PATH),
+                    (":authority", "etcd"),
+                    ("content-type", "application/json"),
+                ],
+                Some(body.as_bytes()),
+                vec![],
+                std::time::Duration::from_millis(1000),
+            )
+            .is_ok()
         }
 
         /// Answers the request 428 with the probe's problem document, as retry-guard does.
@@ -197,7 +289,16 @@ mod filter {
         }
     }
 
-    impl Context for Stream {}
+    impl Context for Stream {
+        fn on_http_call_response(&mut self, _token: u32, _headers: usize, body: usize, _: usize) {
+            // Read what retry-guard reads of an answer: its status and its body.
+            let _ = self.get_http_call_response_header(":status");
+            let _ = self.get_http_call_response_body(0, body);
+            if !self.send_txn() {
+                self.resume_http_request();
+            }
+        }
+    }
 
     extern "C" {
         fn proxy_get_header_map_pairs(
@@ -231,11 +332,15 @@ mod filter {
             if !eos {
                 return Action::Pause;
             }
-            if self.probe.call == Call::Reply428 {
-                self.reply_428();
-                return Action::Pause;
+            let call = self.probe.call;
+            match call {
+                Call::Reply428 => {
+                    self.reply_428();
+                    Action::Pause
+                }
+                Call::EtcdTxn if self.send_txn() => Action::Pause,
+                _ => Action::Continue,
             }
-            Action::Continue
         }
 
         fn on_http_request_headers(&mut self, _headers: usize, eos: bool) -> Action {
@@ -243,12 +348,16 @@ mod filter {
                 if !eos {
                     return Action::Pause;
                 }
-                if self.probe.call == Call::Reply428 {
-                    // No body at all: answer now.
-                    self.reply_428();
-                    return Action::Pause;
-                }
-                return Action::Continue;
+                let call = self.probe.call;
+                return match call {
+                    Call::Reply428 => {
+                        // No body at all: answer now.
+                        self.reply_428();
+                        Action::Pause
+                    }
+                    Call::EtcdTxn if self.send_txn() => Action::Pause,
+                    _ => Action::Continue,
+                };
             }
             let p = &*self.probe;
             for i in 0..p.count {
@@ -298,7 +407,7 @@ mod filter {
                             Some("0"),
                         );
                     }
-                    Call::None | Call::PauseForBody | Call::Reply428 => {}
+                    Call::None | Call::PauseForBody | Call::Reply428 | Call::EtcdTxn => {}
                 }
             }
             Action::Continue
@@ -323,6 +432,20 @@ mod tests {
             .contains("not a whole number"));
         assert!(parse("log 4 5").is_err());
         assert_eq!(parse("reply_428 1"), Ok((Call::Reply428, 1)));
+        assert_eq!(parse("etcd_txn 1"), Ok((Call::EtcdTxn, 1)));
+    }
+
+    #[test]
+    fn the_etcd_transaction_is_the_ledgers_insert_if_absent() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        let body = txn_body("k/1");
+        assert!(body.contains("\"key\":\"ay8x\""), "{body}");
+        assert!(body.contains("\"target\":\"CREATE\""));
+        assert!(body.contains("\"request_range\""));
+        assert!(body.contains(&base64(&[b'e'; ENTRY_BYTES])));
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
     let pid = pid.ok_or_else(|| Error::new("the etcd member is not running"))?;
     pin(pid, LOAD_CPU)?;
     proxies.use_etcd(addr)?;
+    let db_before = db_in_use(addr)?;
     eprintln!(
         "etcd ({}) on {addr}, pid {pid}, pinned to CPU {LOAD_CPU}",
         etcd_version()
@@ -205,6 +206,13 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
     drop(envoys);
 
     let keys = etcd.count(crate::configs::ETCD_KEY_PREFIX).unwrap_or(0);
+    // Every key the run wrote (the ledger's, the probe's, the timed transactions'), all
+    // values of an entry's size, and etcd's database in use for them (auto-compaction, one
+    // minute, has dropped most old revisions by now).
+    let storage = Storage {
+        keys: etcd.count("retry-guard-").unwrap_or(0),
+        db_in_use: db_in_use(addr)?.saturating_sub(db_before),
+    };
     eprintln!(
         "timing {RTT_SAMPLES} etcd transactions again, after the load ({keys} ledger keys in etcd)"
     );
@@ -230,8 +238,27 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
         etcd_load,
         unavailable,
         keys_after: keys,
+        storage,
     }
     .write(dir)
+}
+
+/// etcd's database in use for the keys the run wrote.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Storage {
+    /// Live keys after the runs.
+    pub keys: u64,
+    /// `dbSizeInUse` after the runs minus before them, bytes.
+    pub db_in_use: u64,
+}
+
+/// etcd's `dbSizeInUse`, bytes (its database file less the free pages).
+fn db_in_use(addr: std::net::SocketAddr) -> Result<u64> {
+    let s = retry_guard_e2e::etcd::post(addr, "/v3/maintenance/status", &json!({}))?;
+    s["dbSizeInUse"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::new(format!("etcd's status has no dbSizeInUse: {s}")))
 }
 
 /// Counts the etcd requests of [`SPLIT_REQUESTS`] first attempts on configuration 10, one at

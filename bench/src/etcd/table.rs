@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::metrics::{Handled, KV_METHODS};
 use super::rtt::RoundTrips;
-use super::EtcdLoad;
+use super::{EtcdLoad, Storage};
 use crate::args::Options;
 use crate::cases::ETCD_CASES;
 use crate::configs::{Backend, ETCD_TIMEOUT_MS};
@@ -30,11 +30,23 @@ pub enum Mode {
 const NONE: usize = 0;
 const SHARED: usize = 1;
 const ETCD: usize = 2;
+/// And the probe holding the request for its body (310), and doing that and one etcd
+/// transaction (311).
+const HOLD: usize = 3;
+const TXN: usize = 4;
 
 /// The goal's slack over one etcd round trip for the added p50, µs.
 const P50_SLACK_US: f64 = 200.0;
 /// The goal for Envoy CPU per request over the shared-data path, µs.
 const CPU_GOAL_US: f64 = 15.0;
+
+/// The etcd round trips a first attempt cannot do without: what its Envoy CPU pays for (the
+/// request path's and the outcome's) and what its client waits for (the request path's).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Trips {
+    RequestPath = 1,
+    RequestAndOutcome = 2,
+}
 
 /// etcd requests of first attempts counted one by one: on the request path (before the
 /// upstream answered) and for the outcome (after).
@@ -113,6 +125,8 @@ pub struct EtcdReport<'a> {
     pub unavailable: u64,
     /// Ledger keys in etcd after the runs.
     pub keys_after: u64,
+    /// etcd's database in use for every key the run wrote.
+    pub storage: Storage,
 }
 
 /// A figure against its goal.
@@ -174,6 +188,57 @@ impl EtcdReport<'_> {
         }
         let per_round: Vec<f64> = x.iter().zip(y).map(|(x, y)| f(x) - f(y)).collect();
         Some(Spread::of(&per_round))
+    }
+
+    /// Per round, `f` of configuration `a`'s run minus `b`'s, as values.
+    fn per_round(runs: &[Vec<Run>], a: usize, b: usize, f: &dyn Fn(&Run) -> f64) -> Vec<f64> {
+        match (runs.get(a), runs.get(b)) {
+            (Some(x), Some(y)) => x.iter().zip(y).map(|(x, y)| f(x) - f(y)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// What one etcd round trip costs Envoy (the probe: 311 − 310), and the etcd ledger's
+    /// request above its floor of `trips` round trips ((10 − 5) − trips × (311 − 310)), per
+    /// round, of `f`, in `runs`.
+    fn round_trip_figures(
+        runs: &[Vec<Run>],
+        mode: &str,
+        what: &str,
+        f: &dyn Fn(&Run) -> f64,
+        trips: Trips,
+    ) -> Vec<Figure> {
+        let one = Self::per_round(runs, TXN, HOLD, f);
+        let added = Self::per_round(runs, ETCD, SHARED, f);
+        if one.is_empty() || added.is_empty() {
+            return Vec::new();
+        }
+        let n = trips as u8;
+        let above: Vec<f64> = added
+            .iter()
+            .zip(&one)
+            .map(|(a, o)| a - f64::from(n) * o)
+            .collect();
+        let figure = |name: String, v: &[f64]| Figure {
+            name,
+            goal: String::new(),
+            spread: Spread::of(v),
+            pass: None,
+            decimals: 1,
+        };
+        vec![
+            figure(
+                format!("(for reference) {what} of one etcd round trip through Envoy, {mode}: the probe sending one etcd transaction per request and nothing else (311) − the probe holding the request for its body (310)"),
+                &one,
+            ),
+            figure(
+                match trips {
+                    Trips::RequestAndOutcome => format!("(for reference) {what}, {mode}: the etcd ledger above its floor of two such round trips (the request path's and the outcome's), (10 − 5) − 2 × (311 − 310)"),
+                    Trips::RequestPath => format!("(for reference) {what}, {mode}: the etcd ledger above its floor of one such round trip (the request path's; the outcome's is after the answer), (10 − 5) − (311 − 310)"),
+                },
+                &above,
+            ),
+        ]
     }
 
     fn figures(&self) -> Vec<Figure> {
@@ -292,6 +357,20 @@ impl EtcdReport<'_> {
                 decimals: 1,
             });
         }
+        v.extend(Self::round_trip_figures(
+            &self.paced,
+            "paced",
+            "Envoy CPU per request (µs)",
+            &|r| r.cpu_us_per_req,
+            Trips::RequestAndOutcome,
+        ));
+        v.extend(Self::round_trip_figures(
+            &self.paced,
+            "paced",
+            "added p50 latency (µs)",
+            &|r| r.p50_us,
+            Trips::RequestPath,
+        ));
         for (runs, label) in [
             (&self.sat, "saturated (each at its own rate)"),
             (&self.unloaded, "unloaded"),
@@ -358,7 +437,9 @@ impl EtcdReport<'_> {
             else {
                 continue;
             };
-            let (etcd_requests, etcd_cpu) = if i == ETCD {
+            let (etcd_requests, etcd_cpu) = if i == TXN {
+                ("1 (the probe's)".to_string(), "–".to_string())
+            } else if i == ETCD {
                 let per = |l: &EtcdLoad, f: &dyn Fn(&EtcdLoad) -> f64| {
                     if l.requests == 0 {
                         "–".to_string()
@@ -423,7 +504,7 @@ impl EtcdReport<'_> {
             .sum();
         let _ = writeln!(
             s,
-            "\netcd's own counters by method: the {} counted first attempts' request paths {}; their outcomes {}. Over configuration 10's load runs: {} lease grants in all (one per time bucket per VM, not per request); {} answers other than 2xx in its saturated runs; `retry_guard.ledger.unavailable` moved by {}; {} ledger keys in etcd after the runs.",
+            "\netcd's own counters by method: the {} counted first attempts' request paths {}; their outcomes {}. Over configuration 10's load runs: {} lease grants in all (one per time bucket per VM, not per request); {} answers other than 2xx in its saturated runs; `retry_guard.ledger.unavailable` moved by {}; {} ledger keys in etcd after the runs. etcd's database in use grew by {} bytes for the {} keys the whole run left (ledger entries, the probe's and the timed transactions', all values of an entry's size): {} bytes per live key.",
             self.split.request_path.len(),
             methods(&self.split.request_path),
             methods(&self.split.outcome),
@@ -431,6 +512,12 @@ impl EtcdReport<'_> {
             non2xx,
             self.unavailable,
             self.keys_after,
+            self.storage.db_in_use,
+            self.storage.keys,
+            self.storage
+                .db_in_use
+                .checked_div(self.storage.keys)
+                .map_or("–".to_string(), |b| b.to_string()),
         );
         s
     }
@@ -489,6 +576,7 @@ impl EtcdReport<'_> {
                 "max": f.spread.max, "met": f.pass,
             })).collect::<Vec<_>>(),
             "ledger_unavailable": self.unavailable, "ledger_keys_after": self.keys_after,
+            "keys_after": self.storage.keys, "db_in_use_grown_bytes": self.storage.db_in_use,
         })
     }
 
@@ -559,5 +647,59 @@ mod tests {
             ..f
         };
         assert_eq!(g.row(), "| x | ≤ 1 | 2.00 |  |  |");
+    }
+
+    #[test]
+    fn the_floor_is_two_round_trips_of_cpu_and_one_of_latency() {
+        let run = |cpu: f64, p50: f64| Run {
+            requests: 1,
+            seconds: 1.0,
+            p50_us: p50,
+            p99_us: p50,
+            non2xx: 0,
+            socket_errors: 0,
+            cpu_us_per_req: cpu,
+            pacing: None,
+        };
+        // 8, 5, 10, 310, 311: one round trip costs 60 µs of CPU and 1000 µs of latency; the
+        // etcd ledger adds 130 µs and 1100 µs over the shared-data one.
+        let runs: Vec<Vec<Run>> = [
+            (100.0, 300.0),
+            (150.0, 400.0),
+            (280.0, 1500.0),
+            (120.0, 350.0),
+            (180.0, 1350.0),
+        ]
+        .iter()
+        .map(|(c, p)| vec![run(*c, *p)])
+        .collect();
+        let cpu = EtcdReport::round_trip_figures(
+            &runs,
+            "paced",
+            "cpu",
+            &|r| r.cpu_us_per_req,
+            Trips::RequestAndOutcome,
+        );
+        assert_eq!(cpu.len(), 2);
+        assert_eq!(cpu[0].spread.median, 60.0);
+        assert_eq!(cpu[1].spread.median, 10.0);
+        let p50 = EtcdReport::round_trip_figures(
+            &runs,
+            "paced",
+            "p50",
+            &|r| r.p50_us,
+            Trips::RequestPath,
+        );
+        assert_eq!(p50[0].spread.median, 1000.0);
+        assert_eq!(p50[1].spread.median, 100.0);
+        assert!(p50[1].name.contains("one such round trip"));
+        assert!(EtcdReport::round_trip_figures(
+            &runs[..3],
+            "paced",
+            "x",
+            &|r| r.p50_us,
+            Trips::RequestPath
+        )
+        .is_empty());
     }
 }
