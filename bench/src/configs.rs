@@ -916,24 +916,13 @@ mod tests {
         )
         .unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], 1));
-        let with = proxy_config(
-            &crate::cases::PROBE_ETCD_TXN,
-            Backend::Upstream,
-            Some(addr),
-            "",
-            Some(&etcd),
-        )
-        .unwrap();
-        assert!(with.to_string().contains(ETCD_CLUSTER));
-        let without = proxy_config(
-            &crate::cases::PROBE_HOLD,
-            Backend::Upstream,
-            Some(addr),
-            "",
-            Some(&etcd),
-        )
-        .unwrap();
-        assert!(!without.to_string().contains(ETCD_CLUSTER));
+        for (case, calls) in [
+            (crate::cases::PROBE_ETCD_TXN, true),
+            (crate::cases::PROBE_HOLD, false),
+        ] {
+            let b = proxy_config(&case, Backend::Upstream, Some(addr), "", Some(&etcd)).unwrap();
+            assert_eq!(b.to_string().contains(ETCD_CLUSTER), calls, "{}", case.id);
+        }
     }
 
     #[test]

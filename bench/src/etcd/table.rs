@@ -357,20 +357,20 @@ impl EtcdReport<'_> {
                 decimals: 1,
             });
         }
-        v.extend(Self::round_trip_figures(
-            &self.paced,
-            "paced",
-            "Envoy CPU per request (µs)",
-            &|r| r.cpu_us_per_req,
-            Trips::RequestAndOutcome,
-        ));
-        v.extend(Self::round_trip_figures(
-            &self.paced,
-            "paced",
-            "added p50 latency (µs)",
-            &|r| r.p50_us,
-            Trips::RequestPath,
-        ));
+        let cpu: &dyn Fn(&Run) -> f64 = &|r| r.cpu_us_per_req;
+        let p50: &dyn Fn(&Run) -> f64 = &|r| r.p50_us;
+        for (what, f, trips) in [
+            ("Envoy CPU per request (µs)", cpu, Trips::RequestAndOutcome),
+            ("added p50 latency (µs)", p50, Trips::RequestPath),
+        ] {
+            v.extend(Self::round_trip_figures(
+                &self.paced,
+                "paced",
+                what,
+                f,
+                trips,
+            ));
+        }
         for (runs, label) in [
             (&self.sat, "saturated (each at its own rate)"),
             (&self.unloaded, "unloaded"),
