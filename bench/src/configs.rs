@@ -904,6 +904,19 @@ mod tests {
             hostcost_filter::ENTRY_BYTES,
             retry_guard::ledger::ENTRY_BYTES
         );
+        // The probe cannot link the filter (both export the proxy-wasm ABI): its transaction
+        // is checked against the ledger's own, byte for byte.
+        let value = [b'e'; retry_guard::ledger::ENTRY_BYTES];
+        assert_eq!(
+            hostcost_filter::txn_body("retry-guard-bench-probe/1-2-0"),
+            retry_guard::etcd::txn_body(
+                "retry-guard-bench-probe/1-2-0",
+                retry_guard::etcd::Expect::Absent,
+                &value,
+                0
+            )
+        );
+        assert_eq!(hostcost_filter::TXN_PATH, retry_guard::etcd::TXN_PATH);
         for case in [crate::cases::PROBE_HOLD, crate::cases::PROBE_ETCD_TXN] {
             let Filter::Probe(config) = case.filter else {
                 panic!("{} is a probe", case.id);

@@ -218,12 +218,12 @@ mod filter {
             true
         }
 
-        fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+        fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
             let probe = self.probe.clone()?;
             Some(Box::new(Stream {
                 txns_left: probe.count,
                 probe,
-                id: _id,
+                id,
             }))
         }
 

@@ -180,22 +180,19 @@ impl EtcdReport<'_> {
         percentile(&self.rtt_all(), 0.5)
     }
 
-    /// Per round, `f` of configuration `a`'s run minus `b`'s.
-    fn delta(runs: &[Vec<Run>], a: usize, b: usize, f: impl Fn(&Run) -> f64) -> Option<Spread> {
-        let (x, y) = (runs.get(a)?, runs.get(b)?);
-        if x.is_empty() || y.is_empty() {
-            return None;
-        }
-        let per_round: Vec<f64> = x.iter().zip(y).map(|(x, y)| f(x) - f(y)).collect();
-        Some(Spread::of(&per_round))
-    }
-
-    /// Per round, `f` of configuration `a`'s run minus `b`'s, as values.
+    /// Per round, `f` of configuration `a`'s run minus `b`'s, as values (none when either has
+    /// no run).
     fn per_round(runs: &[Vec<Run>], a: usize, b: usize, f: &dyn Fn(&Run) -> f64) -> Vec<f64> {
         match (runs.get(a), runs.get(b)) {
             (Some(x), Some(y)) => x.iter().zip(y).map(|(x, y)| f(x) - f(y)).collect(),
             _ => Vec::new(),
         }
+    }
+
+    /// [`EtcdReport::per_round`] as a spread over the rounds.
+    fn delta(runs: &[Vec<Run>], a: usize, b: usize, f: impl Fn(&Run) -> f64) -> Option<Spread> {
+        let per_round = Self::per_round(runs, a, b, &f);
+        (!per_round.is_empty()).then(|| Spread::of(&per_round))
     }
 
     /// What one etcd round trip costs Envoy (the probe: 311 − 310), and the etcd ledger's
