@@ -199,7 +199,7 @@ pub const FIRST_ATTEMPTS_MAX_ENTRIES: u32 = 524_288;
 /// route's window at [`FIRST_ATTEMPTS_WINDOW_SECONDS`] and `max_entries` at
 /// [`FIRST_ATTEMPTS_MAX_ENTRIES`].
 ///
-/// The ledger never evicts a live entry of a sensitive route: a set whose four entries are all
+/// The ledger never evicts a live entry of a sensitive route: a set whose entries are all
 /// live refuses the new attempt (503, `ledger_full`). With the benchmark's day-long window and
 /// 65,536 entries, saturating first attempts fill the table within seconds, and refusals begin
 /// long before, as sets fill at random (1% of the answers with the table a third full, seen

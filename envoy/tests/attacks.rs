@@ -15,6 +15,7 @@ use retry_guard::b64;
 use retry_guard::canonical::BodyForm;
 use retry_guard::engine::token_record_id;
 use retry_guard::fingerprint::{body_digest, Fingerprint, NaturalKey};
+use retry_guard::ledger::WAYS;
 use retry_guard_e2e::client::Response;
 use retry_guard_e2e::fixture::{Handle, Shared};
 use retry_guard_e2e::gateway::{envoy_yaml, plugin_config};
@@ -326,14 +327,14 @@ fn attack_5_requests_aimed_at_a_replays_set_do_not_flush_it() {
         printed,
         "the attacker computes fingerprints as the filter does"
     );
-    let sets = 65_536 / 4; // the bundled max_entries, four entries per set
+    let sets = 65_536 / WAYS as u32; // the bundled max_entries, WAYS entries per set
     let target = public_set(&printed, sets);
     // Requests answered 400 before a decision (two idempotency keys), each with a new opaque
     // token whose record id falls in the target's set.
     let tokens: Vec<String> = (0..)
         .map(|i| format!("opaque-attack5-{i}"))
         .filter(|t| public_set(&token_record_id(t), sets) == target)
-        .take(6)
+        .take(WAYS + 2)
         .collect();
     for (i, token) in tokens.iter().enumerate() {
         let flood = req
@@ -351,7 +352,7 @@ fn attack_5_requests_aimed_at_a_replays_set_do_not_flush_it() {
     let bodies: Vec<String> = (0..)
         .map(|i| format!("{}&n={i}", req.body))
         .filter(|b| public_set(&token_fingerprint(&principal, b), sets) == target)
-        .take(6)
+        .take(WAYS + 2)
         .collect();
     for (i, body) in bodies.iter().enumerate() {
         let flood = req.again(&format!("aimed{i}")).body(body);
@@ -365,7 +366,7 @@ fn attack_5_requests_aimed_at_a_replays_set_do_not_flush_it() {
     assert_executed_once_with(&gw, case, &req.body);
 }
 
-/// Attack 5, by volume, on a gateway whose table is tiny (`max_entries: 8`: two sets per
+/// Attack 5, by volume, on a gateway whose table is tiny (`max_entries: 8`: one set per
 /// table) and whose token route allows tokens 2 s old: new token calls, each with a new opaque
 /// token, until the tables are full. The flood cannot make the ledger forget: calls that find
 /// no room are answered 503 `ledger-unavailable` (`ledger_full`, the token route fails

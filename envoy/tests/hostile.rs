@@ -461,7 +461,9 @@ impl Run<'_> {
                 std::thread::sleep(Duration::from_millis(50));
             }
         };
-        let statuses: retry_guard_e2e::Result<Vec<u16>> = (|| match self.proto {
+        // Each answer's status and, for any other than 200, what its body said (a problem
+        // document's type and detail), so a failure names its cause.
+        let statuses: retry_guard_e2e::Result<Vec<(u16, String)>> = (|| match self.proto {
             Proto::H1 => {
                 let mut conns = Vec::with_capacity(HELD);
                 for (case, body) in cases.iter().zip(&bodies) {
@@ -483,7 +485,7 @@ impl Run<'_> {
                     .into_iter()
                     .map(|s| {
                         client::finish_on(s, "POST", "/oauth/token", &[], ANSWER_BOUND)
-                            .map(|r| r.status)
+                            .map(|r| (r.status, what_it_said(r.status, &r.body)))
                     })
                     .collect()
             }
@@ -505,7 +507,10 @@ impl Run<'_> {
                     c.data(*id, &body[4_096..], true, ANSWER_BOUND)?;
                 }
                 ids.into_iter()
-                    .map(|id| c.wait(id, ANSWER_BOUND).map(|r| r.status))
+                    .map(|id| {
+                        c.wait(id, ANSWER_BOUND)
+                            .map(|r| (r.status, what_it_said(r.status, &r.body)))
+                    })
                     .collect()
             }
         })();
@@ -513,9 +518,10 @@ impl Run<'_> {
         self.slowest = self.slowest.max(took);
         match statuses {
             Ok(s) => {
-                let ok = s.iter().filter(|x| **x == 200).count();
+                let ok = s.iter().filter(|x| x.0 == 200).count();
                 if ok != HELD {
-                    let mut other: Vec<u16> = s.into_iter().filter(|x| *x != 200).collect();
+                    let mut other: Vec<(u16, String)> =
+                        s.into_iter().filter(|x| x.0 != 200).collect();
                     other.sort_unstable();
                     other.dedup();
                     self.fail(
@@ -533,6 +539,18 @@ impl Run<'_> {
             took.as_secs_f64()
         );
         held_rss
+    }
+}
+
+/// What an answer other than 200 said: its problem document's type and detail, else the
+/// start of its body (empty for a 200).
+fn what_it_said(status: u16, body: &[u8]) -> String {
+    if status == 200 {
+        return String::new();
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(doc) if doc["type"].is_string() => format!("{} {}", doc["type"], doc["detail"]),
+        _ => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
     }
 }
 

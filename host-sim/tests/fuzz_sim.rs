@@ -117,8 +117,9 @@ fn a_stale_attempts_outcome_is_not_recorded_on_a_newer_attempt() {
 #[test]
 fn an_attempt_in_flight_is_never_evicted() {
     use host_sim::{Request, Sim, SimConfig, Upstream};
-    let config = br#"{
-      "max_entries": 4,
+    // One set per table.
+    let config = r#"{
+      "max_entries": MAX_ENTRIES,
       "principal": ["header:x-client-id"],
       "routes": [
         { "name": "oauth-token", "match": { "path": "/oauth/token" },
@@ -126,11 +127,12 @@ fn an_attempt_in_flight_is_never_evicted() {
         { "name": "orders", "match": { "path_prefix": "/v1/orders" },
           "class": "idempotent_write", "owner": "team-shop", "escalation": "pagerduty:shop" }
       ]
-    }"#;
+    }"#
+    .replace("MAX_ENTRIES", &retry_guard::ledger::WAYS.to_string());
     let sim = Sim::new(
         runtime(),
         SimConfig {
-            plugin_config: config.to_vec(),
+            plugin_config: config.into_bytes(),
             ..SimConfig::default()
         },
     )
@@ -145,9 +147,9 @@ fn an_attempt_in_flight_is_never_evicted() {
             .header("x-client-id", "shop")
             .body(format!("{{\"order\":{n}}}"))
     };
-    // One 4-way set: three sensitive token calls and order A, all in flight.
+    // One full set: WAYS - 1 sensitive token calls and order A, all in flight.
     let mut open = Vec::new();
-    for n in 0..3 {
+    for n in 0..retry_guard::ledger::WAYS as u32 - 1 {
         open.push(sim.begin(&token(n), None).expect("token"));
     }
     let a = sim.begin(&order(1), None).expect("order A");

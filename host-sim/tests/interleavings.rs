@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use host_sim::explore::{self, Action, Case, Observed, Options, Outcome, Points, Search};
 use host_sim::tokens::{read_signing_key, Confirmation};
 use host_sim::{Exchange, Request, Runtime, Upstream};
+use retry_guard::ledger::WAYS;
 use retry_guard::policy::Outcome as Recorded;
 
 fn runtime() -> &'static Runtime {
@@ -19,7 +20,7 @@ fn runtime() -> &'static Runtime {
     })
 }
 
-/// A small ledger (one 4-way set per table with `max_entries: 4`) and two routes: the
+/// A small ledger (one set per table with `max_entries: WAYS`) and two routes: the
 /// sensitive token route (which records when an opaque bearer token is first seen) and a
 /// non-sensitive idempotent write.
 fn config(max_entries: u32) -> Vec<u8> {
@@ -380,13 +381,13 @@ fn the_same_confirmation_is_accepted_once() {
     explore_case(&case, Options::default());
 }
 
-/// One 4-way set per table, full: an in-flight sensitive token call (worker 0) and three
+/// One set per table, full: an in-flight sensitive token call (worker 0) and WAYS - 1
 /// completed orders. Worker 0 records the token call's outcome while worker 1 sends a new
 /// request that needs room: it evicts the oldest order, never the token call, and the
 /// outcome is never lost.
 fn eviction_case(newcomer: Request, label: &str) -> Case {
     let mut setup = vec![(0, Action::begin("token", token(GRANT)))];
-    for n in 1..=3 {
+    for n in 1..WAYS as u32 {
         setup.push((1, Action::Advance { ms: 1_000 }));
         setup.push((
             1,
@@ -396,7 +397,7 @@ fn eviction_case(newcomer: Request, label: &str) -> Case {
     setup.push((1, Action::Advance { ms: 1_000 }));
     Case {
         name: format!("eviction in a full set while another worker updates an entry ({label})"),
-        plugin_config: config(4),
+        plugin_config: config(WAYS as u32),
         seed: 19,
         setup,
         workers: vec![
@@ -429,7 +430,7 @@ fn eviction_case(newcomer: Request, label: &str) -> Case {
                 return Err("the oldest order was not the one evicted".into());
             }
             let nfp = fingerprint(newcomer).ok_or("no fingerprint")?;
-            if o.ledger.attempt(&nfp).is_none() || o.ledger.attempts.len() != 4 {
+            if o.ledger.attempt(&nfp).is_none() || o.ledger.attempts.len() != WAYS {
                 return Err(format!(
                     "the set holds {} entries, the newcomer's {}",
                     o.ledger.attempts.len(),
@@ -453,7 +454,10 @@ fn eviction_case(newcomer: Request, label: &str) -> Case {
 
 #[test]
 fn eviction_in_a_full_set_never_evicts_or_loses_a_live_entry() {
-    explore_case(&eviction_case(order(4), "a new order"), Options::default());
+    explore_case(
+        &eviction_case(order(WAYS as u32), "a new order"),
+        Options::default(),
+    );
     explore_case(
         &eviction_case(
             token("grant_type=client_credentials&client_id=other"),

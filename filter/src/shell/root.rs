@@ -101,7 +101,7 @@ pub(crate) fn configure(root_id: u32) -> Option<Rc<Root>> {
     }
     let memory_gauge = abi::define_metric(MetricType::Gauge, crate::metrics::MEMORY_GAUGE).ok();
     // On the cluster ledger every tracked decision and token sighting goes to etcd; the
-    // shared-data table is never read, so it gets one set instead of `max_entries / 4` keys
+    // shared-data table is never read, so it gets one set instead of `max_entries / WAYS` keys
     // created at start.
     let entries = match config.ledger.backend {
         crate::config::LedgerBackend::SharedData => config.max_entries,

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::config::Config;
 use crate::host::Status;
-use crate::ledger::{IndexKey, MemoryStore, SharedStore, SlotLedger, Table};
+use crate::ledger::{IndexKey, MemoryStore, SharedStore, SlotLedger, Table, WAYS};
 use crate::policy::Outcome;
 
 const NOW: u64 = 1_700_000_000;
@@ -1075,7 +1075,7 @@ fn ledger_failure_lets_the_request_through_and_logs_what_failed() {
         .collect();
     assert_eq!(errors.len(), 1);
     assert!(
-        errors[0].starts_with("retry-guard: ledger unavailable, request passes unguarded: reading ledger key retry-guard/v2/a/"),
+        errors[0].starts_with("retry-guard: ledger unavailable, request passes unguarded: reading ledger key retry-guard/v3/a/"),
         "{}",
         errors[0]
     );
@@ -1873,20 +1873,20 @@ fn count_of(host: &FakeHost, event: Event) -> usize {
 #[test]
 fn a_set_full_of_live_sensitive_attempts_refuses_by_the_fail_policy() {
     for (fail, status) in [("fail_closed", Some(503)), ("fail_open", None)] {
-        // One set of four per table: four live attempts of a sensitive route fill it.
+        // One set per table: WAYS live attempts of a sensitive route fill it.
         let plugin = plugin_with(json!({
-            "max_entries": 4,
+            "max_entries": WAYS,
             "ledger": {"on_unavailable": fail}
         }));
         let call = |n: u32| {
             FakeHost::request("token", "POST", "/oauth/token", &[("x-client-id", "c")])
                 .with_body(&format!("n={n}"))
         };
-        for n in 0..4 {
+        for n in 0..WAYS as u32 {
             exchange(&plugin, &call(n), n + 1);
         }
-        let host = call(9);
-        exchange(&plugin, &host, 9);
+        let host = call(99);
+        exchange(&plugin, &host, 99);
         assert_eq!(host.replies().first().map(|r| r.status), status, "{fail}");
         if let Some(reply) = host.replies().first() {
             assert_eq!(
@@ -1899,9 +1899,9 @@ fn a_set_full_of_live_sensitive_attempts_refuses_by_the_fail_policy() {
         assert_eq!(count_of(&host, Event::LedgerFull), 1);
         assert_eq!(count_of(&host, Event::LedgerEvicted), 0);
         // Nothing was forgotten: each earlier call's replay is still held back.
-        for n in 0..4 {
+        for n in 0..WAYS as u32 {
             let replay = call(n);
-            exchange(&plugin, &replay, 20 + n);
+            exchange(&plugin, &replay, 200 + n);
             assert_eq!(replay.replies().len(), 1, "{fail}: replay {n} passed");
         }
     }
@@ -1911,7 +1911,7 @@ fn a_set_full_of_live_sensitive_attempts_refuses_by_the_fail_policy() {
 fn evictions_are_counted_and_token_sightings_have_their_own_table() {
     // A tracked route that is not sensitive, with a token age: its entries may be evicted.
     let plugin = plugin_with(json!({
-        "max_entries": 4,
+        "max_entries": WAYS,
         "routes": [{
             "name": "orders",
             "match": {"path": "/orders"},
@@ -1936,19 +1936,20 @@ fn evictions_are_counted_and_token_sightings_have_their_own_table() {
         host.respond(&[(":status", "200")]);
         stream.on_response_headers(&plugin, host);
     };
-    for n in 0..4 {
+    let ways = WAYS as u32;
+    for n in 0..ways {
         answered(&call(n, None), n + 1);
     }
-    // Four new opaque tokens: their sightings fill the token table and push no attempt out.
-    for n in 4..8 {
+    // WAYS new opaque tokens: their sightings fill the token table and push no attempt out.
+    for n in ways..2 * ways {
         let host = call(n, Some(&format!("opaque-{n}")));
         answered(&host, n + 1);
         assert_eq!(count_of(&host, Event::LedgerEvicted), 1, "the attempt's");
     }
-    assert_eq!(table_entries(&plugin.tokens).len(), 4);
+    assert_eq!(table_entries(&plugin.tokens).len(), WAYS);
     // One more token: one eviction in each table, both counted.
-    let host = call(9, Some("opaque-9"));
-    exchange(&plugin, &host, 9);
+    let host = call(99, Some("opaque-99"));
+    exchange(&plugin, &host, 99);
     assert_eq!(count_of(&host, Event::LedgerEvicted), 2);
     assert_eq!(count_of(&host, Event::LedgerFull), 0);
     assert!(host.replies().is_empty());
