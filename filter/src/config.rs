@@ -461,7 +461,7 @@ pub const SCHEMA: &[FieldDoc] = &[
     FieldDoc { path: "mode", kind: "\"enforce\" | \"shadow\", default \"enforce\"", doc: "shadow computes, logs and counts every decision but blocks and strips nothing" },
     FieldDoc { path: "window_seconds", kind: "integer 1..=2592000, default 900", doc: "how long a ledger entry lives after its latest attempt" },
     FieldDoc { path: "clock_skew_seconds", kind: "integer 0..=3600, default 30", doc: "tolerance for token exp/nbf and confirmation iat" },
-    FieldDoc { path: "max_entries", kind: "integer 4..=16777216, default 65536", doc: "capacity of each in-process ledger table (attempts, opaque-token sightings); a full set evicts its oldest entry that is not a live one of a sensitive route, else refuses the new one (see The ledger)" },
+    FieldDoc { path: "max_entries", kind: "integer 4..=16777216, default 65536", doc: "capacity of each in-process ledger table (attempts, opaque-token sightings), rounded up to whole sets of 8 entries; a full set evicts its oldest entry that is not a live one of a sensitive route, else refuses the new one (see The ledger)" },
     FieldDoc { path: "idempotency_key_header", kind: "header name, default \"idempotency-key\"", doc: "where clients put the idempotency key" },
     FieldDoc { path: "max_key_length", kind: "integer 1..=8192, default 255", doc: "longer keys are answered 400" },
     FieldDoc { path: "max_body_bytes", kind: "integer 0..=16777216, default 65536", doc: "largest body buffered on a guarded non-read_only route; larger is 413" },

@@ -161,3 +161,26 @@ fn the_audit_member_table_is_the_writers_member_list() {
         .collect();
     assert_eq!(documented, retry_guard::audit::MEMBERS);
 }
+
+#[test]
+fn max_entries_names_the_ledgers_set_size() {
+    let sets = format!("whole sets of {} entries", retry_guard::ledger::WAYS);
+    let field = SCHEMA.iter().find(|f| f.path == "max_entries").unwrap();
+    assert!(field.doc.contains(&sets), "{}", field.doc);
+    let readme = readme();
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `max_entries` |"))
+        .unwrap_or_default();
+    assert!(row.contains(&sets), "README: {row}");
+    let ways = retry_guard::ledger::WAYS;
+    for said in [
+        format!("table of `max_entries / {ways}` set keys"),
+        format!("each key holds up to {ways} entries"),
+    ] {
+        assert!(
+            readme.contains(&said),
+            "README's ledger section lacks {said:?}"
+        );
+    }
+}
