@@ -1011,8 +1011,11 @@ pub(crate) mod tests {
     #[test]
     fn refusals_stay_rare_while_the_table_is_lightly_used() {
         const MAX: u32 = 65_536;
+        // Each table is filled to a quarter of `max_entries`, under each of four secrets.
+        const FILL: u32 = MAX / 4;
+        const SECRETS: u8 = 4;
         let (mut refused, mut firsts) = (0u32, Vec::new());
-        for secret in 1..=4u8 {
+        for secret in 1..=SECRETS {
             let store = MemoryStore::default();
             let l = SlotLedger::new(
                 &store,
@@ -1022,7 +1025,7 @@ pub(crate) mod tests {
                 IndexKey::new([secret; 16]),
             );
             let mut first_refusal = None;
-            for i in 0..MAX / 4 {
+            for i in 0..FILL {
                 let mut e = entry(0, 100);
                 e.id[..4].copy_from_slice(&i.to_le_bytes());
                 e.sensitive = true;
@@ -1039,7 +1042,10 @@ pub(crate) mod tests {
             firsts.iter().all(|&f| f >= MAX / 10),
             "first refusals at entries {firsts:?}"
         );
-        assert!(refused < 4 * MAX / 4 / 1000, "{refused} refused");
+        assert!(
+            refused < u32::from(SECRETS) * FILL / 1000,
+            "{refused} refused"
+        );
     }
 
     #[test]

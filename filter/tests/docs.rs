@@ -164,7 +164,8 @@ fn the_audit_member_table_is_the_writers_member_list() {
 
 #[test]
 fn max_entries_names_the_ledgers_set_size() {
-    let sets = format!("whole sets of {} entries", retry_guard::ledger::WAYS);
+    let ways = retry_guard::ledger::WAYS;
+    let sets = format!("whole sets of {ways} entries");
     let field = SCHEMA.iter().find(|f| f.path == "max_entries").unwrap();
     assert!(field.doc.contains(&sets), "{}", field.doc);
     let readme = readme();
@@ -173,7 +174,6 @@ fn max_entries_names_the_ledgers_set_size() {
         .find(|l| l.starts_with("| `max_entries` |"))
         .unwrap_or_default();
     assert!(row.contains(&sets), "README: {row}");
-    let ways = retry_guard::ledger::WAYS;
     for said in [
         format!("table of `max_entries / {ways}` set keys"),
         format!("each key holds up to {ways} entries"),
