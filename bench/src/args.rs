@@ -9,7 +9,7 @@ use crate::cases::CASES;
 use crate::configs::Backend;
 
 /// What `--help` prints.
-const USAGE: &str = "usage: retry-guard-bench [--cases 1,2,.. (all: 1 to 9, 11 and 12 jwt_authn)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--direct (every route a direct_response, no upstream)] [--host-costs (price each host call retry-guard makes; writes host-costs.md)] [--pacing (how evenly the paced runs' requests arrive; writes pacing.md)] [--etcd (only the etcd ledger's comparison with the shared-data one; writes etcd.md; the default run ends with it)] [--no-etcd (leave it out; so does --cases)] [--update-readme]";
+const USAGE: &str = "usage: retry-guard-bench [--cases 1,2,.. (all: 1 to 9, 11 and 12 jwt_authn)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--direct (every route a direct_response, no upstream)] [--host-costs (price each host call retry-guard makes; writes host-costs.md)] [--compare-wasm FILE (configurations 4, 5 and 6 with this module beside the measured one, saturated; writes compare.md)] [--pacing (how evenly the paced runs' requests arrive; writes pacing.md)] [--etcd (only the etcd ledger's comparison with the shared-data one; writes etcd.md; the default run ends with it)] [--no-etcd (leave it out; so does --cases)] [--update-readme]";
 
 /// Whether a run includes the etcd ledger's comparison ([`crate::etcd`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -26,6 +26,9 @@ pub enum EtcdRun {
 pub struct Options {
     /// retry-guard's wasm instead of the release build (`--wasm`).
     pub wasm: Option<PathBuf>,
+    /// Another build of retry-guard to measure beside it instead (`--compare-wasm`; see
+    /// [`crate::compare`]).
+    pub compare_wasm: Option<PathBuf>,
     /// The configurations to run (`--cases`, ids of [`CASES`]; default all).
     pub cases: Vec<usize>,
     /// retry-guard's plugin configuration instead of host-sim's benchmark one
@@ -69,6 +72,7 @@ pub fn parse() -> Result<Options> {
 pub(crate) fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Option<Options>> {
     let mut o = Options {
         wasm: None,
+        compare_wasm: None,
         cases: CASES.iter().map(|c| c.id).collect(),
         plugin_config: None,
         rounds: 5,
@@ -111,6 +115,7 @@ pub(crate) fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Optio
             }
             "--envoy-log-level" => o.log_level = value("a level")?,
             "--wasm" => o.wasm = Some(PathBuf::from(value("a file")?)),
+            "--compare-wasm" => o.compare_wasm = Some(PathBuf::from(value("a file")?)),
             "--plugin-config" => {
                 let file = value("a file")?;
                 let text = fs::read_to_string(&file).map_err(|e| Error(format!("{file}: {e}")))?;
@@ -120,7 +125,21 @@ pub(crate) fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Optio
             other => return Err(Error(format!("unknown argument {other:?}; see --help"))),
         }
     }
-    o.etcd = match (etcd_only, no_etcd || cases_chosen) {
+    let modes = [o.host_costs, o.pacing, etcd_only, o.compare_wasm.is_some()];
+    if modes.iter().filter(|m| **m).count() > 1 {
+        return Err(Error::new(
+            "--host-costs, --pacing, --etcd and --compare-wasm are runs of their own: give one",
+        ));
+    }
+    if o.compare_wasm.is_some() && (cases_chosen || o.update_readme) {
+        return Err(Error::new(
+            "--compare-wasm runs configurations 4, 5 and 6 and changes no README: drop --cases and --update-readme",
+        ));
+    }
+    o.etcd = match (
+        etcd_only,
+        no_etcd || cases_chosen || o.compare_wasm.is_some(),
+    ) {
         (true, _) if no_etcd => return Err(Error::new("--etcd and --no-etcd contradict")),
         (true, _) => EtcdRun::Only,
         (false, true) => EtcdRun::Skip,
@@ -193,5 +212,24 @@ mod tests {
         assert_eq!(etcd(&["--cases", "5,8"]), EtcdRun::Skip);
         assert_eq!(etcd(&["--cases", "5", "--etcd"]), EtcdRun::Only);
         assert!(parse(&["--etcd", "--no-etcd"]).is_err());
+    }
+
+    #[test]
+    fn a_comparison_is_a_run_of_its_own() {
+        let o = parse(&["--compare-wasm", "b.wasm", "--rounds", "9"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.compare_wasm, Some(PathBuf::from("b.wasm")));
+        assert_eq!(o.etcd, EtcdRun::Skip);
+        for clash in [
+            &["--compare-wasm", "b.wasm", "--host-costs"][..],
+            &["--compare-wasm", "b.wasm", "--etcd"],
+            &["--compare-wasm", "b.wasm", "--cases", "4"],
+            &["--compare-wasm", "b.wasm", "--update-readme"],
+            &["--host-costs", "--pacing"],
+        ] {
+            assert!(parse(clash).is_err(), "{clash:?}");
+        }
+        assert!(parse(&["--compare-wasm"]).is_err());
     }
 }

@@ -16,6 +16,9 @@ pub enum Filter {
     Noop,
     /// retry-guard.
     Guard,
+    /// retry-guard built another way: the module given with `--compare-wasm`
+    /// ([`crate::compare`]).
+    GuardCompared,
     /// retry-guard with the cluster ledger on etcd (`"ledger": {"backend": "etcd"}`, the
     /// benchmark's etcd member reached through an Envoy cluster); see [`crate::etcd`].
     GuardEtcd,
@@ -33,7 +36,7 @@ impl Filter {
     /// (see `BUFFER` in [`crate::configs`]).
     pub fn reads_body(self) -> bool {
         match self {
-            Filter::Guard | Filter::GuardEtcd => true,
+            Filter::Guard | Filter::GuardCompared | Filter::GuardEtcd => true,
             Filter::Probe(config) => {
                 config.starts_with("pause_for_body")
                     || config.starts_with("reply_428")
@@ -69,7 +72,7 @@ pub enum Load {
 }
 
 /// One benchmark configuration: an Envoy set up one way and the request it is sent.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Case {
     /// Its number in the report (1 to 12; the host-cost probes count from 100).
     pub id: usize,
@@ -262,6 +265,32 @@ pub const CASES: [Case; 11] = [
     },
     JWT_RS256,
     JWT_ES256,
+];
+
+/// `--compare-wasm` ([`crate::compare`]): configurations 4, 5 and 6, each followed by the same
+/// configuration loading the compared module (14, 15 and 16), in the order they run each round.
+pub const COMPARE_CASES: [Case; 6] = [
+    CASES[3],
+    Case {
+        id: 14,
+        name: "configuration 4 with the compared module",
+        filter: Filter::GuardCompared,
+        ..CASES[3]
+    },
+    CASES[4],
+    Case {
+        id: 15,
+        name: "configuration 5 with the compared module",
+        filter: Filter::GuardCompared,
+        ..CASES[4]
+    },
+    CASES[5],
+    Case {
+        id: 16,
+        name: "configuration 6 with the compared module",
+        filter: Filter::GuardCompared,
+        ..CASES[5]
+    },
 ];
 
 /// The configuration numbered `id`, one of [`CASES`]; panics on another number (the callers

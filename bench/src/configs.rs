@@ -248,7 +248,7 @@ pub fn token_ledger_text(config: &str) -> String {
 /// Whether `case` runs with [`first_attempts_config`]: retry-guard on the shared-data ledger,
 /// every request a first attempt (case 5).
 pub fn runs_first_attempts(case: &Case) -> bool {
-    case.filter == Filter::Guard && case.load == Load::Unique
+    matches!(case.filter, Filter::Guard | Filter::GuardCompared) && case.load == Load::Unique
 }
 
 /// The upstream Envoy: the answers of configurations 1 to 5, each request read whole.
@@ -278,7 +278,7 @@ pub fn proxy_bootstrap(
     let plugin_config = match case.filter {
         Filter::None => None,
         Filter::Noop => Some(""),
-        Filter::Guard => Some(guard_config),
+        Filter::Guard | Filter::GuardCompared => Some(guard_config),
         Filter::GuardEtcd => Some(etcd.map_or(guard_config, |e| e.plugin_config.as_str())),
         Filter::Probe(config) => Some(config),
         Filter::JwtAuthn(_) => None,
@@ -359,6 +359,8 @@ pub struct Modules {
     pub noop: PathBuf,
     /// The host-call probe (only `--host-costs` needs it).
     pub probe: PathBuf,
+    /// The other build of retry-guard that `--compare-wasm` measures beside [`Modules::guard`].
+    pub compared: Option<PathBuf>,
 }
 
 impl Modules {
@@ -380,7 +382,13 @@ impl Modules {
                 "run `just bench --host-costs` (it builds the probe)",
             )?;
         }
-        Ok(Modules { guard, noop, probe })
+        let compared = o.compare_wasm.clone().map(check_wasm).transpose()?;
+        Ok(Modules {
+            guard,
+            noop,
+            probe,
+            compared,
+        })
     }
 
     /// The module `filter` loads, if any.
@@ -389,6 +397,7 @@ impl Modules {
             Filter::None | Filter::JwtAuthn(_) => None,
             Filter::Noop => Some(&self.noop),
             Filter::Guard | Filter::GuardEtcd => Some(&self.guard),
+            Filter::GuardCompared => self.compared.as_deref(),
             Filter::Probe(_) => Some(&self.probe),
         }
     }
@@ -636,7 +645,7 @@ mod tests {
                 let expected: &[&str] = match case.filter {
                     Filter::None | Filter::JwtAuthn(_) => &[],
                     Filter::Noop => &[""],
-                    Filter::Guard | Filter::GuardEtcd => &["GUARD-CONFIG"],
+                    Filter::Guard | Filter::GuardCompared | Filter::GuardEtcd => &["GUARD-CONFIG"],
                     Filter::Probe(c) => &[c],
                 };
                 assert_eq!(wasm, expected, "{what}");
@@ -801,7 +810,7 @@ mod tests {
                     continue;
                 }
                 Filter::Noop => Some(noop.as_path()),
-                Filter::Guard | Filter::GuardEtcd => Some(guard.as_path()),
+                Filter::Guard | Filter::GuardCompared | Filter::GuardEtcd => Some(guard.as_path()),
                 Filter::None | Filter::JwtAuthn(_) => None,
                 Filter::Probe(_) => unreachable!("the benchmark's cases have no probe"),
             };

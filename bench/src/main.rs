@@ -29,12 +29,14 @@
 //!
 //! `--host-costs` runs [`host_costs`] instead: the price of each host call retry-guard makes,
 //! and each guarded path's added cost beside its limit (with `--update-readme`, also the
-//! top-level README's Performance table). `--pacing` runs [`pacing`] instead: how evenly
+//! top-level README's Performance table). `--compare-wasm FILE` runs [`compare`] instead:
+//! another build of retry-guard beside this one on each guarded path. `--pacing` runs [`pacing`] instead: how evenly
 //! the paced runs' requests arrive.
 
 mod args;
 mod benchmark;
 mod cases;
+mod compare;
 mod configs;
 mod etcd;
 mod host_costs;
@@ -65,6 +67,8 @@ fn run(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error(format!("cannot create {}: {e}", dir.display())))?;
     if o.pacing {
         pacing::run(&o, dir)
+    } else if o.compare_wasm.is_some() {
+        compare::run(&o, dir)
     } else if o.host_costs {
         host_costs::run(&o, dir)
     } else if o.etcd == EtcdRun::Only {
