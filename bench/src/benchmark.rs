@@ -1,12 +1,11 @@
 //! The default run: the selected configurations side by side, round by round (saturated, then
 //! paced at half the slowest one's saturated rate, then unloaded), and then the memory run.
 
-use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use retry_guard_e2e::envoy::Envoy;
-use retry_guard_e2e::{bail, client, Error, Result};
+use retry_guard_e2e::{bail, client, Result};
 
 use crate::args::Options;
 use crate::cases::{case, position, Case, CASES, TOKEN_ALLOW};
@@ -16,7 +15,7 @@ use crate::load::{
     check_statuses, oha_paced, oha_unloaded, wrk, Pace, Run, PACED_CONNECTIONS_EACH,
     PACED_PROCESSES,
 };
-use crate::measure::{median, rss_kib};
+use crate::measure::{file_bytes, median, rss_kib};
 use crate::report::{Provenance, Report};
 
 /// retry-guard's counter of ledger entries evicted.
@@ -30,13 +29,8 @@ const FLOOD_LIMIT: Duration = Duration::from_secs(900);
 /// Runs the benchmark of `o` and writes its report to `dir`.
 pub fn run(o: &Options, dir: &Path) -> Result<()> {
     let proxies = Proxies::new(o, dir)?;
-    let size = |p: &Path| {
-        fs::metadata(p)
-            .map(|m| m.len())
-            .map_err(|e| Error(format!("{}: {e}", p.display())))
-    };
-    let wasm_bytes = size(&proxies.modules().guard)?;
-    let noop_bytes = size(&proxies.modules().noop)?;
+    let wasm_bytes = file_bytes(&proxies.modules().guard)?;
+    let noop_bytes = file_bytes(&proxies.modules().noop)?;
     let selected: Vec<&Case> = CASES.iter().filter(|c| o.cases.contains(&c.id)).collect();
     eprintln!(
         "starting {} Envoys (--concurrency 1, pinned to CPU 0; wrk pinned to CPU 1)",

@@ -21,8 +21,8 @@ use serde_json::json;
 use crate::args::Options;
 use crate::cases::COMPARE_CASES;
 use crate::configs::{Backend, Proxies};
-use crate::load::{check_statuses, wrk, Run};
-use crate::measure::Spread;
+use crate::load::{saturated_rounds, Run};
+use crate::measure::{file_bytes, Spread};
 use crate::report::Provenance;
 
 /// One guarded path of the comparison: its configuration and host-sim's name for its request.
@@ -62,11 +62,6 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
         bail!("--compare-wasm needs a module to compare");
     };
     let measured = modules.guard.clone();
-    let size = |p: &Path| {
-        fs::metadata(p)
-            .map(|m| m.len())
-            .map_err(|e| Error(format!("{}: {e}", p.display())))
-    };
     let fuel = |p: &Path| -> Result<Vec<(String, f64)>> {
         let r = host_sim::bench::run(p, 200, false, false, None, None).map_err(Error)?;
         Ok(r.into_iter().map(|r| (r.name, r.fuel)).collect())
@@ -78,36 +73,15 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
         COMPARE_CASES.len()
     );
     let envoys = proxies.start_warmed(&COMPARE_CASES)?;
-    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); COMPARE_CASES.len()];
-    for round in 0..o.rounds {
-        for ((case, envoy), case_runs) in COMPARE_CASES.iter().zip(&envoys).zip(&mut runs) {
-            let r = wrk(envoy, case, o.seconds, o.connections)?;
-            check_statuses(case, &r)?;
-            if r.socket_errors > 0 {
-                bail!(
-                    "case {}: {} socket errors: the run is not valid",
-                    case.id,
-                    r.socket_errors
-                );
-            }
-            eprintln!(
-                "round {} case {:>2}: {:>8.0} req/s  {:>6.2} µs CPU/req",
-                round + 1,
-                case.id,
-                r.rps(),
-                r.cpu_us_per_req
-            );
-            case_runs.push(r);
-        }
-    }
+    let runs = saturated_rounds(o, &COMPARE_CASES, &envoys)?;
     drop(envoys);
     drop(proxies);
 
     let report = Comparison {
         provenance: Provenance::now(),
         opts: o,
-        measured: (&measured, size(&measured)?, &fuel_measured),
-        compared: (&compared, size(&compared)?, &fuel_compared),
+        measured: (&measured, file_bytes(&measured)?, &fuel_measured),
+        compared: (&compared, file_bytes(&compared)?, &fuel_compared),
         runs: &runs,
     };
     let md = report.markdown();

@@ -9,6 +9,7 @@ use retry_guard_e2e::envoy::Envoy;
 use retry_guard_e2e::{bail, repo_root, Error, Result};
 use serde_json::{json, Value};
 
+use crate::args::Options;
 use crate::cases::{Case, Load};
 use crate::measure::{per_request, percentile, CpuMark};
 
@@ -145,6 +146,39 @@ pub fn wrk(envoy: &Envoy, case: &Case, seconds: u64, connections: usize) -> Resu
         cpu_us_per_req: per_request(cpu_us, requests),
         pacing: None,
     })
+}
+
+/// The saturated runs of `cases` (each with its Envoy in `envoys`), interleaved round by round
+/// for `o.rounds` rounds of `o.seconds`: the runs of each case, in the order of `cases`. A run
+/// with answers that are not its configuration's ([`check_statuses`]) or with any socket error
+/// makes the whole measurement invalid.
+pub fn saturated_rounds(o: &Options, cases: &[Case], envoys: &[Envoy]) -> Result<Vec<Vec<Run>>> {
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); cases.len()];
+    for round in 0..o.rounds {
+        for ((case, envoy), case_runs) in cases.iter().zip(envoys).zip(&mut runs) {
+            let r = wrk(envoy, case, o.seconds, o.connections)?;
+            check_statuses(case, &r)?;
+            if r.socket_errors > 0 {
+                bail!(
+                    "{} (case {}): {} socket errors: the run is not valid",
+                    case.name,
+                    case.id,
+                    r.socket_errors
+                );
+            }
+            eprintln!(
+                "round {} case {:>3} {:<40} {:<6} {:>8.0} req/s  {:>6.2} µs CPU/req",
+                round + 1,
+                case.id,
+                case.name,
+                case.method,
+                r.rps(),
+                r.cpu_us_per_req
+            );
+            case_runs.push(r);
+        }
+    }
+    Ok(runs)
 }
 
 /// The share of a run's answers that may differ from the configuration's before the run is

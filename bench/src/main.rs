@@ -30,8 +30,8 @@
 //! `--host-costs` runs [`host_costs`] instead: the price of each host call retry-guard makes,
 //! and each guarded path's added cost beside its limit (with `--update-readme`, also the
 //! top-level README's Performance table). `--compare-wasm FILE` runs [`compare`] instead:
-//! another build of retry-guard beside this one on each guarded path. `--pacing` runs [`pacing`] instead: how evenly
-//! the paced runs' requests arrive.
+//! another build of retry-guard beside this one on each guarded path. `--pacing` runs
+//! [`pacing`] instead: how evenly the paced runs' requests arrive.
 
 mod args;
 mod benchmark;

@@ -2,6 +2,7 @@
 //! of the runs (percentiles, medians, ranges).
 
 use std::fs;
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -131,6 +132,13 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = (p * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The size of the file at `p` in bytes (a wasm module's), or an error naming it.
+pub fn file_bytes(p: &Path) -> Result<u64> {
+    fs::metadata(p)
+        .map(|m| m.len())
+        .map_err(|e| Error(format!("{}: {e}", p.display())))
 }
 
 /// The median (0 of none).

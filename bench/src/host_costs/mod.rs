@@ -32,7 +32,8 @@ use retry_guard_e2e::{bail, Error, Result};
 
 use crate::args::Options;
 use crate::configs::{Backend, Proxies};
-use crate::load::{check_statuses, wrk, Run};
+use crate::load::saturated_rounds;
+use crate::measure::file_bytes;
 use crate::report::Provenance;
 use probes::{cases, guarded_paths};
 use table::HostCosts;
@@ -44,9 +45,7 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
     }
     let proxies = Proxies::new(o, dir)?;
     let guard = proxies.modules().guard.clone();
-    let wasm_bytes = std::fs::metadata(&guard)
-        .map_err(|e| Error(format!("{}: {e}", guard.display())))?
-        .len();
+    let wasm_bytes = file_bytes(&guard)?;
     // What retry-guard calls on each guarded path, per request, counted by host-sim on the
     // module the Envoys load.
     let counted = host_sim::bench::run(&guard, 200, false, false, None, None).map_err(Error)?;
@@ -65,29 +64,7 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
         cases.len()
     );
     let envoys = proxies.start_warmed(&cases)?;
-    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); cases.len()];
-    for round in 0..o.rounds {
-        for ((case, envoy), case_runs) in cases.iter().zip(&envoys).zip(&mut runs) {
-            let r = wrk(envoy, case, o.seconds, o.connections)?;
-            check_statuses(case, &r)?;
-            if r.socket_errors > 0 {
-                bail!(
-                    "{}: {} socket errors: the run is not valid",
-                    case.name,
-                    r.socket_errors
-                );
-            }
-            eprintln!(
-                "round {} {:<40} {:<6} {:>8.0} req/s  {:>6.2} µs CPU/req",
-                round + 1,
-                case.name,
-                case.method,
-                r.rps(),
-                r.cpu_us_per_req
-            );
-            case_runs.push(r);
-        }
-    }
+    let runs = saturated_rounds(o, &cases, &envoys)?;
     drop(envoys);
     drop(proxies);
 
