@@ -68,13 +68,7 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
     };
     let (fuel_measured, fuel_compared) = (fuel(&measured)?, fuel(&compared)?);
 
-    eprintln!(
-        "compare: starting {} Envoys (--concurrency 1, pinned to CPU 0; wrk pinned to CPU 1)",
-        COMPARE_CASES.len()
-    );
-    let envoys = proxies.start_warmed(&COMPARE_CASES)?;
-    let runs = saturated_rounds(o, &COMPARE_CASES, &envoys)?;
-    drop(envoys);
+    let runs = saturated_rounds(o, &proxies, "compare", &COMPARE_CASES)?;
     drop(proxies);
 
     let report = Comparison {

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::args::Options;
 use crate::cases::{Case, Load};
+use crate::configs::Proxies;
 use crate::measure::{per_request, percentile, CpuMark};
 
 /// The CPU of the load generators (and of the upstream Envoy); the proxy keeps the other.
@@ -148,14 +149,25 @@ pub fn wrk(envoy: &Envoy, case: &Case, seconds: u64, connections: usize) -> Resu
     })
 }
 
-/// The saturated runs of `cases` (each with its Envoy in `envoys`), interleaved round by round
-/// for `o.rounds` rounds of `o.seconds`: the runs of each case, in the order of `cases`. A run
-/// with answers that are not its configuration's ([`check_statuses`]) or with any socket error
-/// makes the whole measurement invalid.
-pub fn saturated_rounds(o: &Options, cases: &[Case], envoys: &[Envoy]) -> Result<Vec<Vec<Run>>> {
+/// Starts the proxies of `cases` (warmed, [`Proxies::start_warmed`]) and measures them
+/// saturated, interleaved round by round for `o.rounds` rounds of `o.seconds`; `what` names the
+/// run in its progress line. Returns the runs of each case, in the order of `cases`, with the
+/// proxies stopped. A run with answers that are not its configuration's ([`check_statuses`])
+/// or with any socket error makes the whole measurement invalid.
+pub fn saturated_rounds(
+    o: &Options,
+    proxies: &Proxies,
+    what: &str,
+    cases: &[Case],
+) -> Result<Vec<Vec<Run>>> {
+    eprintln!(
+        "{what}: starting {} Envoys (--concurrency 1, pinned to CPU 0; wrk pinned to CPU 1)",
+        cases.len()
+    );
+    let envoys = proxies.start_warmed(cases)?;
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); cases.len()];
     for round in 0..o.rounds {
-        for ((case, envoy), case_runs) in cases.iter().zip(envoys).zip(&mut runs) {
+        for ((case, envoy), case_runs) in cases.iter().zip(&envoys).zip(&mut runs) {
             let r = wrk(envoy, case, o.seconds, o.connections)?;
             check_statuses(case, &r)?;
             if r.socket_errors > 0 {

@@ -59,13 +59,7 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
     }
 
     let cases = cases();
-    eprintln!(
-        "host costs: starting {} Envoys (--concurrency 1, pinned to CPU 0; wrk pinned to CPU 1)",
-        cases.len()
-    );
-    let envoys = proxies.start_warmed(&cases)?;
-    let runs = saturated_rounds(o, &cases, &envoys)?;
-    drop(envoys);
+    let runs = saturated_rounds(o, &proxies, "host costs", &cases)?;
     drop(proxies);
 
     HostCosts {
