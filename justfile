@@ -81,6 +81,16 @@ profile-perf path="token_issuing_allow":
     RG_PERFMAP=1 perf record -q -F 20000 -e cpu-clock -o target/bench/perf-{{path}}.data -- target/release/retry-guard bench --paths --only {{path}} --requests 30000 --wasm target/wasm32-wasip1/profiling/retry_guard.wasm >/dev/null
     perf report -i target/bench/perf-{{path}}.data --no-children --sort dso,sym 2>/dev/null | grep -F '[JIT]' | awk '{p=$1; sub(/%/,"",p); $1="";$2="";$3="";$4=""; a[$0]+=p; t+=p} END {for (k in a) printf "%6.2f%% %s\n", a[k]*100/t, k; printf "(guest code: %.1f%% of all samples; the rest is host-sim itself)\n", t}' | sort -rn | head -40
 
+# The guest's own time per request path on V8 (Node's, Liftoff off as in Envoy): host-sim records
+# each path's host calls (target/bench/replay), bench/v8/replay.mjs replays them on V8 and times
+# the recorded request; `just bench-v8 OTHER.wasm` times another build of the filter beside this
+# one, paired round by round. Writes target/bench/v8.json. Options before the modules:
+# --rounds R --requests N (bench/README.md, "The guest on V8").
+bench-v8 *ARGS: build
+    @command -v node >/dev/null || { echo "installing Node.js (Debian package)"; if [ "$(id -u)" = 0 ]; then apt-get install -y nodejs; else sudo apt-get install -y nodejs; fi; }
+    cargo run -q --release -p retry-guard-cli -- bench --record target/bench/replay
+    node --no-liftoff bench/v8/replay.mjs --json target/bench/v8.json target/bench/replay {{wasm}} {{ARGS}}
+
 # Random request sequences into the release module, invariants after every step; prints the
 # sequences and steps run, and the seed that replays a failure (host-sim/tests/fuzz_sim.rs keeps
 # such seeds). A 15 s run is part of `just test`.

@@ -9,6 +9,9 @@ pub fn bench(mut args: Vec<String>) -> Result<i32, String> {
     if take_flag(&mut args, "--paths") {
         return bench_paths(args);
     }
+    if let Some(dir) = take_opt(&mut args, "--record")? {
+        return bench_record(&PathBuf::from(dir), args);
+    }
     let wasm = take_opt(&mut args, "--wasm")?;
     let n: u64 = take_opt(&mut args, "--requests")?
         .map(|v| v.parse().map_err(|_| format!("--requests {v}: a number")))
@@ -60,6 +63,32 @@ pub fn bench(mut args: Vec<String>) -> Result<i32, String> {
         per * 1e6,
         1.0 / per
     );
+    Ok(0)
+}
+
+/// `bench --record DIR [--wasm FILE] [--only PATH]`: records each benchmark path's host calls
+/// on host-sim into `DIR/<path>.json`, for `bench/v8/replay.mjs` to replay on V8.
+fn bench_record(dir: &std::path::Path, mut args: Vec<String>) -> Result<i32, String> {
+    let wasm = wasm_or_default(take_opt(&mut args, "--wasm")?);
+    let only = take_opt(&mut args, "--only")?;
+    if let Some(a) = args.first() {
+        return Err(format!("bench --record: unexpected argument {a:?}"));
+    }
+    let recordings = host_sim::bench::record(&wasm, only.as_deref())?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for r in &recordings {
+        let file = dir.join(format!("{}.json", r.path));
+        let text = serde_json::to_string(r).map_err(|e| e.to_string())?;
+        std::fs::write(&file, text + "\n").map_err(|e| format!("{}: {e}", file.display()))?;
+        let calls: usize = r.request.iter().map(|c| c.calls.len()).sum();
+        println!(
+            "recorded {} ({} callbacks, {calls} host calls, status {}): {}",
+            r.path,
+            r.request.len(),
+            r.status,
+            file.display()
+        );
+    }
     Ok(0)
 }
 

@@ -407,6 +407,68 @@ fn measure(
     })
 }
 
+/// One path's recording for a replay on another engine (`just bench-v8`): what one VM's
+/// host did from its start to the end of one request of the path.
+#[derive(Clone, Debug, Serialize)]
+pub struct Recording {
+    /// Case name.
+    pub path: String,
+    /// Case description.
+    pub description: String,
+    /// The status the recorded request got.
+    pub status: u16,
+    /// The VM's start: `_initialize`, the root context, `proxy_on_vm_start`,
+    /// `proxy_on_configure`.
+    pub setup: Vec<crate::replay::Callback>,
+    /// The earlier requests of the path on that VM (replayed once, before the timing).
+    pub warm: Vec<crate::replay::Callback>,
+    /// The request to time, from `proxy_on_context_create` to `proxy_on_delete`.
+    pub request: Vec<crate::replay::Callback>,
+}
+
+/// Requests of a path before the recorded one (two per worker: a `replay_428`'s first
+/// request is the allowed one, the ones after it the 428s).
+const RECORD_WARMUP: u64 = 4;
+
+/// Records every path (or just `only`) for a replay: a recording runtime of `wasm`, a fresh
+/// sim per path, [`RECORD_WARMUP`] requests, then the one recorded.
+pub fn record(wasm: &Path, only: Option<&str>) -> Result<Vec<Recording>, String> {
+    let rt = Runtime::from_file(wasm)
+        .map_err(|e| e.to_string())?
+        .recording();
+    let mut out = Vec::new();
+    for case in PATHS.iter().filter(|p| only.is_none_or(|o| o == p.name)) {
+        let s = sim(&rt)?;
+        let setup = s.take_recordings()?;
+        let mut ignore = BTreeMap::new();
+        drive(&s, case, 0, RECORD_WARMUP, &mut ignore)?;
+        let warm = s.take_recordings()?;
+        let mut statuses = BTreeMap::new();
+        drive(&s, case, RECORD_WARMUP, 1, &mut statuses)?;
+        let request = s.take_recordings()?;
+        if !statuses.contains_key(&case.expect_status) {
+            return Err(format!(
+                "{}: the recorded request got {statuses:?}, not {}",
+                case.name, case.expect_status
+            ));
+        }
+        let vm = request
+            .iter()
+            .position(|cbs| cbs.iter().any(|c| c.export == "proxy_on_request_headers"))
+            .ok_or_else(|| format!("{}: no VM recorded the request", case.name))?;
+        let pick = |v: Vec<Vec<crate::replay::Callback>>| v.into_iter().nth(vm).unwrap_or_default();
+        out.push(Recording {
+            path: case.name.into(),
+            description: case.description.into(),
+            status: case.expect_status,
+            setup: pick(setup),
+            warm: pick(warm),
+            request: pick(request),
+        });
+    }
+    Ok(out)
+}
+
 /// Issue 5's goal for the unmatched path: at most 4 host calls, never a full header-map copy.
 pub fn unmatched_goal(results: &[PathResult]) -> Option<(bool, bool)> {
     let r = results.iter().find(|r| r.name == "unmatched")?;

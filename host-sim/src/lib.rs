@@ -12,7 +12,8 @@
 //! - [`sim`]: the simulated Envoy (VMs, ticks, the HTTP stream lifecycle, upstream model);
 //! - [`scenario`]: the JSON scenario format and its runner, and the pieces another target (the
 //!   real Envoy) shares with it; [`tokens`]: approver key files, signed confirmations and test
-//!   JWTs; [`bench`]: the per-path micro-benchmark.
+//!   JWTs; [`bench`]: the per-path micro-benchmark; [`replay`]: host-call recordings for
+//!   replaying a request on another engine.
 #![warn(missing_docs)]
 
 pub mod abi;
@@ -23,6 +24,7 @@ pub mod fuzz;
 pub mod headers;
 mod host;
 pub mod properties;
+pub mod replay;
 pub mod scenario;
 pub mod sched;
 pub mod shared;

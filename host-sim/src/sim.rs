@@ -548,6 +548,30 @@ impl Sim {
             .collect()
     }
 
+    /// The replay recordings since the last call, per VM (main first, then the workers),
+    /// when the runtime records ([`crate::Runtime::recording`]; empty otherwise). An error
+    /// names a host write the recording could not place (it could not be replayed).
+    pub fn take_recordings(
+        &self,
+    ) -> std::result::Result<Vec<Vec<crate::replay::Callback>>, String> {
+        let mut out = Vec::new();
+        for vm in self.all_vms() {
+            let mut v = vm.borrow_mut();
+            let Some(r) = v.store.data_mut().replay.as_mut() else {
+                out.push(Vec::new());
+                continue;
+            };
+            if let Some(first) = r.unplaced.first() {
+                return Err(format!(
+                    "the recording cannot be replayed: {first} ({} such writes)",
+                    r.unplaced.len()
+                ));
+            }
+            out.push(std::mem::take(&mut r.callbacks));
+        }
+        Ok(out)
+    }
+
     /// Guest stack samples summed over every VM, while a [`Runtime::sample_every`] guard
     /// lives; empty unless the runtime is [`Runtime::profiling`].
     pub fn function_samples(&self) -> crate::vm::FunctionSamples {

@@ -25,6 +25,9 @@ pub struct Runtime {
     /// Profiling: wasmtime fuel is consumed (guest instructions) and host calls are counted
     /// per import name. Off for normal runs (no cost).
     profile: bool,
+    /// Recording: every VM started keeps its callbacks and host calls for a replay (see
+    /// [`crate::replay`]). Off for normal runs.
+    record: bool,
 }
 
 /// Fuel given to each store of a profiling runtime (never runs out in practice).
@@ -56,6 +59,13 @@ impl Runtime {
         let bytes = std::fs::read(path)
             .map_err(|e| SimError::Load(format!("cannot read {}: {e}", path.display())))?;
         Runtime::build(&bytes, &path.display().to_string(), true)
+    }
+
+    /// This runtime, recording: each VM started from it keeps its callbacks and host calls
+    /// (see [`crate::replay`]; read them with [`crate::Sim::take_recordings`]).
+    pub fn recording(mut self) -> Runtime {
+        self.record = true;
+        self
     }
 
     /// Whether this runtime profiles (see [`Runtime::profiling`]).
@@ -135,6 +145,7 @@ impl Runtime {
             linker: Arc::new(linker),
             source: source.to_string(),
             profile,
+            record: false,
         })
     }
 
@@ -289,6 +300,8 @@ pub struct HostState {
     /// Guest stack samples per function name, when the runtime profiles (`None` otherwise):
     /// taken whenever the engine's epoch advances (see [`Runtime::sample_every`]).
     pub samples: Option<FunctionSamples>,
+    /// The replay recording, when the runtime records ([`Runtime::recording`]).
+    pub replay: Option<crate::replay::Recorder>,
 }
 
 /// One event of a fuel trace: where the guest was, and the fuel it had left there.
@@ -489,6 +502,7 @@ impl Vm {
             call_counts: rt.profile.then(Default::default),
             samples: rt.profile.then(Default::default),
             fuel_trace: None,
+            replay: rt.record.then(Default::default),
         };
         let mut store = Store::new(&rt.engine, state);
         if rt.profile {
@@ -553,21 +567,27 @@ impl Vm {
         let root = vm.store.data().root_id as i32;
         let label = s.label;
         if let Some(f) = vm.exports.initialize.clone() {
-            vm.call("_initialize", 0, |st| f.call(st, ()))
+            vm.call("_initialize", 0, &[], |st| f.call(st, ()))
                 .map_err(|t| SimError::Start(format!("the plugin did not start: {t}")))?;
         }
         if let Some(f) = vm.exports.on_context_create.clone() {
-            vm.call("proxy_on_context_create", root as u32, |st| {
-                f.call(st, (root, 0))
-            })
+            vm.call(
+                "proxy_on_context_create",
+                root as u32,
+                &[root.into(), 0],
+                |st| f.call(st, (root, 0)),
+            )
             .map_err(|t| SimError::Start(format!("the plugin did not start: {t}")))?;
         }
         if let Some(f) = vm.exports.on_vm_start.clone() {
             let size = vm.store.data().vm_config.len() as i32;
             let ok = vm
-                .call("proxy_on_vm_start", root as u32, |st| {
-                    f.call(st, (root, size))
-                })
+                .call(
+                    "proxy_on_vm_start",
+                    root as u32,
+                    &[root.into(), size.into()],
+                    |st| f.call(st, (root, size)),
+                )
                 .map_err(|t| SimError::Start(format!("the plugin did not start: {t}")))?;
             if ok == 0 {
                 return Err(SimError::Start(format!(
@@ -579,9 +599,12 @@ impl Vm {
         if let Some(f) = vm.exports.on_configure.clone() {
             let size = vm.store.data().plugin_config.len() as i32;
             vm.store.data_mut().in_configure = true;
-            let ok = vm.call("proxy_on_configure", root as u32, |st| {
-                f.call(st, (root, size))
-            });
+            let ok = vm.call(
+                "proxy_on_configure",
+                root as u32,
+                &[root.into(), size.into()],
+                |st| f.call(st, (root, size)),
+            );
             vm.store.data_mut().in_configure = false;
             let ok = ok.map_err(|t| SimError::Start(format!("the plugin did not start: {t}")))?;
             if ok == 0 {
@@ -643,6 +666,7 @@ impl Vm {
         &mut self,
         name: &str,
         ctx: u32,
+        args: &[i64],
         f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> std::result::Result<R, TrapInfo> {
         if let Some(t) = &self.failed {
@@ -652,6 +676,9 @@ impl Vm {
             let st = self.store.data_mut();
             st.current = ctx;
             st.effective = 0;
+            if let Some(r) = st.replay.as_mut() {
+                r.callback(name, args);
+            }
         }
         self.trace_fuel_at(|| format!("→ {name}"));
         let result = f(&mut self.store);
@@ -693,9 +720,12 @@ impl Vm {
         };
         let root = self.store.data().root_id as i32;
         if let Some(f) = self.exports.on_context_create.clone() {
-            self.call("proxy_on_context_create", id, |st| {
-                f.call(st, (id as i32, root))
-            })?;
+            self.call(
+                "proxy_on_context_create",
+                id,
+                &[id.into(), root.into()],
+                |st| f.call(st, (id as i32, root)),
+            )?;
         }
         Ok(id)
     }
@@ -708,9 +738,12 @@ impl Vm {
         eos: bool,
     ) -> std::result::Result<i32, TrapInfo> {
         match self.exports.on_request_headers.clone() {
-            Some(f) => self.call("proxy_on_request_headers", id, |st| {
-                f.call(st, (id as i32, n as i32, i32::from(eos)))
-            }),
+            Some(f) => self.call(
+                "proxy_on_request_headers",
+                id,
+                &[id.into(), n as i64, eos.into()],
+                |st| f.call(st, (id as i32, n as i32, i32::from(eos))),
+            ),
             None => Ok(0),
         }
     }
@@ -723,9 +756,12 @@ impl Vm {
         eos: bool,
     ) -> std::result::Result<i32, TrapInfo> {
         match self.exports.on_request_body.clone() {
-            Some(f) => self.call("proxy_on_request_body", id, |st| {
-                f.call(st, (id as i32, size as i32, i32::from(eos)))
-            }),
+            Some(f) => self.call(
+                "proxy_on_request_body",
+                id,
+                &[id.into(), size as i64, eos.into()],
+                |st| f.call(st, (id as i32, size as i32, i32::from(eos))),
+            ),
             None => Ok(0),
         }
     }
@@ -733,9 +769,12 @@ impl Vm {
     /// `proxy_on_request_trailers`.
     pub fn on_request_trailers(&mut self, id: u32, n: usize) -> std::result::Result<i32, TrapInfo> {
         match self.exports.on_request_trailers.clone() {
-            Some(f) => self.call("proxy_on_request_trailers", id, |st| {
-                f.call(st, (id as i32, n as i32))
-            }),
+            Some(f) => self.call(
+                "proxy_on_request_trailers",
+                id,
+                &[id.into(), n as i64],
+                |st| f.call(st, (id as i32, n as i32)),
+            ),
             None => Ok(0),
         }
     }
@@ -748,9 +787,12 @@ impl Vm {
         eos: bool,
     ) -> std::result::Result<i32, TrapInfo> {
         match self.exports.on_response_headers.clone() {
-            Some(f) => self.call("proxy_on_response_headers", id, |st| {
-                f.call(st, (id as i32, n as i32, i32::from(eos)))
-            }),
+            Some(f) => self.call(
+                "proxy_on_response_headers",
+                id,
+                &[id.into(), n as i64, eos.into()],
+                |st| f.call(st, (id as i32, n as i32, i32::from(eos))),
+            ),
             None => Ok(0),
         }
     }
@@ -763,9 +805,12 @@ impl Vm {
         eos: bool,
     ) -> std::result::Result<i32, TrapInfo> {
         match self.exports.on_response_body.clone() {
-            Some(f) => self.call("proxy_on_response_body", id, |st| {
-                f.call(st, (id as i32, size as i32, i32::from(eos)))
-            }),
+            Some(f) => self.call(
+                "proxy_on_response_body",
+                id,
+                &[id.into(), size as i64, eos.into()],
+                |st| f.call(st, (id as i32, size as i32, i32::from(eos))),
+            ),
             None => Ok(0),
         }
     }
@@ -777,9 +822,12 @@ impl Vm {
         n: usize,
     ) -> std::result::Result<i32, TrapInfo> {
         match self.exports.on_response_trailers.clone() {
-            Some(f) => self.call("proxy_on_response_trailers", id, |st| {
-                f.call(st, (id as i32, n as i32))
-            }),
+            Some(f) => self.call(
+                "proxy_on_response_trailers",
+                id,
+                &[id.into(), n as i64],
+                |st| f.call(st, (id as i32, n as i32)),
+            ),
             None => Ok(0),
         }
     }
@@ -787,7 +835,7 @@ impl Vm {
     /// `proxy_on_log`.
     pub fn on_log(&mut self, id: u32) -> std::result::Result<(), TrapInfo> {
         match self.exports.on_log.clone() {
-            Some(f) => self.call("proxy_on_log", id, |st| f.call(st, id as i32)),
+            Some(f) => self.call("proxy_on_log", id, &[id.into()], |st| f.call(st, id as i32)),
             None => Ok(()),
         }
     }
@@ -797,12 +845,16 @@ impl Vm {
         let mut result = Ok(());
         if let Some(f) = self.exports.on_done.clone() {
             result = self
-                .call("proxy_on_done", id, |st| f.call(st, id as i32))
+                .call("proxy_on_done", id, &[id.into()], |st| {
+                    f.call(st, id as i32)
+                })
                 .map(|_| ());
         }
         if result.is_ok() {
             if let Some(f) = self.exports.on_delete.clone() {
-                result = self.call("proxy_on_delete", id, |st| f.call(st, id as i32));
+                result = self.call("proxy_on_delete", id, &[id.into()], |st| {
+                    f.call(st, id as i32)
+                });
             }
         }
         self.store.data_mut().streams.remove(&id);
@@ -813,7 +865,9 @@ impl Vm {
     pub fn on_tick(&mut self) -> std::result::Result<(), TrapInfo> {
         let root = self.store.data().root_id;
         match self.exports.on_tick.clone() {
-            Some(f) => self.call("proxy_on_tick", root, |st| f.call(st, root as i32)),
+            Some(f) => self.call("proxy_on_tick", root, &[root.into()], |st| {
+                f.call(st, root as i32)
+            }),
             None => Ok(()),
         }
     }
@@ -821,9 +875,12 @@ impl Vm {
     /// `proxy_on_queue_ready`.
     pub fn on_queue_ready(&mut self, ctx: u32, token: u32) -> std::result::Result<(), TrapInfo> {
         match self.exports.on_queue_ready.clone() {
-            Some(f) => self.call("proxy_on_queue_ready", ctx, |st| {
-                f.call(st, (ctx as i32, token as i32))
-            }),
+            Some(f) => self.call(
+                "proxy_on_queue_ready",
+                ctx,
+                &[ctx.into(), token.into()],
+                |st| f.call(st, (ctx as i32, token as i32)),
+            ),
             None => Ok(()),
         }
     }
@@ -860,18 +917,29 @@ impl Vm {
                     }
                 }
                 let r = match self.exports.on_http_call_response.clone() {
-                    Some(f) => self.call("proxy_on_http_call_response", root, |st| {
-                        f.call(
-                            st,
-                            (
-                                root as i32,
-                                call.token as i32,
-                                nh as i32,
-                                nb as i32,
-                                nt as i32,
-                            ),
-                        )
-                    }),
+                    Some(f) => self.call(
+                        "proxy_on_http_call_response",
+                        root,
+                        &[
+                            root.into(),
+                            call.token.into(),
+                            nh as i64,
+                            nb as i64,
+                            nt as i64,
+                        ],
+                        |st| {
+                            f.call(
+                                st,
+                                (
+                                    root as i32,
+                                    call.token as i32,
+                                    nh as i32,
+                                    nb as i32,
+                                    nt as i32,
+                                ),
+                            )
+                        },
+                    ),
                     None => Ok(()),
                 };
                 let st = self.store.data_mut();

@@ -24,6 +24,9 @@ pub fn read(c: &Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Vec<u8>, i3
 /// Writes bytes at `ptr`.
 pub fn write(c: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> Result<(), i32> {
     let mem = c.data().memory.ok_or(status::INVALID_MEMORY_ACCESS)?;
+    if let Some(r) = c.data_mut().replay.as_mut() {
+        r.wrote(ptr as u32, bytes);
+    }
     let data = mem.data_mut(c);
     let p = ptr as u32 as usize;
     let end = p
@@ -59,6 +62,9 @@ pub fn copy_out(
             return Ok(status::INVALID_MEMORY_ACCESS);
         };
         ptr = alloc.call(&mut *c, data.len() as i32)?;
+        if let Some(r) = c.data_mut().replay.as_mut() {
+            r.allocated(ptr as u32, data.len() as u32);
+        }
         if ptr == 0 || write(c, ptr, data).is_err() {
             return Ok(status::INVALID_MEMORY_ACCESS);
         }

@@ -47,6 +47,26 @@ pub(crate) fn count_call(c: &mut wasmtime::Caller<'_, HostState>, name: &'static
     }
 }
 
+/// Records the host call `name` with its arguments while the VM records (see
+/// [`crate::replay`]).
+#[inline]
+pub(crate) fn record_call(c: &mut wasmtime::Caller<'_, HostState>, name: &str, args: &[i64]) {
+    if let Some(r) = c.data_mut().replay.as_mut() {
+        r.call(name, args);
+    }
+}
+
+/// Records what the host call being recorded returned.
+#[inline]
+pub(crate) fn record_return(
+    c: &mut wasmtime::Caller<'_, HostState>,
+    result: &impl crate::replay::Status,
+) {
+    if let Some(r) = c.data_mut().replay.as_mut() {
+        r.returned(result.status());
+    }
+}
+
 /// Returns early from a host function with an ABI status.
 macro_rules! tri {
     ($e:expr) => {

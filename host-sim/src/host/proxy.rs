@@ -177,7 +177,12 @@ pub fn add(
                     #[allow(unused_mut)]
                     let mut $c = caller;
                     super::count_call(&mut $c, $name);
-                    $body
+                    super::record_call(&mut $c, $name, &[$(i64::from($a)),*]);
+                    // A closure, so the body's early `return`s land here.
+                    #[allow(clippy::redundant_closure_call)]
+                    let result: $r = (|| -> $r { $body })();
+                    super::record_return(&mut $c, &result);
+                    result
                 },
             )?;
             p.push(("env", $name));
@@ -190,7 +195,12 @@ pub fn add(
                     #[allow(unused_mut)]
                     let mut $c = caller;
                     super::count_call(&mut $c, $name);
-                    $body
+                    super::record_call(&mut $c, $name, &[$(i64::from($a)),*]);
+                    // A closure, so the body's early `return`s land here.
+                    #[allow(clippy::redundant_closure_call)]
+                    let result: $r = (|| -> $r { $body })();
+                    super::record_return(&mut $c, &result);
+                    result
                 },
             )?;
             p.push(("env", $name));
