@@ -7,6 +7,7 @@
 use crate::config::Route;
 use crate::engine::{Decision, Facts};
 use crate::json::Obj;
+use crate::key;
 use crate::policy::Outcome;
 
 /// Prefix of every audit line.
@@ -78,37 +79,46 @@ pub struct Ending {
 /// The decision members of the audit line of `d`, made on `route` with `facts`.
 pub fn record(route: &Route, facts: &Facts<'_>, d: &Decision) -> Record {
     let mut m = Obj::after(PREFIX);
-    m.time("ts", facts.now())
-        .opt_str("request_id", facts.request_id)
-        .str("route", &route.name)
-        .word("class", route.class.name())
-        .str("owner", &route.owner)
-        .str("escalation", &route.escalation)
-        .str("principal", facts.principal)
-        .opt_b64url("fingerprint", facts.fingerprint.as_ref().map(|f| &f.0[..]))
-        .bool("key_present", facts.key.key().is_some())
-        .num("attempt", u64::from(d.attempt))
-        .opt_word("previous_outcome", d.previous.map(|(o, _)| o.name()))
-        .opt_num("previous_status", d.previous.map(|(_, s)| u64::from(s)))
-        .opt_num("since_previous_ms", d.since_previous_ms)
-        .word("decision", d.verdict.name())
-        .opt_word("policy", d.policy.map(|p| p.name()))
-        .str("reason", &d.reason)
-        .word("token_action", d.token_action.name())
-        .opt_word("token_reason", d.token_reason.map(|r| r.name()))
-        .opt_str("approver", d.approver.as_deref())
-        .opt_word("confirmation_error", d.confirmation_error.map(|e| e.name()))
+    m.time(key!("ts"), facts.now())
+        .opt_str(key!("request_id"), facts.request_id)
+        .members(&route.identity_json)
+        .str(key!("principal"), facts.principal)
+        .opt_b64url(
+            key!("fingerprint"),
+            facts.fingerprint.as_ref().map(|f| &f.0[..]),
+        )
+        .bool(key!("key_present"), facts.key.key().is_some())
+        .num(key!("attempt"), u64::from(d.attempt))
+        .opt_word(key!("previous_outcome"), d.previous.map(|(o, _)| o.name()))
+        .opt_num(
+            key!("previous_status"),
+            d.previous.map(|(_, s)| u64::from(s)),
+        )
+        .opt_num(key!("since_previous_ms"), d.since_previous_ms)
+        .word(key!("decision"), d.verdict.name())
+        .opt_word(key!("policy"), d.policy.map(|p| p.name()))
+        .str(key!("reason"), &d.reason)
+        .word(key!("token_action"), d.token_action.name())
+        .opt_word(key!("token_reason"), d.token_reason.map(|r| r.name()))
+        .opt_str(key!("approver"), d.approver.as_deref())
+        .opt_word(
+            key!("confirmation_error"),
+            d.confirmation_error.map(|e| e.name()),
+        )
         // Both workload identities that presented the credential (never the credential),
         // when they differ.
         .opt_str(
-            "credential_holder",
+            key!("credential_holder"),
             facts.credential_shared_with.and(facts.credential_holder),
         )
-        .opt_str("credential_shared_with", facts.credential_shared_with)
-        .opt_num("upstream_attempt", facts.client_attempt.map(u64::from))
-        .opt_num("key_regenerated_ms", facts.key_regenerated_ms)
-        .word("mode", d.mode.name())
-        .bool("would_block", d.would_block);
+        .opt_str(key!("credential_shared_with"), facts.credential_shared_with)
+        .opt_num(
+            key!("upstream_attempt"),
+            facts.client_attempt.map(u64::from),
+        )
+        .opt_num(key!("key_regenerated_ms"), facts.key_regenerated_ms)
+        .word(key!("mode"), d.mode.name())
+        .bool(key!("would_block"), d.would_block);
     Record(m)
 }
 
@@ -116,11 +126,11 @@ impl Record {
     /// The finished line: [`PREFIX`], then a JSON object of the [`MEMBERS`].
     pub fn line(mut self, end: &Ending) -> String {
         self.0
-            .opt_word("outcome", end.outcome.map(Outcome::name))
-            .opt_num("status", end.status.map(u64::from))
-            .opt_num("response_flags", end.response_flags)
-            .opt_num("router_attempts", end.router_attempts)
-            .opt_num("duration_ms", end.duration_ms);
+            .opt_word(key!("outcome"), end.outcome.map(Outcome::name))
+            .opt_num(key!("status"), end.status.map(u64::from))
+            .opt_num(key!("response_flags"), end.response_flags)
+            .opt_num(key!("router_attempts"), end.router_attempts)
+            .opt_num(key!("duration_ms"), end.duration_ms);
         self.0.finish()
     }
 }

@@ -17,14 +17,15 @@ fn encode_into(out: &mut String, bytes: &[u8], alphabet: &[u8; 64], pad: bool) {
     for block in bytes.chunks(BLOCK) {
         let mut buf = [0u8; BLOCK / 3 * 4];
         let mut n = 0;
-        let mut chunks = block.chunks_exact(3);
-        for (c, dst) in (&mut chunks).zip(buf.chunks_exact_mut(4)) {
-            let [a, b, c] = <[u8; 3]>::try_from(c).unwrap_or_default();
+        // Arrays, not slices: plain loads and stores (a slice's `copy_from_slice` stays a
+        // call at the size levels).
+        let (triples, rest) = block.as_chunks::<3>();
+        let (quads, _) = buf.as_chunks_mut::<4>();
+        for (&[a, b, c], dst) in triples.iter().zip(quads.iter_mut()) {
             let v = (u32::from(a) << 16) | (u32::from(b) << 8) | u32::from(c);
-            dst.copy_from_slice(&[sym(v >> 18), sym(v >> 12), sym(v >> 6), sym(v)]);
+            *dst = [sym(v >> 18), sym(v >> 12), sym(v >> 6), sym(v)];
             n += 4;
         }
-        let rest = chunks.remainder();
         if !rest.is_empty() {
             let byte = |i: usize| u32::from(rest.get(i).copied().unwrap_or(0));
             let v = (byte(0) << 16) | (byte(1) << 8);

@@ -5,6 +5,7 @@
 //! `routes[2].class: unknown class "token_issueing"; expected one of read_only, ...`.
 //! Unknown fields are errors. [`SCHEMA`] lists every field for the documentation.
 
+use crate::key;
 use std::fmt;
 
 use crate::json::{Map, Value};
@@ -371,9 +372,29 @@ pub struct Route {
     /// How long this route's ledger entries live after their latest attempt (the route's
     /// `window_seconds`, else the global one).
     pub window_seconds: u64,
+    /// The members every problem document and audit line of the route carries, written once
+    /// when the configuration is read: `"route":…,"class":…,"owner":…,"escalation":…`
+    /// ([`Route::identity_members`]).
+    pub identity_json: String,
 }
 
 impl Route {
+    /// The JSON members `route`, `class`, `owner` and `escalation` of this route, without
+    /// braces (for [`crate::json::Obj::members`]).
+    pub fn identity_members(
+        name: &str,
+        class: RouteClass,
+        owner: &str,
+        escalation: &str,
+    ) -> String {
+        let mut o = crate::json::Obj::new();
+        o.str(key!("route"), name)
+            .word(key!("class"), class.name())
+            .str(key!("owner"), owner)
+            .str(key!("escalation"), escalation);
+        o.finish_members()
+    }
+
     /// Can the ledger change a decision on this route? Not on a route whose every policy is
     /// `retry_safe` and that has no `max_attempts` (a `read_only` route by default): such a
     /// route is *untracked* — no ledger reads or writes, no outcome recording.
@@ -1234,7 +1255,9 @@ fn parse_routes(
                 ))
             }
         }
+        let identity_json = Route::identity_members(&name, class, &owner, &escalation);
         routes.push(Route {
+            identity_json,
             name,
             matcher,
             class,

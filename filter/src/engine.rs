@@ -10,6 +10,7 @@ use crate::config::{
 use crate::confirm::{self, Challenge, ChallengeState, ConfirmationError};
 use crate::fingerprint::{BodyDigest, Fingerprint, KeyCheck};
 use crate::json::push_u64;
+use crate::key;
 use crate::ledger::{Commit, Entry, Ledger, LedgerError, Record};
 use crate::policy::{classify, Outcome, Policy, ResponseFacts};
 use crate::principal::{Ambiguous, ANONYMOUS};
@@ -228,41 +229,41 @@ impl Decision {
         }
         let kind = self.problem_type()?;
         let mut m = LocalReply::document(kind);
-        m.str("detail", &self.detail(config, route))
-            .str("route", &route.name)
-            .word("class", route.class.name())
-            .str("owner", &route.owner)
-            .str("escalation", &route.escalation)
-            .opt_b64url("fingerprint", facts.fingerprint.as_ref().map(|f| &f.0[..]))
-            .num("attempt", u64::from(self.attempt))
-            .opt_str("request_id", facts.request_id);
+        m.str(key!("detail"), &self.detail(config, route))
+            .members(&route.identity_json)
+            .opt_b64url(
+                key!("fingerprint"),
+                facts.fingerprint.as_ref().map(|f| &f.0[..]),
+            )
+            .num(key!("attempt"), u64::from(self.attempt))
+            .opt_str(key!("request_id"), facts.request_id);
         if let Some((outcome, status)) = self.previous {
-            m.word("previous_outcome", outcome.name())
-                .num("previous_status", u64::from(status));
+            m.word(key!("previous_outcome"), outcome.name())
+                .num(key!("previous_status"), u64::from(status));
         }
         if let Some(ms) = self.since_previous_ms {
-            m.num("since_previous_ms", ms);
+            m.num(key!("since_previous_ms"), ms);
         }
         if let Some(reason) = self.token_reason {
-            m.word("token_reason", reason.name());
+            m.word(key!("token_reason"), reason.name());
         }
         let mut extra: Vec<(&'static str, String)> = Vec::new();
         match self.verdict {
             Verdict::Confirm => {
                 if let Some(c) = self.challenge {
                     let id = b64::url(&c);
-                    m.word("challenge", &id);
+                    m.word(key!("challenge"), &id);
                     extra.push(("retry-guard-challenge", id));
                 }
                 if let Some(t) = self.first_seen {
-                    m.time("first_seen", t);
+                    m.time(key!("first_seen"), t);
                 }
                 if let Some(t) = self.window_ends {
-                    m.time("window_ends", t);
+                    m.time(key!("window_ends"), t);
                 }
-                m.str("confirmation_header", &config.confirmation_header);
+                m.str(key!("confirmation_header"), &config.confirmation_header);
                 if let Some(e) = self.confirmation_error {
-                    m.word("confirmation_error", e.name());
+                    m.word(key!("confirmation_error"), e.name());
                 }
             }
             Verdict::Unavailable => {

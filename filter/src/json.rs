@@ -10,6 +10,35 @@ pub mod value;
 
 pub use value::{parse, scan_object, Map, Number, Scalar, Span, Value};
 
+/// A member name as it is written after another member, `,"name":` (the object's first
+/// member drops the comma). Made by [`key!`](crate::key) at compile time, so writing a name
+/// is one copy, not three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Key(&'static str);
+
+impl Key {
+    /// A key from its written form `,"name":`; use [`key!`](crate::key), which writes it.
+    pub const fn written(text: &'static str) -> Key {
+        Key(text)
+    }
+
+    /// The member name.
+    pub fn name(self) -> &'static str {
+        self.0
+            .get(2..self.0.len().saturating_sub(2))
+            .unwrap_or_default()
+    }
+}
+
+/// The [`Key`] of a member name: `key!("route")` is `,"route":`, put together at compile time.
+/// Member names are the filter's own literals: plain ASCII, never escaped.
+#[macro_export]
+macro_rules! key {
+    ($name:literal) => {
+        $crate::json::Key::written(concat!(",\"", $name, "\":"))
+    };
+}
+
 /// A JSON object being written.
 #[derive(Debug)]
 pub struct Obj {
@@ -53,11 +82,11 @@ fn chunk_stops_run(x: u64) -> bool {
 fn next_stop(bytes: &[u8], from: usize) -> usize {
     let mut i = from;
     let rest = bytes.get(from..).unwrap_or_default();
-    let mut chunks = rest.chunks_exact(8);
-    for chunk in chunks.by_ref() {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        if chunk_stops_run(u64::from_ne_bytes(word)) {
+    // Arrays, not slices: each word is one load (a slice's `copy_from_slice` stays a call at
+    // the size levels, a `memory.copy` per eight bytes).
+    let (words, _) = rest.as_chunks::<8>();
+    for word in words {
+        if chunk_stops_run(u64::from_ne_bytes(*word)) {
             break;
         }
         i += 8;
@@ -187,17 +216,20 @@ impl Obj {
         Obj { buf, first: true }
     }
 
-    /// Starts a member. Member names are the filter's own literals: plain ASCII, never escaped.
-    fn key(&mut self, k: &str) {
-        debug_assert!(k.bytes().all(|b| !stops_run(b)), "member name {k:?}");
-        self.buf.push_str(if self.first { "\"" } else { ",\"" });
+    /// Starts a member: its name, put together at compile time by [`key!`] (one copy).
+    fn key(&mut self, k: Key) {
+        debug_assert!(k.name().bytes().all(|b| !stops_run(b)), "member name {k:?}");
+        let text = if self.first {
+            k.0.get(1..).unwrap_or_default()
+        } else {
+            k.0
+        };
         self.first = false;
-        self.buf.push_str(k);
-        self.buf.push_str("\":");
+        self.buf.push_str(text);
     }
 
     /// A string member holding `t` (Unix seconds) as an RFC 3339 timestamp.
-    pub fn time(&mut self, k: &str, t: u64) -> &mut Obj {
+    pub fn time(&mut self, k: Key, t: u64) -> &mut Obj {
         self.key(k);
         self.buf.push_str("\"");
         crate::time::push_rfc3339(&mut self.buf, t);
@@ -206,7 +238,7 @@ impl Obj {
     }
 
     /// A string member holding `bytes` as base64url without padding, or `null`.
-    pub fn opt_b64url(&mut self, k: &str, bytes: Option<&[u8]>) -> &mut Obj {
+    pub fn opt_b64url(&mut self, k: Key, bytes: Option<&[u8]>) -> &mut Obj {
         let Some(bytes) = bytes else {
             return self.null(k);
         };
@@ -218,7 +250,7 @@ impl Obj {
     }
 
     /// A string member.
-    pub fn str(&mut self, k: &str, v: &str) -> &mut Obj {
+    pub fn str(&mut self, k: Key, v: &str) -> &mut Obj {
         self.key(k);
         quote(&mut self.buf, v);
         self
@@ -227,10 +259,10 @@ impl Obj {
     /// A string member whose value the filter made itself and needs no escaping: a name from
     /// its own vocabulary (`token_issuing`, `allow`), a timestamp, base64url. Written without
     /// the escape scan; debug builds check the promise.
-    pub fn word(&mut self, k: &str, v: &str) -> &mut Obj {
+    pub fn word(&mut self, k: Key, v: &str) -> &mut Obj {
         debug_assert!(
             v.bytes().all(|b| !stops_run(b)),
-            "{k}: {v:?} needs escaping"
+            "{k:?}: {v:?} needs escaping"
         );
         self.key(k);
         self.buf.push_str("\"");
@@ -240,7 +272,7 @@ impl Obj {
     }
 
     /// A [`Obj::word`] member, or `null`.
-    pub fn opt_word(&mut self, k: &str, v: Option<&str>) -> &mut Obj {
+    pub fn opt_word(&mut self, k: Key, v: Option<&str>) -> &mut Obj {
         match v {
             Some(v) => self.word(k, v),
             None => self.null(k),
@@ -248,7 +280,7 @@ impl Obj {
     }
 
     /// A string member, or `null`.
-    pub fn opt_str(&mut self, k: &str, v: Option<&str>) -> &mut Obj {
+    pub fn opt_str(&mut self, k: Key, v: Option<&str>) -> &mut Obj {
         match v {
             Some(v) => self.str(k, v),
             None => self.null(k),
@@ -256,14 +288,14 @@ impl Obj {
     }
 
     /// An unsigned integer member.
-    pub fn num(&mut self, k: &str, v: u64) -> &mut Obj {
+    pub fn num(&mut self, k: Key, v: u64) -> &mut Obj {
         self.key(k);
         push_u64(&mut self.buf, v);
         self
     }
 
     /// An unsigned integer member, or `null`.
-    pub fn opt_num(&mut self, k: &str, v: Option<u64>) -> &mut Obj {
+    pub fn opt_num(&mut self, k: Key, v: Option<u64>) -> &mut Obj {
         match v {
             Some(v) => self.num(k, v),
             None => self.null(k),
@@ -271,17 +303,39 @@ impl Obj {
     }
 
     /// A boolean member.
-    pub fn bool(&mut self, k: &str, v: bool) -> &mut Obj {
+    pub fn bool(&mut self, k: Key, v: bool) -> &mut Obj {
         self.key(k);
         self.buf.push_str(if v { "true" } else { "false" });
         self
     }
 
     /// A `null` member.
-    pub fn null(&mut self, k: &str) -> &mut Obj {
+    pub fn null(&mut self, k: Key) -> &mut Obj {
         self.key(k);
         self.buf.push_str("null");
         self
+    }
+
+    /// Members written before, as [`Obj::finish_members`] returned them: appended as they
+    /// are (the text of the filter's own writer, so already valid).
+    pub fn members(&mut self, text: &str) -> &mut Obj {
+        if text.is_empty() {
+            return self;
+        }
+        self.buf.push_str(if self.first { "" } else { "," });
+        self.first = false;
+        self.buf.push_str(text);
+        self
+    }
+
+    /// The members written so far without the opening brace, for another object's
+    /// [`Obj::members`] (an object from [`Obj::new`]; one from [`Obj::after`] keeps its
+    /// prefix).
+    pub fn finish_members(self) -> String {
+        match self.buf.strip_prefix('{') {
+            Some(members) => members.to_string(),
+            None => self.buf,
+        }
     }
 
     /// The finished object text.
@@ -294,6 +348,28 @@ impl Obj {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_written_once_read_as_if_written_in_place() {
+        let mut once = Obj::new();
+        once.str(key!("route"), "r\"1")
+            .word(key!("class"), "token_issuing");
+        let members = once.finish_members();
+        let mut a = Obj::new();
+        a.num(key!("n"), 1).members(&members).bool(key!("b"), true);
+        let mut b = Obj::new();
+        b.num(key!("n"), 1)
+            .str(key!("route"), "r\"1")
+            .word(key!("class"), "token_issuing")
+            .bool(key!("b"), true);
+        assert_eq!(a.finish(), b.finish());
+        let mut first = Obj::new();
+        first.members(&members).members("");
+        assert_eq!(
+            first.finish(),
+            r#"{"route":"r\"1","class":"token_issuing"}"#
+        );
+    }
 
     #[test]
     fn eight_bytes_at_a_time_finds_what_one_at_a_time_finds() {
@@ -349,13 +425,13 @@ mod tests {
     fn writes_valid_json() {
         let mut o = Obj::new();
         o.str(
-            "a",
+            key!("a"),
             "quote \" backslash \\ newline \n ctrl \u{1} sep \u{2028} ünï",
         )
-        .num("n", u64::MAX)
-        .opt_num("m", None)
-        .opt_str("s", None)
-        .bool("b", true);
+        .num(key!("n"), u64::MAX)
+        .opt_num(key!("m"), None)
+        .opt_str(key!("s"), None)
+        .bool(key!("b"), true);
         let text = o.finish();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
@@ -367,7 +443,9 @@ mod tests {
         assert_eq!(v["b"], true);
         assert_eq!(Obj::new().finish(), "{}");
         let mut o = Obj::after("line ");
-        o.num("a", 0).num("b", 10).num("c", 1_000_000_007);
+        o.num(key!("a"), 0)
+            .num(key!("b"), 10)
+            .num(key!("c"), 1_000_000_007);
         assert_eq!(o.finish(), r#"line {"a":0,"b":10,"c":1000000007}"#);
     }
 

@@ -1,6 +1,7 @@
 //! Problem types and the local replies the filter sends (RFC 9457 problem documents).
 
 use crate::json::Obj;
+use crate::key;
 
 /// A problem type the filter answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,9 +128,9 @@ impl LocalReply {
     /// and pass it to [`LocalReply::problem`].
     pub fn document(kind: ProblemType) -> Obj {
         let mut doc = Obj::new();
-        doc.word("type", kind.uri())
-            .word("title", kind.title())
-            .num("status", u64::from(kind.status()));
+        doc.word(key!("type"), kind.uri())
+            .word(key!("title"), kind.title())
+            .num(key!("status"), u64::from(kind.status()));
         doc
     }
 
