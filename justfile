@@ -159,7 +159,8 @@ test-core:
 # --host-costs prices each host call and sets each guarded path's cost beside its limit
 # (target/bench/host-costs.{md,json}, summary.md; with --update-readme also the README's
 # Performance table); --compare-wasm FILE runs configurations 4, 5 and 6 beside the same
-# loading FILE, back to back each round (compare.md); --pacing checks in Envoy's access log how evenly the paced runs'
+# loading FILE, back to back each round (compare.md); --guest-share samples Envoy with perf for
+# the share of its CPU in the module's generated code (guest-share.md); --pacing checks in Envoy's access log how evenly the paced runs'
 # requests arrive (pacing.md). See bench/README.md for the commands and their durations.
 bench *ARGS: build envoy-install etcd-install
     @command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; if [ "$(id -u)" = 0 ]; then apt-get install -y wrk; else sudo apt-get install -y wrk; fi; }

@@ -9,7 +9,7 @@ use crate::cases::CASES;
 use crate::configs::Backend;
 
 /// What `--help` prints.
-const USAGE: &str = "usage: retry-guard-bench [--cases 1,2,.. (all: 1 to 9, 11 and 12 jwt_authn)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--direct (every route a direct_response, no upstream)] [--host-costs (price each host call retry-guard makes; writes host-costs.md)] [--compare-wasm FILE (configurations 4, 5 and 6 with this module beside the measured one, saturated; writes compare.md)] [--pacing (how evenly the paced runs' requests arrive; writes pacing.md)] [--etcd (only the etcd ledger's comparison with the shared-data one; writes etcd.md; the default run ends with it)] [--no-etcd (leave it out; so does --cases)] [--update-readme]";
+const USAGE: &str = "usage: retry-guard-bench [--cases 1,2,.. (all: 1 to 9, 11 and 12 jwt_authn)] [--plugin-config FILE] [--wasm FILE] [--rounds N (5)] [--seconds S (5)] [--connections C (16)] [--flood N (1000000)] [--envoy-log-level L (info; warning drops the audit lines)] [--direct (every route a direct_response, no upstream)] [--host-costs (price each host call retry-guard makes; writes host-costs.md)] [--compare-wasm FILE (configurations 4, 5 and 6 with this module beside the measured one, saturated; writes compare.md)] [--guest-share (configurations 2, 4, 5 and 6 saturated, sampled with perf: the share of Envoy's CPU in the module's generated code; writes guest-share.md)] [--pacing (how evenly the paced runs' requests arrive; writes pacing.md)] [--etcd (only the etcd ledger's comparison with the shared-data one; writes etcd.md; the default run ends with it)] [--no-etcd (leave it out; so does --cases)] [--update-readme]";
 
 /// Whether a run includes the etcd ledger's comparison ([`crate::etcd`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,6 +53,9 @@ pub struct Options {
     pub host_costs: bool,
     /// Check how evenly the paced runs' requests arrive instead (see [`crate::pacing`]).
     pub pacing: bool,
+    /// Sample Envoy with `perf` for the share of its CPU in the module's code instead (see
+    /// [`crate::guest_share`]).
+    pub guest_share: bool,
     /// Whether the etcd ledger's comparison runs, and how.
     pub etcd: EtcdRun,
 }
@@ -83,6 +86,7 @@ pub(crate) fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Optio
         log_level: "info".into(),
         backend: Backend::Upstream,
         host_costs: false,
+        guest_share: false,
         pacing: false,
         etcd: EtcdRun::After,
     };
@@ -107,6 +111,7 @@ pub(crate) fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Optio
             "--direct" => o.backend = Backend::Direct,
             "--host-costs" => o.host_costs = true,
             "--pacing" => o.pacing = true,
+            "--guest-share" => o.guest_share = true,
             "--etcd" => etcd_only = true,
             "--no-etcd" => no_etcd = true,
             "--cases" => {
@@ -125,10 +130,16 @@ pub(crate) fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Optio
             other => return Err(Error(format!("unknown argument {other:?}; see --help"))),
         }
     }
-    let modes = [o.host_costs, o.pacing, etcd_only, o.compare_wasm.is_some()];
+    let modes = [
+        o.host_costs,
+        o.pacing,
+        etcd_only,
+        o.compare_wasm.is_some(),
+        o.guest_share,
+    ];
     if modes.iter().filter(|m| **m).count() > 1 {
         return Err(Error::new(
-            "--host-costs, --pacing, --etcd and --compare-wasm are runs of their own: give one",
+            "--host-costs, --pacing, --etcd, --compare-wasm and --guest-share are runs of their own: give one",
         ));
     }
     if o.compare_wasm.is_some() && (cases_chosen || o.update_readme) {
@@ -136,9 +147,14 @@ pub(crate) fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Optio
             "--compare-wasm runs configurations 4, 5 and 6 and changes no README: drop --cases and --update-readme",
         ));
     }
+    if o.guest_share && (cases_chosen || o.update_readme) {
+        return Err(Error::new(
+            "--guest-share runs configurations 2, 4, 5 and 6 and changes no README: drop --cases and --update-readme",
+        ));
+    }
     o.etcd = match (
         etcd_only,
-        no_etcd || cases_chosen || o.compare_wasm.is_some(),
+        no_etcd || cases_chosen || o.compare_wasm.is_some() || o.guest_share,
     ) {
         (true, _) if no_etcd => return Err(Error::new("--etcd and --no-etcd contradict")),
         (true, _) => EtcdRun::Only,
@@ -231,5 +247,20 @@ mod tests {
             assert!(parse(clash).is_err(), "{clash:?}");
         }
         assert!(parse(&["--compare-wasm"]).is_err());
+    }
+
+    #[test]
+    fn the_guest_share_is_a_run_of_its_own() {
+        let o = parse(&["--guest-share", "--rounds", "3"]).unwrap().unwrap();
+        assert!(o.guest_share);
+        assert_eq!(o.etcd, EtcdRun::Skip);
+        for clash in [
+            &["--guest-share", "--compare-wasm", "b.wasm"][..],
+            &["--guest-share", "--host-costs"],
+            &["--guest-share", "--cases", "4"],
+            &["--guest-share", "--update-readme"],
+        ] {
+            assert!(parse(clash).is_err(), "{clash:?}");
+        }
     }
 }

@@ -160,6 +160,18 @@ pub fn saturated_rounds(
     what: &str,
     cases: &[Case],
 ) -> Result<Vec<Vec<Run>>> {
+    saturated_rounds_observed(o, proxies, what, cases, |_, _, run| run())
+}
+
+/// [`saturated_rounds`], each run made through `around(case, envoy, run)`, which calls `run`
+/// once and may watch the Envoy while it runs (`--guest-share` samples it with `perf`).
+pub fn saturated_rounds_observed(
+    o: &Options,
+    proxies: &Proxies,
+    what: &str,
+    cases: &[Case],
+    mut around: impl FnMut(&Case, &Envoy, &mut dyn FnMut() -> Result<Run>) -> Result<Run>,
+) -> Result<Vec<Vec<Run>>> {
     eprintln!(
         "{what}: starting {} Envoys (--concurrency 1, pinned to CPU 0; wrk pinned to CPU 1)",
         cases.len()
@@ -168,7 +180,9 @@ pub fn saturated_rounds(
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); cases.len()];
     for round in 0..o.rounds {
         for ((case, envoy), case_runs) in cases.iter().zip(&envoys).zip(&mut runs) {
-            let r = wrk(envoy, case, o.seconds, o.connections)?;
+            let r = around(case, envoy, &mut || {
+                wrk(envoy, case, o.seconds, o.connections)
+            })?;
             check_statuses(case, &r)?;
             if r.socket_errors > 0 {
                 bail!(

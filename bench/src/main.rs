@@ -30,7 +30,9 @@
 //! `--host-costs` runs [`host_costs`] instead: the price of each host call retry-guard makes,
 //! and each guarded path's added cost beside its limit (with `--update-readme`, also the
 //! top-level README's Performance table). `--compare-wasm FILE` runs [`compare`] instead:
-//! another build of retry-guard beside this one on each guarded path. `--pacing` runs
+//! another build of retry-guard beside this one on each guarded path. `--guest-share` runs
+//! [`guest_share`] instead: the share of Envoy's CPU in the module's generated code, sampled
+//! with `perf`. `--pacing` runs
 //! [`pacing`] instead: how evenly the paced runs' requests arrive.
 
 mod args;
@@ -39,6 +41,7 @@ mod cases;
 mod compare;
 mod configs;
 mod etcd;
+mod guest_share;
 mod host_costs;
 mod jwt_authn;
 mod load;
@@ -69,6 +72,8 @@ fn run(dir: &Path) -> Result<()> {
         pacing::run(&o, dir)
     } else if o.compare_wasm.is_some() {
         compare::run(&o, dir)
+    } else if o.guest_share {
+        guest_share::run(&o, dir)
     } else if o.host_costs {
         host_costs::run(&o, dir)
     } else if o.etcd == EtcdRun::Only {

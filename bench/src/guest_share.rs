@@ -1,0 +1,318 @@
+//! `just bench --guest-share`: how much of Envoy's CPU on each guarded path is the filter's
+//! own code, read from Envoy itself.
+//!
+//! Configurations 2 (the no-op filter), 4, 5 and 6 run saturated as in the main benchmark,
+//! interleaved round by round. During each run `perf record -e cpu-clock` samples the Envoy
+//! process (every thread), and `perf report --sort dso` splits the samples: those in V8's
+//! generated code (`[JIT]`: the module's functions compiled by TurboFan and V8's call wrappers
+//! between Envoy and the module) against Envoy's binary, the kernel and libc. The JIT share
+//! times the run's Envoy CPU per request is what the guest costs Envoy per request; the
+//! no-op filter's figure is the wrappers' and an empty guest's. What is left of a path's cost
+//! above Envoy's own is then host work: the host calls, the local reply, the log line.
+//!
+//! Writes `target/bench/guest-share.{md,json}`; no README is changed (the experiment log of
+//! bench/README.md quotes a run, dated).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use retry_guard_e2e::envoy::Envoy;
+use retry_guard_e2e::{bail, Error, Result};
+use serde_json::json;
+
+use crate::args::Options;
+use crate::cases::{case, Case};
+use crate::configs::{Backend, Proxies};
+use crate::load::{saturated_rounds_observed, Run};
+use crate::measure::{pid_of, Spread};
+use crate::report::Provenance;
+
+/// The configurations measured: the no-op floor, then read_only, the token path, the 428.
+const CASE_IDS: [usize; 4] = [2, 4, 5, 6];
+
+/// Samples per second per CPU `perf` takes.
+const PERF_HZ: &str = "2000";
+
+/// One run's samples: the share of them in generated code.
+#[derive(Clone, Copy, Debug)]
+struct Sampled {
+    /// Envoy CPU per request over the run (µs).
+    cpu_us: f64,
+    /// Share of the samples in V8's generated code, 0 to 1.
+    jit: f64,
+    /// Samples taken.
+    samples: u64,
+}
+
+/// Runs the measurement and writes its report to `dir`.
+pub fn run(o: &Options, dir: &Path) -> Result<()> {
+    let perf = which_perf()?;
+    let cases: Vec<Case> = CASE_IDS.iter().map(|&id| *case(id)).collect();
+    let proxies = Proxies::new(o, dir)?;
+    let mut sampled: Vec<Vec<Sampled>> = vec![Vec::new(); cases.len()];
+    let data = dir.join("guest-share.perf.data");
+    saturated_rounds_observed(o, &proxies, "guest share", &cases, |c, envoy, run| {
+        let recording = Recording::start(&perf, envoy, &data)?;
+        let r: Run = run()?;
+        let (jit, samples) = recording.stop()?;
+        eprintln!(
+            "          case {:>3}: {:.1}% of {samples} samples in generated code",
+            c.id,
+            jit * 100.0
+        );
+        if let Some(v) = cases
+            .iter()
+            .position(|x| x.id == c.id)
+            .and_then(|i| sampled.get_mut(i))
+        {
+            v.push(Sampled {
+                cpu_us: r.cpu_us_per_req,
+                jit,
+                samples,
+            });
+        }
+        Ok(r)
+    })?;
+    drop(proxies);
+    let _ = fs::remove_file(&data);
+    let report = Report {
+        provenance: Provenance::now(),
+        opts: o,
+        cases: &cases,
+        sampled: &sampled,
+    };
+    let md = report.markdown();
+    print!("{md}");
+    fs::write(dir.join("guest-share.md"), &md)
+        .map_err(|e| Error(format!("guest-share.md: {e}")))?;
+    let json = serde_json::to_string_pretty(&report.json())
+        .map_err(|e| Error(format!("guest-share.json: {e}")))?;
+    fs::write(dir.join("guest-share.json"), json)
+        .map_err(|e| Error(format!("guest-share.json: {e}")))?;
+    eprintln!("wrote {}", dir.join("guest-share.md").display());
+    Ok(())
+}
+
+/// `perf`, or an error that says how to get it.
+fn which_perf() -> Result<PathBuf> {
+    let ok = Command::new("perf")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!("--guest-share samples Envoy with `perf`: apt-get install linux-perf");
+    }
+    Ok(PathBuf::from("perf"))
+}
+
+/// A `perf record` of one Envoy process while it runs.
+struct Recording {
+    child: Child,
+    data: PathBuf,
+}
+
+impl Recording {
+    fn start(perf: &Path, envoy: &Envoy, data: &Path) -> Result<Recording> {
+        let pid = pid_of(envoy)?;
+        let child = Command::new(perf)
+            .args(["record", "-q", "-e", "cpu-clock", "-F", PERF_HZ, "-p"])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error(format!("cannot start perf record: {e}")))?;
+        Ok(Recording {
+            child,
+            data: data.to_path_buf(),
+        })
+    }
+
+    /// Stops the recording (SIGINT, as perf expects) and returns the share of its samples in
+    /// generated code, and how many samples it took.
+    fn stop(self) -> Result<(f64, u64)> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-INT", &pid]).status();
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|e| Error(format!("perf record: {e}")))?;
+        if !self.data.exists() {
+            bail!(
+                "perf record wrote nothing ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let report = Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--sort",
+                "dso",
+                "-F",
+                "overhead,sample,dso",
+                "-i",
+            ])
+            .arg(&self.data)
+            .output()
+            .map_err(|e| Error(format!("cannot run perf report: {e}")))?;
+        if !report.status.success() {
+            bail!(
+                "perf report failed: {}",
+                String::from_utf8_lossy(&report.stderr).trim()
+            );
+        }
+        dso_split(&String::from_utf8_lossy(&report.stdout))
+    }
+}
+
+/// From `perf report --sort dso -F overhead,sample,dso` text: the share of the samples in
+/// generated code (`[JIT] tid …` rows) and the samples in all.
+fn dso_split(text: &str) -> Result<(f64, u64)> {
+    let (mut jit, mut all) = (0u64, 0u64);
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut cols = line.split_whitespace();
+        let (Some(_overhead), Some(samples)) = (cols.next(), cols.next()) else {
+            continue;
+        };
+        let Ok(n) = samples.parse::<u64>() else {
+            continue;
+        };
+        let dso: Vec<&str> = cols.collect();
+        all += n;
+        if dso.first() == Some(&"[JIT]") {
+            jit += n;
+        }
+    }
+    if all == 0 {
+        bail!("perf report listed no samples: {text}");
+    }
+    Ok((jit as f64 / all as f64, all))
+}
+
+/// What one measurement found.
+struct Report<'a> {
+    provenance: Provenance,
+    opts: &'a Options,
+    cases: &'a [Case],
+    sampled: &'a [Vec<Sampled>],
+}
+
+/// One configuration's figures over the rounds.
+struct Figures {
+    cpu_us: Spread,
+    jit_percent: Spread,
+    guest_us: Spread,
+    samples: u64,
+}
+
+impl Report<'_> {
+    fn figures(&self, i: usize) -> Figures {
+        let runs = self.sampled.get(i).map_or(&[][..], Vec::as_slice);
+        let of = |f: fn(&Sampled) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
+        Figures {
+            cpu_us: of(|s| s.cpu_us),
+            jit_percent: of(|s| s.jit * 100.0),
+            guest_us: of(|s| s.jit * s.cpu_us),
+            samples: runs.iter().map(|s| s.samples).sum(),
+        }
+    }
+
+    fn markdown(&self) -> String {
+        let p = &self.provenance;
+        let o = self.opts;
+        let mode = match o.backend {
+            Backend::Upstream => "upstream mode",
+            Backend::Direct => "direct mode",
+        };
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "Measured {} at commit {} on {} with `just bench --guest-share`, {mode}: {} \
+             interleaved rounds of {} s, saturated (wrk 1 thread × {} connections pinned to CPU \
+             1, Envoy `--concurrency 1` pinned to CPU 0); `perf record -e cpu-clock -F {PERF_HZ}` \
+             on the Envoy process during each run. Median (min–max) over the rounds.\n",
+            p.date, p.commit, p.machine, o.rounds, o.seconds, o.connections
+        );
+        let _ = writeln!(
+            md,
+            "| configuration | Envoy CPU per request (µs) | samples in generated code (%) | \
+             generated code per request (µs) | samples |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---:|");
+        let s1 = |x: Spread| format!("{:.1} ({:.1}–{:.1})", x.median, x.min, x.max);
+        for (i, c) in self.cases.iter().enumerate() {
+            let f = self.figures(i);
+            let _ = writeln!(
+                md,
+                "| {} {} | {} | {} | {} | {} |",
+                c.id,
+                c.name,
+                s1(f.cpu_us),
+                s1(f.jit_percent),
+                s1(f.guest_us),
+                f.samples
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nGenerated code is V8's: the module's functions and the wrappers between Envoy and \
+             them. Configuration 2's figure is the wrappers' and an empty guest's."
+        );
+        md
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let spread = |x: Spread| json!({"median": x.median, "min": x.min, "max": x.max});
+        json!({
+            "tool": "just bench --guest-share",
+            "date": self.provenance.date,
+            "commit": self.provenance.commit,
+            "machine": self.provenance.machine,
+            "rounds": self.opts.rounds,
+            "seconds": self.opts.seconds,
+            "perf_hz": PERF_HZ,
+            "configurations": self.cases.iter().enumerate().map(|(i, c)| {
+                let f = self.figures(i);
+                json!({
+                    "id": c.id,
+                    "name": c.name,
+                    "cpu_us_per_request": spread(f.cpu_us),
+                    "generated_code_percent": spread(f.jit_percent),
+                    "generated_code_us_per_request": spread(f.guest_us),
+                    "samples": f.samples,
+                    "rounds": self.sampled.get(i).map(|v| v.iter().map(|s| json!({
+                        "cpu_us_per_request": s.cpu_us,
+                        "generated_code_share": s.jit,
+                        "samples": s.samples,
+                    })).collect::<Vec<_>>()),
+                })
+            }).collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_split_counts_samples_in_generated_code() {
+        let text = "# Samples: 9K of event 'cpu-clock'\n#\n# Overhead  Samples  Shared Object\n\
+                    #\n    55.06%     5506  envoy\n    30.88%     3088  [kernel.kallsyms]\n    \
+                    10.22%     1022  [JIT] tid 21286\n     3.84%      384  libc.so.6\n";
+        let (jit, all) = dso_split(text).unwrap();
+        assert_eq!(all, 10000);
+        assert!((jit - 0.1022).abs() < 1e-9, "{jit}");
+        assert!(dso_split("# nothing\n").is_err());
+    }
+}
