@@ -165,6 +165,7 @@ test-core:
 bench *ARGS: build envoy-install etcd-install
     @command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; if [ "$(id -u)" = 0 ]; then apt-get install -y wrk; else sudo apt-get install -y wrk; fi; }
     @command -v taskset >/dev/null || { echo "taskset (util-linux) is required"; exit 1; }
+    @perf --version >/dev/null 2>&1 || { echo "installing linux-perf (--host-costs and --guest-share sample Envoy with it)"; if [ "$(id -u)" = 0 ]; then apt-get install -y linux-perf; else sudo apt-get install -y linux-perf; fi || echo "linux-perf did not install: --host-costs runs without the module's own code, --guest-share refuses"; }
     @oha --version 2>/dev/null | grep -qx 'oha 1.16.0' || { echo "installing oha 1.16.0 (paced runs; its --db-url records are read)"; cargo install oha --locked --version 1.16.0; }
     cargo build --release --target wasm32-wasip1 -p retry-guard-noop -p retry-guard-hostcost
     cargo run --release -p retry-guard-bench -- {{ARGS}}

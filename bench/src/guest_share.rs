@@ -48,15 +48,15 @@ struct Sampled {
 
 /// Runs the measurement and writes its report to `dir`.
 pub fn run(o: &Options, dir: &Path) -> Result<()> {
-    let perf = which_perf()?;
+    if !perf_available() {
+        bail!("--guest-share samples Envoy with `perf`: apt-get install linux-perf");
+    }
     let cases: Vec<Case> = CASE_IDS.iter().map(|&id| *case(id)).collect();
     let proxies = Proxies::new(o, dir)?;
     let mut sampled: Vec<Vec<Sampled>> = vec![Vec::new(); cases.len()];
     let data = dir.join("guest-share.perf.data");
     saturated_rounds_observed(o, &proxies, "guest share", &cases, |c, envoy, run| {
-        let recording = Recording::start(&perf, envoy, &data)?;
-        let r: Run = run()?;
-        let (jit, samples) = recording.stop()?;
+        let (r, jit, samples) = sample(envoy, &data, run)?;
         eprintln!(
             "          case {:>3}: {:.1}% of {samples} samples in generated code",
             c.id,
@@ -95,18 +95,27 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `perf`, or an error that says how to get it.
-fn which_perf() -> Result<PathBuf> {
-    let ok = Command::new("perf")
+/// Whether `perf` runs here.
+pub fn perf_available() -> bool {
+    Command::new("perf")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        bail!("--guest-share samples Envoy with `perf`: apt-get install linux-perf");
-    }
-    Ok(PathBuf::from("perf"))
+        .is_ok_and(|s| s.success())
+}
+
+/// Makes one run (`run`) while `perf` samples `envoy` into `data`; returns the run, the share
+/// of the samples in V8's generated code (0 to 1) and how many samples there were.
+pub fn sample(
+    envoy: &Envoy,
+    data: &Path,
+    run: &mut dyn FnMut() -> Result<Run>,
+) -> Result<(Run, f64, u64)> {
+    let recording = Recording::start(envoy, data)?;
+    let r = run()?;
+    let (jit, samples) = recording.stop()?;
+    Ok((r, jit, samples))
 }
 
 /// A `perf record` of one Envoy process while it runs.
@@ -116,9 +125,9 @@ struct Recording {
 }
 
 impl Recording {
-    fn start(perf: &Path, envoy: &Envoy, data: &Path) -> Result<Recording> {
+    fn start(envoy: &Envoy, data: &Path) -> Result<Recording> {
         let pid = pid_of(envoy)?;
-        let child = Command::new(perf)
+        let child = Command::new("perf")
             .args(["record", "-q", "-e", "cpu-clock", "-F", PERF_HZ, "-p"])
             .arg(pid.to_string())
             .arg("-o")

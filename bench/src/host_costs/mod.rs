@@ -18,6 +18,10 @@
 //! reads the body, and the host calls the path makes per request, counted by host-sim on the
 //! very module measured and priced with that round's prices. What the path adds (retry-guard
 //! − the same request without it) above the limit is the guest's own code and avoidable calls.
+//! Where `perf` runs, each guarded path's runs and its no-call probe's are sampled as
+//! `--guest-share` samples them ([`crate::guest_share::sample`]): the share of Envoy's CPU in
+//! V8's generated code, the path's minus its probe's, is the module's own code, measured in
+//! the same rounds, so the report can say how much of what is above the limit it explains.
 //! Writes `target/bench/host-costs.{md,json}`; with `--update-readme`, the `bench-host-costs`
 //! section of `bench/README.md` and the `perf-summary` table of the top-level README, which
 //! are all this run's figures ([`table`]).
@@ -32,10 +36,11 @@ use retry_guard_e2e::{bail, Error, Result};
 
 use crate::args::Options;
 use crate::configs::{Backend, Proxies};
-use crate::load::saturated_rounds;
+use crate::guest_share::{perf_available, sample};
+use crate::load::saturated_rounds_observed;
 use crate::measure::file_bytes;
 use crate::report::Provenance;
-use probes::{cases, guarded_paths};
+use probes::{at, cases, guarded_paths};
 use table::HostCosts;
 
 /// Runs the probes and writes the report to `dir`.
@@ -59,8 +64,35 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
     }
 
     let cases = cases();
-    let runs = saturated_rounds(o, &proxies, "host costs", &cases)?;
+    // The runs sampled with perf (when it runs here): each guarded path's and its no-call
+    // probe's, by position in `cases`.
+    let sampled: Vec<usize> = if perf_available() {
+        guarded_paths()
+            .iter()
+            .flat_map(|p| [at(p.guard), p.boundary])
+            .collect()
+    } else {
+        eprintln!("host costs: perf is not available: the module's own code is not measured");
+        Vec::new()
+    };
+    let mut generated: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let data = dir.join("host-costs.perf.data");
+    let runs = saturated_rounds_observed(o, &proxies, "host costs", &cases, |c, envoy, run| {
+        let Some(i) = cases
+            .iter()
+            .position(|x| x.id == c.id)
+            .filter(|i| sampled.contains(i))
+        else {
+            return run();
+        };
+        let (r, jit, _) = sample(envoy, &data, run)?;
+        if let Some(g) = generated.get_mut(i) {
+            g.push(jit * r.cpu_us_per_req);
+        }
+        Ok(r)
+    })?;
     drop(proxies);
+    let _ = std::fs::remove_file(&data);
 
     HostCosts {
         provenance: Provenance::now(),
@@ -68,6 +100,7 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
         calls,
         runs: &runs,
         cases: &cases,
+        generated: &generated,
         wasm_bytes,
     }
     .write(dir)

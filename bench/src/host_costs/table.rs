@@ -37,6 +37,10 @@ pub struct HostCosts<'a> {
     pub runs: &'a [Vec<Run>],
     /// The configurations run ([`super::probes::cases`]).
     pub cases: &'a [Case],
+    /// µs per request of Envoy's CPU in V8's generated code, round by round, by position in
+    /// `cases`: sampled with perf for each guarded path and its no-call probe (empty for the
+    /// others, and for all where perf does not run).
+    pub generated: &'a [Vec<f64>],
     /// The size of retry-guard's module.
     pub wasm_bytes: u64,
 }
@@ -61,6 +65,17 @@ pub struct PathFigures {
     pub calls_per_request: f64,
     /// Imports the path calls that have no price (the limit leaves them out).
     pub unpriced: Vec<String>,
+    /// The module's own code: the path's generated code − its no-call probe's (perf), round
+    /// by round; `None` when not sampled.
+    pub module_code: Option<Vec<f64>>,
+}
+
+impl PathFigures {
+    /// What is above the limit beyond the module's own code, round by round: Envoy's work
+    /// for the filter that the priced host calls do not account for.
+    pub fn above_beyond_code(&self) -> Option<Vec<f64>> {
+        self.module_code.as_ref().map(|m| minus(&self.above, m))
+    }
 }
 
 /// A figure stated against its goal: the figure, the goal's text, its per-round values, the
@@ -164,6 +179,15 @@ impl HostCosts<'_> {
             .zip(&limit)
             .map(|(a, l)| if *l > 0.0 { a / l } else { f64::NAN })
             .collect();
+        let generated = |pos: usize| {
+            self.generated
+                .get(pos)
+                .filter(|g| g.len() == rounds && rounds > 0)
+        };
+        let module_code = match (generated(at(p.guard)), generated(p.boundary)) {
+            (Some(g), Some(b)) => Some(minus(g, b)),
+            _ => None,
+        };
         PathFigures {
             added,
             boundary,
@@ -174,6 +198,7 @@ impl HostCosts<'_> {
             share,
             calls_per_request: calls.values().sum(),
             unpriced,
+            module_code,
         }
     }
 
@@ -346,7 +371,7 @@ impl HostCosts<'_> {
             s,
             "\nEach guarded path's limit beside what retry-guard adds to it (µs of Envoy CPU per request, median and min–max over rounds; each round priced with its own prices). Limit = the wasm boundary (the probe making no call, sent the path's request, − the same request without a filter) + holding the headers until the body is in (token path: the probe doing just that − the no-call probe; the 428's wait is in the price of `{LOCAL_REPLY}`) + the path's host calls priced. What is added above the limit is the guest's own code and avoidable calls:\n"
         );
-        s.push_str("| path | baseline (the same request without retry-guard) | added (µs) | wasm boundary | holding for the body | host calls | **limit** | added above the limit | % of the limit | goal ≤ 25% |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        s.push_str("| path | baseline (the same request without retry-guard) | added (µs) | wasm boundary | holding for the body | host calls | **limit** | added above the limit | % of the limit | goal ≤ 25% | the module's own code (perf) | above the limit beyond the module's code |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for (p, f) in paths.iter().zip(&figures) {
             let share: Vec<f64> = f.share.iter().map(|v| v * 100.0).collect();
             let unpriced = if f.unpriced.is_empty() {
@@ -356,7 +381,7 @@ impl HostCosts<'_> {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | **{}**{unpriced} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | **{}**{unpriced} | {} | {} | {} | {} | {} |",
                 p.name,
                 p.baseline_text,
                 spread_text(&f.added, 1),
@@ -371,8 +396,14 @@ impl HostCosts<'_> {
                 spread_text(&f.above, 1),
                 spread_text(&share, 0),
                 verdict(Spread::of(&share).median <= GOAL_ABOVE_LIMIT * 100.0),
+                f.module_code
+                    .as_ref()
+                    .map_or_else(|| "–".into(), |v| spread_text(v, 1)),
+                f.above_beyond_code()
+                    .map_or_else(|| "–".into(), |v| spread_text(&v, 1)),
             );
         }
+        s.push_str("\nThe module's own code: the share of Envoy's CPU samples in V8's generated code (`perf record -e cpu-clock`, as `--guest-share` takes them) times Envoy's CPU per request, the path's run minus its no-call probe's (the wrappers and an empty guest), round by round (– where perf does not run). What is above the limit beyond it is Envoy's work for the filter that the priced calls do not account for.\n");
 
         // The goals.
         s.push_str("\nThe goals of issue 15, measured in these rounds:\n\n| figure | goal | measured (median) | min–max over rounds | |\n|---|---|---|---|---|\n");
@@ -424,7 +455,7 @@ impl HostCosts<'_> {
             "Measured {} at commit {} on {} with `just bench --host-costs --update-readme`: Envoy 1.40.0 `--concurrency 1` pinned to one core, saturated by wrk on the other, upstream mode (each request forwarded to an upstream Envoy), {} interleaved rounds of {} s. Medians, min–max over rounds in brackets; µs are Envoy CPU per request. The method, every table, the direct mode and the latency figures: [bench/README.md](bench/README.md).\n",
             p.date, p.commit, p.machine, o.rounds, o.seconds
         );
-        s.push_str("| path | added to Envoy's CPU per request (µs), against | throughput ratio (goal) | priced limit (µs) | added above the limit (goal ≤ 25%) |\n|---|---|---|---|---|\n");
+        s.push_str("| path | added to Envoy's CPU per request (µs), against | throughput ratio (goal) | priced limit (µs) | added above the limit (goal ≤ 25%); of it the module's own code (perf) |\n|---|---|---|---|---|\n");
         let prices = self.prices();
         let ratios = [
             (4, 2, "4 ÷ 2, vs the no-op filter", GOAL_READ_ONLY),
@@ -449,13 +480,17 @@ impl HostCosts<'_> {
             };
             let _ = writeln!(
                 s,
-                "| {row} | {} against {against} | {ratio_text}: {} (≥ {goal:.2}: {}) | {} | {} µs, {share_median:.0}% of the limit: {} |",
+                "| {row} | {} against {against} | {ratio_text}: {} (≥ {goal:.2}: {}) | {} | {} µs, {share_median:.0}% of the limit: {}{} |",
                 spread_text(&f.added, 1),
                 spread_text(&tput, 3),
                 verdict(Spread::of(&tput).median >= goal),
                 spread_text(&f.limit, 1),
                 spread_text(&f.above, 1),
                 verdict(share_median <= GOAL_ABOVE_LIMIT * 100.0),
+                f.module_code.as_ref().map_or_else(String::new, |v| format!(
+                    "; the module's own code {} µs",
+                    spread_text(v, 1)
+                )),
             );
         }
         for (id, alg) in [(11, "RS256"), (12, "ES256")] {
@@ -499,6 +534,8 @@ impl HostCosts<'_> {
                     "body_wait_us": spread(&f.body_wait), "host_calls_us": spread(&f.host_calls),
                     "limit_us": spread(&f.limit), "above_limit_us": spread(&f.above),
                     "above_share_of_limit": spread(&f.share), "unpriced": f.unpriced,
+                    "module_code_us": f.module_code.as_deref().map(spread),
+                    "above_limit_beyond_module_code_us": f.above_beyond_code().as_deref().map(spread),
                 })
             })
             .collect();
@@ -594,6 +631,10 @@ mod tests {
             .unwrap();
         let cases = cases();
         let runs = runs(&cases);
+        // perf sampled the token path (8 µs in generated code) and its no-call probe (1 µs).
+        let mut generated = vec![Vec::new(); cases.len()];
+        generated[at(5)] = vec![8.0];
+        generated[POST_NONE] = vec![1.0];
         let calls = |pairs: &[(&str, f64)]| -> BTreeMap<String, f64> {
             pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
         };
@@ -624,6 +665,7 @@ mod tests {
             ]),
             runs: &runs,
             cases: &cases,
+            generated: &generated,
             wasm_bytes: 300_000,
         };
         let prices = report.prices();
@@ -644,12 +686,12 @@ mod tests {
         // read_only: added 15, boundary 3, calls 2: limit 5, 10 above = 200%.
         assert_eq!(
             row("| read_only (case 4) | no wasm filter"),
-            "| read_only (case 4) | no wasm filter, case 4's request | 15.0 (15.0–15.0) | 3.0 (3.0–3.0) | – | 2.0 (2.0–2.0) | **5.0 (5.0–5.0)** | 10.0 (10.0–10.0) | 200 (200–200) | **missed** |"
+            "| read_only (case 4) | no wasm filter, case 4's request | 15.0 (15.0–15.0) | 3.0 (3.0–3.0) | – | 2.0 (2.0–2.0) | **5.0 (5.0–5.0)** | 10.0 (10.0–10.0) | 200 (200–200) | **missed** | – | – |"
         );
         // token: added 30, boundary 3, wait 0, calls 3 (one unpriced, named): limit 6.
         assert_eq!(
             row("| token (case 5) | configuration 8"),
-            "| token (case 5) | configuration 8 | 30.0 (30.0–30.0) | 3.0 (3.0–3.0) | 0.0 (0.0–0.0) | 3.0 (3.0–3.0) | **6.0 (6.0–6.0)** (without proxy_unknown: not priced) | 24.0 (24.0–24.0) | 400 (400–400) | **missed** |"
+            "| token (case 5) | configuration 8 | 30.0 (30.0–30.0) | 3.0 (3.0–3.0) | 0.0 (0.0–0.0) | 3.0 (3.0–3.0) | **6.0 (6.0–6.0)** (without proxy_unknown: not priced) | 24.0 (24.0–24.0) | 400 (400–400) | **missed** | 7.0 (7.0–7.0) | 17.0 (17.0–17.0) |"
         );
         // 428: added 20, boundary 0, the local reply 2 and a log 1: limit 3.
         assert!(row("| 428 (case 6)").contains("| **3.0 (3.0–3.0)** | 17.0 (17.0–17.0) |"));
@@ -666,6 +708,11 @@ mod tests {
         assert!(s.contains("[bench/README.md](bench/README.md)"));
         let rows: Vec<&str> = s.lines().filter(|l| l.starts_with('|')).collect();
         assert_eq!(rows.len(), 2 + 5, "header, separator, 5 rows: {s}");
+        assert!(
+            rows[3].ends_with("**missed**; the module's own code 7.0 (7.0–7.0) µs |"),
+            "{}",
+            rows[3]
+        );
         assert!(rows[2].contains("| 15.0 (15.0–15.0) against no filter, the same request | 4 ÷ 2, vs the no-op filter: 0.689 (0.689–0.689) (≥ 0.93: **missed**) | 5.0 (5.0–5.0) | 10.0 (10.0–10.0) µs, 200% of the limit: **missed** |"), "{}", rows[2]);
         assert!(
             rows[6].contains("ES256")
