@@ -87,10 +87,33 @@ fn minus(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(x, y)| x - y).collect()
 }
 
-/// `median (min–max)` of `v` with `d` decimals.
+/// `median (min–max)` of `v` with `d` decimals; `–` for no values.
 fn spread_text(v: &[f64], d: usize) -> String {
+    if v.is_empty() {
+        return "–".into();
+    }
     let s = Spread::of(v);
     format!("{:.d$} ({:.d$}–{:.d$})", s.median, s.min, s.max)
+}
+
+/// The rounds' shares of the limit in percent, leaving out the rounds whose priced limit was
+/// not positive (a share of it means nothing; on a noisy machine the probes' differences can
+/// price a path's calls below zero).
+fn share_percent(share: &[f64]) -> Vec<f64> {
+    share
+        .iter()
+        .filter(|v| v.is_finite())
+        .map(|v| v * 100.0)
+        .collect()
+}
+
+/// `n of m rounds` when some rounds' shares were left out by [`share_percent`].
+fn rounds_note(kept: usize, all: usize) -> String {
+    if kept == all {
+        String::new()
+    } else {
+        format!(" ({kept} of {all} rounds with a positive limit)")
+    }
 }
 
 /// "met" or "**missed**".
@@ -216,14 +239,19 @@ impl HostCosts<'_> {
         let mut rows = Vec::new();
         for p in guarded_paths() {
             let f = self.path(&p, &prices);
-            let share: Vec<f64> = f.share.iter().map(|s| s * 100.0).collect();
-            let met = Spread::of(&share).median <= GOAL_ABOVE_LIMIT * 100.0;
+            let share = share_percent(&f.share);
+            let met =
+                (!share.is_empty()).then(|| Spread::of(&share).median <= GOAL_ABOVE_LIMIT * 100.0);
             rows.push(GoalRow(
-                format!("{}: added above the priced limit, % of the limit", p.name),
+                format!(
+                    "{}: added above the priced limit, % of the limit{}",
+                    p.name,
+                    rounds_note(share.len(), f.share.len())
+                ),
                 "≤ 25%",
                 share,
                 0,
-                Some(met),
+                met,
             ));
         }
         let ratio = |a: usize, b: usize, name: &str, goal_text: &'static str, goal: f64| {
@@ -373,7 +401,7 @@ impl HostCosts<'_> {
         );
         s.push_str("| path | baseline (the same request without retry-guard) | added (µs) | wasm boundary | holding for the body | host calls | **limit** | added above the limit | % of the limit | goal ≤ 25% | the module's own code (perf) | above the limit beyond the module's code |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for (p, f) in paths.iter().zip(&figures) {
-            let share: Vec<f64> = f.share.iter().map(|v| v * 100.0).collect();
+            let share = share_percent(&f.share);
             let unpriced = if f.unpriced.is_empty() {
                 String::new()
             } else {
@@ -381,7 +409,7 @@ impl HostCosts<'_> {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | **{}**{unpriced} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | **{}**{unpriced} | {} | {}{} | {} | {} | {} |",
                 p.name,
                 p.baseline_text,
                 spread_text(&f.added, 1),
@@ -395,7 +423,12 @@ impl HostCosts<'_> {
                 spread_text(&f.limit, 1),
                 spread_text(&f.above, 1),
                 spread_text(&share, 0),
-                verdict(Spread::of(&share).median <= GOAL_ABOVE_LIMIT * 100.0),
+                rounds_note(share.len(), f.share.len()),
+                if share.is_empty() {
+                    "no positive limit"
+                } else {
+                    verdict(Spread::of(&share).median <= GOAL_ABOVE_LIMIT * 100.0)
+                },
                 f.module_code
                     .as_ref()
                     .map_or_else(|| "–".into(), |v| spread_text(v, 1)),
@@ -408,6 +441,10 @@ impl HostCosts<'_> {
         // The goals.
         s.push_str("\nThe goals of issue 15, measured in these rounds:\n\n| figure | goal | measured (median) | min–max over rounds | |\n|---|---|---|---|---|\n");
         for GoalRow(name, goal, v, d, met) in self.goals() {
+            if v.is_empty() {
+                let _ = writeln!(s, "| {name} | {goal} | – | – | not measured |");
+                continue;
+            }
             let sp = Spread::of(&v);
             let _ = writeln!(
                 s,
@@ -471,8 +508,17 @@ impl HostCosts<'_> {
         {
             let f = self.path(path, &prices);
             let tput = self.tput(at(a), at(b));
-            let share: Vec<f64> = f.share.iter().map(|v| v * 100.0).collect();
+            let share = share_percent(&f.share);
             let share_median = Spread::of(&share).median;
+            let share_text = if share.is_empty() {
+                "no round priced a positive limit: **not measured**".to_string()
+            } else {
+                format!(
+                    "{share_median:.0}% of the limit{}: {}",
+                    rounds_note(share.len(), f.share.len()),
+                    verdict(share_median <= GOAL_ABOVE_LIMIT * 100.0)
+                )
+            };
             let against = match path.guard {
                 4 => "no filter, the same request",
                 5 => "no filter, the same request (case 8)",
@@ -480,13 +526,12 @@ impl HostCosts<'_> {
             };
             let _ = writeln!(
                 s,
-                "| {row} | {} against {against} | {ratio_text}: {} (≥ {goal:.2}: {}) | {} | {} µs, {share_median:.0}% of the limit: {}{} |",
+                "| {row} | {} against {against} | {ratio_text}: {} (≥ {goal:.2}: {}) | {} | {} µs, {share_text}{} |",
                 spread_text(&f.added, 1),
                 spread_text(&tput, 3),
                 verdict(Spread::of(&tput).median >= goal),
                 spread_text(&f.limit, 1),
                 spread_text(&f.above, 1),
-                verdict(share_median <= GOAL_ABOVE_LIMIT * 100.0),
                 f.module_code.as_ref().map_or_else(String::new, |v| format!(
                     "; the module's own code {} µs",
                     spread_text(v, 1)
@@ -622,6 +667,15 @@ mod tests {
                 vec![run(rps, cpu, refused)]
             })
             .collect()
+    }
+
+    #[test]
+    fn rounds_without_a_positive_limit_are_left_out_of_the_share_and_said() {
+        let share = [0.5, f64::NAN, 1.0];
+        assert_eq!(share_percent(&share), vec![50.0, 100.0]);
+        assert_eq!(rounds_note(2, 3), " (2 of 3 rounds with a positive limit)");
+        assert_eq!(rounds_note(3, 3), "");
+        assert_eq!(spread_text(&[], 1), "–");
     }
 
     #[test]
