@@ -81,7 +81,7 @@ pub fn record(route: &Route, facts: &Facts<'_>, d: &Decision) -> Record {
     let mut m = Obj::after(PREFIX);
     m.time(key!("ts"), facts.now())
         .opt_str(key!("request_id"), facts.request_id)
-        .members(&route.identity_json)
+        .members(route.identity_json())
         .str(key!("principal"), facts.principal)
         .opt_b64url(
             key!("fingerprint"),

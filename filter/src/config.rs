@@ -373,26 +373,40 @@ pub struct Route {
     /// `window_seconds`, else the global one).
     pub window_seconds: u64,
     /// The members every problem document and audit line of the route carries, written once
-    /// when the configuration is read: `"route":…,"class":…,"owner":…,"escalation":…`
-    /// ([`Route::identity_members`]).
-    pub identity_json: String,
+    /// when the configuration is read ([`Route::identity_json`]).
+    identity: String,
 }
 
 impl Route {
-    /// The JSON members `route`, `class`, `owner` and `escalation` of this route, without
-    /// braces (for [`crate::json::Obj::members`]).
-    pub fn identity_members(
-        name: &str,
-        class: RouteClass,
-        owner: &str,
-        escalation: &str,
-    ) -> String {
+    /// The JSON members `route`, `class`, `owner` and `escalation` of a route, without braces
+    /// (for [`crate::json::Obj::members`]).
+    fn identity_members(name: &str, class: RouteClass, owner: &str, escalation: &str) -> String {
         let mut o = crate::json::Obj::new();
         o.str(key!("route"), name)
             .word(key!("class"), class.name())
             .str(key!("owner"), owner)
             .str(key!("escalation"), escalation);
         o.finish_members()
+    }
+
+    /// This route's `"route":…,"class":…,"owner":…,"escalation":…`, written when the
+    /// configuration was read (or by [`Route::refresh_identity`]). Debug builds check it
+    /// against the fields.
+    pub fn identity_json(&self) -> &str {
+        debug_assert_eq!(
+            self.identity,
+            Route::identity_members(&self.name, self.class, &self.owner, &self.escalation),
+            "route {:?} changed its name, class, owner or escalation without refresh_identity",
+            self.name
+        );
+        &self.identity
+    }
+
+    /// Writes [`Route::identity_json`] again after a change of the route's name, class, owner
+    /// or escalation (tools and tests that change a parsed route).
+    pub fn refresh_identity(&mut self) {
+        self.identity =
+            Route::identity_members(&self.name, self.class, &self.owner, &self.escalation);
     }
 
     /// Can the ledger change a decision on this route? Not on a route whose every policy is
@@ -1255,9 +1269,9 @@ fn parse_routes(
                 ))
             }
         }
-        let identity_json = Route::identity_members(&name, class, &owner, &escalation);
+        let identity = Route::identity_members(&name, class, &owner, &escalation);
         routes.push(Route {
-            identity_json,
+            identity,
             name,
             matcher,
             class,
@@ -1390,6 +1404,28 @@ mod tests {
             Ok(_) => panic!("expected an error for {text}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn a_routes_identity_members_are_written_once_and_refreshed_on_change() {
+        let c = parse(&route("")).unwrap();
+        let mut r = c.routes[0].clone();
+        assert_eq!(
+            r.identity_json(),
+            r#""route":"t","class":"token_issuing","owner":"team-iam","escalation":"pd:iam""#
+        );
+        r.owner = "team \"b\"".into();
+        r.refresh_identity();
+        assert!(r.identity_json().contains(r#""owner":"team \"b\"""#));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "without refresh_identity")]
+    fn a_route_changed_without_refresh_is_caught_in_debug_builds() {
+        let mut r = parse(&route("")).unwrap().routes[0].clone();
+        r.escalation = "pd:other".into();
+        let _ = r.identity_json();
     }
 
     #[test]

@@ -230,7 +230,7 @@ impl Decision {
         let kind = self.problem_type()?;
         let mut m = LocalReply::document(kind);
         m.str(key!("detail"), &self.detail(config, route))
-            .members(&route.identity_json)
+            .members(route.identity_json())
             .opt_b64url(
                 key!("fingerprint"),
                 facts.fingerprint.as_ref().map(|f| &f.0[..]),

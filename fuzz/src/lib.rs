@@ -252,6 +252,7 @@ impl DocInput {
         route.class = RouteClass::ALL[usize::from(picks[1]) % RouteClass::ALL.len()];
         let mode = if bit(0) { Mode::Shadow } else { Mode::Enforce };
         route.mode = mode;
+        route.refresh_identity();
         let verdict = Verdict::ALL[usize::from(picks[2]) % Verdict::ALL.len()];
         let decision = Decision {
             verdict,
