@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::args::Options;
 use crate::cases::COMPARE_CASES;
-use crate::configs::{Backend, Proxies};
+use crate::configs::Proxies;
 use crate::load::{saturated_rounds, Run};
 use crate::measure::{file_bytes, Spread};
 use crate::report::Provenance;
@@ -145,20 +145,12 @@ impl Comparison<'_> {
     }
 
     fn markdown(&self) -> String {
-        let p = &self.provenance;
-        let o = self.opts;
-        let mode = match o.backend {
-            Backend::Upstream => "upstream mode",
-            Backend::Direct => "direct mode",
-        };
         let mut md = String::new();
         let _ = writeln!(
             md,
-            "Measured {} at commit {} on {} with `just bench --compare-wasm`, {mode}: {} \
-             interleaved rounds of {} s, saturated (wrk 1 thread × {} connections pinned to CPU \
-             1, Envoy `--concurrency 1` pinned to CPU 0); each path's two Envoys back to back in \
-             every round.\n",
-            p.date, p.commit, p.machine, o.rounds, o.seconds, o.connections
+            "{}; each path's two Envoys back to back in every round.\n",
+            self.provenance
+                .saturated_run(self.opts, "just bench --compare-wasm")
         );
         let fuel = |m: &Module<'_>, name: &str| {
             m.2.iter()

@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::args::Options;
 use crate::cases::{case, Case};
-use crate::configs::{Backend, Proxies};
+use crate::configs::Proxies;
 use crate::load::{saturated_rounds_observed, Run};
 use crate::measure::{pid_of, Spread};
 use crate::report::Provenance;
@@ -237,20 +237,13 @@ impl Report<'_> {
     }
 
     fn markdown(&self) -> String {
-        let p = &self.provenance;
-        let o = self.opts;
-        let mode = match o.backend {
-            Backend::Upstream => "upstream mode",
-            Backend::Direct => "direct mode",
-        };
         let mut md = String::new();
         let _ = writeln!(
             md,
-            "Measured {} at commit {} on {} with `just bench --guest-share`, {mode}: {} \
-             interleaved rounds of {} s, saturated (wrk 1 thread × {} connections pinned to CPU \
-             1, Envoy `--concurrency 1` pinned to CPU 0); `perf record -e cpu-clock -F {PERF_HZ}` \
-             on the Envoy process during each run. Median (min–max) over the rounds.\n",
-            p.date, p.commit, p.machine, o.rounds, o.seconds, o.connections
+            "{}; `perf record -e cpu-clock -F {PERF_HZ}` on the Envoy process during each run. \
+             Median (min–max) over the rounds.\n",
+            self.provenance
+                .saturated_run(self.opts, "just bench --guest-share")
         );
         let _ = writeln!(
             md,

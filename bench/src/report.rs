@@ -89,6 +89,22 @@ impl Provenance {
             machine: machine(),
         }
     }
+
+    /// The opening of a saturated run's report (`--compare-wasm`, `--guest-share`): when,
+    /// where, with `command`, the mode, the rounds and how the load was made; the caller ends
+    /// the sentence.
+    pub fn saturated_run(&self, o: &Options, command: &str) -> String {
+        let mode = match o.backend {
+            Backend::Upstream => "upstream mode",
+            Backend::Direct => "direct mode",
+        };
+        format!(
+            "Measured {} at commit {} on {} with `{command}`, {mode}: {} interleaved rounds of {} \
+             s, saturated (wrk 1 thread × {} connections pinned to CPU 1, Envoy `--concurrency 1` \
+             pinned to CPU 0)",
+            self.date, self.commit, self.machine, o.rounds, o.seconds, o.connections
+        )
+    }
 }
 
 /// The CPU model and the number of cores.
