@@ -192,9 +192,8 @@ for (const rec of recordings) {
   results.push(row);
 }
 
-const names = modules.map((m) => `${path.basename(m.file)} (${m.bytes} bytes)`);
 console.log(`V8 ${process.versions.v8} (node ${process.version}, flags ${process.execArgv.join(' ') || 'none'}); ${opts.rounds} rounds of ${opts.requests} requests per module and path; ns per request, median (min–max)`);
-console.log(`A: ${wasmFiles[0]}${modules.length === 2 ? `\nB: ${wasmFiles[1]}` : ''}`);
+console.log(modules.map((m, i) => `${'AB'[i]}: ${m.file} (${m.bytes} bytes)`).join('\n'));
 console.log('');
 if (modules.length === 2) {
   console.log('| path | host calls | A (ns) | B (ns) | B − A, round by round (ns) | rounds B cost less |');
@@ -220,4 +219,3 @@ if (opts.json) {
   }, null, 2) + '\n');
   console.log(`\nwritten: ${opts.json}`);
 }
-void names;
