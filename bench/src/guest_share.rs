@@ -6,9 +6,10 @@
 //! process (every thread), and `perf report --sort dso` splits the samples: those in V8's
 //! generated code (`[JIT]`: the module's functions compiled by TurboFan and V8's call wrappers
 //! between Envoy and the module) against Envoy's binary, the kernel and libc. The JIT share
-//! times the run's Envoy CPU per request is what the guest costs Envoy per request; the
-//! no-op filter's figure is the wrappers' and an empty guest's. What is left of a path's cost
-//! above Envoy's own is then host work: the host calls, the local reply, the log line.
+//! times the run's Envoy CPU per request is about what the guest costs Envoy per request; the
+//! no-op filter's figure is the wrappers' and an empty guest's. About, both ways: V8 runs a
+//! `memory.copy` as a call into its runtime (Envoy's binary and libc), so the module's copies
+//! are not counted, and the wrapper of each host call is generated code, so it is.
 //!
 //! Writes `target/bench/guest-share.{md,json}`; no README is changed (the experiment log of
 //! bench/README.md quotes a run, dated).
@@ -48,8 +49,11 @@ struct Sampled {
 
 /// Runs the measurement and writes its report to `dir`.
 pub fn run(o: &Options, dir: &Path) -> Result<()> {
-    if !perf_available() {
-        bail!("--guest-share samples Envoy with `perf`: apt-get install linux-perf");
+    if !perf_available(dir) {
+        bail!(
+            "--guest-share samples Envoy with `perf`, which cannot record here: apt-get install \
+             linux-perf, and allow sampling (sysctl kernel.perf_event_paranoid=1, or run as root)"
+        );
     }
     let cases: Vec<Case> = CASE_IDS.iter().map(|&id| *case(id)).collect();
     let proxies = Proxies::new(o, dir)?;
@@ -95,14 +99,21 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether `perf` runs here.
-pub fn perf_available() -> bool {
-    Command::new("perf")
-        .arg("--version")
+/// Whether `perf` can sample here: a short `perf record` of `true` (with a file in `dir`),
+/// which fails where `perf` is missing or may not open events (`perf_event_paranoid`, a
+/// container without `perf_event_open`).
+pub fn perf_available(dir: &Path) -> bool {
+    let data = dir.join("perf-probe.data");
+    let ok = Command::new("perf")
+        .args(["record", "-q", "-e", "cpu-clock", "-o"])
+        .arg(&data)
+        .args(["--", "true"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    let _ = fs::remove_file(&data);
+    ok
 }
 
 /// Makes one run (`run`) while `perf` samples `envoy` into `data`; returns the run, the share
@@ -118,15 +129,53 @@ pub fn sample(
     Ok((r, jit, samples))
 }
 
-/// A `perf record` of one Envoy process while it runs.
+/// [`sample`] where sampling is a bonus: a failure of `perf` (not of the run) is printed and
+/// gives no share, and the run counts as made.
+pub fn sample_if_possible(
+    envoy: &Envoy,
+    data: &Path,
+    run: &mut dyn FnMut() -> Result<Run>,
+) -> Result<(Run, Option<f64>)> {
+    let recording = match Recording::start(envoy, data) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("perf: {e}; this run is not sampled");
+            return Ok((run()?, None));
+        }
+    };
+    let r = run()?;
+    match recording.stop() {
+        Ok((jit, _)) => Ok((r, Some(jit))),
+        Err(e) => {
+            eprintln!("perf: {e}; this run is not sampled");
+            Ok((r, None))
+        }
+    }
+}
+
+/// A `perf record` of one Envoy process while it runs; dropped unstopped (the run failed), it
+/// stops perf and waits for it.
 struct Recording {
-    child: Child,
+    child: Option<Child>,
     data: PathBuf,
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Recording {
     fn start(envoy: &Envoy, data: &Path) -> Result<Recording> {
         let pid = pid_of(envoy)?;
+        // A file of an earlier run must not pass for this one's.
+        let _ = fs::remove_file(data);
         let child = Command::new("perf")
             .args(["record", "-q", "-e", "cpu-clock", "-F", PERF_HZ, "-p"])
             .arg(pid.to_string())
@@ -137,18 +186,21 @@ impl Recording {
             .spawn()
             .map_err(|e| Error(format!("cannot start perf record: {e}")))?;
         Ok(Recording {
-            child,
+            child: Some(child),
             data: data.to_path_buf(),
         })
     }
 
     /// Stops the recording (SIGINT, as perf expects) and returns the share of its samples in
     /// generated code, and how many samples it took.
-    fn stop(self) -> Result<(f64, u64)> {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-INT", &pid]).status();
-        let out = self
-            .child
+    fn stop(mut self) -> Result<(f64, u64)> {
+        let Some(child) = self.child.take() else {
+            bail!("perf record was already stopped");
+        };
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let out = child
             .wait_with_output()
             .map_err(|e| Error(format!("perf record: {e}")))?;
         if !self.data.exists() {

@@ -433,6 +433,13 @@ const RECORD_WARMUP: u64 = 4;
 /// Records every path (or just `only`) for a replay: a recording runtime of `wasm`, a fresh
 /// sim per path, [`RECORD_WARMUP`] requests, then the one recorded.
 pub fn record(wasm: &Path, only: Option<&str>) -> Result<Vec<Recording>, String> {
+    if let Some(name) = only.filter(|o| !PATHS.iter().any(|p| p.name == *o)) {
+        let names: Vec<&str> = PATHS.iter().map(|p| p.name).collect();
+        return Err(format!(
+            "--only {name:?}: no such path; the paths are {}",
+            names.join(", ")
+        ));
+    }
     let rt = Runtime::from_file(wasm)
         .map_err(|e| e.to_string())?
         .recording();

@@ -57,3 +57,13 @@ fn a_path_records_the_same_way_twice() {
     assert_eq!(text(&a[0]), text(&b[0]));
     assert!(imports(&a[0].request).contains(&"proxy_set_shared_data"));
 }
+
+#[test]
+fn an_unknown_path_is_refused_by_name() {
+    let wasm = retry_guard::paths::filter_wasm();
+    let err = record(&wasm, Some("replay428")).unwrap_err();
+    assert!(
+        err.contains("no such path") && err.contains("replay_428"),
+        "{err}"
+    );
+}

@@ -18,10 +18,10 @@
 //! reads the body, and the host calls the path makes per request, counted by host-sim on the
 //! very module measured and priced with that round's prices. What the path adds (retry-guard
 //! − the same request without it) above the limit is the guest's own code and avoidable calls.
-//! Where `perf` runs, each guarded path's runs and its no-call probe's are sampled as
-//! `--guest-share` samples them ([`crate::guest_share::sample`]): the share of Envoy's CPU in
-//! V8's generated code, the path's minus its probe's, is the module's own code, measured in
-//! the same rounds, so the report can say how much of what is above the limit it explains.
+//! Where `perf` can record, every run is sampled as `--guest-share` samples it
+//! ([`crate::guest_share::sample_if_possible`]): the share of Envoy's CPU in V8's generated
+//! code, a guarded path's minus its no-call probe's, is about the module's own code, measured
+//! in the same rounds, so the report can say how much of what is above the limit it explains.
 //! Writes `target/bench/host-costs.{md,json}`; with `--update-readme`, the `bench-host-costs`
 //! section of `bench/README.md` and the `perf-summary` table of the top-level README, which
 //! are all this run's figures ([`table`]).
@@ -36,7 +36,7 @@ use retry_guard_e2e::{bail, Error, Result};
 
 use crate::args::Options;
 use crate::configs::{Backend, Proxies};
-use crate::guest_share::{perf_available, sample};
+use crate::guest_share::{perf_available, sample_if_possible};
 use crate::load::saturated_rounds_observed;
 use crate::measure::file_bytes;
 use crate::report::Provenance;
@@ -64,29 +64,30 @@ pub fn run(o: &Options, dir: &Path) -> Result<()> {
     }
 
     let cases = cases();
-    // The runs sampled with perf (when it runs here): each guarded path's and its no-call
-    // probe's, by position in `cases`.
-    let sampled: Vec<usize> = if perf_available() {
-        guarded_paths()
-            .iter()
-            .flat_map(|p| [at(p.guard), p.boundary])
-            .collect()
-    } else {
-        eprintln!("host costs: perf is not available: the module's own code is not measured");
-        Vec::new()
-    };
+    // Every run is sampled with perf when it can record here (sampling costs Envoy a little
+    // CPU, so every configuration pays it alike); the generated-code share is kept for each
+    // guarded path and its no-call probe, by position in `cases`.
+    let sampling = perf_available(dir);
+    if !sampling {
+        eprintln!("host costs: perf cannot record here: the module's own code is not measured");
+    }
+    let kept: Vec<usize> = guarded_paths()
+        .iter()
+        .flat_map(|p| [at(p.guard), p.boundary])
+        .collect();
     let mut generated: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let data = dir.join("host-costs.perf.data");
     let runs = saturated_rounds_observed(o, &proxies, "host costs", &cases, |c, envoy, run| {
-        let Some(i) = cases
-            .iter()
-            .position(|x| x.id == c.id)
-            .filter(|i| sampled.contains(i))
-        else {
+        if !sampling {
             return run();
-        };
-        let (r, jit, _) = sample(envoy, &data, run)?;
-        if let Some(g) = generated.get_mut(i) {
+        }
+        let (r, jit) = sample_if_possible(envoy, &data, run)?;
+        let i = cases.iter().position(|x| x.id == c.id);
+        if let (Some(jit), Some(g)) = (
+            jit,
+            i.filter(|i| kept.contains(i))
+                .and_then(|i| generated.get_mut(i)),
+        ) {
             g.push(jit * r.cpu_us_per_req);
         }
         Ok(r)

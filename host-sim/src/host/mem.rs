@@ -24,10 +24,7 @@ pub fn read(c: &Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Vec<u8>, i3
 /// Writes bytes at `ptr`.
 pub fn write(c: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> Result<(), i32> {
     let mem = c.data().memory.ok_or(status::INVALID_MEMORY_ACCESS)?;
-    if let Some(r) = c.data_mut().replay.as_mut() {
-        r.wrote(ptr as u32, bytes);
-    }
-    let data = mem.data_mut(c);
+    let data = mem.data_mut(&mut *c);
     let p = ptr as u32 as usize;
     let end = p
         .checked_add(bytes.len())
@@ -35,6 +32,10 @@ pub fn write(c: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> Result<()
     data.get_mut(p..end)
         .ok_or(status::INVALID_MEMORY_ACCESS)?
         .copy_from_slice(bytes);
+    // Only a write that happened is recorded for a replay.
+    if let Some(r) = c.data_mut().replay.as_mut() {
+        r.wrote(ptr as u32, bytes);
+    }
     Ok(())
 }
 
