@@ -304,6 +304,20 @@ pub const FLOOR: PathCase = PathCase {
     unique: false,
 };
 
+/// Refuses an `--only` that names no path of [`PATHS`], naming the paths.
+fn check_only(only: Option<&str>) -> Result<(), String> {
+    match only.filter(|o| !PATHS.iter().any(|p| p.name == *o)) {
+        Some(name) => {
+            let names: Vec<&str> = PATHS.iter().map(|p| p.name).collect();
+            Err(format!(
+                "--only {name:?}: no such path; the paths are {}",
+                names.join(", ")
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
 /// Measures every path: `n` requests each for the counts and again for the time. With
 /// `sample`, the counting run also samples the guest stack about every 10 µs (see
 /// [`Runtime::sample_every`]) and reports where the time goes by function; the module needs its
@@ -319,13 +333,7 @@ pub fn run(
     floor: Option<&Path>,
     only: Option<&str>,
 ) -> Result<Vec<PathResult>, String> {
-    if let Some(name) = only.filter(|o| !PATHS.iter().any(|p| p.name == *o)) {
-        let names: Vec<&str> = PATHS.iter().map(|p| p.name).collect();
-        return Err(format!(
-            "--only {name:?}: no such path; the paths are {}",
-            names.join(", ")
-        ));
-    }
+    check_only(only)?;
     let n = n.max(1);
     let mut out = Vec::new();
     if let Some(floor) = floor {
@@ -433,13 +441,7 @@ const RECORD_WARMUP: u64 = 4;
 /// Records every path (or just `only`) for a replay: a recording runtime of `wasm`, a fresh
 /// sim per path, [`RECORD_WARMUP`] requests, then the one recorded.
 pub fn record(wasm: &Path, only: Option<&str>) -> Result<Vec<Recording>, String> {
-    if let Some(name) = only.filter(|o| !PATHS.iter().any(|p| p.name == *o)) {
-        let names: Vec<&str> = PATHS.iter().map(|p| p.name).collect();
-        return Err(format!(
-            "--only {name:?}: no such path; the paths are {}",
-            names.join(", ")
-        ));
-    }
+    check_only(only)?;
     let rt = Runtime::from_file(wasm)
         .map_err(|e| e.to_string())?
         .recording();
