@@ -67,6 +67,34 @@ pub(crate) fn record_return(
     }
 }
 
+/// Registers the host function `$module.$name` on the linker `$l` and names it in `$p`,
+/// wrapping its body: the call is counted when the runtime profiles ([`count_call`]) and
+/// recorded, with the status it returns, when it records ([`record_call`],
+/// [`record_return`]). The body runs in a closure, so its early `return`s land there too.
+macro_rules! register {
+    ($l:ident, $p:ident, $module:expr, $name:literal, |mut $c:ident: C<'_> $(, $a:ident: $t:ty)* $(,)?| -> $r:ty $body:block) => {
+        $crate::host::register!($l, $p, $module, $name, |$c: C<'_> $(, $a: $t)*| -> $r $body)
+    };
+    ($l:ident, $p:ident, $module:expr, $name:literal, | $c:ident: C<'_> $(, $a:ident: $t:ty)* $(,)?| -> $r:ty $body:block) => {{
+        $l.func_wrap(
+            $module,
+            $name,
+            |caller: C<'_> $(, $a: $t)*| -> $r {
+                #[allow(unused_mut)]
+                let mut $c = caller;
+                $crate::host::count_call(&mut $c, $name);
+                $crate::host::record_call(&mut $c, $name, &[$(i64::from($a)),*]);
+                #[allow(clippy::redundant_closure_call)]
+                let result: $r = (|| -> $r { $body })();
+                $crate::host::record_return(&mut $c, &result);
+                result
+            },
+        )?;
+        $p.push(($module, $name));
+    }};
+}
+pub(crate) use register;
+
 /// Returns early from a host function with an ABI status.
 macro_rules! tri {
     ($e:expr) => {

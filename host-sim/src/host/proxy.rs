@@ -166,45 +166,12 @@ pub fn add(
     l: &mut Linker<HostState>,
     p: &mut Vec<(&'static str, &'static str)>,
 ) -> wasmtime::Result<()> {
-    // Every host function counts its calls when the runtime profiles (`Runtime::profiling`):
-    // the closure's first parameter (the caller) is taken over to bump the counter first.
+    // Every host function is counted when the runtime profiles and recorded when it records
+    // (`super::register`).
     macro_rules! reg {
-        ($name:literal, |mut $c:ident: C<'_> $(, $a:ident: $t:ty)* $(,)?| -> $r:ty $body:block) => {{
-            l.func_wrap(
-                "env",
-                $name,
-                |caller: C<'_> $(, $a: $t)*| -> $r {
-                    #[allow(unused_mut)]
-                    let mut $c = caller;
-                    super::count_call(&mut $c, $name);
-                    super::record_call(&mut $c, $name, &[$(i64::from($a)),*]);
-                    // A closure, so the body's early `return`s land here.
-                    #[allow(clippy::redundant_closure_call)]
-                    let result: $r = (|| -> $r { $body })();
-                    super::record_return(&mut $c, &result);
-                    result
-                },
-            )?;
-            p.push(("env", $name));
-        }};
-        ($name:literal, | $c:ident: C<'_> $(, $a:ident: $t:ty)* $(,)?| -> $r:ty $body:block) => {{
-            l.func_wrap(
-                "env",
-                $name,
-                |caller: C<'_> $(, $a: $t)*| -> $r {
-                    #[allow(unused_mut)]
-                    let mut $c = caller;
-                    super::count_call(&mut $c, $name);
-                    super::record_call(&mut $c, $name, &[$(i64::from($a)),*]);
-                    // A closure, so the body's early `return`s land here.
-                    #[allow(clippy::redundant_closure_call)]
-                    let result: $r = (|| -> $r { $body })();
-                    super::record_return(&mut $c, &result);
-                    result
-                },
-            )?;
-            p.push(("env", $name));
-        }};
+        ($($rest:tt)*) => {
+            super::register!(l, p, "env", $($rest)*)
+        };
     }
 
     // Logging and time.

@@ -33,42 +33,9 @@ pub fn add(
 ) -> wasmtime::Result<()> {
     // Counted like the `env` functions (see `proxy.rs`).
     macro_rules! reg {
-        ($name:literal, |mut $c:ident: C<'_> $(, $a:ident: $t:ty)* $(,)?| -> $r:ty $body:block) => {{
-            l.func_wrap(
-                module,
-                $name,
-                |caller: C<'_> $(, $a: $t)*| -> $r {
-                    #[allow(unused_mut)]
-                    let mut $c = caller;
-                    super::count_call(&mut $c, $name);
-                    super::record_call(&mut $c, $name, &[$(i64::from($a)),*]);
-                    // A closure, so the body's early `return`s land here.
-                    #[allow(clippy::redundant_closure_call)]
-                    let result: $r = (|| -> $r { $body })();
-                    super::record_return(&mut $c, &result);
-                    result
-                },
-            )?;
-            p.push((module, $name));
-        }};
-        ($name:literal, | $c:ident: C<'_> $(, $a:ident: $t:ty)* $(,)?| -> $r:ty $body:block) => {{
-            l.func_wrap(
-                module,
-                $name,
-                |caller: C<'_> $(, $a: $t)*| -> $r {
-                    #[allow(unused_mut)]
-                    let mut $c = caller;
-                    super::count_call(&mut $c, $name);
-                    super::record_call(&mut $c, $name, &[$(i64::from($a)),*]);
-                    // A closure, so the body's early `return`s land here.
-                    #[allow(clippy::redundant_closure_call)]
-                    let result: $r = (|| -> $r { $body })();
-                    super::record_return(&mut $c, &result);
-                    result
-                },
-            )?;
-            p.push((module, $name));
-        }};
+        ($($rest:tt)*) => {
+            super::register!(l, p, module, $($rest)*)
+        };
     }
     reg!("fd_write", |mut c: C<'_>,
                       fd: i32,
