@@ -88,6 +88,7 @@ profile-perf path="token_issuing_allow":
 # --rounds R --requests N (bench/README.md, "The guest on V8").
 bench-v8 *ARGS: build
     @command -v node >/dev/null || { echo "installing Node.js (Debian package)"; if [ "$(id -u)" = 0 ]; then apt-get install -y nodejs; else sudo apt-get install -y nodejs; fi; }
+    rm -rf target/bench/replay   # the replay reads every recording in it: none from another build
     cargo run -q --release -p retry-guard-cli -- bench --record target/bench/replay
     node --no-liftoff bench/v8/replay.mjs --json target/bench/v8.json target/bench/replay {{wasm}} {{ARGS}}
 
