@@ -529,7 +529,6 @@ impl HostCosts<'_> {
                 met.map_or(if goal.is_empty() { "" } else { "not measured" }, verdict)
             );
         }
-        s.push_str("\nThe three shares of the limit are the median added above the limit ÷ the median limit, and their min–max the rounds' own shares (rounds whose limit was not positive left out); the other figures are the rounds' medians.\n");
         let odd: Vec<String> = self
             .cases
             .iter()
@@ -546,6 +545,7 @@ impl HostCosts<'_> {
             self.wasm_bytes,
             verdict(self.wasm_bytes <= GOAL_WASM_BYTES)
         );
+        s.push_str("\nThe three shares of the limit are the median added above the limit ÷ the median limit, and their min–max the rounds' own shares (rounds whose limit was not positive left out); the other figures are the rounds' medians.\n");
         if !odd.is_empty() {
             let _ = writeln!(
                 s,
@@ -861,12 +861,19 @@ mod tests {
         assert!(row("| throughput 6 ÷ 7").contains("| ≥ 0.60 | 0.500 |"));
         // Without the token path's own code (7 µs): case 8's 30 µs ÷ (60 − 7); the other
         // paths were not sampled, so they get no such row.
-        assert!(row("| (for reference) 5 ÷ 8 had the module's own code cost nothing")
-            .contains("|  | 0.566 | 0.566–0.566 |  |"));
+        assert!(
+            row("| (for reference) 5 ÷ 8 had the module's own code cost nothing")
+                .contains("|  | 0.566 | 0.566–0.566 |  |")
+        );
         assert!(!t.contains("(for reference) 4 ÷ 2"));
         assert!(row("| token path's added CPU ÷ jwt_authn ES256")
             .contains("| < 1 (lower) | 1.500 | 1.500–1.500 | **missed** |"));
         assert!(row("| release wasm").ends_with("| 300000 | | **missed** |"));
+        // The goals table is one table: its last row is the module's size, its note after it.
+        let goals = &t[t.find("| figure | goal |").unwrap()..];
+        let goals = &goals[..goals.find("\n\n").unwrap()];
+        assert!(goals.lines().all(|l| l.starts_with('|')), "{goals}");
+        assert!(goals.lines().last().unwrap().starts_with("| release wasm"));
         // The summary: three paths and jwt_authn beside them, every figure from this run.
         let s = report.summary();
         assert!(s.starts_with("Measured 2026-12-07 at commit abc1234 on a CPU, 2 cores with `just bench --host-costs --update-readme`"));
