@@ -188,7 +188,7 @@ fn envoyfilter_cluster_wasm_config_runs_through_an_istio_named_cluster() -> Resu
     {
         assert!(
             Instant::now() < deadline,
-            "no outcome line:\n{}",
+            "no audit line with an outcome:\n{}",
             envoy.log_text()
         );
         std::thread::sleep(Duration::from_millis(50));

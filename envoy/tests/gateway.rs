@@ -201,7 +201,7 @@ fn run_row(
         ));
     }
     if route.class != "read_only" {
-        // The outcome line of attempt 1 (recorded when its response headers passed).
+        // The audit line of attempt 1, with the outcome recorded when its response headers passed.
         let rec = h(gw.outcome(&req.request_id))?;
         let recorded = if matches!(first, First::InFlight) {
             "succeeded"

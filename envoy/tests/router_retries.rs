@@ -5,8 +5,8 @@
 //! to the backend three times while the filter audited one allowed attempt. The filter now sets
 //! `x-envoy-max-retries: 0` on every request it lets through on a tracked route in enforce
 //! mode, so the backend sees exactly one request; a client cannot raise the budget; and in
-//! shadow mode (where the filter changes nothing) the outcome line, a counter and a warning
-//! name the route whose router re-sent the request.
+//! shadow mode (where the filter changes nothing) the audit line (`router_attempts`), a
+//! counter and a warning name the route whose router re-sent the request.
 
 mod common;
 

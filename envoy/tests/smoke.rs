@@ -341,7 +341,7 @@ fn replay_needs_a_signed_confirmation() -> Result<()> {
         .count();
     assert!(
         succeeded >= 2,
-        "expected outcome lines for the two attempts that reached the backend: {outcomes:#?}"
+        "expected an outcome in the audit lines of the two attempts that reached the backend: {outcomes:#?}"
     );
 
     // f. Counters.

@@ -27,7 +27,7 @@ fn open(gw: &Gateway, req: &Req) -> TcpStream {
     conn
 }
 
-/// The outcome line of `request_id` that says `outcome`, waiting (bounded).
+/// The audit line of `request_id` once it says `outcome`, waiting (bounded).
 fn outcome_line(gw: &Gateway, request_id: &str, outcome: &str) -> Value {
     let recs = gw
         .audit_for(request_id, |r| r.iter().any(|x| x["outcome"] == outcome))

@@ -20,7 +20,7 @@ use crate::policy::{Outcome, Policy, PolicyTable, RouteClass};
 pub enum Mode {
     /// Block, strip and answer as decided.
     Enforce,
-    /// Compute, log and count every decision; block and strip nothing.
+    /// Compute, count and audit every decision as enforce would; block and strip nothing.
     Shadow,
 }
 
@@ -493,7 +493,7 @@ pub struct FieldDoc {
 
 /// Every configuration field; the README's configuration reference is checked against it.
 pub const SCHEMA: &[FieldDoc] = &[
-    FieldDoc { path: "mode", kind: "\"enforce\" | \"shadow\", default \"enforce\"", doc: "shadow computes, logs and counts every decision but blocks and strips nothing" },
+    FieldDoc { path: "mode", kind: "\"enforce\" | \"shadow\", default \"enforce\"", doc: "shadow computes, counts and audits every decision as enforce would but blocks and strips nothing" },
     FieldDoc { path: "window_seconds", kind: "integer 1..=2592000, default 900", doc: "how long a ledger entry lives after its latest attempt" },
     FieldDoc { path: "clock_skew_seconds", kind: "integer 0..=3600, default 30", doc: "tolerance for token exp/nbf and confirmation iat" },
     FieldDoc { path: "max_entries", kind: "integer 4..=16777216, default 65536", doc: "capacity of each in-process ledger table (attempts, opaque-token sightings), rounded up to whole sets of 8 entries; a full set evicts its oldest entry that is not a live one of a sensitive route, else refuses the new one (see The ledger)" },

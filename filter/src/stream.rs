@@ -9,14 +9,15 @@
 //! policy lives here: decisions come from [`crate::engine`].
 //!
 //! The decision is made in the callback that completes the request (headers without a body,
-//! the last body chunk, or trailers) and the stream's facts wait in [`Stream`] until then. An
-//! asynchronous ledger (etcd through `dispatch_http_call`) fits the same shape: that callback
-//! would start the ledger call and return [`Action::Pause`], and the call's response would
-//! finish the decision and resume the stream.
+//! the last body chunk, or trailers) and the stream's facts wait in [`Stream`] until then. The
+//! cluster ledger (etcd through `dispatch_http_call`) fits the same shape: that callback starts
+//! the ledger call and returns [`Action::Pause`], and the call's response finishes the
+//! decision and resumes the stream.
 //!
 //! [`Stream`] (here) is one stream's state and callbacks; [`Plugin`] (`plugin.rs`) is what a
 //! VM's streams share; `request.rs` reads what route matching needs and gathers a matched
-//! request's facts and body digest.
+//! request's facts and body digest; `remote.rs` decides and records against the cluster
+//! ledger, whose answers come later.
 
 mod plugin;
 mod remote;

@@ -49,7 +49,7 @@ impl Gateway {
         send_to(&self.envoy, req)
     }
 
-    /// The audit records of this request id (decision and outcome lines), waiting (bounded) until
+    /// The audit records of this request id (one per request since issue 15), waiting (bounded) until
     /// `pred` holds for them.
     pub fn audit_for(
         &self,
@@ -90,7 +90,7 @@ impl Gateway {
         let recs = self.audit_for(request_id, |r| r.iter().any(|x| !x["outcome"].is_null()))?;
         recs.into_iter()
             .find(|r| !r["outcome"].is_null())
-            .ok_or_else(|| Error::new("no outcome line"))
+            .ok_or_else(|| Error::new("no audit line with an outcome"))
     }
 
     /// The access-log entry of this request id (waits, bounded).

@@ -21,8 +21,9 @@ struct StreamContext {
 
 /// The contexts of one VM: its root contexts (one per plugin sharing the VM, with the
 /// configuration once accepted) and the state of the streams that need one. A stream gets
-/// state only when its request headers match a route that tracks it (or that must see its
-/// body), so a request no route matches allocates nothing that outlives its callback.
+/// state only when its request headers match a route that tracks it, must see its body, or
+/// will write its audit line when the stream ends, so a request no route matches (and a quiet
+/// allow on an untracked route) allocates nothing that outlives its callback.
 struct Contexts {
     roots: Vec<(u32, Option<Rc<Root>>)>,
     /// The root of each new stream whose root is not the first one (usually there is one
@@ -158,7 +159,8 @@ pub(crate) fn on_request_headers(id: u32, end_of_stream: bool) -> Action {
     let mut stream = Stream::new(id);
     let action = stream.on_request_headers(&root.plugin, &root.host(id), end_of_stream);
     // Keep state only if something is left to do (which only a matched route leaves): the
-    // stream waits for its body, will record its outcome, or was answered locally.
+    // stream waits for its body, will record its outcome, was answered locally, or will write
+    // its audit line.
     if stream.needs_state() {
         let context = Rc::new(RefCell::new(StreamContext { root, stream }));
         with_contexts(|c| c.streams.insert(id, context));

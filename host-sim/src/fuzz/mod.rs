@@ -80,7 +80,7 @@ pub struct Summary {
     pub exchanges: u64,
     /// Exchanges per status the client got (0: the client went away first).
     pub statuses: BTreeMap<u16, u64>,
-    /// Decisions per audit `decision` value (`none`: no audit decision line).
+    /// Decisions per audit `decision` value (`none`: no audit line).
     pub decisions: BTreeMap<String, u64>,
     /// Wall time.
     pub elapsed: Duration,
