@@ -60,6 +60,26 @@ pub struct Options {
     pub etcd: EtcdRun,
 }
 
+/// The default of `--rounds`.
+const DEFAULT_ROUNDS: usize = 5;
+/// The default of `--seconds`.
+const DEFAULT_SECONDS: u64 = 5;
+
+impl Options {
+    /// ` --rounds R --seconds S` for those that differ from their defaults: what a report
+    /// adds to the command it names, so the command repeats the run it reports.
+    pub fn timing_flags(&self) -> String {
+        let mut s = String::new();
+        if self.rounds != DEFAULT_ROUNDS {
+            s.push_str(&format!(" --rounds {}", self.rounds));
+        }
+        if self.seconds != DEFAULT_SECONDS {
+            s.push_str(&format!(" --seconds {}", self.seconds));
+        }
+        s
+    }
+}
+
 /// Reads the options from the process's arguments; `-h` prints the usage and exits.
 pub fn parse() -> Result<Options> {
     match parse_from(std::env::args().skip(1))? {
@@ -78,8 +98,8 @@ pub(crate) fn parse_from(args: impl IntoIterator<Item = String>) -> Result<Optio
         compare_wasm: None,
         cases: CASES.iter().map(|c| c.id).collect(),
         plugin_config: None,
-        rounds: 5,
-        seconds: 5,
+        rounds: DEFAULT_ROUNDS,
+        seconds: DEFAULT_SECONDS,
         connections: 16,
         flood: 1_000_000,
         update_readme: false,

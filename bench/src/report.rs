@@ -99,10 +99,16 @@ impl Provenance {
             Backend::Direct => "direct mode",
         };
         format!(
-            "Measured {} at commit {} on {} with `{command}`, {mode}: {} interleaved rounds of {} \
-             s, saturated (wrk 1 thread × {} connections pinned to CPU 1, Envoy `--concurrency 1` \
-             pinned to CPU 0)",
-            self.date, self.commit, self.machine, o.rounds, o.seconds, o.connections
+            "Measured {} at commit {} on {} with `{command}{}`, {mode}: {} interleaved rounds of \
+             {} s, saturated (wrk 1 thread × {} connections pinned to CPU 1, Envoy \
+             `--concurrency 1` pinned to CPU 0)",
+            self.date,
+            self.commit,
+            self.machine,
+            o.timing_flags(),
+            o.rounds,
+            o.seconds,
+            o.connections
         )
     }
 }
@@ -602,7 +608,7 @@ impl Report<'_> {
             commit,
             machine,
         } = &self.provenance;
-        let _ = writeln!(s, "Measured {date} at commit {commit} on {machine} with `just bench`, {mode} ({} interleaved rounds of {} s per configuration and mode, Envoy 1.40.0 `--concurrency 1 -l {}` pinned to CPU 0, the load generator pinned to CPU 1; saturated: wrk 1 thread × {} connections; paced: {:.0} req/s in all, half the slowest configuration's saturated median, from {PACED_PROCESSES} oha processes on {PACED_CONNECTIONS_EACH} connections each, latency counted from when each request was sent, which was a median {:.0} µs (p99 {:.0} µs) after oha's schedule had it due; unloaded: oha closed loop on 1 connection). Case 8 is configuration 1 (no filter) sent case 5's request: the same method, path, body and headers of the same lengths, so 5 ÷ 8 is the filter's share alone; 11 and 12 send it with the JWT signed (RS256, ES256) to Envoy's own `jwt_authn`. In case 5 (and 8) each paced and unloaded request has a random query string and no Idempotency-Key, so each is a first attempt; see `oha_command` in bench/src/load.rs.\n", self.opts.rounds, self.opts.seconds, self.opts.log_level, self.opts.connections, self.target_rate, self.lateness(|p| p.late_p50_us), self.lateness(|p| p.late_p99_us));
+        let _ = writeln!(s, "Measured {date} at commit {commit} on {machine} with `just bench{}`, {mode} ({} interleaved rounds of {} s per configuration and mode, Envoy 1.40.0 `--concurrency 1 -l {}` pinned to CPU 0, the load generator pinned to CPU 1; saturated: wrk 1 thread × {} connections; paced: {:.0} req/s in all, half the slowest configuration's saturated median, from {PACED_PROCESSES} oha processes on {PACED_CONNECTIONS_EACH} connections each, latency counted from when each request was sent, which was a median {:.0} µs (p99 {:.0} µs) after oha's schedule had it due; unloaded: oha closed loop on 1 connection). Case 8 is configuration 1 (no filter) sent case 5's request: the same method, path, body and headers of the same lengths, so 5 ÷ 8 is the filter's share alone; 11 and 12 send it with the JWT signed (RS256, ES256) to Envoy's own `jwt_authn`. In case 5 (and 8) each paced and unloaded request has a random query string and no Idempotency-Key, so each is a first attempt; see `oha_command` in bench/src/load.rs.\n", self.opts.timing_flags(), self.opts.rounds, self.opts.seconds, self.opts.log_level, self.opts.connections, self.target_rate, self.lateness(|p| p.late_p50_us), self.lateness(|p| p.late_p99_us));
         s.push_str("| # | configuration | saturated req/s (median) | Envoy CPU per request (µs) | Envoy CPU busy when saturated | paced: req/s, p50 / p99 (µs), Envoy CPU busy | unloaded: p50 / p99 (µs), Envoy CPU per request (µs) |\n|---|---|---|---|---|---|---|\n");
         let med = |runs: &Vec<Run>, f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
         for (i, case) in CASES.iter().enumerate() {

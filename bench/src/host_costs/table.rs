@@ -380,10 +380,11 @@ impl HostCosts<'_> {
         let baseline = Spread::of(&self.cpu(0));
         let _ = writeln!(
             s,
-            "Measured {} at commit {} on {} with `just bench --host-costs` ({} interleaved rounds of {} s, {} configurations, Envoy 1.40.0 `--concurrency 1 -l {}` pinned to CPU 0, V8; wrk 1 thread × {} connections pinned to CPU 1 with the upstream Envoy; saturated). A call's price is the probe's Envoy CPU per request minus that of the probe making no call ({:.1} µs per request, {:.1}–{:.1}), in the same round, divided by the calls per request; the request is configuration 3's `GET /other`, forwarded upstream.\n",
+            "Measured {} at commit {} on {} with `just bench --host-costs{}` ({} interleaved rounds of {} s, {} configurations, Envoy 1.40.0 `--concurrency 1 -l {}` pinned to CPU 0, V8; wrk 1 thread × {} connections pinned to CPU 1 with the upstream Envoy; saturated). A call's price is the probe's Envoy CPU per request minus that of the probe making no call ({:.1} µs per request, {:.1}–{:.1}), in the same round, divided by the calls per request; the request is configuration 3's `GET /other`, forwarded upstream.\n",
             p.date,
             p.commit,
             p.machine,
+            o.timing_flags(),
             o.rounds,
             o.seconds,
             self.cases.len(),
@@ -564,8 +565,13 @@ impl HostCosts<'_> {
         let p = &self.provenance;
         let _ = writeln!(
             s,
-            "Measured {} at commit {} on {} with `just bench --host-costs --update-readme`: Envoy 1.40.0 `--concurrency 1` pinned to one core, saturated by wrk on the other, upstream mode (each request forwarded to an upstream Envoy), {} interleaved rounds of {} s. Medians, min–max over rounds in brackets; µs are Envoy CPU per request. The method, every table, the direct mode and the latency figures: [bench/README.md](bench/README.md).\n",
-            p.date, p.commit, p.machine, o.rounds, o.seconds
+            "Measured {} at commit {} on {} with `just bench --host-costs{} --update-readme`: Envoy 1.40.0 `--concurrency 1` pinned to one core, saturated by wrk on the other, upstream mode (each request forwarded to an upstream Envoy), {} interleaved rounds of {} s. Medians, min–max over rounds in brackets; µs are Envoy CPU per request. The method, every table, the direct mode and the latency figures: [bench/README.md](bench/README.md).\n",
+            p.date,
+            p.commit,
+            p.machine,
+            o.timing_flags(),
+            o.rounds,
+            o.seconds
         );
         s.push_str("| path | added to Envoy's CPU per request (µs), against | throughput ratio (goal) | priced limit (µs) | added above the limit (goal ≤ 25%); of it the module's own code (perf) |\n|---|---|---|---|---|\n");
         let prices = self.prices();
@@ -877,6 +883,12 @@ mod tests {
         // The summary: three paths and jwt_authn beside them, every figure from this run.
         let s = report.summary();
         assert!(s.starts_with("Measured 2026-12-07 at commit abc1234 on a CPU, 2 cores with `just bench --host-costs --update-readme`"));
+        // A run of other rounds names them, so the command repeats it.
+        let fifteen = crate::args::parse_from(["--host-costs", "--rounds", "15"].map(String::from))
+            .unwrap()
+            .unwrap();
+        assert_eq!(fifteen.timing_flags(), " --rounds 15");
+        assert_eq!(o.timing_flags(), "");
         assert!(s.contains("[bench/README.md](bench/README.md)"));
         let rows: Vec<&str> = s.lines().filter(|l| l.starts_with('|')).collect();
         assert_eq!(rows.len(), 2 + 5, "header, separator, 5 rows: {s}");
