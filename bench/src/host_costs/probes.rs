@@ -2,6 +2,7 @@
 //! configurations they run in beside configurations 5 and 8.
 
 use crate::cases::{case, Case, Filter, Load, TOKEN_ALLOW, UNMATCHED};
+use crate::report::{GOAL_428, GOAL_READ_ONLY, GOAL_TOKEN};
 
 /// One probe: the plugin configuration (`"<call> <count>"`), the host import it prices, and
 /// the calls per request.
@@ -132,6 +133,9 @@ pub struct GuardedPath {
     /// positions of the probe doing just that and of the probe making no call. For the 428,
     /// the wait is in the price of [`LOCAL_REPLY`].
     pub body_wait: Option<(usize, usize)>,
+    /// The configuration whose throughput the path's is set against (its issue-15 ratio), and
+    /// the ratio's goal.
+    pub throughput: (usize, f64),
 }
 
 /// The three guarded paths: read_only (case 4), token (case 5) and the 428 (case 6).
@@ -145,6 +149,7 @@ pub fn guarded_paths() -> [GuardedPath; 3] {
             baseline_text: "no wasm filter, case 4's request",
             boundary: READ_NONE,
             body_wait: None,
+            throughput: (2, GOAL_READ_ONLY),
         },
         GuardedPath {
             name: "token (case 5)",
@@ -154,6 +159,7 @@ pub fn guarded_paths() -> [GuardedPath; 3] {
             baseline_text: "configuration 8",
             boundary: POST_NONE,
             body_wait: Some((POST_PAUSE, POST_NONE)),
+            throughput: (8, GOAL_TOKEN),
         },
         GuardedPath {
             name: "428 (case 6)",
@@ -163,6 +169,7 @@ pub fn guarded_paths() -> [GuardedPath; 3] {
             baseline_text: "configuration 7 (Envoy's own buffered 428)",
             boundary: REPLY_NONE,
             body_wait: None,
+            throughput: (7, GOAL_428),
         },
     ]
 }

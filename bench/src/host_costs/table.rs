@@ -16,10 +16,7 @@ use crate::args::Options;
 use crate::cases::Case;
 use crate::load::{unexpected, Run};
 use crate::measure::Spread;
-use crate::report::{
-    bench_readme, readme, Provenance, Publication, GOAL_428, GOAL_READ_ONLY, GOAL_TOKEN,
-    GOAL_WASM_BYTES,
-};
+use crate::report::{bench_readme, readme, Provenance, Publication, GOAL_WASM_BYTES};
 
 /// The goal for what a guarded path adds above its limit: at most this share of the limit.
 pub const GOAL_ABOVE_LIMIT: f64 = 0.25;
@@ -59,8 +56,6 @@ pub struct PathFigures {
     pub limit: Vec<f64>,
     /// added − limit.
     pub above: Vec<f64>,
-    /// above ÷ limit.
-    pub share: Vec<f64>,
     /// Host calls per request in all.
     pub calls_per_request: f64,
     /// Imports the path calls that have no price (the limit leaves them out).
@@ -85,6 +80,34 @@ impl PathFigures {
         (limit > 0.0).then(|| Spread::of(&self.above).median / limit * 100.0)
     }
 
+    /// Whether [`Self::share_of_medians`] meets the goal (`None`: not measured).
+    pub fn share_met(&self) -> Option<bool> {
+        self.share_of_medians()
+            .map(|v| v <= GOAL_ABOVE_LIMIT * 100.0)
+    }
+
+    /// The rounds' own shares of their limits in percent, leaving out the rounds whose priced
+    /// limit was not positive (a share of it means nothing; on a noisy machine the probes'
+    /// differences can price a path's calls below zero).
+    pub fn round_shares(&self) -> Vec<f64> {
+        self.above
+            .iter()
+            .zip(&self.limit)
+            .filter(|(_, l)| **l > 0.0)
+            .map(|(a, l)| a / l * 100.0)
+            .collect()
+    }
+
+    /// ` (n of m rounds with a positive limit)` when [`Self::round_shares`] left some out.
+    pub fn rounds_note(&self) -> String {
+        let (kept, all) = (self.round_shares().len(), self.limit.len());
+        if kept == all {
+            String::new()
+        } else {
+            format!(" ({kept} of {all} rounds with a positive limit)")
+        }
+    }
+
     /// What is above the limit beyond the module's own code, round by round: Envoy's work
     /// for the filter that the priced host calls do not account for.
     pub fn above_beyond_code(&self) -> Option<Vec<f64>> {
@@ -92,17 +115,48 @@ impl PathFigures {
     }
 }
 
-/// A figure stated against its goal: the figure, the goal's text, its per-round values, the
-/// decimals shown, whether the figure meets the goal (`None`: a reference row), and the figure
-/// itself when it is not the rounds' median ([`PathFigures::share_of_medians`]).
-struct GoalRow(
-    String,
-    &'static str,
-    Vec<f64>,
-    usize,
-    Option<bool>,
-    Option<f64>,
-);
+/// A figure stated against its goal.
+struct GoalRow {
+    /// What the figure is.
+    name: String,
+    /// The goal's text (empty: a reference row).
+    goal: String,
+    /// The figure round by round (its min–max).
+    rounds: Vec<f64>,
+    /// Decimals shown.
+    decimals: usize,
+    /// Whether the figure meets the goal (`None`: a reference row, or not measured).
+    met: Option<bool>,
+    /// The figure: the rounds' median, or for a share of the limit
+    /// [`PathFigures::share_of_medians`]; not a number when there is none (shown as "–",
+    /// null in JSON).
+    figure: f64,
+}
+
+impl GoalRow {
+    /// A row whose figure is the rounds' median.
+    fn of_median(
+        name: String,
+        goal: String,
+        rounds: Vec<f64>,
+        decimals: usize,
+        met: Option<bool>,
+    ) -> GoalRow {
+        let figure = if rounds.is_empty() {
+            f64::NAN
+        } else {
+            Spread::of(&rounds).median
+        };
+        GoalRow {
+            name,
+            goal,
+            rounds,
+            decimals,
+            met,
+            figure,
+        }
+    }
+}
 
 /// `a − b`, element by element.
 fn minus(a: &[f64], b: &[f64]) -> Vec<f64> {
@@ -118,21 +172,10 @@ fn spread_text(v: &[f64], d: usize) -> String {
     format!("{:.d$} ({:.d$}–{:.d$})", s.median, s.min, s.max)
 }
 
-/// The rounds' shares of the limit in percent, leaving out the rounds whose priced limit was
-/// not positive (a share of it means nothing; on a noisy machine the probes' differences can
-/// price a path's calls below zero).
-fn share_percent(share: &[f64]) -> Vec<f64> {
-    share
-        .iter()
-        .filter(|v| v.is_finite())
-        .map(|v| v * 100.0)
-        .collect()
-}
-
 /// A path's share of its limit: [`PathFigures::share_of_medians`], then the min–max of the
 /// rounds' own shares in brackets; `–` for either that has no value.
 fn share_text(f: &PathFigures) -> String {
-    let rounds = share_percent(&f.share);
+    let rounds = f.round_shares();
     let figure = f
         .share_of_medians()
         .map_or_else(|| "–".to_string(), |v| format!("{v:.0}"));
@@ -141,15 +184,6 @@ fn share_text(f: &PathFigures) -> String {
     }
     let s = Spread::of(&rounds);
     format!("{figure} ({:.0}–{:.0})", s.min, s.max)
-}
-
-/// `n of m rounds` when some rounds' shares were left out by [`share_percent`].
-fn rounds_note(kept: usize, all: usize) -> String {
-    if kept == all {
-        String::new()
-    } else {
-        format!(" ({kept} of {all} rounds with a positive limit)")
-    }
 }
 
 /// "met" or "**missed**".
@@ -233,11 +267,6 @@ impl HostCosts<'_> {
             .map(|r| boundary[r] + body_wait[r] + host_calls[r])
             .collect();
         let above = minus(&added, &limit);
-        let share = above
-            .iter()
-            .zip(&limit)
-            .map(|(a, l)| if *l > 0.0 { a / l } else { f64::NAN })
-            .collect();
         let generated = |pos: usize| {
             self.generated
                 .get(pos)
@@ -254,7 +283,6 @@ impl HostCosts<'_> {
             host_calls,
             limit,
             above,
-            share,
             calls_per_request: calls.values().sum(),
             unpriced,
             module_code,
@@ -290,82 +318,66 @@ impl HostCosts<'_> {
     /// The figures against their goals: (figure, goal, per-round values, decimals, met).
     fn goals(&self) -> Vec<GoalRow> {
         let prices = self.prices();
+        let paths = guarded_paths();
+        let figures: Vec<PathFigures> = paths.iter().map(|p| self.path(p, &prices)).collect();
         let mut rows = Vec::new();
-        for p in guarded_paths() {
-            let f = self.path(&p, &prices);
-            let share = share_percent(&f.share);
-            let figure = f.share_of_medians();
-            rows.push(GoalRow(
-                format!(
+        for (p, f) in paths.iter().zip(&figures) {
+            rows.push(GoalRow {
+                name: format!(
                     "{}: added above the priced limit, % of the limit{}",
                     p.name,
-                    rounds_note(share.len(), f.share.len())
+                    f.rounds_note()
                 ),
-                "≤ 25%",
-                share,
-                0,
-                figure.map(|v| v <= GOAL_ABOVE_LIMIT * 100.0),
-                // Not a number when no median limit is positive: shown as "–", null in JSON.
-                Some(figure.unwrap_or(f64::NAN)),
-            ));
+                goal: format!("≤ {:.0}%", GOAL_ABOVE_LIMIT * 100.0),
+                rounds: f.round_shares(),
+                decimals: 0,
+                met: f.share_met(),
+                figure: f.share_of_medians().unwrap_or(f64::NAN),
+            });
         }
-        let ratios = [
-            (
-                4,
-                2,
-                "throughput 4 ÷ 2 (read_only vs no-op), upstream mode",
-                "≥ 0.93",
-                GOAL_READ_ONLY,
-            ),
-            (
-                5,
-                8,
-                "throughput 5 ÷ 1 (token vs no filter, the same request: case 5 ÷ case 8), upstream mode",
-                "≥ 0.62",
-                GOAL_TOKEN,
-            ),
-            (
-                6,
-                7,
-                "throughput 6 ÷ 7 (428 vs Envoy's direct_response 428)",
-                "≥ 0.60",
-                GOAL_428,
-            ),
+        let names = [
+            "throughput 4 ÷ 2 (read_only vs no-op), upstream mode",
+            "throughput 5 ÷ 1 (token vs no filter, the same request: case 5 ÷ case 8), upstream mode",
+            "throughput 6 ÷ 7 (428 vs Envoy's direct_response 428)",
         ];
-        for ((a, b, name, goal_text, goal), p) in ratios.into_iter().zip(guarded_paths()) {
+        for ((p, f), name) in paths.iter().zip(&figures).zip(names) {
+            let (a, (b, goal)) = (p.guard, p.throughput);
             let v = self.tput(at(a), at(b));
             let met = Spread::of(&v).median >= goal;
-            rows.push(GoalRow(name.to_string(), goal_text, v, 3, Some(met), None));
-            if let Some(v) = self.ratio_without_module_code(a, b, &self.path(&p, &prices)) {
-                rows.push(GoalRow(
+            rows.push(GoalRow::of_median(
+                name.to_string(),
+                format!("≥ {goal:.2}"),
+                v,
+                3,
+                Some(met),
+            ));
+            if let Some(v) = self.ratio_without_module_code(a, b, f) {
+                rows.push(GoalRow::of_median(
                     format!(
                         "(for reference) {a} ÷ {b} had the module's own code cost nothing: \
                          {b}'s CPU ÷ ({a}'s − the module's own code)"
                     ),
-                    "",
+                    String::new(),
                     v,
                     3,
-                    None,
                     None,
                 ));
             }
         }
         let es = self.token_over_jwt(12);
         let es_met = Spread::of(&es).median < 1.0;
-        rows.push(GoalRow(
+        rows.push(GoalRow::of_median(
             "token path's added CPU ÷ jwt_authn ES256's added CPU: (5 − 8) ÷ (12 − 8)".into(),
-            "< 1 (lower)",
+            "< 1 (lower)".into(),
             es,
             3,
             Some(es_met),
-            None,
         ));
-        rows.push(GoalRow(
+        rows.push(GoalRow::of_median(
             "(for reference) the same against jwt_authn RS256: (5 − 8) ÷ (11 − 8)".into(),
-            "",
+            String::new(),
             self.token_over_jwt(11),
             3,
-            None,
             None,
         ));
         rows
@@ -474,7 +486,6 @@ impl HostCosts<'_> {
         );
         s.push_str("| path | baseline (the same request without retry-guard) | added (µs) | wasm boundary | holding for the body | host calls | **limit** | added above the limit | % of the limit | goal ≤ 25% | the module's own code (perf) | above the limit beyond the module's code |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for (p, f) in paths.iter().zip(&figures) {
-            let share = share_percent(&f.share);
             let unpriced = if f.unpriced.is_empty() {
                 String::new()
             } else {
@@ -496,10 +507,8 @@ impl HostCosts<'_> {
                 spread_text(&f.limit, 1),
                 spread_text(&f.above, 1),
                 share_text(f),
-                rounds_note(share.len(), f.share.len()),
-                f.share_of_medians().map_or("no positive limit", |v| {
-                    verdict(v <= GOAL_ABOVE_LIMIT * 100.0)
-                }),
+                f.rounds_note(),
+                f.share_met().map_or("no positive limit", verdict),
                 f.module_code
                     .as_ref()
                     .map_or_else(|| "–".into(), |v| spread_text(v, 1)),
@@ -511,23 +520,30 @@ impl HostCosts<'_> {
 
         // The goals.
         s.push_str("\nThe goals of issue 15, measured in these rounds:\n\n| figure | goal | measured (median) | min–max over rounds | |\n|---|---|---|---|---|\n");
-        for GoalRow(name, goal, v, d, met, figure) in self.goals() {
-            if v.is_empty() {
+        for row in self.goals() {
+            let GoalRow {
+                name,
+                goal,
+                decimals: d,
+                ..
+            } = &row;
+            if row.rounds.is_empty() {
                 let _ = writeln!(s, "| {name} | {goal} | – | – | not measured |");
                 continue;
             }
-            let sp = Spread::of(&v);
+            let sp = Spread::of(&row.rounds);
             let _ = writeln!(
                 s,
                 "| {name} | {goal} | {} | {:.d$}–{:.d$} | {} |",
-                match figure {
-                    Some(f) if f.is_nan() => "–".to_string(),
-                    Some(f) => format!("{f:.d$}"),
-                    None => format!("{:.d$}", sp.median),
+                if row.figure.is_nan() {
+                    "–".to_string()
+                } else {
+                    format!("{:.d$}", row.figure)
                 },
                 sp.min,
                 sp.max,
-                met.map_or(if goal.is_empty() { "" } else { "not measured" }, verdict)
+                row.met
+                    .map_or(if goal.is_empty() { "" } else { "not measured" }, verdict)
             );
         }
         let odd: Vec<String> = self
@@ -575,28 +591,21 @@ impl HostCosts<'_> {
         );
         s.push_str("| path | added to Envoy's CPU per request (µs), against | throughput ratio (goal) | priced limit (µs) | added above the limit (goal ≤ 25%); of it the module's own code (perf) |\n|---|---|---|---|---|\n");
         let prices = self.prices();
-        let ratios = [
-            (4, 2, "4 ÷ 2, vs the no-op filter", GOAL_READ_ONLY),
-            (5, 8, "5 ÷ 8", GOAL_TOKEN),
-            (6, 7, "6 ÷ 7", GOAL_428),
-        ];
+        let ratio_texts = ["4 ÷ 2, vs the no-op filter", "5 ÷ 8", "6 ÷ 7"];
         let rows = [
             "retry-guard, read_only route (`GET /v1/items`, case 4)",
             "retry-guard, token route, a first attempt (`POST /oauth/token`, case 5)",
             "retry-guard answering 428 to a replay (case 6)",
         ];
-        for ((path, (a, b, ratio_text, goal)), row) in guarded_paths().iter().zip(ratios).zip(rows)
-        {
+        for ((path, ratio_text), row) in guarded_paths().iter().zip(ratio_texts).zip(rows) {
+            let (a, (b, goal)) = (path.guard, path.throughput);
             let f = self.path(path, &prices);
             let tput = self.tput(at(a), at(b));
-            let share = share_percent(&f.share);
-            let share_text = match f.share_of_medians() {
-                None => "the median limit is not positive: **not measured**".to_string(),
-                Some(v) => format!(
-                    "{v:.0}% of the limit{}: {}",
-                    rounds_note(share.len(), f.share.len()),
-                    verdict(v <= GOAL_ABOVE_LIMIT * 100.0)
-                ),
+            let share_text = match (f.share_of_medians(), f.share_met()) {
+                (Some(v), Some(met)) => {
+                    format!("{v:.0}% of the limit{}: {}", f.rounds_note(), verdict(met))
+                }
+                _ => "the median limit is not positive: **not measured**".to_string(),
             };
             let against = match path.guard {
                 4 => "no filter, the same request",
@@ -662,7 +671,7 @@ impl HostCosts<'_> {
                     "added_us": spread(&f.added), "boundary_us": spread(&f.boundary),
                     "body_wait_us": spread(&f.body_wait), "host_calls_us": spread(&f.host_calls),
                     "limit_us": spread(&f.limit), "above_limit_us": spread(&f.above),
-                    "above_share_of_limit_percent": f.share_of_medians(), "above_share_of_limit_percent_rounds": spread(&share_percent(&f.share)), "unpriced": f.unpriced,
+                    "above_share_of_limit_percent": f.share_of_medians(), "above_share_of_limit_percent_rounds": spread(&f.round_shares()), "unpriced": f.unpriced,
                     "module_code_us": f.module_code.as_deref().map(spread),
                     "above_limit_beyond_module_code_us": f.above_beyond_code().as_deref().map(spread),
                 })
@@ -674,7 +683,7 @@ impl HostCosts<'_> {
             "wasm_bytes": self.wasm_bytes,
             "prices_us_per_call": prices.iter().map(|(k, v)| (k.to_string(), spread(v))).collect::<serde_json::Map<_, _>>(),
             "paths": paths,
-            "goals": self.goals().iter().map(|GoalRow(name, goal, v, _, met, figure)| json!({"figure": name, "goal": goal, "measured": figure.unwrap_or_else(|| Spread::of(v).median), "values": spread(v), "met": met})).collect::<Vec<_>>(),
+            "goals": self.goals().iter().map(|g| json!({"figure": g.name, "goal": g.goal, "measured": g.figure, "values": spread(&g.rounds), "met": g.met})).collect::<Vec<_>>(),
             "runs": self.cases.iter().zip(self.runs).map(|(c, runs)| json!({
                 "configuration": c.name, "id": c.id,
                 "cpu_us_per_request": runs.iter().map(|r| r.cpu_us_per_req).collect::<Vec<_>>(),
@@ -755,10 +764,22 @@ mod tests {
 
     #[test]
     fn rounds_without_a_positive_limit_are_left_out_of_the_share_and_said() {
-        let share = [0.5, f64::NAN, 1.0];
-        assert_eq!(share_percent(&share), vec![50.0, 100.0]);
-        assert_eq!(rounds_note(2, 3), " (2 of 3 rounds with a positive limit)");
-        assert_eq!(rounds_note(3, 3), "");
+        let figures = |limit: Vec<f64>, above: Vec<f64>| PathFigures {
+            added: vec![0.0; limit.len()],
+            boundary: limit.clone(),
+            body_wait: vec![0.0; limit.len()],
+            host_calls: vec![0.0; limit.len()],
+            limit,
+            above,
+            calls_per_request: 1.0,
+            unpriced: Vec::new(),
+            module_code: None,
+        };
+        let f = figures(vec![2.0, -1.0, 2.0], vec![1.0, 5.0, 2.0]);
+        assert_eq!(f.round_shares(), vec![50.0, 100.0]);
+        assert_eq!(f.rounds_note(), " (2 of 3 rounds with a positive limit)");
+        let all = figures(vec![2.0, 1.0, 2.0], vec![1.0, 5.0, 2.0]);
+        assert_eq!(all.rounds_note(), "");
         assert_eq!(spread_text(&[], 1), "–");
     }
 
@@ -774,12 +795,11 @@ mod tests {
             host_calls: vec![12.0, 2.0, 40.0, -1.0, 11.0],
             limit: vec![12.0, 2.0, 40.0, -1.0, 11.0],
             above: vec![16.0, -1.0, 5.0, 17.0, -2.0],
-            share: vec![16.0 / 12.0, -0.5, 0.125, f64::NAN, -2.0 / 11.0],
             calls_per_request: 1.0,
             unpriced: Vec::new(),
             module_code: None,
         };
-        assert!(Spread::of(&share_percent(&f.share)).median <= 25.0);
+        assert!(Spread::of(&f.round_shares()).median <= 25.0);
         let v = f.share_of_medians().unwrap();
         assert!((v - 5.0 / 11.0 * 100.0).abs() < 1e-9, "{v}");
         assert_eq!(share_text(&f), "45 (-50–133)");
